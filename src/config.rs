@@ -1,0 +1,804 @@
+//! Configuration: the main TOML file plus every `conf.d/*.toml` beside it, read in two stages.
+//!
+//! Stage one deserialises each file into raw serde structs (`deny_unknown_fields`, so a typo is an error that
+//! names the file and line). Stage two merges the files and validates them into [`Config`]: compiled globs,
+//! parsed cron schedules, resolved repository ids and clone URLs, and credentials that are checked to resolve
+//! (a token file that cannot be read is reported before the first poll, not during it).
+//!
+//! Nothing here touches the network or the database.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::Deserialize;
+
+use crate::provider::{self, ProviderKind};
+use crate::schedule::{Schedule, ScheduleError};
+
+/// Where the configuration is looked for when neither `--config` nor `MODELMIRROR_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/modelmirror/config.toml";
+/// Default `state_dir`: holds the mirrors and, unless `database` says otherwise, the database.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/modelmirror";
+/// Default poll schedule: every five minutes.
+pub const DEFAULT_SCHEDULE: &str = "*/5 * * * *";
+/// Default number of polls that may run at once.
+pub const DEFAULT_CONCURRENCY: usize = 4;
+/// Default size limit of one model file (64 MiB).
+pub const DEFAULT_MAX_MODEL_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Everything that can be wrong with a configuration. Each message names the file (and line where the TOML
+/// parser knows it) and says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "cannot read configuration file {path}: {source} (pass --config PATH or set MODELMIRROR_CONFIG)"
+    )]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot list {dir}: {source}")]
+    ReadDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("provider `{name}` is defined twice: in {first} and in {second}; keep one of them")]
+    DuplicateProvider {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("top-level key `{key}` is set in both {first} and {second}; set it in one file only")]
+    DuplicateKey {
+        key: &'static str,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("repository id `{id}` is configured twice (providers `{first}` and `{second}`)")]
+    DuplicateRepo {
+        id: String,
+        first: String,
+        second: String,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Stage one: raw serde structs, one per file.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    state_dir: Option<PathBuf>,
+    database: Option<PathBuf>,
+    schedule: Option<String>,
+    concurrency: Option<usize>,
+    max_model_bytes: Option<u64>,
+    include: Option<Vec<String>>,
+    backfill: Option<bool>,
+    #[serde(default)]
+    providers: BTreeMap<String, RawProvider>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    kind: String,
+    url: Option<String>,
+    username: Option<String>,
+    token: Option<String>,
+    token_file: Option<String>,
+    token_env: Option<String>,
+    ssh_key_file: Option<String>,
+    known_hosts_file: Option<String>,
+    #[serde(default)]
+    repos: Vec<String>,
+    schedule: Option<String>,
+    backfill: Option<bool>,
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Stage two: validated types.
+
+/// The validated configuration the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The main file, for messages.
+    pub path: PathBuf,
+    /// Every file that was read, main file first.
+    pub files: Vec<PathBuf>,
+    /// Mirrors live in `<state_dir>/mirrors`; the database defaults to `<state_dir>/modelmirror.db`.
+    pub state_dir: PathBuf,
+    pub database: PathBuf,
+    pub schedule: Schedule,
+    /// Upper bound on polls running at once, so hundreds of repositories do not open hundreds of connections.
+    pub concurrency: usize,
+    /// What files are considered, and how big one may be before it is recorded as skipped.
+    pub filter: FileFilter,
+    pub providers: Vec<ProviderConfig>,
+    /// All repositories of all providers, in configuration order.
+    pub repos: Vec<RepoConfig>,
+    /// Things that work but that an operator should fix (shown by `check`).
+    pub warnings: Vec<String>,
+}
+
+/// Which files of a repository are looked at.
+#[derive(Debug, Clone)]
+pub struct FileFilter {
+    pub include: Vec<String>,
+    globs: GlobSet,
+    pub max_model_bytes: u64,
+}
+
+impl FileFilter {
+    pub fn new(include: &[String], max_model_bytes: u64) -> Result<FileFilter, String> {
+        let mut builder = GlobSetBuilder::new();
+        for pattern in include {
+            let glob = Glob::new(pattern).map_err(|e| format!("include glob `{pattern}`: {e}"))?;
+            builder.add(glob);
+        }
+        let globs = builder.build().map_err(|e| format!("include globs: {e}"))?;
+        Ok(FileFilter {
+            include: include.to_vec(),
+            globs,
+            max_model_bytes,
+        })
+    }
+
+    /// Whether a repository path (relative, `/`-separated) is considered at all.
+    pub fn matches(&self, path: &str) -> bool {
+        self.globs.is_match(path)
+    }
+
+    /// A fingerprint of the settings that decide what is stored, so that a change of them makes the next poll
+    /// compare the whole tree again instead of only what changed in Git.
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "include={:?};max_model_bytes={}",
+            self.include, self.max_model_bytes
+        )
+    }
+}
+
+/// One `[providers.NAME]` table.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Base URL, without a trailing slash.
+    pub base_url: String,
+    pub credentials: Credentials,
+    /// The file that defined this provider, for messages.
+    pub file: PathBuf,
+}
+
+/// How to authenticate to a provider. The token itself is read when it is needed, so a rotated
+/// `token_file` is picked up without a restart.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub username: Option<String>,
+    pub token: Option<TokenSource>,
+    pub ssh_key_file: Option<PathBuf>,
+    pub known_hosts_file: Option<PathBuf>,
+}
+
+/// Where a token comes from.
+#[derive(Clone)]
+pub enum TokenSource {
+    /// A literal `token` in the file: works, but `check` warns about it.
+    Literal(Secret),
+    File(PathBuf),
+    Env(String),
+}
+
+impl fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenSource::Literal(_) => f.write_str("Literal(<redacted>)"),
+            TokenSource::File(p) => write!(f, "File({})", p.display()),
+            TokenSource::Env(n) => write!(f, "Env({n})"),
+        }
+    }
+}
+
+impl TokenSource {
+    /// Read the token now. The error says where it was looked for, never what it is.
+    pub fn resolve(&self) -> Result<Secret, String> {
+        match self {
+            TokenSource::Literal(s) => Ok(s.clone()),
+            TokenSource::File(path) => match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    let token = text.trim();
+                    if token.is_empty() {
+                        Err(format!("token_file {} is empty", path.display()))
+                    } else {
+                        Ok(Secret::new(token.to_string()))
+                    }
+                }
+                Err(e) => Err(format!("cannot read token_file {}: {e}", path.display())),
+            },
+            TokenSource::Env(name) => match std::env::var(name) {
+                Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim().to_string())),
+                Ok(_) => Err(format!("environment variable {name} (token_env) is empty")),
+                Err(_) => Err(format!(
+                    "environment variable {name} (token_env) is not set"
+                )),
+            },
+        }
+    }
+}
+
+/// A token or password. Its `Debug` and `Display` never show the value, so it cannot reach a log line or an
+/// error message by accident; [`Secret::expose`] is the one way to read it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// One repository to mirror.
+#[derive(Debug, Clone)]
+pub struct RepoConfig {
+    /// `<provider>/<path>`: the key in the database and on the command line.
+    pub id: String,
+    pub provider: String,
+    /// Path relative to the provider, as written in `repos` (for `git` URLs: the URL's path without `.git`).
+    pub path: String,
+    /// Clone URL, never with credentials in it.
+    pub url: String,
+    pub schedule: Schedule,
+    /// Whether the first import walks the whole first-parent history (true) or imports only the head.
+    pub backfill: bool,
+    /// Index into [`Config::providers`].
+    pub provider_index: usize,
+}
+
+impl Config {
+    /// Read and validate the configuration at `path` and every `*.toml` in the `conf.d/` folder beside it.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let mut files = vec![path.to_path_buf()];
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let conf_d = dir.join("conf.d");
+        if conf_d.is_dir() {
+            let mut extra = Vec::new();
+            let entries = std::fs::read_dir(&conf_d).map_err(|source| ConfigError::ReadDir {
+                dir: conf_d.clone(),
+                source,
+            })?;
+            for entry in entries {
+                let entry = entry.map_err(|source| ConfigError::ReadDir {
+                    dir: conf_d.clone(),
+                    source,
+                })?;
+                let p = entry.path();
+                if p.extension().is_some_and(|e| e == "toml") && p.is_file() {
+                    extra.push(p);
+                }
+            }
+            extra.sort();
+            files.extend(extra);
+        }
+        let mut parsed = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            parsed.push((file.clone(), parse_file(file, &text)?));
+        }
+        validate(path, dir, parsed)
+    }
+
+    pub fn provider(&self, repo: &RepoConfig) -> &ProviderConfig {
+        &self.providers[repo.provider_index]
+    }
+
+    pub fn mirrors_dir(&self) -> PathBuf {
+        self.state_dir.join("mirrors")
+    }
+
+    /// Where the bare mirror of a repository lives: `<state_dir>/mirrors/<provider>/<path>.git`.
+    pub fn mirror_path(&self, repo: &RepoConfig) -> PathBuf {
+        let mut p = self.mirrors_dir().join(&repo.provider);
+        for seg in repo.path.split('/') {
+            p.push(seg);
+        }
+        let mut os = p.into_os_string();
+        os.push(".git");
+        PathBuf::from(os)
+    }
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<RawFile, ConfigError> {
+    toml::from_str::<RawFile>(text).map_err(|e| {
+        let (line, column) = e
+            .span()
+            .map(|span| line_col(text, span.start))
+            .unwrap_or((1, 1));
+        ConfigError::Syntax {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: e.message().trim().to_string(),
+        }
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Take a top-level key from whichever single file sets it.
+fn merge_key<T>(
+    key: &'static str,
+    slot: &mut Option<(T, PathBuf)>,
+    value: Option<T>,
+    file: &Path,
+) -> Result<(), ConfigError> {
+    if let Some(v) = value {
+        if let Some((_, first)) = slot {
+            return Err(ConfigError::DuplicateKey {
+                key,
+                first: first.clone(),
+                second: file.to_path_buf(),
+            });
+        }
+        *slot = Some((v, file.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// Expand `${VAR}` in a path (so `token_file = "${CREDENTIALS_DIRECTORY}/gitlab"` works under systemd) and
+/// make it absolute relative to the configuration file's folder.
+fn resolve_path(raw: &str, base: &Path, file: &Path, key: &str) -> Result<PathBuf, ConfigError> {
+    let mut out = String::new();
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(invalid(file, format!("{key} = {raw:?}: unclosed `${{`")));
+        };
+        let name = &after[..end];
+        match std::env::var(name) {
+            Ok(v) => out.push_str(&v),
+            Err(_) => {
+                return Err(invalid(
+                    file,
+                    format!("{key} = {raw:?}: environment variable {name} is not set"),
+                ));
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    let p = PathBuf::from(out);
+    Ok(if p.is_absolute() { p } else { base.join(p) })
+}
+
+fn invalid(file: &Path, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        path: file.to_path_buf(),
+        message,
+    }
+}
+
+fn validate(
+    main: &Path,
+    base: &Path,
+    files: Vec<(PathBuf, RawFile)>,
+) -> Result<Config, ConfigError> {
+    let mut state_dir = None;
+    let mut database = None;
+    let mut schedule = None;
+    let mut concurrency = None;
+    let mut max_model_bytes = None;
+    let mut include = None;
+    let mut backfill = None;
+    let mut raw_providers: BTreeMap<String, (RawProvider, PathBuf)> = BTreeMap::new();
+    let mut provider_order = Vec::new();
+    for (file, raw) in files {
+        merge_key("state_dir", &mut state_dir, raw.state_dir, &file)?;
+        merge_key("database", &mut database, raw.database, &file)?;
+        merge_key("schedule", &mut schedule, raw.schedule, &file)?;
+        merge_key("concurrency", &mut concurrency, raw.concurrency, &file)?;
+        merge_key(
+            "max_model_bytes",
+            &mut max_model_bytes,
+            raw.max_model_bytes,
+            &file,
+        )?;
+        merge_key("include", &mut include, raw.include, &file)?;
+        merge_key("backfill", &mut backfill, raw.backfill, &file)?;
+        for (name, p) in raw.providers {
+            if let Some((_, first)) = raw_providers.get(&name) {
+                return Err(ConfigError::DuplicateProvider {
+                    name,
+                    first: first.clone(),
+                    second: file.clone(),
+                });
+            }
+            provider_order.push(name.clone());
+            raw_providers.insert(name, (p, file.clone()));
+        }
+    }
+
+    let mut warnings = Vec::new();
+    let state_dir = match state_dir {
+        Some((p, f)) => resolve_path(&p.to_string_lossy(), base, &f, "state_dir")?,
+        None => PathBuf::from(DEFAULT_STATE_DIR),
+    };
+    let database = match database {
+        Some((p, f)) => resolve_path(&p.to_string_lossy(), base, &f, "database")?,
+        None => state_dir.join("modelmirror.db"),
+    };
+    let schedule = match schedule {
+        Some((s, f)) => parse_schedule(&s, &f, "schedule")?,
+        None => Schedule::parse(DEFAULT_SCHEDULE).map_err(|e| invalid(main, e.to_string()))?,
+    };
+    let concurrency = match concurrency {
+        Some((0, f)) => return Err(invalid(&f, "concurrency must be at least 1".into())),
+        Some((n, _)) => n,
+        None => DEFAULT_CONCURRENCY,
+    };
+    let (max_model_bytes, mmb_file) = match max_model_bytes {
+        Some((0, f)) => return Err(invalid(&f, "max_model_bytes must be at least 1".into())),
+        Some((n, f)) => (n, f),
+        None => (DEFAULT_MAX_MODEL_BYTES, main.to_path_buf()),
+    };
+    let (include, include_file) = match include {
+        Some((v, f)) => (v, f),
+        None => (vec!["**/*.json".to_string()], main.to_path_buf()),
+    };
+    if include.is_empty() {
+        return Err(invalid(
+            &include_file,
+            "include is empty, so no file would ever be considered; remove it to use the default [\"**/*.json\"]"
+                .into(),
+        ));
+    }
+    let filter =
+        FileFilter::new(&include, max_model_bytes).map_err(|m| invalid(&include_file, m))?;
+    let _ = mmb_file;
+    let backfill = backfill.map(|(b, _)| b).unwrap_or(true);
+
+    let mut providers = Vec::new();
+    let mut repos: Vec<RepoConfig> = Vec::new();
+    let mut seen_ids: BTreeMap<String, String> = BTreeMap::new();
+    for name in provider_order {
+        let Some((raw, file)) = raw_providers.remove(&name) else {
+            continue;
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err(invalid(
+                &file,
+                format!(
+                    "[providers.{name}]: a provider name may hold only lowercase letters, digits and `-`"
+                ),
+            ));
+        }
+        let kind = ProviderKind::parse(&raw.kind).ok_or_else(|| {
+            invalid(
+                &file,
+                format!(
+                    "[providers.{name}] kind = {:?}: use one of gitlab, bitbucket-cloud, bitbucket-datacenter, github, git",
+                    raw.kind
+                ),
+            )
+        })?;
+        let base_url = provider::base_url(kind, raw.url.as_deref(), base)
+            .map_err(|m| invalid(&file, format!("[providers.{name}] url: {m}")))?;
+
+        let mut sources = Vec::new();
+        if let Some(t) = raw.token {
+            sources.push(TokenSource::Literal(Secret::new(t)));
+            warnings.push(format!(
+                "{}: [providers.{name}] has a literal `token`; move it to token_file (or a systemd credential) so it is not in the configuration",
+                file.display()
+            ));
+        }
+        if let Some(f) = &raw.token_file {
+            sources.push(TokenSource::File(resolve_path(
+                f,
+                base,
+                &file,
+                "token_file",
+            )?));
+        }
+        if let Some(e) = raw.token_env {
+            sources.push(TokenSource::Env(e));
+        }
+        if sources.len() > 1 {
+            return Err(invalid(
+                &file,
+                format!("[providers.{name}]: set only one of token, token_file and token_env"),
+            ));
+        }
+        let token = sources.pop();
+        if let Some(t) = &token {
+            t.resolve()
+                .map_err(|m| invalid(&file, format!("[providers.{name}]: {m}")))?;
+        }
+        let credentials = Credentials {
+            username: raw.username.filter(|u| !u.is_empty()),
+            token,
+            ssh_key_file: raw
+                .ssh_key_file
+                .as_deref()
+                .map(|p| resolve_path(p, base, &file, "ssh_key_file"))
+                .transpose()?,
+            known_hosts_file: raw
+                .known_hosts_file
+                .as_deref()
+                .map(|p| resolve_path(p, base, &file, "known_hosts_file"))
+                .transpose()?,
+        };
+        let provider_schedule = match &raw.schedule {
+            Some(s) => parse_schedule(s, &file, &format!("[providers.{name}] schedule"))?,
+            None => schedule.clone(),
+        };
+        let provider_backfill = raw.backfill.unwrap_or(backfill);
+        let index = providers.len();
+        if raw.repos.is_empty() {
+            warnings.push(format!(
+                "{}: [providers.{name}] lists no repos, so nothing is mirrored from it",
+                file.display()
+            ));
+        }
+        for entry in &raw.repos {
+            let resolved = provider::resolve_repo(kind, &base_url, entry).map_err(|m| {
+                invalid(
+                    &file,
+                    format!("[providers.{name}] repos entry {entry:?}: {m}"),
+                )
+            })?;
+            let id = format!("{name}/{}", resolved.path);
+            if let Some(first) = seen_ids.insert(id.clone(), name.clone()) {
+                return Err(ConfigError::DuplicateRepo {
+                    id,
+                    first,
+                    second: name.clone(),
+                });
+            }
+            repos.push(RepoConfig {
+                id,
+                provider: name.clone(),
+                path: resolved.path,
+                url: resolved.url,
+                schedule: provider_schedule.clone(),
+                backfill: provider_backfill,
+                provider_index: index,
+            });
+        }
+        providers.push(ProviderConfig {
+            name,
+            kind,
+            base_url,
+            credentials,
+            file,
+        });
+    }
+
+    let mut all_files = vec![main.to_path_buf()];
+    all_files.extend(
+        providers
+            .iter()
+            .map(|p| p.file.clone())
+            .filter(|f| f != main),
+    );
+    all_files.dedup();
+    Ok(Config {
+        path: main.to_path_buf(),
+        files: all_files,
+        state_dir,
+        database,
+        schedule,
+        concurrency,
+        filter,
+        providers,
+        repos,
+        warnings,
+    })
+}
+
+fn parse_schedule(text: &str, file: &Path, key: &str) -> Result<Schedule, ConfigError> {
+    Schedule::parse(text)
+        .map_err(|e: ScheduleError| invalid(file, format!("{key} = {text:?}: {e}")))
+}
+
+/// How long a schedule's period is, for back-off and jitter.
+pub fn period_of(schedule: &Schedule) -> Duration {
+    schedule.period()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn defaults_and_repo_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(
+            dir.path(),
+            "config.toml",
+            "[providers.gl]\nkind = \"gitlab\"\nrepos = [\"group/sub/project\"]\n",
+        );
+        let c = Config::load(&main).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(
+            c.database,
+            PathBuf::from(DEFAULT_STATE_DIR).join("modelmirror.db")
+        );
+        assert_eq!(c.concurrency, 4);
+        assert_eq!(c.filter.max_model_bytes, 64 * 1024 * 1024);
+        assert!(c.filter.matches("a/b/c.json") && c.filter.matches("top.json"));
+        assert!(!c.filter.matches("a/b/c.yaml"));
+        assert_eq!(c.repos[0].id, "gl/group/sub/project");
+        assert_eq!(c.repos[0].url, "https://gitlab.com/group/sub/project.git");
+        assert_eq!(
+            c.mirror_path(&c.repos[0]),
+            PathBuf::from("/var/lib/modelmirror/mirrors/gl/group/sub/project.git")
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(
+            dir.path(),
+            "config.toml",
+            "state_dir = \"/tmp/x\"\n\n[providers.gl]\nkind = \"gitlab\"\nrepoz = [\"a/b\"]\n",
+        );
+        let e = Config::load(&main).unwrap_err().to_string();
+        assert!(e.contains("config.toml:5:"), "{e}");
+        assert!(e.contains("repoz"), "{e}");
+    }
+
+    #[test]
+    fn provider_defined_twice_names_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(dir.path(), "config.toml", "state_dir = \"s\"\n");
+        write(
+            dir.path(),
+            "conf.d/a.toml",
+            "[providers.gl]\nkind = \"gitlab\"\n",
+        );
+        write(
+            dir.path(),
+            "conf.d/b.toml",
+            "[providers.gl]\nkind = \"github\"\n",
+        );
+        let e = Config::load(&main).unwrap_err().to_string();
+        assert!(
+            e.contains("a.toml") && e.contains("b.toml") && e.contains("`gl`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn conf_d_merges_and_relative_paths_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(
+            dir.path(),
+            "config.toml",
+            "state_dir = \"state\"\nschedule = \"0 * * * *\"\n",
+        );
+        write(dir.path(), "token", "s3cret\n");
+        write(
+            dir.path(),
+            "conf.d/gh.toml",
+            "[providers.gh]\nkind = \"github\"\ntoken_file = \"token\"\nschedule = \"*/10 * * * * *\"\nrepos = [\"o/r\"]\n",
+        );
+        let c = Config::load(&main).unwrap();
+        assert_eq!(c.state_dir, dir.path().join("state"));
+        assert_eq!(c.repos[0].id, "gh/o/r");
+        assert_eq!(c.repos[0].schedule.period(), Duration::from_secs(10));
+        assert_eq!(c.schedule.period(), Duration::from_secs(3600));
+        let tok = c.providers[0]
+            .credentials
+            .token
+            .as_ref()
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(tok.expose(), "s3cret");
+        assert!(!format!("{:?}", c).contains("s3cret"));
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("[providers.GL]\nkind = \"gitlab\"\n", "lowercase"),
+            ("[providers.gl]\nkind = \"gitlub\"\n", "use one of"),
+            ("schedule = \"every minute\"\n", "schedule"),
+            ("concurrency = 0\n", "concurrency"),
+            (
+                "[providers.d]\nkind = \"bitbucket-datacenter\"\nrepos = [\"P/r\"]\n",
+                "url",
+            ),
+            (
+                "[providers.g]\nkind = \"gitlab\"\ntoken_file = \"/nonexistent/t\"\n",
+                "token_file",
+            ),
+            (
+                "[providers.g]\nkind = \"gitlab\"\nrepos = [\"../etc\"]\n",
+                "..",
+            ),
+            (
+                "[providers.g]\nkind = \"git\"\nrepos = [\"https://u:p@h/x.git\"]\n",
+                "token_file",
+            ),
+            ("include = [\"[\"]\n", "include"),
+            ("state_dir = 3\n", "config.toml:1:"),
+            ("this is not toml", "config.toml:1:"),
+        ];
+        for (text, needle) in cases {
+            let main = write(dir.path(), "config.toml", text);
+            let e = Config::load(&main).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?} gave {e}");
+            assert!(!e.contains("u:p@"), "{e}");
+        }
+    }
+
+    #[test]
+    fn literal_token_warns_and_is_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(
+            dir.path(),
+            "config.toml",
+            "[providers.g]\nkind = \"github\"\ntoken = \"ghp_literal\"\nrepos = [\"o/r\"]\n",
+        );
+        let c = Config::load(&main).unwrap();
+        assert!(c.warnings.iter().any(|w| w.contains("literal")));
+        assert!(!format!("{c:?}").contains("ghp_literal"));
+    }
+}

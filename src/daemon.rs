@@ -1,0 +1,253 @@
+//! The long-running service (`modelmirror run`) and the one-shot `sync`: scheduling, concurrency, back-off,
+//! signals.
+//!
+//! Scheduling is one small loop per repository over a cron parser (see the README for why not
+//! tokio-cron-scheduler): each loop computes its next firing from the wall clock every time, so a busy process
+//! can delay a poll but never stop a schedule. The loop of a repository runs its polls one after another, so
+//! they cannot overlap; a semaphore bounds how many polls run at once across repositories. A failing
+//! repository backs off exponentially, capped at 8 × its schedule period, and never affects the others.
+
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{Config, RepoConfig};
+use crate::store::Store;
+use crate::sync::{self, PollOutcome, SyncError, Trigger};
+
+/// The longest start-time spread given to a repository: its offset is derived from its id, so the same
+/// repository always polls at the same second and hundreds of repositories do not hit a server at once.
+const MAX_JITTER: Duration = Duration::from_secs(60);
+
+/// What the daemon shares with every repository loop.
+struct Shared {
+    config: Arc<Config>,
+    store: Arc<Store>,
+    /// Bounds polls running at once (`concurrency`).
+    permits: Semaphore,
+    /// Set on shutdown: transfers abort and multi-commit polls stop after the commit in progress.
+    cancel: Arc<AtomicBool>,
+}
+
+/// Run the daemon until `shutdown` completes: every repository on its schedule, one startup poll each.
+/// Returns once in-flight polls have committed or rolled back.
+pub async fn run(config: Config, store: Arc<Store>, shutdown: impl Future<Output = ()>) {
+    let config = Arc::new(config);
+    let shared = Arc::new(Shared {
+        permits: Semaphore::new(config.concurrency),
+        config: config.clone(),
+        store,
+        cancel: Arc::new(AtomicBool::new(false)),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut loops = JoinSet::new();
+    for repo in config.repos.iter().cloned() {
+        loops.spawn(repo_loop(shared.clone(), repo, stop_rx.clone()));
+    }
+    tracing::info!(
+        repos = config.repos.len(),
+        concurrency = config.concurrency,
+        database = %shared.store.path().display(),
+        "modelmirror running"
+    );
+    shutdown.await;
+    tracing::info!(
+        "shutting down: no new polls; waiting for polls in progress to commit or roll back"
+    );
+    shared.cancel.store(true, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    while loops.join_next().await.is_some() {}
+    tracing::info!("stopped");
+}
+
+/// A stable offset in `[0, min(period / 4, MAX_JITTER))` for a repository.
+pub fn jitter(repo_id: &str, period: Duration) -> Duration {
+    let span = (period / 4).min(MAX_JITTER);
+    if span.is_zero() {
+        return Duration::ZERO;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    repo_id.hash(&mut h);
+    Duration::from_millis(h.finish() % span.as_millis().max(1) as u64)
+}
+
+/// How long to wait after `failures` consecutive failures: one period, then doubling, at most 8 periods.
+pub fn backoff(period: Duration, failures: u32) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(3);
+    period.saturating_mul(factor)
+}
+
+async fn repo_loop(shared: Arc<Shared>, repo: RepoConfig, mut stop: watch::Receiver<bool>) {
+    let period = repo.schedule.period();
+    let offset = jitter(&repo.id, period);
+    // The startup poll is spread too, but over a few seconds at most.
+    let mut wait = offset.min(Duration::from_secs(5));
+    let mut trigger = Trigger::Startup;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+        let permit = tokio::select! {
+            p = shared.permits.acquire() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        if *stop.borrow() {
+            return;
+        }
+        let task_shared = shared.clone();
+        let task_repo = repo.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            sync::run_poll(
+                &task_shared.config,
+                &task_repo,
+                &task_shared.store,
+                trigger,
+                &task_shared.cancel,
+            )
+        })
+        .await;
+        drop(permit);
+        let failures = match joined {
+            Ok((Ok(outcome), _)) => {
+                if let PollOutcome::Updated { .. } = outcome {
+                    tracing::info!("{}", outcome.line(&repo.id));
+                }
+                0
+            }
+            Ok((Err(SyncError::Cancelled { .. }), _)) => return,
+            Ok((Err(_), failures)) => failures.max(1),
+            Err(e) => {
+                tracing::error!(repo = %repo.id, "poll task failed: {e}");
+                1
+            }
+        };
+        trigger = Trigger::Schedule;
+        wait = if failures > 0 {
+            let delay = backoff(period, failures);
+            tracing::info!(repo = %repo.id, failures, "backing off for {}s", delay.as_secs());
+            delay
+        } else {
+            next_wait(&repo, offset)
+        };
+    }
+}
+
+/// Time until the schedule's next firing after now, plus the repository's offset.
+fn next_wait(repo: &RepoConfig, offset: Duration) -> Duration {
+    let now = Utc::now();
+    match repo.schedule.next_after(now) {
+        Some(next) => (next - now).to_std().unwrap_or(Duration::ZERO) + offset,
+        None => repo.schedule.period(),
+    }
+}
+
+/// Poll the given repositories once each (at most `concurrency` at a time) and report every outcome as it
+/// completes through `report`. Returns whether all succeeded.
+pub async fn sync_once(
+    config: Arc<Config>,
+    store: Arc<Store>,
+    repos: Vec<RepoConfig>,
+    cancel: Arc<AtomicBool>,
+    mut report: impl FnMut(&RepoConfig, &Result<PollOutcome, SyncError>),
+) -> bool {
+    let permits = Arc::new(Semaphore::new(config.concurrency));
+    let mut set = JoinSet::new();
+    for repo in repos {
+        let (config, store, permits, cancel) = (
+            config.clone(),
+            store.clone(),
+            permits.clone(),
+            cancel.clone(),
+        );
+        set.spawn(async move {
+            let permit = permits.acquire_owned().await;
+            let r = repo.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                sync::run_poll(&config, &r, &store, Trigger::Manual, &cancel).0
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(SyncError::Internal {
+                    repo: repo.id.clone(),
+                    message: format!("poll task failed: {e}"),
+                })
+            });
+            (repo, result)
+        });
+    }
+    let mut ok = true;
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((repo, result)) => {
+                ok &= result.is_ok();
+                report(&repo, &result);
+            }
+            Err(e) => {
+                ok = false;
+                tracing::error!("poll task failed: {e}");
+            }
+        }
+    }
+    ok
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits the process at once. SIGHUP is logged and
+/// otherwise ignored until configuration reload exists, so it does not kill the service.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the service with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => tracing::warn!("SIGHUP: configuration reload is not supported yet; restart to apply changes"),
+        }
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::warn!("second signal: exiting at once");
+        std::process::exit(1);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps_at_eight_periods() {
+        let p = Duration::from_secs(300);
+        let waits: Vec<u64> = (1..=6).map(|f| backoff(p, f).as_secs() / 300).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 8, 8]);
+    }
+
+    #[test]
+    fn jitter_is_stable_and_bounded() {
+        let p = Duration::from_secs(300);
+        assert_eq!(jitter("a/b", p), jitter("a/b", p));
+        let spread: std::collections::HashSet<_> =
+            (0..100).map(|i| jitter(&format!("p/r{i}"), p)).collect();
+        assert!(spread.len() > 50);
+        assert!(spread.iter().all(|j| *j < Duration::from_secs(60)));
+        assert!(jitter("x", Duration::from_secs(1)) < Duration::from_millis(250));
+    }
+}

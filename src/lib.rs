@@ -1,0 +1,15 @@
+//! modelmirror keeps a searchable SQLite replica of the data models (Hackolade model files first) that teams
+//! keep in Git, by polling each repository's default branch with libgit2.
+//!
+//! Data flows one way: [`config`] → [`provider`] / [`git`] → [`model`] → [`store`], driven by [`sync`] (one
+//! poll of one repository) and [`daemon`] (schedules, concurrency, signals). [`cli`] is the command line.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod git;
+pub mod model;
+pub mod provider;
+pub mod schedule;
+pub mod store;
+pub mod sync;

@@ -1,0 +1,154 @@
+//! Model files → one neutral [`Model`] type.
+//!
+//! This module owns turning the bytes of a data-model file into a [`Model`]: its containers,
+//! entities with their flattened attribute trees, relationships, views and definitions. Everything
+//! here is a pure function of the input bytes: no I/O, no clock, no global state, and no panics on
+//! any input. Callers read files and decide what to do with the three outcomes of [`Parsed`]
+//! (not a model, a model, or a file that claims to be a model but is broken).
+//!
+//! Today the only format is Hackolade ([`parse_hackolade`]); see `hackolade.rs` for the format
+//! rules and the counting definition.
+
+use std::fmt;
+
+pub mod hackolade;
+
+pub use hackolade::parse as parse_hackolade;
+
+/// A parsed data model, independent of the tool that wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    pub name: String,
+    pub guid: Option<String>,
+    pub db_vendor: Option<String>,
+    pub app_target: Option<String>,
+    pub db_version: Option<String>,
+    pub description: Option<String>,
+    pub containers: Vec<Container>,
+    pub entities: Vec<Entity>,
+    pub relationships: Vec<Relationship>,
+    pub views: Vec<View>,
+    /// Flattened definition trees from the model's `definitions` only (not the polyglot or
+    /// external ones), pre-order; each top-level definition is an attribute of depth 0.
+    pub definitions: Vec<Attribute>,
+}
+
+impl Model {
+    /// Number of entities (every entry of the model's entity list).
+    #[must_use]
+    pub fn entity_count(&self) -> usize {
+        self.entities.len()
+    }
+
+    /// Sum of the entities' attribute counts (definitions are not included).
+    #[must_use]
+    pub fn attribute_count(&self) -> usize {
+        self.entities.iter().map(|e| e.attributes.len()).sum()
+    }
+}
+
+/// A schema, keyspace, database or other grouping of entities.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Container {
+    pub guid: Option<String>,
+    pub name: String,
+}
+
+/// A table, collection, node label, record, … with its attributes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entity {
+    pub guid: Option<String>,
+    /// Display name (`collectionName`); empty when the file gives none.
+    pub name: String,
+    /// Technical name (`code`), when the file records one.
+    pub code: Option<String>,
+    /// Name of the container the entity belongs to.
+    pub container: Option<String>,
+    pub description: Option<String>,
+    /// `"polyglot"` or `"external"` when the entity is a reference stub whose definition was
+    /// found and used for the attributes.
+    pub derived_from: Option<String>,
+    /// Pre-order flattening of the counted attribute nodes.
+    pub attributes: Vec<Attribute>,
+}
+
+/// One attribute (field, column, property) in a flattened tree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attribute {
+    pub guid: Option<String>,
+    /// Names from the entity down to this attribute joined with `.`.
+    pub path: String,
+    /// Last path segment.
+    pub name: String,
+    pub code: Option<String>,
+    pub data_type: Option<String>,
+    /// Physical / sub type (`mode`, else `childType`).
+    pub mode: Option<String>,
+    pub required: bool,
+    pub primary_key: bool,
+    pub description: Option<String>,
+    /// 0 = direct child of the entity; structure nodes add no depth.
+    pub depth: u32,
+    /// Index into the same `Vec` of the nearest counted ancestor.
+    pub parent: Option<usize>,
+}
+
+/// A relationship between two entities.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Relationship {
+    pub name: Option<String>,
+    /// Entity name resolved from its GUID, or the GUID itself when it cannot be resolved.
+    pub parent_entity: Option<String>,
+    /// Entity name resolved from its GUID, or the GUID itself when it cannot be resolved.
+    pub child_entity: Option<String>,
+    pub parent_cardinality: Option<String>,
+    pub child_cardinality: Option<String>,
+    pub relationship_type: Option<String>,
+}
+
+/// A view defined on an entity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct View {
+    pub guid: Option<String>,
+    pub name: String,
+    /// Name of the entity the view is on (or its GUID when it cannot be resolved).
+    pub view_on: Option<String>,
+}
+
+/// Outcome of parsing a file that may or may not be a model.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value per parsed file, consumed at once; boxing would only add an allocation"
+)]
+pub enum Parsed {
+    /// Not a model file (other JSON, other text): skip it quietly.
+    NotModel,
+    Model(Model),
+    /// The file claims to be a model but cannot be read as one.
+    Invalid(ParseError),
+}
+
+/// Why a file that claims to be a model could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", DisplayError(self))]
+pub struct ParseError {
+    pub message: String,
+    /// 1-based line of the error, when known.
+    pub line: Option<usize>,
+    /// 1-based column of the error, when known.
+    pub column: Option<usize>,
+}
+
+struct DisplayError<'a>(&'a ParseError);
+
+impl fmt::Display for DisplayError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = self.0;
+        match (e.line, e.column) {
+            (Some(line), Some(column)) => write!(f, "line {line}, column {column}: {}", e.message),
+            (Some(line), None) => write!(f, "line {line}: {}", e.message),
+            _ => f.write_str(&e.message),
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Any Git server (`kind = "git"`): `repos` are full clone URLs (https, ssh or file) or paths relative to
+//! `url`; Basic auth with `username` + token when a token is given.
+
+use super::{Forge, GitAuth};
+use crate::config::Secret;
+
+pub struct PlainGit;
+
+impl Forge for PlainGit {
+    fn default_url(&self) -> Option<&'static str> {
+        None
+    }
+    fn clone_url(&self, base: &str, path: &str) -> String {
+        // A plain server's URL is taken as written: some serve `name.git`, some `name`.
+        format!("{base}/{path}")
+    }
+    fn git_auth(&self, username: Option<&str>, token: Secret) -> GitAuth {
+        GitAuth::Basic {
+            username: username.unwrap_or("git").to_string(),
+            password: token,
+        }
+    }
+    fn accepts_urls(&self) -> bool {
+        true
+    }
+}

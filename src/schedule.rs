@@ -1,0 +1,124 @@
+//! Cron schedules: parsing the 5- or 6-field expressions of the configuration, and computing when a schedule
+//! fires next and how long its period is (for jitter and back-off). A thin wrapper over the `croner` parser,
+//! so the rest of the program never sees the crate.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
+
+/// A parsed cron expression, in UTC.
+#[derive(Clone)]
+pub struct Schedule {
+    text: String,
+    cron: Cron,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error(
+        "a schedule has 5 fields (minute hour day month weekday) or 6 (with seconds first), found {0}; e.g. \"*/5 * * * *\""
+    )]
+    FieldCount(usize),
+    #[error("not a valid cron expression: {0}")]
+    Parse(String),
+    #[error("the schedule never fires")]
+    NeverFires,
+}
+
+impl Schedule {
+    pub fn parse(text: &str) -> Result<Schedule, ScheduleError> {
+        let text = text.trim();
+        let fields = text.split_whitespace().count();
+        if !text.starts_with('@') && !(5..=6).contains(&fields) {
+            return Err(ScheduleError::FieldCount(fields));
+        }
+        let parser = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .year(Year::Disallowed)
+            .build();
+        let cron = parser
+            .parse(text)
+            .map_err(|e| ScheduleError::Parse(e.to_string()))?;
+        let schedule = Schedule {
+            text: text.to_string(),
+            cron,
+        };
+        if schedule.next_after(Utc::now()).is_none() {
+            return Err(ScheduleError::NeverFires);
+        }
+        Ok(schedule)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The first firing strictly after `t`.
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron.find_next_occurrence(&t, false).ok()
+    }
+
+    /// The shortest gap between consecutive firings over a sample of a day's firings from a fixed reference
+    /// time: "every 5 minutes" is 300 s, "0 9 * * 1-5" is a day. Used to cap back-off and size jitter.
+    pub fn period(&self) -> Duration {
+        let Some(mut t) = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).single() else {
+            return Duration::from_secs(60);
+        };
+        let mut shortest: Option<i64> = None;
+        for _ in 0..64 {
+            let Some(next) = self.next_after(t) else {
+                break;
+            };
+            if let Some(after) = self.next_after(next) {
+                let gap = (after - next).num_seconds();
+                shortest = Some(shortest.map_or(gap, |s| s.min(gap)));
+            }
+            t = next;
+        }
+        Duration::from_secs(shortest.unwrap_or(86_400).max(1) as u64)
+    }
+}
+
+impl fmt::Debug for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Schedule({:?})", self.text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_and_six_fields() {
+        assert_eq!(
+            Schedule::parse("*/5 * * * *").unwrap().period(),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            Schedule::parse("*/2 * * * * *").unwrap().period(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            Schedule::parse("0 9 * * *").unwrap().period(),
+            Duration::from_secs(86_400)
+        );
+        assert!(matches!(
+            Schedule::parse("* * *"),
+            Err(ScheduleError::FieldCount(3))
+        ));
+        assert!(Schedule::parse("61 * * * *").is_err());
+        assert!(Schedule::parse("* * * * * * 2030").is_err());
+    }
+
+    #[test]
+    fn next_is_in_the_future() {
+        let s = Schedule::parse("* * * * * *").unwrap();
+        let now = Utc::now();
+        let next = s.next_after(now).unwrap();
+        assert!(next > now && next - now <= chrono::Duration::seconds(1));
+    }
+}

@@ -1,0 +1,873 @@
+//! The SQLite database: schema and migrations, the one writer, and the queries behind the CLI. The only module
+//! that writes SQL.
+//!
+//! The database is a derived replica of the Git mirrors: every row can be rebuilt from them. Each processed
+//! commit is one transaction that also moves the repository's processed-commit pointer, so a crash at any
+//! moment leaves the database at a consistent commit. Writers share one connection behind a mutex (SQLite has
+//! one writer anyway); readers such as the CLI open their own connections, which WAL mode lets run alongside.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde::Serialize;
+
+use crate::git::CommitInfo;
+use crate::model::{Attribute, Model};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot create the folder for database {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "database {path} has schema version {found}, newer than this modelmirror ({supported}); upgrade modelmirror"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("database error while {doing}: {source}")]
+    Sql {
+        doing: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+trait Doing<T> {
+    fn doing(self, what: &str) -> Result<T, StoreError>;
+}
+
+impl<T> Doing<T> for Result<T, rusqlite::Error> {
+    fn doing(self, what: &str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Sql {
+            doing: what.to_string(),
+            source,
+        })
+    }
+}
+
+/// Schema migrations, applied in order; `PRAGMA user_version` holds how many ran. Migrations only ever add.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE repos (
+    id              TEXT PRIMARY KEY,          -- <provider>/<path>
+    provider        TEXT NOT NULL,
+    path            TEXT NOT NULL,
+    url             TEXT NOT NULL,             -- clone URL; never holds credentials
+    default_branch  TEXT,
+    commit_id       TEXT,                      -- last processed commit of the default branch
+    settings        TEXT,                      -- include globs and size limit the catalog was built with
+    last_check_at   TEXT,                      -- RFC 3339
+    last_change_at  TEXT,
+    last_error      TEXT,
+    last_error_at   TEXT,
+    failures        INTEGER NOT NULL DEFAULT 0 -- consecutive failed polls
+);
+CREATE TABLE commits (
+    repo_id       TEXT NOT NULL REFERENCES repos(id) ON DELETE CASCADE,
+    commit_id     TEXT NOT NULL,
+    author_name   TEXT NOT NULL,
+    author_email  TEXT NOT NULL,
+    authored_at   TEXT NOT NULL,
+    committed_at  TEXT NOT NULL,
+    message       TEXT NOT NULL,
+    PRIMARY KEY (repo_id, commit_id)
+);
+CREATE TABLE sync_steps (
+    id            INTEGER PRIMARY KEY,
+    repo_id       TEXT NOT NULL REFERENCES repos(id) ON DELETE CASCADE,
+    commit_id     TEXT NOT NULL,
+    processed_at  TEXT NOT NULL,
+    note          TEXT,                        -- e.g. history-rewritten
+    added         INTEGER NOT NULL,
+    modified      INTEGER NOT NULL,
+    deleted       INTEGER NOT NULL
+);
+CREATE INDEX sync_steps_repo ON sync_steps(repo_id, id);
+CREATE TABLE models (
+    id               INTEGER PRIMARY KEY,
+    repo_id          TEXT NOT NULL REFERENCES repos(id) ON DELETE CASCADE,
+    path             TEXT NOT NULL,
+    blob             TEXT NOT NULL,            -- git blob id: the raw JSON is `git cat-file blob <blob>` in the mirror
+    commit_id        TEXT NOT NULL,            -- commit that produced this version
+    status           TEXT NOT NULL,            -- ok | error | skipped
+    error            TEXT,
+    name             TEXT,
+    guid             TEXT,
+    db_vendor        TEXT,
+    app_target       TEXT,
+    db_version       TEXT,
+    description      TEXT,
+    size_bytes       INTEGER NOT NULL,
+    entity_count     INTEGER NOT NULL DEFAULT 0,
+    attribute_count  INTEGER NOT NULL DEFAULT 0,
+    relationship_count INTEGER NOT NULL DEFAULT 0,
+    view_count       INTEGER NOT NULL DEFAULT 0,
+    definition_count INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (repo_id, path)
+);
+CREATE TABLE containers (
+    id        INTEGER PRIMARY KEY,
+    model_id  INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    guid      TEXT,
+    name      TEXT NOT NULL
+);
+CREATE INDEX containers_model ON containers(model_id);
+CREATE TABLE entities (
+    id               INTEGER PRIMARY KEY,
+    model_id         INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    ordinal          INTEGER NOT NULL,
+    guid             TEXT,
+    name             TEXT NOT NULL,
+    code             TEXT,
+    container        TEXT,
+    description      TEXT,
+    derived_from     TEXT,                     -- polyglot | external when resolved from a reference
+    attribute_count  INTEGER NOT NULL
+);
+CREATE INDEX entities_model ON entities(model_id);
+CREATE TABLE attributes (
+    id           INTEGER PRIMARY KEY,
+    entity_id    INTEGER NOT NULL REFERENCES entities(id) ON DELETE CASCADE,
+    model_id     INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    ordinal      INTEGER NOT NULL,             -- pre-order position within the entity
+    parent       INTEGER,                      -- ordinal of the enclosing attribute
+    depth        INTEGER NOT NULL,
+    guid         TEXT,
+    path         TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    code         TEXT,
+    type         TEXT,
+    mode         TEXT,
+    required     INTEGER NOT NULL,
+    primary_key  INTEGER NOT NULL,
+    description  TEXT
+);
+CREATE INDEX attributes_entity ON attributes(entity_id);
+CREATE INDEX attributes_model ON attributes(model_id);
+CREATE TABLE relationships (
+    id                  INTEGER PRIMARY KEY,
+    model_id            INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    name                TEXT,
+    parent_entity       TEXT,
+    child_entity        TEXT,
+    parent_cardinality  TEXT,
+    child_cardinality   TEXT,
+    relationship_type   TEXT
+);
+CREATE INDEX relationships_model ON relationships(model_id);
+CREATE TABLE model_versions (
+    id               INTEGER PRIMARY KEY,
+    repo_id          TEXT NOT NULL REFERENCES repos(id) ON DELETE CASCADE,
+    path             TEXT NOT NULL,
+    commit_id        TEXT NOT NULL,
+    change           TEXT NOT NULL,            -- added | modified | renamed | deleted
+    old_path         TEXT,                     -- for renamed
+    blob             TEXT,                     -- null for deleted
+    status           TEXT,
+    name             TEXT,
+    entity_count     INTEGER,
+    attribute_count  INTEGER,
+    error            TEXT
+);
+CREATE INDEX model_versions_path ON model_versions(repo_id, path, id);
+CREATE TABLE polls (
+    id               INTEGER PRIMARY KEY,
+    repo_id          TEXT NOT NULL,
+    trigger          TEXT NOT NULL,            -- schedule | manual | startup
+    started_at       TEXT NOT NULL,
+    duration_ms      INTEGER NOT NULL,
+    result           TEXT NOT NULL,            -- unchanged | updated | empty | error
+    commits          INTEGER NOT NULL,
+    models_added     INTEGER NOT NULL,
+    models_modified  INTEGER NOT NULL,
+    models_deleted   INTEGER NOT NULL,
+    error            TEXT
+);
+CREATE INDEX polls_repo ON polls(repo_id, id);
+"#];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// How long finished polls are kept in the `polls` table.
+const POLL_RETENTION_DAYS: i64 = 30;
+
+/// The database handle shared by the daemon's tasks.
+pub struct Store {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+/// What the catalog holds for a repository, as the next poll needs it.
+#[derive(Debug, Clone, Default)]
+pub struct RepoState {
+    pub default_branch: Option<String>,
+    pub commit: Option<String>,
+    pub settings: Option<String>,
+    pub failures: u32,
+}
+
+/// What one stored file is.
+pub enum Content<'a> {
+    Model(&'a Model),
+    /// It claims to be a model but could not be read: message with line and column.
+    Error(String),
+    /// Not read, e.g. over `max_model_bytes`.
+    Skipped(String),
+}
+
+/// One processed commit: what the transaction records besides the model changes.
+pub struct StepMeta<'a> {
+    pub repo_id: &'a str,
+    pub branch: &'a str,
+    pub commit: &'a CommitInfo,
+    pub note: Option<&'a str>,
+    pub settings: &'a str,
+}
+
+/// Writes the model changes of one step inside its transaction, one model at a time (so memory holds one
+/// parsed model, not a whole commit's worth).
+pub struct StepWriter<'t, 'a> {
+    tx: &'t Transaction<'t>,
+    meta: &'t StepMeta<'a>,
+    counts: Counts,
+}
+
+impl StepWriter<'_, '_> {
+    /// Store (or replace) the file at `path`; with `renamed_from`, the row at the old path goes and the
+    /// history says `renamed`.
+    pub fn put(
+        &mut self,
+        path: &str,
+        renamed_from: Option<&str>,
+        blob: &str,
+        size: u64,
+        content: &Content<'_>,
+    ) -> Result<(), StoreError> {
+        let (tx, meta) = (self.tx, self.meta);
+        let existed = delete_model(tx, meta.repo_id, path)?;
+        let renamed = match renamed_from {
+            Some(from) if !existed => delete_model(tx, meta.repo_id, from)?,
+            _ => false,
+        };
+        let model_id = insert_model(tx, meta, path, blob, size, content)?;
+        if renamed {
+            version(
+                tx,
+                meta,
+                path,
+                "renamed",
+                renamed_from,
+                Some(blob),
+                Some(model_id),
+            )?;
+            self.counts.modified += 1;
+        } else if existed {
+            version(tx, meta, path, "modified", None, Some(blob), Some(model_id))?;
+            self.counts.modified += 1;
+        } else {
+            version(tx, meta, path, "added", None, Some(blob), Some(model_id))?;
+            self.counts.added += 1;
+        }
+        Ok(())
+    }
+
+    /// Remove the file at `path` from the catalog, if it is there.
+    pub fn remove(&mut self, path: &str) -> Result<(), StoreError> {
+        if delete_model(self.tx, self.meta.repo_id, path)? {
+            version(self.tx, self.meta, path, "deleted", None, None, None)?;
+            self.counts.deleted += 1;
+        }
+        Ok(())
+    }
+}
+
+/// What a step did to the catalog.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub added: u32,
+    pub modified: u32,
+    pub deleted: u32,
+}
+
+impl Counts {
+    pub fn add(&mut self, o: Counts) {
+        self.added += o.added;
+        self.modified += o.modified;
+        self.deleted += o.deleted;
+    }
+    pub fn is_zero(&self) -> bool {
+        self.added + self.modified + self.deleted == 0
+    }
+}
+
+/// A row of `modelmirror status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepoStatus {
+    pub repo: String,
+    pub url: String,
+    pub default_branch: Option<String>,
+    pub commit: Option<String>,
+    pub last_check_at: Option<String>,
+    pub last_change_at: Option<String>,
+    pub models: i64,
+    pub errors: i64,
+    pub last_error: Option<String>,
+}
+
+/// A row of `modelmirror models`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelRow {
+    pub repo: String,
+    pub path: String,
+    pub name: Option<String>,
+    pub target: Option<String>,
+    pub entities: i64,
+    pub attributes: i64,
+    pub commit: String,
+    pub blob: String,
+    pub status: String,
+    pub error: Option<String>,
+}
+
+/// A finished poll, for the `polls` table.
+pub struct PollRecord<'a> {
+    pub repo_id: &'a str,
+    pub trigger: &'a str,
+    pub started_at: &'a str,
+    pub duration: Duration,
+    pub result: &'a str,
+    pub commits: u32,
+    pub counts: Counts,
+    pub error: Option<&'a str>,
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(())
+}
+
+impl Store {
+    /// Open (creating when missing) and migrate the database.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        configure(&conn).map_err(open_err)?;
+        migrate(&mut conn, path)?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a transaction open (rusqlite rolls back on drop),
+        // so a poisoned lock is still safe to use.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Make sure the repository has a row, and keep its URL current.
+    pub fn ensure_repo(
+        &self,
+        id: &str,
+        provider: &str,
+        path: &str,
+        url: &str,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO repos (id, provider, path, url) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(id) DO UPDATE SET provider = excluded.provider, path = excluded.path, url = excluded.url",
+                params![id, provider, path, url],
+            )
+            .doing("registering the repository")?;
+        Ok(())
+    }
+
+    pub fn repo_state(&self, id: &str) -> Result<RepoState, StoreError> {
+        let conn = self.lock();
+        let state = conn
+            .query_row(
+                "SELECT default_branch, commit_id, settings, failures FROM repos WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(RepoState {
+                        default_branch: r.get(0)?,
+                        commit: r.get(1)?,
+                        settings: r.get(2)?,
+                        failures: r.get::<_, i64>(3)?.max(0) as u32,
+                    })
+                },
+            )
+            .optional()
+            .doing("reading the repository state")?;
+        Ok(state.unwrap_or_default())
+    }
+
+    /// The catalog's files of a repository: path → blob id.
+    pub fn model_blobs(&self, repo_id: &str) -> Result<HashMap<String, String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT path, blob FROM models WHERE repo_id = ?1")
+            .doing("reading the stored models")?;
+        let rows = stmt
+            .query_map([repo_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .doing("reading the stored models")?;
+        rows.collect::<Result<_, _>>()
+            .doing("reading the stored models")
+    }
+
+    /// A poll that found nothing new: note the check (and the branch name, which may have been renamed).
+    pub fn record_check(
+        &self,
+        repo_id: &str,
+        branch: Option<&str>,
+        at: &str,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE repos SET last_check_at = ?2, default_branch = COALESCE(?3, default_branch),
+                     last_error = NULL, last_error_at = NULL, failures = 0 WHERE id = ?1",
+                params![repo_id, at, branch],
+            )
+            .doing("recording the check")?;
+        Ok(())
+    }
+
+    /// A failed poll: keep all data, note the error, count the failure. Returns the consecutive failures.
+    pub fn record_error(&self, repo_id: &str, error: &str, at: &str) -> Result<u32, StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "UPDATE repos SET last_error = ?2, last_error_at = ?3, last_check_at = ?3, failures = failures + 1
+             WHERE id = ?1",
+            params![repo_id, error, at],
+        )
+        .doing("recording the error")?;
+        let n: i64 = conn
+            .query_row("SELECT failures FROM repos WHERE id = ?1", [repo_id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .doing("recording the error")?
+            .unwrap_or(1);
+        Ok(n.max(0) as u32)
+    }
+
+    /// Apply one processed commit in one transaction, moving the processed-commit pointer with it. `write`
+    /// adds the model changes; if it fails, nothing of the step is kept.
+    pub fn apply_step<E: From<StoreError>>(
+        &self,
+        meta: &StepMeta<'_>,
+        write: impl FnOnce(&mut StepWriter<'_, '_>) -> Result<(), E>,
+    ) -> Result<Counts, E> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().doing("starting a transaction")?;
+        let counts = {
+            let mut writer = StepWriter {
+                tx: &tx,
+                meta,
+                counts: Counts::default(),
+            };
+            record_commit(&tx, meta)?;
+            write(&mut writer)?;
+            let counts = writer.counts;
+            finish_step(&tx, meta, counts)?;
+            counts
+        };
+        tx.commit().doing("committing the transaction")?;
+        Ok(counts)
+    }
+
+    pub fn record_poll(&self, p: &PollRecord<'_>) -> Result<(), StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT INTO polls (repo_id, trigger, started_at, duration_ms, result, commits,
+                 models_added, models_modified, models_deleted, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                p.repo_id,
+                p.trigger,
+                p.started_at,
+                p.duration.as_millis() as i64,
+                p.result,
+                p.commits,
+                p.counts.added,
+                p.counts.modified,
+                p.counts.deleted,
+                p.error
+            ],
+        )
+        .doing("recording the poll")?;
+        let cutoff = (chrono::Utc::now() - chrono::Duration::days(POLL_RETENTION_DAYS))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        conn.execute("DELETE FROM polls WHERE started_at < ?1", [cutoff])
+            .doing("pruning old polls")?;
+        Ok(())
+    }
+
+    pub fn status(&self) -> Result<Vec<RepoStatus>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT r.id, r.url, r.default_branch, r.commit_id, r.last_check_at, r.last_change_at,
+                        (SELECT COUNT(*) FROM models m WHERE m.repo_id = r.id AND m.status = 'ok'),
+                        (SELECT COUNT(*) FROM models m WHERE m.repo_id = r.id AND m.status = 'error'),
+                        r.last_error
+                 FROM repos r ORDER BY r.id",
+            )
+            .doing("reading the status")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(RepoStatus {
+                    repo: r.get(0)?,
+                    url: r.get(1)?,
+                    default_branch: r.get(2)?,
+                    commit: r.get(3)?,
+                    last_check_at: r.get(4)?,
+                    last_change_at: r.get(5)?,
+                    models: r.get(6)?,
+                    errors: r.get(7)?,
+                    last_error: r.get(8)?,
+                })
+            })
+            .doing("reading the status")?;
+        rows.collect::<Result<_, _>>().doing("reading the status")
+    }
+
+    pub fn models(&self, repo: Option<&str>) -> Result<Vec<ModelRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT repo_id, path, name, db_vendor, entity_count, attribute_count, commit_id, blob, status, error
+                 FROM models WHERE (?1 IS NULL OR repo_id = ?1) ORDER BY repo_id, path",
+            )
+            .doing("listing models")?;
+        let rows = stmt
+            .query_map([repo], |r| {
+                Ok(ModelRow {
+                    repo: r.get(0)?,
+                    path: r.get(1)?,
+                    name: r.get(2)?,
+                    target: r.get(3)?,
+                    entities: r.get(4)?,
+                    attributes: r.get(5)?,
+                    commit: r.get(6)?,
+                    blob: r.get(7)?,
+                    status: r.get(8)?,
+                    error: r.get(9)?,
+                })
+            })
+            .doing("listing models")?;
+        rows.collect::<Result<_, _>>().doing("listing models")
+    }
+
+    /// Run a read-only query for tests and tools: returns rows of strings.
+    pub fn query_strings(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(sql).doing("running a query")?;
+        let n = stmt.column_count();
+        let rows = stmt
+            .query_map([], |r| {
+                (0..n)
+                    .map(|i| {
+                        let v: rusqlite::types::Value = r.get(i)?;
+                        Ok(match v {
+                            rusqlite::types::Value::Null => None,
+                            rusqlite::types::Value::Integer(i) => Some(i.to_string()),
+                            rusqlite::types::Value::Real(f) => Some(f.to_string()),
+                            rusqlite::types::Value::Text(t) => Some(t),
+                            rusqlite::types::Value::Blob(_) => Some("<blob>".into()),
+                        })
+                    })
+                    .collect()
+            })
+            .doing("running a query")?;
+        rows.collect::<Result<_, _>>().doing("running a query")
+    }
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .doing("reading the schema version")?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        let tx = conn.transaction().doing("migrating the schema")?;
+        tx.execute_batch(sql)
+            .doing(&format!("applying migration {}", i + 1))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .doing("migrating the schema")?;
+        tx.commit().doing("migrating the schema")?;
+    }
+    Ok(())
+}
+
+fn record_commit(tx: &Transaction<'_>, meta: &StepMeta<'_>) -> Result<(), StoreError> {
+    let c = meta.commit;
+    tx.execute(
+        "INSERT OR IGNORE INTO commits (repo_id, commit_id, author_name, author_email, authored_at, committed_at, message)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![meta.repo_id, c.id, c.author_name, c.author_email, c.authored_at, c.committed_at, c.message],
+    )
+    .doing("recording the commit")?;
+    Ok(())
+}
+
+fn finish_step(
+    tx: &Transaction<'_>,
+    meta: &StepMeta<'_>,
+    counts: Counts,
+) -> Result<(), StoreError> {
+    let now = now_rfc3339();
+    tx.execute(
+        "INSERT INTO sync_steps (repo_id, commit_id, processed_at, note, added, modified, deleted)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            meta.repo_id,
+            meta.commit.id,
+            now,
+            meta.note,
+            counts.added,
+            counts.modified,
+            counts.deleted
+        ],
+    )
+    .doing("recording the step")?;
+    tx.execute(
+        "UPDATE repos SET commit_id = ?2, default_branch = ?3, settings = ?4, last_check_at = ?5,
+             last_change_at = CASE WHEN ?6 THEN ?5 ELSE last_change_at END,
+             last_error = NULL, last_error_at = NULL, failures = 0
+         WHERE id = ?1",
+        params![
+            meta.repo_id,
+            meta.commit.id,
+            meta.branch,
+            meta.settings,
+            now,
+            !counts.is_zero() || meta.note.is_some()
+        ],
+    )
+    .doing("moving the processed commit")?;
+    Ok(())
+}
+
+fn delete_model(tx: &Transaction<'_>, repo_id: &str, path: &str) -> Result<bool, StoreError> {
+    let n = tx
+        .prepare_cached("DELETE FROM models WHERE repo_id = ?1 AND path = ?2")
+        .and_then(|mut s| s.execute(params![repo_id, path]))
+        .doing("removing a model")?;
+    Ok(n > 0)
+}
+
+fn version(
+    tx: &Transaction<'_>,
+    step: &StepMeta<'_>,
+    path: &str,
+    change: &str,
+    old_path: Option<&str>,
+    blob: Option<&str>,
+    model_id: Option<i64>,
+) -> Result<(), StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO model_versions (repo_id, path, commit_id, change, old_path, blob, status, name,
+                 entity_count, attribute_count, error)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, m.status, m.name, m.entity_count, m.attribute_count, m.error
+             FROM (SELECT 1) LEFT JOIN models m ON m.id = ?7",
+        )
+        .doing("recording the model's history")?;
+    stmt.execute(params![
+        step.repo_id,
+        path,
+        step.commit.id,
+        change,
+        old_path,
+        blob,
+        model_id
+    ])
+    .doing("recording the model's history")?;
+    Ok(())
+}
+
+fn insert_model(
+    tx: &Transaction<'_>,
+    step: &StepMeta<'_>,
+    path: &str,
+    blob: &str,
+    size: u64,
+    content: &Content<'_>,
+) -> Result<i64, StoreError> {
+    let (status, error, model) = match content {
+        Content::Model(m) => ("ok", None, Some(*m)),
+        Content::Error(e) => ("error", Some(e.as_str()), None),
+        Content::Skipped(r) => ("skipped", Some(r.as_str()), None),
+    };
+    tx.prepare_cached(
+        "INSERT INTO models (repo_id, path, blob, commit_id, status, error, name, guid, db_vendor, app_target,
+             db_version, description, size_bytes, entity_count, attribute_count, relationship_count, view_count,
+             definition_count)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            step.repo_id,
+            path,
+            blob,
+            step.commit.id,
+            status,
+            error,
+            model.map(|m| m.name.as_str()),
+            model.and_then(|m| m.guid.as_deref()),
+            model.and_then(|m| m.db_vendor.as_deref()),
+            model.and_then(|m| m.app_target.as_deref()),
+            model.and_then(|m| m.db_version.as_deref()),
+            model.and_then(|m| m.description.as_deref()),
+            size as i64,
+            model.map_or(0, |m| m.entity_count() as i64),
+            model.map_or(0, |m| m.attribute_count() as i64),
+            model.map_or(0, |m| m.relationships.len() as i64),
+            model.map_or(0, |m| m.views.len() as i64),
+            model.map_or(0, |m| m.definitions.len() as i64),
+        ])
+    })
+    .doing("storing a model")?;
+    let model_id = tx.last_insert_rowid();
+    if let Some(m) = model {
+        insert_content(tx, model_id, m)?;
+    }
+    Ok(model_id)
+}
+
+fn insert_content(tx: &Transaction<'_>, model_id: i64, m: &Model) -> Result<(), StoreError> {
+    let mut containers = tx
+        .prepare_cached("INSERT INTO containers (model_id, guid, name) VALUES (?1, ?2, ?3)")
+        .doing("storing containers")?;
+    for c in &m.containers {
+        containers
+            .execute(params![model_id, c.guid, c.name])
+            .doing("storing containers")?;
+    }
+    let mut entities = tx
+        .prepare_cached(
+            "INSERT INTO entities (model_id, ordinal, guid, name, code, container, description, derived_from,
+                 attribute_count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .doing("storing entities")?;
+    let mut attributes = tx
+        .prepare_cached(
+            "INSERT INTO attributes (entity_id, model_id, ordinal, parent, depth, guid, path, name, code, type, mode,
+                 required, primary_key, description) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )
+        .doing("storing attributes")?;
+    for (i, e) in m.entities.iter().enumerate() {
+        entities
+            .execute(params![
+                model_id,
+                i as i64,
+                e.guid,
+                e.name,
+                e.code,
+                e.container,
+                e.description,
+                e.derived_from,
+                e.attributes.len() as i64
+            ])
+            .doing("storing entities")?;
+        let entity_id = tx.last_insert_rowid();
+        for (j, a) in e.attributes.iter().enumerate() {
+            let Attribute {
+                guid,
+                path,
+                name,
+                code,
+                data_type,
+                mode,
+                required,
+                primary_key,
+                description,
+                depth,
+                parent,
+            } = a;
+            attributes
+                .execute(params![
+                    entity_id,
+                    model_id,
+                    j as i64,
+                    parent.map(|p| p as i64),
+                    depth,
+                    guid,
+                    path,
+                    name,
+                    code,
+                    data_type,
+                    mode,
+                    required,
+                    primary_key,
+                    description
+                ])
+                .doing("storing attributes")?;
+        }
+    }
+    let mut rels = tx
+        .prepare_cached(
+            "INSERT INTO relationships (model_id, name, parent_entity, child_entity, parent_cardinality,
+                 child_cardinality, relationship_type) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .doing("storing relationships")?;
+    for r in &m.relationships {
+        rels.execute(params![
+            model_id,
+            r.name,
+            r.parent_entity,
+            r.child_entity,
+            r.parent_cardinality,
+            r.child_cardinality,
+            r.relationship_type
+        ])
+        .doing("storing relationships")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,522 @@
+//! One poll of one repository: list refs → fetch → diff → parse → one transaction per commit.
+//!
+//! The catalog is kept equal to the tree of the last processed commit of the default branch. When the new head
+//! descends from it along the first-parent chain, each commit on the way is one step (so every model version
+//! is recorded with the commit that produced it); otherwise — force-push, rebase, a renamed default branch
+//! with other history, changed `include` settings — the new head's tree is compared with what the database
+//! holds, as one step. Everything here is blocking and runs on `spawn_blocking`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use git2::{Oid, Repository};
+
+use crate::config::{Config, RepoConfig};
+use crate::git::{self, Change, GitError, RemoteHead, RemoteSpec};
+use crate::model::{self, Parsed};
+use crate::provider::GitAuth;
+use crate::store::{
+    Content, Counts, PollRecord, StepMeta, StepWriter, Store, StoreError, now_rfc3339,
+};
+
+/// Why a poll failed. Every message starts with the repository id.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("{repo}: {source}")]
+    Git {
+        repo: String,
+        #[source]
+        source: GitError,
+    },
+    #[error("{repo}: {source}")]
+    Store {
+        repo: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("{repo}: credentials: {message}")]
+    Credentials { repo: String, message: String },
+    #[error(
+        "{repo}: the remote has no default branch any more (empty repository, or HEAD deleted); the last imported data (commit {commit}) is kept"
+    )]
+    Emptied { repo: String, commit: String },
+    #[error("{repo}: stopped by shutdown; the database holds the last fully processed commit")]
+    Cancelled { repo: String },
+    #[error("{repo}: {message}")]
+    Internal { repo: String, message: String },
+}
+
+/// An error inside a step, before the repository id is attached.
+#[derive(Debug)]
+enum StepError {
+    Git(GitError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for StepError {
+    fn from(e: StoreError) -> Self {
+        StepError::Store(e)
+    }
+}
+
+impl From<GitError> for StepError {
+    fn from(e: GitError) -> Self {
+        StepError::Git(e)
+    }
+}
+
+/// What a successful poll did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PollOutcome {
+    /// The default branch is still at the processed commit: nothing was fetched.
+    Unchanged { commit: String },
+    /// The remote has no commits yet.
+    Empty,
+    /// New commits were processed.
+    Updated {
+        commit: String,
+        commits: u32,
+        counts: Counts,
+        note: Option<String>,
+    },
+}
+
+impl PollOutcome {
+    /// The one line `modelmirror sync` prints for a repository.
+    pub fn line(&self, repo: &str) -> String {
+        match self {
+            PollOutcome::Unchanged { .. } => format!("{repo} unchanged"),
+            PollOutcome::Empty => format!("{repo} unchanged (empty repository)"),
+            PollOutcome::Updated { commit, counts, .. } => format!(
+                "{repo} updated: +{} ~{} -{} models at {}",
+                counts.added,
+                counts.modified,
+                counts.deleted,
+                short(commit)
+            ),
+        }
+    }
+}
+
+fn short(commit: &str) -> &str {
+    commit.get(..12).unwrap_or(commit)
+}
+
+/// What started a poll, recorded with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Schedule,
+    Manual,
+    Startup,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Manual => "manual",
+            Trigger::Startup => "startup",
+        }
+    }
+}
+
+/// Poll one repository and record the outcome (the check, the error and the poll itself) in the database.
+/// Returns the outcome and the number of consecutive failures after it (0 on success).
+pub fn run_poll(
+    config: &Config,
+    repo: &RepoConfig,
+    store: &Store,
+    trigger: Trigger,
+    cancel: &Arc<AtomicBool>,
+) -> (Result<PollOutcome, SyncError>, u32) {
+    let started_at = now_rfc3339();
+    let started = Instant::now();
+    let result = poll(config, repo, store, cancel);
+    let (outcome_name, commits, counts, error) = match &result {
+        Ok(PollOutcome::Unchanged { .. }) => ("unchanged", 0, Counts::default(), None),
+        Ok(PollOutcome::Empty) => ("empty", 0, Counts::default(), None),
+        Ok(PollOutcome::Updated {
+            commits, counts, ..
+        }) => ("updated", *commits, *counts, None),
+        Err(e) => ("error", 0, Counts::default(), Some(e.to_string())),
+    };
+    let mut failures = 0;
+    if let Some(message) = &error {
+        tracing::warn!(repo = %repo.id, "poll failed: {message}");
+        match store.record_error(&repo.id, message, &now_rfc3339()) {
+            Ok(n) => failures = n,
+            Err(e) => tracing::error!(repo = %repo.id, "cannot record the error: {e}"),
+        }
+    }
+    let record = PollRecord {
+        repo_id: &repo.id,
+        trigger: trigger.as_str(),
+        started_at: &started_at,
+        duration: started.elapsed(),
+        result: outcome_name,
+        commits,
+        counts,
+        error: error.as_deref(),
+    };
+    if let Err(e) = store.record_poll(&record) {
+        tracing::error!(repo = %repo.id, "cannot record the poll: {e}");
+    }
+    (result, failures)
+}
+
+/// Resolve the provider's credentials for git now (token files are re-read before every poll).
+pub fn git_auth(config: &Config, repo: &RepoConfig) -> Result<GitAuth, String> {
+    let provider = config.provider(repo);
+    let creds = &provider.credentials;
+    match &creds.token {
+        None => Ok(GitAuth::None),
+        Some(source) => {
+            let token = source.resolve()?;
+            Ok(provider
+                .kind
+                .forge()
+                .git_auth(creds.username.as_deref(), token))
+        }
+    }
+}
+
+/// One poll, without the bookkeeping of [`run_poll`].
+pub fn poll(
+    config: &Config,
+    repo: &RepoConfig,
+    store: &Store,
+    cancel: &Arc<AtomicBool>,
+) -> Result<PollOutcome, SyncError> {
+    let id = repo.id.clone();
+    let git_err = |source| SyncError::Git {
+        repo: id.clone(),
+        source,
+    };
+    let store_err = |source| SyncError::Store {
+        repo: id.clone(),
+        source,
+    };
+    let auth = git_auth(config, repo).map_err(|message| SyncError::Credentials {
+        repo: id.clone(),
+        message,
+    })?;
+    store
+        .ensure_repo(&repo.id, &repo.provider, &repo.path, &repo.url)
+        .map_err(store_err)?;
+    let mirror = git::open_mirror(&config.mirror_path(repo)).map_err(git_err)?;
+    let provider = config.provider(repo);
+    let spec = RemoteSpec {
+        url: &repo.url,
+        auth: &auth,
+        ssh_key_file: provider.credentials.ssh_key_file.as_deref(),
+        known_hosts_file: provider.credentials.known_hosts_file.as_deref(),
+        cancel: cancel.clone(),
+    };
+    let head = git::fetch_head(&mirror, &spec).map_err(git_err)?;
+    let state = store.repo_state(&repo.id).map_err(store_err)?;
+    let settings = config.filter.fingerprint();
+    let (branch, head) = match head {
+        RemoteHead::Empty => {
+            if let Some(commit) = state.commit {
+                return Err(SyncError::Emptied { repo: id, commit });
+            }
+            store
+                .record_check(&repo.id, None, &now_rfc3339())
+                .map_err(store_err)?;
+            return Ok(PollOutcome::Empty);
+        }
+        RemoteHead::Branch { name, commit, .. } => (name, commit),
+    };
+    let head_str = head.to_string();
+    if state.commit.as_deref() == Some(head_str.as_str())
+        && state.settings.as_deref() == Some(settings.as_str())
+    {
+        store
+            .record_check(&repo.id, Some(&branch), &now_rfc3339())
+            .map_err(store_err)?;
+        return Ok(PollOutcome::Unchanged { commit: head_str });
+    }
+
+    let plan = plan(&mirror, &state, head, repo.backfill, &settings).map_err(git_err)?;
+    let mut counts = Counts::default();
+    let mut done = 0u32;
+    let note = plan.note;
+    for (i, step) in plan.steps.iter().enumerate() {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(SyncError::Cancelled { repo: id });
+        }
+        let step_note = if i == 0 { note } else { None };
+        let c = process_step(
+            config, repo, store, &mirror, &branch, step, step_note, &settings,
+        )
+        .map_err(|e| match e {
+            StepError::Git(source) => SyncError::Git {
+                repo: id.clone(),
+                source,
+            },
+            StepError::Store(source) => SyncError::Store {
+                repo: id.clone(),
+                source,
+            },
+        })?;
+        counts.add(c);
+        done += 1;
+    }
+    tracing::info!(
+        repo = %repo.id,
+        commit = %head_str,
+        commits = done,
+        added = counts.added,
+        modified = counts.modified,
+        deleted = counts.deleted,
+        "updated"
+    );
+    Ok(PollOutcome::Updated {
+        commit: head_str,
+        commits: done,
+        counts,
+        note: note.map(str::to_string),
+    })
+}
+
+/// How to get from what the database holds to the new head.
+#[derive(Debug)]
+struct Plan {
+    steps: Vec<StepKind>,
+    note: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum StepKind {
+    /// Apply the diff from the commit's first parent (or the empty tree) to the commit.
+    Diff { parent: Option<Oid>, commit: Oid },
+    /// Compare the commit's whole tree with the database.
+    Reconcile { commit: Oid },
+}
+
+fn plan(
+    mirror: &Repository,
+    state: &crate::store::RepoState,
+    head: Oid,
+    backfill: bool,
+    settings: &str,
+) -> Result<Plan, GitError> {
+    let reconcile = |note| Plan {
+        steps: vec![StepKind::Reconcile { commit: head }],
+        note,
+    };
+    let last = state.commit.as_deref().and_then(|c| Oid::from_str(c).ok());
+    if state.settings.as_deref().is_some_and(|s| s != settings) {
+        // include globs or the size limit changed: what the catalog holds no longer follows from Git alone.
+        return Ok(reconcile(Some("settings-changed")));
+    }
+    let Some(last) = last else {
+        if !backfill {
+            return Ok(reconcile(None));
+        }
+        let chain = git::first_parent_path(mirror, None, head)?.unwrap_or_default();
+        return Ok(diff_plan(mirror, chain, None));
+    };
+    if !git::has_commit(mirror, last) {
+        return Ok(reconcile(Some("history-rewritten")));
+    }
+    match git::first_parent_path(mirror, Some(last), head)? {
+        Some(chain) => Ok(diff_plan(mirror, chain, Some(last))),
+        None if git::is_ancestor(mirror, last, head) => Ok(reconcile(None)),
+        None => Ok(reconcile(Some("history-rewritten"))),
+    }
+}
+
+fn diff_plan(mirror: &Repository, chain: Vec<Oid>, mut parent: Option<Oid>) -> Plan {
+    let mut steps = Vec::with_capacity(chain.len());
+    for (i, commit) in chain.into_iter().enumerate() {
+        if i == 0 && parent.is_none() {
+            // The root of a first import: its real parent, if the chain was cut, else the empty tree.
+            parent = git::first_parent(mirror, commit).ok().flatten();
+        }
+        steps.push(StepKind::Diff { parent, commit });
+        parent = Some(commit);
+    }
+    Plan { steps, note: None }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn process_step(
+    config: &Config,
+    repo: &RepoConfig,
+    store: &Store,
+    mirror: &Repository,
+    branch: &str,
+    step: &StepKind,
+    note: Option<&str>,
+    settings: &str,
+) -> Result<Counts, StepError> {
+    let filter = &config.filter;
+    // A diff step's changes already differ from the catalog (it equals the parent's tree); a reconcile step
+    // compares with the catalog itself.
+    let (commit, changes, stored) = match *step {
+        StepKind::Diff { parent, commit } => (
+            commit,
+            git::diff_commits(mirror, parent, commit, filter)?,
+            HashMap::new(),
+        ),
+        StepKind::Reconcile { commit } => {
+            let stored = store.model_blobs(&repo.id)?;
+            let tree = git::tree_files(mirror, commit, filter)?;
+            (commit, reconcile_changes(&stored, tree), stored)
+        }
+    };
+    let info = git::commit_info(mirror, commit)?;
+    let meta = StepMeta {
+        repo_id: &repo.id,
+        branch,
+        commit: &info,
+        note,
+        settings,
+    };
+    store.apply_step(
+        &meta,
+        |w: &mut StepWriter<'_, '_>| -> Result<(), StepError> {
+            for change in &changes {
+                apply_change(config, mirror, &stored, w, change, &info.id)?;
+            }
+            Ok(())
+        },
+    )
+}
+
+/// The changes that turn the stored catalog into `tree`, with renames found by equal blob ids.
+fn reconcile_changes(stored: &HashMap<String, String>, tree: Vec<(String, Oid)>) -> Vec<Change> {
+    let in_tree: HashMap<&str, Oid> = tree.iter().map(|(p, o)| (p.as_str(), *o)).collect();
+    let mut gone: HashMap<String, Vec<&str>> = HashMap::new();
+    for (path, blob) in stored {
+        if !in_tree.contains_key(path.as_str()) {
+            gone.entry(blob.clone()).or_default().push(path);
+        }
+    }
+    let mut changes = Vec::new();
+    for (path, blob) in &tree {
+        match stored.get(path) {
+            Some(b) if *b == blob.to_string() => {}
+            Some(_) => changes.push(Change::Modified {
+                path: path.clone(),
+                blob: *blob,
+            }),
+            None => match gone.get_mut(&blob.to_string()).and_then(|v| v.pop()) {
+                Some(from) => changes.push(Change::Renamed {
+                    from: from.to_string(),
+                    to: path.clone(),
+                    blob: *blob,
+                }),
+                None => changes.push(Change::Added {
+                    path: path.clone(),
+                    blob: *blob,
+                }),
+            },
+        }
+    }
+    let mut removed: Vec<&str> = gone.into_values().flatten().collect();
+    removed.sort_unstable();
+    changes.extend(removed.into_iter().map(|p| Change::Deleted {
+        path: p.to_string(),
+    }));
+    changes
+}
+
+fn apply_change(
+    config: &Config,
+    mirror: &Repository,
+    stored: &HashMap<String, String>,
+    w: &mut StepWriter<'_, '_>,
+    change: &Change,
+    commit: &str,
+) -> Result<(), StepError> {
+    let (path, from, blob) = match change {
+        Change::Deleted { path } => return Ok(w.remove(path)?),
+        Change::Added { path, blob } | Change::Modified { path, blob } => (path, None, *blob),
+        Change::Renamed { from, to, blob } => (to, Some(from.as_str()), *blob),
+    };
+    let blob_str = blob.to_string();
+    if from.is_none() && stored.get(path.as_str()) == Some(&blob_str) {
+        return Ok(());
+    }
+    let size = git::blob_size(mirror, blob)?;
+    let max = config.filter.max_model_bytes;
+    if size > max {
+        let reason = format!(
+            "{path} at commit {commit} is {size} bytes, over max_model_bytes ({max}); not read. Raise max_model_bytes to import it"
+        );
+        tracing::warn!("{reason}");
+        w.put(path, from, &blob_str, size, &Content::Skipped(reason))?;
+        return Ok(());
+    }
+    let bytes = git::read_blob(mirror, blob)?;
+    match model::parse_hackolade(&bytes) {
+        Parsed::Model(m) => w.put(path, from, &blob_str, size, &Content::Model(&m))?,
+        Parsed::Invalid(e) => {
+            tracing::warn!("{path} at commit {commit}: {e}");
+            w.put(path, from, &blob_str, size, &Content::Error(e.to_string()))?;
+        }
+        Parsed::NotModel => {
+            // Not (or no longer) a model: make sure no stale row is left at either path.
+            if let Some(f) = from {
+                w.remove(f)?;
+            }
+            w.remove(path)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oid(n: u8) -> Oid {
+        Oid::from_bytes(&[n; 20]).unwrap()
+    }
+
+    #[test]
+    fn reconcile_finds_adds_modifies_deletes_and_renames() {
+        let stored: HashMap<String, String> = [
+            ("same.json", oid(1)),
+            ("changed.json", oid(2)),
+            ("gone.json", oid(3)),
+            ("old-name.json", oid(4)),
+        ]
+        .into_iter()
+        .map(|(p, o)| (p.to_string(), o.to_string()))
+        .collect();
+        let tree = vec![
+            ("same.json".to_string(), oid(1)),
+            ("changed.json".to_string(), oid(5)),
+            ("new-name.json".to_string(), oid(4)),
+            ("new.json".to_string(), oid(6)),
+        ];
+        let mut changes = reconcile_changes(&stored, tree);
+        changes.sort_by_key(|c| format!("{c:?}"));
+        assert_eq!(
+            changes,
+            vec![
+                Change::Added {
+                    path: "new.json".into(),
+                    blob: oid(6)
+                },
+                Change::Deleted {
+                    path: "gone.json".into()
+                },
+                Change::Modified {
+                    path: "changed.json".into(),
+                    blob: oid(5)
+                },
+                Change::Renamed {
+                    from: "old-name.json".into(),
+                    to: "new-name.json".into(),
+                    blob: oid(4)
+                },
+            ]
+        );
+    }
+}
