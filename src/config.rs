@@ -525,8 +525,14 @@ fn validate(
                 ),
             )
         })?;
-        let base_url = provider::base_url(kind, raw.url.as_deref(), base)
-            .map_err(|m| invalid(&file, format!("[providers.{name}] url: {m}")))?;
+        let base_url = provider::base_url(kind, raw.url.as_deref(), base).map_err(|m| {
+            let shown = raw
+                .url
+                .as_deref()
+                .map(provider::redact_url)
+                .unwrap_or_default();
+            invalid(&file, format!("[providers.{name}] url {shown:?}: {m}"))
+        })?;
 
         let mut sources = Vec::new();
         if let Some(t) = raw.token {
@@ -588,7 +594,10 @@ fn validate(
             let resolved = provider::resolve_repo(kind, &base_url, entry).map_err(|m| {
                 invalid(
                     &file,
-                    format!("[providers.{name}] repos entry {entry:?}: {m}"),
+                    format!(
+                        "[providers.{name}] repos entry {:?}: {m}",
+                        provider::redact_url(entry)
+                    ),
                 )
             })?;
             let id = format!("{name}/{}", resolved.path);
@@ -775,6 +784,10 @@ mod tests {
             ),
             (
                 "[providers.g]\nkind = \"git\"\nrepos = [\"https://u:p@h/x.git\"]\n",
+                "token_file",
+            ),
+            (
+                "[providers.g]\nkind = \"gitlab\"\nurl = \"https://u:p@h\"\n",
                 "token_file",
             ),
             ("include = [\"[\"]\n", "include"),

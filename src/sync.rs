@@ -19,6 +19,7 @@ use crate::model::{self, Parsed};
 use crate::provider::GitAuth;
 use crate::store::{
     Content, Counts, PollRecord, StepMeta, StepWriter, Store, StoreError, now_rfc3339,
+    now_rfc3339_millis,
 };
 
 /// Why a poll failed. Every message starts with the repository id.
@@ -131,7 +132,7 @@ pub fn run_poll(
     trigger: Trigger,
     cancel: &Arc<AtomicBool>,
 ) -> (Result<PollOutcome, SyncError>, u32) {
-    let started_at = now_rfc3339();
+    let started_at = now_rfc3339_millis();
     let started = Instant::now();
     let result = poll(config, repo, store, cancel);
     let (outcome_name, commits, counts, error) = match &result {

@@ -199,6 +199,21 @@ pub fn resolve_repo(kind: ProviderKind, base: &str, entry: &str) -> Result<Resol
     })
 }
 
+/// A URL fit for messages: any password in it replaced by `***`.
+pub fn redact_url(u: &str) -> String {
+    let Some((scheme, rest)) = u.split_once("://") else {
+        return u.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        _ => u.to_string(),
+    }
+}
+
 /// `user@host:path` (scp-like ssh syntax).
 fn is_scp_like(s: &str) -> bool {
     match s.split_once(':') {

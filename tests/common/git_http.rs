@@ -19,7 +19,15 @@
 //!   v0 behaviour.
 //! - Push (`git-receive-pack`) is enabled (`http.receivepack=true`).
 //! - Unless auth is `Auth::None`, requests without valid credentials get `401`
-//!   with `WWW-Authenticate: Basic realm="test"`; clients then retry.
+//!   with `WWW-Authenticate: Basic realm="test"`; clients then retry. libgit2
+//!   never sends Basic credentials up front: every session starts with a 401,
+//!   then the credentials callback is asked. On a wrong password libgit2 calls
+//!   the callback again after each 401, forever, unless the callback gives up.
+//! - The git CLI sends a "probe" POST (body `0000`) before a big request that it
+//!   streams chunked (bigger than `http.postBuffer`); logged with `probe == true`
+//!   and not counted as a fetch/push. It gzips request bodies over ~1 KiB
+//!   (`Content-Encoding: gzip`, handled by http-backend). libgit2 sends
+//!   upload-pack requests with Content-Length and pushes chunked.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};

@@ -1,0 +1,185 @@
+//! The command line: where the configuration comes from, what `--json` prints, the demo of the README,
+//! and clear errors for bad input.
+
+use crate::git_http::Auth;
+use crate::support::*;
+
+#[test]
+fn config_flag_before_or_after_the_command_or_from_the_environment() {
+    let env = Env::new(Auth::None);
+    small_repo(&env);
+    let cfg = env
+        .path()
+        .join("config.toml")
+        .to_string_lossy()
+        .into_owned();
+    let a = bin()
+        .args(["--config", &cfg, "status", "--json"])
+        .output()
+        .unwrap();
+    let b = bin()
+        .args(["status", "--json", "--config", &cfg])
+        .output()
+        .unwrap();
+    let c = bin()
+        .args(["status", "--json"])
+        .env("MODELMIRROR_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    assert!(a.status.success() && b.status.success() && c.status.success());
+    assert_eq!(a.stdout, b.stdout);
+    assert_eq!(a.stdout, c.stdout);
+    let missing = bin()
+        .args(["status"])
+        .env("MODELMIRROR_CONFIG", "/nonexistent/mm.toml")
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("/nonexistent/mm.toml") && err.contains("--config"),
+        "{err}"
+    );
+}
+
+fn small_repo(env: &Env) {
+    let (_, work) = env.new_repo("t/r.git");
+    std::fs::copy(
+        fixtures().join("models/books/MongoDB__Figure 006 - Subtyping.hck.json"),
+        work.join("m.hck.json"),
+    )
+    .unwrap();
+    commit_all(&work, "model");
+    env.write_config(&format!(
+        "[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"t/r.git\"]\n",
+        env.server.url()
+    ));
+}
+
+#[test]
+fn json_output_has_the_documented_keys() {
+    let env = Env::new(Auth::None);
+    small_repo(&env);
+    env.run(&["sync", "g/t/r"]).ok();
+    let status = env.run(&["status", "--json"]).ok().json();
+    let row = &status[0];
+    for key in [
+        "repo",
+        "default_branch",
+        "commit",
+        "last_check_at",
+        "last_change_at",
+        "models",
+        "errors",
+        "last_error",
+    ] {
+        assert!(row.get(key).is_some(), "status lacks {key}: {row}");
+    }
+    assert_eq!(row["repo"], "g/t/r");
+    assert_eq!(row["default_branch"], "main");
+    assert_eq!(row["models"], 1);
+    assert!(chrono::DateTime::parse_from_rfc3339(row["last_check_at"].as_str().unwrap()).is_ok());
+    let models = env
+        .run(&["models", "--json", "--repo", "g/t/r"])
+        .ok()
+        .json();
+    let m = &models[0];
+    for key in [
+        "repo",
+        "path",
+        "name",
+        "target",
+        "entities",
+        "attributes",
+        "commit",
+        "blob",
+        "error",
+    ] {
+        assert!(m.get(key).is_some(), "models lacks {key}: {m}");
+    }
+    assert_eq!(m["path"], "m.hck.json");
+    assert_eq!(m["target"], "Polyglot");
+    assert!(m["error"].is_null());
+    let other = env
+        .run(&["models", "--json", "--repo", "g/other"])
+        .ok()
+        .json();
+    assert_eq!(other, serde_json::json!([]));
+}
+
+#[test]
+fn unknown_repository_and_bad_config_are_clear_errors() {
+    let env = Env::new(Auth::None);
+    small_repo(&env);
+    let run = env.run(&["sync", "g/nope"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("unknown repository `g/nope`"),
+        "{}",
+        run.stderr
+    );
+    std::fs::write(
+        env.path().join("config.toml"),
+        "[providers.g]\nkind = \"git\"\nrepos = [\"x\"]\nbogus = 1\n",
+    )
+    .unwrap();
+    let run = env.run(&["status"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("config.toml:4:") && run.stderr.contains("bogus"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn check_validates_and_warns_about_a_literal_token() {
+    let env = Env::new(Auth::None);
+    env.write_config(
+        "[providers.gh]\nkind = \"github\"\ntoken = \"ghp_literal_secret\"\nrepos = [\"o/r\"]\n",
+    );
+    let run = env.run(&["check"]).ok();
+    assert!(run.stdout.contains("configuration OK"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("warning:") && run.stdout.contains("literal `token`"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("ghp_literal_secret"));
+}
+
+/// The README's quick start: the bundled demo configuration works offline through a file:// URL.
+#[test]
+fn the_bundled_demo_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("demo");
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &demo.join("repos/books.git").to_string_lossy(),
+            "repos/books.git",
+        ],
+    );
+    std::fs::copy(demo.join("config.toml"), dir.path().join("config.toml")).unwrap();
+    let cfg = dir
+        .path()
+        .join("config.toml")
+        .to_string_lossy()
+        .into_owned();
+    let out = bin().args(["--config", &cfg, "sync"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("demo/books updated: +"));
+    let out = bin()
+        .args(["--config", &cfg, "models", "--json"])
+        .output()
+        .unwrap();
+    let models: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(models.as_array().unwrap().len(), 141);
+}
