@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
@@ -476,10 +475,10 @@ fn validate(
         Some((n, _)) => n,
         None => DEFAULT_CONCURRENCY,
     };
-    let (max_model_bytes, mmb_file) = match max_model_bytes {
+    let max_model_bytes = match max_model_bytes {
         Some((0, f)) => return Err(invalid(&f, "max_model_bytes must be at least 1".into())),
-        Some((n, f)) => (n, f),
-        None => (DEFAULT_MAX_MODEL_BYTES, main.to_path_buf()),
+        Some((n, _)) => n,
+        None => DEFAULT_MAX_MODEL_BYTES,
     };
     let (include, include_file) = match include {
         Some((v, f)) => (v, f),
@@ -494,7 +493,6 @@ fn validate(
     }
     let filter =
         FileFilter::new(&include, max_model_bytes).map_err(|m| invalid(&include_file, m))?;
-    let _ = mmb_file;
     let backfill = backfill.map(|(b, _)| b).unwrap_or(true);
 
     let mut providers = Vec::new();
@@ -654,14 +652,10 @@ fn parse_schedule(text: &str, file: &Path, key: &str) -> Result<Schedule, Config
         .map_err(|e: ScheduleError| invalid(file, format!("{key} = {text:?}: {e}")))
 }
 
-/// How long a schedule's period is, for back-off and jitter.
-pub fn period_of(schedule: &Schedule) -> Duration {
-    schedule.period()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);

@@ -74,9 +74,6 @@ pub enum RemoteHead {
         /// Short name, e.g. `main`.
         name: String,
         commit: Oid,
-        /// Whether objects had to be downloaded (false: the commit was already in the mirror).
-        downloaded: bool,
-        bytes: usize,
     },
 }
 
@@ -191,7 +188,6 @@ pub fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<RemoteHead
         }
         return Err(classify(&url, &e));
     }
-    let bytes = remote.stats().received_bytes();
     let heads = remote.list().map_err(|e| classify(&url, &e))?;
     let head = heads.iter().find(|h| h.name() == "HEAD");
     let Some(head) = head.filter(|h| !h.oid().is_zero()) else {
@@ -199,7 +195,6 @@ pub fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<RemoteHead
         return Ok(RemoteHead::Empty);
     };
     let commit = head.oid();
-    let downloaded = bytes > 0;
     // The symref HEAD → refs/heads/<name>; older servers do not advertise it: then take a branch that
     // points at the same commit (preferring main and master).
     let symref = remote
@@ -244,12 +239,7 @@ pub fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<RemoteHead
             .map_err(mirror_err)?;
         repo.set_head(&mirror_ref).map_err(mirror_err)?;
     }
-    Ok(RemoteHead::Branch {
-        name,
-        commit,
-        downloaded,
-        bytes,
-    })
+    Ok(RemoteHead::Branch { name, commit })
 }
 
 fn classify(url: &str, e: &git2::Error) -> GitError {
@@ -498,8 +488,8 @@ pub fn tree_files(
         .map_err(read_err(format!("tree of commit {commit}")))?;
     let mut files = Vec::new();
     tree.walk(TreeWalkMode::PreOrder, |root, entry| {
-        if entry.kind() == Some(ObjectType::Blob)
-            && is_file_mode(entry.filemode_raw().into_file_mode())
+        // Regular and executable files only: no symlinks, no submodules.
+        if entry.kind() == Some(ObjectType::Blob) && matches!(entry.filemode(), 0o100644 | 0o100755)
         {
             let name = String::from_utf8_lossy(entry.name_bytes());
             let path = format!("{root}{name}");
@@ -511,22 +501,6 @@ pub fn tree_files(
     })
     .map_err(read_err(format!("tree of commit {commit}")))?;
     Ok(files)
-}
-
-trait IntoFileMode {
-    fn into_file_mode(self) -> git2::FileMode;
-}
-
-impl IntoFileMode for i32 {
-    fn into_file_mode(self) -> git2::FileMode {
-        match self {
-            0o100755 => git2::FileMode::BlobExecutable,
-            0o120000 => git2::FileMode::Link,
-            0o160000 => git2::FileMode::Commit,
-            0o040000 => git2::FileMode::Tree,
-            _ => git2::FileMode::Blob,
-        }
-    }
 }
 
 /// A blob's size, read from the object header without loading the object.

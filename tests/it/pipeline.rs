@@ -74,35 +74,26 @@ fn first_import_walks_the_whole_history_with_each_models_commit() {
     gitlab_config(&env, "", &["team/books"]);
     let run = env.run(&["sync"]).ok();
     let head = git(&srv, &["rev-parse", "main"]).trim().to_string();
+    let db = env.db();
+    let (added, modified, deleted): (i64, i64, i64) = db
+        .query_row(
+            "SELECT SUM(added), SUM(modified), SUM(deleted) FROM sync_steps",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
     assert_eq!(
         run.stdout.trim(),
         format!(
-            "gl/team/books updated: +{} ~{} -{} models at {}",
-            {
-                let db = env.db();
-                db.query_row("SELECT SUM(added) FROM sync_steps", [], |r| {
-                    r.get::<_, i64>(0)
-                })
-                .unwrap()
-            },
-            {
-                let db = env.db();
-                db.query_row("SELECT SUM(modified) FROM sync_steps", [], |r| {
-                    r.get::<_, i64>(0)
-                })
-                .unwrap()
-            },
-            {
-                let db = env.db();
-                db.query_row("SELECT SUM(deleted) FROM sync_steps", [], |r| {
-                    r.get::<_, i64>(0)
-                })
-                .unwrap()
-            },
+            "gl/team/books updated: +{added} ~{modified} -{deleted} models at {}",
             &head[..12]
         )
     );
-    let db = env.db();
+    assert_eq!(
+        added - deleted,
+        141,
+        "what was added and not deleted is what is there"
+    );
     assert_catalog_is(&srv, &db, "gl/team/books", &head, u64::MAX);
     let history = first_parent_history(&srv, "main");
     let steps: i64 = db
