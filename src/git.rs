@@ -30,6 +30,10 @@ pub enum GitError {
     )]
     Auth { url: String, auth: String },
     #[error(
+        "authentication failed for {url}: the server refused the ssh key {key}; add its public key to the account (authorized keys or deploy keys), or fix ssh_key_file"
+    )]
+    SshAuth { url: String, key: PathBuf },
+    #[error(
         "repository not found at {url}: check the path in `repos`, and that the token may see the repository"
     )]
     NotFound { url: String },
@@ -135,7 +139,7 @@ pub fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<RemoteHead
                 Some((host.into(), "the server sent no raw host key".into()));
             return Err(git2::Error::from_str("no host key"));
         };
-        match check_known_host(spec.known_hosts_file, host, key) {
+        match check_known_host(spec.known_hosts_file, host, ssh_port(spec.url), key) {
             Ok(()) => Ok(CertificateCheckStatus::CertificateOk),
             Err(message) => {
                 *host_key_problem.borrow_mut() = Some((host.into(), message));
@@ -178,6 +182,14 @@ pub fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<RemoteHead
             return Err(GitError::HostKey { host, message });
         }
         if auth_rejected.get() {
+            if ssh_attempts.get() > 0
+                && let Some(key) = spec.ssh_key_file
+            {
+                return Err(GitError::SshAuth {
+                    url,
+                    key: key.to_path_buf(),
+                });
+            }
             return Err(GitError::Auth {
                 url,
                 auth: spec.auth.describe(),
@@ -263,8 +275,24 @@ fn classify(url: &str, e: &git2::Error) -> GitError {
     }
 }
 
-/// Check an ssh host key against `known_hosts_file` (plain, non-hashed entries: `host[,host] type base64`).
-fn check_known_host(known_hosts: Option<&Path>, host: &str, key: &[u8]) -> Result<(), String> {
+/// The port of an ssh URL (`ssh://host:port/…`; 22 for `user@host:path` and when none is given).
+fn ssh_port(url: &str) -> u16 {
+    url.strip_prefix("ssh://")
+        .and_then(|rest| rest.split('/').next())
+        .map(|authority| authority.rsplit('@').next().unwrap_or(authority))
+        .and_then(|host_port| host_port.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or(22)
+}
+
+/// Check an ssh host key against `known_hosts_file`, as OpenSSH does for plain (non-hashed) entries:
+/// `host[,host…] type base64`, where a non-default port is written `[host]:port`.
+fn check_known_host(
+    known_hosts: Option<&Path>,
+    host: &str,
+    port: u16,
+    key: &[u8],
+) -> Result<(), String> {
     let Some(path) = known_hosts else {
         return Err(
             "no known_hosts_file is configured for this provider; add one with the server's key"
@@ -274,6 +302,11 @@ fn check_known_host(known_hosts: Option<&Path>, host: &str, key: &[u8]) -> Resul
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let wanted = crate::provider::base64(key);
+    let names = if port == 22 {
+        vec![host.to_string(), format!("[{host}]:22")]
+    } else {
+        vec![format!("[{host}]:{port}")]
+    };
     for line in text.lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -284,18 +317,13 @@ fn check_known_host(known_hosts: Option<&Path>, host: &str, key: &[u8]) -> Resul
         else {
             continue;
         };
-        let matches_host = hosts.split(',').any(|h| {
-            h == host
-                || h.strip_prefix('[')
-                    .and_then(|r| r.split_once("]:"))
-                    .is_some_and(|(hh, _)| hh == host)
-        });
-        if matches_host && b64 == wanted {
+        if hosts.split(',').any(|h| names.iter().any(|n| n == h)) && b64 == wanted {
             return Ok(());
         }
     }
     Err(format!(
-        "it is not listed in {} (hashed entries are not supported; add a plain `host type key` line)",
+        "{} is not listed with this key in {} (hashed entries are not supported; add a plain line from `ssh-keyscan -p {port} {host}`)",
+        names[0],
         path.display()
     ))
 }
@@ -518,4 +546,37 @@ pub fn read_blob(repo: &Repository, blob: Oid) -> Result<Vec<u8>, GitError> {
         .find_blob(blob)
         .map_err(read_err(format!("blob {blob}")))?;
     Ok(b.content().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_hosts_entries_match_host_and_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let kh = dir.path().join("known_hosts");
+        let key = b"\x00\x00\x00\x0bssh-ed25519key-bytes";
+        let b64 = crate::provider::base64(key);
+        std::fs::write(
+            &kh,
+            format!(
+                "# comment\ngit.example.com ssh-ed25519 {b64}\n[10.0.0.1]:2222 ssh-ed25519 {b64}\n"
+            ),
+        )
+        .unwrap();
+        let check = |host, port| check_known_host(Some(&kh), host, port, key);
+        assert!(check("git.example.com", 22).is_ok());
+        assert!(
+            check("git.example.com", 2222).is_err(),
+            "a plain entry is for port 22 only"
+        );
+        assert!(check("10.0.0.1", 2222).is_ok());
+        assert!(check("10.0.0.1", 22).is_err());
+        assert!(check_known_host(Some(&kh), "git.example.com", 22, b"other").is_err());
+        assert!(check_known_host(None, "git.example.com", 22, key).is_err());
+        assert_eq!(ssh_port("ssh://git@host:2222/a/b.git"), 2222);
+        assert_eq!(ssh_port("ssh://host/a.git"), 22);
+        assert_eq!(ssh_port("git@host:a/b.git"), 22);
+    }
 }

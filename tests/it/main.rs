@@ -10,4 +10,5 @@ mod counting;
 mod failures;
 mod pipeline;
 mod service;
+mod ssh;
 mod support;
