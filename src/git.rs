@@ -250,6 +250,19 @@ pub fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<RemoteHead
         repo.reference(&mirror_ref, commit, true, "modelmirror fetch")
             .map_err(mirror_err)?;
         repo.set_head(&mirror_ref).map_err(mirror_err)?;
+        // A renamed default branch leaves its old name behind: drop it, so the mirror holds one branch.
+        let stale: Vec<String> = repo
+            .references_glob("refs/heads/*")
+            .map_err(mirror_err)?
+            .flatten()
+            .filter_map(|r| r.name().ok().map(str::to_string))
+            .filter(|n| *n != mirror_ref)
+            .collect();
+        for name in stale {
+            if let Ok(mut r) = repo.find_reference(&name) {
+                r.delete().map_err(mirror_err)?;
+            }
+        }
     }
     Ok(RemoteHead::Branch { name, commit })
 }

@@ -39,6 +39,14 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
+    #[error(
+        "repository {repo} was updated by another modelmirror process meanwhile (it is at {found}, this poll started at {expected}); the next poll continues from there"
+    )]
+    Conflict {
+        repo: String,
+        expected: String,
+        found: String,
+    },
     #[error("database error while {doing}: {source}")]
     Sql {
         doing: String,
@@ -237,6 +245,10 @@ pub struct StepMeta<'a> {
     pub commit: &'a CommitInfo,
     pub note: Option<&'a str>,
     pub settings: &'a str,
+    /// The processed commit this step starts from. If the database holds another one, some other process
+    /// (a manual `sync` beside the service) moved it meanwhile, and the step is refused rather than applied
+    /// twice.
+    pub expect_commit: Option<&'a str>,
 }
 
 /// Writes the model changes of one step inside its transaction, one model at a time (so memory holds one
@@ -511,6 +523,7 @@ impl Store {
                 meta,
                 counts: Counts::default(),
             };
+            check_pointer(&tx, meta)?;
             record_commit(&tx, meta)?;
             write(&mut writer)?;
             let counts = writer.counts;
@@ -603,30 +616,6 @@ impl Store {
             .doing("listing models")?;
         rows.collect::<Result<_, _>>().doing("listing models")
     }
-
-    /// Run a read-only query for tests and tools: returns rows of strings.
-    pub fn query_strings(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(sql).doing("running a query")?;
-        let n = stmt.column_count();
-        let rows = stmt
-            .query_map([], |r| {
-                (0..n)
-                    .map(|i| {
-                        let v: rusqlite::types::Value = r.get(i)?;
-                        Ok(match v {
-                            rusqlite::types::Value::Null => None,
-                            rusqlite::types::Value::Integer(i) => Some(i.to_string()),
-                            rusqlite::types::Value::Real(f) => Some(f.to_string()),
-                            rusqlite::types::Value::Text(t) => Some(t),
-                            rusqlite::types::Value::Blob(_) => Some("<blob>".into()),
-                        })
-                    })
-                    .collect()
-            })
-            .doing("running a query")?;
-        rows.collect::<Result<_, _>>().doing("running a query")
-    }
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
@@ -647,6 +636,26 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         tx.pragma_update(None, "user_version", (i + 1) as i64)
             .doing("migrating the schema")?;
         tx.commit().doing("migrating the schema")?;
+    }
+    Ok(())
+}
+
+fn check_pointer(tx: &Transaction<'_>, meta: &StepMeta<'_>) -> Result<(), StoreError> {
+    let found: Option<String> = tx
+        .query_row(
+            "SELECT commit_id FROM repos WHERE id = ?1",
+            [meta.repo_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .doing("reading the processed commit")?
+        .flatten();
+    if found.as_deref() != meta.expect_commit {
+        return Err(StoreError::Conflict {
+            repo: meta.repo_id.to_string(),
+            expected: meta.expect_commit.unwrap_or("none").to_string(),
+            found: found.unwrap_or_else(|| "none".into()),
+        });
     }
     Ok(())
 }
@@ -876,4 +885,88 @@ fn insert_content(tx: &Transaction<'_>, model_id: i64, m: &Model) -> Result<(), 
         .doing("storing relationships")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(id: &str) -> CommitInfo {
+        CommitInfo {
+            id: id.into(),
+            author_name: "A".into(),
+            author_email: "a@example.com".into(),
+            authored_at: "2024-01-01T00:00:00Z".into(),
+            committed_at: "2024-01-01T00:00:00Z".into(),
+            message: "m".into(),
+        }
+    }
+
+    fn step<'a>(c: &'a CommitInfo, expect: Option<&'a str>) -> StepMeta<'a> {
+        StepMeta {
+            repo_id: "p/r",
+            branch: "main",
+            commit: c,
+            note: None,
+            settings: "s",
+            expect_commit: expect,
+        }
+    }
+
+    #[test]
+    fn a_step_from_a_stale_pointer_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        store.ensure_repo("p/r", "p", "r", "file:///r").unwrap();
+        let c1 = commit("c1");
+        let put = |w: &mut StepWriter<'_, '_>| -> Result<(), StoreError> {
+            w.put(
+                "a.json",
+                None,
+                "b1",
+                10,
+                &Content::Error("line 1, column 2: x".into()),
+            )
+        };
+        let counts = store.apply_step(&step(&c1, None), put).unwrap();
+        assert_eq!(counts.added, 1);
+        // A second process that also started from "no commit" must not apply the same step again.
+        let err = store.apply_step(&step(&c1, None), put).unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+        assert!(err.to_string().contains("another modelmirror process"));
+        let versions: i64 = store
+            .lock()
+            .query_row("SELECT COUNT(*) FROM model_versions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(versions, 1);
+        let c2 = commit("c2");
+        store
+            .apply_step(&step(&c2, Some("c1")), |w: &mut StepWriter<'_, '_>| {
+                w.remove("a.json")
+            })
+            .unwrap();
+        assert_eq!(
+            store.repo_state("p/r").unwrap().commit.as_deref(),
+            Some("c2")
+        );
+        assert!(store.model_blobs("p/r").unwrap().is_empty());
+    }
+
+    #[test]
+    fn migrations_run_once_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        drop(Store::open(&path).unwrap());
+        drop(Store::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let err = Store::open(&path).err().unwrap().to_string();
+        assert!(err.contains("upgrade modelmirror"), "{err}");
+    }
 }

@@ -80,7 +80,6 @@ pub enum PollOutcome {
         commit: String,
         commits: u32,
         counts: Counts,
-        note: Option<String>,
     },
 }
 
@@ -134,7 +133,21 @@ pub fn run_poll(
 ) -> (Result<PollOutcome, SyncError>, u32) {
     let started_at = now_rfc3339_millis();
     let started = Instant::now();
-    let result = poll(config, repo, store, cancel);
+    // A bug must not take the service down silently: a panic in a poll becomes that poll's recorded error.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        poll(config, repo, store, cancel)
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(SyncError::Internal {
+            repo: repo.id.clone(),
+            message: format!("internal error (a bug in modelmirror, please report it): {what}"),
+        })
+    });
     let (outcome_name, commits, counts, error) = match &result {
         Ok(PollOutcome::Unchanged { .. }) => ("unchanged", 0, Counts::default(), None),
         Ok(PollOutcome::Empty) => ("empty", 0, Counts::default(), None),
@@ -243,16 +256,23 @@ pub fn poll(
     let plan = plan(&mirror, &state, head, repo.backfill, &settings).map_err(git_err)?;
     let mut counts = Counts::default();
     let mut done = 0u32;
-    let note = plan.note;
+    // The processed-commit pointer each step starts from; each step moves it.
+    let mut pointer = state.commit.clone();
     for (i, step) in plan.steps.iter().enumerate() {
         if cancel.load(Ordering::Relaxed) {
             return Err(SyncError::Cancelled { repo: id });
         }
-        let step_note = if i == 0 { note } else { None };
-        let c = process_step(
-            config, repo, store, &mirror, &branch, step, step_note, &settings,
-        )
-        .map_err(|e| match e {
+        let ctx = StepContext {
+            config,
+            repo,
+            store,
+            mirror: &mirror,
+            branch: &branch,
+            note: if i == 0 { plan.note } else { None },
+            settings: &settings,
+            expect_commit: pointer.as_deref(),
+        };
+        let c = process_step(&ctx, step).map_err(|e| match e {
             StepError::Git(source) => SyncError::Git {
                 repo: id.clone(),
                 source,
@@ -264,6 +284,7 @@ pub fn poll(
         })?;
         counts.add(c);
         done += 1;
+        pointer = Some(step.commit().to_string());
     }
     tracing::info!(
         repo = %repo.id,
@@ -278,7 +299,6 @@ pub fn poll(
         commit: head_str,
         commits: done,
         counts,
-        note: note.map(str::to_string),
     })
 }
 
@@ -287,6 +307,14 @@ pub fn poll(
 struct Plan {
     steps: Vec<StepKind>,
     note: Option<&'static str>,
+}
+
+impl StepKind {
+    fn commit(&self) -> Oid {
+        match *self {
+            StepKind::Diff { commit, .. } | StepKind::Reconcile { commit } => commit,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -343,17 +371,26 @@ fn diff_plan(mirror: &Repository, chain: Vec<Oid>, mut parent: Option<Oid>) -> P
     Plan { steps, note: None }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn process_step(
-    config: &Config,
-    repo: &RepoConfig,
-    store: &Store,
-    mirror: &Repository,
-    branch: &str,
-    step: &StepKind,
-    note: Option<&str>,
-    settings: &str,
-) -> Result<Counts, StepError> {
+/// What every step of one poll shares.
+struct StepContext<'a> {
+    config: &'a Config,
+    repo: &'a RepoConfig,
+    store: &'a Store,
+    mirror: &'a Repository,
+    branch: &'a str,
+    note: Option<&'a str>,
+    settings: &'a str,
+    expect_commit: Option<&'a str>,
+}
+
+fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepError> {
+    let StepContext {
+        config,
+        repo,
+        store,
+        mirror,
+        ..
+    } = *ctx;
     let filter = &config.filter;
     // A diff step's changes already differ from the catalog (it equals the parent's tree); a reconcile step
     // compares with the catalog itself.
@@ -372,10 +409,11 @@ fn process_step(
     let info = git::commit_info(mirror, commit)?;
     let meta = StepMeta {
         repo_id: &repo.id,
-        branch,
+        branch: ctx.branch,
         commit: &info,
-        note,
-        settings,
+        note: ctx.note,
+        settings: ctx.settings,
+        expect_commit: ctx.expect_commit,
     };
     store.apply_step(
         &meta,

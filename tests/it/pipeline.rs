@@ -371,6 +371,13 @@ fn default_branch_renamed_on_the_server() {
     assert_eq!(run.stdout.trim(), "gl/team/books unchanged");
     let status = env.run(&["status", "--json"]).ok().json();
     assert_eq!(status[0]["default_branch"], "trunk");
+    let mirror = env.path().join("state/mirrors/gl/team/books.git");
+    let refs = git(&mirror, &["for-each-ref", "--format=%(refname)"]);
+    assert_eq!(
+        refs.trim(),
+        "refs/heads/trunk",
+        "the old branch name is dropped from the mirror"
+    );
     assert_eq!(status[0]["models"], 141);
     // The new branch moves on: its commits are processed.
     let history = first_parent_history(&srv, "trunk");
