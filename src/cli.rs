@@ -51,8 +51,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Validate the configuration (and that tokens resolve and the database opens), print warnings.
-    Check,
+    /// Check everything, like `nginx -t`: configuration, secrets, each provider's token and discovery, and
+    /// each repository's refs. Exit status 0 only when every check passes.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +71,10 @@ pub enum CliError {
     Runtime(std::io::Error),
     #[error("cannot write output: {0}")]
     Output(std::io::Error),
+    #[error("{}", .0.join("\n"))]
+    Secrets(Vec<String>),
+    #[error(transparent)]
+    Git(#[from] crate::git::GitError),
 }
 
 impl Cli {
@@ -76,15 +84,62 @@ impl Cli {
     }
 
     pub fn execute(self) -> Result<ExitCode, CliError> {
+        if let Command::Check { json } = self.command {
+            return check(&self.config, json);
+        }
         let config = Config::load(&self.config)?;
         match self.command {
-            Command::Run => run(config),
-            Command::Sync { repos } => sync(config, &repos),
+            Command::Run => {
+                prepare(&config)?;
+                run(config)
+            }
+            Command::Sync { repos } => {
+                prepare(&config)?;
+                sync(config, &repos)
+            }
             Command::Status { json } => status(&config, json),
             Command::Models { repo, json } => models(&config, repo.as_deref(), json),
-            Command::Check => check(&config),
+            Command::Check { .. } => Ok(ExitCode::SUCCESS),
         }
     }
+}
+
+/// Before any transfer: refuse to start with secrets that cannot be read, and set libgit2's process-wide
+/// trust store and timeouts from the providers' `ca_file`, `connect_timeout` and `read_timeout`.
+fn prepare(config: &Config) -> Result<(), CliError> {
+    let (errors, warnings) = config.check_secrets();
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    if !errors.is_empty() {
+        return Err(CliError::Secrets(errors));
+    }
+    prepare_git(config)
+}
+
+fn prepare_git(config: &Config) -> Result<(), CliError> {
+    let ca: Vec<&std::path::Path> = config
+        .providers
+        .iter()
+        .filter_map(|p| p.ca_file.as_deref())
+        .collect();
+    crate::git::trust_ca_files(&ca)?;
+    let longest = |f: fn(&crate::config::ProviderConfig) -> std::time::Duration, default: u64| {
+        config
+            .providers
+            .iter()
+            .map(f)
+            .max()
+            .unwrap_or(std::time::Duration::from_secs(default))
+    };
+    crate::git::set_timeouts(
+        longest(
+            |p| p.connect_timeout,
+            crate::config::DEFAULT_CONNECT_TIMEOUT,
+        ),
+        longest(|p| p.read_timeout, crate::config::DEFAULT_READ_TIMEOUT),
+    );
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -104,23 +159,40 @@ fn run(config: Config) -> Result<ExitCode, CliError> {
 }
 
 fn sync(config: Config, ids: &[String]) -> Result<ExitCode, CliError> {
+    let store = Arc::new(Store::open(&config.database)?);
+    let rt = runtime()?;
+    // Discovery first, so `sync` also polls repositories found in groups, workspaces, projects and orgs.
+    let mut discovery_ok = true;
+    let mut all = config.repos.clone();
+    for (index, provider) in config.providers.iter().enumerate() {
+        if provider.discover.is_empty() {
+            continue;
+        }
+        let limits = crate::provider::api::Limits::new(provider.max_requests_per_hour);
+        if let Err(e) = rt.block_on(crate::sync::discover(&config, index, &store, limits)) {
+            discovery_ok = false;
+            println!("{} discovery error: {e}", provider.name);
+        }
+        for (path, url) in store.discovered_repos(&provider.name)? {
+            let repo = provider.repo(index, &path, &url);
+            if !all.iter().any(|r| r.id == repo.id) {
+                all.push(repo);
+            }
+        }
+    }
     let repos = if ids.is_empty() {
-        config.repos.clone()
+        all
     } else {
         ids.iter()
             .map(|id| {
-                config
-                    .repos
-                    .iter()
+                all.iter()
                     .find(|r| &r.id == id)
                     .cloned()
                     .ok_or_else(|| CliError::UnknownRepo(id.clone()))
             })
             .collect::<Result<Vec<_>, _>>()?
     };
-    let store = Arc::new(Store::open(&config.database)?);
     let cancel = Arc::new(AtomicBool::new(false));
-    let rt = runtime()?;
     let cancel_on_signal = cancel.clone();
     rt.spawn(async move {
         daemon::shutdown_signal().await;
@@ -146,7 +218,7 @@ fn sync(config: Config, ids: &[String]) -> Result<ExitCode, CliError> {
             println!("{line}");
         },
     ));
-    Ok(if ok {
+    Ok(if ok && discovery_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -204,6 +276,12 @@ fn status(config: &Config, json: bool) -> Result<ExitCode, CliError> {
             rows.push(crate::store::RepoStatus {
                 repo: repo.id.clone(),
                 url: repo.url.clone(),
+                state: "active".into(),
+                state_reason: Some("not polled yet".into()),
+                provider_id: None,
+                web_url: None,
+                held_until: None,
+                held_reason: None,
                 default_branch: None,
                 commit: None,
                 last_check_at: None,
@@ -222,8 +300,13 @@ fn status(config: &Config, json: bool) -> Result<ExitCode, CliError> {
     let table = rows
         .iter()
         .map(|r| {
+            let state = match &r.state_reason {
+                Some(reason) if r.state != "active" => format!("{} ({reason})", r.state),
+                _ => r.state.clone(),
+            };
             vec![
                 r.repo.clone(),
+                state,
                 or_dash(&r.default_branch),
                 r.commit
                     .as_deref()
@@ -239,6 +322,7 @@ fn status(config: &Config, json: bool) -> Result<ExitCode, CliError> {
     print_table(
         &[
             "REPO",
+            "STATE",
             "BRANCH",
             "COMMIT",
             "MODELS",
@@ -249,6 +333,26 @@ fn status(config: &Config, json: bool) -> Result<ExitCode, CliError> {
         ],
         table,
     )?;
+    let providers = store.provider_status()?;
+    let mut out = std::io::stdout().lock();
+    for p in providers {
+        let mut line = format!("provider {}:", p.provider);
+        if let Some(at) = &p.last_discovery_at {
+            line.push_str(&format!(" discovery at {at}"));
+            match (&p.last_discovery_error, p.repos_found) {
+                (Some(e), _) => line.push_str(&format!(" failed: {e}")),
+                (None, Some(n)) => line.push_str(&format!(" found {n} repositories")),
+                _ => {}
+            }
+        }
+        if let Some(until) = &p.held_until {
+            line.push_str(&format!(
+                "; held back until {until} ({})",
+                p.held_reason.as_deref().unwrap_or("rate limit")
+            ));
+        }
+        writeln!(out, "{line}").map_err(CliError::Output)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -292,28 +396,296 @@ fn models(config: &Config, repo: Option<&str>, json: bool) -> Result<ExitCode, C
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(config: &Config) -> Result<ExitCode, CliError> {
-    let mut out = std::io::stdout().lock();
-    let mut say = |s: String| writeln!(out, "{s}").map_err(CliError::Output);
-    say(format!(
-        "configuration OK: {} ({} file(s)), {} provider(s), {} repositories",
-        config.path.display(),
-        config.files.len(),
-        config.providers.len(),
-        config.repos.len()
-    ))?;
-    let store = Store::open(&config.database)?;
-    say(format!("database OK: {}", store.path().display()))?;
-    for repo in &config.repos {
-        say(format!(
-            "repo {} <- {} (schedule {:?})",
-            repo.id,
-            repo.url,
-            repo.schedule.as_str()
-        ))?;
+/// One line of `check`.
+#[derive(Debug, Serialize)]
+struct CheckResult {
+    check: &'static str,
+    target: String,
+    /// ok | warning | error
+    status: &'static str,
+    message: String,
+}
+
+fn check(path: &std::path::Path, json: bool) -> Result<ExitCode, CliError> {
+    let mut results = Vec::new();
+    let mut add = |check, target: &str, status, message: String| {
+        results.push(CheckResult {
+            check,
+            target: target.to_string(),
+            status,
+            message,
+        });
+    };
+    match Config::load(path) {
+        Err(e) => add(
+            "config",
+            &path.display().to_string(),
+            "error",
+            e.to_string(),
+        ),
+        Ok(config) => {
+            let shown = config.path.display().to_string();
+            add(
+                "config",
+                &shown,
+                "ok",
+                format!(
+                    "{} file(s), {} provider(s), {} configured repositories",
+                    config.files.len(),
+                    config.providers.len(),
+                    config.repos.len()
+                ),
+            );
+            for w in &config.warnings {
+                add("config", &shown, "warning", w.clone());
+            }
+            match Store::open(&config.database) {
+                Ok(_) => add(
+                    "database",
+                    &config.database.display().to_string(),
+                    "ok",
+                    "opens and is migrated".into(),
+                ),
+                Err(e) => add(
+                    "database",
+                    &config.database.display().to_string(),
+                    "error",
+                    e.to_string(),
+                ),
+            }
+            let (errors, warnings) = config.check_secrets();
+            for e in errors {
+                add("secret", "", "error", e);
+            }
+            for w in warnings {
+                add("secret", "", "warning", w);
+            }
+            for p in &config.providers {
+                if p.kind == crate::provider::ProviderKind::BitbucketCloud
+                    && p.credentials.token.is_some()
+                    && p.credentials
+                        .username
+                        .as_deref()
+                        .is_some_and(|u| !u.contains('@'))
+                {
+                    add(
+                        "secret",
+                        &p.name,
+                        "warning",
+                        format!(
+                            "provider {}: username without `@` means an app password, and Atlassian retired app passwords on 2026-07-28; create an API token (username = your Atlassian e-mail) or a repository/project/workspace access token (no username)",
+                            p.name
+                        ),
+                    );
+                }
+            }
+            if let Err(e) = prepare_git(&config) {
+                add("config", &shown, "error", e.to_string());
+            }
+            let rt = runtime()?;
+            for r in rt.block_on(check_remote(&config)) {
+                results_push(&mut add, r);
+            }
+        }
     }
-    for w in &config.warnings {
-        say(format!("warning: {w}"))?;
+    let failed = results.iter().any(|r| r.status == "error");
+    if json {
+        print_json(&results)?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        for r in &results {
+            let target = if r.target.is_empty() {
+                String::new()
+            } else {
+                format!("{}: ", r.target)
+            };
+            writeln!(out, "{:<7} {:<9} {target}{}", r.status, r.check, r.message)
+                .map_err(CliError::Output)?;
+        }
+        let summary = if failed {
+            "some checks failed"
+        } else {
+            "all checks passed"
+        };
+        writeln!(out, "{summary}").map_err(CliError::Output)?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn results_push(add: &mut impl FnMut(&'static str, &str, &'static str, String), r: CheckResult) {
+    add(r.check, &r.target, r.status, r.message);
+}
+
+/// The network checks: each provider's token and discovery, then each repository's refs.
+async fn check_remote(config: &Config) -> Vec<CheckResult> {
+    let mut out = Vec::new();
+    let mut repos: Vec<crate::config::RepoConfig> = config.repos.clone();
+    for (index, p) in config.providers.iter().enumerate() {
+        if p.api_url.is_none() {
+            continue;
+        }
+        let token = match p.credentials.token.as_ref().map(|t| t.resolve()) {
+            Some(Err(_)) => continue, // reported with the secrets
+            Some(Ok(t)) => Some(t),
+            None => None,
+        };
+        let api = match crate::provider::api::ApiClient::new(
+            p,
+            token.as_ref(),
+            crate::provider::api::Limits::new(p.max_requests_per_hour),
+        ) {
+            Ok(api) => api,
+            Err(e) => {
+                out.push(CheckResult {
+                    check: "token",
+                    target: p.name.clone(),
+                    status: "error",
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let forge = p.kind.forge();
+        if token.is_some() {
+            let probe = p.discover.first().map(String::as_str).or_else(|| {
+                config
+                    .repos
+                    .iter()
+                    .find(|r| r.provider == p.name)
+                    .map(|r| r.path.as_str())
+            });
+            match forge.whoami(&api, probe).await {
+                Ok(who) => out.push(CheckResult {
+                    check: "token",
+                    target: p.name.clone(),
+                    status: "ok",
+                    message: who,
+                }),
+                Err(e) => out.push(CheckResult {
+                    check: "token",
+                    target: p.name.clone(),
+                    status: "error",
+                    message: e.to_string(),
+                }),
+            }
+        } else {
+            out.push(CheckResult {
+                check: "token",
+                target: p.name.clone(),
+                status: "warning",
+                message: "no token: only public repositories can be read".into(),
+            });
+        }
+        for scope in &p.discover {
+            let target = format!("{}/{scope}", p.name);
+            match forge.discover(&api, scope).await {
+                Ok(found) => {
+                    let archived = found.iter().filter(|r| r.archived).count();
+                    let empty = found.iter().filter(|r| r.empty == Some(true)).count();
+                    let allowed: Vec<_> = found
+                        .iter()
+                        .filter(|r| p.repo_filter.allows(&r.path))
+                        .collect();
+                    let excluded = found.len() - allowed.len();
+                    for r in allowed.iter().filter(|r| !r.archived) {
+                        if let Ok(resolved) =
+                            crate::provider::resolve_repo(p.kind, &p.base_url, &r.path)
+                        {
+                            let repo = p.repo(index, &resolved.path, &resolved.url);
+                            if !repos.iter().any(|x| x.id == repo.id) {
+                                repos.push(repo);
+                            }
+                        }
+                    }
+                    out.push(CheckResult {
+                        check: "discovery",
+                        target,
+                        status: "ok",
+                        message: format!(
+                            "found {} repositories ({archived} archived, {empty} empty, {excluded} excluded by include/exclude)",
+                            found.len()
+                        ),
+                    });
+                }
+                Err(e) => out.push(CheckResult {
+                    check: "discovery",
+                    target,
+                    status: "error",
+                    message: e.to_string(),
+                }),
+            }
+        }
+    }
+    // Every repository: list its refs (no fetch), a few at a time.
+    let permits = Arc::new(tokio::sync::Semaphore::new(config.concurrency));
+    let mut set = tokio::task::JoinSet::new();
+    for (i, repo) in repos.into_iter().enumerate() {
+        let provider = config.provider(&repo).clone();
+        let permits = permits.clone();
+        set.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let result = tokio::task::spawn_blocking(move || {
+                let auth = match &provider.credentials.token {
+                    None => crate::provider::GitAuth::None,
+                    Some(t) => match t.resolve() {
+                        Ok(tok) => provider
+                            .kind
+                            .forge()
+                            .git_auth(provider.credentials.username.as_deref(), tok),
+                        Err(m) => return (repo.id, Err(m)),
+                    },
+                };
+                let spec = crate::git::RemoteSpec {
+                    url: &repo.url,
+                    auth: &auth,
+                    ssh_key_file: provider.credentials.ssh_key_file.as_deref(),
+                    known_hosts_file: provider.credentials.known_hosts_file.as_deref(),
+                    proxy: provider.proxy.as_ref().map(|p| p.expose()),
+                    cancel: Arc::new(AtomicBool::new(false)),
+                };
+                let listed = crate::git::list_remote(&spec).map_err(|e| e.to_string());
+                (repo.id, listed)
+            })
+            .await;
+            (i, result)
+        });
+    }
+    let mut listed = Vec::new();
+    while let Some(Ok((i, joined))) = set.join_next().await {
+        listed.push((i, joined));
+    }
+    listed.sort_by_key(|(i, _)| *i);
+    for (_, joined) in listed {
+        match joined {
+            Ok((id, Ok(Some((branch, commit))))) => out.push(CheckResult {
+                check: "repo",
+                target: id,
+                status: "ok",
+                message: format!("default branch {branch} at {}", &commit.to_string()[..12]),
+            }),
+            Ok((id, Ok(None))) => out.push(CheckResult {
+                check: "repo",
+                target: id,
+                status: "ok",
+                message: "empty repository: it is polled until the first push".into(),
+            }),
+            Ok((id, Err(message))) => out.push(CheckResult {
+                check: "repo",
+                target: id,
+                status: "error",
+                message,
+            }),
+            Err(e) => out.push(CheckResult {
+                check: "repo",
+                target: String::new(),
+                status: "error",
+                message: e.to_string(),
+            }),
+        }
+    }
+    out
 }

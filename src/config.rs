@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
@@ -27,6 +28,12 @@ pub const DEFAULT_SCHEDULE: &str = "*/5 * * * *";
 pub const DEFAULT_CONCURRENCY: usize = 4;
 /// Default size limit of one model file (64 MiB).
 pub const DEFAULT_MAX_MODEL_BYTES: u64 = 64 * 1024 * 1024;
+/// Default discovery schedule: hourly.
+pub const DEFAULT_DISCOVER_SCHEDULE: &str = "0 * * * *";
+/// Default connect timeout for a provider, in seconds.
+pub const DEFAULT_CONNECT_TIMEOUT: u64 = 15;
+/// Default read timeout for a provider, in seconds.
+pub const DEFAULT_READ_TIMEOUT: u64 = 60;
 
 /// Everything that can be wrong with a configuration. Each message names the file (and line where the TOML
 /// parser knows it) and says what to change.
@@ -107,6 +114,22 @@ struct RawProvider {
     repos: Vec<String>,
     schedule: Option<String>,
     backfill: Option<bool>,
+    groups: Option<Vec<String>>,
+    workspaces: Option<Vec<String>>,
+    projects: Option<Vec<String>>,
+    orgs: Option<Vec<String>>,
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    discover_schedule: Option<String>,
+    prune_removed: Option<bool>,
+    max_requests_per_hour: Option<u32>,
+    connect_timeout: Option<u64>,
+    read_timeout: Option<u64>,
+    ca_file: Option<String>,
+    proxy: Option<String>,
+    api_url: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -179,9 +202,116 @@ pub struct ProviderConfig {
     pub kind: ProviderKind,
     /// Base URL, without a trailing slash.
     pub base_url: String,
+    /// REST API base (`api_url`, else derived from the base URL per kind); `None` for plain Git.
+    pub api_url: Option<String>,
     pub credentials: Credentials,
     /// The file that defined this provider, for messages.
     pub file: PathBuf,
+    /// Poll schedule of this provider's repositories.
+    pub schedule: Schedule,
+    pub backfill: bool,
+    /// Discovery scopes: GitLab groups, Bitbucket Cloud workspaces (or `workspace/PROJECTKEY`), Bitbucket
+    /// Data Center project keys, GitHub organisations or users. Empty: no discovery.
+    pub discover: Vec<String>,
+    /// Which discovered repositories are mirrored (globs on their paths).
+    pub repo_filter: RepoFilter,
+    pub discover_schedule: Schedule,
+    /// Delete the data of repositories that discovery no longer finds (default: keep, marked `removed`).
+    pub prune_removed: bool,
+    /// REST request budget, so a large discovery cannot exhaust the host's rate limit.
+    pub max_requests_per_hour: u32,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    /// Extra CA bundle (PEM) for a server with a private CA, for git and REST.
+    pub ca_file: Option<PathBuf>,
+    /// Proxy for git and REST; may hold credentials, so it is a [`Secret`].
+    pub proxy: Option<Secret>,
+}
+
+impl ProviderConfig {
+    /// The configuration of one of this provider's repositories, at `path` with clone URL `url`.
+    pub fn repo(&self, index: usize, path: &str, url: &str) -> RepoConfig {
+        RepoConfig {
+            id: format!("{}/{path}", self.name),
+            provider: self.name.clone(),
+            path: path.to_string(),
+            url: url.to_string(),
+            schedule: self.schedule.clone(),
+            backfill: self.backfill,
+            provider_index: index,
+        }
+    }
+
+    /// Check that every secret of this provider can be read now. Returns problems (errors) and warnings.
+    pub fn check_secrets(&self) -> (Vec<String>, Vec<String>) {
+        let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+        let name = &self.name;
+        if let Some(t) = &self.credentials.token {
+            if let Err(m) = t.resolve() {
+                errors.push(format!("provider {name}: {m}"));
+            }
+            if let TokenSource::File(path) = t
+                && let Some(mode) = file_mode(path)
+                && mode & 0o077 != 0
+            {
+                warnings.push(format!(
+                    "provider {name}: token_file {} is readable by group or others (mode {:o}); run chmod 600 on it",
+                    path.display(),
+                    mode & 0o777
+                ));
+            }
+        }
+        for (key, path) in [
+            ("ssh_key_file", &self.credentials.ssh_key_file),
+            ("known_hosts_file", &self.credentials.known_hosts_file),
+            ("ca_file", &self.ca_file),
+        ] {
+            if let Some(p) = path
+                && let Err(e) = std::fs::metadata(p)
+            {
+                errors.push(format!("provider {name}: {key} {}: {e}", p.display()));
+            }
+        }
+        (errors, warnings)
+    }
+}
+
+fn file_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).ok().map(|m| m.permissions().mode())
+}
+
+/// `include` / `exclude` globs on repository paths (for discovered repositories).
+#[derive(Debug, Clone)]
+pub struct RepoFilter {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+}
+
+impl RepoFilter {
+    fn new(include: &[String], exclude: &[String]) -> Result<RepoFilter, String> {
+        let build = |patterns: &[String], key: &str| -> Result<Option<GlobSet>, String> {
+            if patterns.is_empty() {
+                return Ok(None);
+            }
+            let mut b = GlobSetBuilder::new();
+            for p in patterns {
+                b.add(Glob::new(p).map_err(|e| format!("{key} glob `{p}`: {e}"))?);
+            }
+            b.build().map(Some).map_err(|e| format!("{key} globs: {e}"))
+        };
+        Ok(RepoFilter {
+            include: build(include, "include")?,
+            exclude: build(exclude, "exclude")?,
+        })
+    }
+
+    /// Whether a repository path passes: matched by `include` (when given) and not by `exclude`.
+    pub fn allows(&self, path: &str) -> bool {
+        self.include.as_ref().is_none_or(|g| g.is_match(path))
+            && !self.exclude.as_ref().is_some_and(|g| g.is_match(path))
+    }
 }
 
 /// How to authenticate to a provider. The token itself is read when it is needed, so a rotated
@@ -317,6 +447,19 @@ impl Config {
             parsed.push((file.clone(), parse_file(file, &text)?));
         }
         validate(path, dir, parsed)
+    }
+
+    /// Read every secret now: the errors (a token file that cannot be read, …) and warnings (a token file
+    /// others may read). `run` and `sync` refuse to start on errors; `check` reports both.
+    pub fn check_secrets(&self) -> (Vec<String>, Vec<String>) {
+        let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+        for p in &self.providers {
+            let (e, w) = p.check_secrets();
+            errors.extend(e);
+            warnings.extend(w);
+        }
+        (errors, warnings)
     }
 
     pub fn provider(&self, repo: &RepoConfig) -> &ProviderConfig {
@@ -558,10 +701,6 @@ fn validate(
             ));
         }
         let token = sources.pop();
-        if let Some(t) = &token {
-            t.resolve()
-                .map_err(|m| invalid(&file, format!("[providers.{name}]: {m}")))?;
-        }
         let credentials = Credentials {
             username: raw.username.filter(|u| !u.is_empty()),
             token,
@@ -580,49 +719,165 @@ fn validate(
             Some(s) => parse_schedule(s, &file, &format!("[providers.{name}] schedule"))?,
             None => schedule.clone(),
         };
-        let provider_backfill = raw.backfill.unwrap_or(backfill);
-        let index = providers.len();
-        if raw.repos.is_empty() {
+        let forge = kind.forge();
+        let mut discover = Vec::new();
+        for (key, value) in [
+            ("groups", raw.groups),
+            ("workspaces", raw.workspaces),
+            ("projects", raw.projects),
+            ("orgs", raw.orgs),
+        ] {
+            let Some(value) = value else { continue };
+            if forge.scopes_key() != Some(key) {
+                let hint = match forge.scopes_key() {
+                    Some(k) => format!("kind {} discovers with `{k}`", kind.as_str()),
+                    None => format!("kind {} has no discovery; list `repos`", kind.as_str()),
+                };
+                return Err(invalid(
+                    &file,
+                    format!("[providers.{name}] `{key}` does not apply: {hint}"),
+                ));
+            }
+            for scope in &value {
+                if scope.trim().is_empty() || scope.contains("..") {
+                    return Err(invalid(
+                        &file,
+                        format!("[providers.{name}] {key} entry {scope:?} is not a valid name"),
+                    ));
+                }
+            }
+            discover = value;
+        }
+        if (!raw.include.is_empty() || !raw.exclude.is_empty()) && discover.is_empty() {
             warnings.push(format!(
-                "{}: [providers.{name}] lists no repos, so nothing is mirrored from it",
+                "{}: [providers.{name}] include/exclude filter discovered repositories, but no discovery scope is set",
                 file.display()
             ));
         }
-        for entry in &raw.repos {
-            let resolved = provider::resolve_repo(kind, &base_url, entry).map_err(|m| {
-                invalid(
+        let repo_filter = RepoFilter::new(&raw.include, &raw.exclude)
+            .map_err(|m| invalid(&file, format!("[providers.{name}] {m}")))?;
+        let discover_schedule = parse_schedule(
+            raw.discover_schedule
+                .as_deref()
+                .unwrap_or(DEFAULT_DISCOVER_SCHEDULE),
+            &file,
+            &format!("[providers.{name}] discover_schedule"),
+        )?;
+        let max_requests_per_hour = match raw.max_requests_per_hour {
+            Some(0) => {
+                return Err(invalid(
                     &file,
-                    format!(
-                        "[providers.{name}] repos entry {:?}: {m}",
-                        provider::redact_url(entry)
-                    ),
-                )
-            })?;
-            let id = format!("{name}/{}", resolved.path);
-            if let Some(first) = seen_ids.insert(id.clone(), name.clone()) {
+                    format!("[providers.{name}] max_requests_per_hour must be at least 1"),
+                ));
+            }
+            Some(n) => n,
+            None => forge.default_requests_per_hour(),
+        };
+        let seconds = |v: Option<u64>, default: u64, key: &str| match v {
+            Some(0) => Err(invalid(
+                &file,
+                format!("[providers.{name}] {key} must be at least 1 second"),
+            )),
+            Some(n) => Ok(Duration::from_secs(n)),
+            None => Ok(Duration::from_secs(default)),
+        };
+        let connect_timeout = seconds(
+            raw.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+            "connect_timeout",
+        )?;
+        let read_timeout = seconds(raw.read_timeout, DEFAULT_READ_TIMEOUT, "read_timeout")?;
+        let ca_file = raw
+            .ca_file
+            .as_deref()
+            .map(|p| resolve_path(p, base, &file, "ca_file"))
+            .transpose()?;
+        let proxy = match raw
+            .proxy
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            Some(p) => {
+                let scheme_ok = ["http://", "https://", "socks5://", "socks5h://"]
+                    .iter()
+                    .any(|s| p.starts_with(s));
+                if !scheme_ok {
+                    return Err(invalid(
+                        &file,
+                        format!(
+                            "[providers.{name}] proxy {:?}: write it as http://[user:pass@]host:port",
+                            provider::redact_url(p)
+                        ),
+                    ));
+                }
+                Some(Secret::new(p.to_string()))
+            }
+            None => None,
+        };
+        let api_url = match raw
+            .api_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
+            Some(u) => Some(u.trim_end_matches('/').to_string()),
+            None => forge.api_url(&base_url),
+        };
+        if api_url.is_none() && !discover.is_empty() {
+            return Err(invalid(
+                &file,
+                format!("[providers.{name}] discovery needs a REST API"),
+            ));
+        }
+        if raw.repos.is_empty() && discover.is_empty() {
+            warnings.push(format!(
+                "{}: [providers.{name}] lists no repos and no discovery scope, so nothing is mirrored from it",
+                file.display()
+            ));
+        }
+        let provider = ProviderConfig {
+            name: name.clone(),
+            kind,
+            base_url,
+            api_url,
+            credentials,
+            file: file.clone(),
+            schedule: provider_schedule,
+            backfill: raw.backfill.unwrap_or(backfill),
+            discover,
+            repo_filter,
+            discover_schedule,
+            prune_removed: raw.prune_removed.unwrap_or(false),
+            max_requests_per_hour,
+            connect_timeout,
+            read_timeout,
+            ca_file,
+            proxy,
+        };
+        let index = providers.len();
+        for entry in &raw.repos {
+            let resolved =
+                provider::resolve_repo(kind, &provider.base_url, entry).map_err(|m| {
+                    invalid(
+                        &file,
+                        format!(
+                            "[providers.{name}] repos entry {:?}: {m}",
+                            provider::redact_url(entry)
+                        ),
+                    )
+                })?;
+            let repo = provider.repo(index, &resolved.path, &resolved.url);
+            if let Some(first) = seen_ids.insert(repo.id.clone(), name.clone()) {
                 return Err(ConfigError::DuplicateRepo {
-                    id,
+                    id: repo.id,
                     first,
                     second: name.clone(),
                 });
             }
-            repos.push(RepoConfig {
-                id,
-                provider: name.clone(),
-                path: resolved.path,
-                url: resolved.url,
-                schedule: provider_schedule.clone(),
-                backfill: provider_backfill,
-                provider_index: index,
-            });
+            repos.push(repo);
         }
-        providers.push(ProviderConfig {
-            name,
-            kind,
-            base_url,
-            credentials,
-            file,
-        });
+        providers.push(provider);
     }
 
     let mut all_files = vec![main.to_path_buf()];
@@ -655,7 +910,6 @@ fn parse_schedule(text: &str, file: &Path, key: &str) -> Result<Schedule, Config
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
@@ -769,10 +1023,6 @@ mod tests {
                 "url",
             ),
             (
-                "[providers.g]\nkind = \"gitlab\"\ntoken_file = \"/nonexistent/t\"\n",
-                "token_file",
-            ),
-            (
                 "[providers.g]\nkind = \"gitlab\"\nrepos = [\"../etc\"]\n",
                 "..",
             ),
@@ -807,5 +1057,59 @@ mod tests {
         let c = Config::load(&main).unwrap();
         assert!(c.warnings.iter().any(|w| w.contains("literal")));
         assert!(!format!("{c:?}").contains("ghp_literal"));
+    }
+
+    #[test]
+    fn secrets_are_checked_apart_from_parsing() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(
+            dir.path(),
+            "config.toml",
+            "[providers.g]\nkind = \"gitlab\"\ntoken_file = \"missing\"\n[providers.h]\nkind = \"github\"\ntoken_file = \"open\"\n[providers.e]\nkind = \"github\"\ntoken_env = \"MODELMIRROR_TEST_UNSET_VAR\"\n",
+        );
+        let open = write(dir.path(), "open", "tok\n");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = Config::load(&main).unwrap();
+        let (errors, warnings) = c.check_secrets();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        let has = |a: &str, b: &str| errors.iter().any(|e| e.contains(a) && e.contains(b));
+        assert!(has("provider g", "cannot read token_file"), "{errors:?}");
+        assert!(has("MODELMIRROR_TEST_UNSET_VAR", "not set"), "{errors:?}");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("readable by group or others")
+                && warnings[0].contains("chmod 600")
+        );
+    }
+
+    #[test]
+    fn discovery_keys_belong_to_their_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(
+            dir.path(),
+            "config.toml",
+            "[providers.g]\nkind = \"gitlab\"\norgs = [\"x\"]\n",
+        );
+        let e = Config::load(&main).unwrap_err().to_string();
+        assert!(
+            e.contains("`orgs` does not apply") && e.contains("`groups`"),
+            "{e}"
+        );
+        let main = write(
+            dir.path(),
+            "config.toml",
+            "[providers.g]\nkind = \"gitlab\"\ngroups = [\"data\"]\nexclude = [\"data/archive/**\"]\nproxy = \"http://u:secret@proxy:3128\"\n",
+        );
+        let c = Config::load(&main).unwrap();
+        let p = &c.providers[0];
+        assert_eq!(p.discover, vec!["data"]);
+        assert_eq!(p.api_url.as_deref(), Some("https://gitlab.com/api/v4"));
+        assert!(p.repo_filter.allows("data/models") && !p.repo_filter.allows("data/archive/old"));
+        assert_eq!(p.discover_schedule.period(), Duration::from_secs(3600));
+        assert!(
+            !format!("{c:?}").contains("secret"),
+            "the proxy password is redacted"
+        );
     }
 }

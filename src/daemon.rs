@@ -7,6 +7,7 @@
 //! they cannot overlap; a semaphore bounds how many polls run at once across repositories. A failing
 //! repository backs off exponentially, capped at 8 × its schedule period, and never affects the others.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -35,35 +36,162 @@ struct Shared {
     cancel: Arc<AtomicBool>,
 }
 
-/// Run the daemon until `shutdown` completes: every repository on its schedule, one startup poll each.
-/// Returns once in-flight polls have committed or rolled back.
+/// A running repository loop.
+struct RepoTask {
+    stop: watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+/// Run the daemon until `shutdown` completes: every repository on its schedule, one startup poll each, and a
+/// discovery loop per provider with discovery scopes. Returns once in-flight polls have committed or rolled
+/// back.
 pub async fn run(config: Config, store: Arc<Store>, shutdown: impl Future<Output = ()>) {
     let config = Arc::new(config);
     let shared = Arc::new(Shared {
         permits: Semaphore::new(config.concurrency),
         config: config.clone(),
-        store,
+        store: store.clone(),
         cancel: Arc::new(AtomicBool::new(false)),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut loops = JoinSet::new();
-    for repo in config.repos.iter().cloned() {
-        loops.spawn(repo_loop(shared.clone(), repo, stop_rx.clone()));
+    let (found_tx, mut found_rx) = tokio::sync::mpsc::channel::<(usize, Vec<RepoConfig>)>(16);
+    // Discovered repositories known from earlier runs start at once: a REST API that is down does not stop
+    // mirroring.
+    let mut discovered: Vec<Vec<RepoConfig>> = vec![Vec::new(); config.providers.len()];
+    let mut discovery = JoinSet::new();
+    for (index, provider) in config.providers.iter().enumerate() {
+        if provider.discover.is_empty() {
+            continue;
+        }
+        match store.discovered_repos(&provider.name) {
+            Ok(known) => {
+                discovered[index] = known
+                    .iter()
+                    .map(|(path, url)| provider.repo(index, path, url))
+                    .collect()
+            }
+            Err(e) => {
+                tracing::error!(provider = %provider.name, "cannot read known repositories: {e}")
+            }
+        }
+        discovery.spawn(discovery_loop(
+            shared.clone(),
+            index,
+            found_tx.clone(),
+            stop_rx.clone(),
+        ));
     }
+    drop(found_tx);
+    let mut tasks: HashMap<String, RepoTask> = HashMap::new();
+    reconcile(&shared, &mut tasks, &discovered, &stop_rx);
     tracing::info!(
-        repos = config.repos.len(),
+        repos = tasks.len(),
         concurrency = config.concurrency,
         database = %shared.store.path().display(),
         "modelmirror running"
     );
-    shutdown.await;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some((index, repos)) = found_rx.recv() => {
+                discovered[index] = repos;
+                reconcile(&shared, &mut tasks, &discovered, &stop_rx);
+            }
+        }
+    }
     tracing::info!(
         "shutting down: no new polls; waiting for polls in progress to commit or roll back"
     );
     shared.cancel.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
-    while loops.join_next().await.is_some() {}
+    for (_, task) in tasks.drain() {
+        let _ = task.stop.send(true);
+        let _ = task.handle.await;
+    }
+    while discovery.join_next().await.is_some() {}
     tracing::info!("stopped");
+}
+
+/// Start loops for repositories that should be mirrored and are not, stop those that should not be.
+fn reconcile(
+    shared: &Arc<Shared>,
+    tasks: &mut HashMap<String, RepoTask>,
+    discovered: &[Vec<RepoConfig>],
+    global_stop: &watch::Receiver<bool>,
+) {
+    let mut wanted: HashMap<String, RepoConfig> = HashMap::new();
+    for repo in shared
+        .config
+        .repos
+        .iter()
+        .chain(discovered.iter().flatten())
+    {
+        wanted
+            .entry(repo.id.clone())
+            .or_insert_with(|| repo.clone());
+    }
+    let gone: Vec<String> = tasks
+        .keys()
+        .filter(|id| !wanted.contains_key(*id))
+        .cloned()
+        .collect();
+    for id in gone {
+        if let Some(task) = tasks.remove(&id) {
+            tracing::info!(repo = %id, "no longer mirrored: stopping its polls (data kept)");
+            // The loop finishes a poll in progress, then ends.
+            let _ = task.stop.send(true);
+        }
+    }
+    for (id, repo) in wanted {
+        if tasks.contains_key(&id) {
+            continue;
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let handle = tokio::spawn(repo_loop(
+            shared.clone(),
+            repo,
+            stop_rx,
+            global_stop.clone(),
+        ));
+        tasks.insert(id, RepoTask { stop, handle });
+    }
+}
+
+/// Discover a provider's repositories now and then on its `discover_schedule`; after a rate-limit hold, not
+/// before it ends.
+async fn discovery_loop(
+    shared: Arc<Shared>,
+    index: usize,
+    found: tokio::sync::mpsc::Sender<(usize, Vec<RepoConfig>)>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let provider = &shared.config.providers[index];
+    let limits = crate::provider::api::Limits::new(provider.max_requests_per_hour);
+    loop {
+        match sync::discover(&shared.config, index, &shared.store, limits.clone()).await {
+            Ok(d) => {
+                if found.send((index, d.repos)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(provider = %provider.name, "discovery failed (repositories unchanged): {e}")
+            }
+        }
+        let now = Utc::now();
+        let mut wait = match provider.discover_schedule.next_after(now) {
+            Some(next) => (next - now).to_std().unwrap_or(Duration::ZERO),
+            None => provider.discover_schedule.period(),
+        };
+        if let Some(hold) = limits.hold() {
+            wait = wait.max((hold.until - now).to_std().unwrap_or(Duration::ZERO));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// A stable offset in `[0, min(period / 4, MAX_JITTER))` for a repository.
@@ -83,7 +211,12 @@ pub fn backoff(period: Duration, failures: u32) -> Duration {
     period.saturating_mul(factor)
 }
 
-async fn repo_loop(shared: Arc<Shared>, repo: RepoConfig, mut stop: watch::Receiver<bool>) {
+async fn repo_loop(
+    shared: Arc<Shared>,
+    repo: RepoConfig,
+    mut stop: watch::Receiver<bool>,
+    mut global_stop: watch::Receiver<bool>,
+) {
     let period = repo.schedule.period();
     let offset = jitter(&repo.id, period);
     // The startup poll is spread too, but over a few seconds at most.
@@ -93,12 +226,14 @@ async fn repo_loop(shared: Arc<Shared>, repo: RepoConfig, mut stop: watch::Recei
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
+            _ = global_stop.changed() => return,
         }
         let permit = tokio::select! {
             p = shared.permits.acquire() => match p { Ok(p) => p, Err(_) => return },
             _ = stop.changed() => return,
+            _ = global_stop.changed() => return,
         };
-        if *stop.borrow() {
+        if *stop.borrow() || *global_stop.borrow() {
             return;
         }
         let task_shared = shared.clone();

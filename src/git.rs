@@ -65,8 +65,35 @@ pub struct RemoteSpec<'a> {
     pub auth: &'a GitAuth,
     pub ssh_key_file: Option<&'a Path>,
     pub known_hosts_file: Option<&'a Path>,
+    /// The provider's proxy (`http://[user:pass@]host:port`); `None`: libgit2's detection (git config
+    /// `http.proxy`, then `HTTPS_PROXY` / `NO_PROXY`).
+    pub proxy: Option<&'a str>,
     /// Set from outside to abort a transfer (shutdown).
     pub cancel: Arc<AtomicBool>,
+}
+
+/// Trust the extra CA bundles of the providers for git over HTTPS, on top of the system's. libgit2 keeps one
+/// trust store per process, so a provider's private CA is trusted for every provider's git traffic (REST
+/// clients trust it for their own provider only). Call once, before any transfer.
+pub fn trust_ca_files(files: &[&Path]) -> Result<(), GitError> {
+    for f in files {
+        // SAFETY: called at start-up, before any libgit2 operation runs on another thread.
+        unsafe { git2::opts::set_ssl_cert_file(f) }.map_err(|e| GitError::Read {
+            what: format!("ca_file {}", f.display()),
+            message: e.message().to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Set libgit2's connect and read timeouts for git transfers (process-wide). Call once, at start-up.
+pub fn set_timeouts(connect: std::time::Duration, read: std::time::Duration) {
+    let ms = |d: std::time::Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: called at start-up, before any libgit2 operation runs on another thread.
+    unsafe {
+        let _ = git2::opts::set_server_connect_timeout_in_milliseconds(ms(connect));
+        let _ = git2::opts::set_server_timeout_in_milliseconds(ms(read));
+    }
 }
 
 /// What the remote's default branch is, after fetching it if needed.
@@ -106,6 +133,75 @@ pub fn open_mirror(path: &Path) -> Result<Repository, GitError> {
 /// The branch HEAD points to (the symref) is recorded as `refs/heads/<name>` in the mirror, so fetched objects
 /// stay reachable.
 pub fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<RemoteHead, GitError> {
+    let listing = connect(repo, spec, &[])?;
+    let Some((name, commit)) = listing.head else {
+        return Ok(RemoteHead::Empty);
+    };
+    let url = spec.url;
+    if repo.find_commit(commit).is_err() {
+        return Err(GitError::Remote {
+            url: url.to_string(),
+            message: format!("the remote advertised {commit} for HEAD but it was not received"),
+        });
+    }
+    let mirror_ref = format!("refs/heads/{name}");
+    let path = repo.path().to_path_buf();
+    let mirror_err = |e: git2::Error| GitError::Mirror {
+        path: path.clone(),
+        message: e.message().to_string(),
+    };
+    if git2::Reference::is_valid_name(&mirror_ref) {
+        repo.reference(&mirror_ref, commit, true, "modelmirror fetch")
+            .map_err(mirror_err)?;
+        repo.set_head(&mirror_ref).map_err(mirror_err)?;
+        // A renamed default branch leaves its old name behind: drop it, so the mirror holds one branch.
+        let stale: Vec<String> = repo
+            .references_glob("refs/heads/*")
+            .map_err(mirror_err)?
+            .flatten()
+            .filter_map(|r| r.name().ok().map(str::to_string))
+            .filter(|n| *n != mirror_ref)
+            .collect();
+        for name in stale {
+            if let Ok(mut r) = repo.find_reference(&name) {
+                r.delete().map_err(mirror_err)?;
+            }
+        }
+    }
+    Ok(RemoteHead::Branch { name, commit })
+}
+
+/// List the remote's refs without fetching anything, and report its default branch and commit
+/// (`None` for an empty repository). Used by `check`.
+pub fn list_remote(spec: &RemoteSpec<'_>) -> Result<Option<(String, Oid)>, GitError> {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "modelmirror-ls-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = Repository::init_bare(&dir)
+        .map_err(|e| GitError::Mirror {
+            path: dir.clone(),
+            message: e.message().to_string(),
+        })
+        .and_then(|repo| connect(&repo, spec, &["refs/modelmirror/list-only/no-such-ref"]));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(result?.head)
+}
+
+/// What a connection learnt: the default branch (short name) and its commit, if the remote has any.
+struct Listing {
+    head: Option<(String, Oid)>,
+}
+
+/// Connect, list refs, and download what `refspecs` want that the repository lacks (no refspec: the remote's
+/// HEAD). Ends with the connection closed.
+fn connect(
+    repo: &Repository,
+    spec: &RemoteSpec<'_>,
+    refspecs: &[&str],
+) -> Result<Listing, GitError> {
     let url = spec.url.to_string();
     let auth_rejected = Cell::new(false);
     let ssh_attempts = Cell::new(0u32);
@@ -162,7 +258,10 @@ pub fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<RemoteHead
     let mut opts = FetchOptions::new();
     opts.remote_callbacks(callbacks);
     let mut proxy = ProxyOptions::new();
-    proxy.auto();
+    match spec.proxy {
+        Some(url) => proxy.url(url),
+        None => proxy.auto(),
+    };
     opts.proxy_options(proxy);
     opts.download_tags(AutotagOption::None);
     opts.update_fetchhead(false);
@@ -174,8 +273,7 @@ pub fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<RemoteHead
             url: url.clone(),
             message: e.message().to_string(),
         })?;
-    let no_refspecs: &[&str] = &[];
-    let result = remote.download(no_refspecs, Some(&mut opts));
+    let result = remote.download(refspecs, Some(&mut opts));
     drop(opts);
     if let Err(e) = result {
         if let Some((host, message)) = host_key_problem.take() {
@@ -201,12 +299,15 @@ pub fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<RemoteHead
         return Err(classify(&url, &e));
     }
     let heads = remote.list().map_err(|e| classify(&url, &e))?;
-    let head = heads.iter().find(|h| h.name() == "HEAD");
-    let Some(head) = head.filter(|h| !h.oid().is_zero()) else {
+    let head = heads
+        .iter()
+        .find(|h| h.name() == "HEAD")
+        .map(|h| h.oid())
+        .filter(|oid| !oid.is_zero());
+    let Some(commit) = head else {
         let _ = remote.disconnect();
-        return Ok(RemoteHead::Empty);
+        return Ok(Listing { head: None });
     };
-    let commit = head.oid();
     // The symref HEAD → refs/heads/<name>; older servers do not advertise it: then take a branch that
     // points at the same commit (preferring main and master).
     let symref = remote
@@ -234,41 +335,13 @@ pub fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<RemoteHead
         .strip_prefix("refs/heads/")
         .unwrap_or(&branch_ref)
         .to_string();
-    if repo.find_commit(commit).is_err() {
-        return Err(GitError::Remote {
-            url,
-            message: format!("the remote advertised {commit} for HEAD but it was not received"),
-        });
-    }
-    let mirror_ref = format!("refs/heads/{name}");
-    let path = repo.path().to_path_buf();
-    let mirror_err = |e: git2::Error| GitError::Mirror {
-        path: path.clone(),
-        message: e.message().to_string(),
-    };
-    if git2::Reference::is_valid_name(&mirror_ref) {
-        repo.reference(&mirror_ref, commit, true, "modelmirror fetch")
-            .map_err(mirror_err)?;
-        repo.set_head(&mirror_ref).map_err(mirror_err)?;
-        // A renamed default branch leaves its old name behind: drop it, so the mirror holds one branch.
-        let stale: Vec<String> = repo
-            .references_glob("refs/heads/*")
-            .map_err(mirror_err)?
-            .flatten()
-            .filter_map(|r| r.name().ok().map(str::to_string))
-            .filter(|n| *n != mirror_ref)
-            .collect();
-        for name in stale {
-            if let Ok(mut r) = repo.find_reference(&name) {
-                r.delete().map_err(mirror_err)?;
-            }
-        }
-    }
-    Ok(RemoteHead::Branch { name, commit })
+    Ok(Listing {
+        head: Some((name, commit)),
+    })
 }
 
 fn classify(url: &str, e: &git2::Error) -> GitError {
-    let message = e.message().to_string();
+    let message = crate::provider::redact_text(e.message());
     let lower = message.to_ascii_lowercase();
     if lower.contains("404")
         || lower.contains("not found")

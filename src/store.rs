@@ -69,7 +69,8 @@ impl<T> Doing<T> for Result<T, rusqlite::Error> {
 }
 
 /// Schema migrations, applied in order; `PRAGMA user_version` holds how many ran. Migrations only ever add.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE repos (
     id              TEXT PRIMARY KEY,          -- <provider>/<path>
     provider        TEXT NOT NULL,
@@ -206,7 +207,25 @@ CREATE TABLE polls (
     error            TEXT
 );
 CREATE INDEX polls_repo ON polls(repo_id, id);
-"#];
+"#,
+    r#"
+ALTER TABLE repos ADD COLUMN provider_repo_id TEXT;      -- the host's id: GitLab project id, Bitbucket uuid or id, GitHub id
+ALTER TABLE repos ADD COLUMN web_url TEXT;
+ALTER TABLE repos ADD COLUMN origin TEXT NOT NULL DEFAULT 'configured';  -- configured | discovered
+ALTER TABLE repos ADD COLUMN state TEXT NOT NULL DEFAULT 'active';       -- active | empty | archived | removed
+ALTER TABLE repos ADD COLUMN state_reason TEXT;
+CREATE INDEX repos_provider_repo_id ON repos(provider, provider_repo_id);
+CREATE TABLE providers (
+    name                  TEXT PRIMARY KEY,
+    kind                  TEXT NOT NULL,
+    last_discovery_at     TEXT,
+    last_discovery_error  TEXT,
+    repos_found           INTEGER,
+    held_until            TEXT,                -- rate limited or out of budget until then
+    held_reason           TEXT
+);
+"#,
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -332,6 +351,14 @@ impl Counts {
 pub struct RepoStatus {
     pub repo: String,
     pub url: String,
+    /// active | empty | archived | removed
+    pub state: String,
+    pub state_reason: Option<String>,
+    pub provider_id: Option<String>,
+    pub web_url: Option<String>,
+    /// When the repository's provider is held back by rate limits, until when and why.
+    pub held_until: Option<String>,
+    pub held_reason: Option<String>,
     pub default_branch: Option<String>,
     pub commit: Option<String>,
     pub last_check_at: Option<String>,
@@ -339,6 +366,38 @@ pub struct RepoStatus {
     pub models: i64,
     pub errors: i64,
     pub last_error: Option<String>,
+}
+
+/// One discovery run to record.
+pub struct Discovery<'a> {
+    pub provider: &'a str,
+    pub kind: &'a str,
+    pub found: &'a [FoundRepo],
+    /// Delete repositories no longer found instead of marking them `removed`.
+    pub prune: bool,
+}
+
+/// A repository found by discovery, with its id and clone URL resolved.
+#[derive(Debug, Clone)]
+pub struct FoundRepo {
+    pub id: String,
+    pub path: String,
+    pub url: String,
+    pub provider_id: String,
+    pub web_url: Option<String>,
+    pub archived: bool,
+    pub empty: bool,
+}
+
+/// A provider as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderStatus {
+    pub provider: String,
+    pub last_discovery_at: Option<String>,
+    pub last_discovery_error: Option<String>,
+    pub repos_found: Option<i64>,
+    pub held_until: Option<String>,
+    pub held_reason: Option<String>,
 }
 
 /// A row of `modelmirror models`.
@@ -482,7 +541,11 @@ impl Store {
         self.lock()
             .execute(
                 "UPDATE repos SET last_check_at = ?2, default_branch = COALESCE(?3, default_branch),
-                     last_error = NULL, last_error_at = NULL, failures = 0 WHERE id = ?1",
+                     last_error = NULL, last_error_at = NULL, failures = 0,
+                     state = CASE WHEN ?3 IS NULL THEN 'empty' WHEN state = 'empty' THEN 'active' ELSE state END,
+                     state_reason = CASE WHEN ?3 IS NULL THEN 'empty repository: polled until the first push'
+                                         WHEN state = 'empty' THEN NULL ELSE state_reason END
+                 WHERE id = ?1",
                 params![repo_id, at, branch],
             )
             .doing("recording the check")?;
@@ -534,6 +597,159 @@ impl Store {
         Ok(counts)
     }
 
+    /// Record one discovery run of a provider in one transaction: the repositories found (with their host
+    /// ids, web URLs and states), and those no longer found, which are marked `removed` (their data kept) or,
+    /// with `prune`, deleted. Returns the ids of the repositories that are gone.
+    pub fn record_discovery(&self, d: &Discovery<'_>) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().doing("starting a transaction")?;
+        let now = now_rfc3339();
+        for r in d.found {
+            let (state, reason) = if r.archived {
+                (
+                    "archived",
+                    Some(format!("archived on {}: not mirrored", d.provider)),
+                )
+            } else if r.empty {
+                (
+                    "empty",
+                    Some("empty repository: polled until the first push".to_string()),
+                )
+            } else {
+                ("active", None)
+            };
+            tx.execute(
+                "INSERT INTO repos (id, provider, path, url, provider_repo_id, web_url, origin, state, state_reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'discovered', ?7, ?8)
+                 ON CONFLICT(id) DO UPDATE SET url = excluded.url, provider_repo_id = excluded.provider_repo_id,
+                     web_url = excluded.web_url,
+                     state = CASE WHEN excluded.state = 'archived' THEN 'archived'
+                                  WHEN repos.state IN ('archived', 'removed') THEN
+                                       CASE WHEN repos.commit_id IS NULL THEN excluded.state ELSE 'active' END
+                                  WHEN repos.state = 'empty' AND repos.commit_id IS NULL THEN excluded.state
+                                  WHEN excluded.state = 'empty' AND repos.commit_id IS NULL THEN 'empty'
+                                  ELSE repos.state END,
+                     state_reason = CASE WHEN excluded.state = 'archived' THEN excluded.state_reason
+                                         WHEN repos.state IN ('archived', 'removed') THEN NULL
+                                         WHEN excluded.state = 'empty' AND repos.commit_id IS NULL
+                                              THEN excluded.state_reason
+                                         ELSE repos.state_reason END",
+                params![r.id, d.provider, r.path, r.url, r.provider_id, r.web_url, state, reason],
+            )
+            .doing("recording a discovered repository")?;
+        }
+        let found: std::collections::HashSet<&str> =
+            d.found.iter().map(|r| r.id.as_str()).collect();
+        let known: Vec<String> = tx
+            .prepare("SELECT id FROM repos WHERE provider = ?1 AND origin = 'discovered' AND state != 'removed'")
+            .and_then(|mut st| st.query_map([d.provider], |r| r.get(0))?.collect())
+            .doing("reading discovered repositories")?;
+        let gone: Vec<String> = known
+            .into_iter()
+            .filter(|id| !found.contains(id.as_str()))
+            .collect();
+        for id in &gone {
+            if d.prune {
+                tx.execute("DELETE FROM polls WHERE repo_id = ?1", [id])
+                    .doing("pruning a repository")?;
+                tx.execute("DELETE FROM repos WHERE id = ?1", [id])
+                    .doing("pruning a repository")?;
+            } else {
+                tx.execute(
+                    "UPDATE repos SET state = 'removed', state_reason = ?2 WHERE id = ?1",
+                    params![id, format!("not found by discovery (or excluded by include/exclude) at {now}; data kept")],
+                )
+                .doing("marking a repository removed")?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO providers (name, kind, last_discovery_at, last_discovery_error, repos_found)
+             VALUES (?1, ?2, ?3, NULL, ?4)
+             ON CONFLICT(name) DO UPDATE SET kind = excluded.kind, last_discovery_at = excluded.last_discovery_at,
+                 last_discovery_error = NULL, repos_found = excluded.repos_found",
+            params![d.provider, d.kind, now, d.found.len() as i64],
+        )
+        .doing("recording the discovery")?;
+        tx.commit().doing("committing the discovery")?;
+        Ok(gone)
+    }
+
+    /// A failed discovery run: nothing about the repositories changes.
+    pub fn record_discovery_error(
+        &self,
+        provider: &str,
+        kind: &str,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO providers (name, kind, last_discovery_at, last_discovery_error) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(name) DO UPDATE SET last_discovery_at = excluded.last_discovery_at,
+                     last_discovery_error = excluded.last_discovery_error",
+                params![provider, kind, now_rfc3339(), error],
+            )
+            .doing("recording the discovery error")?;
+        Ok(())
+    }
+
+    /// Note (or clear, with `None`) that a provider is held back by rate limits.
+    pub fn record_hold(
+        &self,
+        provider: &str,
+        kind: &str,
+        hold: Option<(&str, &str)>,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO providers (name, kind, held_until, held_reason) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(name) DO UPDATE SET held_until = excluded.held_until, held_reason = excluded.held_reason",
+                params![provider, kind, hold.map(|h| h.0), hold.map(|h| h.1)],
+            )
+            .doing("recording the rate-limit hold")?;
+        Ok(())
+    }
+
+    /// The discovered repositories of a provider that are mirrored (not archived or removed): (path, url).
+    pub fn discovered_repos(&self, provider: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT path, url FROM repos WHERE provider = ?1 AND origin = 'discovered'
+                 AND state IN ('active', 'empty') ORDER BY id",
+            )
+            .doing("reading discovered repositories")?;
+        let rows = stmt
+            .query_map([provider], |r| Ok((r.get(0)?, r.get(1)?)))
+            .doing("reading discovered repositories")?;
+        rows.collect::<Result<_, _>>()
+            .doing("reading discovered repositories")
+    }
+
+    /// What `status` shows about providers: (name, last discovery, its error, repositories found).
+    pub fn provider_status(&self) -> Result<Vec<ProviderStatus>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT name, last_discovery_at, last_discovery_error, repos_found,
+                        CASE WHEN held_until > ?1 THEN held_until END, CASE WHEN held_until > ?1 THEN held_reason END
+                 FROM providers ORDER BY name",
+            )
+            .doing("reading providers")?;
+        let rows = stmt
+            .query_map([now_rfc3339()], |r| {
+                Ok(ProviderStatus {
+                    provider: r.get(0)?,
+                    last_discovery_at: r.get(1)?,
+                    last_discovery_error: r.get(2)?,
+                    repos_found: r.get(3)?,
+                    held_until: r.get(4)?,
+                    held_reason: r.get(5)?,
+                })
+            })
+            .doing("reading providers")?;
+        rows.collect::<Result<_, _>>().doing("reading providers")
+    }
+
     pub fn record_poll(&self, p: &PollRecord<'_>) -> Result<(), StoreError> {
         let conn = self.lock();
         conn.execute(
@@ -568,15 +784,23 @@ impl Store {
                 "SELECT r.id, r.url, r.default_branch, r.commit_id, r.last_check_at, r.last_change_at,
                         (SELECT COUNT(*) FROM models m WHERE m.repo_id = r.id AND m.status = 'ok'),
                         (SELECT COUNT(*) FROM models m WHERE m.repo_id = r.id AND m.status = 'error'),
-                        r.last_error
-                 FROM repos r ORDER BY r.id",
+                        r.last_error, r.state, r.state_reason, r.provider_repo_id, r.web_url,
+                        CASE WHEN p.held_until > ?1 THEN p.held_until END,
+                        CASE WHEN p.held_until > ?1 THEN p.held_reason END
+                 FROM repos r LEFT JOIN providers p ON p.name = r.provider ORDER BY r.id",
             )
             .doing("reading the status")?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map([now_rfc3339()], |r| {
                 Ok(RepoStatus {
                     repo: r.get(0)?,
                     url: r.get(1)?,
+                    state: r.get(9)?,
+                    state_reason: r.get(10)?,
+                    provider_id: r.get(11)?,
+                    web_url: r.get(12)?,
+                    held_until: r.get(13)?,
+                    held_reason: r.get(14)?,
                     default_branch: r.get(2)?,
                     commit: r.get(3)?,
                     last_check_at: r.get(4)?,
@@ -694,7 +918,9 @@ fn finish_step(
     tx.execute(
         "UPDATE repos SET commit_id = ?2, default_branch = ?3, settings = ?4, last_check_at = ?5,
              last_change_at = CASE WHEN ?6 THEN ?5 ELSE last_change_at END,
-             last_error = NULL, last_error_at = NULL, failures = 0
+             last_error = NULL, last_error_at = NULL, failures = 0,
+             state = CASE WHEN state = 'empty' THEN 'active' ELSE state END,
+             state_reason = CASE WHEN state = 'empty' THEN NULL ELSE state_reason END
          WHERE id = ?1",
         params![
             meta.repo_id,

@@ -4,7 +4,10 @@
 //! descends from it along the first-parent chain, each commit on the way is one step (so every model version
 //! is recorded with the commit that produced it); otherwise — force-push, rebase, a renamed default branch
 //! with other history, changed `include` settings — the new head's tree is compared with what the database
-//! holds, as one step. Everything here is blocking and runs on `spawn_blocking`.
+//! holds, as one step. Polls are blocking and run on `spawn_blocking`.
+//!
+//! Also one discovery run of one provider: list its repositories through the REST API and record them, so
+//! the daemon knows which repositories to poll.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -226,6 +229,7 @@ pub fn poll(
         auth: &auth,
         ssh_key_file: provider.credentials.ssh_key_file.as_deref(),
         known_hosts_file: provider.credentials.known_hosts_file.as_deref(),
+        proxy: provider.proxy.as_ref().map(|p| p.expose()),
         cancel: cancel.clone(),
     };
     let head = git::fetch_head(&mirror, &spec).map_err(git_err)?;
@@ -507,6 +511,139 @@ fn apply_change(
         }
     }
     Ok(())
+}
+
+/// What one discovery run found: the repositories to mirror now.
+pub struct Discovered {
+    pub repos: Vec<RepoConfig>,
+    /// Ids of repositories that are gone (removed, excluded, or archived since).
+    pub gone: Vec<String>,
+    pub archived: usize,
+}
+
+/// One discovery run of one provider: list every scope, filter with include/exclude, record in the
+/// database, and return the repositories to mirror. A failed run changes nothing in the database but the
+/// provider's error (and hold), so a flaky API never makes repositories disappear.
+pub async fn discover(
+    config: &Config,
+    index: usize,
+    store: &Store,
+    limits: Arc<crate::provider::api::Limits>,
+) -> Result<Discovered, String> {
+    let provider = &config.providers[index];
+    let kind = provider.kind.as_str();
+    let result = discover_inner(config, index, store, limits.clone()).await;
+    let hold = limits.hold();
+    let until = hold
+        .as_ref()
+        .map(|h| h.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    let record = store.record_hold(
+        &provider.name,
+        kind,
+        hold.as_ref()
+            .zip(until.as_deref())
+            .map(|(h, u)| (u, h.reason.as_str())),
+    );
+    if let Err(e) = record {
+        tracing::error!(provider = %provider.name, "cannot record the rate-limit state: {e}");
+    }
+    if let Err(message) = &result
+        && let Err(e) = store.record_discovery_error(&provider.name, kind, message)
+    {
+        tracing::error!(provider = %provider.name, "cannot record the discovery error: {e}");
+    }
+    result
+}
+
+async fn discover_inner(
+    config: &Config,
+    index: usize,
+    store: &Store,
+    limits: Arc<crate::provider::api::Limits>,
+) -> Result<Discovered, String> {
+    let provider = &config.providers[index];
+    let token = match &provider.credentials.token {
+        Some(t) => Some(
+            t.resolve()
+                .map_err(|m| format!("provider {}: {m}", provider.name))?,
+        ),
+        None => None,
+    };
+    let api = crate::provider::api::ApiClient::new(provider, token.as_ref(), limits)
+        .map_err(|e| e.to_string())?;
+    let forge = provider.kind.forge();
+    let mut found = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for scope in &provider.discover {
+        let repos = forge
+            .discover(&api, scope)
+            .await
+            .map_err(|e| e.to_string())?;
+        for r in repos {
+            if !provider.repo_filter.allows(&r.path) || !seen.insert(r.path.clone()) {
+                continue;
+            }
+            let resolved = match crate::provider::resolve_repo(
+                provider.kind,
+                &provider.base_url,
+                &r.path,
+            ) {
+                Ok(resolved) => resolved,
+                Err(m) => {
+                    tracing::warn!(provider = %provider.name, "skipping discovered repository {:?}: {m}", r.path);
+                    continue;
+                }
+            };
+            found.push(crate::store::FoundRepo {
+                id: format!("{}/{}", provider.name, resolved.path),
+                path: resolved.path,
+                url: resolved.url,
+                provider_id: r.provider_id,
+                web_url: r.web_url,
+                archived: r.archived,
+                empty: r.empty == Some(true),
+            });
+        }
+    }
+    // Repositories also listed in `repos` stay configured ones.
+    let configured: std::collections::HashSet<&str> = config
+        .repos
+        .iter()
+        .filter(|r| r.provider == provider.name)
+        .map(|r| r.id.as_str())
+        .collect();
+    found.retain(|f| !configured.contains(f.id.as_str()));
+    let record = crate::store::Discovery {
+        provider: &provider.name,
+        kind: provider.kind.as_str(),
+        found: &found,
+        prune: provider.prune_removed,
+    };
+    let mut gone = store
+        .record_discovery(&record)
+        .map_err(|e| format!("provider {}: {e}", provider.name))?;
+    if provider.prune_removed {
+        for id in &gone {
+            let path = id
+                .strip_prefix(&format!("{}/", provider.name))
+                .unwrap_or(id);
+            let repo = provider.repo(index, path, "");
+            let _ = std::fs::remove_dir_all(config.mirror_path(&repo));
+        }
+    }
+    let archived: Vec<&crate::store::FoundRepo> = found.iter().filter(|f| f.archived).collect();
+    gone.extend(archived.iter().map(|f| f.id.clone()));
+    let repos = found
+        .iter()
+        .filter(|f| !f.archived)
+        .map(|f| provider.repo(index, &f.path, &f.url))
+        .collect();
+    tracing::info!(provider = %provider.name, found = found.len(), archived = archived.len(), "discovery done");
+    Ok(Discovered {
+        repos,
+        gone,
+        archived: archived.len(),
+    })
 }
 
 #[cfg(test)]

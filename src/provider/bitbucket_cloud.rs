@@ -1,7 +1,9 @@
-//! Bitbucket Cloud: `workspace/repo` paths; access tokens authenticate git as `x-token-auth`, API tokens and
-//! app passwords with the configured `username`.
+//! Bitbucket Cloud: `workspace/repo` paths; access tokens authenticate git as `x-token-auth` and REST as
+//! Bearer; API tokens (user = Atlassian e-mail) and app passwords use Basic with the configured `username`.
+//! REST at `api.bitbucket.org/2.0`; discovery lists a workspace's repositories, or one project's.
 
-use super::{Forge, GitAuth};
+use super::api::{self, ApiClient, ApiError, BoxFuture};
+use super::{DiscoveredRepo, Forge, GitAuth};
 use crate::config::Secret;
 
 pub struct BitbucketCloud;
@@ -18,5 +20,105 @@ impl Forge for BitbucketCloud {
             username: username.unwrap_or("x-token-auth").to_string(),
             password: token,
         }
+    }
+    fn scopes_key(&self) -> Option<&'static str> {
+        Some("workspaces")
+    }
+    fn api_url(&self, base: &str) -> Option<String> {
+        Some(if base == "https://bitbucket.org" {
+            "https://api.bitbucket.org/2.0".to_string()
+        } else {
+            format!("{base}/2.0")
+        })
+    }
+    fn default_requests_per_hour(&self) -> u32 {
+        // 1,000 requests an hour for /2.0/repositories/* (rolling window).
+        1_000
+    }
+    fn token_hint(&self) -> &'static str {
+        "an access token needs the repository:read scope (project or workspace tokens for discovery); an API token needs read:repository:bitbucket and username = your Atlassian e-mail; app passwords were retired on 2026-07-28"
+    }
+    fn whoami<'a>(
+        &'a self,
+        api: &'a ApiClient,
+        probe: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<String, ApiError>> {
+        Box::pin(async move {
+            let r = api.get(&api.url("/user")).await?;
+            if (200..300).contains(&r.status)
+                && let Ok(user) = serde_json::from_slice::<serde_json::Value>(&r.body)
+            {
+                let name = user["username"]
+                    .as_str()
+                    .or(user["display_name"].as_str())
+                    .unwrap_or("?");
+                return Ok(format!("user {name} (API token or app password)"));
+            }
+            if r.status == 401 {
+                api.check(&r, "the token's user")?;
+            }
+            // Access tokens cannot call /user: test them against what they are for.
+            let Some(probe) = probe else {
+                return Ok("an access token (it cannot say who it is; give a workspace or repository to test it)".into());
+            };
+            let workspace = probe.split('/').next().unwrap_or(probe);
+            let (ws, _) = api
+                .get_json(
+                    &api.url(&format!("/workspaces/{}", api::encode(workspace))),
+                    &format!("workspace {workspace}"),
+                )
+                .await?;
+            Ok(format!(
+                "an access token that can read workspace {}",
+                ws["slug"].as_str().unwrap_or(workspace)
+            ))
+        })
+    }
+    fn discover<'a>(
+        &'a self,
+        api: &'a ApiClient,
+        scope: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<DiscoveredRepo>, ApiError>> {
+        Box::pin(async move {
+            let (workspace, project) = match scope.split_once('/') {
+                Some((w, p)) => (w, Some(p)),
+                None => (scope, None),
+            };
+            let mut first = api.url(&format!(
+                "/repositories/{}?pagelen=100&sort=uuid",
+                api::encode(workspace)
+            ));
+            if let Some(key) = project {
+                first.push_str(&format!(
+                    "&q={}",
+                    api::encode(&format!("project.key=\"{key}\""))
+                ));
+            }
+            let mut out = Vec::new();
+            api::paginate(api, first, &format!("workspace {scope}"), |v, r| {
+                let values = v["values"]
+                    .as_array()
+                    .ok_or_else(|| api.malformed(&r.url, "expected a page with values"))?;
+                for p in values {
+                    let (Some(path), Some(uuid)) = (p["full_name"].as_str(), p["uuid"].as_str())
+                    else {
+                        return Err(api.malformed(&r.url, "a repository without full_name or uuid"));
+                    };
+                    out.push(DiscoveredRepo {
+                        path: path.to_string(),
+                        provider_id: uuid.to_string(),
+                        web_url: p
+                            .pointer("/links/html/href")
+                            .and_then(|h| h.as_str())
+                            .map(str::to_string),
+                        archived: false,
+                        empty: Some(p["mainbranch"].is_null()),
+                    });
+                }
+                Ok(v["next"].as_str().map(str::to_string))
+            })
+            .await?;
+            Ok(out)
+        })
     }
 }

@@ -1,8 +1,10 @@
 //! Bitbucket Data Center / Server: `PROJECT/repo` paths cloned from `<url>/scm/PROJECT/repo.git`; HTTP access
 //! tokens are sent as `Authorization: Bearer` (the only form project and repository tokens accept), or as
-//! Basic auth when a `username` is configured.
+//! Basic auth when a `username` is configured. REST at `<url>/rest/api/1.0`; discovery lists a project's
+//! repositories.
 
-use super::{Forge, GitAuth};
+use super::api::{self, ApiClient, ApiError, BoxFuture};
+use super::{DiscoveredRepo, Forge, GitAuth, json_id};
 use crate::config::Secret;
 
 pub struct BitbucketDatacenter;
@@ -22,5 +24,84 @@ impl Forge for BitbucketDatacenter {
             },
             None => GitAuth::Bearer(token),
         }
+    }
+    fn scopes_key(&self) -> Option<&'static str> {
+        Some("projects")
+    }
+    fn api_url(&self, base: &str) -> Option<String> {
+        Some(format!("{base}/rest/api/1.0"))
+    }
+    fn default_requests_per_hour(&self) -> u32 {
+        // No documented default (administrators configure the token bucket): one a second.
+        3_600
+    }
+    fn token_hint(&self) -> &'static str {
+        "an HTTP access token needs Repository read (Project read for discovery); project and repository tokens work as Bearer only, so leave username out for them"
+    }
+    fn whoami<'a>(
+        &'a self,
+        api: &'a ApiClient,
+        _probe: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<String, ApiError>> {
+        Box::pin(async move {
+            let (props, r) = api
+                .get_json(
+                    &api.url("/application-properties"),
+                    "application properties",
+                )
+                .await?;
+            let version = props["version"].as_str().unwrap_or("?");
+            Ok(match r.header("x-ausername") {
+                Some(user) => format!("token of user {user} (Bitbucket {version})"),
+                None => format!("a project or repository token, or no token (Bitbucket {version})"),
+            })
+        })
+    }
+    fn discover<'a>(
+        &'a self,
+        api: &'a ApiClient,
+        scope: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<DiscoveredRepo>, ApiError>> {
+        Box::pin(async move {
+            let base = api.url(&format!("/projects/{}/repos", api::encode(scope)));
+            let first = format!("{base}?start=0&limit=100");
+            let mut out = Vec::new();
+            api::paginate(api, first, &format!("project {scope}"), |v, r| {
+                let values = v["values"]
+                    .as_array()
+                    .ok_or_else(|| api.malformed(&r.url, "expected a page with values"))?;
+                for p in values {
+                    let (Some(slug), Some(key), Some(id)) = (
+                        p["slug"].as_str(),
+                        p.pointer("/project/key").and_then(|k| k.as_str()),
+                        json_id(&p["id"]),
+                    ) else {
+                        return Err(
+                            api.malformed(&r.url, "a repository without slug, project key or id")
+                        );
+                    };
+                    out.push(DiscoveredRepo {
+                        path: format!("{key}/{slug}"),
+                        provider_id: id,
+                        web_url: p
+                            .pointer("/links/self/0/href")
+                            .and_then(|h| h.as_str())
+                            .map(str::to_string),
+                        archived: p["archived"].as_bool() == Some(true),
+                        empty: None,
+                    });
+                }
+                // Follow nextPageStart as given: repository ids need not be contiguous.
+                if v["isLastPage"].as_bool() != Some(false) {
+                    return Ok(None);
+                }
+                let next = v["nextPageStart"].as_u64().ok_or_else(|| {
+                    api.malformed(&r.url, "isLastPage is false but nextPageStart is missing")
+                })?;
+                Ok(Some(format!("{base}?start={next}&limit=100")))
+            })
+            .await?;
+            Ok(out)
+        })
     }
 }

@@ -1,7 +1,9 @@
 //! GitHub (github.com, and Enterprise Server through `url`): `owner/repo` paths; git over HTTPS takes Basic
-//! auth only, with `x-access-token` as the user for every token type.
+//! auth only, with `x-access-token` as the user for every token type. REST at `api.github.com` (Enterprise:
+//! `<url>/api/v3`) with a Bearer token; discovery lists an organisation's or a user's repositories.
 
-use super::{Forge, GitAuth};
+use super::api::{self, ApiClient, ApiError, BoxFuture};
+use super::{DiscoveredRepo, Forge, GitAuth, json_id};
 use crate::config::Secret;
 
 pub struct Github;
@@ -19,4 +21,99 @@ impl Forge for Github {
             password: token,
         }
     }
+    fn scopes_key(&self) -> Option<&'static str> {
+        Some("orgs")
+    }
+    fn api_url(&self, base: &str) -> Option<String> {
+        Some(if base == "https://github.com" {
+            "https://api.github.com".to_string()
+        } else {
+            format!("{base}/api/v3")
+        })
+    }
+    fn default_requests_per_hour(&self) -> u32 {
+        // 5,000 requests an hour per user token.
+        5_000
+    }
+    fn rest_auth(&self, _username: Option<&str>, token: &Secret) -> api::RestAuth {
+        api::RestAuth::bearer(token)
+    }
+    fn token_hint(&self) -> &'static str {
+        "a classic token needs the repo scope (and read:org for private organisation repositories); a fine-grained token needs Contents: read and Metadata: read on the repositories"
+    }
+    fn whoami<'a>(
+        &'a self,
+        api: &'a ApiClient,
+        _probe: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<String, ApiError>> {
+        Box::pin(async move {
+            let (user, r) = api.get_json(&api.url("/user"), "the token's user").await?;
+            let login = user["login"].as_str().unwrap_or("?");
+            let kind = match (
+                r.header("x-oauth-scopes"),
+                r.header("github-authentication-token-expiration"),
+            ) {
+                (Some(scopes), _) => format!("classic token; scopes: {scopes}"),
+                (None, Some(exp)) => format!("fine-grained token; expires {exp}"),
+                (None, None) => "fine-grained token".to_string(),
+            };
+            Ok(format!("token of user {login} ({kind})"))
+        })
+    }
+    fn discover<'a>(
+        &'a self,
+        api: &'a ApiClient,
+        scope: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<DiscoveredRepo>, ApiError>> {
+        Box::pin(async move {
+            let owner = api::encode(scope);
+            let org = api.url(&format!("/orgs/{owner}/repos?type=all&per_page=100"));
+            match list(api, org, scope).await {
+                // Not an organisation: a user.
+                Err(ApiError::NotFound { .. }) => {
+                    list(
+                        api,
+                        api.url(&format!("/users/{owner}/repos?type=owner&per_page=100")),
+                        scope,
+                    )
+                    .await
+                }
+                other => other,
+            }
+        })
+    }
+}
+
+async fn list(
+    api: &ApiClient,
+    first: String,
+    scope: &str,
+) -> Result<Vec<DiscoveredRepo>, ApiError> {
+    let mut out = Vec::new();
+    api::paginate(
+        api,
+        first,
+        &format!("organisation or user {scope}"),
+        |v, r| {
+            let repos = v
+                .as_array()
+                .ok_or_else(|| api.malformed(&r.url, "expected a JSON array of repositories"))?;
+            for p in repos {
+                let (Some(path), Some(id)) = (p["full_name"].as_str(), json_id(&p["id"])) else {
+                    return Err(api.malformed(&r.url, "a repository without full_name or id"));
+                };
+                out.push(DiscoveredRepo {
+                    path: path.to_string(),
+                    provider_id: id,
+                    web_url: p["html_url"].as_str().map(str::to_string),
+                    archived: p["archived"].as_bool() == Some(true)
+                        || p["disabled"].as_bool() == Some(true),
+                    empty: None,
+                });
+            }
+            Ok(api::link_next(r))
+        },
+    )
+    .await?;
+    Ok(out)
 }

@@ -2,6 +2,7 @@
 //! HTTPS authenticates with each kind of token. One file per provider kind implements [`Forge`]; nothing
 //! provider-specific lives anywhere else.
 
+pub mod api;
 mod bitbucket_cloud;
 mod bitbucket_datacenter;
 mod github;
@@ -11,6 +12,7 @@ mod plain;
 use std::path::Path;
 
 use crate::config::Secret;
+use api::{ApiClient, ApiError, BoxFuture, RestAuth};
 
 /// The kinds of Git host modelmirror knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +69,82 @@ pub trait Forge: Sync {
     /// Whether a `repos` entry may be a full clone URL rather than a path.
     fn accepts_urls(&self) -> bool {
         false
+    }
+
+    // --- REST (discovery and token checks); the defaults are for hosts without an API. ---
+
+    /// The configuration key that lists discovery scopes (`groups`, `workspaces`, `projects`, `orgs`).
+    fn scopes_key(&self) -> Option<&'static str> {
+        None
+    }
+    /// The REST API base for a base URL.
+    fn api_url(&self, _base: &str) -> Option<String> {
+        None
+    }
+    /// Default `max_requests_per_hour`, from the host's documented limits.
+    fn default_requests_per_hour(&self) -> u32 {
+        3600
+    }
+    /// How a token is presented to the REST API.
+    fn rest_auth(&self, username: Option<&str>, token: &Secret) -> RestAuth {
+        match username {
+            Some(u) => RestAuth::basic(u, token),
+            None => RestAuth::bearer(token),
+        }
+    }
+    /// What a rejected token needs, for the 401 message.
+    fn token_hint(&self) -> &'static str {
+        "check the token"
+    }
+    /// Who the token is and what it may do, in one line. `probe` is a scope or repository path to test
+    /// against when the host has no "who am I" for this token type.
+    fn whoami<'a>(
+        &'a self,
+        api: &'a ApiClient,
+        _probe: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<String, ApiError>> {
+        Box::pin(async move {
+            Err(ApiError::Setup {
+                provider: api.provider.clone(),
+                message: "this kind has no REST API".into(),
+            })
+        })
+    }
+    /// Every repository in one discovery scope, following the API's pagination to the end.
+    fn discover<'a>(
+        &'a self,
+        api: &'a ApiClient,
+        _scope: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<DiscoveredRepo>, ApiError>> {
+        Box::pin(async move {
+            Err(ApiError::Setup {
+                provider: api.provider.clone(),
+                message: "this kind has no discovery".into(),
+            })
+        })
+    }
+}
+
+/// A repository found by discovery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoveredRepo {
+    /// Path on the host, as a `repos` entry would say it.
+    pub path: String,
+    /// The host's own id (GitLab project id, Bitbucket Cloud uuid, Bitbucket DC repository id, GitHub id):
+    /// webhooks are matched by it.
+    pub provider_id: String,
+    pub web_url: Option<String>,
+    pub archived: bool,
+    /// `Some(true)` when the host says the repository has no commits yet.
+    pub empty: Option<bool>,
+}
+
+/// A JSON value as a string id (numbers and strings alike).
+fn json_id(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
     }
 }
 
@@ -214,6 +292,32 @@ pub fn redact_url(u: &str) -> String {
     }
 }
 
+/// Redact every `scheme://user:password@` found in a free text (error messages from libraries may quote a
+/// proxy URL).
+pub fn redact_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == '/' || c == '"' || c == '\'' || c == '>')
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) if userinfo.contains(':') => {
+                out.push_str(userinfo.split(':').next().unwrap_or(""));
+                out.push_str(":***@");
+                out.push_str(host);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `user@host:path` (scp-like ssh syntax).
 fn is_scp_like(s: &str) -> bool {
     match s.split_once(':') {
@@ -267,6 +371,19 @@ mod tests {
 
     fn s(v: &str) -> Secret {
         Secret::new(v.into())
+    }
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("http://u:p@proxy:3128"),
+            "http://u:***@proxy:3128"
+        );
+        assert_eq!(redact_url("https://gitlab.com/a"), "https://gitlab.com/a");
+        assert_eq!(
+            redact_text("failed via http://bob:s3cret@proxy:3128/x and ssh://git@h/r"),
+            "failed via http://bob:***@proxy:3128/x and ssh://git@h/r"
+        );
     }
 
     #[test]

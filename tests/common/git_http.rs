@@ -28,6 +28,15 @@
 //!   and not counted as a fetch/push. It gzips request bodies over ~1 KiB
 //!   (`Content-Encoding: gzip`, handled by http-backend). libgit2 sends
 //!   upload-pack requests with Content-Length and pushes chunked.
+//!
+//! # REST API hook
+//!
+//! [`GitHttpServer::start_with_api`] puts a fake REST API on the same port: every
+//! request (after its body has been read) is first offered to the hook as an
+//! [`ApiRequest`]; `Some(ApiResponse)` is sent back as is, `None` falls through to
+//! the git handling above, including its [`Auth`] check. Hook requests are logged
+//! with `api == true`. A panicking hook answers 500 (the panic is printed).
+//! `tests/common/forges.rs` builds fakes of the GitLab, GitHub and Bitbucket APIs on it.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -130,6 +139,10 @@ pub struct LoggedRequest {
     pub probe: bool,
     /// Whatever `git http-backend` wrote to stderr.
     pub stderr: String,
+    /// Answered by the API hook (see [`GitHttpServer::start_with_api`]) rather than by git.
+    pub api: bool,
+    /// All request headers in arrival order, names lower-cased.
+    pub headers: Vec<(String, String)>,
 }
 
 impl LoggedRequest {
@@ -150,12 +163,145 @@ impl LoggedRequest {
     pub fn is_push(&self) -> bool {
         self.method == "POST" && self.path.ends_with("/git-receive-pack") && !self.probe
     }
+
+    /// A request header by (case-insensitive) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
+
+/// A request offered to the API hook of [`GitHttpServer::start_with_api`].
+#[derive(Clone, Debug)]
+pub struct ApiRequest {
+    /// `GET`, `POST`, ... as sent.
+    pub method: String,
+    /// The path as sent, **not** percent-decoded (so `/groups/a%2Fb/projects` keeps its `%2F`).
+    pub path: String,
+    /// The raw query string without the `?` (empty if none).
+    pub query: String,
+    /// All headers in arrival order, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body (de-chunked; not decompressed).
+    pub body: Vec<u8>,
+}
+
+impl ApiRequest {
+    /// A header by (case-insensitive) name; the first one if repeated.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first value of a query parameter, percent-decoded (`+` becomes a space).
+    /// `Some("")` for `?flag` and `?flag=`.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        query_pairs(&self.query)
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+
+    /// All query parameters in order, percent-decoded (`+` becomes a space).
+    pub fn query_pairs(&self) -> Vec<(String, String)> {
+        query_pairs(&self.query)
+    }
+
+    /// The percent-decoded path.
+    pub fn decoded_path(&self) -> String {
+        percent_decode(&self.path)
+    }
+}
+
+/// Splits a raw query string into percent-decoded pairs (`+` is a space).
+pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (
+                percent_decode(&k.replace('+', " ")),
+                percent_decode(&v.replace('+', " ")),
+            )
+        })
+        .collect()
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (for query values
+/// and path segments).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The answer of the API hook. `Content-Length` and `Connection` are added by the server.
+#[derive(Clone, Debug)]
+pub struct ApiResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl ApiResponse {
+    /// A JSON body with `Content-Type: application/json; charset=utf-8`.
+    pub fn json(status: u16, value: &serde_json::Value) -> ApiResponse {
+        ApiResponse {
+            status,
+            headers: vec![(
+                "Content-Type".to_string(),
+                "application/json; charset=utf-8".to_string(),
+            )],
+            body: value.to_string().into_bytes(),
+        }
+    }
+
+    /// A plain-text body (sent exactly as given) with `Content-Type: text/plain; charset=utf-8`.
+    pub fn text(status: u16, text: &str) -> ApiResponse {
+        ApiResponse {
+            status,
+            headers: vec![(
+                "Content-Type".to_string(),
+                "text/plain; charset=utf-8".to_string(),
+            )],
+            body: text.as_bytes().to_vec(),
+        }
+    }
+
+    /// Adds a header (builder style).
+    pub fn with_header(mut self, name: &str, value: &str) -> ApiResponse {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// A response header by (case-insensitive) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The API hook: `None` lets git handle the request.
+pub type ApiHook = Arc<dyn Fn(&ApiRequest) -> Option<ApiResponse> + Send + Sync>;
 
 struct Shared {
     root: PathBuf,
     backend: PathBuf,
     auth: Mutex<Auth>,
+    api: Option<ApiHook>,
     log: Mutex<Vec<LoggedRequest>>,
     stop: AtomicBool,
 }
@@ -196,6 +342,16 @@ impl GitHttpServer {
     /// Serve every bare repository below `root`:
     /// GET/POST `http://127.0.0.1:PORT/<relative path of repo>/info/refs?service=git-upload-pack` etc.
     pub fn start(root: &Path, auth: Auth) -> GitHttpServer {
+        GitHttpServer::start_inner(root, auth, None)
+    }
+
+    /// Like [`Self::start`], but every request is first offered to `api`; `None`
+    /// falls through to git (including its `auth` check). See [`ApiRequest`].
+    pub fn start_with_api(root: &Path, auth: Auth, api: ApiHook) -> GitHttpServer {
+        GitHttpServer::start_inner(root, auth, Some(api))
+    }
+
+    fn start_inner(root: &Path, auth: Auth, api: Option<ApiHook>) -> GitHttpServer {
         let root = root
             .canonicalize()
             .unwrap_or_else(|e| panic!("git_http: cannot canonicalize {}: {e}", root.display()));
@@ -207,6 +363,7 @@ impl GitHttpServer {
             root,
             backend: http_backend_path(),
             auth: Mutex::new(auth),
+            api,
             log: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
         });
@@ -259,6 +416,24 @@ impl GitHttpServer {
         lock(&self.shared.log).clone()
     }
 
+    /// The requests answered by the API hook.
+    pub fn api_requests(&self) -> Vec<LoggedRequest> {
+        lock(&self.shared.log)
+            .iter()
+            .filter(|r| r.api)
+            .cloned()
+            .collect()
+    }
+
+    /// The requests handled by git (everything the API hook passed on).
+    pub fn git_requests(&self) -> Vec<LoggedRequest> {
+        lock(&self.shared.log)
+            .iter()
+            .filter(|r| !r.api)
+            .cloned()
+            .collect()
+    }
+
     pub fn clear_log(&self) {
         lock(&self.shared.log).clear();
     }
@@ -289,9 +464,9 @@ impl GitHttpServer {
         self.count(|r| r.is_push() && is_success(r.status))
     }
 
-    /// Number of requests answered with 401.
+    /// Number of git requests answered with 401 (API hook answers are not counted).
     pub fn unauthorized_count(&self) -> usize {
-        self.count(|r| r.status == 401)
+        self.count(|r| !r.api && r.status == 401)
     }
 
     fn count(&self, pred: impl Fn(&LoggedRequest) -> bool) -> usize {
@@ -418,6 +593,12 @@ fn handle_connection(shared: &Shared, stream: TcpStream) {
         content_encoding: head.header("Content-Encoding").map(str::to_string),
         probe: false,
         stderr: String::new(),
+        api: false,
+        headers: head
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect(),
     };
 
     let response = match process(shared, &head, &mut reader, &mut writer, peer, &mut entry) {
@@ -474,6 +655,47 @@ fn process(
     entry.chunked = chunked;
     entry.body_len = body.len();
     entry.probe = head.method == "POST" && body == b"0000";
+
+    let body = match &shared.api {
+        Some(api) => {
+            let request = ApiRequest {
+                method: head.method.clone(),
+                path: head.path.clone(),
+                query: head.query.clone(),
+                headers: entry.headers.clone(),
+                body,
+            };
+            let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| api(&request)));
+            match answer {
+                Ok(Some(resp)) => {
+                    entry.api = true;
+                    entry.service = None;
+                    entry.probe = false;
+                    return Ok(Response {
+                        status: resp.status,
+                        reason: reason_phrase(resp.status).to_string(),
+                        headers: resp
+                            .headers
+                            .into_iter()
+                            .filter(|(k, _)| {
+                                !k.eq_ignore_ascii_case("Content-Length")
+                                    && !k.eq_ignore_ascii_case("Connection")
+                                    && !k.eq_ignore_ascii_case("Transfer-Encoding")
+                            })
+                            .collect(),
+                        body: resp.body,
+                    });
+                }
+                Ok(None) => request.body,
+                Err(_) => {
+                    entry.api = true;
+                    return Ok(Response::simple(500, "git_http: the API hook panicked"));
+                }
+            }
+        }
+        None => body,
+    };
+
     let gzipped = head
         .header("Content-Encoding")
         .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"));
@@ -783,7 +1005,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decodes `%XX` escapes (invalid escapes are kept as they are; invalid UTF-8 is replaced).
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -805,15 +1028,29 @@ fn percent_decode(s: &str) -> String {
 fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
         204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
         304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        407 => "Proxy Authentication Required",
+        409 => "Conflict",
+        410 => "Gone",
         415 => "Unsupported Media Type",
+        422 => "Unprocessable Entity",
+        429 => "Too Many Requests",
         500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "Unknown",
     }
 }

@@ -135,17 +135,17 @@ fn unknown_repository_and_bad_config_are_clear_errors() {
 #[test]
 fn check_validates_and_warns_about_a_literal_token() {
     let env = Env::new(Auth::None);
-    env.write_config(
-        "[providers.gh]\nkind = \"github\"\ntoken = \"ghp_literal_secret\"\nrepos = [\"o/r\"]\n",
-    );
+    small_repo(&env);
+    env.write_config(&format!(
+        "[providers.g]\nkind = \"git\"\nurl = {:?}\nusername = \"u\"\ntoken = \"literal_secret_123\"\nrepos = [\"t/r.git\"]\n",
+        env.server.url()
+    ));
     let run = env.run(&["check"]).ok();
-    assert!(run.stdout.contains("configuration OK"), "{}", run.stdout);
-    assert!(
-        run.stdout.contains("warning:") && run.stdout.contains("literal `token`"),
-        "{}",
-        run.stdout
-    );
-    assert!(!run.stdout.contains("ghp_literal_secret"));
+    assert!(run.stdout.contains("ok      config"), "{}", run.stdout);
+    assert!(run.stdout.contains("warning") && run.stdout.contains("literal `token`"), "{}", run.stdout);
+    assert!(run.stdout.contains("g/t/r: default branch main at "), "{}", run.stdout);
+    assert!(run.stdout.trim_end().ends_with("all checks passed"), "{}", run.stdout);
+    assert!(!run.stdout.contains("literal_secret_123"));
 }
 
 /// The README's quick start: the bundled demo configuration works offline through a file:// URL.
