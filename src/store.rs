@@ -375,6 +375,8 @@ pub struct Discovery<'a> {
     pub found: &'a [FoundRepo],
     /// Delete repositories no longer found instead of marking them `removed`.
     pub prune: bool,
+    /// Ids listed in the provider's `repos`: never marked removed by discovery.
+    pub configured: &'a [String],
 }
 
 /// A repository found by discovery, with its id and clone URL resolved.
@@ -622,7 +624,7 @@ impl Store {
                 "INSERT INTO repos (id, provider, path, url, provider_repo_id, web_url, origin, state, state_reason)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'discovered', ?7, ?8)
                  ON CONFLICT(id) DO UPDATE SET url = excluded.url, provider_repo_id = excluded.provider_repo_id,
-                     web_url = excluded.web_url,
+                     web_url = excluded.web_url, origin = 'discovered',
                      state = CASE WHEN excluded.state = 'archived' THEN 'archived'
                                   WHEN repos.state IN ('archived', 'removed') THEN
                                        CASE WHEN repos.commit_id IS NULL THEN excluded.state ELSE 'active' END

@@ -606,18 +606,19 @@ async fn discover_inner(
         }
     }
     // Repositories also listed in `repos` stay configured ones.
-    let configured: std::collections::HashSet<&str> = config
+    let configured: Vec<String> = config
         .repos
         .iter()
         .filter(|r| r.provider == provider.name)
-        .map(|r| r.id.as_str())
+        .map(|r| r.id.clone())
         .collect();
-    found.retain(|f| !configured.contains(f.id.as_str()));
+    found.retain(|f| !configured.contains(&f.id));
     let record = crate::store::Discovery {
         provider: &provider.name,
         kind: provider.kind.as_str(),
         found: &found,
         prune: provider.prune_removed,
+        configured: &configured,
     };
     let mut gone = store
         .record_discovery(&record)

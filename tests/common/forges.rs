@@ -1051,7 +1051,7 @@ impl Ctx<'_> {
             }
             ["user", "repos"] => {
                 let list: Vec<&FakeRepo> = self.st.repos.iter().collect();
-                self.github_list(list)
+                self.github_list(list, "full_name")
             }
             ["orgs", org] => match self.github_org(org) {
                 Some(org) => ApiResponse::json(200, &self.github_owner_json(&org)),
@@ -1220,11 +1220,16 @@ impl Ctx<'_> {
         if !keep {
             list.clear();
         }
-        self.github_list(list)
+        // GitHub's defaults: organisations sort by `created`, users by `full_name`.
+        self.github_list(list, if org { "created" } else { "full_name" })
     }
 
-    fn github_list(&self, mut list: Vec<&FakeRepo>) -> ApiResponse {
-        let sort = self.param("sort").unwrap_or_default();
+    /// `sort` (`created`/`updated`/`pushed` by id, or `full_name`) and `direction`
+    /// (default `asc` for `full_name`, else `desc`), then `per_page`/`page` with `Link`.
+    fn github_list(&self, mut list: Vec<&FakeRepo>, default_sort: &str) -> ApiResponse {
+        let sort = self
+            .param("sort")
+            .unwrap_or_else(|| default_sort.to_string());
         if sort == "full_name" {
             list.sort_by_key(|r| r.path.to_lowercase());
         } else {
@@ -1233,7 +1238,7 @@ impl Ctx<'_> {
         let ascending = match self.param("direction").as_deref() {
             Some("asc") => true,
             Some("desc") => false,
-            _ => sort == "full_name" || sort.is_empty(),
+            _ => sort == "full_name",
         };
         if !ascending {
             list.reverse();

@@ -1,4 +1,3 @@
-#![allow(dead_code)]
 //! A real git smart-HTTP server for integration tests.
 //!
 //! It runs `git http-backend` as a CGI program behind a tiny threaded HTTP/1.1
@@ -37,6 +36,8 @@
 //! the git handling above, including its [`Auth`] check. Hook requests are logged
 //! with `api == true`. A panicking hook answers 500 (the panic is printed).
 //! `tests/common/forges.rs` builds fakes of the GitLab, GitHub and Bitbucket APIs on it.
+
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};

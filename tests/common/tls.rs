@@ -7,6 +7,11 @@
 //! `serverAuth`), valid from a day ago for a year, and writes them as PEM files.
 //! Clients must be told to trust `ca_pem` (curl `--cacert`, git
 //! `-c http.sslCAInfo=...`, `SSL_CERT_FILE`, ...); without it the handshake fails.
+//! Beware of the environment: git's `GIT_SSL_CAINFO` **overrides**
+//! `http.sslCAInfo`, and some machines export it (and `SSL_CERT_FILE`,
+//! `CURL_CA_BUNDLE`) pointing at the system bundle; [`TestCert::trust_env`] gives
+//! the variables to set on a child process so that git (CLI, libcurl), curl and
+//! OpenSSL-based clients such as libgit2 trust the test CA.
 //!
 //! [`TlsTerminator::start`] accepts TLS on `127.0.0.1:0` and pipes the decrypted
 //! bytes both ways to the backend, one thread pair per connection; it does not look
@@ -221,6 +226,19 @@ impl TestCert {
     }
 }
 
+impl TestCert {
+    /// Environment variables that make git, curl and OpenSSL (libgit2) trust
+    /// exactly this CA: `GIT_SSL_CAINFO`, `CURL_CA_BUNDLE` and `SSL_CERT_FILE`
+    /// point at `ca_pem`. Also remove `GIT_SSL_CAPATH` and `SSL_CERT_DIR` from the
+    /// child's environment to trust nothing else.
+    pub fn trust_env(&self) -> Vec<(&'static str, PathBuf)> {
+        ["GIT_SSL_CAINFO", "CURL_CA_BUNDLE", "SSL_CERT_FILE"]
+            .into_iter()
+            .map(|name| (name, self.ca_pem.clone()))
+            .collect()
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     connections: AtomicUsize,
@@ -241,7 +259,7 @@ pub struct TlsTerminator {
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-const POLL: Duration = Duration::from_millis(20);
+const POLL: Duration = Duration::from_millis(50);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -309,14 +327,25 @@ impl TlsTerminator {
         format!("https://localhost:{}", self.addr.port())
     }
 
-    /// Maps `http://127.0.0.1:BACKEND/...` (the backend's URL) to the same path
-    /// behind TLS; other URLs are returned unchanged.
+    /// Maps `http://[user[:pass]@]127.0.0.1:BACKEND/...` (the backend's URL) to
+    /// the same URL behind TLS (`https://`, this port, user info kept); other URLs
+    /// are returned unchanged.
     pub fn url_for(&self, http_url: &str) -> String {
-        let backend = format!("http://{}", self.backend);
-        match http_url.strip_prefix(&backend) {
-            Some(rest) => format!("{}{rest}", self.https_url()),
-            None => http_url.to_string(),
+        let Some(rest) = http_url.strip_prefix("http://") else {
+            return http_url.to_string();
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let (userinfo, host_port) = match authority.rsplit_once('@') {
+            Some((user, host)) => (format!("{user}@"), host),
+            None => (String::new(), authority),
+        };
+        if host_port != self.backend.to_string() {
+            return http_url.to_string();
         }
+        format!("https://{userinfo}{}{path}", self.addr)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -386,6 +415,13 @@ fn serve(acceptor: &SslAcceptor, tcp: TcpStream, backend: SocketAddr, counters: 
     let _ = upstream.set_read_timeout(Some(IDLE_TIMEOUT));
     // Short read timeouts let the two directions take turns on the one SslStream.
     let _ = tls.get_ref().set_read_timeout(Some(POLL));
+    let raw = match tls.get_ref().try_clone() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tls: cannot clone client stream: {e}");
+            return;
+        }
+    };
     let tls = Arc::new(Mutex::new(tls));
     let done = Arc::new(AtomicBool::new(false));
 
@@ -403,7 +439,7 @@ fn serve(acceptor: &SslAcceptor, tcp: TcpStream, backend: SocketAddr, counters: 
             done.store(true, Ordering::SeqCst);
         })
     };
-    client_to_backend(&tls, upstream, &done);
+    client_to_backend(&tls, &raw, upstream, &done);
     let _ = down.join();
 }
 
@@ -429,14 +465,30 @@ fn backend_to_client(upstream: &mut TcpStream, tls: &Mutex<SslStream<TcpStream>>
 }
 
 /// Client → backend until the client closes, the other direction is done, or idle.
+/// Waits for raw bytes with `peek` on `raw` (a clone of the TLS socket) without
+/// holding the lock, so the other direction is not held up while the client is quiet.
 fn client_to_backend(
     tls: &Mutex<SslStream<TcpStream>>,
+    raw: &TcpStream,
     mut upstream: TcpStream,
     done: &AtomicBool,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     let mut last_activity = Instant::now();
     loop {
+        let buffered = lock(tls).ssl().pending() > 0;
+        if !buffered {
+            match raw.peek(&mut [0u8; 1]) {
+                Ok(_) => {}
+                Err(e) if is_timeout(&e) || e.kind() == ErrorKind::Interrupted => {
+                    if done.load(Ordering::SeqCst) || last_activity.elapsed() > IDLE_TIMEOUT {
+                        break;
+                    }
+                    continue;
+                }
+                Err(_) => break,
+            }
+        }
         let read = lock(tls).ssl_read(&mut buf);
         match read {
             Ok(0) => break,
@@ -447,16 +499,12 @@ fn client_to_backend(
                 }
             }
             Err(e) => {
+                // A partial record times out as WANT_READ: wait for more.
                 let timed_out = e.io_error().is_some_and(is_timeout)
                     || e.code() == openssl::ssl::ErrorCode::WANT_READ;
-                if !timed_out
-                    || done.load(Ordering::SeqCst)
-                    || last_activity.elapsed() > IDLE_TIMEOUT
-                {
+                if !timed_out || done.load(Ordering::SeqCst) {
                     break;
                 }
-                // Let the other direction use the stream.
-                thread::sleep(Duration::from_millis(1));
             }
         }
     }

@@ -142,9 +142,21 @@ fn check_validates_and_warns_about_a_literal_token() {
     ));
     let run = env.run(&["check"]).ok();
     assert!(run.stdout.contains("ok      config"), "{}", run.stdout);
-    assert!(run.stdout.contains("warning") && run.stdout.contains("literal `token`"), "{}", run.stdout);
-    assert!(run.stdout.contains("g/t/r: default branch main at "), "{}", run.stdout);
-    assert!(run.stdout.trim_end().ends_with("all checks passed"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("warning") && run.stdout.contains("literal `token`"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("g/t/r: default branch main at "),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.trim_end().ends_with("all checks passed"),
+        "{}",
+        run.stdout
+    );
     assert!(!run.stdout.contains("literal_secret_123"));
 }
 

@@ -2,13 +2,20 @@
 //! server (`git http-backend` behind a small HTTP server), SQLite is a real file, and modelmirror runs as a
 //! real process that receives real signals.
 
+#[path = "../common/forges.rs"]
+mod forges;
 #[path = "../common/git_http.rs"]
 mod git_http;
+#[path = "../common/proxy.rs"]
+mod proxy;
+#[path = "../common/tls.rs"]
+mod tls;
 
 mod cli;
 mod counting;
 mod failures;
 mod pipeline;
+mod providers;
 mod service;
 mod ssh;
 mod support;
