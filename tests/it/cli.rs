@@ -195,3 +195,50 @@ fn the_bundled_demo_works() {
     let models: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(models.as_array().unwrap().len(), 141);
 }
+
+/// `token_file = "${CREDENTIALS_DIRECTORY}/NAME"`, as with systemd's `LoadCredential=`.
+#[test]
+fn token_file_from_a_systemd_credential() {
+    let env = Env::new(Auth::basic("oauth2", "cred-token-55"));
+    let (_, work) = env.new_repo("g/r.git");
+    std::fs::copy(
+        fixtures().join("models/books/MongoDB__Figure 006 - Subtyping.hck.json"),
+        work.join("m.hck.json"),
+    )
+    .unwrap();
+    commit_all(&work, "model");
+    let creds = env.path().join("credentials");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::write(creds.join("gitlab"), "cred-token-55\n").unwrap();
+    env.write_config(&format!(
+        "[providers.gl]\nkind = \"gitlab\"\nurl = {:?}\ntoken_file = \"${{CREDENTIALS_DIRECTORY}}/gitlab\"\nrepos = [\"g/r\"]\n",
+        env.server.url()
+    ));
+    let out = bin()
+        .args([
+            "--config",
+            &env.path().join("config.toml").to_string_lossy(),
+            "sync",
+        ])
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Without the variable the configuration says which one is missing.
+    let out = bin()
+        .args([
+            "--config",
+            &env.path().join("config.toml").to_string_lossy(),
+            "sync",
+        ])
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CREDENTIALS_DIRECTORY is not set"), "{err}");
+}

@@ -518,7 +518,7 @@ fn every_provider_kind_authenticates_git_over_http() {
     let env = Env::new(Auth::None);
     std::fs::write(env.path().join("token"), "kind-token").unwrap();
     let token_file = env.path().join("token").to_string_lossy().into_owned();
-    let cases: [(&str, &str, &str, Auth, &str); 6] = [
+    let cases: [(&str, &str, &str, Auth, &str); 7] = [
         (
             "gitlab",
             "",
@@ -552,6 +552,13 @@ fn every_provider_kind_authenticates_git_over_http() {
             "",
             "PROJ/books",
             Auth::bearer("kind-token"),
+            "scm/PROJ/books.git",
+        ),
+        (
+            "bitbucket-datacenter",
+            "username = \"dcuser\"\n",
+            "PROJ/books",
+            Auth::basic("dcuser", "kind-token"),
             "scm/PROJ/books.git",
         ),
         (
