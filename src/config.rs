@@ -189,8 +189,10 @@ impl FileFilter {
     /// compare the whole tree again instead of only what changed in Git.
     pub fn fingerprint(&self) -> String {
         format!(
-            "include={:?};max_model_bytes={}",
-            self.include, self.max_model_bytes
+            "include={:?};max_model_bytes={};parser={}",
+            self.include,
+            self.max_model_bytes,
+            crate::model::PARSER_VERSION
         )
     }
 }
@@ -344,29 +346,42 @@ impl fmt::Debug for TokenSource {
 }
 
 impl TokenSource {
-    /// Read the token now. The error says where it was looked for, never what it is.
+    /// Read the token now. The error says where it was looked for, never what it is. A token with a control
+    /// character inside (a second line, a NUL) is refused: it would break the HTTP header it goes into.
     pub fn resolve(&self) -> Result<Secret, String> {
-        match self {
-            TokenSource::Literal(s) => Ok(s.clone()),
+        let (value, from) = match self {
+            TokenSource::Literal(s) => (
+                s.expose().trim().to_string(),
+                "the literal token".to_string(),
+            ),
             TokenSource::File(path) => match std::fs::read_to_string(path) {
-                Ok(text) => {
-                    let token = text.trim();
-                    if token.is_empty() {
-                        Err(format!("token_file {} is empty", path.display()))
-                    } else {
-                        Ok(Secret::new(token.to_string()))
-                    }
-                }
-                Err(e) => Err(format!("cannot read token_file {}: {e}", path.display())),
+                Ok(text) => (
+                    text.trim().to_string(),
+                    format!("token_file {}", path.display()),
+                ),
+                Err(e) => return Err(format!("cannot read token_file {}: {e}", path.display())),
             },
             TokenSource::Env(name) => match std::env::var(name) {
-                Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim().to_string())),
-                Ok(_) => Err(format!("environment variable {name} (token_env) is empty")),
-                Err(_) => Err(format!(
-                    "environment variable {name} (token_env) is not set"
-                )),
+                Ok(v) => (
+                    v.trim().to_string(),
+                    format!("environment variable {name} (token_env)"),
+                ),
+                Err(_) => {
+                    return Err(format!(
+                        "environment variable {name} (token_env) is not set"
+                    ));
+                }
             },
+        };
+        if value.is_empty() {
+            return Err(format!("{from} is empty"));
         }
+        if value.chars().any(char::is_control) {
+            return Err(format!(
+                "{from} holds a line break or other control character inside the token; it must hold the token alone"
+            ));
+        }
+        Ok(Secret::new(value))
     }
 }
 
@@ -701,6 +716,14 @@ fn validate(
             ));
         }
         let token = sources.pop();
+        if let Some(u) = &raw.username
+            && (u.chars().any(char::is_control) || u.contains(':'))
+        {
+            return Err(invalid(
+                &file,
+                format!("[providers.{name}] username may not hold `:` or control characters"),
+            ));
+        }
         let credentials = Credentials {
             username: raw.username.filter(|u| !u.is_empty()),
             token,
@@ -856,7 +879,26 @@ fn validate(
             proxy,
         };
         let index = providers.len();
+        let ssh_ready = provider.credentials.ssh_key_file.is_some()
+            && provider.credentials.known_hosts_file.is_some();
+        if provider.credentials.token.is_some() && provider.base_url.starts_with("http://") {
+            warnings.push(format!(
+                "{}: [providers.{name}] url is http://: the token travels unencrypted; use https",
+                file.display()
+            ));
+        }
         for entry in &raw.repos {
+            let is_ssh = entry.starts_with("ssh://")
+                || (!entry.contains("://") && entry.contains('@') && entry.contains(':'));
+            if is_ssh && !ssh_ready {
+                return Err(invalid(
+                    &file,
+                    format!(
+                        "[providers.{name}] repos entry {:?} is an ssh URL: set ssh_key_file and known_hosts_file",
+                        provider::redact_url(entry)
+                    ),
+                ));
+            }
             let resolved =
                 provider::resolve_repo(kind, &provider.base_url, entry).map_err(|m| {
                     invalid(

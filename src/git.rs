@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use git2::{
-    AutotagOption, CertificateCheckStatus, Cred, CredentialType, Delta, DiffFindOptions,
-    DiffOptions, FetchOptions, ObjectType, Oid, ProxyOptions, RemoteCallbacks, Repository, Sort,
-    TreeWalkMode, TreeWalkResult,
+    AutotagOption, CertificateCheckStatus, Cred, CredentialType, Delta, DiffFile, DiffFindOptions,
+    DiffOptions, FetchOptions, Oid, ProxyOptions, RemoteCallbacks, RemoteRedirect, Repository,
+    Sort,
 };
 
 use crate::config::FileFilter;
@@ -47,6 +47,10 @@ pub enum GitError {
         "local mirror {path}: {message} (delete that folder and the next poll clones the repository again)"
     )]
     Mirror { path: PathBuf, message: String },
+    #[error(
+        "local mirror {path} is being updated by another modelmirror process; the next poll retries"
+    )]
+    MirrorBusy { path: PathBuf },
     #[error("reading {what} from the mirror: {message}")]
     Read { what: String, message: String },
 }
@@ -108,12 +112,21 @@ pub enum RemoteHead {
     },
 }
 
-/// Open the bare mirror at `path`, creating it when missing.
-pub fn open_mirror(path: &Path) -> Result<Repository, GitError> {
-    let mirror_err = |e: git2::Error| GitError::Mirror {
+fn mirror_error(path: &Path, e: git2::Error) -> GitError {
+    if e.code() == git2::ErrorCode::Locked {
+        return GitError::MirrorBusy {
+            path: path.to_path_buf(),
+        };
+    }
+    GitError::Mirror {
         path: path.to_path_buf(),
         message: e.message().to_string(),
-    };
+    }
+}
+
+/// Open the bare mirror at `path`, creating it when missing.
+pub fn open_mirror(path: &Path) -> Result<Repository, GitError> {
+    let mirror_err = |e: git2::Error| mirror_error(path, e);
     if path.join("HEAD").exists() {
         return Repository::open_bare(path).map_err(mirror_err);
     }
@@ -146,10 +159,7 @@ pub fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<RemoteHead
     }
     let mirror_ref = format!("refs/heads/{name}");
     let path = repo.path().to_path_buf();
-    let mirror_err = |e: git2::Error| GitError::Mirror {
-        path: path.clone(),
-        message: e.message().to_string(),
-    };
+    let mirror_err = |e: git2::Error| mirror_error(&path, e);
     if git2::Reference::is_valid_name(&mirror_ref) {
         repo.reference(&mirror_ref, commit, true, "modelmirror fetch")
             .map_err(mirror_err)?;
@@ -266,6 +276,8 @@ fn connect(
     opts.download_tags(AutotagOption::None);
     opts.update_fetchhead(false);
     opts.custom_headers(&headers);
+    // Credentials go with the headers: never replay them to another host on a redirect.
+    opts.follow_redirects(RemoteRedirect::None);
 
     let mut remote = repo
         .remote_anonymous(spec.url)
@@ -296,7 +308,12 @@ fn connect(
         if cancelled.get() || spec.cancel.load(Ordering::Relaxed) {
             return Err(GitError::Cancelled { url });
         }
-        return Err(classify(&url, &e));
+        let mut err = classify(&url, &e);
+        if let (Some(h), GitError::Remote { message, .. }) = (&header, &mut err) {
+            // Belt and braces: libgit2 quotes a header it refuses; never let it show.
+            *message = message.replace(h.expose(), "<credentials>");
+        }
+        return Err(err);
     }
     let heads = remote.list().map_err(|e| classify(&url, &e))?;
     let head = heads
@@ -501,120 +518,181 @@ pub enum Change {
     Renamed { from: String, to: String, blob: Oid },
 }
 
-fn is_file_mode(mode: git2::FileMode) -> bool {
-    matches!(mode, git2::FileMode::Blob | git2::FileMode::BlobExecutable)
+/// Regular files only (modes 100644, 100755, and the old 100664): no symlinks, no submodules.
+fn is_regular_file(file: &DiffFile<'_>) -> bool {
+    u32::from(file.mode()) & 0o170000 == 0o100000
 }
 
-/// The changes from `old`'s tree (or the empty tree) to `new`'s tree, with renames detected. libgit2 skips
-/// subtrees whose ids are equal, so the cost follows the size of the change, not of the repository.
+/// A path as git stores it (`/`-separated bytes), as text. Names that are not UTF-8 are skipped — in diffs
+/// and tree listings alike, so both always agree — with a warning.
+fn utf8_path(file: &DiffFile<'_>) -> Option<String> {
+    let bytes = file.path_bytes()?;
+    match std::str::from_utf8(bytes) {
+        Ok(p) => Some(p.to_string()),
+        Err(_) => {
+            tracing::warn!(
+                "skipping a file whose name is not UTF-8: {:?}",
+                String::from_utf8_lossy(bytes)
+            );
+            None
+        }
+    }
+}
+
+/// The path of a side of a delta if the filter considers that file.
+fn considered(file: &DiffFile<'_>, filter: &FileFilter) -> Option<String> {
+    if !is_regular_file(file) {
+        return None;
+    }
+    utf8_path(file).filter(|p| filter.matches(p))
+}
+
+fn tree_of(repo: &Repository, commit: Oid) -> Result<git2::Tree<'_>, GitError> {
+    repo.find_commit(commit)
+        .and_then(|c| c.tree())
+        .map_err(read_err(format!("tree of commit {commit}")))
+}
+
+fn plain_diff<'r>(
+    repo: &'r Repository,
+    old: Option<&git2::Tree<'_>>,
+    new: &git2::Tree<'_>,
+    paths: &[&str],
+) -> Result<git2::Diff<'r>, git2::Error> {
+    let mut opts = DiffOptions::new();
+    opts.skip_binary_check(true).ignore_submodules(true);
+    if !paths.is_empty() {
+        opts.disable_pathspec_match(true);
+        for p in paths {
+            opts.pathspec(*p);
+        }
+    }
+    repo.diff_tree_to_tree(old, Some(new), Some(&mut opts))
+}
+
+/// The changes from `old`'s tree (or the empty tree) to `new`'s tree, limited to the files the filter
+/// considers, with renames detected. libgit2 skips subtrees whose ids are equal, so the cost follows the size
+/// of the change, not of the repository. Renames are paired by equal blob ids first; only the files left over
+/// that the filter considers and that are within `max_model_bytes` are compared for similarity, so no other
+/// file is ever loaded.
 pub fn diff_commits(
     repo: &Repository,
     old: Option<Oid>,
     new: Oid,
     filter: &FileFilter,
 ) -> Result<Vec<Change>, GitError> {
-    let tree_of = |oid: Oid| {
-        repo.find_commit(oid)
-            .and_then(|c| c.tree())
-            .map_err(read_err(format!("tree of commit {oid}")))
-    };
-    let new_tree = tree_of(new)?;
-    let old_tree = old.map(tree_of).transpose()?;
-    let mut opts = DiffOptions::new();
-    opts.skip_binary_check(true).ignore_submodules(true);
-    let mut diff = repo
-        .diff_tree_to_tree(old_tree.as_ref(), Some(&new_tree), Some(&mut opts))
+    let new_tree = tree_of(repo, new)?;
+    let old_tree = old.map(|o| tree_of(repo, o)).transpose()?;
+    let diff = plain_diff(repo, old_tree.as_ref(), &new_tree, &[])
         .map_err(read_err(format!("diff to commit {new}")))?;
-    let mut find = DiffFindOptions::new();
-    find.renames(true)
-        .exact_match_only(false)
-        .rename_limit(1000);
-    diff.find_similar(Some(&mut find))
-        .map_err(read_err(format!("renames in commit {new}")))?;
     let mut changes = Vec::new();
+    let mut added: Vec<(String, Oid)> = Vec::new();
+    let mut deleted: Vec<(String, Oid)> = Vec::new();
     for delta in diff.deltas() {
-        let old_file = delta.old_file();
-        let new_file = delta.new_file();
-        let old_path = old_file.path().map(path_string);
-        let new_path = new_file.path().map(path_string);
-        let old_ok =
-            old_path.as_deref().is_some_and(|p| filter.matches(p)) && is_file_mode(old_file.mode());
-        let new_ok =
-            new_path.as_deref().is_some_and(|p| filter.matches(p)) && is_file_mode(new_file.mode());
+        let (old_file, new_file) = (delta.old_file(), delta.new_file());
         match delta.status() {
             Delta::Added | Delta::Copied => {
-                if let (true, Some(p)) = (new_ok, new_path) {
-                    changes.push(Change::Added {
-                        path: p,
-                        blob: new_file.id(),
-                    });
+                if let Some(p) = considered(&new_file, filter) {
+                    added.push((p, new_file.id()));
                 }
             }
             Delta::Deleted => {
-                if let (true, Some(p)) = (old_ok, old_path) {
-                    changes.push(Change::Deleted { path: p });
+                if let Some(p) = considered(&old_file, filter) {
+                    deleted.push((p, old_file.id()));
                 }
             }
-            Delta::Modified | Delta::Typechange => match (old_ok, new_ok, new_path) {
-                (_, true, Some(p)) => changes.push(Change::Modified {
-                    path: p,
-                    blob: new_file.id(),
-                }),
-                (true, false, _) => {
-                    if let Some(p) = old_path {
-                        changes.push(Change::Deleted { path: p });
-                    }
+            Delta::Modified | Delta::Typechange => {
+                match (considered(&old_file, filter), considered(&new_file, filter)) {
+                    (_, Some(p)) => changes.push(Change::Modified {
+                        path: p,
+                        blob: new_file.id(),
+                    }),
+                    (Some(p), None) => changes.push(Change::Deleted { path: p }),
+                    (None, None) => {}
                 }
-                _ => {}
-            },
-            Delta::Renamed => match (old_ok, new_ok, old_path, new_path) {
-                (true, true, Some(from), Some(to)) => changes.push(Change::Renamed {
-                    from,
-                    to,
-                    blob: new_file.id(),
-                }),
-                (true, false, Some(from), _) => changes.push(Change::Deleted { path: from }),
-                (false, true, _, Some(to)) => changes.push(Change::Added {
-                    path: to,
-                    blob: new_file.id(),
-                }),
-                _ => {}
-            },
+            }
             _ => {}
         }
     }
+    // Exact renames: the same blob under a new path.
+    let mut renamed = Vec::new();
+    added.retain(
+        |(to, blob)| match deleted.iter().position(|(_, b)| b == blob) {
+            Some(i) => {
+                let (from, _) = deleted.remove(i);
+                renamed.push(Change::Renamed {
+                    from,
+                    to: to.clone(),
+                    blob: *blob,
+                });
+                false
+            }
+            None => true,
+        },
+    );
+    // Renames with edits: compare only the remaining candidates, within the size limit.
+    if !added.is_empty() && !deleted.is_empty() {
+        let paths: Vec<&str> = added
+            .iter()
+            .chain(deleted.iter())
+            .filter(|(_, b)| blob_size(repo, *b).is_ok_and(|s| s <= filter.max_model_bytes))
+            .map(|(p, _)| p.as_str())
+            .collect();
+        let mut similar = plain_diff(repo, old_tree.as_ref(), &new_tree, &paths)
+            .map_err(read_err(format!("diff to commit {new}")))?;
+        let mut find = DiffFindOptions::new();
+        find.renames(true).rename_limit(1000);
+        similar
+            .find_similar(Some(&mut find))
+            .map_err(read_err(format!("renames in commit {new}")))?;
+        for delta in similar.deltas().filter(|d| d.status() == Delta::Renamed) {
+            let (Some(from), Some(to)) =
+                (utf8_path(&delta.old_file()), utf8_path(&delta.new_file()))
+            else {
+                continue;
+            };
+            let (Some(di), Some(ai)) = (
+                deleted.iter().position(|(p, _)| *p == from),
+                added.iter().position(|(p, _)| *p == to),
+            ) else {
+                continue;
+            };
+            deleted.remove(di);
+            let (to, blob) = added.remove(ai);
+            renamed.push(Change::Renamed { from, to, blob });
+        }
+    }
+    changes.extend(
+        deleted
+            .into_iter()
+            .map(|(path, _)| Change::Deleted { path }),
+    );
+    changes.extend(renamed);
+    changes.extend(
+        added
+            .into_iter()
+            .map(|(path, blob)| Change::Added { path, blob }),
+    );
     Ok(changes)
 }
 
-fn path_string(p: &Path) -> String {
-    p.to_string_lossy().replace('\\', "/")
-}
-
-/// Every file the filter considers in a commit's tree: path → blob id.
+/// Every file the filter considers in a commit's tree: path → blob id. Listed through the same diff
+/// machinery as [`diff_commits`] (against the empty tree), so both see exactly the same files.
 pub fn tree_files(
     repo: &Repository,
     commit: Oid,
     filter: &FileFilter,
 ) -> Result<Vec<(String, Oid)>, GitError> {
-    let tree = repo
-        .find_commit(commit)
-        .and_then(|c| c.tree())
-        .map_err(read_err(format!("tree of commit {commit}")))?;
-    let mut files = Vec::new();
-    tree.walk(TreeWalkMode::PreOrder, |root, entry| {
-        // Regular and executable files only: no symlinks, no submodules.
-        if entry.kind() == Some(ObjectType::Blob) && matches!(entry.filemode(), 0o100644 | 0o100755)
-        {
-            let name = String::from_utf8_lossy(entry.name_bytes());
-            let path = format!("{root}{name}");
-            if filter.matches(&path) {
-                files.push((path, entry.id()));
-            }
-        }
-        TreeWalkResult::Ok
-    })
-    .map_err(read_err(format!("tree of commit {commit}")))?;
-    Ok(files)
+    let tree = tree_of(repo, commit)?;
+    let diff =
+        plain_diff(repo, None, &tree, &[]).map_err(read_err(format!("tree of commit {commit}")))?;
+    Ok(diff
+        .deltas()
+        .filter_map(|d| {
+            let f = d.new_file();
+            considered(&f, filter).map(|p| (p, f.id()))
+        })
+        .collect())
 }
 
 /// A blob's size, read from the object header without loading the object.

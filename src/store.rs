@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::Serialize;
 
 use crate::git::CommitInfo;
@@ -581,7 +581,11 @@ impl Store {
         write: impl FnOnce(&mut StepWriter<'_, '_>) -> Result<(), E>,
     ) -> Result<Counts, E> {
         let mut conn = self.lock();
-        let tx = conn.transaction().doing("starting a transaction")?;
+        // IMMEDIATE: take the write lock up front (waiting out other writers), so the pointer read below
+        // cannot be overtaken by another process.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .doing("starting a transaction")?;
         let counts = {
             let mut writer = StepWriter {
                 tx: &tx,
@@ -604,7 +608,9 @@ impl Store {
     /// with `prune`, deleted. Returns the ids of the repositories that are gone.
     pub fn record_discovery(&self, d: &Discovery<'_>) -> Result<Vec<String>, StoreError> {
         let mut conn = self.lock();
-        let tx = conn.transaction().doing("starting a transaction")?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .doing("starting a transaction")?;
         let now = now_rfc3339();
         for r in d.found {
             let (state, reason) = if r.archived {

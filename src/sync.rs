@@ -160,7 +160,20 @@ pub fn run_poll(
         Err(e) => ("error", 0, Counts::default(), Some(e.to_string())),
     };
     let mut failures = 0;
-    if let Some(message) = &error {
+    // Shutdown and a concurrent writer are not failures of the repository: no error, no back-off.
+    let benign = matches!(
+        &result,
+        Err(SyncError::Cancelled { .. })
+            | Err(SyncError::Store {
+                source: StoreError::Conflict { .. },
+                ..
+            })
+            | Err(SyncError::Git {
+                source: GitError::MirrorBusy { .. } | GitError::Cancelled { .. },
+                ..
+            })
+    );
+    if let Some(message) = error.as_ref().filter(|_| !benign) {
         tracing::warn!(repo = %repo.id, "poll failed: {message}");
         match store.record_error(&repo.id, message, &now_rfc3339()) {
             Ok(n) => failures = n,
@@ -275,6 +288,7 @@ pub fn poll(
             note: if i == 0 { plan.note } else { None },
             settings: &settings,
             expect_commit: pointer.as_deref(),
+            reread: plan.note == Some("settings-changed"),
         };
         let c = process_step(&ctx, step).map_err(|e| match e {
             StepError::Git(source) => SyncError::Git {
@@ -385,6 +399,8 @@ struct StepContext<'a> {
     note: Option<&'a str>,
     settings: &'a str,
     expect_commit: Option<&'a str>,
+    /// Read unchanged files again in a reconcile step (settings or parser changed).
+    reread: bool,
 }
 
 fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepError> {
@@ -396,18 +412,16 @@ fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepEr
         ..
     } = *ctx;
     let filter = &config.filter;
-    // A diff step's changes already differ from the catalog (it equals the parent's tree); a reconcile step
-    // compares with the catalog itself.
-    let (commit, changes, stored) = match *step {
-        StepKind::Diff { parent, commit } => (
-            commit,
-            git::diff_commits(mirror, parent, commit, filter)?,
-            HashMap::new(),
-        ),
+    // A diff step's changes are what differs from the catalog (which equals the parent's tree); a reconcile
+    // step compares the tree with the catalog itself.
+    let (commit, changes) = match *step {
+        StepKind::Diff { parent, commit } => {
+            (commit, git::diff_commits(mirror, parent, commit, filter)?)
+        }
         StepKind::Reconcile { commit } => {
             let stored = store.model_blobs(&repo.id)?;
             let tree = git::tree_files(mirror, commit, filter)?;
-            (commit, reconcile_changes(&stored, tree), stored)
+            (commit, reconcile_changes(&stored, tree, ctx.reread))
         }
     };
     let info = git::commit_info(mirror, commit)?;
@@ -423,15 +437,21 @@ fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepEr
         &meta,
         |w: &mut StepWriter<'_, '_>| -> Result<(), StepError> {
             for change in &changes {
-                apply_change(config, mirror, &stored, w, change, &info.id)?;
+                apply_change(config, mirror, &repo.id, w, change, &info.id)?;
             }
             Ok(())
         },
     )
 }
 
-/// The changes that turn the stored catalog into `tree`, with renames found by equal blob ids.
-fn reconcile_changes(stored: &HashMap<String, String>, tree: Vec<(String, Oid)>) -> Vec<Change> {
+/// The changes that turn the stored catalog into `tree`, with renames found by equal blob ids. With
+/// `reread`, files whose blob is unchanged are read again too (the settings or the parser changed, so the
+/// same bytes may now be stored differently).
+fn reconcile_changes(
+    stored: &HashMap<String, String>,
+    tree: Vec<(String, Oid)>,
+    reread: bool,
+) -> Vec<Change> {
     let in_tree: HashMap<&str, Oid> = tree.iter().map(|(p, o)| (p.as_str(), *o)).collect();
     let mut gone: HashMap<String, Vec<&str>> = HashMap::new();
     for (path, blob) in stored {
@@ -442,7 +462,7 @@ fn reconcile_changes(stored: &HashMap<String, String>, tree: Vec<(String, Oid)>)
     let mut changes = Vec::new();
     for (path, blob) in &tree {
         match stored.get(path) {
-            Some(b) if *b == blob.to_string() => {}
+            Some(b) if *b == blob.to_string() && !reread => {}
             Some(_) => changes.push(Change::Modified {
                 path: path.clone(),
                 blob: *blob,
@@ -471,7 +491,7 @@ fn reconcile_changes(stored: &HashMap<String, String>, tree: Vec<(String, Oid)>)
 fn apply_change(
     config: &Config,
     mirror: &Repository,
-    stored: &HashMap<String, String>,
+    repo_id: &str,
     w: &mut StepWriter<'_, '_>,
     change: &Change,
     commit: &str,
@@ -482,16 +502,13 @@ fn apply_change(
         Change::Renamed { from, to, blob } => (to, Some(from.as_str()), *blob),
     };
     let blob_str = blob.to_string();
-    if from.is_none() && stored.get(path.as_str()) == Some(&blob_str) {
-        return Ok(());
-    }
     let size = git::blob_size(mirror, blob)?;
     let max = config.filter.max_model_bytes;
     if size > max {
         let reason = format!(
             "{path} at commit {commit} is {size} bytes, over max_model_bytes ({max}); not read. Raise max_model_bytes to import it"
         );
-        tracing::warn!("{reason}");
+        tracing::warn!(repo = %repo_id, "{reason}");
         w.put(path, from, &blob_str, size, &Content::Skipped(reason))?;
         return Ok(());
     }
@@ -499,7 +516,7 @@ fn apply_change(
     match model::parse_hackolade(&bytes) {
         Parsed::Model(m) => w.put(path, from, &blob_str, size, &Content::Model(&m))?,
         Parsed::Invalid(e) => {
-            tracing::warn!("{path} at commit {commit}: {e}");
+            tracing::warn!(repo = %repo_id, "{path} at commit {commit}: {e}");
             w.put(path, from, &blob_str, size, &Content::Error(e.to_string()))?;
         }
         Parsed::NotModel => {
@@ -672,7 +689,7 @@ mod tests {
             ("new-name.json".to_string(), oid(4)),
             ("new.json".to_string(), oid(6)),
         ];
-        let mut changes = reconcile_changes(&stored, tree);
+        let mut changes = reconcile_changes(&stored, tree, false);
         changes.sort_by_key(|c| format!("{c:?}"));
         assert_eq!(
             changes,

@@ -15,6 +15,10 @@ pub mod hackolade;
 
 pub use hackolade::parse as parse_hackolade;
 
+/// The version of what the parsers extract. Raise it when a change makes the same file parse differently:
+/// the next poll of every repository then reads all its models again (`settings-changed`).
+pub const PARSER_VERSION: u32 = 1;
+
 /// A parsed data model, independent of the tool that wrote it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Model {

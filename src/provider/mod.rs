@@ -326,7 +326,8 @@ fn is_scp_like(s: &str) -> bool {
     }
 }
 
-/// Reject URLs with a password in them: the URL is written to disk and shown in output.
+/// Reject URLs with credentials in them: the URL is written to disk and shown in output. For http(s) any
+/// user part is refused (hosts accept a token as the user name); ssh URLs may name their user.
 fn check_url(u: &str) -> Result<(), String> {
     if let Some((scheme, rest)) = u.split_once("://") {
         if !matches!(scheme, "https" | "http" | "ssh" | "file" | "git") {
@@ -335,12 +336,17 @@ fn check_url(u: &str) -> Result<(), String> {
             ));
         }
         let authority = rest.split('/').next().unwrap_or("");
-        if let Some((userinfo, _)) = authority.rsplit_once('@')
-            && userinfo.contains(':')
-        {
-            return Err(
-                "the URL holds a password; remove it and put the token in token_file (or token_env)".into(),
-            );
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            if userinfo.contains(':') {
+                return Err(
+                    "the URL holds a password; remove it and put the token in token_file (or token_env)".into(),
+                );
+            }
+            if matches!(scheme, "https" | "http") {
+                return Err(
+                    "the URL holds a user name (hosts accept a token there); remove it: set `username`, and put the token in token_file".into(),
+                );
+            }
         }
     }
     if u.chars().any(char::is_control) {
@@ -446,6 +452,8 @@ mod tests {
             .is_err()
         );
         assert!(resolve_repo(ProviderKind::Git, "", "a/../b").is_err());
+        assert!(resolve_repo(ProviderKind::Git, "", "https://ghp_secret@host/o/r.git").is_err());
+        assert!(resolve_repo(ProviderKind::Git, "", "ssh://git@host/o/r.git").is_ok());
     }
 
     #[test]

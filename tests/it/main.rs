@@ -13,6 +13,7 @@ mod tls;
 
 mod cli;
 mod counting;
+mod edges;
 mod failures;
 mod pipeline;
 mod providers;
