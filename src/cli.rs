@@ -51,6 +51,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Recent webhook deliveries and polls, newest first: what arrived, what it did, what the poll found.
+    Events {
+        /// Only this repository.
+        #[arg(long)]
+        repo: Option<String>,
+        /// How many lines.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check everything, like `nginx -t`: configuration, secrets, each provider's token and discovery, and
     /// each repository's refs. Exit status 0 only when every check passes.
     Check {
@@ -75,6 +86,8 @@ pub enum CliError {
     Secrets(Vec<String>),
     #[error(transparent)]
     Git(#[from] crate::git::GitError),
+    #[error(transparent)]
+    Webhook(#[from] crate::webhook::WebhookError),
 }
 
 impl Cli {
@@ -99,6 +112,7 @@ impl Cli {
             }
             Command::Status { json } => status(&config, json),
             Command::Models { repo, json } => models(&config, repo.as_deref(), json),
+            Command::Events { repo, limit, json } => events(&config, repo.as_deref(), limit, json),
             Command::Check { .. } => Ok(ExitCode::SUCCESS),
         }
     }
@@ -154,12 +168,14 @@ fn run(config: Config) -> Result<ExitCode, CliError> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    runtime()?.block_on(daemon::run(config, store, daemon::shutdown_signal()));
+    store.set_retention_days(config.events_retention_days);
+    runtime()?.block_on(daemon::run(config, store, daemon::shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn sync(config: Config, ids: &[String]) -> Result<ExitCode, CliError> {
     let store = Arc::new(Store::open(&config.database)?);
+    store.set_retention_days(config.events_retention_days);
     let rt = runtime()?;
     // Discovery first, so `sync` also polls repositories found in groups, workspaces, projects and orgs.
     let mut discovery_ok = true;
@@ -393,6 +409,76 @@ fn models(config: &Config, repo: Option<&str>, json: bool) -> Result<ExitCode, C
         ],
         table,
     )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn events(
+    config: &Config,
+    repo: Option<&str>,
+    limit: usize,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let store = Store::open(&config.database)?;
+    let rows = store.events(repo, limit)?;
+    if json {
+        print_json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let table = rows
+        .iter()
+        .map(|e| {
+            let detail = if e.kind == "delivery" {
+                let mut d = format!(
+                    "{} {}{} → {}",
+                    e.provider.as_deref().unwrap_or("?"),
+                    e.event.as_deref().unwrap_or("?"),
+                    e.ref_name
+                        .as_deref()
+                        .map(|r| format!(" {r}"))
+                        .unwrap_or_default(),
+                    e.outcome.as_deref().unwrap_or("?")
+                );
+                if let Some(p) = e.poll_id {
+                    d.push_str(&format!(" (poll {p})"));
+                }
+                if let Some(r) = &e.reason {
+                    d.push_str(&format!(": {r}"));
+                }
+                if let Some(id) = &e.delivery_id {
+                    d.push_str(&format!(" [delivery {id}]"));
+                }
+                d
+            } else {
+                let mut d = format!(
+                    "poll {} ({}): {} in {} ms",
+                    e.id,
+                    e.trigger.as_deref().unwrap_or("?"),
+                    e.result.as_deref().unwrap_or("?"),
+                    e.duration_ms.unwrap_or(0)
+                );
+                if e.result.as_deref() == Some("updated") {
+                    d.push_str(&format!(
+                        ", {} commits, +{} ~{} -{} models",
+                        e.commits.unwrap_or(0),
+                        e.models_added.unwrap_or(0),
+                        e.models_modified.unwrap_or(0),
+                        e.models_deleted.unwrap_or(0)
+                    ));
+                }
+                if let Some(err) = &e.error {
+                    d.push_str(&format!(": {err}"));
+                }
+                d
+            };
+            vec![
+                e.time.clone(),
+                e.kind.clone(),
+                e.repo.clone().unwrap_or_else(|| "-".into()),
+                detail,
+            ]
+        })
+        .collect();
+    print_table(&["TIME", "TYPE", "REPO", "DETAIL"], table)?;
     Ok(ExitCode::SUCCESS)
 }
 

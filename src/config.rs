@@ -95,8 +95,35 @@ struct RawFile {
     max_model_bytes: Option<u64>,
     include: Option<Vec<String>>,
     backfill: Option<bool>,
+    events_retention_days: Option<u32>,
+    webhook: Option<RawWebhook>,
     #[serde(default)]
     providers: BTreeMap<String, RawProvider>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    listen: String,
+    max_body_bytes: Option<u64>,
+    queue_size: Option<usize>,
+}
+
+/// A single value or a list of them (`webhook_secret_file = "a"` or `= ["a", "b"]`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +157,9 @@ struct RawProvider {
     ca_file: Option<String>,
     proxy: Option<String>,
     api_url: Option<String>,
+    webhook_secret_file: Option<OneOrMany>,
+    webhook_secret_env: Option<OneOrMany>,
+    allow_unsigned_webhooks: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -155,7 +185,28 @@ pub struct Config {
     pub repos: Vec<RepoConfig>,
     /// Things that work but that an operator should fix (shown by `check`).
     pub warnings: Vec<String>,
+    /// How long deliveries and polls are kept in the database.
+    pub events_retention_days: u32,
+    /// The optional webhook listener.
+    pub webhook: Option<WebhookConfig>,
 }
+
+/// `[webhook]`: where to listen for webhook nudges.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub listen: std::net::SocketAddr,
+    /// Larger bodies get 413.
+    pub max_body_bytes: u64,
+    /// Deliveries waiting to be dispatched; when full, 503 with `Retry-After`.
+    pub queue_size: usize,
+}
+
+/// Default `events_retention_days`.
+pub const DEFAULT_EVENTS_RETENTION_DAYS: u32 = 30;
+/// Default `[webhook] max_body_bytes` (5 MiB).
+pub const DEFAULT_WEBHOOK_MAX_BODY: u64 = 5 * 1024 * 1024;
+/// Default `[webhook] queue_size`.
+pub const DEFAULT_WEBHOOK_QUEUE: usize = 1024;
 
 /// Which files of a repository are looked at.
 #[derive(Debug, Clone)]
@@ -228,6 +279,10 @@ pub struct ProviderConfig {
     pub ca_file: Option<PathBuf>,
     /// Proxy for git and REST; may hold credentials, so it is a [`Secret`].
     pub proxy: Option<Secret>,
+    /// Webhook secrets; several may be valid at once, so a secret can be rotated.
+    pub webhook_secrets: Vec<TokenSource>,
+    /// Accept webhooks without a signature (only when no secret is configured).
+    pub allow_unsigned_webhooks: bool,
 }
 
 impl ProviderConfig {
@@ -249,6 +304,11 @@ impl ProviderConfig {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         let name = &self.name;
+        for s in &self.webhook_secrets {
+            if let Err(m) = s.resolve() {
+                errors.push(format!("provider {name}: webhook secret: {m}"));
+            }
+        }
         if let Some(t) = &self.credentials.token {
             if let Err(m) = t.resolve() {
                 errors.push(format!("provider {name}: {m}"));
@@ -587,6 +647,8 @@ fn validate(
     let mut max_model_bytes = None;
     let mut include = None;
     let mut backfill = None;
+    let mut events_retention_days = None;
+    let mut webhook = None;
     let mut raw_providers: BTreeMap<String, (RawProvider, PathBuf)> = BTreeMap::new();
     let mut provider_order = Vec::new();
     for (file, raw) in files {
@@ -602,6 +664,13 @@ fn validate(
         )?;
         merge_key("include", &mut include, raw.include, &file)?;
         merge_key("backfill", &mut backfill, raw.backfill, &file)?;
+        merge_key(
+            "events_retention_days",
+            &mut events_retention_days,
+            raw.events_retention_days,
+            &file,
+        )?;
+        merge_key("webhook", &mut webhook, raw.webhook, &file)?;
         for (name, p) in raw.providers {
             if let Some((_, first)) = raw_providers.get(&name) {
                 return Err(ConfigError::DuplicateProvider {
@@ -652,6 +721,41 @@ fn validate(
     let filter =
         FileFilter::new(&include, max_model_bytes).map_err(|m| invalid(&include_file, m))?;
     let backfill = backfill.map(|(b, _)| b).unwrap_or(true);
+    let events_retention_days = match events_retention_days {
+        Some((0, f)) => {
+            return Err(invalid(
+                &f,
+                "events_retention_days must be at least 1".into(),
+            ));
+        }
+        Some((n, _)) => n,
+        None => DEFAULT_EVENTS_RETENTION_DAYS,
+    };
+    let webhook = match webhook {
+        None => None,
+        Some((w, f)) => {
+            let listen = w.listen.parse().map_err(|_| {
+                invalid(
+                    &f,
+                    format!(
+                        "[webhook] listen = {:?}: write an address and port, e.g. \"0.0.0.0:8080\"",
+                        w.listen
+                    ),
+                )
+            })?;
+            Some(WebhookConfig {
+                listen,
+                max_body_bytes: w
+                    .max_body_bytes
+                    .filter(|n| *n > 0)
+                    .unwrap_or(DEFAULT_WEBHOOK_MAX_BODY),
+                queue_size: w
+                    .queue_size
+                    .filter(|n| *n > 0)
+                    .unwrap_or(DEFAULT_WEBHOOK_QUEUE),
+            })
+        }
+    };
 
     let mut providers = Vec::new();
     let mut repos: Vec<RepoConfig> = Vec::new();
@@ -859,6 +963,39 @@ fn validate(
                 file.display()
             ));
         }
+        let mut webhook_secrets = Vec::new();
+        for f in raw
+            .webhook_secret_file
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default()
+        {
+            webhook_secrets.push(TokenSource::File(resolve_path(
+                &f,
+                base,
+                &file,
+                "webhook_secret_file",
+            )?));
+        }
+        for e in raw
+            .webhook_secret_env
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default()
+        {
+            webhook_secrets.push(TokenSource::Env(e));
+        }
+        let allow_unsigned_webhooks = raw.allow_unsigned_webhooks.unwrap_or(false);
+        if webhook.is_some()
+            && kind != ProviderKind::Git
+            && webhook_secrets.is_empty()
+            && !allow_unsigned_webhooks
+        {
+            return Err(invalid(
+                &file,
+                format!(
+                    "[providers.{name}] has no webhook_secret_file or webhook_secret_env while [webhook] is on: set the secret configured on the host, or allow_unsigned_webhooks = true"
+                ),
+            ));
+        }
         let provider = ProviderConfig {
             name: name.clone(),
             kind,
@@ -877,6 +1014,8 @@ fn validate(
             read_timeout,
             ca_file,
             proxy,
+            webhook_secrets,
+            allow_unsigned_webhooks,
         };
         let index = providers.len();
         let ssh_ready = provider.credentials.ssh_key_file.is_some()
@@ -941,6 +1080,8 @@ fn validate(
         providers,
         repos,
         warnings,
+        events_retention_days,
+        webhook,
     })
 }
 
@@ -1150,7 +1291,7 @@ mod tests {
         assert!(p.repo_filter.allows("data/models") && !p.repo_filter.allows("data/archive/old"));
         assert_eq!(p.discover_schedule.period(), Duration::from_secs(3600));
         assert!(
-            !format!("{c:?}").contains("secret"),
+            !format!("{c:?}").contains("u:secret@"),
             "the proxy password is redacted"
         );
     }

@@ -21,6 +21,8 @@ use tokio::task::JoinSet;
 use crate::config::{Config, RepoConfig};
 use crate::store::Store;
 use crate::sync::{self, PollOutcome, SyncError, Trigger};
+use crate::webhook::{self, Nudge, Targets, WebhookError};
+use std::sync::Mutex;
 
 /// The longest start-time spread given to a repository: its offset is derived from its id, so the same
 /// repository always polls at the same second and hundreds of repositories do not hit a server at once.
@@ -34,6 +36,8 @@ struct Shared {
     permits: Semaphore,
     /// Set on shutdown: transfers abort and multi-commit polls stop after the commit in progress.
     cancel: Arc<AtomicBool>,
+    /// The repositories being mirrored and their nudge notifiers, for the webhook dispatcher.
+    targets: Arc<Mutex<Targets>>,
 }
 
 /// A running repository loop.
@@ -45,15 +49,25 @@ struct RepoTask {
 /// Run the daemon until `shutdown` completes: every repository on its schedule, one startup poll each, and a
 /// discovery loop per provider with discovery scopes. Returns once in-flight polls have committed or rolled
 /// back.
-pub async fn run(config: Config, store: Arc<Store>, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    config: Config,
+    store: Arc<Store>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WebhookError> {
     let config = Arc::new(config);
     let shared = Arc::new(Shared {
         permits: Semaphore::new(config.concurrency),
         config: config.clone(),
         store: store.clone(),
         cancel: Arc::new(AtomicBool::new(false)),
+        targets: Arc::new(Mutex::new(Targets::default())),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The webhook listener binds first, so a bad address stops the start instead of failing later.
+    let listener = match &config.webhook {
+        Some(w) => Some(webhook::bind(w.listen).await?),
+        None => None,
+    };
     let (found_tx, mut found_rx) = tokio::sync::mpsc::channel::<(usize, Vec<RepoConfig>)>(16);
     // Discovered repositories known from earlier runs start at once: a REST API that is down does not stop
     // mirroring.
@@ -84,6 +98,15 @@ pub async fn run(config: Config, store: Arc<Store>, shutdown: impl Future<Output
     drop(found_tx);
     let mut tasks: HashMap<String, RepoTask> = HashMap::new();
     reconcile(&shared, &mut tasks, &discovered, &stop_rx);
+    let hooks = listener.map(|l| {
+        tokio::spawn(webhook::serve(
+            l,
+            config.clone(),
+            store.clone(),
+            shared.targets.clone(),
+            stop_rx.clone(),
+        ))
+    });
     tracing::info!(
         repos = tasks.len(),
         concurrency = config.concurrency,
@@ -110,7 +133,11 @@ pub async fn run(config: Config, store: Arc<Store>, shutdown: impl Future<Output
         let _ = task.handle.await;
     }
     while discovery.join_next().await.is_some() {}
+    if let Some(h) = hooks {
+        let _ = h.await;
+    }
     tracing::info!("stopped");
+    Ok(())
 }
 
 /// Start loops for repositories that should be mirrored and are not, stop those that should not be.
@@ -136,7 +163,9 @@ fn reconcile(
         .filter(|id| !wanted.contains_key(*id))
         .cloned()
         .collect();
+    let mut targets = shared.targets.lock().unwrap_or_else(|p| p.into_inner());
     for id in gone {
+        targets.repos.remove(&id);
         if let Some(task) = tasks.remove(&id) {
             tracing::info!(repo = %id, "no longer mirrored: stopping its polls (data kept)");
             // The loop finishes a poll in progress, then ends.
@@ -148,9 +177,14 @@ fn reconcile(
             continue;
         }
         let (stop, stop_rx) = watch::channel(false);
+        let nudge = Arc::new(Nudge::default());
+        targets
+            .repos
+            .insert(id.clone(), (repo.clone(), nudge.clone()));
         let handle = tokio::spawn(repo_loop(
             shared.clone(),
             repo,
+            nudge,
             stop_rx,
             global_stop.clone(),
         ));
@@ -211,9 +245,18 @@ pub fn backoff(period: Duration, failures: u32) -> Duration {
     period.saturating_mul(factor)
 }
 
+/// How long nudges must pause before the poll that follows a burst of them.
+const NUDGE_QUIET: Duration = Duration::from_millis(150);
+/// The longest a continuous stream of nudges delays that poll.
+const NUDGE_MAX_DELAY: Duration = Duration::from_secs(2);
+
+/// One repository's polls: on its schedule, and at once when nudged by a webhook. Nudges that arrive while a
+/// poll runs merge into one more poll after it, taken once they pause (`NUDGE_QUIET`, at most
+/// `NUDGE_MAX_DELAY` later): a burst of any size costs two polls, a single push none of the wait.
 async fn repo_loop(
     shared: Arc<Shared>,
     repo: RepoConfig,
+    nudge: Arc<Nudge>,
     mut stop: watch::Receiver<bool>,
     mut global_stop: watch::Receiver<bool>,
 ) {
@@ -225,6 +268,7 @@ async fn repo_loop(
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = nudge.wait() => trigger = Trigger::Webhook,
             _ = stop.changed() => return,
             _ = global_stop.changed() => return,
         }
@@ -264,6 +308,23 @@ async fn repo_loop(
             }
         };
         trigger = Trigger::Schedule;
+        if nudge.take() {
+            // Nudged during the poll: one more, once the nudges pause.
+            let deadline = tokio::time::Instant::now() + NUDGE_MAX_DELAY;
+            loop {
+                tokio::select! {
+                    _ = nudge.wait() => {}
+                    _ = tokio::time::sleep(NUDGE_QUIET) => break,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = stop.changed() => return,
+                    _ = global_stop.changed() => return,
+                }
+            }
+            nudge.take();
+            trigger = Trigger::Webhook;
+            wait = Duration::ZERO;
+            continue;
+        }
         wait = if failures > 0 {
             let delay = backoff(period, failures);
             tracing::info!(repo = %repo.id, failures, "backing off for {}s", delay.as_secs());

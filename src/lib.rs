@@ -13,3 +13,4 @@ pub mod provider;
 pub mod schedule;
 pub mod store;
 pub mod sync;
+pub mod webhook;

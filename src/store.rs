@@ -225,18 +225,35 @@ CREATE TABLE providers (
     held_reason           TEXT
 );
 "#,
+    r#"
+CREATE TABLE deliveries (
+    id            INTEGER PRIMARY KEY,
+    received_at   TEXT NOT NULL,               -- RFC 3339 with milliseconds
+    provider      TEXT NOT NULL,
+    event         TEXT NOT NULL,               -- the host's event name
+    delivery_id   TEXT,                        -- the host's delivery id
+    repo_id       TEXT,                        -- the matched repository
+    ref           TEXT,
+    outcome       TEXT NOT NULL,               -- polled | ignored | rejected
+    reason        TEXT,
+    poll_id       INTEGER                      -- the poll it caused (polls.id)
+);
+CREATE INDEX deliveries_delivery_id ON deliveries(delivery_id);
+CREATE INDEX deliveries_repo ON deliveries(repo_id, id);
+CREATE INDEX deliveries_received ON deliveries(received_at);
+CREATE INDEX polls_started ON polls(started_at);
+"#,
 ];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// How long finished polls are kept in the `polls` table.
-const POLL_RETENTION_DAYS: i64 = 30;
-
 /// The database handle shared by the daemon's tasks.
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// How many days polls and deliveries are kept (`events_retention_days`).
+    retention_days: std::sync::atomic::AtomicU32,
 }
 
 /// What the catalog holds for a repository, as the next poll needs it.
@@ -368,6 +385,60 @@ pub struct RepoStatus {
     pub last_error: Option<String>,
 }
 
+/// One webhook delivery to record.
+pub struct DeliveryRecord<'a> {
+    pub received_at: &'a str,
+    pub provider: &'a str,
+    pub event: &'a str,
+    pub delivery_id: Option<&'a str>,
+    pub repo_id: Option<&'a str>,
+    pub ref_name: Option<&'a str>,
+    /// polled | ignored | rejected
+    pub outcome: &'a str,
+    pub reason: Option<&'a str>,
+}
+
+/// A repository as webhook matching sees it.
+#[derive(Debug, Clone)]
+pub struct RepoKeyRow {
+    pub id: String,
+    pub provider_id: Option<String>,
+    pub default_branch: Option<String>,
+    pub state: String,
+}
+
+/// One line of `modelmirror events`: a delivery or a poll.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRow {
+    /// delivery | poll
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub time: String,
+    pub repo: Option<String>,
+    pub provider: Option<String>,
+    pub event: Option<String>,
+    pub delivery_id: Option<String>,
+    #[serde(rename = "ref")]
+    pub ref_name: Option<String>,
+    /// polled | ignored | rejected (deliveries)
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+    /// The poll a delivery caused.
+    pub poll_id: Option<i64>,
+    /// schedule | webhook | manual | startup (polls)
+    pub trigger: Option<String>,
+    pub duration_ms: Option<i64>,
+    /// unchanged | updated | empty | error (polls)
+    pub result: Option<String>,
+    pub commits: Option<i64>,
+    pub models_added: Option<i64>,
+    pub models_modified: Option<i64>,
+    pub models_deleted: Option<i64>,
+    pub error: Option<String>,
+    /// The row id (a poll's id is what deliveries' `poll_id` points at).
+    pub id: i64,
+}
+
 /// One discovery run to record.
 pub struct Discovery<'a> {
     pub provider: &'a str,
@@ -467,11 +538,29 @@ impl Store {
         Ok(Store {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            retention_days: std::sync::atomic::AtomicU32::new(
+                crate::config::DEFAULT_EVENTS_RETENTION_DAYS,
+            ),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Keep polls and deliveries this many days.
+    pub fn set_retention_days(&self, days: u32) {
+        self.retention_days
+            .store(days.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn retention_cutoff(&self) -> String {
+        let days = i64::from(
+            self.retention_days
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        (chrono::Utc::now() - chrono::Duration::days(days))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -758,7 +847,8 @@ impl Store {
         rows.collect::<Result<_, _>>().doing("reading providers")
     }
 
-    pub fn record_poll(&self, p: &PollRecord<'_>) -> Result<(), StoreError> {
+    /// Record a finished poll; returns its id. Old polls and deliveries are pruned here too.
+    pub fn record_poll(&self, p: &PollRecord<'_>) -> Result<i64, StoreError> {
         let conn = self.lock();
         conn.execute(
             "INSERT INTO polls (repo_id, trigger, started_at, duration_ms, result, commits,
@@ -778,11 +868,116 @@ impl Store {
             ],
         )
         .doing("recording the poll")?;
-        let cutoff = (chrono::Utc::now() - chrono::Duration::days(POLL_RETENTION_DAYS))
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        conn.execute("DELETE FROM polls WHERE started_at < ?1", [cutoff])
+        let id = conn.last_insert_rowid();
+        let cutoff = self.retention_cutoff();
+        conn.execute("DELETE FROM polls WHERE started_at < ?1", [&cutoff])
             .doing("pruning old polls")?;
+        conn.execute("DELETE FROM deliveries WHERE received_at < ?1", [&cutoff])
+            .doing("pruning old deliveries")?;
+        Ok(id)
+    }
+
+    /// Record a webhook delivery and what came of it.
+    pub fn record_delivery(&self, d: &DeliveryRecord<'_>) -> Result<i64, StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT INTO deliveries (received_at, provider, event, delivery_id, repo_id, ref, outcome, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![d.received_at, d.provider, d.event, d.delivery_id, d.repo_id, d.ref_name, d.outcome, d.reason],
+        )
+        .doing("recording the delivery")?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Link the deliveries that asked for a poll of `repo_id` (and have none yet) to the poll that ran.
+    pub fn link_deliveries(&self, repo_id: &str, poll_id: i64) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE deliveries SET poll_id = ?2 WHERE repo_id = ?1 AND outcome = 'polled' AND poll_id IS NULL",
+                params![repo_id, poll_id],
+            )
+            .doing("linking deliveries to their poll")?;
         Ok(())
+    }
+
+    /// Delivery ids seen within the retention period, newest first (to refuse replays after a restart).
+    pub fn recent_delivery_ids(&self, limit: usize) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT provider, delivery_id FROM deliveries WHERE delivery_id IS NOT NULL AND outcome != 'rejected'
+                 ORDER BY id DESC LIMIT ?1",
+            )
+            .doing("reading recent deliveries")?;
+        let rows = stmt
+            .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .doing("reading recent deliveries")?;
+        rows.collect::<Result<_, _>>()
+            .doing("reading recent deliveries")
+    }
+
+    /// What webhook matching needs to know about a provider's repositories.
+    pub fn repos_of_provider(&self, provider: &str) -> Result<Vec<RepoKeyRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, provider_repo_id, default_branch, state FROM repos WHERE provider = ?1",
+            )
+            .doing("reading repositories")?;
+        let rows = stmt
+            .query_map([provider], |r| {
+                Ok(RepoKeyRow {
+                    id: r.get(0)?,
+                    provider_id: r.get(1)?,
+                    default_branch: r.get(2)?,
+                    state: r.get(3)?,
+                })
+            })
+            .doing("reading repositories")?;
+        rows.collect::<Result<_, _>>().doing("reading repositories")
+    }
+
+    /// Deliveries and polls, newest first.
+    pub fn events(&self, repo: Option<&str>, limit: usize) -> Result<Vec<EventRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT 'delivery', received_at, repo_id, provider, event, delivery_id, ref, outcome, reason, poll_id,
+                        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, id
+                 FROM deliveries WHERE (?1 IS NULL OR repo_id = ?1)
+                 UNION ALL
+                 SELECT 'poll', started_at, repo_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                        trigger, duration_ms, result, commits, models_added, models_modified, models_deleted, error, id
+                 FROM polls WHERE (?1 IS NULL OR repo_id = ?1)
+                 ORDER BY 2 DESC, 19 DESC LIMIT ?2",
+            )
+            .doing("reading events")?;
+        let rows = stmt
+            .query_map(params![repo, limit as i64], |r| {
+                Ok(EventRow {
+                    kind: r.get(0)?,
+                    time: r.get(1)?,
+                    repo: r.get(2)?,
+                    provider: r.get(3)?,
+                    event: r.get(4)?,
+                    delivery_id: r.get(5)?,
+                    ref_name: r.get(6)?,
+                    outcome: r.get(7)?,
+                    reason: r.get(8)?,
+                    poll_id: r.get(9)?,
+                    trigger: r.get(10)?,
+                    duration_ms: r.get(11)?,
+                    result: r.get(12)?,
+                    commits: r.get(13)?,
+                    models_added: r.get(14)?,
+                    models_modified: r.get(15)?,
+                    models_deleted: r.get(16)?,
+                    error: r.get(17)?,
+                    id: r.get(18)?,
+                })
+            })
+            .doing("reading events")?;
+        rows.collect::<Result<_, _>>().doing("reading events")
     }
 
     pub fn status(&self) -> Result<Vec<RepoStatus>, StoreError> {

@@ -113,6 +113,7 @@ pub enum Trigger {
     Schedule,
     Manual,
     Startup,
+    Webhook,
 }
 
 impl Trigger {
@@ -121,6 +122,7 @@ impl Trigger {
             Trigger::Schedule => "schedule",
             Trigger::Manual => "manual",
             Trigger::Startup => "startup",
+            Trigger::Webhook => "webhook",
         }
     }
 }
@@ -190,8 +192,14 @@ pub fn run_poll(
         counts,
         error: error.as_deref(),
     };
-    if let Err(e) = store.record_poll(&record) {
-        tracing::error!(repo = %repo.id, "cannot record the poll: {e}");
+    match store.record_poll(&record) {
+        Ok(poll_id) if trigger == Trigger::Webhook => {
+            if let Err(e) = store.link_deliveries(&repo.id, poll_id) {
+                tracing::error!(repo = %repo.id, "cannot link deliveries to their poll: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(repo = %repo.id, "cannot record the poll: {e}"),
     }
     (result, failures)
 }

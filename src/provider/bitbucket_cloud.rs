@@ -3,8 +3,10 @@
 //! REST at `api.bitbucket.org/2.0`; discovery lists a workspace's repositories, or one project's.
 
 use super::api::{self, ApiClient, ApiError, BoxFuture};
-use super::{DiscoveredRepo, Forge, GitAuth};
+use super::hooks::{self, Delivery, EventKind, RefUpdate, RepoKey, header};
+use super::{DiscoveredRepo, Forge, GitAuth, Hooks, json_body, s};
 use crate::config::Secret;
+use reqwest::header::HeaderMap;
 
 pub struct BitbucketCloud;
 
@@ -119,6 +121,76 @@ impl Forge for BitbucketCloud {
             })
             .await?;
             Ok(out)
+        })
+    }
+}
+
+impl Hooks for BitbucketCloud {
+    fn webhook_detect(&self, headers: &HeaderMap) -> bool {
+        headers.contains_key("x-event-key")
+            && (headers.contains_key("x-hook-uuid")
+                || header(headers, "user-agent")
+                    .is_some_and(|ua| ua.starts_with("Bitbucket-Webhooks")))
+    }
+
+    /// `X-Hub-Signature: sha256=<hex>` (the header name GitHub uses for SHA-1; here it is SHA-256).
+    fn webhook_verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        secrets: &[Secret],
+    ) -> Result<(), String> {
+        hooks::verify_hub_signature(
+            header(headers, "x-hub-signature"),
+            "X-Hub-Signature",
+            body,
+            secrets,
+        )
+    }
+
+    fn webhook_parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Delivery, String> {
+        let event = header(headers, "x-event-key").unwrap_or("").to_string();
+        let delivery_id = header(headers, "x-request-uuid").map(str::to_string);
+        let kind = if event == "repo:push" {
+            let v = json_body(body)?;
+            let repo = RepoKey {
+                provider_id: s(&v, "/repository/uuid"),
+                path: s(&v, "/repository/full_name"),
+                // No clone links in push payloads: the web link normalises to the clone URL.
+                clone_urls: s(&v, "/repository/links/html/href").into_iter().collect(),
+                default_branch: None,
+            };
+            let updates = v
+                .pointer("/push/changes")
+                .and_then(|c| c.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|c| {
+                    let side = if c["new"].is_null() {
+                        &c["old"]
+                    } else {
+                        &c["new"]
+                    };
+                    let name = s(side, "/name")?;
+                    let prefix = if s(side, "/type").as_deref() == Some("tag") {
+                        "refs/tags/"
+                    } else {
+                        "refs/heads/"
+                    };
+                    Some(RefUpdate {
+                        ref_name: format!("{prefix}{name}"),
+                        deleted: c["new"].is_null(),
+                    })
+                })
+                .collect();
+            EventKind::Push { repo, updates }
+        } else {
+            EventKind::Other
+        };
+        Ok(Delivery {
+            event,
+            delivery_id,
+            kind,
         })
     }
 }

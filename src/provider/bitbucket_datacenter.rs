@@ -4,8 +4,10 @@
 //! repositories.
 
 use super::api::{self, ApiClient, ApiError, BoxFuture};
-use super::{DiscoveredRepo, Forge, GitAuth, json_id};
+use super::hooks::{self, Delivery, EventKind, RefUpdate, RepoKey, header};
+use super::{DiscoveredRepo, Forge, GitAuth, Hooks, json_body, json_id, s};
 use crate::config::Secret;
+use reqwest::header::HeaderMap;
 
 pub struct BitbucketDatacenter;
 
@@ -102,6 +104,73 @@ impl Forge for BitbucketDatacenter {
             })
             .await?;
             Ok(out)
+        })
+    }
+}
+
+impl Hooks for BitbucketDatacenter {
+    fn webhook_detect(&self, headers: &HeaderMap) -> bool {
+        headers.contains_key("x-event-key") && headers.contains_key("x-request-id")
+    }
+
+    /// `X-Hub-Signature: sha256=<hex>`.
+    fn webhook_verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        secrets: &[Secret],
+    ) -> Result<(), String> {
+        hooks::verify_hub_signature(
+            header(headers, "x-hub-signature"),
+            "X-Hub-Signature",
+            body,
+            secrets,
+        )
+    }
+
+    fn webhook_parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Delivery, String> {
+        let event = header(headers, "x-event-key").unwrap_or("").to_string();
+        let delivery_id = header(headers, "x-request-id").map(str::to_string);
+        let kind = match event.as_str() {
+            "diagnostics:ping" => EventKind::Ping,
+            "repo:refs_changed" => {
+                let v = json_body(body)?;
+                let path = match (s(&v, "/repository/project/key"), s(&v, "/repository/slug")) {
+                    (Some(k), Some(slug)) => Some(format!("{k}/{slug}")),
+                    _ => None,
+                };
+                let repo = RepoKey {
+                    provider_id: v.pointer("/repository/id").and_then(json_id),
+                    path,
+                    clone_urls: v
+                        .pointer("/repository/links/clone")
+                        .and_then(|c| c.as_array())
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| s(c, "/href"))
+                        .collect(),
+                    default_branch: None,
+                };
+                let updates = v["changes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| {
+                        Some(RefUpdate {
+                            ref_name: s(c, "/ref/id").or_else(|| s(c, "/refId"))?,
+                            deleted: s(c, "/type").as_deref() == Some("DELETE")
+                                || s(c, "/toHash").as_deref() == Some(hooks::ZERO_SHA),
+                        })
+                    })
+                    .collect();
+                EventKind::Push { repo, updates }
+            }
+            _ => EventKind::Other,
+        };
+        Ok(Delivery {
+            event,
+            delivery_id,
+            kind,
         })
     }
 }

@@ -3,8 +3,10 @@
 //! `<url>/api/v3`) with a Bearer token; discovery lists an organisation's or a user's repositories.
 
 use super::api::{self, ApiClient, ApiError, BoxFuture};
-use super::{DiscoveredRepo, Forge, GitAuth, json_id};
+use super::hooks::{self, Delivery, EventKind, RefUpdate, RepoKey, header};
+use super::{DiscoveredRepo, Forge, GitAuth, Hooks, json_body, json_id, s};
 use crate::config::Secret;
+use reqwest::header::HeaderMap;
 
 pub struct Github;
 
@@ -116,4 +118,63 @@ async fn list(
     )
     .await?;
     Ok(out)
+}
+
+impl Hooks for Github {
+    fn webhook_detect(&self, headers: &HeaderMap) -> bool {
+        headers.contains_key("x-github-event")
+    }
+
+    /// `X-Hub-Signature-256: sha256=<hex>` (never the SHA-1 `X-Hub-Signature`).
+    fn webhook_verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        secrets: &[Secret],
+    ) -> Result<(), String> {
+        hooks::verify_hub_signature(
+            header(headers, "x-hub-signature-256"),
+            "X-Hub-Signature-256",
+            body,
+            secrets,
+        )
+    }
+
+    fn webhook_parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Delivery, String> {
+        let event = header(headers, "x-github-event").unwrap_or("").to_string();
+        let delivery_id = header(headers, "x-github-delivery").map(str::to_string);
+        let kind = match event.as_str() {
+            "ping" => EventKind::Ping,
+            "push" => {
+                let v = json_body(body)?;
+                let repo = RepoKey {
+                    provider_id: v.pointer("/repository/id").and_then(json_id),
+                    path: s(&v, "/repository/full_name"),
+                    clone_urls: [
+                        "/repository/clone_url",
+                        "/repository/ssh_url",
+                        "/repository/html_url",
+                    ]
+                    .iter()
+                    .filter_map(|p| s(&v, p))
+                    .collect(),
+                    default_branch: s(&v, "/repository/default_branch")
+                        .or_else(|| s(&v, "/repository/master_branch")),
+                };
+                let ref_name = s(&v, "/ref").ok_or("a push without `ref`")?;
+                let deleted = v["deleted"].as_bool() == Some(true)
+                    || s(&v, "/after").as_deref() == Some(hooks::ZERO_SHA);
+                EventKind::Push {
+                    repo,
+                    updates: vec![RefUpdate { ref_name, deleted }],
+                }
+            }
+            _ => EventKind::Other,
+        };
+        Ok(Delivery {
+            event,
+            delivery_id,
+            kind,
+        })
+    }
 }

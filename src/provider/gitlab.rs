@@ -3,8 +3,10 @@
 //! token; discovery lists a group's projects including all subgroups.
 
 use super::api::{self, ApiClient, ApiError, BoxFuture};
-use super::{DiscoveredRepo, Forge, GitAuth, json_id};
+use super::hooks::{self, Delivery, EventKind, RefUpdate, RepoKey, header};
+use super::{DiscoveredRepo, Forge, GitAuth, Hooks, json_body, json_id, s};
 use crate::config::Secret;
+use reqwest::header::HeaderMap;
 
 pub struct Gitlab;
 
@@ -136,4 +138,129 @@ fn next_page(r: &api::Response) -> Option<String> {
         .extend_pairs(pairs)
         .append_pair("page", page);
     Some(url.to_string())
+}
+
+/// How old a Standard Webhooks timestamp may be (the spec recommends about five minutes).
+const SIGNATURE_TOLERANCE_SECS: i64 = 300;
+
+impl Hooks for Gitlab {
+    fn webhook_detect(&self, headers: &HeaderMap) -> bool {
+        headers.contains_key("x-gitlab-event")
+    }
+
+    /// The Standard Webhooks `webhook-signature` when present (never falling back to the token then), else
+    /// `X-Gitlab-Token` compared in constant time.
+    fn webhook_verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        secrets: &[Secret],
+    ) -> Result<(), String> {
+        if let Some(signature) = header(headers, "webhook-signature") {
+            let (Some(id), Some(ts)) = (
+                header(headers, "webhook-id"),
+                header(headers, "webhook-timestamp"),
+            ) else {
+                return Err("webhook-signature without webhook-id and webhook-timestamp".into());
+            };
+            let ts_num: i64 = ts
+                .parse()
+                .map_err(|_| "webhook-timestamp is not a number".to_string())?;
+            if (chrono::Utc::now().timestamp() - ts_num).abs() > SIGNATURE_TOLERANCE_SECS {
+                return Err("webhook-timestamp is more than 5 minutes away from now (replayed or clock skew)".into());
+            }
+            let mut signed = format!("{id}.{ts}.").into_bytes();
+            signed.extend_from_slice(body);
+            for secret in secrets {
+                let key = match secret.expose().strip_prefix("whsec_") {
+                    Some(b64) => hooks::base64_decode(b64).unwrap_or_default(),
+                    None => secret.expose().as_bytes().to_vec(),
+                };
+                let Some(mac) = hooks::hmac_sha256(&key, &signed) else {
+                    continue;
+                };
+                let expected = super::base64(&mac);
+                if signature
+                    .split_whitespace()
+                    .filter_map(|part| part.strip_prefix("v1,"))
+                    .any(|given| hooks::ct_eq(given.as_bytes(), expected.as_bytes()))
+                {
+                    return Ok(());
+                }
+            }
+            return Err("webhook-signature does not match any configured webhook secret".into());
+        }
+        let Some(token) = header(headers, "x-gitlab-token") else {
+            return Err(
+                "missing X-Gitlab-Token header (set the webhook's secret token on GitLab)".into(),
+            );
+        };
+        if secrets
+            .iter()
+            .any(|s| hooks::ct_eq(token.as_bytes(), s.expose().trim().as_bytes()))
+        {
+            Ok(())
+        } else {
+            Err("X-Gitlab-Token does not match any configured webhook secret".into())
+        }
+    }
+
+    fn webhook_parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Delivery, String> {
+        let event = header(headers, "x-gitlab-event").unwrap_or("").to_string();
+        let delivery_id = header(headers, "idempotency-key")
+            .or_else(|| header(headers, "x-gitlab-event-uuid"))
+            .map(str::to_string);
+        let v = json_body(body)?;
+        // Route on the header first, then on object_kind || event_name || event_type (system hooks).
+        let kind = s(&v, "/object_kind")
+            .or_else(|| s(&v, "/event_name"))
+            .or_else(|| s(&v, "/event_type"));
+        let repo = RepoKey {
+            provider_id: v
+                .pointer("/project/id")
+                .or(v.get("project_id"))
+                .and_then(json_id),
+            path: s(&v, "/project/path_with_namespace"),
+            clone_urls: [
+                "/project/git_http_url",
+                "/project/git_ssh_url",
+                "/project/http_url",
+                "/project/web_url",
+            ]
+            .iter()
+            .filter_map(|p| s(&v, p))
+            .collect(),
+            default_branch: s(&v, "/project/default_branch"),
+        };
+        let kind = match kind.as_deref() {
+            Some("push" | "tag_push") => {
+                let ref_name = s(&v, "/ref").ok_or("a push without `ref`")?;
+                let deleted = s(&v, "/after").as_deref() == Some(hooks::ZERO_SHA);
+                EventKind::Push {
+                    repo,
+                    updates: vec![RefUpdate { ref_name, deleted }],
+                }
+            }
+            Some("repository_update") => {
+                let updates = v["changes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| {
+                        Some(RefUpdate {
+                            ref_name: s(c, "/ref")?,
+                            deleted: s(c, "/after").as_deref() == Some(hooks::ZERO_SHA),
+                        })
+                    })
+                    .collect();
+                EventKind::Push { repo, updates }
+            }
+            _ => EventKind::Other,
+        };
+        Ok(Delivery {
+            event,
+            delivery_id,
+            kind,
+        })
+    }
 }

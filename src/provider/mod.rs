@@ -7,12 +7,14 @@ mod bitbucket_cloud;
 mod bitbucket_datacenter;
 mod github;
 mod gitlab;
+pub mod hooks;
 mod plain;
 
 use std::path::Path;
 
 use crate::config::Secret;
 use api::{ApiClient, ApiError, BoxFuture, RestAuth};
+use reqwest::header::HeaderMap;
 
 /// The kinds of Git host modelmirror knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +125,53 @@ pub trait Forge: Sync {
             })
         })
     }
+}
+
+/// The webhook side of a host; the defaults are for hosts that send none.
+pub trait Hooks: Sync {
+    /// Whether a delivery's headers come from this kind of host (for `POST /hooks`).
+    fn webhook_detect(&self, _headers: &HeaderMap) -> bool {
+        false
+    }
+    /// Check a delivery's signature against the configured secrets. Runs before anything reads the body.
+    fn webhook_verify(
+        &self,
+        _headers: &HeaderMap,
+        _body: &[u8],
+        _secrets: &[Secret],
+    ) -> Result<(), String> {
+        Err("this kind of provider sends no webhooks".into())
+    }
+    /// Map a verified delivery onto what the mirror needs.
+    fn webhook_parse(&self, _headers: &HeaderMap, _body: &[u8]) -> Result<hooks::Delivery, String> {
+        Err("this kind of provider sends no webhooks".into())
+    }
+}
+
+impl ProviderKind {
+    /// The webhook implementation of this kind.
+    pub fn hooks(self) -> &'static dyn Hooks {
+        match self {
+            ProviderKind::Gitlab => &gitlab::Gitlab,
+            ProviderKind::BitbucketCloud => &bitbucket_cloud::BitbucketCloud,
+            ProviderKind::BitbucketDatacenter => &bitbucket_datacenter::BitbucketDatacenter,
+            ProviderKind::Github => &github::Github,
+            ProviderKind::Git => &plain::PlainGit,
+        }
+    }
+}
+
+/// Parse a JSON body for a payload mapper.
+fn json_body(body: &[u8]) -> Result<serde_json::Value, String> {
+    serde_json::from_slice(body).map_err(|e| format!("the payload is not JSON: {e}"))
+}
+
+/// A JSON string field, if present and non-empty.
+fn s(v: &serde_json::Value, pointer: &str) -> Option<String> {
+    v.pointer(pointer)
+        .and_then(|x| x.as_str())
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
 }
 
 /// A repository found by discovery.

@@ -1,7 +1,7 @@
 //! Any Git server (`kind = "git"`): `repos` are full clone URLs (https, ssh or file) or paths relative to
 //! `url`; Basic auth with `username` + token when a token is given.
 
-use super::{Forge, GitAuth};
+use super::{Forge, GitAuth, Hooks};
 use crate::config::Secret;
 
 pub struct PlainGit;
@@ -24,3 +24,5 @@ impl Forge for PlainGit {
         true
     }
 }
+
+impl Hooks for PlainGit {}

@@ -20,3 +20,4 @@ mod providers;
 mod service;
 mod ssh;
 mod support;
+mod webhooks;

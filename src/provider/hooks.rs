@@ -1,0 +1,198 @@
+//! What webhook deliveries have in common across hosts: the normalised event, signature helpers (HMAC-SHA256,
+//! constant-time comparison), and matching keys. Each kind's file verifies and maps its own payloads.
+
+use reqwest::header::HeaderMap;
+
+use crate::config::Secret;
+
+/// A verified delivery, mapped onto what the mirror needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The host's event name (`Push Hook`, `push`, `repo:push`, `repo:refs_changed`, `ping`, …).
+    pub event: String,
+    /// The host's delivery id, the same across redeliveries where the host says so.
+    pub delivery_id: Option<String>,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventKind {
+    /// Refs of one repository changed.
+    Push {
+        repo: RepoKey,
+        updates: Vec<RefUpdate>,
+    },
+    /// A connectivity test with no repository change (GitHub `ping`, Bitbucket DC `diagnostics:ping`).
+    Ping,
+    /// Any other event: recorded and ignored.
+    Other,
+}
+
+/// How a payload names its repository.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RepoKey {
+    pub provider_id: Option<String>,
+    pub path: Option<String>,
+    pub clone_urls: Vec<String>,
+    /// The payload's idea of the default branch, used only when modelmirror has not seen the repository yet.
+    pub default_branch: Option<String>,
+}
+
+/// One ref change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefUpdate {
+    /// The full ref: `refs/heads/x` or `refs/tags/x`.
+    pub ref_name: String,
+    pub deleted: bool,
+}
+
+/// The 40 zeros Git hosts use for "no commit".
+pub const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
+
+pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// HMAC-SHA256 of `data` with `key`.
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Option<Vec<u8>> {
+    let pkey = openssl::pkey::PKey::hmac(key).ok()?;
+    let mut signer =
+        openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &pkey).ok()?;
+    signer.update(data).ok()?;
+    signer.sign_to_vec().ok()
+}
+
+/// Constant-time equality (lengths may leak, contents do not).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && openssl::memcmp::eq(a, b)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Check `sha256=<hex HMAC-SHA256(secret, body)>` (GitHub `X-Hub-Signature-256`, Bitbucket `X-Hub-Signature`)
+/// against every configured secret.
+pub fn verify_hub_signature(
+    value: Option<&str>,
+    header_name: &str,
+    body: &[u8],
+    secrets: &[Secret],
+) -> Result<(), String> {
+    let Some(value) = value else {
+        return Err(format!(
+            "missing {header_name} header (is the webhook's secret set on the host?)"
+        ));
+    };
+    let Some(given) = value.strip_prefix("sha256=") else {
+        return Err(format!("{header_name} is not a sha256= signature"));
+    };
+    let given = given.to_ascii_lowercase();
+    for s in secrets {
+        if let Some(mac) = hmac_sha256(s.expose().as_bytes(), body)
+            && ct_eq(hex(&mac).as_bytes(), given.as_bytes())
+        {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "{header_name} does not match any configured webhook secret"
+    ))
+}
+
+/// Standard base64 decoding (padding optional); `None` on invalid input.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut buf = 0u32;
+    let mut bits = 0;
+    for c in s.trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        };
+        buf = (buf << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// A clone URL reduced for comparison: lower-case scheme and host, no user, no default port, no trailing `/`
+/// or `.git`.
+pub fn normalize_url(u: &str) -> String {
+    let u = u.trim();
+    let Some((scheme, rest)) = u.split_once("://") else {
+        return u
+            .trim_end_matches('/')
+            .trim_end_matches(".git")
+            .to_ascii_lowercase();
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, h)| h)
+        .to_ascii_lowercase();
+    let host = match (scheme.as_str(), host.rsplit_once(':')) {
+        ("https", Some((h, "443"))) | ("http", Some((h, "80"))) | ("ssh", Some((h, "22"))) => {
+            h.to_string()
+        }
+        _ => host,
+    };
+    let path = path.trim_end_matches('/');
+    let path = path.strip_suffix(".git").unwrap_or(path);
+    format!("{scheme}://{host}{path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn github_documented_test_vector() {
+        let mac = hmac_sha256(b"It's a Secret to Everybody", b"Hello, World!").unwrap();
+        assert_eq!(
+            hex(&mac),
+            "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+        );
+        let secrets = [Secret::new("It's a Secret to Everybody".into())];
+        let sig = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        assert!(
+            verify_hub_signature(Some(sig), "X-Hub-Signature-256", b"Hello, World!", &secrets)
+                .is_ok()
+        );
+        assert!(
+            verify_hub_signature(Some(sig), "X-Hub-Signature-256", b"Hello, World?", &secrets)
+                .is_err()
+        );
+        assert!(
+            verify_hub_signature(None, "X-Hub-Signature-256", b"x", &secrets)
+                .unwrap_err()
+                .contains("missing")
+        );
+    }
+
+    #[test]
+    fn urls_normalise() {
+        assert_eq!(
+            normalize_url("HTTPS://User@GitLab.com:443/Group/Repo.git/"),
+            "https://gitlab.com/Group/Repo"
+        );
+        assert_eq!(
+            normalize_url("http://dc:7990/scm/prj/r.git"),
+            "http://dc:7990/scm/prj/r"
+        );
+        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
+        assert!(base64_decode("***").is_none());
+    }
+}
