@@ -185,9 +185,17 @@ fn sync(config: Config, ids: &[String]) -> Result<ExitCode, CliError> {
             continue;
         }
         let limits = crate::provider::api::Limits::new(provider.max_requests_per_hour);
-        if let Err(e) = rt.block_on(crate::sync::discover(&config, index, &store, limits)) {
-            discovery_ok = false;
-            println!("{} discovery error: {e}", provider.name);
+        match rt.block_on(crate::sync::discover(&config, index, &store, limits)) {
+            Err(e) => {
+                discovery_ok = false;
+                println!("{} discovery error: {e}", provider.name);
+            }
+            Ok(d) => {
+                for e in &d.errors {
+                    discovery_ok = false;
+                    println!("{} discovery error: {e}", provider.name);
+                }
+            }
         }
         for (path, url) in store.discovered_repos(&provider.name)? {
             let repo = provider.repo(index, &path, &url);
@@ -540,11 +548,17 @@ fn check(path: &std::path::Path, json: bool) -> Result<ExitCode, CliError> {
                 ),
             }
             let (errors, warnings) = config.check_secrets();
+            // Messages start with "provider NAME:"; that is the target.
+            let target = |m: &str| {
+                m.strip_prefix("provider ")
+                    .and_then(|r| r.split_once(':'))
+                    .map_or(String::new(), |(n, _)| n.to_string())
+            };
             for e in errors {
-                add("secret", "", "error", e);
+                add("secret", &target(&e), "error", e);
             }
             for w in warnings {
-                add("secret", "", "warning", w);
+                add("secret", &target(&w), "warning", w);
             }
             for p in &config.providers {
                 if p.kind == crate::provider::ProviderKind::BitbucketCloud

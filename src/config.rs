@@ -313,8 +313,9 @@ impl ProviderConfig {
             if let Err(m) = t.resolve() {
                 errors.push(format!("provider {name}: {m}"));
             }
-            if let TokenSource::File(path) = t
-                && let Some(mode) = file_mode(path)
+            if let TokenSource::File(file) = t
+                && let Ok(path) = file.path()
+                && let Some(mode) = file_mode(&path)
                 && mode & 0o077 != 0
             {
                 warnings.push(format!(
@@ -391,15 +392,45 @@ pub struct Credentials {
 pub enum TokenSource {
     /// A literal `token` in the file: works, but `check` warns about it.
     Literal(Secret),
-    File(PathBuf),
+    File(SecretFile),
     Env(String),
+}
+
+/// A secret's file as written in the configuration. `${VAR}` is expanded when the file is read, not when the
+/// configuration is loaded, so `token_file = "${CREDENTIALS_DIRECTORY}/gitlab"` does not stop `status` or
+/// `models` from working outside the service.
+#[derive(Clone)]
+pub struct SecretFile {
+    raw: String,
+    base: PathBuf,
+}
+
+impl SecretFile {
+    fn new(raw: &str, base: &Path) -> SecretFile {
+        SecretFile {
+            raw: raw.to_string(),
+            base: base.to_path_buf(),
+        }
+    }
+
+    /// The path now: variables expanded, relative to the configuration's folder.
+    pub fn path(&self) -> Result<PathBuf, String> {
+        let expanded =
+            expand_vars(&self.raw).map_err(|m| format!("token_file {:?}: {m}", self.raw))?;
+        let p = PathBuf::from(expanded);
+        Ok(if p.is_absolute() {
+            p
+        } else {
+            self.base.join(p)
+        })
+    }
 }
 
 impl fmt::Debug for TokenSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TokenSource::Literal(_) => f.write_str("Literal(<redacted>)"),
-            TokenSource::File(p) => write!(f, "File({})", p.display()),
+            TokenSource::File(p) => write!(f, "File({})", p.raw),
             TokenSource::Env(n) => write!(f, "Env({n})"),
         }
     }
@@ -414,13 +445,18 @@ impl TokenSource {
                 s.expose().trim().to_string(),
                 "the literal token".to_string(),
             ),
-            TokenSource::File(path) => match std::fs::read_to_string(path) {
-                Ok(text) => (
-                    text.trim().to_string(),
-                    format!("token_file {}", path.display()),
-                ),
-                Err(e) => return Err(format!("cannot read token_file {}: {e}", path.display())),
-            },
+            TokenSource::File(file) => {
+                let path = file.path()?;
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => (
+                        text.trim().to_string(),
+                        format!("token_file {}", path.display()),
+                    ),
+                    Err(e) => {
+                        return Err(format!("cannot read token_file {}: {e}", path.display()));
+                    }
+                }
+            }
             TokenSource::Env(name) => match std::env::var(name) {
                 Ok(v) => (
                     v.trim().to_string(),
@@ -603,29 +639,30 @@ fn merge_key<T>(
 /// Expand `${VAR}` in a path (so `token_file = "${CREDENTIALS_DIRECTORY}/gitlab"` works under systemd) and
 /// make it absolute relative to the configuration file's folder.
 fn resolve_path(raw: &str, base: &Path, file: &Path, key: &str) -> Result<PathBuf, ConfigError> {
+    let out = expand_vars(raw).map_err(|m| invalid(file, format!("{key} = {raw:?}: {m}")))?;
+    let p = PathBuf::from(out);
+    Ok(if p.is_absolute() { p } else { base.join(p) })
+}
+
+/// Replace `${VAR}` with the environment variable's value.
+fn expand_vars(raw: &str) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = raw;
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let Some(end) = after.find('}') else {
-            return Err(invalid(file, format!("{key} = {raw:?}: unclosed `${{`")));
+            return Err("unclosed `${`".into());
         };
         let name = &after[..end];
         match std::env::var(name) {
             Ok(v) => out.push_str(&v),
-            Err(_) => {
-                return Err(invalid(
-                    file,
-                    format!("{key} = {raw:?}: environment variable {name} is not set"),
-                ));
-            }
+            Err(_) => return Err(format!("environment variable {name} is not set")),
         }
         rest = &after[end + 1..];
     }
     out.push_str(rest);
-    let p = PathBuf::from(out);
-    Ok(if p.is_absolute() { p } else { base.join(p) })
+    Ok(out)
 }
 
 fn invalid(file: &Path, message: String) -> ConfigError {
@@ -803,12 +840,7 @@ fn validate(
             ));
         }
         if let Some(f) = &raw.token_file {
-            sources.push(TokenSource::File(resolve_path(
-                f,
-                base,
-                &file,
-                "token_file",
-            )?));
+            sources.push(TokenSource::File(SecretFile::new(f, base)));
         }
         if let Some(e) = raw.token_env {
             sources.push(TokenSource::Env(e));
@@ -926,9 +958,7 @@ fn validate(
             .filter(|p| !p.is_empty())
         {
             Some(p) => {
-                let scheme_ok = ["http://", "https://", "socks5://", "socks5h://"]
-                    .iter()
-                    .any(|s| p.starts_with(s));
+                let scheme_ok = ["http://", "https://"].iter().any(|s| p.starts_with(s));
                 if !scheme_ok {
                     return Err(invalid(
                         &file,
@@ -969,12 +999,7 @@ fn validate(
             .map(OneOrMany::into_vec)
             .unwrap_or_default()
         {
-            webhook_secrets.push(TokenSource::File(resolve_path(
-                &f,
-                base,
-                &file,
-                "webhook_secret_file",
-            )?));
+            webhook_secrets.push(TokenSource::File(SecretFile::new(&f, base)));
         }
         for e in raw
             .webhook_secret_env

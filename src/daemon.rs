@@ -203,9 +203,28 @@ async fn discovery_loop(
     let provider = &shared.config.providers[index];
     let limits = crate::provider::api::Limits::new(provider.max_requests_per_hour);
     loop {
-        match sync::discover(&shared.config, index, &shared.store, limits.clone()).await {
+        // Shutdown must not wait for a discovery (it may be waiting out a rate limit).
+        let run = tokio::select! {
+            r = sync::discover(&shared.config, index, &shared.store, limits.clone()) => r,
+            _ = stop.changed() => return,
+        };
+        match run {
             Ok(d) => {
-                if found.send((index, d.repos)).await.is_err() {
+                for e in &d.errors {
+                    tracing::warn!(provider = %provider.name, "discovery incomplete (nothing marked removed): {e}");
+                }
+                // The database knows the full set (a partial run removed nothing): mirror what it lists.
+                let repos = match shared.store.discovered_repos(&provider.name) {
+                    Ok(known) => known
+                        .iter()
+                        .map(|(path, url)| provider.repo(index, path, url))
+                        .collect(),
+                    Err(e) => {
+                        tracing::error!(provider = %provider.name, "cannot read discovered repositories: {e}");
+                        d.repos
+                    }
+                };
+                if found.send((index, repos)).await.is_err() {
                     return;
                 }
             }

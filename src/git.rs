@@ -219,7 +219,15 @@ fn connect(
     let cancelled = Cell::new(false);
 
     let mut callbacks = RemoteCallbacks::new();
-    callbacks.credentials(|_url, username_from_url, allowed| {
+    let proxy_rejected = Cell::new(false);
+    callbacks.credentials(|asking_url, username_from_url, allowed| {
+        if let Some(proxy) = spec.proxy
+            && same_host(asking_url, proxy)
+        {
+            // libgit2 asks for the proxy's credentials the same way as for the server's.
+            proxy_rejected.set(true);
+            return Err(git2::Error::from_str("proxy credentials rejected"));
+        }
         if allowed.contains(CredentialType::SSH_KEY)
             && let Some(key) = spec.ssh_key_file
         {
@@ -291,6 +299,13 @@ fn connect(
         if let Some((host, message)) = host_key_problem.take() {
             return Err(GitError::HostKey { host, message });
         }
+        if proxy_rejected.get() {
+            return Err(GitError::Remote {
+                url,
+                message: "the proxy refused the credentials in `proxy` (HTTP 407); check the proxy's user and password"
+                    .into(),
+            });
+        }
         if auth_rejected.get() {
             if ssh_attempts.get() > 0
                 && let Some(key) = spec.ssh_key_file
@@ -357,6 +372,16 @@ fn connect(
     })
 }
 
+/// Whether two URLs name the same host and port.
+fn same_host(a: &str, b: &str) -> bool {
+    match (url::Url::parse(a), url::Url::parse(b)) {
+        (Ok(a), Ok(b)) => {
+            a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
+        }
+        _ => false,
+    }
+}
+
 fn classify(url: &str, e: &git2::Error) -> GitError {
     let message = crate::provider::redact_text(e.message());
     let lower = message.to_ascii_lowercase();
@@ -374,7 +399,7 @@ fn classify(url: &str, e: &git2::Error) -> GitError {
     }
     GitError::Remote {
         url: url.into(),
-        message,
+        message: crate::provider::api::with_tls_hint(message),
     }
 }
 

@@ -444,10 +444,19 @@ pub struct Discovery<'a> {
     pub provider: &'a str,
     pub kind: &'a str,
     pub found: &'a [FoundRepo],
-    /// Delete repositories no longer found instead of marking them `removed`.
-    pub prune: bool,
-    /// Ids listed in the provider's `repos`: never marked removed by discovery.
-    pub configured: &'a [String],
+    /// Whether every scope was listed; only then can a missing repository be called removed.
+    pub complete: bool,
+}
+
+/// What a discovery run changed.
+#[derive(Debug, Default)]
+pub struct DiscoveryChanges {
+    /// Newly marked `removed`.
+    pub removed: Vec<String>,
+    /// Missing at two runs in a row: deleted when `prune_removed` is on.
+    pub prunable: Vec<String>,
+    /// Why nothing was marked removed, when that was held back.
+    pub note: Option<String>,
 }
 
 /// A repository found by discovery, with its id and clone URL resolved.
@@ -460,6 +469,8 @@ pub struct FoundRepo {
     pub web_url: Option<String>,
     pub archived: bool,
     pub empty: bool,
+    /// Also listed in the provider's `repos`: it stays a configured repository.
+    pub configured: bool,
 }
 
 /// A provider as `status` shows it.
@@ -693,21 +704,43 @@ impl Store {
     }
 
     /// Record one discovery run of a provider in one transaction: the repositories found (with their host
-    /// ids, web URLs and states), and those no longer found, which are marked `removed` (their data kept) or,
-    /// with `prune`, deleted. Returns the ids of the repositories that are gone.
-    pub fn record_discovery(&self, d: &Discovery<'_>) -> Result<Vec<String>, StoreError> {
+    /// ids, web URLs and states). When the run listed every scope (`complete`) and found something,
+    /// repositories no longer found are marked `removed` (data kept); those already `removed` at the previous
+    /// run and still missing are returned as ready to prune. Repositories also listed in `repos` only get their
+    /// host id and web URL.
+    pub fn record_discovery(&self, d: &Discovery<'_>) -> Result<DiscoveryChanges, StoreError> {
         let mut conn = self.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .doing("starting a transaction")?;
         let now = now_rfc3339();
         for r in d.found {
+            if r.configured {
+                tx.execute(
+                    "INSERT INTO repos (id, provider, path, url, provider_repo_id, web_url, origin)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'configured')
+                     ON CONFLICT(id) DO UPDATE SET provider_repo_id = excluded.provider_repo_id,
+                         web_url = excluded.web_url, origin = 'configured'",
+                    params![r.id, d.provider, r.path, r.url, r.provider_id, r.web_url],
+                )
+                .doing("recording a discovered repository")?;
+                continue;
+            }
+            let has_commit: bool = tx
+                .query_row(
+                    "SELECT commit_id IS NOT NULL FROM repos WHERE id = ?1",
+                    [&r.id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .doing("reading a repository")?
+                .unwrap_or(false);
             let (state, reason) = if r.archived {
                 (
                     "archived",
                     Some(format!("archived on {}: not mirrored", d.provider)),
                 )
-            } else if r.empty {
+            } else if r.empty && !has_commit {
                 (
                     "empty",
                     Some("empty repository: polled until the first push".to_string()),
@@ -719,56 +752,89 @@ impl Store {
                 "INSERT INTO repos (id, provider, path, url, provider_repo_id, web_url, origin, state, state_reason)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'discovered', ?7, ?8)
                  ON CONFLICT(id) DO UPDATE SET url = excluded.url, provider_repo_id = excluded.provider_repo_id,
-                     web_url = excluded.web_url, origin = 'discovered',
-                     state = CASE WHEN excluded.state = 'archived' THEN 'archived'
-                                  WHEN repos.state IN ('archived', 'removed') THEN
-                                       CASE WHEN repos.commit_id IS NULL THEN excluded.state ELSE 'active' END
-                                  WHEN repos.state = 'empty' AND repos.commit_id IS NULL THEN excluded.state
-                                  WHEN excluded.state = 'empty' AND repos.commit_id IS NULL THEN 'empty'
-                                  ELSE repos.state END,
-                     state_reason = CASE WHEN excluded.state = 'archived' THEN excluded.state_reason
-                                         WHEN repos.state IN ('archived', 'removed') THEN NULL
-                                         WHEN excluded.state = 'empty' AND repos.commit_id IS NULL
-                                              THEN excluded.state_reason
-                                         ELSE repos.state_reason END",
+                     web_url = excluded.web_url, origin = 'discovered', state = excluded.state,
+                     state_reason = excluded.state_reason",
                 params![r.id, d.provider, r.path, r.url, r.provider_id, r.web_url, state, reason],
             )
             .doing("recording a discovered repository")?;
         }
+        let mut changes = DiscoveryChanges::default();
         let found: std::collections::HashSet<&str> =
             d.found.iter().map(|r| r.id.as_str()).collect();
-        let known: Vec<String> = tx
-            .prepare("SELECT id FROM repos WHERE provider = ?1 AND origin = 'discovered' AND state != 'removed'")
-            .and_then(|mut st| st.query_map([d.provider], |r| r.get(0))?.collect())
+        let known: Vec<(String, String)> = tx
+            .prepare("SELECT id, state FROM repos WHERE provider = ?1 AND origin = 'discovered'")
+            .and_then(|mut st| {
+                st.query_map([d.provider], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
             .doing("reading discovered repositories")?;
-        let gone: Vec<String> = known
+        let missing: Vec<(String, String)> = known
             .into_iter()
-            .filter(|id| !found.contains(id.as_str()))
+            .filter(|(id, _)| !found.contains(id.as_str()))
             .collect();
-        for id in &gone {
-            if d.prune {
-                tx.execute("DELETE FROM polls WHERE repo_id = ?1", [id])
-                    .doing("pruning a repository")?;
-                tx.execute("DELETE FROM repos WHERE id = ?1", [id])
-                    .doing("pruning a repository")?;
-            } else {
+        let listed_any = d.found.iter().any(|r| !r.configured);
+        if !d.complete {
+            changes.note =
+                Some("some scopes could not be listed: no repository was marked removed".into());
+        } else if !listed_any && !missing.is_empty() {
+            // An empty answer where repositories were before is more likely a token that lost access than a
+            // host that deleted everything: remove nothing.
+            changes.note = Some(
+                "discovery found no repositories at all (did the token lose access?): no repository was marked removed"
+                    .into(),
+            );
+        } else {
+            for (id, state) in missing {
+                if state == "removed" {
+                    changes.prunable.push(id);
+                    continue;
+                }
                 tx.execute(
                     "UPDATE repos SET state = 'removed', state_reason = ?2 WHERE id = ?1",
                     params![id, format!("not found by discovery (or excluded by include/exclude) at {now}; data kept")],
                 )
                 .doing("marking a repository removed")?;
+                changes.removed.push(id);
             }
         }
         tx.execute(
             "INSERT INTO providers (name, kind, last_discovery_at, last_discovery_error, repos_found)
-             VALUES (?1, ?2, ?3, NULL, ?4)
+             VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(name) DO UPDATE SET kind = excluded.kind, last_discovery_at = excluded.last_discovery_at,
-                 last_discovery_error = NULL, repos_found = excluded.repos_found",
-            params![d.provider, d.kind, now, d.found.len() as i64],
+                 last_discovery_error = excluded.last_discovery_error, repos_found = excluded.repos_found",
+            params![d.provider, d.kind, now, changes.note, d.found.len() as i64],
         )
         .doing("recording the discovery")?;
         tx.commit().doing("committing the discovery")?;
-        Ok(gone)
+        Ok(changes)
+    }
+
+    /// Delete a repository's catalog, history, polls and deliveries (`prune_removed`).
+    pub fn prune_repo(&self, id: &str) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .doing("starting a transaction")?;
+        tx.execute("DELETE FROM polls WHERE repo_id = ?1", [id])
+            .doing("pruning a repository")?;
+        tx.execute("DELETE FROM deliveries WHERE repo_id = ?1", [id])
+            .doing("pruning a repository")?;
+        tx.execute("DELETE FROM repos WHERE id = ?1", [id])
+            .doing("pruning a repository")?;
+        tx.commit().doing("pruning a repository")?;
+        Ok(())
+    }
+
+    /// A provider's rate-limit hold as recorded (by this or another process), if it has not passed.
+    pub fn provider_hold(&self, provider: &str) -> Result<Option<(String, String)>, StoreError> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT held_until, COALESCE(held_reason, '') FROM providers WHERE name = ?1 AND held_until > ?2",
+            params![provider, now_rfc3339()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .doing("reading the rate-limit hold")
     }
 
     /// A failed discovery run: nothing about the repositories changes.

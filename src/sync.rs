@@ -541,14 +541,16 @@ fn apply_change(
 /// What one discovery run found: the repositories to mirror now.
 pub struct Discovered {
     pub repos: Vec<RepoConfig>,
-    /// Ids of repositories that are gone (removed, excluded, or archived since).
-    pub gone: Vec<String>,
-    pub archived: usize,
+    /// Scopes that could not be listed (each message names the provider and says what to do).
+    pub errors: Vec<String>,
+    /// Repositories deleted from the catalog because `prune_removed` is on.
+    pub pruned: Vec<String>,
 }
 
 /// One discovery run of one provider: list every scope, filter with include/exclude, record in the
-/// database, and return the repositories to mirror. A failed run changes nothing in the database but the
-/// provider's error (and hold), so a flaky API never makes repositories disappear.
+/// database, and return the repositories to mirror. A scope that fails does not stop the others, but then
+/// nothing is marked removed; a failure never makes repositories disappear. The result is `Err` only when
+/// nothing could be listed at all.
 pub async fn discover(
     config: &Config,
     index: usize,
@@ -557,6 +559,12 @@ pub async fn discover(
 ) -> Result<Discovered, String> {
     let provider = &config.providers[index];
     let kind = provider.kind.as_str();
+    // A hold recorded by another process (or before a restart) still applies.
+    if let Ok(Some((until, reason))) = store.provider_hold(&provider.name)
+        && let Ok(until) = chrono::DateTime::parse_from_rfc3339(&until)
+    {
+        limits.hold_until(until.with_timezone(&chrono::Utc), reason);
+    }
     let result = discover_inner(config, index, store, limits.clone()).await;
     let hold = limits.hold();
     let until = hold
@@ -572,8 +580,13 @@ pub async fn discover(
     if let Err(e) = record {
         tracing::error!(provider = %provider.name, "cannot record the rate-limit state: {e}");
     }
-    if let Err(message) = &result
-        && let Err(e) = store.record_discovery_error(&provider.name, kind, message)
+    let error = match &result {
+        Err(m) => Some(m.clone()),
+        Ok(d) if !d.errors.is_empty() => Some(d.errors.join("; ")),
+        Ok(_) => None,
+    };
+    if let Some(message) = error
+        && let Err(e) = store.record_discovery_error(&provider.name, kind, &message)
     {
         tracing::error!(provider = %provider.name, "cannot record the discovery error: {e}");
     }
@@ -597,13 +610,23 @@ async fn discover_inner(
     let api = crate::provider::api::ApiClient::new(provider, token.as_ref(), limits)
         .map_err(|e| e.to_string())?;
     let forge = provider.kind.forge();
+    let configured: Vec<&str> = config
+        .repos
+        .iter()
+        .filter(|r| r.provider == provider.name)
+        .map(|r| r.id.as_str())
+        .collect();
     let mut found = Vec::new();
+    let mut errors = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for scope in &provider.discover {
-        let repos = forge
-            .discover(&api, scope)
-            .await
-            .map_err(|e| e.to_string())?;
+        let repos = match forge.discover(&api, scope).await {
+            Ok(repos) => repos,
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
+        };
         for r in repos {
             if !provider.repo_filter.allows(&r.path) || !seen.insert(r.path.clone()) {
                 continue;
@@ -619,8 +642,10 @@ async fn discover_inner(
                     continue;
                 }
             };
+            let id = format!("{}/{}", provider.name, resolved.path);
             found.push(crate::store::FoundRepo {
-                id: format!("{}/{}", provider.name, resolved.path),
+                configured: configured.contains(&id.as_str()),
+                id,
                 path: resolved.path,
                 url: resolved.url,
                 provider_id: r.provider_id,
@@ -630,45 +655,46 @@ async fn discover_inner(
             });
         }
     }
-    // Repositories also listed in `repos` stay configured ones.
-    let configured: Vec<String> = config
-        .repos
-        .iter()
-        .filter(|r| r.provider == provider.name)
-        .map(|r| r.id.clone())
-        .collect();
-    found.retain(|f| !configured.contains(&f.id));
+    if errors.len() == provider.discover.len() {
+        return Err(errors.join("; "));
+    }
     let record = crate::store::Discovery {
         provider: &provider.name,
         kind: provider.kind.as_str(),
         found: &found,
-        prune: provider.prune_removed,
-        configured: &configured,
+        complete: errors.is_empty(),
     };
-    let mut gone = store
+    let changes = store
         .record_discovery(&record)
         .map_err(|e| format!("provider {}: {e}", provider.name))?;
+    if let Some(note) = &changes.note {
+        tracing::warn!(provider = %provider.name, "{note}");
+    }
+    // Pruned only at the second run in a row that misses a repository: its poll loop stopped at the first.
+    let mut pruned = Vec::new();
     if provider.prune_removed {
-        for id in &gone {
+        for id in changes.prunable {
+            store
+                .prune_repo(&id)
+                .map_err(|e| format!("provider {}: {e}", provider.name))?;
             let path = id
                 .strip_prefix(&format!("{}/", provider.name))
-                .unwrap_or(id);
-            let repo = provider.repo(index, path, "");
-            let _ = std::fs::remove_dir_all(config.mirror_path(&repo));
+                .unwrap_or(&id);
+            let _ = std::fs::remove_dir_all(config.mirror_path(&provider.repo(index, path, "")));
+            tracing::info!(provider = %provider.name, repo = %id, "pruned (prune_removed = true)");
+            pruned.push(id);
         }
     }
-    let archived: Vec<&crate::store::FoundRepo> = found.iter().filter(|f| f.archived).collect();
-    gone.extend(archived.iter().map(|f| f.id.clone()));
-    let repos = found
+    let repos: Vec<RepoConfig> = found
         .iter()
-        .filter(|f| !f.archived)
+        .filter(|f| !f.archived && !f.configured)
         .map(|f| provider.repo(index, &f.path, &f.url))
         .collect();
-    tracing::info!(provider = %provider.name, found = found.len(), archived = archived.len(), "discovery done");
+    tracing::info!(provider = %provider.name, found = found.len(), mirrored = repos.len(), "discovery done");
     Ok(Discovered {
         repos,
-        gone,
-        archived: archived.len(),
+        errors,
+        pruned,
     })
 }
 

@@ -111,6 +111,14 @@ impl Limits {
         s.hold.clone()
     }
 
+    /// Start from a hold known from elsewhere (the database: another process, or before a restart).
+    pub fn hold_until(&self, until: DateTime<Utc>, reason: String) {
+        let mut s = self.lock();
+        if until > Utc::now() && s.hold.as_ref().is_none_or(|h| h.until < until) {
+            s.hold = Some(Hold { until, reason });
+        }
+    }
+
     fn set_hold(&self, wait: Duration, reason: String) -> Hold {
         let until =
             Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(60));
@@ -282,7 +290,7 @@ impl ApiClient {
             let resp = req.send().await.map_err(|e| ApiError::Network {
                 provider: self.provider.clone(),
                 url: url.to_string(),
-                message: error_chain(&e),
+                message: with_tls_hint(error_chain(&e)),
             })?;
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();
@@ -378,6 +386,15 @@ impl ApiClient {
     }
 }
 
+/// Add what to do to a certificate failure.
+pub fn with_tls_hint(message: String) -> String {
+    if message.to_ascii_lowercase().contains("certificate") {
+        format!("{message} — if the server uses a private CA, set ca_file to its PEM bundle")
+    } else {
+        message
+    }
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = super::redact_text(&e.to_string());
     let mut cur = e.source();
@@ -405,6 +422,26 @@ pub fn body_message(body: &[u8]) -> String {
     String::from_utf8_lossy(body).chars().take(200).collect()
 }
 
+/// `Retry-After` as seconds or as an HTTP date.
+fn retry_after(r: &Response) -> Option<Duration> {
+    let v = r.header("retry-after")?.trim();
+    match v.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs.max(1))),
+        Err(_) => http_date(v),
+    }
+}
+
+/// How long until an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn http_date(v: &str) -> Option<Duration> {
+    let at = DateTime::parse_from_rfc2822(v.trim()).ok()?;
+    Some(
+        (at.with_timezone(&Utc) - Utc::now())
+            .to_std()
+            .unwrap_or(Duration::from_secs(1))
+            .max(Duration::from_secs(1)),
+    )
+}
+
 fn header_u64(r: &Response, names: &[&str]) -> Option<u64> {
     names
         .iter()
@@ -421,16 +458,24 @@ fn until_epoch(epoch: u64) -> Duration {
 fn rate_limited(r: &Response) -> Option<(Duration, String)> {
     let remaining_zero =
         header_u64(r, &["x-ratelimit-remaining", "ratelimit-remaining"]) == Some(0);
-    let retry_after = header_u64(r, &["retry-after"]);
-    let limited = r.status == 429 || (r.status == 403 && (remaining_zero || retry_after.is_some()));
+    let retry_after = retry_after(r);
+    // GitHub's secondary limits may come as a 403 with only a message.
+    let says_rate_limit = body_message(&r.body)
+        .to_ascii_lowercase()
+        .contains("rate limit");
+    let limited = r.status == 429
+        || (r.status == 403 && (remaining_zero || retry_after.is_some() || says_rate_limit));
     if !limited {
         return None;
     }
     let wait = match retry_after {
-        Some(secs) => Duration::from_secs(secs.max(1)),
+        Some(wait) => wait,
         None => match header_u64(r, &["ratelimit-reset", "x-ratelimit-reset"]) {
             Some(epoch) => until_epoch(epoch),
-            None => DEFAULT_RATE_LIMIT_WAIT,
+            None => match r.header("ratelimit-resettime").and_then(http_date) {
+                Some(at) => at,
+                None => DEFAULT_RATE_LIMIT_WAIT,
+            },
         },
     };
     Some((
@@ -469,6 +514,21 @@ pub fn link_next(r: &Response) -> Option<String> {
     })
 }
 
+/// A pagination link pinned to the API's own origin: the token goes with every page, so a link naming
+/// another scheme, host or port (a misconfigured external URL, a proxy's view) is rewritten to the API's.
+fn same_origin(base: &str, link: &str) -> String {
+    let (Ok(base), Ok(mut next)) = (url::Url::parse(base), url::Url::parse(link)) else {
+        return link.to_string();
+    };
+    if next.origin() != base.origin() {
+        tracing::debug!("pagination link {link} points elsewhere; asking the API's own origin");
+        let _ = next.set_scheme(base.scheme());
+        let _ = next.set_host(base.host_str());
+        let _ = next.set_port(base.port());
+    }
+    next.to_string()
+}
+
 /// Percent-encode a path segment or query value.
 pub fn encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes())
@@ -490,6 +550,7 @@ where
     let mut url = first;
     let mut seen = std::collections::HashSet::new();
     for _ in 0..MAX_PAGES {
+        url = same_origin(&api.base, &url);
         if !seen.insert(url.clone()) {
             return Err(api.malformed(&url, "the pagination loops back to a page already read"));
         }
@@ -543,7 +604,25 @@ mod tests {
             Some(12)
         );
         assert_eq!(w(resp(429, &[])), Some(60));
-        assert_eq!(w(resp(403, &[])), None, "a plain 403 is a permission error");
+        let mut plain = resp(403, &[]);
+        plain.body = b"{\"message\":\"Resource not accessible by personal access token\"}".to_vec();
+        assert_eq!(w(plain), None, "a plain 403 is a permission error");
+        let mut secondary = resp(403, &[]);
+        secondary.body = b"{\"message\":\"You have exceeded a secondary rate limit.\"}".to_vec();
+        assert_eq!(
+            w(secondary),
+            Some(60),
+            "GitHub's secondary limit without headers waits a minute"
+        );
+        let later = (Utc::now() + chrono::Duration::seconds(90)).to_rfc2822();
+        assert_eq!(
+            w(resp(429, &[("retry-after", &later)])).map(|s| s / 10),
+            Some(8)
+        );
+        assert_eq!(
+            same_origin("https://h/api/v4", "http://internal:8080/api/v4/x?page=2"),
+            "https://h/api/v4/x?page=2"
+        );
         assert_eq!(w(resp(200, &[("retry-after", "5")])), None);
         assert!(
             exhausted(&resp(

@@ -18,8 +18,16 @@ impl Forge for BitbucketCloud {
         format!("{base}/{}.git", path.trim_end_matches(".git"))
     }
     fn git_auth(&self, username: Option<&str>, token: Secret) -> GitAuth {
+        // Access tokens: `x-token-auth`. API tokens are configured with the Atlassian e-mail (which REST
+        // needs), but git wants the Bitbucket user name or the static `x-bitbucket-api-token-auth`.
+        // App passwords: the Bitbucket user name.
+        let username = match username {
+            None => "x-token-auth",
+            Some(u) if u.contains('@') => "x-bitbucket-api-token-auth",
+            Some(u) => u,
+        };
         GitAuth::Basic {
-            username: username.unwrap_or("x-token-auth").to_string(),
+            username: username.to_string(),
             password: token,
         }
     }

@@ -71,14 +71,20 @@ impl Forge for Github {
             let owner = api::encode(scope);
             let org = api.url(&format!("/orgs/{owner}/repos?type=all&per_page=100"));
             match list(api, org, scope).await {
-                // Not an organisation: a user.
+                // Not an organisation: a user. The token's own user lists private repositories too
+                // (`/user/repos`); another user's public ones only.
                 Err(ApiError::NotFound { .. }) => {
-                    list(
-                        api,
-                        api.url(&format!("/users/{owner}/repos?type=owner&per_page=100")),
-                        scope,
-                    )
-                    .await
+                    let me = api
+                        .get_json(&api.url("/user"), "the token's user")
+                        .await
+                        .ok()
+                        .and_then(|(u, _)| u["login"].as_str().map(str::to_string));
+                    let url = if me.is_some_and(|m| m.eq_ignore_ascii_case(scope)) {
+                        api.url("/user/repos?affiliation=owner&visibility=all&per_page=100")
+                    } else {
+                        api.url(&format!("/users/{owner}/repos?type=owner&per_page=100"))
+                    };
+                    list(api, url, scope).await
                 }
                 other => other,
             }

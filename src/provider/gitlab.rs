@@ -68,11 +68,12 @@ impl Forge for Gitlab {
                 if let Some(exp) = tok["expires_at"].as_str() {
                     line.push_str(&format!("; expires {exp}"));
                 }
-                if !scopes.iter().any(|s| *s == "read_api" || *s == "api")
-                    || !scopes
-                        .iter()
-                        .any(|s| *s == "read_repository" || *s == "write_repository")
-                {
+                // `api` covers reading the API and the repositories.
+                let api_ok = scopes.iter().any(|s| *s == "read_api" || *s == "api");
+                let repo_ok = scopes
+                    .iter()
+                    .any(|s| matches!(*s, "read_repository" | "write_repository" | "api"));
+                if !api_ok || !repo_ok {
                     line.push_str(" — missing read_api or read_repository");
                 }
             }

@@ -241,4 +241,20 @@ fn token_file_from_a_systemd_credential() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("CREDENTIALS_DIRECTORY is not set"), "{err}");
+    // …but reading the catalog outside the service needs no secret.
+    let out = bin()
+        .args([
+            "--config",
+            &env.path().join("config.toml").to_string_lossy(),
+            "status",
+            "--json",
+        ])
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

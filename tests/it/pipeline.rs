@@ -544,7 +544,8 @@ fn every_provider_kind_authenticates_git_over_http() {
             "bitbucket-cloud",
             "username = \"me@example.com\"\n",
             "ws/books",
-            Auth::basic("me@example.com", "kind-token"),
+            // An API token: REST takes the e-mail, git the static user.
+            Auth::basic("x-bitbucket-api-token-auth", "kind-token"),
             "ws/books.git",
         ),
         (

@@ -258,7 +258,8 @@ fn bitbucket_cloud_api_token_uses_basic_auth_with_the_email() {
     discover_and_mirror(
         Kind::BitbucketCloud,
         "bitbucket-cloud",
-        Auth::basic(email, TOKEN),
+        // git wants the static user for API tokens; REST the e-mail.
+        Auth::basic("x-bitbucket-api-token-auth", TOKEN),
         "workspaces",
         "ws",
         "ws/epsilon",
@@ -368,6 +369,10 @@ fn include_exclude_removed_and_prune() {
         "groups = [\"data\"]\nexclude = [\"data/sandbox/**\"]\nprune_removed = true",
     );
     site.forge.set_repos(vec![FakeRepo::new("data/keep", 1)]);
+    // The first miss only marks it removed; the second in a row prunes it.
+    site.env.run(&["sync"]).ok();
+    assert_eq!(site.row("p/data/goes-away")["state"], "removed");
+    assert!(mirror.exists());
     site.env.run(&["sync"]).ok();
     assert!(
         site.status()
@@ -969,5 +974,159 @@ fn check_reports_each_kind_of_mistake() {
         run.stdout.contains("error   config") && run.stdout.contains("config.toml:3:"),
         "{}",
         run.stdout
+    );
+}
+
+/// A repository listed in `repos` and also found by discovery: it gets its host id and web URL (webhooks match
+/// by them), is mirrored once, and is never marked removed by discovery.
+#[test]
+fn configured_and_discovered_overlap() {
+    let site = Site::new(
+        Kind::Gitlab,
+        Auth::basic("oauth2", TOKEN),
+        vec![
+            FakeRepo::new("data/alpha", 41),
+            FakeRepo::new("data/beta", 42),
+        ],
+    );
+    site.config(
+        "gitlab",
+        "groups = [\"data\"]\nrepos = [\"data/alpha\"]\nprune_removed = true",
+    );
+    let run = site.env.run(&["sync"]).ok();
+    assert_eq!(
+        run.stdout.matches("p/data/alpha ").count(),
+        1,
+        "{}",
+        run.stdout
+    );
+    let row = site.row("p/data/alpha");
+    assert_eq!(row["provider_id"], "41", "{row}");
+    assert!(row["web_url"].is_string(), "{row}");
+    // Gone from the group (moved elsewhere): still configured, still mirrored, never pruned.
+    site.forge.set_repos(vec![FakeRepo::new("data/beta", 42)]);
+    site.env.run(&["sync"]).ok();
+    let run = site.env.run(&["sync"]).ok();
+    assert!(
+        run.stdout.contains("p/data/alpha unchanged"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(site.row("p/data/alpha")["state"], "active");
+    assert_eq!(site.row("p/data/alpha")["models"], 1);
+}
+
+/// Discovery that lists nothing where there were repositories (a token that lost access) or that fails for
+/// one scope removes nothing.
+#[test]
+fn a_suspicious_or_partial_discovery_removes_nothing() {
+    let site = Site::new(
+        Kind::Gitlab,
+        Auth::basic("oauth2", TOKEN),
+        vec![FakeRepo::new("data/alpha", 1)],
+    );
+    site.config("gitlab", "groups = [\"data\"]\nprune_removed = true");
+    site.env.run(&["sync"]).ok();
+    site.forge.add_namespace("data");
+    site.forge.set_repos(vec![]);
+    site.env.run(&["sync"]).ok();
+    site.env.run(&["sync"]).ok();
+    let row = site.row("p/data/alpha");
+    assert_eq!(row["state"], "active", "{row}");
+    assert_eq!(row["models"], 1);
+    let human = site.env.run(&["status"]).ok().stdout;
+    assert!(human.contains("did the token lose access"), "{human}");
+    // One scope failing (unknown group) while the other lists: nothing marked removed, exit 1.
+    site.forge.set_repos(vec![FakeRepo::new("data/alpha", 1)]);
+    site.config(
+        "gitlab",
+        "groups = [\"data\", \"nope\"]\nprune_removed = true",
+    );
+    let run = site.env.run(&["sync"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout.contains("group nope not found")
+            && run.stdout.contains("p/data/alpha unchanged"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(site.row("p/data/alpha")["state"], "active");
+}
+
+/// A pagination link naming another origin is asked at the API's own origin: the token never goes elsewhere.
+#[test]
+fn pagination_links_stay_on_the_api_origin() {
+    let site = Site::new(
+        Kind::Github,
+        Auth::basic("x-access-token", TOKEN),
+        repos_with_pages("acme", "acme/z"),
+    );
+    let elsewhere = crate::proxy::TestProxy::start(None);
+    site.forge.set_external_url(Some(&elsewhere.url()));
+    site.config("github", "orgs = [\"acme\"]");
+    let run = site.env.run(&["sync"]).ok();
+    assert!(
+        run.stdout.contains("p/acme/epsilon") || run.stdout.contains("p/acme/z"),
+        "every page was read: {}",
+        run.stdout
+    );
+    assert!(
+        elsewhere.log().is_empty(),
+        "a request went to the other origin: {:#?}",
+        elsewhere.log()
+    );
+}
+
+/// An empty repository that gets its first push loses its "empty" reason.
+#[test]
+fn empty_then_filled_clears_the_reason() {
+    let site = Site::new(
+        Kind::Gitlab,
+        Auth::basic("oauth2", TOKEN),
+        vec![FakeRepo::new("data/fresh", 1).with_empty(true)],
+    );
+    site.config("gitlab", "groups = [\"data\"]");
+    site.env.run(&["sync"]).ok();
+    assert_eq!(site.row("p/data/fresh")["state"], "empty");
+    let dir = site.forge.git_dir("data/fresh");
+    std::fs::remove_dir_all(&dir).unwrap();
+    make_repo(&dir, &site.template);
+    site.forge.set_repos(vec![FakeRepo::new("data/fresh", 1)]);
+    site.env.run(&["sync"]).ok();
+    let row = site.row("p/data/fresh");
+    assert_eq!(row["state"], "active", "{row}");
+    assert!(row["state_reason"].is_null(), "{row}");
+    assert_eq!(row["models"], 1);
+}
+
+/// SIGTERM while discovery waits out a rate limit stops the service at once.
+#[test]
+fn shutdown_does_not_wait_for_discovery() {
+    let site = Site::new(
+        Kind::Gitlab,
+        Auth::basic("oauth2", TOKEN),
+        vec![FakeRepo::new("data/alpha", 1)],
+    );
+    site.config("gitlab", "groups = [\"data\"]");
+    site.forge.rate_limit_next(100, 429, Some(20));
+    let mut child = bin()
+        .args([
+            "--config",
+            &site.env.path().join("config.toml").to_string_lossy(),
+            "run",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(|| site.forge.api_request_count() >= 1, 10);
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = Instant::now();
+    signal(&child, libc::SIGTERM);
+    assert!(wait_with_deadline(&mut child, 10).success());
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        sent.elapsed()
     );
 }
