@@ -2,7 +2,9 @@
 //! keep in Git, by polling each repository's default branch with libgit2.
 //!
 //! Data flows one way: [`config`] → [`provider`] / [`git`] → [`model`] → [`store`], driven by [`sync`] (one
-//! poll of one repository) and [`daemon`] (schedules, concurrency, signals). [`cli`] is the command line.
+//! poll of one repository, one discovery run of one provider) and [`daemon`] (schedules, concurrency,
+//! signals). [`webhook`] is the optional listener whose verified pushes nudge polls. [`cli`] is the command
+//! line.
 
 pub mod cli;
 pub mod config;
