@@ -62,6 +62,18 @@ const MODEL_NAME_KEY: &[u8] = b"\"modelName\"";
 ///   `serde_json`'s line and column) or lack the model structure.
 /// - [`Parsed::Model`] otherwise.
 #[must_use]
+/// The Hackolade format (`*.hck.json`, and older `*.json`).
+pub struct Hackolade;
+
+impl super::Format for Hackolade {
+    fn name(&self) -> &'static str {
+        "hackolade"
+    }
+    fn parse(&self, _path: &str, bytes: &[u8]) -> Parsed {
+        parse(bytes)
+    }
+}
+
 pub fn parse(bytes: &[u8]) -> Parsed {
     let body = bytes.strip_prefix(BOM).unwrap_or(bytes);
     let claims = claims_to_be_model(body);

@@ -6,14 +6,45 @@
 //! any input. Callers read files and decide what to do with the three outcomes of [`Parsed`]
 //! (not a model, a model, or a file that claims to be a model but is broken).
 //!
-//! Today the only format is Hackolade ([`parse_hackolade`]); see `hackolade.rs` for the format
-//! rules and the counting definition.
+//! Formats sit behind one small trait, [`Format`]: Hackolade (`hackolade.rs`, with the format rules and the
+//! counting definition), JSON Schema (`jsonschema.rs`) and Avro (`avro.rs`). Adding a format is one new file
+//! and one line in [`FORMATS`].
 
 use std::fmt;
 
+pub mod avro;
 pub mod hackolade;
+pub mod jsonschema;
 
 pub use hackolade::parse as parse_hackolade;
+
+/// A model file format.
+pub trait Format: Sync {
+    /// The name used in the `formats` setting.
+    fn name(&self) -> &'static str;
+    /// Read one file: not a model of this format, a model, or a file that claims to be one but is broken.
+    /// `path` is the file's path in the repository (some formats are recognised by name).
+    fn parse(&self, path: &str, bytes: &[u8]) -> Parsed;
+}
+
+/// Every format modelmirror knows, in the order they are tried.
+pub const FORMATS: &[&dyn Format] = &[&hackolade::Hackolade, &jsonschema::JsonSchema, &avro::Avro];
+
+/// The format named `name`.
+pub fn format(name: &str) -> Option<&'static dyn Format> {
+    FORMATS.iter().copied().find(|f| f.name() == name)
+}
+
+/// Try each enabled format in turn: the first that says anything but "not a model" decides.
+pub fn parse_with(formats: &[&'static dyn Format], path: &str, bytes: &[u8]) -> Parsed {
+    for f in formats {
+        match f.parse(path, bytes) {
+            Parsed::NotModel => continue,
+            other => return other,
+        }
+    }
+    Parsed::NotModel
+}
 
 /// The version of what the parsers extract. Raise it when a change makes the same file parse differently:
 /// the next poll of every repository then reads all its models again (`settings-changed`).
