@@ -94,6 +94,7 @@ struct RawFile {
     concurrency: Option<usize>,
     max_model_bytes: Option<u64>,
     include: Option<Vec<String>>,
+    formats: Option<Vec<String>>,
     backfill: Option<bool>,
     events_retention_days: Option<u32>,
     webhook: Option<RawWebhook>,
@@ -214,10 +215,39 @@ pub struct FileFilter {
     pub include: Vec<String>,
     globs: GlobSet,
     pub max_model_bytes: u64,
+    /// The model formats read, in the order they are tried.
+    pub formats: Vec<&'static dyn crate::model::Format>,
 }
+
+impl std::fmt::Debug for dyn crate::model::Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Default `formats`.
+pub const DEFAULT_FORMATS: &[&str] = &["hackolade"];
 
 impl FileFilter {
     pub fn new(include: &[String], max_model_bytes: u64) -> Result<FileFilter, String> {
+        FileFilter::with_formats(include, max_model_bytes, DEFAULT_FORMATS)
+    }
+
+    pub fn with_formats<S: AsRef<str>>(
+        include: &[String],
+        max_model_bytes: u64,
+        formats: &[S],
+    ) -> Result<FileFilter, String> {
+        let mut chosen = Vec::new();
+        for name in formats {
+            let f = crate::model::format(name.as_ref()).ok_or_else(|| {
+                format!(
+                    "formats: unknown format `{}`; use hackolade, jsonschema or avro",
+                    name.as_ref()
+                )
+            })?;
+            chosen.push(f);
+        }
         let mut builder = GlobSetBuilder::new();
         for pattern in include {
             let glob = Glob::new(pattern).map_err(|e| format!("include glob `{pattern}`: {e}"))?;
@@ -228,6 +258,7 @@ impl FileFilter {
             include: include.to_vec(),
             globs,
             max_model_bytes,
+            formats: chosen,
         })
     }
 
@@ -239,8 +270,9 @@ impl FileFilter {
     /// A fingerprint of the settings that decide what is stored, so that a change of them makes the next poll
     /// compare the whole tree again instead of only what changed in Git.
     pub fn fingerprint(&self) -> String {
+        let formats: Vec<&str> = self.formats.iter().map(|f| f.name()).collect();
         format!(
-            "include={:?};max_model_bytes={};parser={}",
+            "include={:?};max_model_bytes={};parser={};formats={formats:?}",
             self.include,
             self.max_model_bytes,
             crate::model::PARSER_VERSION
@@ -684,6 +716,7 @@ fn validate(
     let mut max_model_bytes = None;
     let mut include = None;
     let mut backfill = None;
+    let mut formats = None;
     let mut events_retention_days = None;
     let mut webhook = None;
     let mut raw_providers: BTreeMap<String, (RawProvider, PathBuf)> = BTreeMap::new();
@@ -701,6 +734,7 @@ fn validate(
         )?;
         merge_key("include", &mut include, raw.include, &file)?;
         merge_key("backfill", &mut backfill, raw.backfill, &file)?;
+        merge_key("formats", &mut formats, raw.formats, &file)?;
         merge_key(
             "events_retention_days",
             &mut events_retention_days,
@@ -744,9 +778,33 @@ fn validate(
         Some((n, _)) => n,
         None => DEFAULT_MAX_MODEL_BYTES,
     };
+    let (formats, formats_file) = match formats {
+        Some((v, f)) => (v, f),
+        None => (
+            DEFAULT_FORMATS.iter().map(|s| s.to_string()).collect(),
+            main.to_path_buf(),
+        ),
+    };
+    if formats.is_empty() {
+        return Err(invalid(
+            &formats_file,
+            "formats is empty: name at least one of hackolade, jsonschema, avro".into(),
+        ));
+    }
     let (include, include_file) = match include {
         Some((v, f)) => (v, f),
-        None => (vec!["**/*.json".to_string()], main.to_path_buf()),
+        None => {
+            // JSON for Hackolade and JSON Schema, `.avsc` / `.avpr` for Avro.
+            let mut globs = Vec::new();
+            if formats.iter().any(|f| f != "avro") {
+                globs.push("**/*.json".to_string());
+            }
+            if formats.iter().any(|f| f == "avro") {
+                globs.push("**/*.avsc".to_string());
+                globs.push("**/*.avpr".to_string());
+            }
+            (globs, main.to_path_buf())
+        }
     };
     if include.is_empty() {
         return Err(invalid(
@@ -755,8 +813,14 @@ fn validate(
                 .into(),
         ));
     }
-    let filter =
-        FileFilter::new(&include, max_model_bytes).map_err(|m| invalid(&include_file, m))?;
+    let filter = FileFilter::with_formats(&include, max_model_bytes, &formats).map_err(|m| {
+        let file = if m.starts_with("formats") {
+            &formats_file
+        } else {
+            &include_file
+        };
+        invalid(file, m)
+    })?;
     let backfill = backfill.map(|(b, _)| b).unwrap_or(true);
     let events_retention_days = match events_retention_days {
         Some((0, f)) => {

@@ -720,6 +720,43 @@ pub fn tree_files(
         .collect())
 }
 
+/// The mirror's default branch (short name) and its commit, if it has one.
+pub fn mirror_head(repo: &Repository) -> Option<(String, Oid)> {
+    let head = repo.find_reference("HEAD").ok()?;
+    let target = head.symbolic_target().ok().flatten()?.to_string();
+    let commit = repo.refname_to_id(&target).ok()?;
+    Some((
+        target
+            .strip_prefix("refs/heads/")
+            .unwrap_or(&target)
+            .to_string(),
+        commit,
+    ))
+}
+
+/// The blob at `path` in `commit` (a full id or an unambiguous prefix): the resolved commit and the blob.
+pub fn blob_at(
+    repo: &Repository,
+    commit: &str,
+    path: &str,
+) -> Result<Option<(Oid, Oid)>, GitError> {
+    let object = repo
+        .revparse_single(commit)
+        .map_err(read_err(format!("commit {commit} (not in the mirror?)")))?;
+    let commit = object
+        .peel_to_commit()
+        .map_err(read_err(format!("commit {commit}")))?;
+    let tree = commit
+        .tree()
+        .map_err(read_err(format!("tree of commit {}", commit.id())))?;
+    match tree.get_path(Path::new(path)) {
+        Ok(entry) if entry.kind() == Some(git2::ObjectType::Blob) => {
+            Ok(Some((commit.id(), entry.id())))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// A blob's size, read from the object header without loading the object.
 pub fn blob_size(repo: &Repository, blob: Oid) -> Result<u64, GitError> {
     let odb = repo.odb().map_err(read_err("object database"))?;

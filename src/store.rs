@@ -47,6 +47,8 @@ pub enum StoreError {
         expected: String,
         found: String,
     },
+    #[error("{0}")]
+    Query(String),
     #[error("database error while {doing}: {source}")]
     Sql {
         doing: String,
@@ -243,6 +245,46 @@ CREATE INDEX deliveries_repo ON deliveries(repo_id, id);
 CREATE INDEX deliveries_received ON deliveries(received_at);
 CREATE INDEX polls_started ON polls(started_at);
 "#,
+    r#"
+-- Full-text search over models, entities and attributes. rowid = models.id * 4 (model),
+-- entities.id * 4 + 1 (entity), attributes.id * 4 + 2 (attribute).
+CREATE VIRTUAL TABLE search USING fts5(
+    name, code, path, description,
+    kind UNINDEXED, model_id UNINDEXED,
+    tokenize = 'unicode61 remove_diacritics 2',
+    prefix = '2 3'
+);
+INSERT INTO search (rowid, name, code, path, description, kind, model_id)
+    SELECT id * 4, name, NULL, path, description, 'model', id FROM models WHERE status = 'ok';
+INSERT INTO search (rowid, name, code, path, description, kind, model_id)
+    SELECT id * 4 + 1, name, code, NULL, description, 'entity', model_id FROM entities;
+INSERT INTO search (rowid, name, code, path, description, kind, model_id)
+    SELECT id * 4 + 2, name, code, path, description, 'attribute', model_id FROM attributes;
+
+-- Read-only views for users' own SQL.
+CREATE VIEW v_models AS
+    SELECT m.repo_id AS repo, m.path, m.name AS model, m.db_vendor AS target, m.app_target, m.db_version,
+           m.description, m.entity_count AS entities, m.attribute_count AS attributes,
+           m.relationship_count AS relationships, m.commit_id AS "commit", m.blob, m.status, m.error
+    FROM models m;
+CREATE VIEW v_entities AS
+    SELECT m.repo_id AS repo, m.path, m.name AS model, e.name AS entity, e.code, e.container, e.description,
+           e.derived_from, e.attribute_count AS attributes
+    FROM entities e JOIN models m ON m.id = e.model_id;
+CREATE VIEW v_attributes AS
+    SELECT m.repo_id AS repo, m.path, m.name AS model, e.name AS entity, a.path AS attribute, a.name, a.code,
+           a.type, a.mode, a.required, a.primary_key, a.description, a.depth
+    FROM attributes a JOIN entities e ON e.id = a.entity_id JOIN models m ON m.id = a.model_id;
+CREATE VIEW v_relationships AS
+    SELECT m.repo_id AS repo, m.path, m.name AS model, r.name AS relationship, r.parent_entity, r.child_entity,
+           r.parent_cardinality, r.child_cardinality, r.relationship_type
+    FROM relationships r JOIN models m ON m.id = r.model_id;
+CREATE VIEW v_history AS
+    SELECT v.repo_id AS repo, v.path, v.change, v.old_path, v.commit_id AS "commit", c.author_name AS author,
+           c.committed_at AS time, c.message, v.blob, v.name AS model, v.entity_count AS entities,
+           v.attribute_count AS attributes, v.error, v.id AS seq
+    FROM model_versions v LEFT JOIN commits c ON c.repo_id = v.repo_id AND c.commit_id = v.commit_id;
+"#,
 ];
 
 /// The schema version this build writes.
@@ -383,6 +425,41 @@ pub struct RepoStatus {
     pub models: i64,
     pub errors: i64,
     pub last_error: Option<String>,
+}
+
+/// A search hit.
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchHit {
+    pub repo: String,
+    pub path: String,
+    pub model: Option<String>,
+    pub entity: Option<String>,
+    /// The attribute's path, or null for model and entity hits.
+    pub attribute: Option<String>,
+    /// model | entity | attribute
+    pub kind: String,
+    pub snippet: String,
+}
+
+/// One version of a model (`history`).
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionRow {
+    #[serde(skip)]
+    pub seq: i64,
+    pub path: String,
+    pub commit: String,
+    /// added | modified | renamed | deleted
+    pub change: String,
+    pub old_path: Option<String>,
+    pub blob: Option<String>,
+    pub model: Option<String>,
+    pub entities: Option<i64>,
+    pub attributes: Option<i64>,
+    pub error: Option<String>,
+    pub author: Option<String>,
+    pub author_email: Option<String>,
+    pub time: Option<String>,
+    pub message: Option<String>,
 }
 
 /// One webhook delivery to record.
@@ -825,6 +902,132 @@ impl Store {
         Ok(())
     }
 
+    /// Forget a repository's catalog and history (models, versions, commits, steps) and its processed
+    /// commit, in one transaction, so it can be imported again from its mirror (`rebuild`). Polls, deliveries
+    /// and the repository's row (host id, state) stay.
+    pub fn reset_catalog(&self, id: &str) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .doing("starting a transaction")?;
+        unindex_repo(&tx, id)?;
+        for sql in [
+            "DELETE FROM models WHERE repo_id = ?1",
+            "DELETE FROM model_versions WHERE repo_id = ?1",
+            "DELETE FROM sync_steps WHERE repo_id = ?1",
+            "DELETE FROM commits WHERE repo_id = ?1",
+            "UPDATE repos SET commit_id = NULL, settings = NULL, last_change_at = NULL WHERE id = ?1",
+        ] {
+            tx.execute(sql, [id]).doing("clearing the catalog")?;
+        }
+        tx.commit().doing("clearing the catalog")?;
+        Ok(())
+    }
+
+    /// Full-text search. `query` is FTS5 syntax (see [`fts_query`] for turning plain words into it).
+    pub fn search(
+        &self,
+        query: &str,
+        repo: Option<&str>,
+        kind: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT s.kind, m.repo_id, m.path, m.name, e.name, a.path,
+                        snippet(search, -1, '[', ']', '…', 12)
+                 FROM search s
+                 JOIN models m ON m.id = s.model_id
+                 LEFT JOIN attributes a ON s.kind = 'attribute' AND a.id = s.rowid / 4
+                 LEFT JOIN entities e ON e.id = CASE s.kind WHEN 'entity' THEN s.rowid / 4
+                                                            WHEN 'attribute' THEN a.entity_id END
+                 WHERE search MATCH ?1 AND (?2 IS NULL OR m.repo_id = ?2) AND (?3 IS NULL OR s.kind = ?3)
+                 ORDER BY bm25(search, 10.0, 6.0, 3.0, 1.0) LIMIT ?4",
+            )
+            .doing("searching")?;
+        let rows = stmt.query_map(params![query, repo, kind, limit as i64], |r| {
+            Ok(SearchHit {
+                kind: r.get(0)?,
+                repo: r.get(1)?,
+                path: r.get(2)?,
+                model: r.get(3)?,
+                entity: r.get(4)?,
+                attribute: r.get(5)?,
+                snippet: r.get(6)?,
+            })
+        });
+        let rows = match rows {
+            Ok(rows) => rows.collect::<Result<Vec<_>, _>>(),
+            Err(e) => Err(e),
+        };
+        // The statement is fixed; only the query text can make it fail here.
+        rows.map_err(|e| {
+            StoreError::Query(format!(
+                "cannot understand the search {query:?} ({e}); use plain words, or FTS5 query syntax"
+            ))
+        })
+    }
+
+    /// Every version of the model at `path`, newest first, following renames back to the first version.
+    pub fn history(&self, repo: &str, path: &str) -> Result<Vec<VersionRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT v.id, v.path, v.commit_id, v.change, v.old_path, v.blob, v.name, v.entity_count,
+                        v.attribute_count, v.error, c.author_name, c.author_email, c.committed_at, c.message
+                 FROM model_versions v
+                 LEFT JOIN commits c ON c.repo_id = v.repo_id AND c.commit_id = v.commit_id
+                 WHERE v.repo_id = ?1 AND v.path = ?2 AND v.id < ?3 ORDER BY v.id DESC",
+            )
+            .doing("reading the history")?;
+        let mut out = Vec::new();
+        let mut current = path.to_string();
+        let mut before = i64::MAX;
+        // Each rename sends the walk to the old path, before the rename.
+        for _ in 0..10_000 {
+            let rows = stmt
+                .query_map(params![repo, current, before], |r| {
+                    Ok(VersionRow {
+                        seq: r.get(0)?,
+                        path: r.get(1)?,
+                        commit: r.get(2)?,
+                        change: r.get(3)?,
+                        old_path: r.get(4)?,
+                        blob: r.get(5)?,
+                        model: r.get(6)?,
+                        entities: r.get(7)?,
+                        attributes: r.get(8)?,
+                        error: r.get(9)?,
+                        author: r.get(10)?,
+                        author_email: r.get(11)?,
+                        time: r.get(12)?,
+                        message: r.get(13)?,
+                    })
+                })
+                .doing("reading the history")?
+                .collect::<Result<Vec<_>, _>>()
+                .doing("reading the history")?;
+            let mut next = None;
+            for row in rows {
+                let renamed = (row.change == "renamed").then(|| (row.old_path.clone(), row.seq));
+                out.push(row);
+                if let Some((Some(old), seq)) = renamed {
+                    next = Some((old, seq));
+                    break;
+                }
+            }
+            match next {
+                Some((old, seq)) => {
+                    current = old;
+                    before = seq;
+                }
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// A provider's rate-limit hold as recorded (by this or another process), if it has not passed.
     pub fn provider_hold(&self, provider: &str) -> Result<Option<(String, String)>, StoreError> {
         let conn = self.lock();
@@ -1204,12 +1407,57 @@ fn finish_step(
     Ok(())
 }
 
+/// Remove a repository's models from the search index.
+fn unindex_repo(tx: &Transaction<'_>, repo_id: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM search WHERE rowid IN (
+             SELECT a.id * 4 + 2 FROM attributes a JOIN models m ON m.id = a.model_id WHERE m.repo_id = ?1
+             UNION ALL SELECT e.id * 4 + 1 FROM entities e JOIN models m ON m.id = e.model_id WHERE m.repo_id = ?1
+             UNION ALL SELECT id * 4 FROM models WHERE repo_id = ?1)",
+        [repo_id],
+    )
+    .doing("removing a repository from the search index")?;
+    Ok(())
+}
+
+/// Turn what a person types into an FTS5 query: plain words become prefix terms that must all match (case
+/// and accents ignored by the index). A query that already uses FTS5 syntax (quotes, `*`, parentheses, a
+/// column filter, or AND / OR / NOT / NEAR) is passed on as written.
+pub fn fts_query(input: &str) -> String {
+    let advanced = input.contains(['"', '*', '(', ')', ':', '^'])
+        || input
+            .split_whitespace()
+            .any(|w| matches!(w, "AND" | "OR" | "NOT") || w.starts_with("NEAR"));
+    if advanced {
+        return input.to_string();
+    }
+    input
+        .split_whitespace()
+        .map(|w| format!("\"{}\"*", w.replace('"', "")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn delete_model(tx: &Transaction<'_>, repo_id: &str, path: &str) -> Result<bool, StoreError> {
-    let n = tx
-        .prepare_cached("DELETE FROM models WHERE repo_id = ?1 AND path = ?2")
-        .and_then(|mut s| s.execute(params![repo_id, path]))
+    let id: Option<i64> = tx
+        .prepare_cached("SELECT id FROM models WHERE repo_id = ?1 AND path = ?2")
+        .and_then(|mut s| s.query_row(params![repo_id, path], |r| r.get(0)).optional())
         .doing("removing a model")?;
-    Ok(n > 0)
+    let Some(id) = id else {
+        return Ok(false);
+    };
+    tx.prepare_cached(
+        "DELETE FROM search WHERE rowid IN (
+             SELECT id * 4 + 2 FROM attributes WHERE model_id = ?1
+             UNION ALL SELECT id * 4 + 1 FROM entities WHERE model_id = ?1
+             UNION ALL SELECT ?1 * 4)",
+    )
+    .and_then(|mut s| s.execute([id]))
+    .doing("removing a model from the search index")?;
+    tx.prepare_cached("DELETE FROM models WHERE id = ?1")
+        .and_then(|mut s| s.execute([id]))
+        .doing("removing a model")?;
+    Ok(true)
 }
 
 fn version(
@@ -1286,6 +1534,12 @@ fn insert_model(
     .doing("storing a model")?;
     let model_id = tx.last_insert_rowid();
     if let Some(m) = model {
+        tx.prepare_cached(
+            "INSERT INTO search (rowid, name, code, path, description, kind, model_id)
+             VALUES (?1 * 4, ?2, NULL, ?3, ?4, 'model', ?1)",
+        )
+        .and_then(|mut s| s.execute(params![model_id, m.name, path, m.description]))
+        .doing("indexing a model")?;
         insert_content(tx, model_id, m)?;
     }
     Ok(model_id)
@@ -1312,6 +1566,12 @@ fn insert_content(tx: &Transaction<'_>, model_id: i64, m: &Model) -> Result<(), 
                  required, primary_key, description) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )
         .doing("storing attributes")?;
+    let mut search = tx
+        .prepare_cached(
+            "INSERT INTO search (rowid, name, code, path, description, kind, model_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .doing("indexing")?;
     for (i, e) in m.entities.iter().enumerate() {
         entities
             .execute(params![
@@ -1327,6 +1587,17 @@ fn insert_content(tx: &Transaction<'_>, model_id: i64, m: &Model) -> Result<(), 
             ])
             .doing("storing entities")?;
         let entity_id = tx.last_insert_rowid();
+        search
+            .execute(params![
+                entity_id * 4 + 1,
+                e.name,
+                e.code,
+                None::<&str>,
+                e.description,
+                "entity",
+                model_id
+            ])
+            .doing("indexing an entity")?;
         for (j, a) in e.attributes.iter().enumerate() {
             let Attribute {
                 guid,
@@ -1359,6 +1630,18 @@ fn insert_content(tx: &Transaction<'_>, model_id: i64, m: &Model) -> Result<(), 
                     description
                 ])
                 .doing("storing attributes")?;
+            let attribute_id = tx.last_insert_rowid();
+            search
+                .execute(params![
+                    attribute_id * 4 + 2,
+                    name,
+                    code,
+                    path,
+                    description,
+                    "attribute",
+                    model_id
+                ])
+                .doing("indexing an attribute")?;
         }
     }
     let mut rels = tx

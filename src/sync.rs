@@ -278,7 +278,29 @@ pub fn poll(
         return Ok(PollOutcome::Unchanged { commit: head_str });
     }
 
-    let plan = plan(&mirror, &state, head, repo.backfill, &settings).map_err(git_err)?;
+    catch_up(config, repo, store, &mirror, &branch, head, &state, cancel)
+}
+
+/// Bring the catalog from what `state` says it holds to `head` of `branch`, one transaction per commit.
+#[allow(clippy::too_many_arguments)]
+fn catch_up(
+    config: &Config,
+    repo: &RepoConfig,
+    store: &Store,
+    mirror: &Repository,
+    branch: &str,
+    head: Oid,
+    state: &crate::store::RepoState,
+    cancel: &Arc<AtomicBool>,
+) -> Result<PollOutcome, SyncError> {
+    let id = repo.id.clone();
+    let settings = config.filter.fingerprint();
+    let head_str = head.to_string();
+    let plan =
+        plan(mirror, state, head, repo.backfill, &settings).map_err(|source| SyncError::Git {
+            repo: id.clone(),
+            source,
+        })?;
     let mut counts = Counts::default();
     let mut done = 0u32;
     // The processed-commit pointer each step starts from; each step moves it.
@@ -291,8 +313,8 @@ pub fn poll(
             config,
             repo,
             store,
-            mirror: &mirror,
-            branch: &branch,
+            mirror,
+            branch,
             note: if i == 0 { plan.note } else { None },
             settings: &settings,
             expect_commit: pointer.as_deref(),
@@ -326,6 +348,75 @@ pub fn poll(
         commits: done,
         counts,
     })
+}
+
+/// Rebuild a repository's catalog from its local mirror, with no network: forget what the database holds for
+/// it and import the mirror's default branch again (its whole history, with `backfill`). For an upgrade that
+/// parses more, or a lost database.
+pub fn rebuild(
+    config: &Config,
+    repo: &RepoConfig,
+    store: &Store,
+    cancel: &Arc<AtomicBool>,
+) -> Result<PollOutcome, SyncError> {
+    let id = repo.id.clone();
+    let path = config.mirror_path(repo);
+    if !path.join("HEAD").exists() {
+        return Err(SyncError::Internal {
+            repo: id,
+            message: format!(
+                "no local mirror at {}: nothing to rebuild from; `modelmirror sync {}` fetches it",
+                path.display(),
+                repo.id
+            ),
+        });
+    }
+    let mirror = git::open_mirror(&path).map_err(|source| SyncError::Git {
+        repo: id.clone(),
+        source,
+    })?;
+    let store_err = |source| SyncError::Store {
+        repo: id.clone(),
+        source,
+    };
+    store
+        .ensure_repo(&repo.id, &repo.provider, &repo.path, &repo.url)
+        .map_err(store_err)?;
+    store.reset_catalog(&repo.id).map_err(store_err)?;
+    let Some((branch, head)) = git::mirror_head(&mirror) else {
+        return Ok(PollOutcome::Empty);
+    };
+    catch_up(
+        config,
+        repo,
+        store,
+        &mirror,
+        &branch,
+        head,
+        &crate::store::RepoState::default(),
+        cancel,
+    )
+}
+
+/// A model as stored in the mirror: at `commit` (a commit id or prefix; the newest processed version when
+/// `None`) and `path`. Returns the model (or why it is not one), the commit and the blob id.
+pub fn model_at(
+    config: &Config,
+    repo: &RepoConfig,
+    commit: &str,
+    path: &str,
+) -> Result<(Parsed, String, String), String> {
+    let mirror_path = config.mirror_path(repo);
+    let mirror = git::open_mirror(&mirror_path).map_err(|e| format!("{}: {e}", repo.id))?;
+    let (commit, blob) = git::blob_at(&mirror, commit, path)
+        .map_err(|e| format!("{}: {e}", repo.id))?
+        .ok_or_else(|| format!("{}: there is no file {path} at commit {commit}", repo.id))?;
+    let bytes = git::read_blob(&mirror, blob).map_err(|e| format!("{}: {e}", repo.id))?;
+    Ok((
+        model::parse_with(&config.filter.formats, path, &bytes),
+        commit.to_string(),
+        blob.to_string(),
+    ))
 }
 
 /// How to get from what the database holds to the new head.
@@ -521,7 +612,7 @@ fn apply_change(
         return Ok(());
     }
     let bytes = git::read_blob(mirror, blob)?;
-    match model::parse_hackolade(&bytes) {
+    match model::parse_with(&config.filter.formats, path, &bytes) {
         Parsed::Model(m) => w.put(path, from, &blob_str, size, &Content::Model(&m))?,
         Parsed::Invalid(e) => {
             tracing::warn!(repo = %repo_id, "{path} at commit {commit}: {e}");

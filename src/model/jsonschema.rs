@@ -1,14 +1,712 @@
-//! JSON Schema files as models (placeholder, being written).
+//! JSON Schema files (`*.schema.json`, or any JSON object with a `$schema` key) → [`Model`].
+//!
+//! Recognition:
+//!
+//! - A file is a JSON Schema when its path ends with `.schema.json` (ASCII case-insensitive) and it
+//!   holds a JSON object, or when it parses to an object whose `$schema` is a string and that
+//!   either names a `json-schema.org` meta-schema or has at least one schema keyword at the top
+//!   (`type` with JSON Schema type names, `properties`, `$defs`, `definitions`, `items`, `oneOf`,
+//!   `$ref`, `required`, …). The second condition keeps configuration files that point `$schema`
+//!   at the schema they follow (`package.json`, `tsconfig.json`, `renovate.json`, … with
+//!   `https://json.schemastore.org/...`) out of the catalog; their `"type": "module"` is not a
+//!   JSON Schema type.
+//! - A file *claims* to be a JSON Schema when its path ends with `.schema.json`, or when it starts
+//!   with `{` and, within its first 512 bytes, has a `"$schema"` key whose string value mentions
+//!   `json-schema.org`. Broken JSON that claims gives [`Parsed::Invalid`] with `serde_json`'s line
+//!   and column; broken JSON that does not claim (JSONC config files, …) is [`Parsed::NotModel`].
+//!   A `*.schema.json` file holding valid JSON that is not an object is [`Parsed::Invalid`] too.
+//! - Bytes without `"$schema"` anywhere are rejected without parsing unless the name claims them.
+//!
+//! Mapping (the Hackolade conventions of `hackolade.rs` apply: pre-order flattening, paths joined
+//! with `.`, `depth`, `parent` index; empty strings count as absent):
+//!
+//! - Model: `name` = `title`, else the file name without `.schema.json` / `.json`; `description`;
+//!   `guid` = `$id` (draft-04's `id` as a fallback); `db_vendor` = `"JSON Schema"`; `app_target` =
+//!   the draft named by `$schema` (`draft-04`, `draft-07`, `2019-09`, `2020-12`, …) when the URI
+//!   has a `draft-NN` segment or a `draft/YYYY-MM` pair, else `None`. No containers,
+//!   relationships, views or `Model::definitions`.
+//! - Entities: first the root schema, when it has a `properties` object, a `type` that includes
+//!   `object`, or composition alternatives that yield attributes (name = `title`, else the file
+//!   stem; `guid` = `$id`); then every entry of the top-level `definitions` and `$defs`, in the
+//!   order the keys appear (name = `code` = the key; `guid` = its `$id`), even when the entry is
+//!   not an object schema (it then has no attributes). Nested `$defs` are not entities.
+//! - Attributes of a schema, in document order:
+//!   - every entry of `properties` is an attribute named by its key;
+//!   - `allOf` / `anyOf` / `oneOf` alternatives and `then` / `else` are structure: their contents
+//!     are walked at the same depth, under the same parent, with no node of their own;
+//!   - below an attribute, its own `properties` (whatever its `type`), its compositions, and its
+//!     array items: `items` (an object schema, or draft-04…07 tuple lists) and `prefixItems` give
+//!     one nameless attribute each, named `[]`, whose properties follow (`lines`, `lines.[]`,
+//!     `lines.[].sku`). Item nodes are counted like Hackolade's array items, scalar items too
+//!     (`tags.[]` of type `string`). The entity level walks no `items`.
+//!   - `additionalProperties`, `patternProperties`, `not`, `if` and nested `$defs` are not walked.
+//! - An attribute's `data_type` is `"reference"` when it has a string `$ref` (with `mode` = the ref,
+//!   never resolved, so cycles cannot arise); else `type`, or a `type` list joined with `|`; else,
+//!   for a node with only `anyOf` / `oneOf`, the alternatives' names (their `type`, or
+//!   `reference`), deduplicated and joined with `|` (`discount: anyOf [$ref, null]` →
+//!   `reference|null` with `mode` = the ref), or the single `allOf` alternative's name. Otherwise
+//!   `None`. `mode` is the `$ref`, else the alternatives' refs joined with `|`, else `format`
+//!   (`date-time`, `uuid`, …).
+//! - `required`: the name is in the `required` array of the schema holding the `properties`, or
+//!   of the structure levels (compositions) between it and the enclosing attribute or entity.
+//!   Item nodes are never required. `primary_key` is always false. `description`; `guid` = the
+//!   node's `$id`; `code` is `None`.
+//! - Duplicate keys: the last value wins at the first key's position (as `serde_json` would keep
+//!   the last value). Key order is kept: the document is read into a small ordered tree here,
+//!   since `serde_json`'s map sorts its keys.
+//!
+//! The walk uses an explicit stack (no recursion); `serde_json`'s recursion limit (128) bounds the
+//! parsed tree, so deeply nested input cannot overflow the stack.
 
-use super::{Format, Parsed};
+use std::collections::HashMap;
+use std::fmt;
 
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+
+use super::{Attribute, Entity, Format, Model, ParseError, Parsed};
+
+/// The JSON Schema format (`*.schema.json`, or JSON with a `$schema`).
 pub struct JsonSchema;
 
 impl Format for JsonSchema {
     fn name(&self) -> &'static str {
         "jsonschema"
     }
-    fn parse(&self, _path: &str, _bytes: &[u8]) -> Parsed {
-        Parsed::NotModel
+    fn parse(&self, path: &str, bytes: &[u8]) -> Parsed {
+        parse(path, bytes)
+    }
+}
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+const SCHEMA_KEY: &[u8] = b"\"$schema\"";
+const NAME_SUFFIX: &str = ".schema.json";
+/// How far into the file a `"$schema"` key makes broken JSON claim to be a schema.
+const MARKER_WINDOW: usize = 512;
+const META_SCHEMA_HOST: &str = "json-schema.org";
+const JSON_TYPES: &[&str] = &[
+    "object", "array", "string", "number", "integer", "boolean", "null",
+];
+
+/// Parses the bytes of a file that may be a JSON Schema (see the module docs for the rules).
+#[must_use]
+pub fn parse(path: &str, bytes: &[u8]) -> Parsed {
+    let body = bytes.strip_prefix(BOM).unwrap_or(bytes);
+    let by_name = ends_with_ignore_case(path, NAME_SUFFIX);
+    let claims = by_name || claims_by_marker(body);
+    if !claims && !contains(body, SCHEMA_KEY) {
+        return Parsed::NotModel;
+    }
+    let node: Node = match serde_json::from_slice(body) {
+        Ok(node) => node,
+        Err(err) if claims => return Parsed::Invalid(json_error(&err)),
+        Err(_) => return Parsed::NotModel,
+    };
+    let Node::Object(root) = node else {
+        if by_name {
+            return Parsed::Invalid(ParseError {
+                message: "a JSON Schema file must hold a JSON object".to_string(),
+                line: None,
+                column: None,
+            });
+        }
+        return Parsed::NotModel;
+    };
+    if !by_name && !is_schema_root(&root) {
+        return Parsed::NotModel;
+    }
+    Parsed::Model(build_model(path, &root))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recognition helpers.
+
+fn ends_with_ignore_case(text: &str, suffix: &str) -> bool {
+    let (text, suffix) = (text.as_bytes(), suffix.as_bytes());
+    text.len() >= suffix.len()
+        && text
+            .get(text.len() - suffix.len()..)
+            .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
+}
+
+fn is_json_whitespace(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+fn skip_whitespace(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|&b| !is_json_whitespace(b))
+        .unwrap_or(bytes.len());
+    bytes.get(start..).unwrap_or_default()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    find(haystack, needle).is_some()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Starts with `{` and has `"$schema": "…json-schema.org…"` within the first [`MARKER_WINDOW`]
+/// bytes (BOM already stripped).
+fn claims_by_marker(body: &[u8]) -> bool {
+    if !skip_whitespace(body).starts_with(b"{") {
+        return false;
+    }
+    let window = body.get(..MARKER_WINDOW.min(body.len())).unwrap_or_default();
+    let Some(at) = find(window, SCHEMA_KEY) else {
+        return false;
+    };
+    let rest = body.get(at + SCHEMA_KEY.len()..).unwrap_or_default();
+    let Some(rest) = skip_whitespace(rest).strip_prefix(b":") else {
+        return false;
+    };
+    let Some(value) = skip_whitespace(rest).strip_prefix(b"\"") else {
+        return false;
+    };
+    let end = value
+        .iter()
+        .take(256)
+        .position(|&b| b == b'"')
+        .unwrap_or(0);
+    contains(
+        value.get(..end).unwrap_or_default(),
+        META_SCHEMA_HOST.as_bytes(),
+    )
+}
+
+/// A top-level object with a string `$schema` that names a json-schema.org meta-schema or sits
+/// beside at least one schema keyword.
+fn is_schema_root(root: &Obj) -> bool {
+    let Some(uri) = root.str("$schema") else {
+        return false;
+    };
+    if uri.contains(META_SCHEMA_HOST) {
+        return true;
+    }
+    root.entries.iter().any(|(key, value)| match key.as_str() {
+        "properties" | "patternProperties" | "$defs" | "definitions" => {
+            matches!(value, Node::Object(_))
+        }
+        "additionalProperties" | "items" => matches!(value, Node::Object(_) | Node::Bool),
+        "prefixItems" | "oneOf" | "anyOf" | "allOf" | "enum" => matches!(value, Node::Array(_)),
+        "$ref" => matches!(value, Node::String(_)),
+        "required" => match value {
+            Node::Array(items) => items.iter().all(|i| matches!(i, Node::String(_))),
+            _ => false,
+        },
+        "type" => !type_names(value).is_empty(),
+        _ => false,
+    })
+}
+
+/// JSON Schema type names in a `type` value (a string or a list of strings).
+fn type_names(value: &Node) -> Vec<&str> {
+    let known = |s: &&str| JSON_TYPES.contains(s);
+    match value {
+        Node::String(s) => [s.as_str()].into_iter().filter(known).collect(),
+        Node::Array(items) => items
+            .iter()
+            .filter_map(Node::as_str)
+            .filter(known)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn json_error(err: &serde_json::Error) -> ParseError {
+    let full = err.to_string();
+    let (line, column) = if err.line() == 0 {
+        (None, None)
+    } else {
+        (Some(err.line()), Some(err.column()))
+    };
+    let suffix = format!(" at line {} column {}", err.line(), err.column());
+    let message = match full.strip_suffix(&suffix) {
+        Some(stripped) => stripped.to_string(),
+        None => full,
+    };
+    ParseError {
+        message: format!("invalid JSON: {message}"),
+        line,
+        column,
+    }
+}
+
+/// The last path segment without `.schema.json` or `.json` (ASCII case-insensitive).
+fn file_stem(path: &str) -> &str {
+    let name = path.rsplit(['/', '\\']).next().unwrap_or(path);
+    for suffix in [NAME_SUFFIX, ".json"] {
+        if ends_with_ignore_case(name, suffix)
+            && let Some(stem) = name.get(..name.len() - suffix.len())
+            && !stem.is_empty()
+        {
+            return stem;
+        }
+    }
+    name
+}
+
+/// `draft-07` from `http://json-schema.org/draft-07/schema#`, `2020-12` from
+/// `https://json-schema.org/draft/2020-12/schema`.
+fn draft_name(uri: &str) -> Option<String> {
+    let segments: Vec<&str> = uri.split(['/', '#', '?']).collect();
+    for (i, segment) in segments.iter().enumerate() {
+        if let Some(number) = segment.strip_prefix("draft-")
+            && !number.is_empty()
+            && number.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Some((*segment).to_string());
+        }
+        if *segment == "draft"
+            && let Some(next) = segments.get(i + 1)
+            && is_year_month(next)
+        {
+            return Some((*next).to_string());
+        }
+    }
+    None
+}
+
+fn is_year_month(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 7
+        && b.iter().enumerate().all(|(i, c)| {
+            if i == 4 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model.
+
+fn build_model(path: &str, root: &Obj) -> Model {
+    let stem = file_stem(path);
+    let name = root.text("title").unwrap_or(stem).to_string();
+    let root_id = root.text("$id").or_else(|| root.text("id"));
+
+    let mut entities = Vec::new();
+    let root_attributes = flatten(root, false);
+    let object_type = root.get("type").is_some_and(|t| type_names(t).contains(&"object"));
+    let has_properties = matches!(root.get("properties"), Some(Node::Object(_)));
+    let root_entity = (has_properties || object_type || !root_attributes.is_empty()).then(|| {
+        Entity {
+            guid: root_id.map(str::to_string),
+            name: name.clone(),
+            code: None,
+            container: None,
+            description: root.owned("description"),
+            derived_from: None,
+            attributes: root_attributes,
+        }
+    });
+
+    entities.extend(root_entity);
+    for (key, value) in &root.entries {
+        if (key == "definitions" || key == "$defs")
+            && let Node::Object(defs) = value
+        {
+            for (def_name, def) in &defs.entries {
+                entities.push(definition_entity(def_name, def));
+            }
+        }
+    }
+
+    Model {
+        name,
+        guid: root_id.map(str::to_string),
+        db_vendor: Some("JSON Schema".to_string()),
+        app_target: root.str("$schema").and_then(draft_name),
+        db_version: None,
+        description: root.owned("description"),
+        containers: Vec::new(),
+        entities,
+        relationships: Vec::new(),
+        views: Vec::new(),
+        definitions: Vec::new(),
+    }
+}
+
+fn definition_entity(name: &str, def: &Node) -> Entity {
+    let obj = def.as_object();
+    Entity {
+        guid: obj.and_then(|o| o.owned("$id")),
+        name: name.to_string(),
+        code: (!name.is_empty()).then(|| name.to_string()),
+        container: None,
+        description: obj.and_then(|o| o.owned("description")),
+        derived_from: None,
+        attributes: obj.map(|o| flatten(o, false)).unwrap_or_default(),
+    }
+}
+
+/// One step of the walk.
+enum Task<'a> {
+    /// Emit an attribute for `node`, then walk below it.
+    Attribute {
+        name: &'a str,
+        node: &'a Node,
+        parent: Option<usize>,
+        depth: u32,
+        required: bool,
+    },
+    /// Walk a schema's contents (properties, compositions, items) without a node of its own.
+    Contents {
+        schema: &'a Obj,
+        parent: Option<usize>,
+        depth: u32,
+        /// `required` names from the structure levels above, up to the enclosing attribute.
+        required: Vec<&'a str>,
+        items: bool,
+    },
+}
+
+const ITEM_NAME: &str = "[]";
+
+/// Pre-order flattening of the attributes below `schema` (the schema itself is not counted).
+/// `items`: also walk the schema's array items (attribute level) or not (entity level).
+fn flatten(schema: &Obj, items: bool) -> Vec<Attribute> {
+    let mut out: Vec<Attribute> = Vec::new();
+    let mut stack: Vec<Task<'_>> = vec![Task::Contents {
+        schema,
+        parent: None,
+        depth: 0,
+        required: Vec::new(),
+        items,
+    }];
+    let mut children: Vec<Task<'_>> = Vec::new();
+
+    while let Some(task) = stack.pop() {
+        match task {
+            Task::Contents {
+                schema,
+                parent,
+                depth,
+                required,
+                items,
+            } => {
+                push_contents(&mut children, schema, parent, depth, required, items);
+            }
+            Task::Attribute {
+                name,
+                node,
+                parent,
+                depth,
+                required,
+            } => {
+                let path = match parent.and_then(|p| out.get(p)) {
+                    Some(p) => format!("{}.{}", p.path, name),
+                    None => name.to_string(),
+                };
+                let obj = node.as_object();
+                let (data_type, mode) = obj.map(data_type_and_mode).unwrap_or_default();
+                let index = out.len();
+                out.push(Attribute {
+                    guid: obj.and_then(|o| o.owned("$id")),
+                    path,
+                    name: name.to_string(),
+                    code: None,
+                    data_type,
+                    mode,
+                    required,
+                    primary_key: false,
+                    description: obj.and_then(|o| o.owned("description")),
+                    depth,
+                    parent,
+                });
+                if let Some(obj) = obj {
+                    push_contents(
+                        &mut children,
+                        obj,
+                        Some(index),
+                        depth.saturating_add(1),
+                        Vec::new(),
+                        true,
+                    );
+                }
+            }
+        }
+        // Children in document order: push them reversed so the first is popped first.
+        stack.extend(children.drain(..).rev());
+    }
+    out
+}
+
+/// The tasks for one schema's contents, in document order.
+fn push_contents<'a>(
+    out: &mut Vec<Task<'a>>,
+    schema: &'a Obj,
+    parent: Option<usize>,
+    depth: u32,
+    mut required: Vec<&'a str>,
+    items: bool,
+) {
+    if let Some(Node::Array(names)) = schema.get("required") {
+        required.extend(names.iter().filter_map(Node::as_str));
+    }
+    for (key, value) in &schema.entries {
+        match (key.as_str(), value) {
+            ("properties", Node::Object(props)) => {
+                for (name, node) in &props.entries {
+                    out.push(Task::Attribute {
+                        name,
+                        node,
+                        parent,
+                        depth,
+                        required: required.contains(&name.as_str()),
+                    });
+                }
+            }
+            ("allOf" | "anyOf" | "oneOf", Node::Array(alternatives)) => {
+                for alternative in alternatives.iter().filter_map(Node::as_object) {
+                    out.push(Task::Contents {
+                        schema: alternative,
+                        parent,
+                        depth,
+                        required: required.clone(),
+                        items,
+                    });
+                }
+            }
+            ("then" | "else", Node::Object(branch)) => out.push(Task::Contents {
+                schema: branch,
+                parent,
+                depth,
+                required: required.clone(),
+                items,
+            }),
+            ("items" | "prefixItems", _) if items => {
+                let list: &[Node] = match value {
+                    Node::Array(list) => list,
+                    single @ Node::Object(_) => std::slice::from_ref(single),
+                    _ => &[],
+                };
+                for item in list.iter().filter(|i| matches!(i, Node::Object(_))) {
+                    out.push(Task::Attribute {
+                        name: ITEM_NAME,
+                        node: item,
+                        parent,
+                        depth,
+                        required: false,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A schema's own type name: `reference` for a `$ref`, else its `type` (list joined with `|`).
+fn own_type(schema: &Obj) -> Option<String> {
+    if schema.text("$ref").is_some() {
+        return Some("reference".to_string());
+    }
+    match schema.get("type") {
+        Some(Node::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Node::Array(types)) => {
+            let names: Vec<&str> = types
+                .iter()
+                .filter_map(Node::as_str)
+                .filter(|s| !s.is_empty())
+                .collect();
+            (!names.is_empty()).then(|| names.join("|"))
+        }
+        _ => None,
+    }
+}
+
+fn data_type_and_mode(schema: &Obj) -> (Option<String>, Option<String>) {
+    if let Some(reference) = schema.text("$ref") {
+        return (Some("reference".to_string()), Some(reference.to_string()));
+    }
+    let format = schema.owned("format");
+    if let Some(ty) = own_type(schema) {
+        return (Some(ty), format);
+    }
+    let alternatives: Vec<&Obj> = match (schema.get("anyOf"), schema.get("oneOf"), schema.get("allOf")) {
+        (Some(Node::Array(list)), _, _) | (None, Some(Node::Array(list)), _) => {
+            list.iter().filter_map(Node::as_object).collect()
+        }
+        (None, None, Some(Node::Array(list))) if list.len() == 1 => {
+            list.iter().filter_map(Node::as_object).collect()
+        }
+        _ => Vec::new(),
+    };
+    let mut names: Vec<String> = Vec::new();
+    let mut refs: Vec<&str> = Vec::new();
+    for alternative in alternatives {
+        if let Some(name) = own_type(alternative)
+            && !names.contains(&name)
+        {
+            names.push(name);
+        }
+        if let Some(reference) = alternative.text("$ref")
+            && !refs.contains(&reference)
+        {
+            refs.push(reference);
+        }
+    }
+    let data_type = (!names.is_empty()).then(|| names.join("|"));
+    let mode = if refs.is_empty() {
+        format
+    } else {
+        Some(refs.join("|"))
+    };
+    (data_type, mode)
+}
+
+// ---------------------------------------------------------------------------------------------
+// An ordered JSON tree: `serde_json::Value` sorts object keys, and property order matters here.
+
+#[derive(Debug)]
+enum Node {
+    Null,
+    Bool,
+    Number,
+    String(String),
+    Array(Vec<Node>),
+    Object(Obj),
+}
+
+/// A JSON object's entries in document order (a repeated key keeps its first position and its
+/// last value).
+#[derive(Debug)]
+struct Obj {
+    entries: Vec<(String, Node)>,
+}
+
+impl Node {
+    fn as_object(&self) -> Option<&Obj> {
+        match self {
+            Node::Object(obj) => Some(obj),
+            _ => None,
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Node::String(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl Obj {
+    fn get(&self, key: &str) -> Option<&Node> {
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// A string value (possibly empty).
+    fn str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(Node::as_str)
+    }
+
+    /// A non-empty string value.
+    fn text(&self, key: &str) -> Option<&str> {
+        self.str(key).filter(|s| !s.is_empty())
+    }
+
+    fn owned(&self, key: &str) -> Option<String> {
+        self.text(key).map(str::to_string)
+    }
+}
+
+/// Objects this large switch from a linear scan to a map for duplicate keys.
+const INDEX_FROM: usize = 16;
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Node, E> {
+        Ok(Node::Bool)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Node, E> {
+        Ok(Node::Number)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Node, E> {
+        Ok(Node::Number)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Node, E> {
+        Ok(Node::Number)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Node, E> {
+        Ok(Node::String(v.to_string()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Node, E> {
+        Ok(Node::String(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Node, E> {
+        Ok(Node::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Node, E> {
+        Ok(Node::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Node, D::Error> {
+        Node::deserialize(deserializer)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(item) = seq.next_element::<Node>()? {
+            items.push(item);
+        }
+        Ok(Node::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let mut entries: Vec<(String, Node)> = Vec::new();
+        let mut index: Option<HashMap<String, usize>> = None;
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value::<Node>()?;
+            let existing = match &index {
+                Some(index) => index.get(&key).copied(),
+                None => entries.iter().position(|(k, _)| *k == key),
+            };
+            if let Some(slot) = existing.and_then(|i| entries.get_mut(i)) {
+                slot.1 = value;
+                continue;
+            }
+            if let Some(index) = &mut index {
+                index.insert(key.clone(), entries.len());
+            }
+            entries.push((key, value));
+            if index.is_none() && entries.len() >= INDEX_FROM {
+                index = Some(
+                    entries
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (k, _))| (k.clone(), i))
+                        .collect(),
+                );
+            }
+        }
+        Ok(Node::Object(Obj { entries }))
     }
 }

@@ -13,6 +13,7 @@
 use std::fmt;
 
 pub mod avro;
+pub mod diff;
 pub mod hackolade;
 pub mod jsonschema;
 
@@ -51,7 +52,7 @@ pub fn parse_with(formats: &[&'static dyn Format], path: &str, bytes: &[u8]) -> 
 pub const PARSER_VERSION: u32 = 1;
 
 /// A parsed data model, independent of the tool that wrote it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Model {
     pub name: String,
     pub guid: Option<String>,
@@ -83,14 +84,14 @@ impl Model {
 }
 
 /// A schema, keyspace, database or other grouping of entities.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Container {
     pub guid: Option<String>,
     pub name: String,
 }
 
 /// A table, collection, node label, record, … with its attributes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Entity {
     pub guid: Option<String>,
     /// Display name (`collectionName`); empty when the file gives none.
@@ -108,7 +109,7 @@ pub struct Entity {
 }
 
 /// One attribute (field, column, property) in a flattened tree.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Attribute {
     pub guid: Option<String>,
     /// Names from the entity down to this attribute joined with `.`.
@@ -129,7 +130,7 @@ pub struct Attribute {
 }
 
 /// A relationship between two entities.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Relationship {
     pub name: Option<String>,
     /// Entity name resolved from its GUID, or the GUID itself when it cannot be resolved.
@@ -142,7 +143,7 @@ pub struct Relationship {
 }
 
 /// A view defined on an entity.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct View {
     pub guid: Option<String>,
     pub name: String,

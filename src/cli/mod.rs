@@ -1,5 +1,7 @@
 //! The command line: argument definitions and what each command prints. `--json` output is one JSON array
-//! with documented keys; everything else is for people.
+//! (or object, for single things) with documented keys; everything else is for people.
+
+mod catalog;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -51,6 +53,52 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Full-text search over model, entity and attribute names, technical names, paths and descriptions.
+    Search {
+        /// Plain words (prefixes, all must match; case and accents ignored), or FTS5 query syntax.
+        query: String,
+        #[arg(long)]
+        repo: Option<String>,
+        /// model | entity | attribute
+        #[arg(long, value_parser = ["model", "entity", "attribute"])]
+        kind: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every version of one model, newest first, following renames.
+    History {
+        repo: String,
+        path: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What changed inside a model between two versions (default: the last two).
+    Changes {
+        repo: String,
+        path: String,
+        /// The older version's commit (id or prefix).
+        #[arg(long)]
+        from: Option<String>,
+        /// The newer version's commit (id or prefix).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One model in full: containers, entities with their attribute trees, relationships, views, definitions.
+    Show {
+        repo: String,
+        path: String,
+        /// A commit (id or prefix); the newest processed version by default.
+        #[arg(long)]
+        commit: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the catalog of every (or each named) repository from its local mirror, with no network.
+    Rebuild { repos: Vec<String> },
     /// Recent webhook deliveries and polls, newest first: what arrived, what it did, what the poll found.
     Events {
         /// Only this repository.
@@ -88,6 +136,8 @@ pub enum CliError {
     Git(#[from] crate::git::GitError),
     #[error(transparent)]
     Webhook(#[from] crate::webhook::WebhookError),
+    #[error("{0}")]
+    Catalog(String),
 }
 
 impl Cli {
@@ -113,6 +163,35 @@ impl Cli {
             Command::Status { json } => status(&config, json),
             Command::Models { repo, json } => models(&config, repo.as_deref(), json),
             Command::Events { repo, limit, json } => events(&config, repo.as_deref(), limit, json),
+            Command::Search {
+                query,
+                repo,
+                kind,
+                limit,
+                json,
+            } => catalog::search(
+                &config,
+                &query,
+                repo.as_deref(),
+                kind.as_deref(),
+                limit,
+                json,
+            ),
+            Command::History { repo, path, json } => catalog::history(&config, &repo, &path, json),
+            Command::Changes {
+                repo,
+                path,
+                from,
+                to,
+                json,
+            } => catalog::changes(&config, &repo, &path, from.as_deref(), to.as_deref(), json),
+            Command::Show {
+                repo,
+                path,
+                commit,
+                json,
+            } => catalog::show(&config, &repo, &path, commit.as_deref(), json),
+            Command::Rebuild { repos } => catalog::rebuild(config, &repos),
             Command::Check { .. } => Ok(ExitCode::SUCCESS),
         }
     }
