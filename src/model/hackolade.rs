@@ -53,15 +53,6 @@ type Object = Map<String, Value>;
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 const MODEL_NAME_KEY: &[u8] = b"\"modelName\"";
 
-/// Parses the bytes of a file that may be a Hackolade model.
-///
-/// - [`Parsed::NotModel`] for anything that neither claims to be a model (`{` + whitespace +
-///   `"modelName"` at the start) nor is structurally one (an object with a string `modelName` and
-///   an array `collections`). Bytes without `"modelName"` anywhere are rejected without parsing.
-/// - [`Parsed::Invalid`] when the bytes claim to be a model but are not valid JSON (with
-///   `serde_json`'s line and column) or lack the model structure.
-/// - [`Parsed::Model`] otherwise.
-#[must_use]
 /// The Hackolade format (`*.hck.json`, and older `*.json`).
 pub struct Hackolade;
 
@@ -74,6 +65,15 @@ impl super::Format for Hackolade {
     }
 }
 
+/// Parses the bytes of a file that may be a Hackolade model.
+///
+/// - [`Parsed::NotModel`] for anything that neither claims to be a model (`{` + whitespace +
+///   `"modelName"` at the start) nor is structurally one (an object with a string `modelName` and
+///   an array `collections`). Bytes without `"modelName"` anywhere are rejected without parsing.
+/// - [`Parsed::Invalid`] when the bytes claim to be a model but are not valid JSON (with
+///   `serde_json`'s line and column) or lack the model structure.
+/// - [`Parsed::Model`] otherwise.
+#[must_use]
 pub fn parse(bytes: &[u8]) -> Parsed {
     let body = bytes.strip_prefix(BOM).unwrap_or(bytes);
     let claims = claims_to_be_model(body);

@@ -157,7 +157,9 @@ fn claims_by_marker(body: &[u8]) -> bool {
     if !skip_whitespace(body).starts_with(b"{") {
         return false;
     }
-    let window = body.get(..MARKER_WINDOW.min(body.len())).unwrap_or_default();
+    let window = body
+        .get(..MARKER_WINDOW.min(body.len()))
+        .unwrap_or_default();
     let Some(at) = find(window, SCHEMA_KEY) else {
         return false;
     };
@@ -168,11 +170,7 @@ fn claims_by_marker(body: &[u8]) -> bool {
     let Some(value) = skip_whitespace(rest).strip_prefix(b"\"") else {
         return false;
     };
-    let end = value
-        .iter()
-        .take(256)
-        .position(|&b| b == b'"')
-        .unwrap_or(0);
+    let end = value.iter().take(256).position(|&b| b == b'"').unwrap_or(0);
     contains(
         value.get(..end).unwrap_or_default(),
         META_SCHEMA_HOST.as_bytes(),
@@ -294,10 +292,12 @@ fn build_model(path: &str, root: &Obj) -> Model {
 
     let mut entities = Vec::new();
     let root_attributes = flatten(root, false);
-    let object_type = root.get("type").is_some_and(|t| type_names(t).contains(&"object"));
+    let object_type = root
+        .get("type")
+        .is_some_and(|t| type_names(t).contains(&"object"));
     let has_properties = matches!(root.get("properties"), Some(Node::Object(_)));
-    let root_entity = (has_properties || object_type || !root_attributes.is_empty()).then(|| {
-        Entity {
+    let root_entity =
+        (has_properties || object_type || !root_attributes.is_empty()).then(|| Entity {
             guid: root_id.map(str::to_string),
             name: name.clone(),
             code: None,
@@ -305,8 +305,7 @@ fn build_model(path: &str, root: &Obj) -> Model {
             description: root.owned("description"),
             derived_from: None,
             attributes: root_attributes,
-        }
-    });
+        });
 
     entities.extend(root_entity);
     for (key, value) in &root.entries {
@@ -530,7 +529,11 @@ fn data_type_and_mode(schema: &Obj) -> (Option<String>, Option<String>) {
     if let Some(ty) = own_type(schema) {
         return (Some(ty), format);
     }
-    let alternatives: Vec<&Obj> = match (schema.get("anyOf"), schema.get("oneOf"), schema.get("allOf")) {
+    let alternatives: Vec<&Obj> = match (
+        schema.get("anyOf"),
+        schema.get("oneOf"),
+        schema.get("allOf"),
+    ) {
         (Some(Node::Array(list)), _, _) | (None, Some(Node::Array(list)), _) => {
             list.iter().filter_map(Node::as_object).collect()
         }
