@@ -982,6 +982,38 @@ impl Store {
             )
             .doing("reading the history")?;
         let mut out = Vec::new();
+        // A model renamed away from `path`: its history here starts with where it went.
+        let away: Option<VersionRow> = conn
+            .query_row(
+                "SELECT v.id, v.path, v.commit_id, v.blob, c.author_name, c.author_email, c.committed_at, c.message
+                 FROM model_versions v
+                 LEFT JOIN commits c ON c.repo_id = v.repo_id AND c.commit_id = v.commit_id
+                 WHERE v.repo_id = ?1 AND v.old_path = ?2 AND v.change = 'renamed'
+                   AND v.id > COALESCE((SELECT MAX(id) FROM model_versions WHERE repo_id = ?1 AND path = ?2), 0)
+                 ORDER BY v.id DESC LIMIT 1",
+                params![repo, path],
+                |r| {
+                    Ok(VersionRow {
+                        seq: r.get(0)?,
+                        path: path.to_string(),
+                        commit: r.get(2)?,
+                        change: format!("renamed to {}", r.get::<_, String>(1)?),
+                        old_path: None,
+                        blob: None,
+                        model: None,
+                        entities: None,
+                        attributes: None,
+                        error: None,
+                        author: r.get(4)?,
+                        author_email: r.get(5)?,
+                        time: r.get(6)?,
+                        message: r.get(7)?,
+                    })
+                },
+            )
+            .optional()
+            .doing("reading the history")?;
+        out.extend(away);
         let mut current = path.to_string();
         let mut before = i64::MAX;
         // Each rename sends the walk to the old path, before the rename.

@@ -449,3 +449,478 @@ fn flatten(fields: &[Value]) -> Vec<Attribute> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn parse_model(path: &str, bytes: &[u8]) -> Model {
+        match parse(path, bytes) {
+            Parsed::Model(m) => m,
+            other => panic!("expected a model, got {other:?}"),
+        }
+    }
+
+    fn check_tree_invariants(attrs: &[Attribute], context: &str) {
+        for (i, a) in attrs.iter().enumerate() {
+            match a.parent {
+                None => {
+                    assert_eq!(a.depth, 0, "{context}: {}", a.path);
+                    assert_eq!(a.path, a.name, "{context}");
+                }
+                Some(p) => {
+                    assert!(p < i, "{context}: parent after child");
+                    assert_eq!(a.depth, attrs[p].depth + 1, "{context}: {}", a.path);
+                    assert_eq!(a.path, format!("{}.{}", attrs[p].path, a.name), "{context}");
+                }
+            }
+        }
+    }
+
+    type Row<'a> = (&'a str, Option<&'a str>, Option<&'a str>, bool, u32);
+
+    fn summary(attrs: &[Attribute]) -> Vec<Row<'_>> {
+        attrs
+            .iter()
+            .map(|a| {
+                (
+                    a.path.as_str(),
+                    a.data_type.as_deref(),
+                    a.mode.as_deref(),
+                    a.required,
+                    a.depth,
+                )
+            })
+            .collect()
+    }
+
+    const CUSTOMER: &str = r#"{
+        "type": "record",
+        "name": "Customer",
+        "namespace": "com.example.crm",
+        "doc": "A customer of the shop",
+        "fields": [
+            {"name": "id", "type": "long", "doc": "Customer id"},
+            {"name": "email", "type": ["null", "string"], "default": null},
+            {"name": "created", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+            {"name": "address", "type": {
+                "type": "record", "name": "Address", "doc": "Postal address",
+                "fields": [
+                    {"name": "street", "type": "string"},
+                    {"name": "zip", "type": ["null", "string"]}
+                ]
+            }},
+            {"name": "status", "type": {"type": "enum", "name": "Status",
+                                        "symbols": ["ACTIVE", "CLOSED"]}},
+            {"name": "orders", "type": {"type": "array", "items": {
+                "type": "record", "name": "Order",
+                "fields": [
+                    {"name": "orderId", "type": "string"},
+                    {"name": "total", "type": {"type": "bytes", "logicalType": "decimal",
+                                               "precision": 10, "scale": 2}}
+                ]
+            }}},
+            {"name": "attributes", "type": {"type": "map", "values": "string"}},
+            {"name": "billing", "type": ["null", "Address"], "default": null},
+            {"name": "phones", "type": ["null", {"type": "array", "items": "string"}]},
+            {"name": "nickname", "type": "string", "default": null},
+            {"name": "fingerprint", "type": {"type": "fixed", "name": "MD5", "size": 16}}
+        ]
+    }"#;
+
+    #[test]
+    fn a_realistic_record_maps_to_one_entity() {
+        let model = parse_model("schemas/customer.avsc", CUSTOMER.as_bytes());
+        assert_eq!(model.name, "com.example.crm.Customer");
+        assert_eq!(model.db_vendor.as_deref(), Some("Avro"));
+        assert_eq!(model.description.as_deref(), Some("A customer of the shop"));
+        assert_eq!(
+            (model.guid.as_deref(), model.app_target.as_deref()),
+            (None, None)
+        );
+        assert_eq!(
+            model.containers,
+            [Container {
+                guid: None,
+                name: "com.example.crm".into()
+            }]
+        );
+        assert_eq!(model.entity_count(), 1);
+        let customer = &model.entities[0];
+        assert_eq!(customer.name, "Customer");
+        assert_eq!(customer.code.as_deref(), Some("com.example.crm.Customer"));
+        assert_eq!(customer.container.as_deref(), Some("com.example.crm"));
+        assert_eq!(
+            customer.description.as_deref(),
+            Some("A customer of the shop")
+        );
+        check_tree_invariants(&customer.attributes, "customer");
+        assert_eq!(
+            summary(&customer.attributes),
+            [
+                ("id", Some("long"), None, true, 0),
+                ("email", Some("null|string"), None, false, 0),
+                ("created", Some("long"), Some("timestamp-millis"), true, 0),
+                ("address", Some("record"), Some("Address"), true, 0),
+                ("address.street", Some("string"), None, true, 1),
+                ("address.zip", Some("null|string"), None, false, 1),
+                ("status", Some("enum"), Some("Status"), true, 0),
+                ("orders", Some("array"), None, true, 0),
+                ("orders.[]", Some("record"), Some("Order"), true, 1),
+                ("orders.[].orderId", Some("string"), None, true, 2),
+                ("orders.[].total", Some("bytes"), Some("decimal"), true, 2),
+                ("attributes", Some("map"), None, true, 0),
+                ("attributes.{}", Some("string"), None, true, 1),
+                ("billing", Some("null|Address"), None, false, 0),
+                ("phones", Some("null|array"), None, false, 0),
+                ("phones.[]", Some("string"), None, true, 1),
+                ("nickname", Some("string"), None, false, 0),
+                ("fingerprint", Some("fixed"), Some("MD5"), true, 0),
+            ]
+        );
+        assert_eq!(model.attribute_count(), 18);
+        assert_eq!(
+            customer.attributes[0].description.as_deref(),
+            Some("Customer id")
+        );
+        assert_eq!(customer.attributes[9].parent, Some(8));
+        assert_eq!(customer.attributes[15].parent, Some(14));
+        assert!(
+            customer
+                .attributes
+                .iter()
+                .all(|a| !a.primary_key && a.code.is_none())
+        );
+    }
+
+    #[test]
+    fn an_array_of_types_gives_one_entity_per_named_type() {
+        let json = r#"[
+            {"type": "enum", "name": "Suit", "namespace": "cards", "symbols": ["HEARTS"],
+             "doc": "A suit"},
+            {"type": "record", "name": "cards.Card", "fields": [
+                {"name": "suit", "type": "cards.Suit"},
+                {"name": "rank", "type": "int"}
+            ]},
+            {"type": "record", "name": "Hand", "namespace": "", "fields": [
+                {"name": "cards", "type": {"type": "array", "items": "cards.Card"}},
+                {"nameless": true, "type": "string"},
+                "not a field",
+                {"name": "odd", "type": {"type": {"type": "map", "values": {"type": "record",
+                    "name": "Inner", "fields": [{"name": "deep", "type": ["int", "null"]}]}}}}
+            ]},
+            "string",
+            {"type": "map", "values": "long"},
+            ["nested"],
+            42
+        ]"#;
+        let model = parse_model("cards.AVSC", json.as_bytes());
+        assert_eq!(model.name, "cards");
+        assert_eq!(model.description, None);
+        let entities: Vec<(&str, Option<&str>, Option<&str>, usize)> = model
+            .entities
+            .iter()
+            .map(|e| {
+                (
+                    e.name.as_str(),
+                    e.code.as_deref(),
+                    e.container.as_deref(),
+                    e.attributes.len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            entities,
+            [
+                ("Suit", Some("cards.Suit"), Some("cards"), 0),
+                ("Card", Some("cards.Card"), Some("cards"), 2),
+                ("Hand", Some("Hand"), None, 6),
+            ]
+        );
+        assert_eq!(model.entities[0].description.as_deref(), Some("A suit"));
+        let names: Vec<&str> = model.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["cards"]);
+        assert_eq!(
+            summary(&model.entities[1].attributes),
+            [
+                ("suit", Some("cards.Suit"), None, true, 0),
+                ("rank", Some("int"), None, true, 0),
+            ]
+        );
+        let hand = &model.entities[2];
+        check_tree_invariants(&hand.attributes, "hand");
+        assert_eq!(
+            summary(&hand.attributes),
+            [
+                ("cards", Some("array"), None, true, 0),
+                ("cards.[]", Some("cards.Card"), None, true, 1),
+                ("?", Some("string"), None, true, 0),
+                ("odd", Some("map"), None, true, 0),
+                ("odd.{}", Some("record"), Some("Inner"), true, 1),
+                ("odd.{}.deep", Some("int|null"), None, false, 2),
+            ]
+        );
+        assert_eq!(model.attribute_count(), 8);
+    }
+
+    #[test]
+    fn a_protocol_lists_its_types() {
+        let json = r#"{
+            "protocol": "Mail", "namespace": "org.example", "doc": "Mail service",
+            "types": [
+                {"type": "record", "name": "Message", "fields": [
+                    {"name": "to", "type": "string"}, {"name": "body", "type": "string"}
+                ]},
+                {"type": "error", "name": "Bounce", "namespace": "org.errors", "fields": [
+                    {"name": "reason", "type": ["null", "string"]}
+                ]},
+                {"type": "fixed", "name": "Hash", "size": 32}
+            ],
+            "messages": {"send": {"request": [{"name": "message", "type": "Message"}],
+                                  "response": "string"}}
+        }"#;
+        let model = parse_model("mail.avpr", json.as_bytes());
+        assert_eq!(model.name, "org.example.Mail");
+        assert_eq!(model.description.as_deref(), Some("Mail service"));
+        let entities: Vec<(&str, Option<&str>, usize)> = model
+            .entities
+            .iter()
+            .map(|e| (e.name.as_str(), e.code.as_deref(), e.attributes.len()))
+            .collect();
+        assert_eq!(
+            entities,
+            [
+                ("Message", Some("org.example.Message"), 2),
+                ("Bounce", Some("org.errors.Bounce"), 1),
+                ("Hash", Some("org.example.Hash"), 0),
+            ]
+        );
+        let names: Vec<&str> = model.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["org.example", "org.errors"]);
+
+        // A protocol without types, and a top-level enum on its own.
+        let model = parse_model("empty.avpr", br#"{"protocol": "Empty"}"#);
+        assert_eq!((model.name.as_str(), model.entity_count()), ("Empty", 0));
+        let model = parse_model(
+            "suit.avsc",
+            br#"{"type": "enum", "name": "Suit", "symbols": ["A"]}"#,
+        );
+        assert_eq!(model.name, "Suit");
+        assert_eq!(model.entity_count(), 1);
+        assert_eq!(model.attribute_count(), 0);
+    }
+
+    #[test]
+    fn invalid_avro_files_are_reported() {
+        let bytes = b"\xEF\xBB\xBF{\n  \"type\": \"record\",\n  \"fields\": [,]\n}";
+        let Parsed::Invalid(err) = parse("x/customer.avsc", bytes) else {
+            panic!("expected Invalid");
+        };
+        assert_eq!(err.line, Some(3));
+        assert!(err.column.is_some());
+        assert!(err.message.starts_with("invalid JSON: "), "{}", err.message);
+        assert!(!err.message.contains(" at line "), "{}", err.message);
+        assert!(err.to_string().starts_with("line 3, column "), "{err}");
+
+        let Parsed::Invalid(err) = parse("p.avpr", b"{\"protocol\": ") else {
+            panic!("expected Invalid");
+        };
+        assert_eq!(err.line, Some(1));
+
+        for input in [
+            r#""string""#,
+            r#"{"type": "map", "values": "long"}"#,
+            r#"{"type": "string"}"#,
+            r#"{"name": "pkg", "version": "1.0.0"}"#,
+            r#"{"modelName": "m", "collections": []}"#,
+            "null",
+            "17",
+        ] {
+            match parse("x.avsc", input.as_bytes()) {
+                Parsed::Invalid(err) => {
+                    assert_eq!(err.message, NOT_A_SCHEMA, "{input}");
+                    assert_eq!((err.line, err.column), (None, None));
+                }
+                other => panic!("{input}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn other_files_are_not_avro() {
+        let cases: [(&str, &[u8]); 7] = [
+            ("package.json", br#"{"name": "pkg", "version": "1.0.0"}"#),
+            ("customer.json", CUSTOMER.as_bytes()),
+            (
+                "model.hck.json",
+                br#"{"modelName": "m", "collections": []}"#,
+            ),
+            ("list.json", b"[1, 2, 3]"),
+            ("broken.json", b"{ not json"),
+            ("avsc", CUSTOMER.as_bytes()),
+            ("dir.avsc/readme.txt", CUSTOMER.as_bytes()),
+        ];
+        for (path, input) in cases {
+            assert_eq!(parse(path, input), Parsed::NotModel, "{path}");
+        }
+        // A directory named like a schema does not make its files schemas; the stem is the name.
+        assert_eq!(claimed_stem("a.avsc/b.avsc"), Some("b"));
+        assert_eq!(claimed_stem(".avsc"), Some(""));
+        let model = parse_model(".avsc", br#"[]"#);
+        assert_eq!(model.name, "");
+    }
+
+    #[test]
+    fn a_hackolade_fixture_is_not_avro() {
+        let dir = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/fixtures/models/books"
+        ));
+        let path = dir.join("MongoDB__Figure 026 - PDM nested for animal shelter.hck.json");
+        let bytes = std::fs::read(&path).expect("read fixture (../shared/fixtures is needed)");
+        let name = path.to_string_lossy();
+        assert_eq!(parse(&name, &bytes), Parsed::NotModel);
+        assert_eq!(
+            super::super::jsonschema::parse(&name, &bytes),
+            Parsed::NotModel
+        );
+        // Under an Avro name it claims to be Avro, and is not a record.
+        assert!(matches!(parse("renamed.avsc", &bytes), Parsed::Invalid(_)));
+    }
+
+    #[test]
+    fn deeply_nested_input_does_not_overflow() {
+        let depth = 10_000;
+        let mut arrays = "[".repeat(depth);
+        arrays.push_str(&"]".repeat(depth));
+        assert!(matches!(
+            parse("deep.avsc", arrays.as_bytes()),
+            Parsed::Invalid(_)
+        ));
+
+        // As deep as serde_json allows: records nested in fields all the way down.
+        let levels = 40;
+        let mut nested = String::from("\"int\"");
+        for i in (0..levels).rev() {
+            nested = format!(
+                r#"{{"type": "record", "name": "R{i}", "fields": [{{"name": "f{i}", "type": {nested}}}]}}"#
+            );
+        }
+        let model = parse_model("deep.avsc", nested.as_bytes());
+        let attrs = &model.entities[0].attributes;
+        assert_eq!(attrs.len(), levels);
+        check_tree_invariants(attrs, "deep");
+        assert_eq!(attrs.last().map(|a| a.depth), Some(39));
+        assert_eq!(
+            attrs.last().and_then(|a| a.data_type.as_deref()),
+            Some("int")
+        );
+
+        // Type wrappers and unions nested as deep as allowed.
+        let mut wrapped = String::from("\"long\"");
+        for i in 0..120 {
+            wrapped = if i % 2 == 0 {
+                format!(r#"{{"type": {wrapped}}}"#)
+            } else {
+                format!("[{wrapped}]")
+            };
+        }
+        let json = format!(
+            r#"{{"type": "record", "name": "W", "fields": [{{"name": "w", "type": {wrapped}}}]}}"#
+        );
+        let model = parse_model("w.avsc", json.as_bytes());
+        assert_eq!(model.attribute_count(), 1);
+    }
+
+    /// xorshift64*: deterministic randomness without a dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    #[test]
+    fn random_mutations_never_panic() {
+        let original = CUSTOMER.as_bytes();
+        let interesting: &[u8] = b"{}[]\",:0-e.tn\\ \n\xFF";
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut outcomes = [0usize; 3];
+        for _ in 0..3000 {
+            let mut bytes = original.to_vec();
+            for _ in 0..1 + rng.below(8) {
+                let at = rng.below(bytes.len());
+                match rng.below(4) {
+                    0 => bytes[at] = interesting[rng.below(interesting.len())],
+                    1 => bytes[at] = rng.next() as u8,
+                    2 => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes.truncate(at),
+                }
+                if bytes.is_empty() {
+                    break;
+                }
+            }
+            let slot = match parse("c.avsc", &bytes) {
+                Parsed::NotModel => 0,
+                Parsed::Model(m) => {
+                    for e in &m.entities {
+                        check_tree_invariants(&e.attributes, "mutation");
+                    }
+                    1
+                }
+                Parsed::Invalid(_) => 2,
+            };
+            outcomes[slot] += 1;
+        }
+        println!("mutations: not-model/model/invalid = {outcomes:?}");
+        assert_eq!(outcomes[0], 0);
+        assert!(outcomes[1] > 0 && outcomes[2] > 0);
+    }
+
+    #[test]
+    fn structural_mutations_never_panic() {
+        let keys = [
+            "\"type\": ",
+            "\"fields\": ",
+            "\"items\": ",
+            "\"values\": ",
+            "\"name\": ",
+            "\"namespace\": ",
+            "\"logicalType\": ",
+            "\"doc\": ",
+            "\"default\": ",
+        ];
+        let replacements = [
+            "null, \"x\": ",
+            "7, \"x\": ",
+            "\"s\", \"x\": ",
+            "[{}], \"x\": ",
+            "{\"type\": [[]]}, \"x\": ",
+            "false, \"x\": ",
+        ];
+        for key in keys {
+            for replacement in replacements {
+                for (at, _) in CUSTOMER.match_indices(key) {
+                    let at = at + key.len();
+                    let mutated = format!("{}{}{}", &CUSTOMER[..at], replacement, &CUSTOMER[at..]);
+                    if let Parsed::Model(m) = parse("c.avsc", mutated.as_bytes()) {
+                        for e in &m.entities {
+                            check_tree_invariants(&e.attributes, "structural");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

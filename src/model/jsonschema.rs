@@ -1,4 +1,4 @@
-//! JSON Schema files (`*.schema.json`, or any JSON object with a `$schema` key) → [`Model`].
+//! JSON Schema files (`*.schema.json`, or JSON objects with a meta-schema `$schema`) → [`Model`].
 //!
 //! Recognition:
 //!
@@ -711,5 +711,552 @@ impl<'de> Visitor<'de> for NodeVisitor {
             }
         }
         Ok(Node::Object(Obj { entries }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn parse_model(path: &str, bytes: &[u8]) -> Model {
+        match parse(path, bytes) {
+            Parsed::Model(m) => m,
+            other => panic!("expected a model, got {other:?}"),
+        }
+    }
+
+    fn check_tree_invariants(attrs: &[Attribute], context: &str) {
+        for (i, a) in attrs.iter().enumerate() {
+            match a.parent {
+                None => {
+                    assert_eq!(a.depth, 0, "{context}: {}", a.path);
+                    assert_eq!(a.path, a.name, "{context}");
+                }
+                Some(p) => {
+                    assert!(p < i, "{context}: parent after child");
+                    assert_eq!(a.depth, attrs[p].depth + 1, "{context}: {}", a.path);
+                    assert_eq!(a.path, format!("{}.{}", attrs[p].path, a.name), "{context}");
+                }
+            }
+        }
+    }
+
+    const ORDER: &str = r##"{
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://example.com/order.schema.json",
+        "title": "Order",
+        "description": "A customer order",
+        "type": "object",
+        "required": ["id", "customer", "lines"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid", "description": "Order id"},
+            "customer": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "address": {"$ref": "#/$defs/Address"}
+                }
+            },
+            "lines": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["sku"],
+                    "properties": {
+                        "sku": {"type": "string"},
+                        "quantity": {"type": "integer", "minimum": 1}
+                    }
+                }
+            },
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "note": {"type": ["string", "null"]},
+            "payment": {
+                "oneOf": [
+                    {"type": "object", "required": ["card"],
+                     "properties": {"card": {"type": "string"}}},
+                    {"type": "object", "properties": {"iban": {"type": "string"}}}
+                ]
+            },
+            "discount": {"anyOf": [{"$ref": "#/$defs/Money"}, {"type": "null"}]},
+            "flexible": true
+        },
+        "$defs": {
+            "Address": {
+                "type": "object",
+                "description": "A postal address",
+                "required": ["city"],
+                "properties": {
+                    "street": {"type": "string"},
+                    "city": {"type": "string"},
+                    "next": {"$ref": "#/$defs/Address"}
+                }
+            },
+            "Money": {
+                "type": "object",
+                "properties": {"amount": {"type": "number"}, "currency": {"type": "string"}}
+            },
+            "Status": {"type": "string", "enum": ["open", "closed"]}
+        }
+    }"##;
+
+    fn summary(attrs: &[Attribute]) -> Vec<(&str, Option<&str>, bool, u32)> {
+        attrs
+            .iter()
+            .map(|a| (a.path.as_str(), a.data_type.as_deref(), a.required, a.depth))
+            .collect()
+    }
+
+    #[test]
+    fn a_realistic_schema_maps_to_entities_and_attributes() {
+        let model = parse_model("schemas/order.schema.json", ORDER.as_bytes());
+        assert_eq!(model.name, "Order");
+        assert_eq!(model.description.as_deref(), Some("A customer order"));
+        assert_eq!(model.db_vendor.as_deref(), Some("JSON Schema"));
+        assert_eq!(model.app_target.as_deref(), Some("2020-12"));
+        assert_eq!(
+            model.guid.as_deref(),
+            Some("https://example.com/order.schema.json")
+        );
+        assert!(model.definitions.is_empty() && model.containers.is_empty());
+
+        let names: Vec<(&str, Option<&str>, usize)> = model
+            .entities
+            .iter()
+            .map(|e| (e.name.as_str(), e.code.as_deref(), e.attributes.len()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("Order", None, 16),
+                ("Address", Some("Address"), 3),
+                ("Money", Some("Money"), 2),
+                ("Status", Some("Status"), 0),
+            ]
+        );
+        assert_eq!(model.entity_count(), 4);
+        assert_eq!(model.attribute_count(), 21);
+
+        let order = &model.entities[0];
+        check_tree_invariants(&order.attributes, "order");
+        assert_eq!(
+            summary(&order.attributes),
+            [
+                ("id", Some("string"), true, 0),
+                ("customer", Some("object"), true, 0),
+                ("customer.name", Some("string"), true, 1),
+                ("customer.address", Some("reference"), false, 1),
+                ("lines", Some("array"), true, 0),
+                ("lines.[]", Some("object"), false, 1),
+                ("lines.[].sku", Some("string"), true, 2),
+                ("lines.[].quantity", Some("integer"), false, 2),
+                ("tags", Some("array"), false, 0),
+                ("tags.[]", Some("string"), false, 1),
+                ("note", Some("string|null"), false, 0),
+                ("payment", Some("object"), false, 0),
+                ("payment.card", Some("string"), true, 1),
+                ("payment.iban", Some("string"), false, 1),
+                ("discount", Some("reference|null"), false, 0),
+                ("flexible", None, false, 0),
+            ]
+        );
+        let by_path = |p: &str| {
+            order
+                .attributes
+                .iter()
+                .find(|a| a.path == p)
+                .expect("attribute")
+        };
+        assert_eq!(by_path("id").mode.as_deref(), Some("uuid"));
+        assert_eq!(by_path("id").description.as_deref(), Some("Order id"));
+        assert_eq!(
+            by_path("customer.address").mode.as_deref(),
+            Some("#/$defs/Address")
+        );
+        assert_eq!(by_path("customer.address").parent, Some(1));
+        assert_eq!(by_path("lines.[].sku").parent, Some(5));
+        assert_eq!(by_path("payment.iban").parent, Some(11));
+        assert_eq!(by_path("discount").mode.as_deref(), Some("#/$defs/Money"));
+        assert!(order.attributes.iter().all(|a| !a.primary_key));
+
+        let address = &model.entities[1];
+        assert_eq!(address.description.as_deref(), Some("A postal address"));
+        assert_eq!(
+            summary(&address.attributes),
+            [
+                ("street", Some("string"), false, 0),
+                ("city", Some("string"), true, 0),
+                ("next", Some("reference"), false, 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn draft_07_definitions_and_root_compositions() {
+        let json = r##"{
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "id": "urn:pets",
+            "required": ["kind"],
+            "allOf": [
+                {"properties": {"kind": {"type": "string"}}},
+                {"if": {"properties": {"kind": {"const": "dog"}}},
+                 "then": {"properties": {"bark": {"type": "boolean"}}, "required": ["bark"]},
+                 "else": {"properties": {"purr": {"type": "boolean"}}}}
+            ],
+            "definitions": {
+                "pet": {"type": "object", "properties": {
+                    "tags": {"type": "array", "items": [{"type": "string"}, {"type": "integer"}]},
+                    "owner": {"allOf": [{"$ref": "#/definitions/person"}]},
+                    "alias": {"anyOf": [{"type": "string"}, {"type": "string", "maxLength": 3}]}
+                }},
+                "person": {"properties": {"name": {"type": "string"}}},
+                "flag": true
+            }
+        }"##;
+        let model = parse_model("models/pets.json", json.as_bytes());
+        assert_eq!(model.name, "pets");
+        assert_eq!(model.app_target.as_deref(), Some("draft-07"));
+        assert_eq!(model.guid.as_deref(), Some("urn:pets"));
+        let names: Vec<&str> = model.entities.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["pets", "pet", "person", "flag"]);
+        assert_eq!(
+            summary(&model.entities[0].attributes),
+            [
+                ("kind", Some("string"), true, 0),
+                ("bark", Some("boolean"), true, 0),
+                ("purr", Some("boolean"), false, 0),
+            ]
+        );
+        let pet = &model.entities[1];
+        check_tree_invariants(&pet.attributes, "pet");
+        assert_eq!(
+            summary(&pet.attributes),
+            [
+                ("tags", Some("array"), false, 0),
+                ("tags.[]", Some("string"), false, 1),
+                ("tags.[]", Some("integer"), false, 1),
+                ("owner", Some("reference"), false, 0),
+                ("alias", Some("string"), false, 0),
+            ]
+        );
+        assert_eq!(
+            pet.attributes[3].mode.as_deref(),
+            Some("#/definitions/person")
+        );
+        assert!(model.entities[3].attributes.is_empty());
+    }
+
+    #[test]
+    fn recognition_by_name_and_by_meta_schema() {
+        // By name, without `$schema`.
+        let model = parse_model(
+            "a/b/Customer.Schema.JSON",
+            br#"{"type": "object", "properties": {"x": {}}}"#,
+        );
+        assert_eq!(model.name, "Customer");
+        assert_eq!(model.app_target, None);
+        assert_eq!(model.entities[0].name, "Customer");
+        assert_eq!(model.attribute_count(), 1);
+
+        // `$schema` with schema keywords but an unknown meta-schema URI.
+        let model = parse_model(
+            "api.json",
+            br#"{"$schema": "https://spec.openapis.org/oas/3.1/dialect/base", "type": "string"}"#,
+        );
+        assert_eq!(model.entity_count(), 0);
+        assert_eq!(model.app_target, None);
+
+        // A json-schema.org meta-schema alone is enough; no root entity without structure.
+        let model = parse_model(
+            "x.json",
+            br#"{"$schema": "http://json-schema.org/schema#", "$defs": {}}"#,
+        );
+        assert_eq!((model.entity_count(), model.app_target), (0, None));
+
+        for (uri, draft) in [
+            ("http://json-schema.org/draft-04/schema#", Some("draft-04")),
+            (
+                "http://json-schema.org/draft-06/hyper-schema",
+                Some("draft-06"),
+            ),
+            (
+                "https://json-schema.org/draft/2019-09/schema",
+                Some("2019-09"),
+            ),
+            ("https://json-schema.org/draft/20-12/schema", None),
+            ("draft-", None),
+            ("", None),
+        ] {
+            assert_eq!(draft_name(uri).as_deref(), draft, "{uri}");
+        }
+    }
+
+    #[test]
+    fn property_order_is_document_order_and_duplicates_keep_the_last_value() {
+        let mut props = String::new();
+        for i in (0..40).rev() {
+            props.push_str(&format!(r#""p{i}": {{"type": "string"}}, "#));
+        }
+        props.push_str(r#""p7": {"type": "integer"}"#);
+        let json = format!(
+            r#"{{"$schema": "http://json-schema.org/draft-07/schema#", "properties": {{{props}}}}}"#
+        );
+        let model = parse_model("order.json", json.as_bytes());
+        let attrs = &model.entities[0].attributes;
+        assert_eq!(attrs.len(), 40);
+        assert_eq!(attrs[0].path, "p39");
+        assert_eq!(attrs[39].path, "p0");
+        assert_eq!(attrs[32].path, "p7");
+        assert_eq!(attrs[32].data_type.as_deref(), Some("integer"));
+    }
+
+    #[test]
+    fn invalid_json_that_claims_to_be_a_schema_reports_the_position() {
+        let bytes = b"\xEF\xBB\xBF{\n  \"title\": \"x\",\n  \"properties\": {,}\n}";
+        let Parsed::Invalid(err) = parse("x/customer.schema.json", bytes) else {
+            panic!("expected Invalid");
+        };
+        assert_eq!(err.line, Some(3));
+        assert!(err.column.is_some());
+        assert!(err.message.starts_with("invalid JSON: "), "{}", err.message);
+        assert!(!err.message.contains(" at line "), "{}", err.message);
+
+        let marked = b"{\n  \"$schema\" : \"http://json-schema.org/draft-07/schema#\",\n  \"type\": object\n}";
+        let Parsed::Invalid(err) = parse("customer.json", marked) else {
+            panic!("expected Invalid");
+        };
+        assert_eq!(err.line, Some(3));
+        assert!(err.to_string().starts_with("line 3, column "), "{err}");
+
+        let Parsed::Invalid(err) = parse("list.schema.json", b"[1, 2]") else {
+            panic!("expected Invalid");
+        };
+        assert_eq!((err.line, err.column), (None, None));
+    }
+
+    #[test]
+    fn other_json_is_not_a_schema() {
+        let cases: [(&str, &[u8]); 12] = [
+            (
+                "package.json",
+                br#"{"$schema": "https://json.schemastore.org/package.json", "name": "pkg",
+                     "type": "module", "version": "1.0.0", "dependencies": {}}"#,
+            ),
+            (
+                "tsconfig.json",
+                b"{\n  \"$schema\": \"https://json.schemastore.org/tsconfig\",\n  // comment\n  \"compilerOptions\": {}\n}",
+            ),
+            (
+                "model.hck.json",
+                br#"{"modelName": "m", "collections": [{"collectionName": "c", "properties": []}]}"#,
+            ),
+            ("list.json", br#"[{"$schema": "http://json-schema.org/schema#"}]"#),
+            (
+                "nested.json",
+                br#"{"x": {"$schema": "http://json-schema.org/schema#", "type": "object"}}"#,
+            ),
+            ("plain.json", br#"{"type": "object", "properties": {}}"#),
+            ("broken.json", br#"{"name": "x", "$schema": oops"#),
+            ("number.json", br#"{"$schema": 7, "type": "object"}"#),
+            ("empty.json", b""),
+            ("garbage.json", b"\xFF\xFE garbage"),
+            ("x.avsc", br#"{"type": "record", "name": "R", "fields": []}"#),
+            ("schema.json", br#"[1, 2, 3]"#),
+        ];
+        for (path, input) in cases {
+            assert_eq!(
+                parse(path, input),
+                Parsed::NotModel,
+                "{path}: {}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    fn books() -> Vec<PathBuf> {
+        let dir = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/fixtures/models/books"
+        ));
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .expect("../shared/fixtures/models/books is missing: the tests need shared/")
+            .map(|e| e.expect("dir entry").path())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn hackolade_fixtures_are_not_schemas() {
+        let files = books();
+        assert!(files.len() > 100);
+        for path in &files {
+            let bytes = std::fs::read(path).expect("read fixture");
+            let name = path.to_string_lossy();
+            assert_eq!(parse(&name, &bytes), Parsed::NotModel, "{name}");
+            assert_eq!(
+                super::super::avro::parse(&name, &bytes),
+                Parsed::NotModel,
+                "{name}"
+            );
+        }
+        // The one with a nested `$schema` (a JSON Schema target inside the model).
+        let oracle = files
+            .iter()
+            .find(|p| p.to_string_lossy().contains("Oracle JSON Schema"))
+            .expect("fixture");
+        let bytes = std::fs::read(oracle).expect("read fixture");
+        assert!(contains(&bytes, SCHEMA_KEY));
+        assert_eq!(parse("Oracle JSON Schema.json", &bytes), Parsed::NotModel);
+    }
+
+    #[test]
+    fn deeply_nested_input_does_not_overflow() {
+        let depth = 10_000;
+        let mut arrays = "[".repeat(depth);
+        arrays.push_str(&"]".repeat(depth));
+        assert_eq!(parse("deep.json", arrays.as_bytes()), Parsed::NotModel);
+        let claimed = format!(r#"{{"$schema": "http://json-schema.org/schema#", "x": {arrays}}}"#);
+        assert!(matches!(
+            parse("deep.json", claimed.as_bytes()),
+            Parsed::Invalid(_)
+        ));
+        assert!(matches!(
+            parse("deep.schema.json", arrays.as_bytes()),
+            Parsed::Invalid(_)
+        ));
+
+        // As deep as serde_json allows: nested `properties` all the way down.
+        let levels = 60;
+        let mut nested = String::new();
+        for i in 0..levels {
+            nested.push_str(&format!(r#"{{"properties": {{"n{i}": "#));
+        }
+        nested.push_str("{}");
+        nested.push_str(&"}}".repeat(levels));
+        let json = format!(r#"{{"$schema": "http://json-schema.org/schema#", "x": {nested}}}"#);
+        let json = json.replacen(r#""x": {"properties""#, r#""properties""#, 1);
+        let json = json.replacen("}}}", "}}", 1);
+        let model = match parse("deep.json", json.as_bytes()) {
+            Parsed::Model(m) => m,
+            other => panic!("{other:?}"),
+        };
+        let attrs = &model.entities[0].attributes;
+        assert_eq!(attrs.len(), levels);
+        check_tree_invariants(attrs, "deep");
+        assert_eq!(attrs.last().map(|a| a.depth), Some(59));
+
+        // Compositions nested as deep as allowed: structure only, no recursion.
+        let mut all_of = String::from(r#"{"properties": {"leaf": {}}}"#);
+        for _ in 0..60 {
+            all_of = format!(r#"{{"allOf": [{all_of}]}}"#);
+        }
+        let json =
+            format!(r#"{{"$schema": "http://json-schema.org/schema#", "allOf": [{all_of}]}}"#);
+        let model = parse_model("deep.json", json.as_bytes());
+        assert_eq!(
+            summary(&model.entities[0].attributes),
+            [("leaf", None, false, 0)]
+        );
+    }
+
+    /// xorshift64*: deterministic randomness without a dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    #[test]
+    fn random_mutations_never_panic() {
+        let original = ORDER.as_bytes();
+        let interesting: &[u8] = b"{}[]\",:0-e.tn\\ \n\xFF$";
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut outcomes = [0usize; 3];
+        for round in 0..3000 {
+            let mut bytes = original.to_vec();
+            for _ in 0..1 + rng.below(8) {
+                let at = rng.below(bytes.len());
+                match rng.below(4) {
+                    0 => bytes[at] = interesting[rng.below(interesting.len())],
+                    1 => bytes[at] = rng.next() as u8,
+                    2 => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes.truncate(at),
+                }
+                if bytes.is_empty() {
+                    break;
+                }
+            }
+            let path = if round % 2 == 0 {
+                "o.schema.json"
+            } else {
+                "o.json"
+            };
+            let slot = match parse(path, &bytes) {
+                Parsed::NotModel => 0,
+                Parsed::Model(m) => {
+                    for e in &m.entities {
+                        check_tree_invariants(&e.attributes, "mutation");
+                    }
+                    1
+                }
+                Parsed::Invalid(_) => 2,
+            };
+            outcomes[slot] += 1;
+        }
+        println!("mutations: not-model/model/invalid = {outcomes:?}");
+        assert!(outcomes[1] > 0 && outcomes[2] > 0);
+    }
+
+    #[test]
+    fn structural_mutations_never_panic() {
+        // Replace values inside the tree with every JSON type, so the walk meets wrong types.
+        let keys = [
+            "\"properties\": ",
+            "\"type\": ",
+            "\"items\": ",
+            "\"required\": ",
+            "\"oneOf\": ",
+            "\"anyOf\": ",
+            "\"$ref\": ",
+            "\"$defs\": ",
+            "\"title\": ",
+            "\"$schema\": ",
+            "\"format\": ",
+        ];
+        let replacements = [
+            "null, \"x\": ",
+            "7, \"x\": ",
+            "\"s\", \"x\": ",
+            "[{}], \"x\": ",
+            "{\"a\": [true]}, \"x\": ",
+            "false, \"x\": ",
+        ];
+        for key in keys {
+            for replacement in replacements {
+                for (at, _) in ORDER.match_indices(key) {
+                    let at = at + key.len();
+                    let mutated = format!("{}{}{}", &ORDER[..at], replacement, &ORDER[at..]);
+                    if let Parsed::Model(m) = parse("o.json", mutated.as_bytes()) {
+                        for e in &m.entities {
+                            check_tree_invariants(&e.attributes, "structural");
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -11,6 +11,7 @@ mod proxy;
 #[path = "../common/tls.rs"]
 mod tls;
 
+mod catalog;
 mod cli;
 mod counting;
 mod edges;

@@ -1,0 +1,411 @@
+//! The catalog: search, history, changes, show and rebuild, on the real books history.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use crate::git_http::Auth;
+use crate::support::*;
+
+const ID: &str = "g/team/books";
+
+fn books() -> (Env, std::path::PathBuf) {
+    let env = Env::new(Auth::None);
+    let srv = env.repo_from_bundle("team/books.git", "books");
+    env.write_config(&format!(
+        "[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"team/books.git\"]\n",
+        env.server.url()
+    ));
+    env.run(&["sync"]).ok();
+    (env, srv)
+}
+
+#[test]
+fn search_finds_entities_and_attributes_as_people_type_them() {
+    let (env, _) = books();
+    let hits = env
+        .run(&["search", "pet name", "--json", "--limit", "200"])
+        .ok()
+        .json();
+    let hits = hits.as_array().unwrap();
+    assert!(!hits.is_empty());
+    for key in [
+        "repo",
+        "path",
+        "model",
+        "entity",
+        "attribute",
+        "kind",
+        "snippet",
+    ] {
+        assert!(hits[0].get(key).is_some(), "{key} missing: {}", hits[0]);
+    }
+    assert!(
+        hits.iter().any(|h| h["kind"] == "attribute"
+            && h["attribute"] == "Pet Name"
+            && h["entity"] == "Pet")
+    );
+    // Prefixes, case and accents.
+    let count = |q: &str, extra: &[&str]| {
+        let mut args = vec!["search", q, "--json", "--limit", "1000"];
+        args.extend_from_slice(extra);
+        env.run(&args).ok().json().as_array().unwrap().len()
+    };
+    let vacc = count("vaccin", &["--kind", "attribute"]);
+    assert!(vacc > 0);
+    assert_eq!(
+        count("VACCÎN", &["--kind", "attribute"]),
+        vacc,
+        "case and accents are ignored"
+    );
+    // Kinds.
+    let entities = env
+        .run(&["search", "vaccination", "--kind", "entity", "--json"])
+        .ok()
+        .json();
+    assert!(
+        entities
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["kind"] == "entity" && h["attribute"].is_null())
+    );
+    assert!(!entities.as_array().unwrap().is_empty());
+    let models = env
+        .run(&["search", "dimensional", "--kind", "model", "--json"])
+        .ok()
+        .json();
+    assert!(
+        models
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["path"].as_str().unwrap().contains("Dimensional"))
+    );
+    // Several words must all match; FTS syntax passes through; syntax errors are clear.
+    assert!(count("pet zzzznotaword", &[]) == 0);
+    assert!(count("\"Pet Name\" OR Vaccination", &[]) > 0);
+    let bad = env.run(&["search", "unbalanced \"quote"]);
+    assert_eq!(bad.code, 2);
+    assert!(
+        bad.stderr.contains("cannot understand the search") && bad.stderr.contains("plain words"),
+        "{}",
+        bad.stderr
+    );
+    let human = env
+        .run(&["search", "pet name", "--repo", ID, "--limit", "3"])
+        .ok()
+        .stdout;
+    assert!(
+        human.starts_with("KIND") && human.contains("[Pet] [Name]"),
+        "{human}"
+    );
+    assert_eq!(count("pet", &["--repo", "g/other"]), 0);
+}
+
+/// The index follows every transaction: at the end of a replayed history it holds exactly the catalog.
+#[test]
+fn the_search_index_is_kept_in_step_with_the_catalog() {
+    let env = Env::new(Auth::None);
+    let srv = env.repo_from_bundle("team/books.git", "books");
+    env.write_config(&format!(
+        "[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"team/books.git\"]\n",
+        env.server.url()
+    ));
+    let history = first_parent_history(&srv, "main");
+    for c in history
+        .iter()
+        .step_by(5)
+        .chain(std::iter::once(history.last().unwrap()))
+    {
+        git(&srv, &["update-ref", "refs/heads/main", c]);
+        env.run(&["sync"]).ok();
+        let db = env.db();
+        let q = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+        let indexed = q("SELECT COUNT(*) FROM search");
+        let catalog = q(
+            "SELECT (SELECT COUNT(*) FROM models WHERE status = 'ok') + (SELECT COUNT(*) FROM entities) + (SELECT COUNT(*) FROM attributes)",
+        );
+        assert_eq!(indexed, catalog, "at {c}");
+        assert_eq!(
+            q(
+                "SELECT COUNT(*) FROM search s LEFT JOIN models m ON m.id = s.model_id WHERE m.id IS NULL"
+            ),
+            0
+        );
+    }
+    // Force-push back: deleted models leave the index too.
+    git(&srv, &["update-ref", "refs/heads/main", &history[3]]);
+    env.run(&["sync"]).ok();
+    let db = env.db();
+    let n: i64 = db.query_row("SELECT COUNT(*) FROM search s LEFT JOIN models m ON m.id = s.model_id WHERE m.id IS NULL", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 0);
+}
+
+/// The history of a renamed model is continuous across the rename, and matches `git log --follow`.
+#[test]
+fn history_follows_renames() {
+    let (env, srv) = books();
+    // Added, renamed twice, modified twice.
+    let path = "MongoDB/Figures 060-106 - Schema Design Patterns section.hck.json";
+    let h = env.run(&["history", ID, path, "--json"]).ok().json();
+    let h = h.as_array().unwrap();
+    for key in ["commit", "author", "time", "message", "blob", "change"] {
+        assert!(h[0].get(key).is_some(), "{key}: {}", h[0]);
+    }
+    let changes: Vec<&str> = h.iter().map(|v| v["change"].as_str().unwrap()).collect();
+    assert_eq!(changes.last(), Some(&"added"), "{changes:?}");
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.starts_with("renamed from MongoDB/Schema Design Patterns.hck.json")),
+        "{changes:?}"
+    );
+    let ours: Vec<&str> = h.iter().map(|v| v["commit"].as_str().unwrap()).collect();
+    let git_log = git(
+        &srv,
+        &[
+            "log",
+            "--first-parent",
+            "--follow",
+            "--format=%H",
+            "main",
+            "--",
+            path,
+        ],
+    );
+    let theirs: Vec<&str> = git_log.lines().collect();
+    assert_eq!(
+        ours, theirs,
+        "versions are the commits git log --follow names"
+    );
+    for v in h {
+        let blob = v["blob"].as_str().unwrap();
+        let want = git(
+            &srv,
+            &[
+                "rev-parse",
+                &format!("{}:{}", v["commit"].as_str().unwrap(), v_path(v, path)),
+            ],
+        );
+        assert_eq!(blob, want.trim());
+    }
+    // The history of an old name says where the model went.
+    let old = env
+        .run(&[
+            "history",
+            ID,
+            "MongoDB/Schema Design Patterns.hck.json",
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(
+        old[0]["change"], "renamed to MongoDB/Figures - Schema Design Patterns section.hck.json",
+        "{old}"
+    );
+    let missing = env.run(&["history", ID, "no/such.json"]);
+    assert_eq!(missing.code, 2);
+    assert!(
+        missing.stderr.contains("no history for no/such.json"),
+        "{}",
+        missing.stderr
+    );
+}
+
+fn v_path<'a>(v: &'a Value, _current: &'a str) -> &'a str {
+    v["path"].as_str().unwrap()
+}
+
+/// An independent comparison of two real versions: entity GUIDs, and per entity its attribute GUIDs.
+/// `None` when some entity or attribute has no GUID (then names decide, which this comparison does not
+/// model) or an entity is derived (its attributes live elsewhere in the file).
+type Guids = std::collections::BTreeMap<String, BTreeSet<String>>;
+
+fn guid_sets(json: &Value) -> Option<Guids> {
+    fn walk(props: &Value, out: &mut BTreeSet<String>) -> Option<()> {
+        for p in props.as_array().into_iter().flatten() {
+            let structural = matches!(
+                p["type"].as_str(),
+                Some("choice" | "conditional" | "conditionalItem")
+            ) || p["subschema"] == Value::Bool(true);
+            if !structural {
+                out.insert(p["GUID"].as_str()?.to_string());
+            }
+            walk(&p["properties"], out)?;
+        }
+        Some(())
+    }
+    let mut entities = Guids::new();
+    for c in json["collections"].as_array().into_iter().flatten() {
+        if c["type"] == "reference" {
+            return None;
+        }
+        let mut attrs = BTreeSet::new();
+        walk(&c["properties"], &mut attrs)?;
+        entities.insert(c["GUID"].as_str()?.to_string(), attrs);
+    }
+    Some(entities)
+}
+
+#[test]
+fn changes_between_two_real_versions_match_an_independent_comparison() {
+    let (env, srv) = books();
+    // Find a model whose last two versions differ in attributes.
+    let models = env.run(&["models", "--json"]).ok().json();
+    let mut checked = 0;
+    for m in models.as_array().unwrap() {
+        let path = m["path"].as_str().unwrap();
+        let h = env.run(&["history", ID, path, "--json"]).ok().json();
+        let h: Vec<&Value> = h
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| !v["blob"].is_null())
+            .collect();
+        if h.len() < 2 {
+            continue;
+        }
+        let blob_json = |v: &Value| -> Value {
+            let text = git(&srv, &["cat-file", "blob", v["blob"].as_str().unwrap()]);
+            serde_json::from_str(&text).unwrap()
+        };
+        let (Some(old), Some(new)) = (guid_sets(&blob_json(h[1])), guid_sets(&blob_json(h[0])))
+        else {
+            continue;
+        };
+        if old == new {
+            continue;
+        }
+        // Attributes are compared within the entities both versions have (a removed entity takes its
+        // attributes with it).
+        let (mut added, mut removed) = (0, 0);
+        for (e, new_attrs) in &new {
+            if let Some(old_attrs) = old.get(e) {
+                added += new_attrs.difference(old_attrs).count();
+                removed += old_attrs.difference(new_attrs).count();
+            }
+        }
+        let d = env.run(&["changes", ID, path, "--json"]).ok().json();
+        assert_eq!(d["to"]["commit"], h[0]["commit"]);
+        assert_eq!(d["from"]["commit"], h[1]["commit"]);
+        let n = |k: &str| d[k].as_array().unwrap().len();
+        let keys = |m: &Guids| m.keys().cloned().collect::<BTreeSet<_>>();
+        assert_eq!(
+            n("entities_added"),
+            keys(&new).difference(&keys(&old)).count(),
+            "{path}: {d}"
+        );
+        assert_eq!(
+            n("entities_removed"),
+            keys(&old).difference(&keys(&new)).count(),
+            "{path}: {d}"
+        );
+        assert_eq!(n("attributes_added"), added, "{path}: {d}");
+        assert_eq!(n("attributes_removed"), removed, "{path}: {d}");
+        // The human form says the same.
+        let human = env.run(&["changes", ID, path]).ok().stdout;
+        assert_eq!(
+            human
+                .lines()
+                .filter(|l| l.starts_with("+ attribute"))
+                .count(),
+            n("attributes_added")
+        );
+        checked += 1;
+        if checked == 5 {
+            break;
+        }
+    }
+    assert!(checked >= 1, "no model with two differing versions found");
+}
+
+#[test]
+fn show_prints_one_model_in_full_at_any_version() {
+    let (env, srv) = books();
+    let path = "MongoDB/Figure 006 - Subtyping.hck.json";
+    let s = env.run(&["show", ID, path, "--json"]).ok().json();
+    assert_eq!(s["path"], path);
+    let model = &s["model"];
+    assert_eq!(model["entities"].as_array().unwrap().len(), 4);
+    let account = &model["entities"][0];
+    assert_eq!(account["name"], "Account");
+    assert!(
+        account["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == "accountNumber" && a["primary_key"] == true)
+    );
+    let human = env.run(&["show", ID, path]).ok().stdout;
+    assert!(
+        human.contains("entity Account (4 attributes)")
+            && human.contains("accountNumber: string (pk)"),
+        "{human}"
+    );
+    // An older version, by commit prefix.
+    let first = first_parent_history(&srv, "main");
+    let first_with_it = first
+        .iter()
+        .find(|c| git(&srv, &["ls-tree", "--name-only", c, "MongoDB/"]).contains("Subtyping"))
+        .unwrap();
+    let old = env
+        .run(&["show", ID, path, "--commit", &first_with_it[..10], "--json"])
+        .ok()
+        .json();
+    assert_eq!(old["commit"].as_str().unwrap(), first_with_it.as_str());
+    let bad = env.run(&["show", ID, "no/such.json"]);
+    assert_eq!(bad.code, 2);
+}
+
+/// The database is a derived replica: deleted, it is rebuilt from the mirrors with no network, identical.
+#[test]
+fn rebuild_restores_the_same_catalog() {
+    let (env, _) = books();
+    let dump = || {
+        let db = env.db();
+        let mut out = Vec::new();
+        for sql in [
+            "SELECT repo_id, path, blob, commit_id, status, name, guid, db_vendor, entity_count, attribute_count, relationship_count FROM models ORDER BY path",
+            "SELECT m.path, e.ordinal, e.name, e.code, e.container, e.attribute_count FROM entities e JOIN models m ON m.id = e.model_id ORDER BY 1, 2",
+            "SELECT m.path, a.entity_id IS NOT NULL, a.ordinal, a.path, a.type, a.required, a.primary_key FROM attributes a JOIN models m ON m.id = a.model_id ORDER BY 1, 3, 4",
+            "SELECT m.path, r.name, r.parent_entity, r.child_entity FROM relationships r JOIN models m ON m.id = r.model_id ORDER BY 1, 2, 3, 4",
+            "SELECT repo_id, path, commit_id, change, old_path, blob FROM model_versions ORDER BY id",
+            "SELECT repo_id, commit_id, author_name, message FROM commits ORDER BY 1, 2",
+            "SELECT COUNT(*) FROM search",
+        ] {
+            let mut stmt = db.prepare(sql).unwrap();
+            let n = stmt.column_count();
+            let rows: Vec<String> = stmt
+                .query_map([], |r| {
+                    Ok((0..n)
+                        .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                        .collect::<Vec<_>>()
+                        .join("|"))
+                })
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            out.push(rows);
+        }
+        out
+    };
+    let before = dump();
+    for f in ["modelmirror.db", "modelmirror.db-wal", "modelmirror.db-shm"] {
+        let _ = std::fs::remove_file(env.path().join("state").join(f));
+    }
+    env.server.clear_log();
+    let run = env.run(&["rebuild"]).ok();
+    assert!(
+        env.server.requests().is_empty(),
+        "rebuild used the network: {:#?}",
+        env.server.requests()
+    );
+    assert!(
+        run.stdout
+            .starts_with(&format!("{ID} rebuilt: 141 models from 42 commits")),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(before, dump());
+}
