@@ -720,6 +720,15 @@ pub fn tree_files(
         .collect())
 }
 
+/// The blob of a file at the root of a commit's tree (e.g. `.hubignore`), if it is there.
+pub fn root_blob(repo: &Repository, commit: Oid, name: &str) -> Result<Option<Oid>, GitError> {
+    let tree = tree_of(repo, commit)?;
+    Ok(tree
+        .get_name(name)
+        .filter(|e| e.kind() == Some(git2::ObjectType::Blob))
+        .map(|e| e.id()))
+}
+
 /// The mirror's default branch (short name) and its commit, if it has one.
 pub fn mirror_head(repo: &Repository) -> Option<(String, Oid)> {
     let head = repo.find_reference("HEAD").ok()?;

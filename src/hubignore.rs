@@ -36,9 +36,6 @@ struct Rule {
     dir_only: bool,
     /// No `/` (besides a trailing one): matched against the last component of a path, at any depth.
     basename: bool,
-    /// 1-based line in the `.hubignore`, for `Debug` output.
-    #[allow(dead_code, reason = "kept for Debug output and diagnostics")]
-    line: usize,
 }
 
 /// At most this many runs of `*` in one pattern: each may recurse once while matching.
@@ -53,6 +50,7 @@ impl HubIgnore {
     ///
     /// Skipped lines are those git keeps but that can never match anything: an unclosed `[`, an unknown
     /// `[:class:]`, a trailing unescaped `\`, a bare `!` or `/`; and patterns with more than 64 runs of `*`.
+    #[must_use]
     pub fn parse(text: &str) -> (HubIgnore, Vec<String>) {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut rules = Vec::new();
@@ -66,7 +64,7 @@ impl HubIgnore {
             // git holds each line as a C string: anything after a NUL is lost.
             let line = line.split('\0').next().unwrap_or_default();
             let line = trim_trailing_spaces(line);
-            match Rule::compile(line, index + 1) {
+            match Rule::compile(line) {
                 Ok(Some(rule)) => rules.push(rule),
                 Ok(None) => {}
                 Err(reason) => warnings.push(format!(
@@ -80,6 +78,7 @@ impl HubIgnore {
     }
 
     /// An empty rule set: nothing is ignored.
+    #[must_use]
     pub fn none() -> HubIgnore {
         HubIgnore::default()
     }
@@ -88,6 +87,7 @@ impl HubIgnore {
     ///
     /// A path ending in `/` is taken as a directory (so directory-only patterns apply to it too): the answer
     /// then tells whether everything below it is left out.
+    #[must_use]
     pub fn is_ignored(&self, path: &str) -> bool {
         if self.rules.is_empty() {
             return false;
@@ -114,6 +114,7 @@ impl HubIgnore {
     }
 
     /// Whether there are no rules at all.
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
@@ -130,7 +131,7 @@ impl HubIgnore {
 
 impl Rule {
     /// Compile one line (already trimmed); `Ok(None)` for a line that holds no pattern.
-    fn compile(line: &str, line_number: usize) -> Result<Option<Rule>, &'static str> {
+    fn compile(line: &str) -> Result<Option<Rule>, &'static str> {
         if line.is_empty() {
             return Ok(None);
         }
@@ -162,7 +163,6 @@ impl Rule {
             negated,
             dir_only,
             basename,
-            line: line_number,
         }))
     }
 
@@ -264,7 +264,7 @@ fn wildmatch(pattern: &str, text: &str) -> bool {
     dowild(pattern, text, &mut budget) == Wild::Match
 }
 
-/// A port of git's `dowild` (wildmatch.c) with WM_PATHNAME. `pattern` is where this call starts: as in git, a
+/// A port of git's `dowild` (`wildmatch.c`) with `WM_PATHNAME`. `pattern` is where this call starts: as in git, a
 /// `**` at its very start counts as following a `/`.
 fn dowild(pattern: &str, text: &str, budget: &mut u32) -> Wild {
     if *budget == 0 {

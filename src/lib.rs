@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod git;
+pub mod hubignore;
 pub mod model;
 pub mod provider;
 pub mod schedule;

@@ -18,6 +18,7 @@ use git2::{Oid, Repository};
 
 use crate::config::{Config, RepoConfig};
 use crate::git::{self, Change, GitError, RemoteHead, RemoteSpec};
+use crate::hubignore::HubIgnore;
 use crate::model::{self, Parsed};
 use crate::provider::GitAuth;
 use crate::store::{
@@ -511,16 +512,39 @@ fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepEr
         ..
     } = *ctx;
     let filter = &config.filter;
+    // `.hubignore` at the commit's root decides what is left out. A commit that changes it is applied as a
+    // full comparison, so newly ignored models leave the catalog and newly allowed ones come in.
+    let commit = step.commit();
+    let ignore_blob = git::root_blob(mirror, commit, HUBIGNORE)?;
+    let ignore = hubignore(mirror, ignore_blob, &repo.id);
+    let mut note = ctx.note;
+    let diff_parent = match *step {
+        StepKind::Diff { parent, .. } => {
+            let parent_blob = match parent {
+                Some(p) => git::root_blob(mirror, p, HUBIGNORE)?,
+                None => None,
+            };
+            if parent_blob == ignore_blob {
+                Some(parent)
+            } else {
+                note = note.or(Some("hubignore-changed"));
+                None
+            }
+        }
+        StepKind::Reconcile { .. } => None,
+    };
     // A diff step's changes are what differs from the catalog (which equals the parent's tree); a reconcile
     // step compares the tree with the catalog itself.
-    let (commit, changes) = match *step {
-        StepKind::Diff { parent, commit } => {
-            (commit, git::diff_commits(mirror, parent, commit, filter)?)
+    let changes = match diff_parent {
+        Some(parent) => {
+            let changes = git::diff_commits(mirror, parent, commit, filter)?;
+            without_ignored(changes, &ignore)
         }
-        StepKind::Reconcile { commit } => {
+        None => {
             let stored = store.model_blobs(&repo.id)?;
-            let tree = git::tree_files(mirror, commit, filter)?;
-            (commit, reconcile_changes(&stored, tree, ctx.reread))
+            let mut tree = git::tree_files(mirror, commit, filter)?;
+            tree.retain(|(p, _)| !ignore.is_ignored(p));
+            reconcile_changes(&stored, tree, ctx.reread)
         }
     };
     let info = git::commit_info(mirror, commit)?;
@@ -528,7 +552,7 @@ fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepEr
         repo_id: &repo.id,
         branch: ctx.branch,
         commit: &info,
-        note: ctx.note,
+        note,
         settings: ctx.settings,
         expect_commit: ctx.expect_commit,
     };
@@ -541,6 +565,53 @@ fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepEr
             Ok(())
         },
     )
+}
+
+/// The file at a repository's root that lists models and folders to leave out (gitignore syntax).
+pub const HUBIGNORE: &str = ".hubignore";
+
+/// The rules of a `.hubignore` blob (none when absent or unreadable).
+fn hubignore(mirror: &Repository, blob: Option<Oid>, repo_id: &str) -> HubIgnore {
+    let Some(blob) = blob else {
+        return HubIgnore::none();
+    };
+    match git::read_blob(mirror, blob) {
+        Ok(bytes) => {
+            let (rules, warnings) = HubIgnore::parse(&String::from_utf8_lossy(&bytes));
+            for w in warnings {
+                tracing::warn!(repo = %repo_id, "{w}");
+            }
+            rules
+        }
+        Err(e) => {
+            tracing::warn!(repo = %repo_id, "cannot read .hubignore ({e}); nothing is left out");
+            HubIgnore::none()
+        }
+    }
+}
+
+/// A diff's changes without the files `.hubignore` leaves out (the rules did not change in this commit, so
+/// the catalog holds none of them).
+fn without_ignored(changes: Vec<Change>, ignore: &HubIgnore) -> Vec<Change> {
+    if ignore.is_empty() {
+        return changes;
+    }
+    changes
+        .into_iter()
+        .filter_map(|c| match c {
+            Change::Added { ref path, .. }
+            | Change::Modified { ref path, .. }
+            | Change::Deleted { ref path } => (!ignore.is_ignored(path)).then_some(c),
+            Change::Renamed { from, to, blob } => {
+                match (ignore.is_ignored(&from), ignore.is_ignored(&to)) {
+                    (false, false) => Some(Change::Renamed { from, to, blob }),
+                    (false, true) => Some(Change::Deleted { path: from }),
+                    (true, false) => Some(Change::Added { path: to, blob }),
+                    (true, true) => None,
+                }
+            }
+        })
+        .collect()
 }
 
 /// The changes that turn the stored catalog into `tree`, with renames found by equal blob ids. With

@@ -409,3 +409,281 @@ fn rebuild_restores_the_same_catalog() {
     );
     assert_eq!(before, dump());
 }
+
+fn paths(env: &Env, repo: &str) -> Vec<String> {
+    let models = env.run(&["models", "--repo", repo, "--json"]).ok().json();
+    models
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `.hubignore` added, changed and removed mid-history: each processed commit applies the rules at its root.
+#[test]
+fn hubignore_added_changed_and_removed_mid_history() {
+    let env = Env::new(Auth::None);
+    let (_, work) = env.new_repo("t/h.git");
+    env.write_config(&format!(
+        "[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"t/h.git\"]\n",
+        env.server.url()
+    ));
+    let model = fixtures().join("models/books/MongoDB__Figure 006 - Subtyping.hck.json");
+    for p in [
+        "a/one.hck.json",
+        "a/two.hck.json",
+        "drafts/x.hck.json",
+        "b/three.hck.json",
+    ] {
+        std::fs::create_dir_all(work.join(p).parent().unwrap()).unwrap();
+        std::fs::copy(&model, work.join(p)).unwrap();
+    }
+    commit_all(&work, "four models");
+    std::fs::write(
+        work.join(".hubignore"),
+        "# drafts are not published\ndrafts/\na/two.hck.json\n",
+    )
+    .unwrap();
+    commit_all(&work, "add .hubignore");
+    // A later commit that only touches an ignored file: still left out.
+    std::fs::write(
+        work.join("drafts/y.hck.json"),
+        std::fs::read(&model).unwrap(),
+    )
+    .unwrap();
+    commit_all(&work, "another draft");
+    let run = env.run(&["sync"]).ok();
+    assert!(run.stdout.contains("updated"), "{}", run.stdout);
+    assert_eq!(paths(&env, "g/t/h"), ["a/one.hck.json", "b/three.hck.json"]);
+    // The history says when they left.
+    let h = env
+        .run(&["history", "g/t/h", "a/two.hck.json", "--json"])
+        .ok()
+        .json();
+    assert_eq!(h[0]["change"], "deleted", "{h}");
+    let note: String = env
+        .db()
+        .query_row(
+            "SELECT note FROM sync_steps WHERE note IS NOT NULL ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(note, "hubignore-changed");
+
+    // Changed rules: a negation brings one back, a new rule sends another away.
+    std::fs::write(
+        work.join(".hubignore"),
+        "drafts/*\n!drafts/y.hck.json\nb/\n",
+    )
+    .unwrap();
+    commit_all(&work, "change .hubignore");
+    env.run(&["sync"]).ok();
+    assert_eq!(
+        paths(&env, "g/t/h"),
+        ["a/one.hck.json", "a/two.hck.json", "drafts/y.hck.json"]
+    );
+
+    // Removed: everything comes back.
+    std::fs::remove_file(work.join(".hubignore")).unwrap();
+    commit_all(&work, "remove .hubignore");
+    env.run(&["sync"]).ok();
+    assert_eq!(
+        paths(&env, "g/t/h"),
+        [
+            "a/one.hck.json",
+            "a/two.hck.json",
+            "b/three.hck.json",
+            "drafts/x.hck.json",
+            "drafts/y.hck.json"
+        ]
+    );
+    // A fresh import of the same history (backfill) ends the same way.
+    let _ = std::fs::remove_dir_all(env.path().join("state"));
+    env.run(&["sync"]).ok();
+    assert_eq!(paths(&env, "g/t/h").len(), 5);
+}
+
+/// JSON Schema and Avro files, with `formats` enabling them: valid, invalid, and JSON that is not a schema.
+#[test]
+fn json_schema_and_avro_models() {
+    let env = Env::new(Auth::None);
+    let (_, work) = env.new_repo("t/s.git");
+    std::fs::create_dir_all(work.join("schemas")).unwrap();
+    std::fs::write(
+        work.join("schemas/customer.schema.json"),
+        r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "title": "Customer",
+  "type": "object",
+  "required": ["id"],
+  "properties": {
+    "id": {"type": "string", "description": "customer number"},
+    "address": {"type": "object", "properties": {"street": {"type": "string"}, "zip": {"type": "string"}}},
+    "orders": {"type": "array", "items": {"type": "object", "properties": {"sku": {"type": "string"}}}}
+  },
+  "$defs": {"Money": {"type": "object", "properties": {"amount": {"type": "number"}, "currency": {"type": "string"}}}}
+}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        work.join("schemas/payment.avsc"),
+        r#"{"type": "record", "name": "Payment", "namespace": "com.acme", "doc": "a payment",
+            "fields": [
+              {"name": "id", "type": "string"},
+              {"name": "note", "type": ["null", "string"], "default": null},
+              {"name": "payer", "type": {"type": "record", "name": "Payer", "fields": [{"name": "iban", "type": "string"}]}}
+            ]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        work.join("schemas/broken.avsc"),
+        "{\"type\": \"record\", \"name\": \n",
+    )
+    .unwrap();
+    std::fs::write(
+        work.join("schemas/broken.schema.json"),
+        "{\"$schema\": \"https://json-schema.org/draft/2020-12/schema\", ",
+    )
+    .unwrap();
+    std::fs::write(work.join("package.json"), r#"{"name": "x", "$schema": "https://json.schemastore.org/package.json", "type": "module"}"#).unwrap();
+    std::fs::copy(
+        fixtures().join("models/books/MongoDB__Figure 006 - Subtyping.hck.json"),
+        work.join("m.hck.json"),
+    )
+    .unwrap();
+    commit_all(&work, "schemas");
+    let config = |formats: &str| {
+        env.write_config(&format!(
+            "{formats}\n[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"t/s.git\"]\n",
+            env.server.url()
+        ));
+    };
+    // By default only Hackolade.
+    config("");
+    env.run(&["sync"]).ok();
+    assert_eq!(paths(&env, "g/t/s"), ["m.hck.json"]);
+    // All three: a settings change, so everything is read again.
+    config("formats = [\"hackolade\", \"jsonschema\", \"avro\"]");
+    env.run(&["sync"]).ok();
+    let models = env
+        .run(&["models", "--repo", "g/t/s", "--json"])
+        .ok()
+        .json();
+    let by = |p: &str| {
+        models
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["path"] == p)
+            .cloned()
+            .unwrap_or_else(|| panic!("{p}: {models}"))
+    };
+    let customer = by("schemas/customer.schema.json");
+    assert_eq!(customer["name"], "Customer");
+    assert_eq!(customer["target"], "JSON Schema");
+    assert_eq!(customer["entities"], 2, "the root and $defs/Money");
+    let payment = by("schemas/payment.avsc");
+    assert_eq!(payment["target"], "Avro");
+    assert_eq!(payment["entities"], 1);
+    assert_eq!(payment["attributes"], 4, "id, note, payer, payer.iban");
+    assert!(
+        by("schemas/broken.avsc")["error"]
+            .as_str()
+            .unwrap()
+            .contains("line"),
+        "{models}"
+    );
+    assert!(
+        by("schemas/broken.schema.json")["error"]
+            .as_str()
+            .unwrap()
+            .contains("line"),
+        "{models}"
+    );
+    assert!(
+        models
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["path"] != "package.json"),
+        "package.json is not a schema"
+    );
+    // Searchable like any model.
+    let hits = env.run(&["search", "iban", "--json"]).ok().json();
+    assert_eq!(hits[0]["attribute"], "payer.iban", "{hits}");
+    let hits = env.run(&["search", "currency", "--json"]).ok().json();
+    assert_eq!(hits[0]["entity"], "Money", "{hits}");
+    let bad = env.write_config("formats = [\"xml\"]\n");
+    let _ = bad;
+    let run = env.run(&["status"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("unknown format `xml`"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// The read-only views are a documented interface: their columns and the README's example queries work.
+#[test]
+fn views_for_users_own_sql() {
+    let (env, _) = books();
+    let db = env.db();
+    for (view, columns) in [
+        (
+            "v_models",
+            "repo, path, model, target, entities, attributes, \"commit\", blob, status, error",
+        ),
+        (
+            "v_entities",
+            "repo, path, model, entity, code, container, description, attributes",
+        ),
+        (
+            "v_attributes",
+            "repo, path, model, entity, attribute, name, type, required, primary_key, description",
+        ),
+        (
+            "v_relationships",
+            "repo, path, model, relationship, parent_entity, child_entity, parent_cardinality, child_cardinality",
+        ),
+        (
+            "v_history",
+            "repo, path, change, old_path, \"commit\", author, time, message, blob, model",
+        ),
+    ] {
+        let n: i64 = db
+            .query_row(
+                &format!("SELECT COUNT(*) FROM (SELECT {columns} FROM {view})"),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(n > 0, "{view} is empty");
+    }
+    let attrs: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM v_attributes WHERE repo = ?1",
+            [ID],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let total: i64 = db
+        .query_row(
+            "SELECT SUM(attributes) FROM v_models WHERE repo = ?1",
+            [ID],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(attrs, total);
+    // The README's example: where is a field called "Pet Name", and how is it typed?
+    let n: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM v_attributes WHERE name = 'Pet Name' AND entity = 'Pet'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(n > 0);
+}
