@@ -98,8 +98,17 @@ struct RawFile {
     backfill: Option<bool>,
     events_retention_days: Option<u32>,
     webhook: Option<RawWebhook>,
+    metrics: Option<RawMetrics>,
+    log_level: Option<String>,
+    log_format: Option<String>,
     #[serde(default)]
     providers: BTreeMap<String, RawProvider>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,6 +199,12 @@ pub struct Config {
     pub events_retention_days: u32,
     /// The optional webhook listener.
     pub webhook: Option<WebhookConfig>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`[metrics] listen`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `log_level` (`error` … `trace`, or a tracing filter); `RUST_LOG` wins over it.
+    pub log_level: Option<String>,
+    /// `log_format`: `text` (default) or `json`.
+    pub log_json: bool,
 }
 
 /// `[webhook]`: where to listen for webhook nudges.
@@ -719,6 +734,9 @@ fn validate(
     let mut formats = None;
     let mut events_retention_days = None;
     let mut webhook = None;
+    let mut metrics = None;
+    let mut log_level = None;
+    let mut log_format = None;
     let mut raw_providers: BTreeMap<String, (RawProvider, PathBuf)> = BTreeMap::new();
     let mut provider_order = Vec::new();
     for (file, raw) in files {
@@ -742,6 +760,9 @@ fn validate(
             &file,
         )?;
         merge_key("webhook", &mut webhook, raw.webhook, &file)?;
+        merge_key("metrics", &mut metrics, raw.metrics, &file)?;
+        merge_key("log_level", &mut log_level, raw.log_level, &file)?;
+        merge_key("log_format", &mut log_format, raw.log_format, &file)?;
         for (name, p) in raw.providers {
             if let Some((_, first)) = raw_providers.get(&name) {
                 return Err(ConfigError::DuplicateProvider {
@@ -832,6 +853,30 @@ fn validate(
         Some((n, _)) => n,
         None => DEFAULT_EVENTS_RETENTION_DAYS,
     };
+    let metrics_listen = match metrics {
+        None => None,
+        Some((m, f)) => Some(m.listen.parse().map_err(|_| {
+            invalid(
+                &f,
+                format!(
+                    "[metrics] listen = {:?}: write an address and port, e.g. \"127.0.0.1:9464\"",
+                    m.listen
+                ),
+            )
+        })?),
+    };
+    let log_json = match log_format {
+        None => false,
+        Some((f, _)) if f == "text" => false,
+        Some((f, _)) if f == "json" => true,
+        Some((f, file)) => {
+            return Err(invalid(
+                &file,
+                format!("log_format = {f:?}: use \"text\" or \"json\""),
+            ));
+        }
+    };
+    let log_level = log_level.map(|(l, _)| l);
     let webhook = match webhook {
         None => None,
         Some((w, f)) => {
@@ -1171,6 +1216,9 @@ fn validate(
         warnings,
         events_retention_days,
         webhook,
+        metrics_listen,
+        log_level,
+        log_json,
     })
 }
 

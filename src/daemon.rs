@@ -1,173 +1,390 @@
 //! The long-running service (`modelmirror run`) and the one-shot `sync`: scheduling, concurrency, back-off,
-//! signals.
+//! configuration reload, shutdown, and what the service tells systemd.
 //!
 //! Scheduling is one small loop per repository over a cron parser (see the README for why not
 //! tokio-cron-scheduler): each loop computes its next firing from the wall clock every time, so a busy process
 //! can delay a poll but never stop a schedule. The loop of a repository runs its polls one after another, so
 //! they cannot overlap; a semaphore bounds how many polls run at once across repositories. A failing
 //! repository backs off exponentially, capped at 8 × its schedule period, and never affects the others.
+//!
+//! The supervisor loop in [`run`] owns the set of repository loops and discovery loops. It is also what pings
+//! the systemd watchdog and keeps `STATUS=` current, on its own tick: a stuck supervisor is restarted by
+//! systemd, not just a dead process. A reload (SIGHUP, or a change to the configuration files) validates the
+//! new configuration first: a broken one is rejected and the running one stays.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, RepoConfig};
+use crate::metrics::Health;
 use crate::store::Store;
 use crate::sync::{self, PollOutcome, SyncError, Trigger};
-use crate::webhook::{self, Nudge, Targets, WebhookError};
-use std::sync::Mutex;
+use crate::systemd::Notifier;
+use crate::webhook::{self, ConfigHandle, Nudge, Targets, WebhookError};
 
 /// The longest start-time spread given to a repository: its offset is derived from its id, so the same
 /// repository always polls at the same second and hundreds of repositories do not hit a server at once.
 const MAX_JITTER: Duration = Duration::from_secs(60);
+/// How often the supervisor ticks (watchdog, status) when systemd asks for no faster pings.
+const TICK: Duration = Duration::from_secs(10);
+/// How long shutdown waits for polls in progress before leaving (the database keeps its last committed
+/// commit either way).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+
+/// What the daemon is told from outside.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Control {
+    /// Read the configuration again (why: SIGHUP, a file changed).
+    Reload(String),
+    Shutdown,
+}
+
+/// Errors that stop the service from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Webhook(#[from] WebhookError),
+    #[error("cannot listen for metrics on {addr}: {source} (change [metrics] listen)")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// What the daemon shares with every repository loop.
 struct Shared {
-    config: Arc<Config>,
+    /// The configuration in force; a reload swaps it, and every poll reads it afresh.
+    config: ConfigHandle,
     store: Arc<Store>,
     /// Bounds polls running at once (`concurrency`).
     permits: Semaphore,
+    /// How many permits `permits` was sized for, to resize it on reload.
+    permit_count: Mutex<usize>,
     /// Set on shutdown: transfers abort and multi-commit polls stop after the commit in progress.
     cancel: Arc<AtomicBool>,
     /// The repositories being mirrored and their nudge notifiers, for the webhook dispatcher.
     targets: Arc<Mutex<Targets>>,
 }
 
-/// A running repository loop.
-struct RepoTask {
-    stop: watch::Sender<bool>,
-    handle: tokio::task::JoinHandle<()>,
+impl Shared {
+    fn config(&self) -> Arc<Config> {
+        webhook::current(&self.config)
+    }
 }
 
-/// Run the daemon until `shutdown` completes: every repository on its schedule, one startup poll each, and a
-/// discovery loop per provider with discovery scopes. Returns once in-flight polls have committed or rolled
-/// back.
+/// A running loop (repository or discovery) and how to stop it.
+struct Task {
+    stop: watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+    /// For repository loops: the configuration it runs with (a change restarts it).
+    repo: Option<RepoConfig>,
+}
+
+/// Run the service until told to shut down: every repository on its schedule (one startup poll each), a
+/// discovery loop per provider with discovery scopes, the optional webhook and metrics listeners. Returns
+/// once polls in progress have committed or rolled back (or after a grace period).
 pub async fn run(
+    config_path: PathBuf,
     config: Config,
     store: Arc<Store>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), WebhookError> {
-    let config = Arc::new(config);
+    mut control: mpsc::Receiver<Control>,
+) -> Result<(), DaemonError> {
+    let notifier = Notifier::from_env();
+    let tick_every = notifier.watchdog_interval().map_or(TICK, |w| w.min(TICK));
+    let health = Health::new(tick_every * 3);
+    let handle: ConfigHandle = Arc::new(RwLock::new(Arc::new(config)));
+    let config = webhook::current(&handle);
     let shared = Arc::new(Shared {
         permits: Semaphore::new(config.concurrency),
-        config: config.clone(),
+        permit_count: Mutex::new(config.concurrency),
+        config: handle.clone(),
         store: store.clone(),
         cancel: Arc::new(AtomicBool::new(false)),
         targets: Arc::new(Mutex::new(Targets::default())),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
-    // The webhook listener binds first, so a bad address stops the start instead of failing later.
-    let listener = match &config.webhook {
+    // Listeners bind first, so a bad address stops the start instead of failing later.
+    let hooks_listener = match &config.webhook {
         Some(w) => Some(webhook::bind(w.listen).await?),
         None => None,
     };
-    let (found_tx, mut found_rx) = tokio::sync::mpsc::channel::<(usize, Vec<RepoConfig>)>(16);
-    // Discovered repositories known from earlier runs start at once: a REST API that is down does not stop
-    // mirroring.
-    let mut discovered: Vec<Vec<RepoConfig>> = vec![Vec::new(); config.providers.len()];
-    let mut discovery = JoinSet::new();
-    for (index, provider) in config.providers.iter().enumerate() {
-        if provider.discover.is_empty() {
-            continue;
-        }
-        match store.discovered_repos(&provider.name) {
-            Ok(known) => {
-                discovered[index] = known
-                    .iter()
-                    .map(|(path, url)| provider.repo(index, path, url))
-                    .collect()
-            }
-            Err(e) => {
-                tracing::error!(provider = %provider.name, "cannot read known repositories: {e}")
-            }
-        }
-        discovery.spawn(discovery_loop(
-            shared.clone(),
-            index,
-            found_tx.clone(),
-            stop_rx.clone(),
-        ));
-    }
-    drop(found_tx);
-    let mut tasks: HashMap<String, RepoTask> = HashMap::new();
-    reconcile(&shared, &mut tasks, &discovered, &stop_rx);
-    let hooks = listener.map(|l| {
-        tokio::spawn(webhook::serve(
+    let metrics_listener = match &config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Metrics {
+                    addr: *addr,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let mut listeners = JoinSet::new();
+    if let Some(l) = hooks_listener {
+        listeners.spawn(webhook::serve(
             l,
-            config.clone(),
+            handle.clone(),
             store.clone(),
             shared.targets.clone(),
             stop_rx.clone(),
-        ))
-    });
+        ));
+    }
+    if let Some(l) = metrics_listener {
+        listeners.spawn(crate::metrics::serve(
+            l,
+            store.clone(),
+            health.clone(),
+            stop_rx.clone(),
+        ));
+    }
+
+    let (found_tx, mut found_rx) = mpsc::channel::<(String, Vec<RepoConfig>)>(16);
+    let mut discovered: HashMap<String, Vec<RepoConfig>> = HashMap::new();
+    let mut discovery: HashMap<String, Task> = HashMap::new();
+    let mut repos: HashMap<String, Task> = HashMap::new();
+    start_discovery(&shared, &config, &mut discovered, &mut discovery, &found_tx);
+    reconcile(&shared, &config, &mut repos, &discovered);
     tracing::info!(
-        repos = tasks.len(),
+        repos = repos.len(),
         concurrency = config.concurrency,
-        database = %shared.store.path().display(),
+        database = %store.path().display(),
         "modelmirror running"
     );
-    tokio::pin!(shutdown);
+    notifier.ready(&status_line(&store));
+    let mut tick = tokio::time::interval(tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
-            Some((index, repos)) = found_rx.recv() => {
-                discovered[index] = repos;
-                reconcile(&shared, &mut tasks, &discovered, &stop_rx);
+            c = control.recv() => match c {
+                None | Some(Control::Shutdown) => break,
+                Some(Control::Reload(why)) => {
+                    notifier.reloading();
+                    match reload(&config_path, &shared) {
+                        Ok(new) => {
+                            tracing::info!("configuration reloaded ({why}): {} repositories configured", new.repos.len());
+                            if new.webhook.as_ref().map(|w| w.listen) != config_listen(&config) {
+                                tracing::warn!("[webhook] listen changed: restart the service to apply it");
+                            }
+                            for (_, t) in discovery.drain() {
+                                let _ = t.stop.send(true);
+                            }
+                            discovered.clear();
+                            start_discovery(&shared, &new, &mut discovered, &mut discovery, &found_tx);
+                            reconcile(&shared, &new, &mut repos, &discovered);
+                            record_reload(&store, None);
+                        }
+                        Err(message) => {
+                            tracing::error!("configuration reload ({why}) rejected, the running configuration stays: {message}");
+                            record_reload(&store, Some(&message));
+                        }
+                    }
+                    notifier.ready(&status_line(&store));
+                }
+            },
+            Some((provider, found)) = found_rx.recv() => {
+                discovered.insert(provider, found);
+                let current = shared.config();
+                reconcile(&shared, &current, &mut repos, &discovered);
+            }
+            _ = tick.tick() => {
+                health.tick();
+                notifier.watchdog();
+                notifier.status(&status_line(&store));
             }
         }
     }
+    notifier.stopping();
     tracing::info!(
         "shutting down: no new polls; waiting for polls in progress to commit or roll back"
     );
     shared.cancel.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
-    for (_, task) in tasks.drain() {
-        let _ = task.stop.send(true);
-        let _ = task.handle.await;
-    }
-    while discovery.join_next().await.is_some() {}
-    if let Some(h) = hooks {
-        let _ = h.await;
+    let all: Vec<Task> = repos.into_values().chain(discovery.into_values()).collect();
+    let wait_all = async {
+        for t in all {
+            let _ = t.stop.send(true);
+            let _ = t.handle.await;
+        }
+        while listeners.join_next().await.is_some() {}
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, wait_all)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "polls in progress did not finish within {}s; leaving now (the database keeps its last committed commit)",
+            SHUTDOWN_GRACE.as_secs()
+        );
     }
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Start loops for repositories that should be mirrored and are not, stop those that should not be.
+fn config_listen(c: &Config) -> Option<std::net::SocketAddr> {
+    c.webhook.as_ref().map(|w| w.listen)
+}
+
+fn record_reload(store: &Store, rejected: Option<&str>) {
+    crate::metrics::global().inc(
+        "modelmirror_reloads_total",
+        &[(
+            "result",
+            if rejected.is_some() {
+                "rejected"
+            } else {
+                "applied"
+            },
+        )],
+        1.0,
+    );
+    if let Err(e) = store.record_reload(rejected) {
+        tracing::error!("cannot record the reload: {e}");
+    }
+}
+
+/// Load and validate the configuration again; on success make it the one in force.
+fn reload(path: &std::path::Path, shared: &Shared) -> Result<Arc<Config>, String> {
+    let new = Config::load(path).map_err(|e| e.to_string())?;
+    let (errors, warnings) = new.check_secrets();
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    if !errors.is_empty() {
+        return Err(errors.join("; "));
+    }
+    let cas: Vec<&std::path::Path> = new
+        .providers
+        .iter()
+        .filter_map(|p| p.ca_file.as_deref())
+        .collect();
+    crate::git::trust_ca_files(&cas).map_err(|e| e.to_string())?;
+    shared.store.set_retention_days(new.events_retention_days);
+    // Resize the poll slots.
+    {
+        let mut count = shared
+            .permit_count
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if new.concurrency > *count {
+            shared.permits.add_permits(new.concurrency - *count);
+        } else if new.concurrency < *count {
+            shared.permits.forget_permits(*count - new.concurrency);
+        }
+        *count = new.concurrency;
+    }
+    let new = Arc::new(new);
+    *shared.config.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+    Ok(new)
+}
+
+/// "14 repos, 0 failing, last change 3 min ago" for systemd's `STATUS=`.
+pub fn status_line(store: &Store) -> String {
+    let Ok(rows) = store.status() else {
+        return "running".into();
+    };
+    let failing = rows.iter().filter(|r| r.last_error.is_some()).count();
+    let last = rows
+        .iter()
+        .filter_map(|r| r.last_change_at.as_deref())
+        .filter_map(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .max();
+    let last = match last {
+        None => "no change yet".to_string(),
+        Some(t) => {
+            let mins = (Utc::now() - t.with_timezone(&Utc)).num_minutes().max(0);
+            match mins {
+                0 => "last change just now".to_string(),
+                m if m < 120 => format!("last change {m} min ago"),
+                m => format!("last change {} h ago", m / 60),
+            }
+        }
+    };
+    format!("{} repos, {failing} failing, {last}", rows.len())
+}
+
+/// Start a discovery loop for each provider with discovery scopes, seeded with what the database knows.
+fn start_discovery(
+    shared: &Arc<Shared>,
+    config: &Config,
+    discovered: &mut HashMap<String, Vec<RepoConfig>>,
+    discovery: &mut HashMap<String, Task>,
+    found: &mpsc::Sender<(String, Vec<RepoConfig>)>,
+) {
+    for (index, provider) in config.providers.iter().enumerate() {
+        if provider.discover.is_empty() {
+            continue;
+        }
+        // Repositories known from earlier runs start at once: a REST API that is down does not stop mirroring.
+        match shared.store.discovered_repos(&provider.name) {
+            Ok(known) => {
+                let repos = known
+                    .iter()
+                    .map(|(path, url)| provider.repo(index, path, url))
+                    .collect();
+                discovered.insert(provider.name.clone(), repos);
+            }
+            Err(e) => {
+                tracing::error!(provider = %provider.name, "cannot read known repositories: {e}")
+            }
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let handle = tokio::spawn(discovery_loop(
+            shared.clone(),
+            provider.name.clone(),
+            found.clone(),
+            stop_rx,
+        ));
+        discovery.insert(
+            provider.name.clone(),
+            Task {
+                stop,
+                handle,
+                repo: None,
+            },
+        );
+    }
+}
+
+/// Start loops for repositories that should be mirrored and are not, stop those that should not be, and
+/// restart those whose configuration changed.
 fn reconcile(
     shared: &Arc<Shared>,
-    tasks: &mut HashMap<String, RepoTask>,
-    discovered: &[Vec<RepoConfig>],
-    global_stop: &watch::Receiver<bool>,
+    config: &Config,
+    tasks: &mut HashMap<String, Task>,
+    discovered: &HashMap<String, Vec<RepoConfig>>,
 ) {
     let mut wanted: HashMap<String, RepoConfig> = HashMap::new();
-    for repo in shared
-        .config
-        .repos
-        .iter()
-        .chain(discovered.iter().flatten())
-    {
+    for repo in config.repos.iter().chain(discovered.values().flatten()) {
         wanted
             .entry(repo.id.clone())
             .or_insert_with(|| repo.clone());
     }
-    let gone: Vec<String> = tasks
-        .keys()
-        .filter(|id| !wanted.contains_key(*id))
-        .cloned()
-        .collect();
     let mut targets = shared.targets.lock().unwrap_or_else(|p| p.into_inner());
-    for id in gone {
+    let stale: Vec<String> = tasks
+        .iter()
+        .filter(|(id, t)| match (wanted.get(*id), &t.repo) {
+            (Some(w), Some(r)) => !same_repo(w, r),
+            _ => true,
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in stale {
         targets.repos.remove(&id);
         if let Some(task) = tasks.remove(&id) {
-            tracing::info!(repo = %id, "no longer mirrored: stopping its polls (data kept)");
+            if wanted.contains_key(&id) {
+                tracing::info!(repo = %id, "configuration changed: restarting its polls");
+            } else {
+                tracing::info!(repo = %id, "no longer mirrored: stopping its polls (data kept)");
+            }
             // The loop finishes a poll in progress, then ends.
             let _ = task.stop.send(true);
         }
@@ -181,55 +398,74 @@ fn reconcile(
         targets
             .repos
             .insert(id.clone(), (repo.clone(), nudge.clone()));
-        let handle = tokio::spawn(repo_loop(
-            shared.clone(),
-            repo,
-            nudge,
-            stop_rx,
-            global_stop.clone(),
-        ));
-        tasks.insert(id, RepoTask { stop, handle });
+        let handle = tokio::spawn(repo_loop(shared.clone(), repo.clone(), nudge, stop_rx));
+        tasks.insert(
+            id,
+            Task {
+                stop,
+                handle,
+                repo: Some(repo),
+            },
+        );
     }
 }
 
+/// Whether two configurations of a repository poll the same way.
+fn same_repo(a: &RepoConfig, b: &RepoConfig) -> bool {
+    a.url == b.url
+        && a.provider == b.provider
+        && a.path == b.path
+        && a.backfill == b.backfill
+        && a.schedule.as_str() == b.schedule.as_str()
+}
+
 /// Discover a provider's repositories now and then on its `discover_schedule`; after a rate-limit hold, not
-/// before it ends.
+/// before it ends. Stops when the provider goes away in a reload.
 async fn discovery_loop(
     shared: Arc<Shared>,
-    index: usize,
-    found: tokio::sync::mpsc::Sender<(usize, Vec<RepoConfig>)>,
+    name: String,
+    found: mpsc::Sender<(String, Vec<RepoConfig>)>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let provider = &shared.config.providers[index];
-    let limits = crate::provider::api::Limits::new(provider.max_requests_per_hour);
+    let mut limits = None;
     loop {
+        let config = shared.config();
+        let Some(index) = config.providers.iter().position(|p| p.name == name) else {
+            return;
+        };
+        let provider = &config.providers[index];
+        let limits = limits
+            .get_or_insert_with(|| {
+                crate::provider::api::Limits::new(provider.max_requests_per_hour)
+            })
+            .clone();
         // Shutdown must not wait for a discovery (it may be waiting out a rate limit).
         let run = tokio::select! {
-            r = sync::discover(&shared.config, index, &shared.store, limits.clone()) => r,
+            r = sync::discover(&config, index, &shared.store, limits.clone()) => r,
             _ = stop.changed() => return,
         };
         match run {
             Ok(d) => {
                 for e in &d.errors {
-                    tracing::warn!(provider = %provider.name, "discovery incomplete (nothing marked removed): {e}");
+                    tracing::warn!(provider = %name, "discovery incomplete (nothing marked removed): {e}");
                 }
                 // The database knows the full set (a partial run removed nothing): mirror what it lists.
-                let repos = match shared.store.discovered_repos(&provider.name) {
+                let repos = match shared.store.discovered_repos(&name) {
                     Ok(known) => known
                         .iter()
                         .map(|(path, url)| provider.repo(index, path, url))
                         .collect(),
                     Err(e) => {
-                        tracing::error!(provider = %provider.name, "cannot read discovered repositories: {e}");
+                        tracing::error!(provider = %name, "cannot read discovered repositories: {e}");
                         d.repos
                     }
                 };
-                if found.send((index, repos)).await.is_err() {
+                if found.send((name.clone(), repos)).await.is_err() {
                     return;
                 }
             }
             Err(e) => {
-                tracing::warn!(provider = %provider.name, "discovery failed (repositories unchanged): {e}")
+                tracing::warn!(provider = %name, "discovery failed (repositories unchanged): {e}")
             }
         }
         let now = Utc::now();
@@ -277,7 +513,6 @@ async fn repo_loop(
     repo: RepoConfig,
     nudge: Arc<Nudge>,
     mut stop: watch::Receiver<bool>,
-    mut global_stop: watch::Receiver<bool>,
 ) {
     let period = repo.schedule.period();
     let offset = jitter(&repo.id, period);
@@ -289,21 +524,21 @@ async fn repo_loop(
             _ = tokio::time::sleep(wait) => {}
             _ = nudge.wait() => trigger = Trigger::Webhook,
             _ = stop.changed() => return,
-            _ = global_stop.changed() => return,
         }
         let permit = tokio::select! {
             p = shared.permits.acquire() => match p { Ok(p) => p, Err(_) => return },
             _ = stop.changed() => return,
-            _ = global_stop.changed() => return,
         };
-        if *stop.borrow() || *global_stop.borrow() {
+        if *stop.borrow() {
             return;
         }
         let task_shared = shared.clone();
         let task_repo = repo.clone();
         let joined = tokio::task::spawn_blocking(move || {
+            // The configuration in force now: a reload's new credentials and settings apply at once.
+            let config = task_shared.config();
             sync::run_poll(
-                &task_shared.config,
+                &config,
                 &task_repo,
                 &task_shared.store,
                 trigger,
@@ -336,7 +571,6 @@ async fn repo_loop(
                     _ = tokio::time::sleep(NUDGE_QUIET) => break,
                     _ = tokio::time::sleep_until(deadline) => break,
                     _ = stop.changed() => return,
-                    _ = global_stop.changed() => return,
                 }
             }
             nudge.take();
@@ -414,9 +648,9 @@ pub async fn sync_once(
     ok
 }
 
-/// Resolves on the first SIGINT or SIGTERM; a second one exits the process at once. SIGHUP is logged and
-/// otherwise ignored until configuration reload exists, so it does not kill the service.
-pub async fn shutdown_signal() {
+/// Turn signals into [`Control`]: SIGTERM and SIGINT shut down (a second one exits at once), SIGHUP
+/// reloads.
+pub async fn signals(control: mpsc::Sender<Control>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -424,24 +658,101 @@ pub async fn shutdown_signal() {
         signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers; stop the service with SIGKILL");
-        std::future::pending::<()>().await;
         return;
     };
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => tracing::warn!("SIGHUP: configuration reload is not supported yet; restart to apply changes"),
+            _ = hup.recv() => {
+                let _ = control.send(Control::Reload("SIGHUP".into())).await;
+            }
         }
     }
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
+    let _ = control.send(Control::Shutdown).await;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::warn!("second signal: exiting at once");
+    std::process::exit(1);
+}
+
+/// Resolves on the first SIGINT or SIGTERM (for one-shot commands); a second one exits at once.
+pub async fn shutdown_signal() {
+    let (tx, mut rx) = mpsc::channel(4);
+    tokio::spawn(signals(tx));
+    while let Some(c) = rx.recv().await {
+        if c == Control::Shutdown {
+            return;
         }
-        tracing::warn!("second signal: exiting at once");
-        std::process::exit(1);
+    }
+}
+
+/// Watch the configuration file's folder and `conf.d/` and ask for a reload when a `.toml` file changes.
+/// Events are debounced (editors write a temporary file and rename it over the old one), so one save is one
+/// reload. Returns the watcher, which must be kept alive.
+pub fn watch_config(
+    config_path: &std::path::Path,
+    control: mpsc::Sender<Control>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let main_name = config_path.file_name().map(|n| n.to_os_string());
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(event) = res else { return };
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        let relevant = event.paths.iter().any(|p| {
+            p.extension().is_some_and(|e| e == "toml")
+                || (main_name.is_some() && p.file_name() == main_name.as_deref())
+        });
+        if relevant {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(|e| {
+        tracing::warn!("cannot watch the configuration for changes (SIGHUP still reloads): {e}")
+    })
+    .ok()?;
+    let dir = config_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+        tracing::warn!("cannot watch {} (SIGHUP still reloads): {e}", dir.display());
+        return None;
+    }
+    let conf_d = dir.join("conf.d");
+    if conf_d.is_dir()
+        && let Err(e) = watcher.watch(&conf_d, RecursiveMode::NonRecursive)
+    {
+        tracing::warn!(
+            "cannot watch {} (SIGHUP still reloads): {e}",
+            conf_d.display()
+        );
+    }
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Debounce: wait for a quiet half second.
+            loop {
+                match tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            if control
+                .send(Control::Reload("configuration files changed".into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
     });
+    Some(watcher)
 }
 
 #[cfg(test)]

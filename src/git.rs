@@ -109,6 +109,8 @@ pub enum RemoteHead {
         /// Short name, e.g. `main`.
         name: String,
         commit: Oid,
+        /// Bytes received (0 when nothing had to be fetched).
+        bytes: usize,
     },
 }
 
@@ -178,7 +180,11 @@ pub fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<RemoteHead
             }
         }
     }
-    Ok(RemoteHead::Branch { name, commit })
+    Ok(RemoteHead::Branch {
+        name,
+        commit,
+        bytes: listing.bytes,
+    })
 }
 
 /// List the remote's refs without fetching anything, and report its default branch and commit
@@ -203,6 +209,7 @@ pub fn list_remote(spec: &RemoteSpec<'_>) -> Result<Option<(String, Oid)>, GitEr
 /// What a connection learnt: the default branch (short name) and its commit, if the remote has any.
 struct Listing {
     head: Option<(String, Oid)>,
+    bytes: usize,
 }
 
 /// Connect, list refs, and download what `refspecs` want that the repository lacks (no refspec: the remote's
@@ -330,6 +337,7 @@ fn connect(
         }
         return Err(err);
     }
+    let bytes = remote.stats().received_bytes();
     let heads = remote.list().map_err(|e| classify(&url, &e))?;
     let head = heads
         .iter()
@@ -338,7 +346,7 @@ fn connect(
         .filter(|oid| !oid.is_zero());
     let Some(commit) = head else {
         let _ = remote.disconnect();
-        return Ok(Listing { head: None });
+        return Ok(Listing { head: None, bytes });
     };
     // The symref HEAD → refs/heads/<name>; older servers do not advertise it: then take a branch that
     // points at the same commit (preferring main and master).
@@ -369,6 +377,7 @@ fn connect(
         .to_string();
     Ok(Listing {
         head: Some((name, commit)),
+        bytes,
     })
 }
 

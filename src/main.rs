@@ -3,23 +3,78 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracing::Level;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
-fn main() -> ExitCode {
-    let cli = modelmirror::cli::Cli::parse();
+/// Prefix each line with its syslog priority (`<3>` error … `<7>` debug), which journald reads from a
+/// service's stderr, so `journalctl -p warning` works.
+struct Journald<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for Journald<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            Level::ERROR => 3,
+            Level::WARN => 4,
+            Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+fn init_logging(cli: &modelmirror::cli::Cli) {
+    let settings = cli.log_settings();
     let default_level = if cli.is_service() { "info" } else { "warn" };
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // RUST_LOG wins over log_level, which wins over the default.
+    let filter = EnvFilter::try_from_default_env()
+        .ok()
+        .or_else(|| {
+            settings
+                .level
+                .as_deref()
+                .and_then(|l| EnvFilter::try_new(l).ok())
+        })
+        .unwrap_or_else(|| EnvFilter::new(default_level));
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(!under_journald && std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if under_journald {
-        builder.without_time().init();
+        .with_writer(std::io::stderr);
+    if settings.json {
+        builder.json().with_current_span(false).init();
+    } else if under_journald {
+        // journald adds its own timestamps; no colours.
+        let format = tracing_subscriber::fmt::format()
+            .without_time()
+            .with_level(false)
+            .with_ansi(false);
+        builder
+            .with_ansi(false)
+            .event_format(Journald(format))
+            .init();
     } else {
-        builder.init();
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
     }
+}
+
+fn main() -> ExitCode {
+    let cli = modelmirror::cli::Cli::parse();
+    init_logging(&cli);
     match cli.execute() {
         Ok(code) => code,
         Err(e) => {

@@ -285,6 +285,10 @@ CREATE VIEW v_history AS
            v.attribute_count AS attributes, v.error, v.id AS seq
     FROM model_versions v LEFT JOIN commits c ON c.repo_id = v.repo_id AND c.commit_id = v.commit_id;
 "#,
+    r#"
+-- The service's own state: the last configuration reload (key, value).
+CREATE TABLE service (key TEXT PRIMARY KEY, value TEXT);
+"#,
 ];
 
 /// The schema version this build writes.
@@ -634,6 +638,46 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the database accepts a write now (for `/readyz`): a separate connection takes and drops the
+    /// write lock, waiting a few seconds for a writer in progress.
+    pub fn writable(&self) -> bool {
+        let Ok(conn) = Connection::open(&self.path) else {
+            return false;
+        };
+        let _ = conn.busy_timeout(Duration::from_secs(5));
+        conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;").is_ok()
+    }
+
+    /// Record the outcome of a configuration reload (`None`: applied; `Some(reason)`: rejected).
+    pub fn record_reload(&self, rejected: Option<&str>) -> Result<(), StoreError> {
+        let conn = self.lock();
+        let now = now_rfc3339();
+        for (k, v) in [
+            ("last_reload_at", Some(now.as_str())),
+            ("last_reload_error", rejected),
+        ] {
+            conn.execute(
+                "INSERT INTO service (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![k, v],
+            )
+            .doing("recording the reload")?;
+        }
+        Ok(())
+    }
+
+    /// The service's recorded state (`last_reload_at`, `last_reload_error`).
+    pub fn service_state(&self) -> Result<HashMap<String, Option<String>>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT key, value FROM service")
+            .doing("reading the service state")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .doing("reading the service state")?;
+        rows.collect::<Result<_, _>>()
+            .doing("reading the service state")
     }
 
     /// Keep polls and deliveries this many days.

@@ -183,6 +183,13 @@ pub fn run_poll(
             Err(e) => tracing::error!(repo = %repo.id, "cannot record the error: {e}"),
         }
     }
+    let m = crate::metrics::global();
+    m.inc(
+        "modelmirror_polls_total",
+        &[("trigger", trigger.as_str()), ("result", outcome_name)],
+        1.0,
+    );
+    m.observe("modelmirror_poll_duration_seconds", &[], started.elapsed());
     let record = PollRecord {
         repo_id: &repo.id,
         trigger: trigger.as_str(),
@@ -254,7 +261,14 @@ pub fn poll(
         proxy: provider.proxy.as_ref().map(|p| p.expose()),
         cancel: cancel.clone(),
     };
-    let head = git::fetch_head(&mirror, &spec).map_err(git_err)?;
+    let fetch_started = Instant::now();
+    let fetched = git::fetch_head(&mirror, &spec);
+    crate::metrics::global().observe(
+        "modelmirror_fetch_duration_seconds",
+        &[],
+        fetch_started.elapsed(),
+    );
+    let head = fetched.map_err(git_err)?;
     let state = store.repo_state(&repo.id).map_err(store_err)?;
     let settings = config.filter.fingerprint();
     let (branch, head) = match head {
@@ -267,7 +281,14 @@ pub fn poll(
                 .map_err(store_err)?;
             return Ok(PollOutcome::Empty);
         }
-        RemoteHead::Branch { name, commit, .. } => (name, commit),
+        RemoteHead::Branch {
+            name,
+            commit,
+            bytes,
+        } => {
+            crate::metrics::global().inc("modelmirror_fetched_bytes_total", &[], bytes as f64);
+            (name, commit)
+        }
     };
     let head_str = head.to_string();
     if state.commit.as_deref() == Some(head_str.as_str())

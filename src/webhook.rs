@@ -43,7 +43,8 @@ pub enum WebhookError {
 pub enum Item {
     /// A verified delivery to match and act on.
     Delivery {
-        provider: usize,
+        /// The provider's name (indices change when the configuration is reloaded).
+        provider: String,
         received_at: String,
         delivery: Delivery,
     },
@@ -93,8 +94,16 @@ impl Nudge {
     }
 }
 
+/// The configuration in force, swapped by a reload.
+pub type ConfigHandle = Arc<std::sync::RwLock<Arc<Config>>>;
+
+/// The configuration in force now.
+pub fn current(handle: &ConfigHandle) -> Arc<Config> {
+    handle.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 struct HandlerState {
-    config: Arc<Config>,
+    config: ConfigHandle,
     queue: mpsc::Sender<Item>,
     seen: Mutex<Seen>,
 }
@@ -136,12 +145,12 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, WebhookError> {
 /// Serve webhooks on `listener` and dispatch them, until `stop` turns true.
 pub async fn serve(
     listener: TcpListener,
-    config: Arc<Config>,
+    config: ConfigHandle,
     store: Arc<Store>,
     targets: Arc<Mutex<Targets>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Some(settings) = config.webhook.clone() else {
+    let Some(settings) = current(&config).webhook.clone() else {
         return;
     };
     let (tx, rx) = mpsc::channel(settings.queue_size);
@@ -210,6 +219,7 @@ fn answer(status: StatusCode, text: &str) -> Answer {
 }
 
 async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answer, Infallible> {
+    let config = current(&state.config);
     let path = req.uri().path().to_string();
     if path == "/healthz" {
         return Ok(if req.method() == Method::GET {
@@ -231,7 +241,6 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answ
     if req.method() != Method::POST {
         return Ok(answer(StatusCode::METHOD_NOT_ALLOWED, "use POST"));
     }
-    let config = &state.config;
     let Some(settings) = &config.webhook else {
         return Ok(answer(StatusCode::NOT_FOUND, "webhooks are off"));
     };
@@ -399,7 +408,7 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answ
         return Ok(answer(StatusCode::OK, "pong"));
     }
     let item = Item::Delivery {
-        provider: index,
+        provider: config.providers[index].name.clone(),
         received_at,
         delivery,
     };
@@ -433,6 +442,11 @@ fn record(
     outcome: &'static str,
     reason: String,
 ) {
+    crate::metrics::global().inc(
+        "modelmirror_webhook_deliveries_total",
+        &[("provider", provider), ("outcome", outcome)],
+        1.0,
+    );
     let item = Item::Answered {
         provider: provider.to_string(),
         received_at: received_at.to_string(),
@@ -448,11 +462,12 @@ fn record(
 
 fn dispatch_loop(
     mut rx: mpsc::Receiver<Item>,
-    config: &Config,
+    config: &ConfigHandle,
     store: &Store,
     targets: &Mutex<Targets>,
 ) {
     while let Some(item) = rx.blocking_recv() {
+        let config = current(config);
         let result = match item {
             Item::Answered {
                 provider,
@@ -475,7 +490,30 @@ fn dispatch_loop(
                 provider,
                 received_at,
                 delivery,
-            } => dispatch(config, store, targets, provider, &received_at, &delivery),
+            } => match config.providers.iter().position(|p| p.name == provider) {
+                Some(index) => {
+                    let r = dispatch(&config, store, targets, index, &received_at, &delivery);
+                    if let Ok(outcome) = &r {
+                        crate::metrics::global().inc(
+                            "modelmirror_webhook_deliveries_total",
+                            &[("provider", &provider), ("outcome", outcome.1)],
+                            1.0,
+                        );
+                    }
+                    r.map(|(id, _)| id)
+                }
+                // The provider went away in a reload while the delivery waited.
+                None => store.record_delivery(&DeliveryRecord {
+                    received_at: &received_at,
+                    provider: &provider,
+                    event: &delivery.event,
+                    delivery_id: delivery.delivery_id.as_deref(),
+                    repo_id: None,
+                    ref_name: None,
+                    outcome: "ignored",
+                    reason: Some("the provider is no longer configured"),
+                }),
+            },
         };
         if let Err(e) = result {
             tracing::error!("cannot record a webhook delivery: {e}");
@@ -491,7 +529,7 @@ fn dispatch(
     index: usize,
     received_at: &str,
     delivery: &Delivery,
-) -> Result<i64, crate::store::StoreError> {
+) -> Result<(i64, &'static str), crate::store::StoreError> {
     let provider = &config.providers[index];
     let mut rec = DeliveryRecord {
         received_at,
@@ -506,7 +544,7 @@ fn dispatch(
     let EventKind::Push { repo, updates } = &delivery.kind else {
         let reason = format!("event `{}` is not a push", delivery.event);
         rec.reason = Some(&reason);
-        return store.record_delivery(&rec);
+        return store.record_delivery(&rec).map(|id| (id, "ignored"));
     };
     let rows = store.repos_of_provider(&provider.name)?;
     let guard = targets.lock().unwrap_or_else(|p| p.into_inner());
@@ -520,7 +558,7 @@ fn dispatch(
             repo.provider_id.as_deref().unwrap_or("?")
         );
         rec.reason = Some(&reason);
-        return store.record_delivery(&rec);
+        return store.record_delivery(&rec).map(|id| (id, "ignored"));
     };
     rec.repo_id = Some(&repo_id);
     let Some((_, notify)) = guard.repos.get(&repo_id) else {
@@ -531,7 +569,7 @@ fn dispatch(
             .map_or("unknown", |r| r.state.as_str());
         let reason = format!("repository {repo_id} is not mirrored (state {state})");
         rec.reason = Some(&reason);
-        return store.record_delivery(&rec);
+        return store.record_delivery(&rec).map(|id| (id, "ignored"));
     };
     let notify = notify.clone();
     drop(guard);
@@ -558,7 +596,7 @@ fn dispatch(
             rec.reason = Some(reason);
             let id = store.record_delivery(&rec)?;
             notify.nudge();
-            Ok(id)
+            Ok((id, "polled"))
         }
         None => {
             rec.ref_name = first_ref.as_deref();
@@ -568,7 +606,7 @@ fn dispatch(
                 (None, _) => "a push without ref changes".to_string(),
             };
             rec.reason = Some(&reason);
-            store.record_delivery(&rec)
+            store.record_delivery(&rec).map(|id| (id, "ignored"))
         }
     }
 }

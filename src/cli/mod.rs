@@ -118,6 +118,13 @@ pub enum Command {
     },
 }
 
+/// How to log.
+#[derive(Debug, Default)]
+pub struct LogSettings {
+    pub level: Option<String>,
+    pub json: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error(transparent)]
@@ -135,7 +142,7 @@ pub enum CliError {
     #[error(transparent)]
     Git(#[from] crate::git::GitError),
     #[error(transparent)]
-    Webhook(#[from] crate::webhook::WebhookError),
+    Daemon(#[from] crate::daemon::DaemonError),
     #[error("{0}")]
     Catalog(String),
 }
@@ -144,6 +151,17 @@ impl Cli {
     /// Whether the command is the service (it logs at info by default; the others at warn).
     pub fn is_service(&self) -> bool {
         matches!(self.command, Command::Run)
+    }
+
+    /// `log_level` and `log_format` from the configuration, if it loads (its errors are reported later).
+    pub fn log_settings(&self) -> LogSettings {
+        match Config::load(&self.config) {
+            Ok(c) => LogSettings {
+                level: c.log_level,
+                json: c.log_json,
+            },
+            Err(_) => LogSettings::default(),
+        }
     }
 
     pub fn execute(self) -> Result<ExitCode, CliError> {
@@ -248,7 +266,18 @@ fn run(config: Config) -> Result<ExitCode, CliError> {
         tracing::warn!("{w}");
     }
     store.set_retention_days(config.events_retention_days);
-    runtime()?.block_on(daemon::run(config, store, daemon::shutdown_signal()))?;
+    let rt = runtime()?;
+    let path = config.path.clone();
+    let result = rt.block_on(async move {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(daemon::signals(tx.clone()));
+        // Kept alive for as long as the service runs.
+        let _watcher = daemon::watch_config(&path, tx);
+        daemon::run(path, config, store, rx).await
+    });
+    // Polls still blocked in a transfer do not hold the exit up: the database is consistent either way.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 

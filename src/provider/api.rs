@@ -294,6 +294,30 @@ impl ApiClient {
             })?;
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();
+            let m = crate::metrics::global();
+            m.inc(
+                "modelmirror_provider_api_requests_total",
+                &[
+                    ("provider", &self.provider),
+                    ("status", &status.to_string()),
+                ],
+                1.0,
+            );
+            let remaining = ["x-ratelimit-remaining", "ratelimit-remaining"]
+                .iter()
+                .find_map(|h| {
+                    headers
+                        .get(*h)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                });
+            if let Some(r) = remaining {
+                m.set(
+                    "modelmirror_provider_rate_limit_remaining",
+                    &[("provider", &self.provider)],
+                    r,
+                );
+            }
             let body = resp.bytes().await.map_err(|e| ApiError::Network {
                 provider: self.provider.clone(),
                 url: url.to_string(),

@@ -1,0 +1,388 @@
+//! Metrics and health: a process-wide registry of counters, gauges and histograms, rendered in the
+//! Prometheus text format, and the optional listener (`[metrics] listen`) that serves `/metrics`, `/healthz`
+//! (the process answers) and `/readyz` (the scheduler is ticking and the database is writable). It is a
+//! separate listener from the webhook one, so it can stay on localhost.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::store::Store;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Histogram buckets, in seconds.
+const BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    counters: BTreeMap<(&'static str, Labels), f64>,
+    gauges: BTreeMap<(&'static str, Labels), f64>,
+    histograms: BTreeMap<(&'static str, Labels), Histogram>,
+}
+
+/// The registry.
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+/// The process-wide registry.
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::default)
+}
+
+fn labels(l: &[(&'static str, &str)]) -> Labels {
+    l.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+/// What each metric is, for `# HELP` and `# TYPE`.
+const HELP: &[(&str, &str, &str)] = &[
+    (
+        "modelmirror_polls_total",
+        "counter",
+        "Polls finished, by trigger and result.",
+    ),
+    (
+        "modelmirror_poll_duration_seconds",
+        "histogram",
+        "How long polls took, from listing refs to the last commit.",
+    ),
+    (
+        "modelmirror_fetch_duration_seconds",
+        "histogram",
+        "How long listing refs and fetching took.",
+    ),
+    (
+        "modelmirror_fetched_bytes_total",
+        "counter",
+        "Bytes received from git remotes.",
+    ),
+    (
+        "modelmirror_webhook_deliveries_total",
+        "counter",
+        "Webhook deliveries, by provider and outcome.",
+    ),
+    (
+        "modelmirror_provider_api_requests_total",
+        "counter",
+        "REST API requests, by provider and status.",
+    ),
+    (
+        "modelmirror_provider_rate_limit_remaining",
+        "gauge",
+        "Requests left in the host's rate-limit window, as it last said.",
+    ),
+    (
+        "modelmirror_models",
+        "gauge",
+        "Models in the catalog, by repository.",
+    ),
+    (
+        "modelmirror_model_errors",
+        "gauge",
+        "Models that failed to parse, by repository.",
+    ),
+    (
+        "modelmirror_seconds_since_last_check",
+        "gauge",
+        "Seconds since the last successful check of a repository.",
+    ),
+    (
+        "modelmirror_repository_failing",
+        "gauge",
+        "1 when the repository's last poll failed.",
+    ),
+    (
+        "modelmirror_reloads_total",
+        "counter",
+        "Configuration reloads, by result.",
+    ),
+    ("modelmirror_up", "gauge", "1 while the service runs."),
+];
+
+impl Metrics {
+    pub fn inc(&self, name: &'static str, l: &[(&'static str, &str)], by: f64) {
+        let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        *i.counters.entry((name, labels(l))).or_default() += by;
+    }
+
+    pub fn set(&self, name: &'static str, l: &[(&'static str, &str)], value: f64) {
+        let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        i.gauges.insert((name, labels(l)), value);
+    }
+
+    pub fn observe(&self, name: &'static str, l: &[(&'static str, &str)], d: Duration) {
+        let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let h = i.histograms.entry((name, labels(l))).or_default();
+        if h.counts.is_empty() {
+            h.counts = vec![0; BUCKETS.len()];
+        }
+        let s = d.as_secs_f64();
+        for (b, c) in BUCKETS.iter().zip(h.counts.iter_mut()) {
+            if s <= *b {
+                *c += 1;
+            }
+        }
+        h.sum += s;
+        h.count += 1;
+    }
+
+    /// The registry plus `extra` gauges, in the Prometheus text format.
+    pub fn render(&self, extra: &[(&'static str, Labels, f64)]) -> String {
+        let i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::new();
+        let label_text = |l: &Labels, more: Option<(&str, String)>| {
+            let mut parts: Vec<String> = l
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
+            if let Some((k, v)) = more {
+                parts.push(format!("{k}=\"{v}\""));
+            }
+            if parts.is_empty() {
+                String::new()
+            } else {
+                format!("{{{}}}", parts.join(","))
+            }
+        };
+        for (name, kind, help) in HELP {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for ((n, l), v) in i.counters.iter().chain(i.gauges.iter()) {
+                if n == name {
+                    let _ = writeln!(out, "{name}{} {v}", label_text(l, None));
+                }
+            }
+            for (n, l, v) in extra {
+                if n == name {
+                    let _ = writeln!(out, "{name}{} {v}", label_text(l, None));
+                }
+            }
+            for ((n, l), h) in &i.histograms {
+                if n == name {
+                    for (b, c) in BUCKETS.iter().zip(&h.counts) {
+                        let _ = writeln!(
+                            out,
+                            "{name}_bucket{} {c}",
+                            label_text(l, Some(("le", b.to_string())))
+                        );
+                    }
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{} {}",
+                        label_text(l, Some(("le", "+Inf".into()))),
+                        h.count
+                    );
+                    let _ = writeln!(out, "{name}_sum{} {}", label_text(l, None), h.sum);
+                    let _ = writeln!(out, "{name}_count{} {}", label_text(l, None), h.count);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// What `/readyz` looks at: the scheduler's last tick.
+#[derive(Debug)]
+pub struct Health {
+    last_tick: Mutex<Instant>,
+    /// A tick older than this means the scheduler is stuck.
+    pub stale_after: Duration,
+}
+
+impl Health {
+    pub fn new(stale_after: Duration) -> Arc<Health> {
+        Arc::new(Health {
+            last_tick: Mutex::new(Instant::now()),
+            stale_after,
+        })
+    }
+
+    pub fn tick(&self) {
+        *self.last_tick.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    pub fn ticking(&self) -> bool {
+        self.last_tick
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+            < self.stale_after
+    }
+}
+
+/// Gauges computed from the database at scrape time.
+fn catalog_gauges(store: &Store) -> Vec<(&'static str, Labels, f64)> {
+    let mut out = Vec::new();
+    let Ok(rows) = store.status() else {
+        return out;
+    };
+    let now = chrono::Utc::now();
+    for r in rows {
+        let repo = vec![("repo", r.repo.clone())];
+        out.push(("modelmirror_models", repo.clone(), r.models as f64));
+        out.push(("modelmirror_model_errors", repo.clone(), r.errors as f64));
+        out.push((
+            "modelmirror_repository_failing",
+            repo.clone(),
+            f64::from(u8::from(r.last_error.is_some())),
+        ));
+        if let Some(at) = r
+            .last_check_at
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            && r.last_error.is_none()
+        {
+            out.push((
+                "modelmirror_seconds_since_last_check",
+                repo,
+                (now - at.with_timezone(&chrono::Utc)).num_seconds() as f64,
+            ));
+        }
+    }
+    out.push(("modelmirror_up", Vec::new(), 1.0));
+    out
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until `stop`.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<Store>,
+    health: Arc<Health>,
+    mut stop: watch::Receiver<bool>,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!("metrics listener on {addr}");
+    }
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => break,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let (store, health) = (store.clone(), health.clone());
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req| answer(req, store.clone(), health.clone()));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = conn.await;
+        });
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    store: Arc<Store>,
+    health: Arc<Health>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let text = |status: StatusCode, body: String, content_type: &'static str| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(content_type),
+        );
+        r
+    };
+    Ok(match req.uri().path() {
+        "/metrics" => {
+            let body =
+                tokio::task::spawn_blocking(move || global().render(&catalog_gauges(&store)))
+                    .await
+                    .unwrap_or_default();
+            text(
+                StatusCode::OK,
+                body,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+        "/readyz" => {
+            let ticking = health.ticking();
+            let writable = tokio::task::spawn_blocking(move || store.writable())
+                .await
+                .unwrap_or(false);
+            match (ticking, writable) {
+                (true, true) => text(StatusCode::OK, "ready\n".into(), "text/plain"),
+                (false, _) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the scheduler has not ticked recently\n".into(),
+                    "text/plain",
+                ),
+                (_, false) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is not writable\n".into(),
+                    "text/plain",
+                ),
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: /metrics, /healthz, /readyz\n".into(),
+            "text/plain",
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_text_format() {
+        let m = Metrics::default();
+        m.inc(
+            "modelmirror_polls_total",
+            &[("trigger", "schedule"), ("result", "updated")],
+            1.0,
+        );
+        m.inc(
+            "modelmirror_polls_total",
+            &[("trigger", "schedule"), ("result", "updated")],
+            1.0,
+        );
+        m.observe(
+            "modelmirror_poll_duration_seconds",
+            &[],
+            Duration::from_millis(200),
+        );
+        let text = m.render(&[("modelmirror_models", vec![("repo", "a/\"b\"".into())], 3.0)]);
+        assert!(text.contains("# TYPE modelmirror_polls_total counter"));
+        assert!(
+            text.contains("modelmirror_polls_total{trigger=\"schedule\",result=\"updated\"} 2")
+        );
+        assert!(text.contains("modelmirror_poll_duration_seconds_bucket{le=\"0.25\"} 1"));
+        assert!(text.contains("modelmirror_poll_duration_seconds_bucket{le=\"0.1\"} 0"));
+        assert!(text.contains("modelmirror_poll_duration_seconds_count 1"));
+        assert!(text.contains("modelmirror_models{repo=\"a/\\\"b\\\"\"} 3"));
+    }
+}
