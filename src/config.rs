@@ -1118,6 +1118,14 @@ fn validate(
             webhook_secrets.push(TokenSource::Env(e));
         }
         let allow_unsigned_webhooks = raw.allow_unsigned_webhooks.unwrap_or(false);
+        if allow_unsigned_webhooks && !webhook_secrets.is_empty() {
+            return Err(invalid(
+                &file,
+                format!(
+                    "[providers.{name}] sets both a webhook secret and allow_unsigned_webhooks: a provider with a secret always verifies; remove allow_unsigned_webhooks"
+                ),
+            ));
+        }
         if webhook.is_some()
             && kind != ProviderKind::Git
             && webhook_secrets.is_empty()

@@ -1222,9 +1222,21 @@ impl Store {
         Ok(id)
     }
 
-    /// Record a webhook delivery and what came of it.
+    /// Record a webhook delivery and what came of it (pruning old ones now and then).
     pub fn record_delivery(&self, d: &DeliveryRecord<'_>) -> Result<i64, StoreError> {
         let conn = self.lock();
+        let id: i64 = conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM deliveries", [], |r| {
+                r.get(0)
+            })
+            .doing("recording the delivery")?;
+        if id % 100 == 0 {
+            conn.execute(
+                "DELETE FROM deliveries WHERE received_at < ?1",
+                [self.retention_cutoff()],
+            )
+            .doing("pruning old deliveries")?;
+        }
         conn.execute(
             "INSERT INTO deliveries (received_at, provider, event, delivery_id, repo_id, ref, outcome, reason)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -1234,15 +1246,48 @@ impl Store {
         Ok(conn.last_insert_rowid())
     }
 
-    /// Link the deliveries that asked for a poll of `repo_id` (and have none yet) to the poll that ran.
-    pub fn link_deliveries(&self, repo_id: &str, poll_id: i64) -> Result<(), StoreError> {
+    /// Link the deliveries that asked for a poll of `repo_id`, received before the poll started and not yet
+    /// linked, to the poll that ran (whatever triggered it: it served them).
+    pub fn link_deliveries(
+        &self,
+        repo_id: &str,
+        poll_id: i64,
+        started_at: &str,
+    ) -> Result<(), StoreError> {
         self.lock()
             .execute(
-                "UPDATE deliveries SET poll_id = ?2 WHERE repo_id = ?1 AND outcome = 'polled' AND poll_id IS NULL",
-                params![repo_id, poll_id],
+                "UPDATE deliveries SET poll_id = ?2
+                 WHERE repo_id = ?1 AND outcome = 'polled' AND poll_id IS NULL AND received_at <= ?3",
+                params![repo_id, poll_id, started_at],
             )
             .doing("linking deliveries to their poll")?;
         Ok(())
+    }
+
+    /// What webhook matching needs, read through a connection of its own (never waiting behind a write
+    /// transaction, which WAL lets readers do).
+    pub fn repos_of_provider_reader(&self, provider: &str) -> Result<Vec<RepoKeyRow>, StoreError> {
+        let conn = Connection::open(&self.path).map_err(|source| StoreError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        let _ = conn.busy_timeout(Duration::from_secs(5));
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, provider_repo_id, default_branch, state FROM repos WHERE provider = ?1",
+            )
+            .doing("reading repositories")?;
+        let rows = stmt
+            .query_map([provider], |r| {
+                Ok(RepoKeyRow {
+                    id: r.get(0)?,
+                    provider_id: r.get(1)?,
+                    default_branch: r.get(2)?,
+                    state: r.get(3)?,
+                })
+            })
+            .doing("reading repositories")?;
+        rows.collect::<Result<_, _>>().doing("reading repositories")
     }
 
     /// Delivery ids seen within the retention period, newest first (to refuse replays after a restart).
@@ -1250,7 +1295,7 @@ impl Store {
         let conn = self.lock();
         let mut stmt = conn
             .prepare(
-                "SELECT provider, delivery_id FROM deliveries WHERE delivery_id IS NOT NULL AND outcome != 'rejected'
+                "SELECT provider, delivery_id FROM deliveries WHERE delivery_id IS NOT NULL AND outcome = 'polled'
                  ORDER BY id DESC LIMIT ?1",
             )
             .doing("reading recent deliveries")?;

@@ -201,12 +201,11 @@ pub fn run_poll(
         error: error.as_deref(),
     };
     match store.record_poll(&record) {
-        Ok(poll_id) if trigger == Trigger::Webhook => {
-            if let Err(e) = store.link_deliveries(&repo.id, poll_id) {
+        Ok(poll_id) => {
+            if let Err(e) = store.link_deliveries(&repo.id, poll_id, &started_at) {
                 tracing::error!(repo = %repo.id, "cannot link deliveries to their poll: {e}");
             }
         }
-        Ok(_) => {}
         Err(e) => tracing::error!(repo = %repo.id, "cannot record the poll: {e}"),
     }
     (result, failures)

@@ -6,7 +6,7 @@
 //! in the database, and nudges the repository's poll loop. Nothing here runs git or waits for the database,
 //! so an import in progress never slows an answer down.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -104,11 +104,28 @@ pub fn current(handle: &ConfigHandle) -> Arc<Config> {
 
 struct HandlerState {
     config: ConfigHandle,
+    /// Verified deliveries waiting for the dispatcher.
     queue: mpsc::Sender<Item>,
+    /// Records of deliveries answered by the handler itself (rejected, duplicates, pings): a queue of their
+    /// own, so a flood of junk can never crowd out real deliveries.
+    records: mpsc::Sender<Item>,
     seen: Mutex<Seen>,
+    /// Rejected records allowed this minute, per provider (a flood is counted, not stored row by row).
+    rejected_budget: Mutex<(std::time::Instant, HashMap<String, u32>)>,
+    /// Open connections, bounded.
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
-/// Recent (provider, delivery id) pairs.
+/// How many rejected deliveries per provider and minute are stored (and logged); the rest are counted.
+const REJECTED_PER_MINUTE: u32 = 30;
+/// How many connections are served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 128;
+/// How long a client may take to send its body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Event names are the host's short words; anything longer is cut before it is stored.
+const MAX_EVENT_LEN: usize = 64;
+
+/// Recent (provider, delivery id) pairs of processed deliveries.
 #[derive(Default)]
 struct Seen {
     set: HashSet<(String, String)>,
@@ -132,6 +149,7 @@ impl Seen {
 
     fn forget(&mut self, key: &(String, String)) {
         self.set.remove(key);
+        self.order.retain(|k| k != key);
     }
 }
 
@@ -142,7 +160,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, WebhookError> {
         .map_err(|source| WebhookError::Bind { addr, source })
 }
 
-/// Serve webhooks on `listener` and dispatch them, until `stop` turns true.
+/// Serve webhooks on `listener` and dispatch them, until `stop` turns true. On stop, deliveries already
+/// accepted are still recorded and acted on (for a few seconds at most).
 pub async fn serve(
     listener: TcpListener,
     config: ConfigHandle,
@@ -154,6 +173,7 @@ pub async fn serve(
         return;
     };
     let (tx, rx) = mpsc::channel(settings.queue_size);
+    let (records_tx, records_rx) = mpsc::channel(256);
     let mut seen = Seen::default();
     match store.recent_delivery_ids(SEEN_CAPACITY) {
         Ok(ids) => ids.into_iter().rev().for_each(|k| {
@@ -166,22 +186,29 @@ pub async fn serve(
     let state = Arc::new(HandlerState {
         config: config.clone(),
         queue: tx,
+        records: records_tx,
         seen: Mutex::new(seen),
+        rejected_budget: Mutex::new((std::time::Instant::now(), HashMap::new())),
+        connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
     });
-    let dispatcher = {
+    let spawn = |name: &str, rx: mpsc::Receiver<Item>| {
         let (config, store, targets) = (config.clone(), store.clone(), targets.clone());
         std::thread::Builder::new()
-            .name("webhook-dispatch".into())
+            .name(name.into())
             .spawn(move || dispatch_loop(rx, &config, &store, &targets))
     };
-    if let Err(e) = &dispatcher {
-        tracing::error!("cannot start the webhook dispatcher: {e}");
+    let (Ok(dispatcher), Ok(recorder)) = (
+        spawn("webhook-dispatch", rx),
+        spawn("webhook-record", records_rx),
+    ) else {
+        tracing::error!("cannot start the webhook dispatcher");
         return;
-    }
+    };
     match listener.local_addr() {
         Ok(addr) => tracing::info!("webhook listener on {addr}"),
         Err(_) => tracing::info!("webhook listener started"),
     }
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -190,8 +217,13 @@ pub async fn serve(
         let Ok((stream, _peer)) = accepted else {
             continue;
         };
+        let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+            // Too many open connections: close this one at once.
+            continue;
+        };
         let state = state.clone();
-        tokio::spawn(async move {
+        conns.spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -202,8 +234,19 @@ pub async fn serve(
             }
         });
     }
-    // Dropping the handler state closes the queue; the dispatcher drains it and ends.
+    // Let answers in flight finish, then close the queues; the dispatchers drain them and end.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    conns.abort_all();
     drop(state);
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    while !(dispatcher.is_finished() && recorder.is_finished())
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -218,6 +261,19 @@ fn answer(status: StatusCode, text: &str) -> Answer {
     r
 }
 
+/// The header a provider kind signs with, which must be present before the body is even read.
+fn signature_present(kind: crate::provider::ProviderKind, headers: &hyper::HeaderMap) -> bool {
+    use crate::provider::ProviderKind as K;
+    match kind {
+        K::Gitlab => {
+            headers.contains_key("x-gitlab-token") || headers.contains_key("webhook-signature")
+        }
+        K::Github => headers.contains_key("x-hub-signature-256"),
+        K::BitbucketCloud | K::BitbucketDatacenter => headers.contains_key("x-hub-signature"),
+        K::Git => false,
+    }
+}
+
 async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answer, Infallible> {
     let config = current(&state.config);
     let path = req.uri().path().to_string();
@@ -228,6 +284,14 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answ
             answer(StatusCode::METHOD_NOT_ALLOWED, "use GET")
         });
     }
+    let received_at = now_rfc3339_millis();
+    let event_name: String = ["x-gitlab-event", "x-github-event", "x-event-key"]
+        .iter()
+        .find_map(|h| req.headers().get(*h).and_then(|v| v.to_str().ok()))
+        .unwrap_or("")
+        .chars()
+        .take(MAX_EVENT_LEN)
+        .collect();
     let named = match path.strip_prefix("/hooks") {
         Some("") | Some("/") => None,
         Some(rest) if rest.starts_with('/') => Some(rest.trim_matches('/').to_string()),
@@ -248,10 +312,15 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answ
         Some(name) => match config.providers.iter().position(|p| &p.name == name) {
             Some(i) => vec![i],
             None => {
-                return Ok(answer(
-                    StatusCode::NOT_FOUND,
-                    &format!("no provider named {name}"),
-                ));
+                let shown: String = name.chars().take(MAX_EVENT_LEN).collect();
+                record_rejected(
+                    &state,
+                    &shown,
+                    &received_at,
+                    &event_name,
+                    "no provider of that name".into(),
+                );
+                return Ok(answer(StatusCode::NOT_FOUND, "no provider of that name"));
             }
         },
         None => (0..config.providers.len())
@@ -264,9 +333,39 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answ
             .collect(),
     };
     if candidates.is_empty() {
+        record_rejected(
+            &state,
+            "?",
+            &received_at,
+            &event_name,
+            "cannot tell which provider sent it".into(),
+        );
         return Ok(answer(
             StatusCode::BAD_REQUEST,
             "cannot tell which provider sent this; use POST /hooks/<provider>",
+        ));
+    }
+    let first_name = named
+        .clone()
+        .unwrap_or_else(|| config.providers[candidates[0]].name.clone());
+    // Refuse before reading the body when no candidate could verify it: the signature header is missing.
+    let signed_ok = candidates.iter().any(|&i| {
+        let p = &config.providers[i];
+        p.webhook_secrets.is_empty() || signature_present(p.kind, req.headers())
+    });
+    if !signed_ok {
+        let reason =
+            "missing signature header (is the webhook's secret set on the host?)".to_string();
+        record_rejected(
+            &state,
+            &first_name,
+            &received_at,
+            &event_name,
+            reason.clone(),
+        );
+        return Ok(answer(
+            StatusCode::UNAUTHORIZED,
+            &format!("rejected: {reason}"),
         ));
     }
     let too_big = req
@@ -275,45 +374,75 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answ
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|n| n > settings.max_body_bytes);
+    let too_big_reason = format!(
+        "the body is over [webhook] max_body_bytes ({})",
+        settings.max_body_bytes
+    );
     if too_big {
-        return Ok(answer(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "the body is over [webhook] max_body_bytes",
-        ));
+        record_rejected(
+            &state,
+            &first_name,
+            &received_at,
+            &event_name,
+            too_big_reason.clone(),
+        );
+        return Ok(answer(StatusCode::PAYLOAD_TOO_LARGE, &too_big_reason));
     }
     let (parts, body) = req.into_parts();
     let limit = usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX);
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e)
+    let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e))
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
+            record_rejected(
+                &state,
+                &first_name,
+                &received_at,
+                &event_name,
+                too_big_reason.clone(),
+            );
+            return Ok(answer(StatusCode::PAYLOAD_TOO_LARGE, &too_big_reason));
+        }
+        Ok(Err(_)) => return Ok(answer(StatusCode::BAD_REQUEST, "cannot read the body")),
+        Err(_) => {
+            record_rejected(
+                &state,
+                &first_name,
+                &received_at,
+                &event_name,
+                "the body took too long to arrive".into(),
+            );
             return Ok(answer(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "the body is over [webhook] max_body_bytes",
+                StatusCode::REQUEST_TIMEOUT,
+                "the body took too long to arrive",
             ));
         }
-        Err(_) => return Ok(answer(StatusCode::BAD_REQUEST, "cannot read the body")),
     };
     let headers = &parts.headers;
-    let received_at = now_rfc3339_millis();
-    // Verify before parsing: the first provider whose secret verifies wins.
+    // Verify before parsing: the first provider whose secret verifies wins. A provider with secrets
+    // configured is verified even if none can be read now; only one with none configured may be unsigned.
     let mut refusal = String::new();
     let mut verified = None;
     for &i in &candidates {
         let p = &config.providers[i];
+        if p.webhook_secrets.is_empty() {
+            if p.allow_unsigned_webhooks {
+                verified = Some(i);
+                break;
+            }
+            refusal = "this provider has no webhook secret".into();
+            continue;
+        }
         let secrets: Vec<Secret> = p
             .webhook_secrets
             .iter()
             .filter_map(|s| s.resolve().ok())
             .collect();
         if secrets.is_empty() {
-            if p.allow_unsigned_webhooks {
-                verified = Some(i);
-                break;
-            }
-            refusal = format!("provider {} has no usable webhook secret", p.name);
+            tracing::error!(provider = %p.name, "no webhook secret can be read: every delivery is rejected until it is fixed");
+            refusal = "the webhook secret cannot be verified".into();
             continue;
         }
         match p.kind.hooks().webhook_verify(headers, &body, &secrets) {
@@ -324,21 +453,12 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answ
             Err(m) => refusal = m,
         }
     }
-    let event_name = ["x-gitlab-event", "x-github-event", "x-event-key"]
-        .iter()
-        .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
-        .unwrap_or("")
-        .to_string();
     let Some(index) = verified else {
-        let provider = named.unwrap_or_else(|| config.providers[candidates[0]].name.clone());
-        tracing::warn!(provider = %provider, "webhook rejected: {refusal}");
-        record(
+        record_rejected(
             &state,
-            &provider,
+            &first_name,
             &received_at,
             &event_name,
-            None,
-            "rejected",
             refusal.clone(),
         );
         return Ok(answer(
@@ -354,7 +474,7 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answ
     {
         Ok(d) => d,
         Err(m) => {
-            record(
+            record_answered(
                 &state,
                 &provider,
                 &received_at,
@@ -380,7 +500,7 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answ
             .map(|mut s| s.insert(key.clone()))
             .unwrap_or(true);
         if !fresh {
-            record(
+            record_answered(
                 &state,
                 &provider,
                 &received_at,
@@ -396,7 +516,7 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answ
         }
     }
     if delivery.kind == EventKind::Ping {
-        record(
+        record_answered(
             &state,
             &provider,
             &received_at,
@@ -408,8 +528,8 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answ
         return Ok(answer(StatusCode::OK, "pong"));
     }
     let item = Item::Delivery {
-        provider: config.providers[index].name.clone(),
-        received_at,
+        provider: provider.clone(),
+        received_at: received_at.clone(),
         delivery,
     };
     match state.queue.try_send(item) {
@@ -419,6 +539,13 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answ
                 // Not processed: a redelivery must be accepted.
                 seen.forget(key);
             }
+            record_rejected(
+                &state,
+                &provider,
+                &received_at,
+                &event_name,
+                "the queue is full (503)".into(),
+            );
             let mut r = answer(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "busy: too many deliveries queued; retry later",
@@ -432,8 +559,49 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answ
     }
 }
 
-/// Queue a record of a delivery answered by the handler; dropped (with a log line) when the queue is full.
-fn record(
+/// Record a rejected delivery, at most `REJECTED_PER_MINUTE` per provider and minute (the rest are only
+/// counted in the metrics), so a flood of junk cannot fill the disk or the log.
+fn record_rejected(
+    state: &HandlerState,
+    provider: &str,
+    received_at: &str,
+    event: &str,
+    reason: String,
+) {
+    let allowed = {
+        let mut b = state
+            .rejected_budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if b.0.elapsed() > Duration::from_secs(60) {
+            *b = (std::time::Instant::now(), HashMap::new());
+        }
+        let n = b.1.entry(provider.to_string()).or_insert(0);
+        *n += 1;
+        *n <= REJECTED_PER_MINUTE
+    };
+    if allowed {
+        tracing::warn!(provider = %provider, "webhook rejected: {reason}");
+        record_answered(
+            state,
+            provider,
+            received_at,
+            event,
+            None,
+            "rejected",
+            reason,
+        );
+    } else {
+        crate::metrics::global().inc(
+            "modelmirror_webhook_deliveries_total",
+            &[("provider", provider), ("outcome", "rejected")],
+            1.0,
+        );
+    }
+}
+
+/// Queue a record of a delivery answered by the handler; dropped (with a log line) when that queue is full.
+fn record_answered(
     state: &HandlerState,
     provider: &str,
     received_at: &str,
@@ -450,13 +618,13 @@ fn record(
     let item = Item::Answered {
         provider: provider.to_string(),
         received_at: received_at.to_string(),
-        event: event.to_string(),
-        delivery_id,
+        event: event.chars().take(MAX_EVENT_LEN).collect(),
+        delivery_id: delivery_id.map(|d| d.chars().take(128).collect()),
         outcome,
         reason,
     };
-    if state.queue.try_send(item).is_err() {
-        tracing::warn!(provider = %provider, "webhook queue full: a {outcome} delivery was not recorded");
+    if state.records.try_send(item).is_err() {
+        tracing::debug!(provider = %provider, "webhook record queue full: a {outcome} delivery was not recorded");
     }
 }
 
@@ -521,7 +689,8 @@ fn dispatch_loop(
     }
 }
 
-/// Match a push to a repository, record it, and nudge the repository when its default branch changed.
+/// Match a push to a repository, nudge the repository when its default branch changed, and record it. The
+/// nudge comes first: recording waits for the database, which an import may hold.
 fn dispatch(
     config: &Config,
     store: &Store,
@@ -546,7 +715,8 @@ fn dispatch(
         rec.reason = Some(&reason);
         return store.record_delivery(&rec).map(|id| (id, "ignored"));
     };
-    let rows = store.repos_of_provider(&provider.name)?;
+    // Read through its own connection: never behind an import's write transaction.
+    let rows = store.repos_of_provider_reader(&provider.name)?;
     let guard = targets.lock().unwrap_or_else(|p| p.into_inner());
     let matched = match_repo(&provider.name, repo, &rows, &guard);
     let Some(repo_id) = matched else {
@@ -573,19 +743,30 @@ fn dispatch(
     };
     let notify = notify.clone();
     drop(guard);
-    // The default branch as modelmirror last saw it, else the payload's; unknown → any branch push polls.
+    // A push to the default branch as modelmirror last saw it, or as the (signed) payload says it is now;
+    // with neither known, any branch push polls.
     let known = rows
         .iter()
         .find(|r| r.id == repo_id)
         .and_then(|r| r.default_branch.clone());
-    let branch = known.or_else(|| repo.default_branch.clone());
-    let relevant = updates.iter().find(|u| match &branch {
-        Some(b) => u.ref_name == format!("refs/heads/{b}"),
-        None => u.ref_name.starts_with("refs/heads/"),
+    let branches: Vec<String> = known
+        .iter()
+        .chain(repo.default_branch.iter())
+        .cloned()
+        .collect();
+    let relevant = updates.iter().find(|u| {
+        if branches.is_empty() {
+            u.ref_name.starts_with("refs/heads/")
+        } else {
+            branches
+                .iter()
+                .any(|b| u.ref_name == format!("refs/heads/{b}"))
+        }
     });
     let first_ref = updates.first().map(|u| u.ref_name.clone());
     match relevant {
         Some(u) => {
+            notify.nudge();
             rec.ref_name = Some(&u.ref_name);
             rec.outcome = "polled";
             let reason = if u.deleted {
@@ -595,12 +776,11 @@ fn dispatch(
             };
             rec.reason = Some(reason);
             let id = store.record_delivery(&rec)?;
-            notify.nudge();
             Ok((id, "polled"))
         }
         None => {
             rec.ref_name = first_ref.as_deref();
-            let reason = match (&first_ref, &branch) {
+            let reason = match (&first_ref, branches.first()) {
                 (Some(r), Some(b)) => format!("push to {r}, not the default branch {b}"),
                 (Some(r), None) => format!("push to {r}, not a branch"),
                 (None, _) => "a push without ref changes".to_string(),
@@ -611,19 +791,26 @@ fn dispatch(
     }
 }
 
-/// The provider id first, then the path (case-insensitive), then a normalised clone URL.
+/// The provider id first (preferring a repository being mirrored: a renamed one leaves its old row
+/// behind), then the path (case-insensitive), then a normalised clone URL — always within `provider`.
 fn match_repo(
     provider: &str,
     key: &RepoKey,
     rows: &[crate::store::RepoKeyRow],
     targets: &Targets,
 ) -> Option<String> {
-    if let Some(id) = &key.provider_id
-        && let Some(row) = rows
+    if let Some(id) = &key.provider_id {
+        let same_id: Vec<&crate::store::RepoKeyRow> = rows
             .iter()
-            .find(|r| r.provider_id.as_deref() == Some(id.as_str()))
-    {
-        return Some(row.id.clone());
+            .filter(|r| r.provider_id.as_deref() == Some(id.as_str()))
+            .collect();
+        if let Some(row) = same_id
+            .iter()
+            .find(|r| targets.repos.contains_key(&r.id))
+            .or(same_id.first())
+        {
+            return Some(row.id.clone());
+        }
     }
     if let Some(path) = &key.path {
         let id = format!("{provider}/{path}").to_lowercase();
@@ -640,6 +827,6 @@ fn match_repo(
     targets
         .repos
         .values()
-        .find(|(r, _)| urls.contains(&normalize_url(&r.url)))
+        .find(|(r, _)| r.provider == provider && urls.contains(&normalize_url(&r.url)))
         .map(|(r, _)| r.id.clone())
 }

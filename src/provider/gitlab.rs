@@ -167,14 +167,22 @@ impl Hooks for Gitlab {
             let ts_num: i64 = ts
                 .parse()
                 .map_err(|_| "webhook-timestamp is not a number".to_string())?;
-            if (chrono::Utc::now().timestamp() - ts_num).abs() > SIGNATURE_TOLERANCE_SECS {
+            if chrono::Utc::now().timestamp().abs_diff(ts_num) > SIGNATURE_TOLERANCE_SECS as u64 {
                 return Err("webhook-timestamp is more than 5 minutes away from now (replayed or clock skew)".into());
             }
             let mut signed = format!("{id}.{ts}.").into_bytes();
             signed.extend_from_slice(body);
             for secret in secrets {
                 let key = match secret.expose().strip_prefix("whsec_") {
-                    Some(b64) => hooks::base64_decode(b64).unwrap_or_default(),
+                    Some(b64) => match hooks::base64_decode(b64).filter(|k| !k.is_empty()) {
+                        Some(k) => k,
+                        None => {
+                            tracing::error!(
+                                "a GitLab webhook secret starts with whsec_ but is not base64: fix it"
+                            );
+                            continue;
+                        }
+                    },
                     None => secret.expose().as_bytes().to_vec(),
                 };
                 let Some(mac) = hooks::hmac_sha256(&key, &signed) else {
@@ -208,9 +216,14 @@ impl Hooks for Gitlab {
 
     fn webhook_parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Delivery, String> {
         let event = header(headers, "x-gitlab-event").unwrap_or("").to_string();
-        let delivery_id = header(headers, "idempotency-key")
-            .or_else(|| header(headers, "x-gitlab-event-uuid"))
-            .map(str::to_string);
+        // With a Standard Webhooks signature, the signed `webhook-id` is the delivery id (the other headers
+        // are not signed, so a replay could change them).
+        let delivery_id = if headers.contains_key("webhook-signature") {
+            header(headers, "webhook-id")
+        } else {
+            header(headers, "idempotency-key").or_else(|| header(headers, "x-gitlab-event-uuid"))
+        }
+        .map(str::to_string);
         let v = json_body(body)?;
         // Route on the header first, then on object_kind || event_name || event_type (system hooks).
         let kind = s(&v, "/object_kind")

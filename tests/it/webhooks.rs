@@ -209,9 +209,20 @@ impl Hub {
             .collect()
     }
 
-    fn stop(mut self) {
-        signal(&self.child, libc::SIGTERM);
-        assert!(wait_with_deadline(&mut self.child, 15).success());
+    fn stop(self) {
+        let mut me = self;
+        signal(&me.child, libc::SIGTERM);
+        assert!(wait_with_deadline(&mut me.child, 15).success());
+    }
+}
+
+impl Drop for Hub {
+    /// A failing test must not leave a daemon running.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -691,4 +702,68 @@ fn a_provider_without_a_webhook_secret_is_refused_at_start() {
         run.stderr
     );
     let _ = Path::new("");
+}
+
+/// A push naming another provider's repository (by clone URL) does not poll it; a provider with a secret
+/// and `allow_unsigned_webhooks` is a configuration error.
+#[test]
+fn matching_stays_within_the_provider_and_unsigned_needs_no_secret() {
+    let hub = Hub::start(YEARLY, "");
+    // A GitHub push (signed with gh's secret) whose clone URL is the GitLab repository's.
+    let mut v = github_push("refs/heads/main", "someone/else", 12345);
+    set(
+        &mut v,
+        "/repository/clone_url",
+        json!(format!("{}/team/gl.git", hub.env.server.url())),
+    );
+    let body = serde_json::to_vec(&v).unwrap();
+    assert_eq!(
+        post(
+            hub.port,
+            "/hooks/gh",
+            &signed("gh", "gh-secret", &body, "x1"),
+            &body
+        )
+        .0,
+        202
+    );
+    hub.wait(5, "recorded", |h| {
+        h.count("SELECT COUNT(*) FROM deliveries WHERE delivery_id = 'x1'") == 1
+    });
+    let outcome: String = hub
+        .env
+        .db()
+        .query_row(
+            "SELECT outcome FROM deliveries WHERE delivery_id = 'x1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(outcome, "ignored");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(hub.polls("gl/team/gl", "webhook"), 0);
+    // Slow bodies are cut off; an unsigned request is refused before its body is read.
+    let (status, _) = post(
+        hub.port,
+        "/hooks/gh",
+        &[("X-GitHub-Event", "push".into())],
+        b"{}",
+    );
+    assert_eq!(status, 401);
+    hub.stop();
+    let env = Env::new(Auth::None);
+    std::fs::write(env.path().join("s"), "x").unwrap();
+    env.write_config(&format!(
+        "[webhook]\nlisten = \"127.0.0.1:{}\"\n[providers.gh]\nkind = \"github\"\nwebhook_secret_file = {:?}\nallow_unsigned_webhooks = true\nrepos = [\"a/b\"]\n",
+        free_port(),
+        env.path().join("s").to_string_lossy()
+    ));
+    let run = env.run(&["status"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr
+            .contains("sets both a webhook secret and allow_unsigned_webhooks"),
+        "{}",
+        run.stderr
+    );
 }
