@@ -110,6 +110,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to standard output.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) to standard output.
+    Man,
     /// Check everything, like `nginx -t`: configuration, secrets, each provider's token and discovery, and
     /// each repository's refs. Exit status 0 only when every check passes.
     Check {
@@ -165,8 +169,21 @@ impl Cli {
     }
 
     pub fn execute(self) -> Result<ExitCode, CliError> {
-        if let Command::Check { json } = self.command {
-            return check(&self.config, json);
+        match self.command {
+            Command::Check { json } => return check(&self.config, json),
+            Command::Completions { shell } => {
+                let mut cmd = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut cmd, "modelmirror", &mut std::io::stdout());
+                return Ok(ExitCode::SUCCESS);
+            }
+            Command::Man => {
+                let cmd = <Cli as clap::CommandFactory>::command();
+                clap_mangen::Man::new(cmd)
+                    .render(&mut std::io::stdout())
+                    .map_err(CliError::Output)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            _ => {}
         }
         let config = Config::load(&self.config)?;
         match self.command {
@@ -210,7 +227,9 @@ impl Cli {
                 json,
             } => catalog::show(&config, &repo, &path, commit.as_deref(), json),
             Command::Rebuild { repos } => catalog::rebuild(config, &repos),
-            Command::Check { .. } => Ok(ExitCode::SUCCESS),
+            Command::Check { .. } | Command::Completions { .. } | Command::Man => {
+                Ok(ExitCode::SUCCESS)
+            }
         }
     }
 }
@@ -467,6 +486,16 @@ fn status(config: &Config, json: bool) -> Result<ExitCode, CliError> {
     )?;
     let providers = store.provider_status()?;
     let mut out = std::io::stdout().lock();
+    let service = store.service_state()?;
+    if let Some(Some(at)) = service.get("last_reload_at") {
+        let line = match service.get("last_reload_error") {
+            Some(Some(e)) => format!(
+                "service: configuration reload at {at} REJECTED (the previous configuration still runs): {e}"
+            ),
+            _ => format!("service: configuration reloaded at {at}"),
+        };
+        writeln!(out, "{line}").map_err(CliError::Output)?;
+    }
     for p in providers {
         let mut line = format!("provider {}:", p.provider);
         if let Some(at) = &p.last_discovery_at {

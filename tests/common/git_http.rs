@@ -305,6 +305,8 @@ struct Shared {
     api: Option<ApiHook>,
     log: Mutex<Vec<LoggedRequest>>,
     stop: AtomicBool,
+    /// When set, response bodies are sent at about this many bytes a second (a slow server).
+    throttle: Mutex<Option<usize>>,
 }
 
 /// A git smart-HTTP server that stops when dropped.
@@ -367,6 +369,7 @@ impl GitHttpServer {
             api,
             log: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
+            throttle: Mutex::new(None),
         });
         let accept_shared = Arc::clone(&shared);
         let accept_thread = thread::Builder::new()
@@ -433,6 +436,11 @@ impl GitHttpServer {
             .filter(|r| !r.api)
             .cloned()
             .collect()
+    }
+
+    /// Send response bodies at about `bytes_per_sec` (None: full speed).
+    pub fn set_throttle(&self, bytes_per_sec: Option<usize>) {
+        *lock(&self.shared.throttle) = bytes_per_sec;
     }
 
     pub fn clear_log(&self) {
@@ -610,7 +618,12 @@ fn handle_connection(shared: &Shared, stream: TcpStream) {
     // Log before answering, so the entry is visible once the client has the response.
     lock(&shared.log).push(entry);
     let is_head = head.method.eq_ignore_ascii_case("HEAD");
-    if let Err(e) = write_response(&mut writer, &response, is_head) {
+    let throttle = *lock(&shared.throttle);
+    let written = match throttle {
+        Some(rate) if !is_head => write_response_slowly(&mut writer, &response, rate),
+        _ => write_response(&mut writer, &response, is_head),
+    };
+    if let Err(e) = written {
         eprintln!(
             "git_http: writing response to {} {} failed: {e}",
             head.method, head.path
@@ -880,6 +893,28 @@ fn parse_cgi_output(output: &[u8]) -> Option<Response> {
         headers,
         body: output[body_start..].to_vec(),
     })
+}
+
+/// Send a response at about `rate` bytes a second, in small pieces (a slow or stalling server).
+fn write_response_slowly(stream: &mut TcpStream, resp: &Response, rate: usize) -> io::Result<()> {
+    let mut head = Vec::new();
+    write!(head, "HTTP/1.1 {} {}\r\n", resp.status, resp.reason)?;
+    for (name, value) in &resp.headers {
+        write!(head, "{name}: {value}\r\n")?;
+    }
+    write!(
+        head,
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        resp.body.len()
+    )?;
+    stream.write_all(&head)?;
+    let piece = (rate / 10).max(1);
+    for chunk in resp.body.chunks(piece) {
+        stream.write_all(chunk)?;
+        stream.flush()?;
+        thread::sleep(std::time::Duration::from_millis(100));
+    }
+    stream.shutdown(Shutdown::Write)
 }
 
 fn write_response(stream: &mut TcpStream, resp: &Response, head_only: bool) -> io::Result<()> {

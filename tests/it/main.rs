@@ -16,6 +16,7 @@ mod cli;
 mod counting;
 mod edges;
 mod failures;
+mod operations;
 mod pipeline;
 mod providers;
 mod service;
