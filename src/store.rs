@@ -1306,27 +1306,6 @@ impl Store {
             .doing("reading recent deliveries")
     }
 
-    /// What webhook matching needs to know about a provider's repositories.
-    pub fn repos_of_provider(&self, provider: &str) -> Result<Vec<RepoKeyRow>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(
-                "SELECT id, provider_repo_id, default_branch, state FROM repos WHERE provider = ?1",
-            )
-            .doing("reading repositories")?;
-        let rows = stmt
-            .query_map([provider], |r| {
-                Ok(RepoKeyRow {
-                    id: r.get(0)?,
-                    provider_id: r.get(1)?,
-                    default_branch: r.get(2)?,
-                    state: r.get(3)?,
-                })
-            })
-            .doing("reading repositories")?;
-        rows.collect::<Result<_, _>>().doing("reading repositories")
-    }
-
     /// Deliveries and polls, newest first.
     pub fn events(&self, repo: Option<&str>, limit: usize) -> Result<Vec<EventRow>, StoreError> {
         let conn = self.lock();
