@@ -289,6 +289,20 @@ CREATE VIEW v_history AS
 -- The service's own state: the last configuration reload (key, value).
 CREATE TABLE service (key TEXT PRIMARY KEY, value TEXT);
 "#,
+    r#"
+-- The search index follows every delete, however it happens (a model replaced, a repository pruned, a
+-- cascade, a user's own SQL).
+CREATE TRIGGER models_unindex AFTER DELETE ON models BEGIN
+    DELETE FROM search WHERE rowid = old.id * 4;
+END;
+CREATE TRIGGER entities_unindex AFTER DELETE ON entities BEGIN
+    DELETE FROM search WHERE rowid = old.id * 4 + 1;
+END;
+CREATE TRIGGER attributes_unindex AFTER DELETE ON attributes BEGIN
+    DELETE FROM search WHERE rowid = old.id * 4 + 2;
+END;
+DELETE FROM search WHERE model_id NOT IN (SELECT id FROM models);
+"#,
 ];
 
 /// The schema version this build writes.
@@ -954,7 +968,6 @@ impl Store {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .doing("starting a transaction")?;
-        unindex_repo(&tx, id)?;
         for sql in [
             "DELETE FROM models WHERE repo_id = ?1",
             "DELETE FROM model_versions WHERE repo_id = ?1",
@@ -1008,7 +1021,8 @@ impl Store {
         // The statement is fixed; only the query text can make it fail here.
         rows.map_err(|e| {
             StoreError::Query(format!(
-                "cannot understand the search {query:?} ({e}); use plain words, or FTS5 query syntax"
+                "cannot understand the search {:?} ({e}); use plain words, or FTS5 query syntax",
+                query.chars().take(200).collect::<String>()
             ))
         })
     }
@@ -1016,65 +1030,46 @@ impl Store {
     /// Every version of the model at `path`, newest first, following renames back to the first version.
     pub fn history(&self, repo: &str, path: &str) -> Result<Vec<VersionRow>, StoreError> {
         let conn = self.lock();
+        // The versions at a path, plus the renames that took a model away from it ("renamed to …").
         let mut stmt = conn
             .prepare_cached(
                 "SELECT v.id, v.path, v.commit_id, v.change, v.old_path, v.blob, v.name, v.entity_count,
-                        v.attribute_count, v.error, c.author_name, c.author_email, c.committed_at, c.message
+                        v.attribute_count, v.error, c.author_name, c.author_email, c.committed_at, c.message,
+                        v.path = ?2
                  FROM model_versions v
                  LEFT JOIN commits c ON c.repo_id = v.repo_id AND c.commit_id = v.commit_id
-                 WHERE v.repo_id = ?1 AND v.path = ?2 AND v.id < ?3 ORDER BY v.id DESC",
+                 WHERE v.repo_id = ?1 AND (v.path = ?2 OR (v.old_path = ?2 AND v.change = 'renamed')) AND v.id < ?3
+                 ORDER BY v.id DESC",
             )
             .doing("reading the history")?;
         let mut out = Vec::new();
-        // A model renamed away from `path`: its history here starts with where it went.
-        let away: Option<VersionRow> = conn
-            .query_row(
-                "SELECT v.id, v.path, v.commit_id, v.blob, c.author_name, c.author_email, c.committed_at, c.message
-                 FROM model_versions v
-                 LEFT JOIN commits c ON c.repo_id = v.repo_id AND c.commit_id = v.commit_id
-                 WHERE v.repo_id = ?1 AND v.old_path = ?2 AND v.change = 'renamed'
-                   AND v.id > COALESCE((SELECT MAX(id) FROM model_versions WHERE repo_id = ?1 AND path = ?2), 0)
-                 ORDER BY v.id DESC LIMIT 1",
-                params![repo, path],
-                |r| {
-                    Ok(VersionRow {
-                        seq: r.get(0)?,
-                        path: path.to_string(),
-                        commit: r.get(2)?,
-                        change: format!("renamed to {}", r.get::<_, String>(1)?),
-                        old_path: None,
-                        blob: None,
-                        model: None,
-                        entities: None,
-                        attributes: None,
-                        error: None,
-                        author: r.get(4)?,
-                        author_email: r.get(5)?,
-                        time: r.get(6)?,
-                        message: r.get(7)?,
-                    })
-                },
-            )
-            .optional()
-            .doing("reading the history")?;
-        out.extend(away);
         let mut current = path.to_string();
         let mut before = i64::MAX;
-        // Each rename sends the walk to the old path, before the rename.
+        // Each rename into the path sends the walk to the old path, before the rename.
         for _ in 0..10_000 {
             let rows = stmt
                 .query_map(params![repo, current, before], |r| {
+                    let here: bool = r.get(14)?;
+                    let new_path: String = r.get(1)?;
                     Ok(VersionRow {
                         seq: r.get(0)?,
-                        path: r.get(1)?,
+                        path: if here {
+                            new_path.clone()
+                        } else {
+                            current.clone()
+                        },
                         commit: r.get(2)?,
-                        change: r.get(3)?,
-                        old_path: r.get(4)?,
-                        blob: r.get(5)?,
-                        model: r.get(6)?,
-                        entities: r.get(7)?,
-                        attributes: r.get(8)?,
-                        error: r.get(9)?,
+                        change: if here {
+                            r.get(3)?
+                        } else {
+                            format!("renamed to {new_path}")
+                        },
+                        old_path: if here { r.get(4)? } else { None },
+                        blob: if here { r.get(5)? } else { None },
+                        model: if here { r.get(6)? } else { None },
+                        entities: if here { r.get(7)? } else { None },
+                        attributes: if here { r.get(8)? } else { None },
+                        error: if here { r.get(9)? } else { None },
                         author: r.get(10)?,
                         author_email: r.get(11)?,
                         time: r.get(12)?,
@@ -1086,9 +1081,9 @@ impl Store {
                 .doing("reading the history")?;
             let mut next = None;
             for row in rows {
-                let renamed = (row.change == "renamed").then(|| (row.old_path.clone(), row.seq));
+                let renamed_in = (row.change == "renamed").then(|| (row.old_path.clone(), row.seq));
                 out.push(row);
-                if let Some((Some(old), seq)) = renamed {
+                if let Some((Some(old), seq)) = renamed_in {
                     next = Some((old, seq));
                     break;
                 }
@@ -1507,33 +1502,37 @@ fn finish_step(
     Ok(())
 }
 
-/// Remove a repository's models from the search index.
-fn unindex_repo(tx: &Transaction<'_>, repo_id: &str) -> Result<(), StoreError> {
-    tx.execute(
-        "DELETE FROM search WHERE rowid IN (
-             SELECT a.id * 4 + 2 FROM attributes a JOIN models m ON m.id = a.model_id WHERE m.repo_id = ?1
-             UNION ALL SELECT e.id * 4 + 1 FROM entities e JOIN models m ON m.id = e.model_id WHERE m.repo_id = ?1
-             UNION ALL SELECT id * 4 FROM models WHERE repo_id = ?1)",
-        [repo_id],
-    )
-    .doing("removing a repository from the search index")?;
-    Ok(())
-}
-
 /// Turn what a person types into an FTS5 query: plain words become prefix terms that must all match (case
-/// and accents ignored by the index). A query that already uses FTS5 syntax (quotes, `*`, parentheses, a
-/// column filter, or AND / OR / NOT / NEAR) is passed on as written.
+/// and accents ignored by the index). A query that uses FTS5 syntax on purpose — a quote, a parenthesis, a
+/// word that is exactly AND / OR / NOT, `NEAR(`, or a column filter (`name:`, `code:`, `path:`,
+/// `description:`) — is passed on as written. Anything else (colons in `ns:field`, URLs, `^`, `-`) is text.
 pub fn fts_query(input: &str) -> String {
-    let advanced = input.contains(['"', '*', '(', ')', ':', '^'])
-        || input
-            .split_whitespace()
-            .any(|w| matches!(w, "AND" | "OR" | "NOT") || w.starts_with("NEAR"));
+    let columns = [
+        "name:",
+        "code:",
+        "path:",
+        "description:",
+        "kind:",
+        "-name:",
+        "-code:",
+        "-path:",
+        "-description:",
+    ];
+    let words: Vec<&str> = input.split_whitespace().collect();
+    // AND/OR/NOT are operators only between two other words; alone, first
+    // or last they are plain search terms ("AND" finds "ANDROID").
+    let operator =
+        |i: usize| matches!(words[i], "AND" | "OR" | "NOT") && i > 0 && i + 1 < words.len();
+    let advanced = input.contains(['"', '(', ')'])
+        || words.iter().enumerate().any(|(i, w)| {
+            operator(i) || w.starts_with("NEAR(") || columns.iter().any(|c| w.starts_with(c))
+        });
     if advanced {
         return input.to_string();
     }
     input
         .split_whitespace()
-        .map(|w| format!("\"{}\"*", w.replace('"', "")))
+        .map(|w| format!("\"{}\"*", w.replace('"', "\"\"")))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -1546,14 +1545,7 @@ fn delete_model(tx: &Transaction<'_>, repo_id: &str, path: &str) -> Result<bool,
     let Some(id) = id else {
         return Ok(false);
     };
-    tx.prepare_cached(
-        "DELETE FROM search WHERE rowid IN (
-             SELECT id * 4 + 2 FROM attributes WHERE model_id = ?1
-             UNION ALL SELECT id * 4 + 1 FROM entities WHERE model_id = ?1
-             UNION ALL SELECT ?1 * 4)",
-    )
-    .and_then(|mut s| s.execute([id]))
-    .doing("removing a model from the search index")?;
+    // The search rows go with it (triggers).
     tx.prepare_cached("DELETE FROM models WHERE id = ?1")
         .and_then(|mut s| s.execute([id]))
         .doing("removing a model")?;

@@ -9,7 +9,7 @@
 //! Also one discovery run of one provider: list its repositories through the REST API and record them, so
 //! the daemon knows which repositories to poll.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -400,16 +400,29 @@ pub fn rebuild(
         repo: id.clone(),
         source,
     };
+    // Only a mirror with a branch replaces the catalog: an empty one (a failed first fetch) changes nothing.
+    let Some((branch, head)) = git::mirror_head(&mirror) else {
+        return Err(SyncError::Internal {
+            repo: id,
+            message: format!(
+                "the local mirror at {} has no branch yet; nothing was changed (`modelmirror sync {}` fetches it)",
+                path.display(),
+                repo.id
+            ),
+        });
+    };
     store
         .ensure_repo(&repo.id, &repo.provider, &repo.path, &repo.url)
         .map_err(store_err)?;
     store.reset_catalog(&repo.id).map_err(store_err)?;
-    let Some((branch, head)) = git::mirror_head(&mirror) else {
-        return Ok(PollOutcome::Empty);
+    // With no network to spare, a rebuild always walks the whole history the mirror holds.
+    let full = RepoConfig {
+        backfill: true,
+        ..repo.clone()
     };
     catch_up(
         config,
-        repo,
+        &full,
         store,
         &mirror,
         &branch,
@@ -417,6 +430,46 @@ pub fn rebuild(
         &crate::store::RepoState::default(),
         cancel,
     )
+}
+
+/// A commit of the repository's mirror, given as an id or unambiguous prefix (or any revision git
+/// understands): its full id.
+pub fn resolve_commit(config: &Config, repo: &RepoConfig, rev: &str) -> Result<String, String> {
+    if rev.trim().is_empty() {
+        return Err(format!("{}: an empty commit", repo.id));
+    }
+    let mirror = Repository::open_bare(config.mirror_path(repo)).map_err(|_| {
+        format!(
+            "{}: no local mirror (`modelmirror sync {}` fetches it)",
+            repo.id, repo.id
+        )
+    })?;
+    mirror
+        .revparse_single(rev)
+        .and_then(|o| o.peel_to_commit())
+        .map(|c| c.id().to_string())
+        .map_err(|e| {
+            format!(
+                "{}: commit {rev:?}: {} (not in the mirror, or ambiguous)",
+                repo.id,
+                e.message()
+            )
+        })
+}
+
+/// Whether `ancestor` is `commit` itself or one of its ancestors, in the repository's mirror.
+pub fn is_at_or_before(config: &Config, repo: &RepoConfig, ancestor: &str, commit: &str) -> bool {
+    if ancestor == commit {
+        return true;
+    }
+    let (Ok(mirror), Ok(a), Ok(c)) = (
+        Repository::open_bare(config.mirror_path(repo)),
+        Oid::from_str(ancestor),
+        Oid::from_str(commit),
+    ) else {
+        return false;
+    };
+    git::is_ancestor(&mirror, a, c)
 }
 
 /// A model as stored in the mirror: at `commit` (a commit id or prefix; the newest processed version when
@@ -428,7 +481,15 @@ pub fn model_at(
     path: &str,
 ) -> Result<(Parsed, String, String), String> {
     let mirror_path = config.mirror_path(repo);
-    let mirror = git::open_mirror(&mirror_path).map_err(|e| format!("{}: {e}", repo.id))?;
+    // Only an existing mirror: reading never creates one.
+    let mirror = Repository::open_bare(&mirror_path).map_err(|_| {
+        format!(
+            "{}: no local mirror at {} (`modelmirror sync {}` fetches it)",
+            repo.id,
+            mirror_path.display(),
+            repo.id
+        )
+    })?;
     let (commit, blob) = git::blob_at(&mirror, commit, path)
         .map_err(|e| format!("{}: {e}", repo.id))?
         .ok_or_else(|| format!("{}: there is no file {path} at commit {commit}", repo.id))?;
@@ -538,27 +599,45 @@ fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepEr
     let ignore_blob = git::root_blob(mirror, commit, HUBIGNORE)?;
     let ignore = hubignore(mirror, ignore_blob, &repo.id);
     let mut note = ctx.note;
-    let diff_parent = match *step {
+    let (diff_parent, rules_changed) = match *step {
         StepKind::Diff { parent, .. } => {
             let parent_blob = match parent {
                 Some(p) => git::root_blob(mirror, p, HUBIGNORE)?,
                 None => None,
             };
-            if parent_blob == ignore_blob {
-                Some(parent)
-            } else {
-                note = note.or(Some("hubignore-changed"));
-                None
-            }
+            (Some(parent), parent_blob != ignore_blob)
         }
-        StepKind::Reconcile { .. } => None,
+        StepKind::Reconcile { .. } => (None, false),
     };
+    if rules_changed {
+        note = note.or(Some("hubignore-changed"));
+    }
     // A diff step's changes are what differs from the catalog (which equals the parent's tree); a reconcile
     // step compares the tree with the catalog itself.
     let changes = match diff_parent {
         Some(parent) => {
-            let changes = git::diff_commits(mirror, parent, commit, filter)?;
-            without_ignored(changes, &ignore)
+            let mut changes =
+                without_ignored(git::diff_commits(mirror, parent, commit, filter)?, &ignore);
+            if rules_changed {
+                // The commit's own changes (renames kept), then what the new rules change: stored models now
+                // left out go, files now allowed that the catalog lacks come in.
+                let stored = store.model_blobs(&repo.id)?;
+                let touched: HashSet<String> = changes.iter().flat_map(change_paths).collect();
+                for path in stored.keys() {
+                    if ignore.is_ignored(path) && !touched.contains(path) {
+                        changes.push(Change::Deleted { path: path.clone() });
+                    }
+                }
+                for (path, blob) in git::tree_files(mirror, commit, filter)? {
+                    if !ignore.is_ignored(&path)
+                        && !stored.contains_key(&path)
+                        && !touched.contains(&path)
+                    {
+                        changes.push(Change::Added { path, blob });
+                    }
+                }
+            }
+            changes
         }
         None => {
             let stored = store.model_blobs(&repo.id)?;
@@ -589,6 +668,16 @@ fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepEr
 
 /// The file at a repository's root that lists models and folders to leave out (gitignore syntax).
 pub const HUBIGNORE: &str = ".hubignore";
+
+/// The paths a change touches.
+fn change_paths(c: &Change) -> Vec<String> {
+    match c {
+        Change::Added { path, .. } | Change::Modified { path, .. } | Change::Deleted { path } => {
+            vec![path.clone()]
+        }
+        Change::Renamed { from, to, .. } => vec![from.clone(), to.clone()],
+    }
+}
 
 /// The rules of a `.hubignore` blob (none when absent or unreadable).
 fn hubignore(mirror: &Repository, blob: Option<Oid>, repo_id: &str) -> HubIgnore {

@@ -205,44 +205,58 @@ pub(super) fn changes(
 ) -> Result<ExitCode, CliError> {
     let store = Store::open(&config.database)?;
     let repo = find_repo(config, &store, repo_id)?;
+    // Newest first, following renames; "renamed to" rows are where the model left this name.
     let versions: Vec<_> = store
         .history(repo_id, path)?
         .into_iter()
-        .filter(|v| v.blob.is_some())
+        .filter(|v| !v.change.starts_with("renamed to"))
         .collect();
-    // A version given by commit takes the path the model had in that version, if the commit is one of them.
-    let pick = |commit: &str| {
+    if versions.is_empty() {
+        return Err(CliError::Catalog(format!(
+            "no versions of {path} in {repo_id}: `modelmirror history` shows what there is"
+        )));
+    }
+    // The version in force at a commit: the newest version made at that commit or before it.
+    let version_at = |rev: &str| -> Result<usize, CliError> {
+        let full = crate::sync::resolve_commit(config, &repo, rev).map_err(CliError::Catalog)?;
         versions
             .iter()
-            .find(|v| v.commit.starts_with(commit))
-            .map_or((commit.to_string(), path.to_string()), |v| {
-                (v.commit.clone(), v.path.clone())
-            })
+            .position(|v| crate::sync::is_at_or_before(config, &repo, &v.commit, &full))
+            .ok_or_else(|| CliError::Catalog(format!("{path} did not exist yet at commit {rev}")))
     };
-    let to_v = match to {
-        Some(c) => pick(c),
-        None => versions
-            .first()
-            .map(|v| (v.commit.clone(), v.path.clone()))
-            .ok_or_else(|| {
-                CliError::Catalog(format!(
-                    "no versions of {path} in {repo_id}: `modelmirror history` shows what there is"
-                ))
-            })?,
-    };
-    let from_v = match from {
-        Some(c) => pick(c),
-        None => {
-            let newer = versions
-                .iter()
-                .position(|v| v.commit == to_v.0)
-                .unwrap_or(0);
-            versions.get(newer + 1).map(|v| (v.commit.clone(), v.path.clone())).ok_or_else(|| {
-                CliError::Catalog(format!(
-                    "{path} in {repo_id} has only one version: nothing to compare (give --from COMMIT)"
-                ))
-            })?
+    let usable = |i: usize, rev: &str| -> Result<(String, String), CliError> {
+        let v = &versions[i];
+        if v.blob.is_none() {
+            return Err(CliError::Catalog(format!(
+                "{path} was deleted at commit {} (asked: {rev})",
+                short(&v.commit)
+            )));
         }
+        Ok((v.commit.clone(), v.path.clone()))
+    };
+    let to_i = match to {
+        Some(c) => version_at(c)?,
+        None => versions.iter().position(|v| v.blob.is_some()).unwrap_or(0),
+    };
+    let to_v = usable(to_i, to.unwrap_or("the newest version"))?;
+    let from_v = match from {
+        Some(c) => {
+            let i = version_at(c)?;
+            usable(i, c)?
+        }
+        None => match versions.get(to_i + 1) {
+            Some(v) if v.blob.is_some() => (v.commit.clone(), v.path.clone()),
+            Some(_) => {
+                return Err(CliError::Catalog(format!(
+                    "{path} in {repo_id} was deleted before this version and added again: nothing earlier to compare (give --from COMMIT)"
+                )));
+            }
+            None => {
+                return Err(CliError::Catalog(format!(
+                    "{path} in {repo_id} has only one version: nothing to compare (give --from COMMIT)"
+                )));
+            }
+        },
     };
     let (old, old_commit, old_blob) = load_model(config, &repo, &from_v.0, &from_v.1)?;
     let (new, new_commit, new_blob) = load_model(config, &repo, &to_v.0, &to_v.1)?;
@@ -466,12 +480,51 @@ pub(super) fn show(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The mirrors on disk below `dir`: paths (relative, without `.git`) of bare repositories.
+fn mirrors_below(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if !p.is_dir() {
+                continue;
+            }
+            if p.extension().is_some_and(|x| x == "git") && p.join("HEAD").exists() {
+                if let Ok(rel) = p.strip_prefix(dir) {
+                    let rel = rel.to_string_lossy().replace('\\', "/");
+                    out.push(rel.trim_end_matches(".git").to_string());
+                }
+            } else {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 pub(super) fn rebuild(config: Config, ids: &[String]) -> Result<ExitCode, CliError> {
     let store = Store::open(&config.database)?;
     let mut repos = config.repos.clone();
     for (index, p) in config.providers.iter().enumerate() {
-        for (path, url) in store.discovered_repos(&p.name)? {
-            let r = p.repo(index, &path, &url);
+        let mut found: Vec<RepoConfig> = store
+            .discovered_repos(&p.name)?
+            .into_iter()
+            .map(|(path, url)| p.repo(index, &path, &url))
+            .collect();
+        // A lost database forgets discovered repositories; their mirrors remember them.
+        if !p.discover.is_empty() {
+            for path in mirrors_below(&config.mirrors_dir().join(&p.name)) {
+                if let Ok(resolved) = crate::provider::resolve_repo(p.kind, &p.base_url, &path) {
+                    found.push(p.repo(index, &resolved.path, &resolved.url));
+                }
+            }
+        }
+        for r in found {
             if !repos.iter().any(|x| x.id == r.id) {
                 repos.push(r);
             }

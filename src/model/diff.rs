@@ -1,6 +1,10 @@
 //! What changed inside a model between two versions: entities, attributes and relationships added, removed,
-//! renamed or changed. Entities and attributes are matched by GUID (falling back to the name, and to the path
-//! for attributes), so a rename is a rename and not a removal plus an addition. Pure functions.
+//! renamed or changed. Entities, attributes and relationships are matched by GUID (falling back to the name,
+//! the path for attributes, or the ends for unnamed relationships), so a rename is a rename and not a removal
+//! plus an addition. Matching uses hash maps: the cost grows with the model's size, not its square. Pure
+//! functions.
+
+use std::collections::HashMap;
 
 use serde::Serialize;
 
@@ -18,6 +22,7 @@ pub struct ModelDiff {
     pub attributes_changed: Vec<AttributeChanged>,
     pub relationships_added: Vec<String>,
     pub relationships_removed: Vec<String>,
+    pub relationships_renamed: Vec<Renamed>,
     pub relationships_changed: Vec<RelationshipChanged>,
 }
 
@@ -66,125 +71,164 @@ impl ModelDiff {
     }
 }
 
+/// Pairs each old item with a new one: same GUID first, then the same key among items where a GUID is
+/// missing on either side. Returns, for each old item, the index of its new match.
+fn pair<T>(
+    old: &[T],
+    new: &[T],
+    guid: fn(&T) -> Option<&str>,
+    key: fn(&T) -> String,
+) -> Vec<Option<usize>> {
+    let mut by_guid: HashMap<&str, usize> = HashMap::new();
+    let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, n) in new.iter().enumerate() {
+        if let Some(g) = guid(n) {
+            by_guid.entry(g).or_insert(i);
+        }
+        by_key.entry(key(n)).or_default().push(i);
+    }
+    let mut used = vec![false; new.len()];
+    let mut out = vec![None; old.len()];
+    // GUIDs first, so a key match never steals an item that has its own GUID partner.
+    for (o, item) in old.iter().enumerate() {
+        if let Some(&i) = guid(item).and_then(|g| by_guid.get(g))
+            && !used[i]
+        {
+            used[i] = true;
+            out[o] = Some(i);
+        }
+    }
+    for (o, item) in old.iter().enumerate() {
+        if out[o].is_some() {
+            continue;
+        }
+        let g = guid(item);
+        if let Some(candidates) = by_key.get(&key(item))
+            && let Some(&i) = candidates
+                .iter()
+                .find(|&&i| !used[i] && (g.is_none() || guid(&new[i]).is_none()))
+        {
+            used[i] = true;
+            out[o] = Some(i);
+        }
+    }
+    out
+}
+
 fn entity_guid(e: &Entity) -> Option<&str> {
     e.guid.as_deref()
 }
-fn entity_key(e: &Entity) -> &str {
-    &e.name
+fn entity_key(e: &Entity) -> String {
+    e.name.clone()
 }
 fn attribute_guid(a: &Attribute) -> Option<&str> {
     a.guid.as_deref()
 }
-fn attribute_key(a: &Attribute) -> &str {
-    &a.path
+fn attribute_key(a: &Attribute) -> String {
+    a.path.clone()
 }
-
-/// Index of the item in `new` matching `item`: same GUID, else same key (when the GUID is absent on either).
-fn find<T>(
-    new: &[T],
-    used: &[bool],
-    guid: fn(&T) -> Option<&str>,
-    key: fn(&T) -> &str,
-    item: &T,
-) -> Option<usize> {
-    let g = guid(item);
-    if let Some(g) = g
-        && let Some(i) = new
-            .iter()
-            .enumerate()
-            .position(|(i, n)| !used[i] && guid(n) == Some(g))
-    {
-        return Some(i);
-    }
-    new.iter().enumerate().position(|(i, n)| {
-        !used[i] && key(n) == key(item) && (g.is_none() || guid(n).is_none() || guid(n) == g)
-    })
+fn relationship_guid(r: &Relationship) -> Option<&str> {
+    r.guid.as_deref()
 }
 
 /// Compare two versions of a model.
 pub fn diff(old: &Model, new: &Model) -> ModelDiff {
     let mut d = ModelDiff::default();
-    let mut used = vec![false; new.entities.len()];
-    for oe in &old.entities {
-        match find(&new.entities, &used, entity_guid, entity_key, oe) {
+    let pairs = pair(&old.entities, &new.entities, entity_guid, entity_key);
+    let mut matched = vec![false; new.entities.len()];
+    // Old entity name → new name, to see relationships through entity renames.
+    let mut renamed_entities: HashMap<&str, &str> = HashMap::new();
+    for (oe, p) in old.entities.iter().zip(&pairs) {
+        match p {
             None => d.entities_removed.push(oe.name.clone()),
             Some(i) => {
-                used[i] = true;
-                let ne = &new.entities[i];
+                matched[*i] = true;
+                let ne = &new.entities[*i];
                 if ne.name != oe.name {
                     d.entities_renamed.push(Renamed {
                         from: oe.name.clone(),
                         to: ne.name.clone(),
                     });
+                    renamed_entities.insert(&oe.name, &ne.name);
                 }
                 diff_attributes(&mut d, oe, ne);
             }
         }
     }
     for (i, ne) in new.entities.iter().enumerate() {
-        if !used[i] {
+        if !matched[i] {
             d.entities_added.push(ne.name.clone());
         }
     }
-    diff_relationships(&mut d, &old.relationships, &new.relationships);
+    diff_relationships(
+        &mut d,
+        &old.relationships,
+        &new.relationships,
+        &renamed_entities,
+    );
     d
 }
 
 fn diff_attributes(d: &mut ModelDiff, oe: &Entity, ne: &Entity) {
-    let mut used = vec![false; ne.attributes.len()];
-    for oa in &oe.attributes {
-        match find(&ne.attributes, &used, attribute_guid, attribute_key, oa) {
-            None => d.attributes_removed.push(AttributeRef {
+    let pairs = pair(
+        &oe.attributes,
+        &ne.attributes,
+        attribute_guid,
+        attribute_key,
+    );
+    let mut matched = vec![false; ne.attributes.len()];
+    for (oa, p) in oe.attributes.iter().zip(&pairs) {
+        let Some(i) = *p else {
+            d.attributes_removed.push(AttributeRef {
                 entity: ne.name.clone(),
                 attribute: oa.path.clone(),
-            }),
-            Some(i) => {
-                used[i] = true;
-                let na = &ne.attributes[i];
-                if na.path != oa.path {
-                    d.attributes_renamed.push(AttributeRenamed {
-                        entity: ne.name.clone(),
-                        from: oa.path.clone(),
-                        to: na.path.clone(),
-                    });
-                }
-                let mut changed = |field: &str, from: Option<String>, to: Option<String>| {
-                    if from != to {
-                        d.attributes_changed.push(AttributeChanged {
-                            entity: ne.name.clone(),
-                            attribute: na.path.clone(),
-                            field: field.to_string(),
-                            from,
-                            to,
-                        });
-                    }
-                };
-                let ty = |a: &Attribute| match (&a.data_type, &a.mode) {
-                    (Some(t), Some(m)) => Some(format!("{t} ({m})")),
-                    (Some(t), None) => Some(t.clone()),
-                    (None, m) => m.clone(),
-                };
-                changed("type", ty(oa), ty(na));
-                changed(
-                    "required",
-                    Some(oa.required.to_string()),
-                    Some(na.required.to_string()),
-                );
-                changed(
-                    "primary_key",
-                    Some(oa.primary_key.to_string()),
-                    Some(na.primary_key.to_string()),
-                );
-                changed(
-                    "description",
-                    oa.description.clone(),
-                    na.description.clone(),
-                );
-            }
+            });
+            continue;
+        };
+        matched[i] = true;
+        let na = &ne.attributes[i];
+        if na.path != oa.path {
+            d.attributes_renamed.push(AttributeRenamed {
+                entity: ne.name.clone(),
+                from: oa.path.clone(),
+                to: na.path.clone(),
+            });
         }
+        let mut changed = |field: &str, from: Option<String>, to: Option<String>| {
+            if from != to {
+                d.attributes_changed.push(AttributeChanged {
+                    entity: ne.name.clone(),
+                    attribute: na.path.clone(),
+                    field: field.to_string(),
+                    from,
+                    to,
+                });
+            }
+        };
+        let ty = |a: &Attribute| match (&a.data_type, &a.mode) {
+            (Some(t), Some(m)) => Some(format!("{t} ({m})")),
+            (Some(t), None) => Some(t.clone()),
+            (None, m) => m.clone(),
+        };
+        changed("type", ty(oa), ty(na));
+        changed(
+            "required",
+            Some(oa.required.to_string()),
+            Some(na.required.to_string()),
+        );
+        changed(
+            "primary_key",
+            Some(oa.primary_key.to_string()),
+            Some(na.primary_key.to_string()),
+        );
+        changed(
+            "description",
+            oa.description.clone(),
+            na.description.clone(),
+        );
     }
     for (i, na) in ne.attributes.iter().enumerate() {
-        if !used[i] {
+        if !matched[i] {
             d.attributes_added.push(AttributeRef {
                 entity: ne.name.clone(),
                 attribute: na.path.clone(),
@@ -193,8 +237,8 @@ fn diff_attributes(d: &mut ModelDiff, oe: &Entity, ne: &Entity) {
     }
 }
 
-/// A relationship's identity: its name, else its ends.
-fn rel_key(r: &Relationship) -> String {
+/// A relationship's identity for people: its name, else its ends.
+fn rel_label(r: &Relationship) -> String {
     match &r.name {
         Some(n) if !n.is_empty() => n.clone(),
         _ => format!(
@@ -205,50 +249,65 @@ fn rel_key(r: &Relationship) -> String {
     }
 }
 
-fn diff_relationships(d: &mut ModelDiff, old: &[Relationship], new: &[Relationship]) {
-    let mut used = vec![false; new.len()];
-    for o in old {
-        let k = rel_key(o);
-        match new
-            .iter()
-            .enumerate()
-            .position(|(i, n)| !used[i] && rel_key(n) == k)
-        {
-            None => d.relationships_removed.push(k),
-            Some(i) => {
-                used[i] = true;
-                let n = &new[i];
-                let fields = [
-                    ("parent", &o.parent_entity, &n.parent_entity),
-                    ("child", &o.child_entity, &n.child_entity),
-                    (
-                        "parent_cardinality",
-                        &o.parent_cardinality,
-                        &n.parent_cardinality,
-                    ),
-                    (
-                        "child_cardinality",
-                        &o.child_cardinality,
-                        &n.child_cardinality,
-                    ),
-                    ("type", &o.relationship_type, &n.relationship_type),
-                ];
-                for (field, from, to) in fields {
-                    if from != to {
-                        d.relationships_changed.push(RelationshipChanged {
-                            relationship: k.clone(),
-                            field: field.to_string(),
-                            from: from.clone(),
-                            to: to.clone(),
-                        });
-                    }
-                }
+fn diff_relationships(
+    d: &mut ModelDiff,
+    old: &[Relationship],
+    new: &[Relationship],
+    renamed_entities: &HashMap<&str, &str>,
+) {
+    let pairs = pair(old, new, relationship_guid, rel_label);
+    let mut matched = vec![false; new.len()];
+    // An end that names a renamed entity is compared under the entity's new name.
+    let through = |e: &Option<String>| -> Option<String> {
+        e.as_deref()
+            .map(|n| renamed_entities.get(n).copied().unwrap_or(n).to_string())
+    };
+    for (o, p) in old.iter().zip(&pairs) {
+        let Some(i) = *p else {
+            d.relationships_removed.push(rel_label(o));
+            continue;
+        };
+        matched[i] = true;
+        let n = &new[i];
+        if rel_label(n) != rel_label(o) && o.name.as_deref().is_some_and(|s| !s.is_empty()) {
+            d.relationships_renamed.push(Renamed {
+                from: rel_label(o),
+                to: rel_label(n),
+            });
+        }
+        let fields = [
+            ("parent", through(&o.parent_entity), n.parent_entity.clone()),
+            ("child", through(&o.child_entity), n.child_entity.clone()),
+            (
+                "parent_cardinality",
+                o.parent_cardinality.clone(),
+                n.parent_cardinality.clone(),
+            ),
+            (
+                "child_cardinality",
+                o.child_cardinality.clone(),
+                n.child_cardinality.clone(),
+            ),
+            (
+                "type",
+                o.relationship_type.clone(),
+                n.relationship_type.clone(),
+            ),
+        ];
+        for (field, from, to) in fields {
+            if from != to {
+                d.relationships_changed.push(RelationshipChanged {
+                    relationship: rel_label(n),
+                    field: field.to_string(),
+                    from,
+                    to,
+                });
             }
         }
     }
     for (i, n) in new.iter().enumerate() {
-        if !used[i] {
-            d.relationships_added.push(rel_key(n));
+        if !matched[i] {
+            d.relationships_added.push(rel_label(n));
         }
     }
 }
@@ -335,8 +394,8 @@ mod tests {
             .iter()
             .map(|c| c.field.as_str())
             .collect();
-        // The parent entity was renamed, so the relationship names another parent too.
-        assert_eq!(rel, vec!["parent", "child", "child_cardinality"]);
+        // The parent entity's rename is not a relationship change; the child end really moved.
+        assert_eq!(rel, vec!["child", "child_cardinality"]);
         assert!(diff(&new, &new).is_empty());
     }
 }

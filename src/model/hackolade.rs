@@ -253,6 +253,7 @@ fn build_model(root: &Object) -> Model {
         .iter()
         .filter_map(Value::as_object)
         .map(|r| Relationship {
+            guid: owned(r, "GUID"),
             name: owned(r, "name"),
             parent_entity: names.resolve(text(r, "parentCollection")),
             child_entity: names.resolve(text(r, "childCollection")),
@@ -809,6 +810,7 @@ mod tests {
         assert_eq!(
             model.relationships[0],
             Relationship {
+                guid: None,
                 name: Some("r".into()),
                 parent_entity: Some("Pet".into()),
                 child_entity: Some("gone".into()),

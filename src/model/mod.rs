@@ -132,6 +132,7 @@ pub struct Attribute {
 /// A relationship between two entities.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Relationship {
+    pub guid: Option<String>,
     pub name: Option<String>,
     /// Entity name resolved from its GUID, or the GUID itself when it cannot be resolved.
     pub parent_entity: Option<String>,

@@ -687,3 +687,158 @@ fn views_for_users_own_sql() {
         .unwrap();
     assert!(n > 0);
 }
+
+/// Review cases: a pruned repository leaves nothing in the index (and the next sync of another one works);
+/// plain words with colons and operators are text; rebuild refuses an empty mirror; `changes --to` a commit
+/// between versions compares with the version before; a rename in the commit that changes `.hubignore` stays
+/// a rename.
+#[test]
+fn catalog_edge_cases() {
+    let env = Env::new(Auth::None);
+    let (_, work) = env.new_repo("t/e.git");
+    env.write_config(&format!(
+        "[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"t/e.git\"]\n",
+        env.server.url()
+    ));
+    let model = |name: &str, attrs: &[&str]| {
+        let props: Vec<String> = attrs
+            .iter()
+            .map(|a| format!("{{\"GUID\":\"g-{a}\",\"name\":\"{a}\",\"type\":\"string\"}}"))
+            .collect();
+        format!(
+            "{{\n  \"modelName\": \"{name}\",\n  \"collections\": [{{\"GUID\":\"e1\",\"collectionName\":\"E\",\"properties\":[{}]}}]\n}}\n",
+            props.join(",")
+        )
+    };
+    std::fs::create_dir_all(work.join("m")).unwrap();
+    std::fs::write(work.join("m/a.json"), model("ns:field AND more", &["x"])).unwrap();
+    let c1 = commit_all(&work, "c1");
+    std::fs::write(work.join("other.txt"), "x").unwrap();
+    let c1b = commit_all(&work, "c1b: another file");
+    std::fs::write(
+        work.join("m/a.json"),
+        model("ns:field AND more", &["x", "y"]),
+    )
+    .unwrap();
+    let c2 = commit_all(&work, "c2");
+    std::fs::write(
+        work.join("m/a.json"),
+        model("ns:field AND more", &["x", "y", "z"]),
+    )
+    .unwrap();
+    commit_all(&work, "c3");
+    env.run(&["sync"]).ok();
+
+    // Plain words, colons and operators included.
+    for q in ["ns:field", "AND", "field AND", "x^y"] {
+        let run = env.run(&["search", q, "--json"]);
+        assert_eq!(run.code, 0, "{q}: {}", run.stderr);
+    }
+    assert_eq!(
+        env.run(&["search", "ns:field", "--json", "--kind", "model"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // --to a commit between two versions: compared with the version before it, in the right direction.
+    let d = env.run(&["changes", "g/t/e", "m/a.json", "--to", &c1b[..10], "--json"]);
+    assert_eq!(
+        d.code, 2,
+        "c1b has only the first version before it: {}",
+        d.stdout
+    );
+    let d = env
+        .run(&[
+            "changes",
+            "g/t/e",
+            "m/a.json",
+            "--from",
+            &c1b[..10],
+            "--to",
+            &c2[..10],
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(d["from"]["commit"], c1.as_str());
+    assert_eq!(d["attributes_added"][0]["attribute"], "y", "{d}");
+    assert!(
+        d["attributes_removed"].as_array().unwrap().is_empty(),
+        "{d}"
+    );
+    assert_eq!(
+        env.run(&["changes", "g/t/e", "m/a.json", "--from", ""])
+            .code,
+        2
+    );
+
+    // A rename (with an edit) in the same commit that adds a .hubignore stays a rename.
+    git(&work, &["mv", "m/a.json", "m/b.json"]);
+    std::fs::write(
+        work.join("m/b.json"),
+        model("ns:field AND more", &["x", "y", "z", "w"]),
+    )
+    .unwrap();
+    std::fs::write(work.join(".hubignore"), "nothing-here/\n").unwrap();
+    commit_all(&work, "rename and .hubignore");
+    env.run(&["sync"]).ok();
+    let h = env
+        .run(&["history", "g/t/e", "m/b.json", "--json"])
+        .ok()
+        .json();
+    assert_eq!(h[0]["change"], "renamed from m/a.json", "{h}");
+    let h = env
+        .run(&["history", "g/t/e", "m/a.json", "--json"])
+        .ok()
+        .json();
+    assert_eq!(h[0]["change"], "renamed to m/b.json", "{h}");
+
+    // Pruning leaves nothing in the index; the next stored model is indexed fine.
+    let db = env.db();
+    db.execute("DELETE FROM repos WHERE id = 'g/t/e'", [])
+        .unwrap();
+    let left: i64 = db
+        .query_row("SELECT COUNT(*) FROM search", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0, "the triggers unindexed everything");
+    drop(db);
+    env.run(&["sync"]).ok();
+    assert_eq!(
+        env.run(&["models", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // rebuild refuses an empty mirror and keeps the catalog.
+    let mirror = env.path().join("state/mirrors/g/t/e.git");
+    std::fs::remove_dir_all(&mirror).unwrap();
+    git(
+        env.path(),
+        &["init", "-q", "--bare", &mirror.to_string_lossy()],
+    );
+    let run = env.run(&["rebuild"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout
+            .contains("has no branch yet; nothing was changed"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        env.run(&["models", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
