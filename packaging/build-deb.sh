@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked
-mkdir -p target/assets
+rm -rf target/assets && mkdir -p target/assets/man
 bin=target/release/modelmirror
-"$bin" man > target/assets/modelmirror.1
+"$bin" man --dir target/assets/man
 "$bin" completions bash > target/assets/modelmirror.bash
 "$bin" completions zsh > target/assets/_modelmirror
 "$bin" completions fish > target/assets/modelmirror.fish

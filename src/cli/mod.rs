@@ -112,8 +112,13 @@ pub enum Command {
     },
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to standard output.
     Completions { shell: clap_complete::Shell },
-    /// Print the man page (roff) to standard output.
-    Man,
+    /// Print the man page (roff) to standard output, or with --dir write one page per command
+    /// (modelmirror.1, modelmirror-check.1, ...) into that directory.
+    Man {
+        /// Write every page into this directory instead of printing the main one.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Check everything, like `nginx -t`: configuration, secrets, each provider's token and discovery, and
     /// each repository's refs. Exit status 0 only when every check passes.
     Check {
@@ -176,11 +181,13 @@ impl Cli {
                 clap_complete::generate(shell, &mut cmd, "modelmirror", &mut std::io::stdout());
                 return Ok(ExitCode::SUCCESS);
             }
-            Command::Man => {
+            Command::Man { dir } => {
                 let cmd = <Cli as clap::CommandFactory>::command();
-                clap_mangen::Man::new(cmd)
-                    .render(&mut std::io::stdout())
-                    .map_err(CliError::Output)?;
+                match dir {
+                    Some(dir) => clap_mangen::generate_to(cmd, dir),
+                    None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout()),
+                }
+                .map_err(CliError::Output)?;
                 return Ok(ExitCode::SUCCESS);
             }
             _ => {}
@@ -227,7 +234,7 @@ impl Cli {
                 json,
             } => catalog::show(&config, &repo, &path, commit.as_deref(), json),
             Command::Rebuild { repos } => catalog::rebuild(config, &repos),
-            Command::Check { .. } | Command::Completions { .. } | Command::Man => {
+            Command::Check { .. } | Command::Completions { .. } | Command::Man { .. } => {
                 Ok(ExitCode::SUCCESS)
             }
         }

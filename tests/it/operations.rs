@@ -432,6 +432,28 @@ fn man_page_and_completions() {
         text.contains(".TH modelmirror 1") && text.contains("rebuild"),
         "{text}"
     );
+    // One page per command, so the SEE ALSO references of the main page resolve.
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .arg("man")
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for page in [
+        "modelmirror.1",
+        "modelmirror-check.1",
+        "modelmirror-changes.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page}: {text}");
+    }
+    let check = std::fs::read_to_string(dir.path().join("modelmirror-check.1")).unwrap();
+    assert!(
+        check.contains("json"),
+        "check --json is documented: {check}"
+    );
     for shell in ["bash", "zsh", "fish"] {
         let out = bin().args(["completions", shell]).output().unwrap();
         assert!(
