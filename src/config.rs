@@ -334,7 +334,7 @@ pub struct ProviderConfig {
 
 impl ProviderConfig {
     /// The configuration of one of this provider's repositories, at `path` with clone URL `url`.
-    pub fn repo(&self, index: usize, path: &str, url: &str) -> RepoConfig {
+    pub fn repo(&self, path: &str, url: &str) -> RepoConfig {
         RepoConfig {
             id: format!("{}/{path}", self.name),
             provider: self.name.clone(),
@@ -342,7 +342,6 @@ impl ProviderConfig {
             url: url.to_string(),
             schedule: self.schedule.clone(),
             backfill: self.backfill,
-            provider_index: index,
         }
     }
 
@@ -567,8 +566,6 @@ pub struct RepoConfig {
     pub schedule: Schedule,
     /// Whether the first import walks the whole first-parent history (true) or imports only the head.
     pub backfill: bool,
-    /// Index into [`Config::providers`].
-    pub provider_index: usize,
 }
 
 impl Config {
@@ -620,8 +617,11 @@ impl Config {
         (errors, warnings)
     }
 
-    pub fn provider(&self, repo: &RepoConfig) -> &ProviderConfig {
-        &self.providers[repo.provider_index]
+    /// The provider of a repository, looked up by name in this configuration (a repository loop that
+    /// outlived a reload reads the provider's settings and credentials as they are now). `None` when a reload
+    /// removed the provider.
+    pub fn provider(&self, repo: &RepoConfig) -> Option<&ProviderConfig> {
+        self.providers.iter().find(|p| p.name == repo.provider)
     }
 
     pub fn mirrors_dir(&self) -> PathBuf {
@@ -685,6 +685,28 @@ fn merge_key<T>(
 
 /// Expand `${VAR}` in a path (so `token_file = "${CREDENTIALS_DIRECTORY}/gitlab"` works under systemd) and
 /// make it absolute relative to the configuration file's folder.
+/// Where the database most likely is when the configuration does not load (for `status`, which still
+/// shows the service's state then): `database` or `state_dir` read from the main file alone, if that much
+/// parses, else the default.
+pub fn database_hint(path: &Path) -> PathBuf {
+    let base = path.parent().unwrap_or(Path::new("."));
+    let table = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .unwrap_or_default();
+    let key = |k: &str| {
+        table
+            .get(k)
+            .and_then(|v| v.as_str())
+            .and_then(|raw| resolve_path(raw, base, path, k).ok())
+    };
+    key("database").unwrap_or_else(|| {
+        key("state_dir")
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+            .join("modelmirror.db")
+    })
+}
+
 fn resolve_path(raw: &str, base: &Path, file: &Path, key: &str) -> Result<PathBuf, ConfigError> {
     let out = expand_vars(raw).map_err(|m| invalid(file, format!("{key} = {raw:?}: {m}")))?;
     let p = PathBuf::from(out);
@@ -1159,7 +1181,6 @@ fn validate(
             webhook_secrets,
             allow_unsigned_webhooks,
         };
-        let index = providers.len();
         let ssh_ready = provider.credentials.ssh_key_file.is_some()
             && provider.credentials.known_hosts_file.is_some();
         if provider.credentials.token.is_some() && provider.base_url.starts_with("http://") {
@@ -1190,7 +1211,7 @@ fn validate(
                         ),
                     )
                 })?;
-            let repo = provider.repo(index, &resolved.path, &resolved.url);
+            let repo = provider.repo(&resolved.path, &resolved.url);
             if let Some(first) = seen_ids.insert(repo.id.clone(), name.clone()) {
                 return Err(ConfigError::DuplicateRepo {
                     id: repo.id,

@@ -65,10 +65,16 @@ struct Shared {
     /// The configuration in force; a reload swaps it, and every poll reads it afresh.
     config: ConfigHandle,
     store: Arc<Store>,
+    /// A second connection for the reads made on async tasks (the status line, the known repositories): in
+    /// WAL mode they never wait for the writer, which may hold `store` for a whole long commit.
+    reader: Arc<Store>,
     /// Bounds polls running at once (`concurrency`).
     permits: Semaphore,
     /// How many permits `permits` was sized for, to resize it on reload.
     permit_count: Mutex<usize>,
+    /// One lock per repository, kept across the restarts of its loop by a reload: the old loop's poll in
+    /// progress and the new loop's first poll never overlap.
+    repo_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Set on shutdown: transfers abort and multi-commit polls stop after the commit in progress.
     cancel: Arc<AtomicBool>,
     /// The repositories being mirrored and their nudge notifiers, for the webhook dispatcher.
@@ -78,6 +84,15 @@ struct Shared {
 impl Shared {
     fn config(&self) -> Arc<Config> {
         webhook::current(&self.config)
+    }
+
+    fn repo_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.repo_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone()
     }
 }
 
@@ -103,9 +118,23 @@ pub async fn run(
     let health = Health::new(tick_every * 3);
     let handle: ConfigHandle = Arc::new(RwLock::new(Arc::new(config)));
     let config = webhook::current(&handle);
+    let reader = match Store::open(store.path()) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            tracing::warn!(
+                "cannot open a second database connection for reads, sharing the writer's: {e}"
+            );
+            store.clone()
+        }
+    };
+    if let Err(e) = store.record_start() {
+        tracing::error!("cannot record the start: {e}");
+    }
     let shared = Arc::new(Shared {
+        reader: reader.clone(),
         permits: Semaphore::new(config.concurrency),
         permit_count: Mutex::new(config.concurrency),
+        repo_locks: Mutex::new(HashMap::new()),
         config: handle.clone(),
         store: store.clone(),
         cancel: Arc::new(AtomicBool::new(false)),
@@ -141,7 +170,7 @@ pub async fn run(
     if let Some(l) = metrics_listener {
         listeners.spawn(crate::metrics::serve(
             l,
-            store.clone(),
+            reader.clone(),
             health.clone(),
             stop_rx.clone(),
         ));
@@ -159,7 +188,7 @@ pub async fn run(
         database = %store.path().display(),
         "modelmirror running"
     );
-    notifier.ready(&status_line(&store));
+    notifier.ready(&status_line(&reader));
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -187,10 +216,16 @@ pub async fn run(
                             record_reload(&store, Some(&message));
                         }
                     }
-                    notifier.ready(&status_line(&store));
+                    notifier.ready(&status_line(&reader));
                 }
             },
             Some((provider, found)) = found_rx.recv() => {
+                // A loop stopped by a reload may have sent this just before: only providers that still
+                // discover count.
+                let current = shared.config();
+                if !current.providers.iter().any(|p| p.name == provider && !p.discover.is_empty()) {
+                    continue;
+                }
                 discovered.insert(provider, found);
                 let current = shared.config();
                 reconcile(&shared, &current, &mut repos, &discovered);
@@ -198,7 +233,7 @@ pub async fn run(
             _ = tick.tick() => {
                 health.tick();
                 notifier.watchdog();
-                notifier.status(&status_line(&store));
+                notifier.status(&status_line(&reader));
             }
         }
     }
@@ -209,9 +244,13 @@ pub async fn run(
     shared.cancel.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let all: Vec<Task> = repos.into_values().chain(discovery.into_values()).collect();
+    // Every loop is told at once (none starts another poll), then awaited.
+    shared.permits.close();
+    for t in &all {
+        let _ = t.stop.send(true);
+    }
     let wait_all = async {
         for t in all {
-            let _ = t.stop.send(true);
             let _ = t.handle.await;
         }
         while listeners.join_next().await.is_some() {}
@@ -233,7 +272,9 @@ fn config_listen(c: &Config) -> Option<std::net::SocketAddr> {
     c.webhook.as_ref().map(|w| w.listen)
 }
 
-fn record_reload(store: &Store, rejected: Option<&str>) {
+/// Recorded on a blocking thread: the writer connection may be busy with a long commit, and the supervisor
+/// must keep answering the watchdog.
+fn record_reload(store: &Arc<Store>, rejected: Option<&str>) {
     crate::metrics::global().inc(
         "modelmirror_reloads_total",
         &[(
@@ -246,13 +287,16 @@ fn record_reload(store: &Store, rejected: Option<&str>) {
         )],
         1.0,
     );
-    if let Err(e) = store.record_reload(rejected) {
-        tracing::error!("cannot record the reload: {e}");
-    }
+    let (store, rejected) = (store.clone(), rejected.map(str::to_string));
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = store.record_reload(rejected.as_deref()) {
+            tracing::error!("cannot record the reload: {e}");
+        }
+    });
 }
 
 /// Load and validate the configuration again; on success make it the one in force.
-fn reload(path: &std::path::Path, shared: &Shared) -> Result<Arc<Config>, String> {
+fn reload(path: &std::path::Path, shared: &Arc<Shared>) -> Result<Arc<Config>, String> {
     let new = Config::load(path).map_err(|e| e.to_string())?;
     let (errors, warnings) = new.check_secrets();
     for w in warnings {
@@ -277,7 +321,19 @@ fn reload(path: &std::path::Path, shared: &Shared) -> Result<Arc<Config>, String
         if new.concurrency > *count {
             shared.permits.add_permits(new.concurrency - *count);
         } else if new.concurrency < *count {
-            shared.permits.forget_permits(*count - new.concurrency);
+            // Only free permits can be forgotten now; the rest are taken back as polls return them.
+            let excess = *count - new.concurrency;
+            let owed = excess - shared.permits.forget_permits(excess);
+            if let Ok(owed) = u32::try_from(owed)
+                && owed > 0
+            {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Ok(p) = shared.permits.acquire_many(owed).await {
+                        p.forget();
+                    }
+                });
+            }
         }
         *count = new.concurrency;
     }
@@ -319,16 +375,16 @@ fn start_discovery(
     discovery: &mut HashMap<String, Task>,
     found: &mpsc::Sender<(String, Vec<RepoConfig>)>,
 ) {
-    for (index, provider) in config.providers.iter().enumerate() {
+    for provider in &config.providers {
         if provider.discover.is_empty() {
             continue;
         }
         // Repositories known from earlier runs start at once: a REST API that is down does not stop mirroring.
-        match shared.store.discovered_repos(&provider.name) {
+        match shared.reader.discovered_repos(&provider.name) {
             Ok(known) => {
                 let repos = known
                     .iter()
-                    .map(|(path, url)| provider.repo(index, path, url))
+                    .map(|(path, url)| provider.repo(path, url))
                     .collect();
                 discovered.insert(provider.name.clone(), repos);
             }
@@ -450,10 +506,10 @@ async fn discovery_loop(
                     tracing::warn!(provider = %name, "discovery incomplete (nothing marked removed): {e}");
                 }
                 // The database knows the full set (a partial run removed nothing): mirror what it lists.
-                let repos = match shared.store.discovered_repos(&name) {
+                let repos = match shared.reader.discovered_repos(&name) {
                     Ok(known) => known
                         .iter()
-                        .map(|(path, url)| provider.repo(index, path, url))
+                        .map(|(path, url)| provider.repo(path, url))
                         .collect(),
                     Err(e) => {
                         tracing::error!(provider = %name, "cannot read discovered repositories: {e}");
@@ -525,6 +581,11 @@ async fn repo_loop(
             _ = nudge.wait() => trigger = Trigger::Webhook,
             _ = stop.changed() => return,
         }
+        let repo_lock = shared.repo_lock(&repo.id);
+        let _running = tokio::select! {
+            g = repo_lock.lock_owned() => g,
+            _ = stop.changed() => return,
+        };
         let permit = tokio::select! {
             p = shared.permits.acquire() => match p { Ok(p) => p, Err(_) => return },
             _ = stop.changed() => return,

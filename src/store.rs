@@ -654,14 +654,24 @@ impl Store {
         &self.path
     }
 
-    /// Whether the database accepts a write now (for `/readyz`): a separate connection takes and drops the
-    /// write lock, waiting a few seconds for a writer in progress.
+    /// Whether the database accepts writes (for `/readyz`): a separate connection takes and drops the write
+    /// lock. A writer holding it (the daemon importing a long commit) is proof enough: busy counts as writable;
+    /// a read-only, full or damaged database does not.
     pub fn writable(&self) -> bool {
         let Ok(conn) = Connection::open(&self.path) else {
             return false;
         };
-        let _ = conn.busy_timeout(Duration::from_secs(5));
-        conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;").is_ok()
+        let _ = conn.busy_timeout(Duration::from_millis(500));
+        match conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;") {
+            Ok(()) => true,
+            Err(rusqlite::Error::SqliteFailure(e, _)) => {
+                matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                )
+            }
+            Err(_) => false,
+        }
     }
 
     /// Record the outcome of a configuration reload (`None`: applied; `Some(reason)`: rejected).
@@ -681,7 +691,24 @@ impl Store {
         Ok(())
     }
 
-    /// The service's recorded state (`last_reload_at`, `last_reload_error`).
+    /// Record that the service started: a start loads the configuration afresh, so an earlier reload's
+    /// outcome no longer describes what runs.
+    pub fn record_start(&self) -> Result<(), StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "DELETE FROM service WHERE key IN ('last_reload_at', 'last_reload_error')",
+            [],
+        )
+        .doing("recording the start")?;
+        conn.execute(
+            "INSERT INTO service (key, value) VALUES ('started_at', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [now_rfc3339()],
+        )
+        .doing("recording the start")?;
+        Ok(())
+    }
+
+    /// The service's recorded state (`started_at`, `last_reload_at`, `last_reload_error`).
     pub fn service_state(&self) -> Result<HashMap<String, Option<String>>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn

@@ -58,6 +58,8 @@ pub enum SyncError {
 enum StepError {
     Git(GitError),
     Store(StoreError),
+    /// Shutdown arrived during the step: its transaction rolls back.
+    Cancelled,
 }
 
 impl From<StoreError> for StepError {
@@ -213,7 +215,12 @@ pub fn run_poll(
 
 /// Resolve the provider's credentials for git now (token files are re-read before every poll).
 pub fn git_auth(config: &Config, repo: &RepoConfig) -> Result<GitAuth, String> {
-    let provider = config.provider(repo);
+    let provider = config.provider(repo).ok_or_else(|| {
+        format!(
+            "provider `{}` is not in the configuration any more; the repository's data is kept",
+            repo.provider
+        )
+    })?;
     let creds = &provider.credentials;
     match &creds.token {
         None => Ok(GitAuth::None),
@@ -251,7 +258,15 @@ pub fn poll(
         .ensure_repo(&repo.id, &repo.provider, &repo.path, &repo.url)
         .map_err(store_err)?;
     let mirror = git::open_mirror(&config.mirror_path(repo)).map_err(git_err)?;
-    let provider = config.provider(repo);
+    let provider = config
+        .provider(repo)
+        .ok_or_else(|| SyncError::Credentials {
+            repo: id.clone(),
+            message: format!(
+                "provider `{}` is not in the configuration any more",
+                repo.provider
+            ),
+        })?;
     let spec = RemoteSpec {
         url: &repo.url,
         auth: &auth,
@@ -340,8 +355,10 @@ fn catch_up(
             settings: &settings,
             expect_commit: pointer.as_deref(),
             reread: plan.note == Some("settings-changed"),
+            cancel,
         };
         let c = process_step(&ctx, step).map_err(|e| match e {
+            StepError::Cancelled => SyncError::Cancelled { repo: id.clone() },
             StepError::Git(source) => SyncError::Git {
                 repo: id.clone(),
                 source,
@@ -582,6 +599,8 @@ struct StepContext<'a> {
     expect_commit: Option<&'a str>,
     /// Read unchanged files again in a reconcile step (settings or parser changed).
     reread: bool,
+    /// Shutdown: a step in progress stops between two files and rolls back.
+    cancel: &'a AtomicBool,
 }
 
 fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepError> {
@@ -659,6 +678,9 @@ fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepEr
         &meta,
         |w: &mut StepWriter<'_, '_>| -> Result<(), StepError> {
             for change in &changes {
+                if ctx.cancel.load(Ordering::Relaxed) {
+                    return Err(StepError::Cancelled);
+                }
                 apply_change(config, mirror, &repo.id, w, change, &info.id)?;
             }
             Ok(())
@@ -951,7 +973,7 @@ async fn discover_inner(
             let path = id
                 .strip_prefix(&format!("{}/", provider.name))
                 .unwrap_or(&id);
-            let _ = std::fs::remove_dir_all(config.mirror_path(&provider.repo(index, path, "")));
+            let _ = std::fs::remove_dir_all(config.mirror_path(&provider.repo(path, "")));
             tracing::info!(provider = %provider.name, repo = %id, "pruned (prune_removed = true)");
             pruned.push(id);
         }
@@ -959,7 +981,7 @@ async fn discover_inner(
     let repos: Vec<RepoConfig> = found
         .iter()
         .filter(|f| !f.archived && !f.configured)
-        .map(|f| provider.repo(index, &f.path, &f.url))
+        .map(|f| provider.repo(&f.path, &f.url))
         .collect();
     tracing::info!(provider = %provider.name, found = found.len(), mirrored = repos.len(), "discovery done");
     Ok(Discovered {

@@ -28,7 +28,12 @@ impl Notifier {
                 None if s.starts_with('/') => NotifyAddr::Path(s.into()),
                 None => return None,
             };
-            UnixDatagram::unbound().ok().map(|sock| (sock, addr))
+            // Non-blocking: a notification the manager is too slow to take is dropped, never waited
+            // for (a blocked send would stall the supervisor, and with it the watchdog and shutdown).
+            UnixDatagram::unbound()
+                .and_then(|sock| sock.set_nonblocking(true).map(|()| sock))
+                .ok()
+                .map(|sock| (sock, addr))
         });
         let for_us = std::env::var("WATCHDOG_PID")
             .ok()

@@ -312,13 +312,15 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answ
         Some(name) => match config.providers.iter().position(|p| &p.name == name) {
             Some(i) => vec![i],
             None => {
+                // Recorded under one fixed name: the path is the sender's choice, and each new name would
+                // be a new metric series and rejection budget.
                 let shown: String = name.chars().take(MAX_EVENT_LEN).collect();
                 record_rejected(
                     &state,
-                    &shown,
+                    "?",
                     &received_at,
                     &event_name,
-                    "no provider of that name".into(),
+                    format!("no provider named {shown:?}"),
                 );
                 return Ok(answer(StatusCode::NOT_FOUND, "no provider of that name"));
             }

@@ -17,9 +17,9 @@ fn find_repo(config: &Config, store: &Store, id: &str) -> Result<RepoConfig, Cli
     if let Some(r) = config.repos.iter().find(|r| r.id == id) {
         return Ok(r.clone());
     }
-    for (index, p) in config.providers.iter().enumerate() {
+    for p in &config.providers {
         for (path, url) in store.discovered_repos(&p.name)? {
-            let r = p.repo(index, &path, &url);
+            let r = p.repo(&path, &url);
             if r.id == id {
                 return Ok(r);
             }
@@ -510,17 +510,17 @@ fn mirrors_below(dir: &std::path::Path) -> Vec<String> {
 pub(super) fn rebuild(config: Config, ids: &[String]) -> Result<ExitCode, CliError> {
     let store = Store::open(&config.database)?;
     let mut repos = config.repos.clone();
-    for (index, p) in config.providers.iter().enumerate() {
+    for p in &config.providers {
         let mut found: Vec<RepoConfig> = store
             .discovered_repos(&p.name)?
             .into_iter()
-            .map(|(path, url)| p.repo(index, &path, &url))
+            .map(|(path, url)| p.repo(&path, &url))
             .collect();
         // A lost database forgets discovered repositories; their mirrors remember them.
         if !p.discover.is_empty() {
             for path in mirrors_below(&config.mirrors_dir().join(&p.name)) {
                 if let Ok(resolved) = crate::provider::resolve_repo(p.kind, &p.base_url, &path) {
-                    found.push(p.repo(index, &resolved.path, &resolved.url));
+                    found.push(p.repo(&resolved.path, &resolved.url));
                 }
             }
         }

@@ -192,7 +192,25 @@ impl Cli {
             }
             _ => {}
         }
-        let config = Config::load(&self.config)?;
+        let config = match Config::load(&self.config) {
+            Ok(c) => c,
+            // `status` still shows the service's state (and a rejected reload) with a broken file on disk.
+            Err(e) if matches!(self.command, Command::Status { .. }) => {
+                let Command::Status { json } = self.command else {
+                    return Err(e.into());
+                };
+                eprintln!(
+                    "error: {e}\n(showing the database's state; the running service keeps the configuration it loaded last)"
+                );
+                let database = crate::config::database_hint(&self.config);
+                if !database.exists() {
+                    return Err(e.into());
+                }
+                status(&database, &[], json)?;
+                return Ok(ExitCode::from(2));
+            }
+            Err(e) => return Err(e.into()),
+        };
         match self.command {
             Command::Run => {
                 prepare(&config)?;
@@ -202,7 +220,7 @@ impl Cli {
                 prepare(&config)?;
                 sync(config, &repos)
             }
-            Command::Status { json } => status(&config, json),
+            Command::Status { json } => status(&config.database, &config.repos, json),
             Command::Models { repo, json } => models(&config, repo.as_deref(), json),
             Command::Events { repo, limit, json } => events(&config, repo.as_deref(), limit, json),
             Command::Search {
@@ -332,7 +350,7 @@ fn sync(config: Config, ids: &[String]) -> Result<ExitCode, CliError> {
             }
         }
         for (path, url) in store.discovered_repos(&provider.name)? {
-            let repo = provider.repo(index, &path, &url);
+            let repo = provider.repo(&path, &url);
             if !all.iter().any(|r| r.id == repo.id) {
                 all.push(repo);
             }
@@ -425,11 +443,15 @@ fn or_dash(v: &Option<String>) -> String {
     v.clone().unwrap_or_else(|| "-".into())
 }
 
-fn status(config: &Config, json: bool) -> Result<ExitCode, CliError> {
-    let store = Store::open(&config.database)?;
+fn status(
+    database: &std::path::Path,
+    repos: &[crate::config::RepoConfig],
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let store = Store::open(database)?;
     let mut rows = store.status()?;
     // Configured repositories that were never polled are shown too.
-    for repo in &config.repos {
+    for repo in repos {
         if !rows.iter().any(|r| r.repo == repo.id) {
             rows.push(crate::store::RepoStatus {
                 repo: repo.id.clone(),
@@ -768,7 +790,7 @@ fn results_push(add: &mut impl FnMut(&'static str, &str, &'static str, String), 
 async fn check_remote(config: &Config) -> Vec<CheckResult> {
     let mut out = Vec::new();
     let mut repos: Vec<crate::config::RepoConfig> = config.repos.clone();
-    for (index, p) in config.providers.iter().enumerate() {
+    for p in &config.providers {
         if p.api_url.is_none() {
             continue;
         }
@@ -839,7 +861,7 @@ async fn check_remote(config: &Config) -> Vec<CheckResult> {
                         if let Ok(resolved) =
                             crate::provider::resolve_repo(p.kind, &p.base_url, &r.path)
                         {
-                            let repo = p.repo(index, &resolved.path, &resolved.url);
+                            let repo = p.repo(&resolved.path, &resolved.url);
                             if !repos.iter().any(|x| x.id == repo.id) {
                                 repos.push(repo);
                             }
@@ -868,7 +890,10 @@ async fn check_remote(config: &Config) -> Vec<CheckResult> {
     let permits = Arc::new(tokio::sync::Semaphore::new(config.concurrency));
     let mut set = tokio::task::JoinSet::new();
     for (i, repo) in repos.into_iter().enumerate() {
-        let provider = config.provider(&repo).clone();
+        // Every repository of this configuration has its provider in it.
+        let Some(provider) = config.provider(&repo).cloned() else {
+            continue;
+        };
         let permits = permits.clone();
         set.spawn(async move {
             let _permit = permits.acquire_owned().await;

@@ -173,7 +173,9 @@ fn systemd_notifications_reload_and_stop() {
         "{status}"
     );
 
-    // SIGTERM: STOPPING, exit 0.
+    // SIGTERM: STOPPING, exit 0. (What queued up so far is read first, as systemd would have: the daemon
+    // drops notifications rather than block on a full socket queue.)
+    drain(&sock, &mut msgs);
     msgs.clear();
     signal(&child, libc::SIGTERM);
     assert!(wait_with_deadline(&mut child, 10).success());
@@ -461,4 +463,131 @@ fn man_page_and_completions() {
             "{shell}"
         );
     }
+}
+
+fn provider_file(env: &Env, name: &str, token: &str, repo: &str) {
+    let tmp = env.path().join(format!("conf.d/.{name}.tmp"));
+    std::fs::write(
+        &tmp,
+        format!(
+            "[providers.{name}]\nkind = \"git\"\nurl = {:?}\ntoken = {token:?}\nrepos = [{repo:?}]\n",
+            env.server.url()
+        ),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, env.path().join(format!("conf.d/{name}.toml"))).unwrap();
+}
+
+/// The credentials each repository was fetched with, from the server's request log.
+fn tokens_seen(
+    env: &Env,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut seen = std::collections::BTreeMap::new();
+    for r in env.server.requests() {
+        let Some(repo) = ["a", "b", "c"]
+            .into_iter()
+            .find(|n| r.path.contains(&format!("t/{n}.git")))
+        else {
+            continue;
+        };
+        let auth = r.authorization.clone().unwrap_or_default();
+        let decoded = auth
+            .strip_prefix("Basic ")
+            .and_then(crate::git_http::base64_decode)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or(auth);
+        seen.entry(repo.to_string())
+            .or_insert_with(std::collections::BTreeSet::new)
+            .insert(decoded);
+    }
+    seen
+}
+
+/// Providers added and removed by a reload (files in conf.d, read in name order) leave every other
+/// repository polling with its own provider's credentials: none is sent another host's token, none breaks.
+#[test]
+fn reloads_that_add_and_remove_providers_keep_each_repository_on_its_own_credentials() {
+    let env = Env::new(Auth::None);
+    for r in ["t/a.git", "t/b.git", "t/c.git"] {
+        small_repo(&env, r);
+    }
+    std::fs::create_dir_all(env.path().join("conf.d")).unwrap();
+    env.write_config("schedule = \"* * * * * *\"\n");
+    provider_file(&env, "b", "token-b", "t/b.git");
+    provider_file(&env, "c", "token-c", "t/c.git");
+    let mut child = start(&env, &[]);
+    wait_for("b and c", 20, || {
+        models(&env, "b/t/b") == 1 && models(&env, "c/t/c") == 1
+    });
+    // A provider that sorts first.
+    provider_file(&env, "a", "token-a", "t/a.git");
+    wait_for("a", 20, || models(&env, "a/t/a") == 1);
+    env.server.clear_log();
+    wait_for("polls after the reload", 20, || {
+        let seen = tokens_seen(&env);
+        ["a", "b", "c"].iter().all(|r| seen.contains_key(*r))
+    });
+    let seen = tokens_seen(&env);
+    for r in ["a", "b", "c"] {
+        assert!(
+            seen[r].iter().all(|t| t.ends_with(&format!("token-{r}"))),
+            "repository {r} was fetched with another provider's token: {seen:?}"
+        );
+    }
+    // The provider in the middle goes away: the last one keeps working.
+    std::fs::remove_file(env.path().join("conf.d/b.toml")).unwrap();
+    let before = polls(&env, "c/t/c");
+    wait_for("c polled again", 20, || polls(&env, "c/t/c") >= before + 3);
+    let err: Option<String> = env
+        .db()
+        .query_row("SELECT last_error FROM repos WHERE id = 'c/t/c'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    signal(&child, libc::SIGTERM);
+    let _ = wait_with_deadline(&mut child, 12);
+    assert_eq!(err, None, "c fails after b was removed");
+}
+
+/// With a broken file still on disk after a rejected reload, `status` shows the service's state and the
+/// rejection (exit status 2, the file's error on stderr) instead of only the error.
+#[test]
+fn status_shows_a_rejected_reload_while_the_broken_file_is_on_disk() {
+    let env = Env::new(Auth::None);
+    small_repo(&env, "t/a.git");
+    env.write_config(&format!(
+        "schedule = \"* * * * * *\"\n[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"t/a.git\"]\n",
+        env.server.url()
+    ));
+    let mut child = start(&env, &[]);
+    wait_for("a", 20, || models(&env, "g/t/a") == 1);
+    std::fs::write(
+        env.path().join("config.toml"),
+        format!(
+            "state_dir = {:?}\nschedule = \"not a schedule\"\n",
+            env.path().join("state")
+        ),
+    )
+    .unwrap();
+    signal(&child, libc::SIGHUP);
+    wait_for("rejection recorded", 10, || {
+        env.db()
+            .query_row(
+                "SELECT value FROM service WHERE key = 'last_reload_error'",
+                [],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .ok()
+            .flatten()
+            .is_some()
+    });
+    let out = env.run(&["status"]);
+    signal(&child, libc::SIGTERM);
+    let _ = wait_with_deadline(&mut child, 12);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stdout.contains("REJECTED") && out.stdout.contains("g/t/a"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("schedule"), "{out:?}");
 }
