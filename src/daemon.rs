@@ -305,12 +305,19 @@ fn reload(path: &std::path::Path, shared: &Arc<Shared>) -> Result<Arc<Config>, S
     if !errors.is_empty() {
         return Err(errors.join("; "));
     }
-    let cas: Vec<&std::path::Path> = new
-        .providers
-        .iter()
-        .filter_map(|p| p.ca_file.as_deref())
-        .collect();
-    crate::git::trust_ca_files(&cas).map_err(|e| e.to_string())?;
+    // libgit2's trust store and timeouts are process-wide and may only be set before transfers run.
+    let old = shared.config();
+    let git_settings = |c: &Config| {
+        c.providers
+            .iter()
+            .map(|p| (p.ca_file.clone(), p.connect_timeout, p.read_timeout))
+            .collect::<Vec<_>>()
+    };
+    if git_settings(&old) != git_settings(&new) {
+        tracing::warn!(
+            "ca_file, connect_timeout or read_timeout changed: git transfers use them after a restart (REST calls at once)"
+        );
+    }
     shared.store.set_retention_days(new.events_retention_days);
     // Resize the poll slots.
     {
