@@ -99,7 +99,10 @@ fn a_long_foreign_read_transaction_does_not_stop_the_writer() {
     // … and afterwards the full catalog of the head, which the writer committed meanwhile.
     let head = git(&bare, &["rev-parse", "main"]).trim().to_string();
     let db = env.db();
-    assert_eq!(processed_commit(&db, "g/gen/history").as_deref(), Some(head.as_str()));
+    assert_eq!(
+        processed_commit(&db, "g/gen/history").as_deref(),
+        Some(head.as_str())
+    );
     assert_catalog_is(&bare, &db, "g/gen/history", &head, 64 << 20);
     assert_integrity(&db);
 }
