@@ -351,9 +351,10 @@ fn reload(path: &std::path::Path, shared: &Arc<Shared>) -> Result<Arc<Config>, S
 
 /// "14 repos, 0 failing, last change 3 min ago" for systemd's `STATUS=`.
 pub fn status_line(store: &Store) -> String {
-    let Ok(rows) = store.status() else {
+    let Ok(mut rows) = store.status() else {
         return "running".into();
     };
+    rows.retain(|r| r.state != "removed");
     let failing = rows.iter().filter(|r| r.last_error.is_some()).count();
     let last = rows
         .iter()

@@ -106,7 +106,12 @@ const HELP: &[(&str, &str, &str)] = &[
     (
         "modelmirror_seconds_since_last_check",
         "gauge",
-        "Seconds since the last successful check of a repository.",
+        "Seconds since the last poll of a repository, failed or not.",
+    ),
+    (
+        "modelmirror_seconds_since_last_success",
+        "gauge",
+        "Seconds since the last successful poll of a repository (grows while it fails).",
     ),
     (
         "modelmirror_repository_failing",
@@ -244,7 +249,8 @@ fn catalog_gauges(store: &Store) -> Vec<(&'static str, Labels, f64)> {
         return out;
     };
     let now = chrono::Utc::now();
-    for r in rows {
+    // Repositories no longer mirrored (removed by discovery) keep their data but are not watched.
+    for r in rows.into_iter().filter(|r| r.state != "removed") {
         let repo = vec![("repo", r.repo.clone())];
         out.push(("modelmirror_models", repo.clone(), r.models as f64));
         out.push(("modelmirror_model_errors", repo.clone(), r.errors as f64));
@@ -253,17 +259,17 @@ fn catalog_gauges(store: &Store) -> Vec<(&'static str, Labels, f64)> {
             repo.clone(),
             f64::from(u8::from(r.last_error.is_some())),
         ));
-        if let Some(at) = r
-            .last_check_at
-            .as_deref()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            && r.last_error.is_none()
-        {
-            out.push((
-                "modelmirror_seconds_since_last_check",
-                repo,
-                (now - at.with_timezone(&chrono::Utc)).num_seconds() as f64,
-            ));
+        let age = |t: Option<&str>| {
+            t.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|at| (now - at.with_timezone(&chrono::Utc)).num_seconds() as f64)
+        };
+        // Any poll, failed ones too: is the scheduler reaching this repository?
+        if let Some(secs) = age(r.last_check_at.as_deref()) {
+            out.push(("modelmirror_seconds_since_last_check", repo.clone(), secs));
+        }
+        // Emitted for failing repositories too (growing): alert on it going over a few periods.
+        if let Some(secs) = age(r.last_success_at.as_deref()) {
+            out.push(("modelmirror_seconds_since_last_success", repo, secs));
         }
     }
     out.push(("modelmirror_up", Vec::new(), 1.0));

@@ -303,6 +303,11 @@ CREATE TRIGGER attributes_unindex AFTER DELETE ON attributes BEGIN
 END;
 DELETE FROM search WHERE model_id NOT IN (SELECT id FROM models);
 "#,
+    r#"
+-- When a poll last succeeded (last_check_at is any poll, failed ones too): for staleness alerts.
+ALTER TABLE repos ADD COLUMN last_success_at TEXT;
+UPDATE repos SET last_success_at = last_check_at WHERE last_error IS NULL;
+"#,
 ];
 
 /// The schema version this build writes.
@@ -439,6 +444,8 @@ pub struct RepoStatus {
     pub default_branch: Option<String>,
     pub commit: Option<String>,
     pub last_check_at: Option<String>,
+    /// The last poll that succeeded.
+    pub last_success_at: Option<String>,
     pub last_change_at: Option<String>,
     pub models: i64,
     pub errors: i64,
@@ -804,7 +811,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.lock()
             .execute(
-                "UPDATE repos SET last_check_at = ?2, default_branch = COALESCE(?3, default_branch),
+                "UPDATE repos SET last_check_at = ?2, last_success_at = ?2, default_branch = COALESCE(?3, default_branch),
                      last_error = NULL, last_error_at = NULL, failures = 0,
                      state = CASE WHEN ?3 IS NULL THEN 'empty' WHEN state = 'empty' THEN 'active' ELSE state END,
                      state_reason = CASE WHEN ?3 IS NULL THEN 'empty repository: polled until the first push'
@@ -1380,7 +1387,7 @@ impl Store {
                         (SELECT COUNT(*) FROM models m WHERE m.repo_id = r.id AND m.status = 'error'),
                         r.last_error, r.state, r.state_reason, r.provider_repo_id, r.web_url,
                         CASE WHEN p.held_until > ?1 THEN p.held_until END,
-                        CASE WHEN p.held_until > ?1 THEN p.held_reason END
+                        CASE WHEN p.held_until > ?1 THEN p.held_reason END, r.last_success_at
                  FROM repos r LEFT JOIN providers p ON p.name = r.provider ORDER BY r.id",
             )
             .doing("reading the status")?;
@@ -1398,6 +1405,7 @@ impl Store {
                     default_branch: r.get(2)?,
                     commit: r.get(3)?,
                     last_check_at: r.get(4)?,
+                    last_success_at: r.get(15)?,
                     last_change_at: r.get(5)?,
                     models: r.get(6)?,
                     errors: r.get(7)?,
@@ -1511,6 +1519,7 @@ fn finish_step(
     .doing("recording the step")?;
     tx.execute(
         "UPDATE repos SET commit_id = ?2, default_branch = ?3, settings = ?4, last_check_at = ?5,
+             last_success_at = ?5,
              last_change_at = CASE WHEN ?6 THEN ?5 ELSE last_change_at END,
              last_error = NULL, last_error_at = NULL, failures = 0,
              state = CASE WHEN state = 'empty' THEN 'active' ELSE state END,

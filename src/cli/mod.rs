@@ -465,6 +465,7 @@ fn status(
                 default_branch: None,
                 commit: None,
                 last_check_at: None,
+                last_success_at: None,
                 last_change_at: None,
                 models: 0,
                 errors: 0,

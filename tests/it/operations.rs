@@ -329,6 +329,10 @@ fn metrics_health_and_readiness() {
         1.0
     );
     assert!(get("modelmirror_seconds_since_last_check{repo=\"g/t/a\"}") < 60.0);
+    assert!(get("modelmirror_seconds_since_last_success{repo=\"g/t/a\"}") < 60.0);
+    // A repository that never succeeded has been checked, but has no success to count from.
+    assert!(get("modelmirror_seconds_since_last_check{repo=\"g/missing/repo\"}") < 60.0);
+    assert!(!body.contains("modelmirror_seconds_since_last_success{repo=\"g/missing/repo\"}"));
     assert!(get("modelmirror_poll_duration_seconds_count") >= 2.0);
     assert!(get("modelmirror_fetched_bytes_total") > 0.0);
     assert_eq!(get("modelmirror_up"), 1.0);
