@@ -102,6 +102,9 @@ struct Task {
     handle: tokio::task::JoinHandle<()>,
     /// For repository loops: the configuration it runs with (a change restarts it).
     repo: Option<RepoConfig>,
+    /// For discovery loops: the provider's settings it started with (only a change restarts it, so saving
+    /// an unrelated file neither rediscovers every host at once nor resets their request budgets).
+    provider: String,
 }
 
 /// Run the service until told to shut down: every repository on its schedule (one startup poll each), a
@@ -203,10 +206,16 @@ pub async fn run(
                             if new.webhook.as_ref().map(|w| w.listen) != config_listen(&config) {
                                 tracing::warn!("[webhook] listen changed: restart the service to apply it");
                             }
-                            for (_, t) in discovery.drain() {
-                                let _ = t.stop.send(true);
-                            }
-                            discovered.clear();
+                            discovery.retain(|name, t| {
+                                let same = new.providers.iter().any(|p| {
+                                    &p.name == name && !p.discover.is_empty() && format!("{p:?}") == t.provider
+                                });
+                                if !same {
+                                    let _ = t.stop.send(true);
+                                    discovered.remove(name);
+                                }
+                                same
+                            });
                             start_discovery(&shared, &new, &mut discovered, &mut discovery, &found_tx);
                             reconcile(&shared, &new, &mut repos, &discovered);
                             record_reload(&store, None);
@@ -384,7 +393,7 @@ fn start_discovery(
     found: &mpsc::Sender<(String, Vec<RepoConfig>)>,
 ) {
     for provider in &config.providers {
-        if provider.discover.is_empty() {
+        if provider.discover.is_empty() || discovery.contains_key(&provider.name) {
             continue;
         }
         // Repositories known from earlier runs start at once: a REST API that is down does not stop mirroring.
@@ -413,6 +422,7 @@ fn start_discovery(
                 stop,
                 handle,
                 repo: None,
+                provider: format!("{provider:?}"),
             },
         );
     }
@@ -469,6 +479,7 @@ fn reconcile(
                 stop,
                 handle,
                 repo: Some(repo),
+                provider: String::new(),
             },
         );
     }

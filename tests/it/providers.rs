@@ -1130,3 +1130,76 @@ fn shutdown_does_not_wait_for_discovery() {
         sent.elapsed()
     );
 }
+
+/// A reload rediscovers only the providers whose settings changed: saving another file (here: the main
+/// file rewritten with a new top-level setting) makes no API request; changing the provider's scopes does, at
+/// once.
+#[test]
+fn reloads_rediscover_only_changed_providers() {
+    let site = Site::new(
+        Kind::Gitlab,
+        Auth::basic("oauth2", TOKEN),
+        vec![FakeRepo::new("data/alpha", 41)],
+    );
+    // Discovery once a year: every later discovery request comes from a reload.
+    let provider = "groups = [\"data\"]\ndiscover_schedule = \"0 0 1 1 *\"";
+    site.config("gitlab", provider);
+    let mut child = bin()
+        .args([
+            "--config",
+            &site.env.path().join("config.toml").to_string_lossy(),
+            "run",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        || {
+            site.env.db_path().exists()
+                && site
+                    .try_row("p/data/alpha")
+                    .is_some_and(|r| r["models"] == 1)
+        },
+        20,
+    );
+    let reloads = |site: &Site| -> i64 {
+        site.env
+            .db()
+            .query_row(
+                "SELECT COUNT(*) FROM service WHERE key = 'last_reload_at'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(0)
+    };
+    let before = site.forge.api_request_count();
+    std::fs::write(
+        site.env.path().join("config.toml"),
+        std::fs::read_to_string(site.env.path().join("config.toml"))
+            .unwrap()
+            .replacen(
+                "[providers.p]",
+                "events_retention_days = 7\n\n[providers.p]",
+                1,
+            ),
+    )
+    .unwrap();
+    wait_for(|| reloads(&site) == 1, 10);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        site.forge.api_request_count(),
+        before,
+        "an unrelated change rediscovered: {:?}",
+        site.forge.api_requests()
+    );
+    // The provider's own scopes change: discovery runs again now.
+    site.forge.add_namespace("more");
+    site.config(
+        "gitlab",
+        &provider.replace("groups = [\"data\"]", "groups = [\"data\", \"more\"]"),
+    );
+    wait_for(|| site.forge.api_request_count() > before, 10);
+    signal(&child, libc::SIGTERM);
+    assert!(wait_with_deadline(&mut child, 10).success());
+}
