@@ -18,6 +18,7 @@ mod edges;
 mod failures;
 mod operations;
 mod pipeline;
+mod property;
 mod providers;
 mod service;
 mod ssh;
