@@ -1,0 +1,176 @@
+//! The no-change poll cycle, side by side with its baseline: 500 repositories served by the same local git
+//! smart-HTTP server the tests use (`git http-backend` behind a small HTTP server), nothing changed since the
+//! last sync; one full cycle of `modelmirror sync` against `git ls-remote` of every repository at the same
+//! concurrency. Also counts the server's requests: modelmirror must make exactly one ref listing per
+//! repository and no fetch. Run with `cargo bench --bench poll_cycle` (set `REPOS=N` for another size).
+
+#[path = "../tests/common/git_http.rs"]
+mod git_http;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use git_http::{Auth, GitHttpServer};
+
+const CONCURRENCY: usize = 4;
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Bench")
+        .env("GIT_AUTHOR_EMAIL", "bench@example.com")
+        .env("GIT_COMMITTER_NAME", "Bench")
+        .env("GIT_COMMITTER_EMAIL", "bench@example.com")
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let repos: usize = std::env::var("REPOS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(500);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = dir.path().join("srv");
+    // One small repository with a real model, copied `repos` times.
+    let seed = dir.path().join("seed");
+    std::fs::create_dir_all(&seed).expect("mkdir");
+    git(&seed, &["init", "-q", "-b", "main"]);
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/models/books/MongoDB__Figure 006 - Subtyping.hck.json");
+    std::fs::copy(&model, seed.join("m.hck.json")).expect("fixture model");
+    git(&seed, &["add", "-A"]);
+    git(&seed, &["commit", "-q", "-m", "model"]);
+    std::fs::create_dir_all(&srv).expect("mkdir");
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &seed.to_string_lossy(),
+            &srv.join("r0.git").to_string_lossy(),
+        ],
+    );
+    for i in 1..repos {
+        let out = Command::new("cp")
+            .args(["-r", "r0.git", &format!("r{i}.git")])
+            .current_dir(&srv)
+            .status()
+            .expect("cp");
+        assert!(out.success());
+    }
+    let server = GitHttpServer::start(&srv, Auth::basic("git", "bench-token"));
+    let list: Vec<String> = (0..repos).map(|i| format!("\"r{i}.git\"")).collect();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\nconcurrency = {CONCURRENCY}\nlog_level = \"warn\"\n[providers.b]\nkind = \"git\"\nurl = {:?}\ntoken = \"bench-token\"\nrepos = [{}]\n",
+            dir.path().join("state"),
+            server.url(),
+            list.join(", ")
+        ),
+    )
+    .expect("config");
+    let sync = || {
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_modelmirror"))
+            .arg("--config")
+            .arg(&config)
+            .arg("sync")
+            .output()
+            .expect("modelmirror runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        started.elapsed()
+    };
+    let import = sync();
+    let ls_remote = || {
+        let next = AtomicUsize::new(0);
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..CONCURRENCY {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= repos {
+                            break;
+                        }
+                        let out = Command::new("git")
+                            .args([
+                                "ls-remote",
+                                &server.repo_url_with_credentials(
+                                    &format!("r{i}.git"),
+                                    "git",
+                                    "bench-token",
+                                ),
+                                "HEAD",
+                            ])
+                            .output()
+                            .expect("git ls-remote");
+                        assert!(out.status.success(), "{out:?}");
+                    }
+                });
+            }
+        });
+        started.elapsed()
+    };
+    // Alternate the two, three rounds each; report medians.
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let mut ours_requests = (0, 0, 0);
+    let mut git_requests = 0;
+    for _ in 0..3 {
+        server.clear_log();
+        ours.push(sync());
+        let log = server.requests();
+        ours_requests = (
+            log.len(),
+            log.iter().filter(|r| r.is_ref_listing()).count(),
+            log.iter().filter(|r| r.is_fetch()).count(),
+        );
+        server.clear_log();
+        theirs.push(ls_remote());
+        git_requests = server.requests().len();
+    }
+    let (ours, theirs) = (median(ours), median(theirs));
+    println!(
+        "no-change poll cycle: {repos} repositories, concurrency {CONCURRENCY}, local git smart-HTTP server"
+    );
+    println!("| run | time | requests | per repository |");
+    println!("|---|---|---|---|");
+    println!(
+        "| first `modelmirror sync` (import) | {:.2} s | | |",
+        import.as_secs_f64()
+    );
+    println!(
+        "| `modelmirror sync`, nothing changed | {:.2} s | {} ({} ref listings, {} fetches) | {:.2} ms |",
+        ours.as_secs_f64(),
+        ours_requests.0,
+        ours_requests.1,
+        ours_requests.2,
+        ours.as_secs_f64() * 1000.0 / repos as f64
+    );
+    println!(
+        "| `git ls-remote` each | {:.2} s | {git_requests} | {:.2} ms |",
+        theirs.as_secs_f64(),
+        theirs.as_secs_f64() * 1000.0 / repos as f64
+    );
+    println!(
+        "ratio: modelmirror is {:.1}x faster than git ls-remote (target: at least 3x); exactly one ref listing per repository: {}",
+        theirs.as_secs_f64() / ours.as_secs_f64(),
+        ours_requests.0 == repos && ours_requests.1 == repos && ours_requests.2 == 0
+    );
+}
