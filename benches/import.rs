@@ -1,0 +1,220 @@
+//! Import costs, side by side with their baselines, on the same local git smart-HTTP server the tests use:
+//! 1. initial import of one repository of 2,000 models (built from the fixture models) vs `git clone --bare`
+//!    of it; 2. incremental cost: one commit changing one model, in repositories of 100 and of 10,000 models
+//!    (the work must follow the change, not the repository). Run with `cargo bench --bench import`.
+
+#[path = "../tests/common/git_http.rs"]
+mod git_http;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use git_http::{Auth, GitHttpServer};
+
+fn fixtures() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/models/books");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("fixture models")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.metadata().is_ok_and(|m| m.len() < 40_000))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| std::fs::read_to_string(p).expect("read"))
+        .collect()
+}
+
+/// A bare repository at `bare` whose `main` holds `models` models (fixture texts, each made distinct).
+fn build(bare: &Path, models: usize, texts: &[String]) {
+    std::fs::create_dir_all(bare).expect("mkdir");
+    let ok = Command::new("git")
+        .args(["init", "-q", "--bare", "-b", "main"])
+        .current_dir(bare)
+        .status()
+        .expect("git");
+    assert!(ok.success());
+    let mut child = Command::new("git")
+        .args(["fast-import", "--quiet"])
+        .current_dir(bare)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("fast-import");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut files = Vec::new();
+    for i in 0..models {
+        let body = texts[i % texts.len()].replacen(
+            "\"modelName\": \"",
+            &format!("\"modelName\": \"n{i} "),
+            1,
+        );
+        write!(
+            stdin,
+            "blob\nmark :{}\ndata {}\n{body}\n",
+            i + 1,
+            body.len()
+        )
+        .expect("write");
+        files.push(format!("M 100644 :{} d{}/m{i:05}.hck.json", i + 1, i % 50));
+    }
+    write!(
+        stdin,
+        "commit refs/heads/main\ncommitter Bench <b@example.com> 1700000000 +0000\ndata 4\nbase\n{}\n\n",
+        files.join("\n")
+    )
+    .expect("write");
+    drop(stdin);
+    assert!(child.wait().expect("fast-import").success());
+}
+
+/// One more commit on `main` changing one model.
+fn change_one(bare: &Path, texts: &[String], round: usize) {
+    let mut child = Command::new("git")
+        .args(["fast-import", "--quiet"])
+        .current_dir(bare)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("fast-import");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let body = texts[0].replacen(
+        "\"modelName\": \"",
+        &format!("\"modelName\": \"changed {round} "),
+        1,
+    );
+    write!(
+        stdin,
+        "commit refs/heads/main\ncommitter Bench <b@example.com> {} +0000\ndata 6\nchange\nfrom refs/heads/main^0\nM 100644 inline d0/m00000.hck.json\ndata {}\n{body}\n\n",
+        1_700_000_100 + round,
+        body.len()
+    )
+    .expect("write");
+    drop(stdin);
+    assert!(child.wait().expect("fast-import").success());
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    server: GitHttpServer,
+    config: PathBuf,
+    root: PathBuf,
+}
+
+fn setup(repos: &[(&str, usize)], texts: &[String]) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().to_path_buf();
+    for (name, models) in repos {
+        build(
+            &root.join("srv").join(format!("{name}.git")),
+            *models,
+            texts,
+        );
+    }
+    let server = GitHttpServer::start(&root.join("srv"), Auth::None);
+    let list: Vec<String> = repos.iter().map(|(n, _)| format!("\"{n}.git\"")).collect();
+    let config = root.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\nlog_level = \"warn\"\n[providers.b]\nkind = \"git\"\nurl = {:?}\nrepos = [{}]\n",
+            root.join("state"),
+            server.url(),
+            list.join(", ")
+        ),
+    )
+    .expect("config");
+    Setup {
+        _dir: dir,
+        server,
+        config,
+        root,
+    }
+}
+
+fn sync(s: &Setup, repo: &str) -> Duration {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_modelmirror"))
+        .arg("--config")
+        .arg(&s.config)
+        .args(["sync", &format!("b/{repo}")])
+        .output()
+        .expect("modelmirror runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    started.elapsed()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+fn main() {
+    let texts = fixtures();
+    let big: usize = std::env::var("MODELS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2000);
+    let large: usize = std::env::var("LARGE")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+
+    // 1. Initial import vs git clone --bare.
+    let s = setup(&[("big", big)], &texts);
+    let clone = {
+        let dest = s.root.join("clone.git");
+        let started = Instant::now();
+        let ok = Command::new("git")
+            .args([
+                "clone",
+                "-q",
+                "--bare",
+                &s.server.repo_url("big.git"),
+                &dest.to_string_lossy(),
+            ])
+            .status()
+            .expect("git clone");
+        assert!(ok.success());
+        started.elapsed()
+    };
+    let import = sync(&s, "big");
+    println!("| benchmark | modelmirror | baseline | ratio | target |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| initial import, {big} models | {} (complete catalog) | {} (`git clone --bare`) | {:.2}x | at most 1.5x |",
+        secs(import),
+        secs(clone),
+        import.as_secs_f64() / clone.as_secs_f64()
+    );
+    drop(s);
+
+    // 2. Incremental: one changed model in a small and a large repository.
+    let s = setup(&[("small", 100), ("large", large)], &texts);
+    sync(&s, "small");
+    sync(&s, "large");
+    let mut times = Vec::new();
+    for repo in ["small", "large"] {
+        let bare = s.root.join("srv").join(format!("{repo}.git"));
+        let mut v = Vec::new();
+        for round in 0..5 {
+            change_one(&bare, &texts, round);
+            v.push(sync(&s, repo));
+        }
+        times.push(median(v));
+    }
+    println!(
+        "| one changed model: 100 vs {large} models in the repository | {} vs {} | | {:.2}x | at most 1.5x |",
+        secs(times[0]),
+        secs(times[1]),
+        times[1].as_secs_f64() / times[0].as_secs_f64()
+    );
+}
