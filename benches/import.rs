@@ -1,7 +1,8 @@
 //! Import costs, side by side with their baselines, on the same local git smart-HTTP server the tests use:
 //! 1. initial import of one repository of 2,000 models (built from the fixture models) vs `git clone --bare`
 //!    of it; 2. incremental cost: one commit changing one model, in repositories of 100 and of 10,000 models
-//!    (the work must follow the change, not the repository). Run with `cargo bench --bench import`.
+//!    (the work must follow the change, not the repository); 3. history replay: the real books history and a
+//!    generated 1,000-commit history, commits processed per second. Run with `cargo bench --bench import`.
 
 #[path = "../tests/common/git_http.rs"]
 mod git_http;
@@ -65,6 +66,52 @@ fn build(bare: &Path, models: usize, texts: &[String]) {
         files.join("\n")
     )
     .expect("write");
+    drop(stdin);
+    assert!(child.wait().expect("fast-import").success());
+}
+
+/// A generated history on `main`: `commits` commits, each rewriting 3 of `files` models.
+fn build_history(bare: &Path, commits: usize, files: usize, texts: &[String]) {
+    std::fs::create_dir_all(bare).expect("mkdir");
+    let ok = Command::new("git")
+        .args(["init", "-q", "--bare", "-b", "main"])
+        .current_dir(bare)
+        .status()
+        .expect("git");
+    assert!(ok.success());
+    let mut child = Command::new("git")
+        .args(["fast-import", "--quiet"])
+        .current_dir(bare)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("fast-import");
+    let mut stdin = child.stdin.take().expect("stdin");
+    for c in 0..commits {
+        let touched: Vec<usize> = if c == 0 {
+            (0..files).collect()
+        } else {
+            (0..3).map(|k| (c * 7 + k * 13) % files).collect()
+        };
+        let mut lines = Vec::new();
+        for f in touched {
+            let body = texts[f % texts.len()].replacen(
+                "\"modelName\": \"",
+                &format!("\"modelName\": \"c{c} f{f} "),
+                1,
+            );
+            lines.push(format!(
+                "M 100644 inline m{f:03}.hck.json\ndata {}\n{body}",
+                body.len()
+            ));
+        }
+        write!(
+            stdin,
+            "commit refs/heads/main\ncommitter Bench <b@example.com> {} +0000\ndata 2\nc\n{}\n\n",
+            1_700_000_000 + c * 60,
+            lines.join("\n")
+        )
+        .expect("write");
+    }
     drop(stdin);
     assert!(child.wait().expect("fast-import").success());
 }
@@ -217,4 +264,65 @@ fn main() {
         secs(times[1]),
         times[1].as_secs_f64() / times[0].as_secs_f64()
     );
+    drop(s);
+
+    // 3. History replay (backfill is on by default): every first-parent commit processed in order.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = dir.path().join("srv");
+    std::fs::create_dir_all(&srv).expect("mkdir");
+    let bundle =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/repos/books.bundle");
+    let ok = Command::new("git")
+        .args([
+            "clone",
+            "-q",
+            "--mirror",
+            &bundle.to_string_lossy(),
+            "books.git",
+        ])
+        .current_dir(&srv)
+        .status()
+        .expect("git clone");
+    assert!(ok.success());
+    let ok = Command::new("git")
+        .args(["symbolic-ref", "HEAD", "refs/heads/main"])
+        .current_dir(srv.join("books.git"))
+        .status()
+        .expect("git");
+    assert!(ok.success());
+    build_history(&srv.join("generated.git"), 1000, 30, &texts);
+    let server = GitHttpServer::start(&srv, Auth::None);
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\nlog_level = \"warn\"\n[providers.b]\nkind = \"git\"\nurl = {:?}\nrepos = [\"books.git\", \"generated.git\"]\n",
+            dir.path().join("state"),
+            server.url()
+        ),
+    )
+    .expect("config");
+    let s = Setup {
+        _dir: dir,
+        server,
+        config,
+        root: PathBuf::new(),
+    };
+    for repo in ["books", "generated"] {
+        let took = sync(&s, repo);
+        let commits = Command::new("git")
+            .args(["rev-list", "--first-parent", "--count", "HEAD"])
+            .current_dir(s.server.root().join(format!("{repo}.git")))
+            .output()
+            .expect("git rev-list");
+        let commits: f64 = String::from_utf8_lossy(&commits.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0.0);
+        println!(
+            "| history replay, {repo} ({commits} first-parent commits) | {} | | {:.0} commits/s | |",
+            secs(took),
+            commits / took.as_secs_f64()
+        );
+    }
 }
