@@ -1,0 +1,200 @@
+//! Memory: peak RSS of `modelmirror run` with 1,000 configured repositories (after their startup polls, at
+//! rest), and of `modelmirror sync` importing one 50 MB Hackolade model (built from a fixture model by
+//! repeating its entities under new GUIDs). Measured by the kernel (`wait4` rusage `ru_maxrss`, and
+//! `/proc/PID/status` `VmRSS` for the daemon at rest). Run with `cargo bench --bench memory`.
+
+#[path = "../tests/common/git_http.rs"]
+mod git_http;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use git_http::{Auth, GitHttpServer};
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Bench")
+        .env("GIT_AUTHOR_EMAIL", "bench@example.com")
+        .env("GIT_COMMITTER_NAME", "Bench")
+        .env("GIT_COMMITTER_EMAIL", "bench@example.com")
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+}
+
+/// Wait for a child and return its peak RSS in MiB (from the kernel's accounting of that process alone).
+fn wait_peak_mib(child: Child) -> (bool, f64) {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: plain zero-initialised C struct, filled by wait4.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; pointers are to valid locals.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(rc, pid, "wait4");
+    std::mem::forget(child);
+    (
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        usage.ru_maxrss as f64 / 1024.0,
+    )
+}
+
+fn status_kib(pid: u32, key: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn main() {
+    let repos: usize = std::env::var("REPOS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = dir.path().join("srv");
+    let seed = dir.path().join("seed");
+    std::fs::create_dir_all(&seed).expect("mkdir");
+    std::fs::create_dir_all(&srv).expect("mkdir");
+    git(&seed, &["init", "-q", "-b", "main"]);
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/models/books/MongoDB__Figure 006 - Subtyping.hck.json");
+    std::fs::copy(&model, seed.join("m.hck.json")).expect("fixture");
+    git(&seed, &["add", "-A"]);
+    git(&seed, &["commit", "-q", "-m", "model"]);
+    git(
+        &srv,
+        &["clone", "-q", "--bare", &seed.to_string_lossy(), "r0.git"],
+    );
+    for i in 1..repos {
+        let ok = Command::new("cp")
+            .args(["-r", "r0.git", &format!("r{i}.git")])
+            .current_dir(&srv)
+            .status()
+            .expect("cp");
+        assert!(ok.success());
+    }
+    // The 50 MB model: the fixture's collections repeated under new GUIDs.
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&model).expect("read")).expect("json");
+    let base = doc["collections"].as_array().cloned().unwrap_or_default();
+    let one = serde_json::to_vec(&base).expect("json").len().max(1);
+    let copies = 50 * 1024 * 1024 / one + 1;
+    let mut all = Vec::new();
+    for c in 0..copies {
+        for (k, col) in base.iter().enumerate() {
+            let mut col = col.clone();
+            col["GUID"] = serde_json::Value::String(format!("bench-{c}-{k}"));
+            if let Some(name) = col["collectionName"].as_str() {
+                col["collectionName"] = serde_json::Value::String(format!("{name} {c}"));
+            }
+            all.push(col);
+        }
+    }
+    doc["collections"] = serde_json::Value::Array(all);
+    let big = serde_json::to_vec(&doc).expect("json");
+    let big_mib = big.len() as f64 / (1024.0 * 1024.0);
+    let work = dir.path().join("bigwork");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    git(&work, &["init", "-q", "-b", "main"]);
+    std::fs::write(work.join("big.hck.json"), &big).expect("write");
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "big"]);
+    git(
+        &srv,
+        &["clone", "-q", "--bare", &work.to_string_lossy(), "big.git"],
+    );
+
+    let server = GitHttpServer::start(&srv, Auth::None);
+    let list: Vec<String> = (0..repos).map(|i| format!("\"r{i}.git\"")).collect();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\nlog_level = \"warn\"\nschedule = \"*/5 * * * *\"\n[providers.b]\nkind = \"git\"\nurl = {:?}\nrepos = [{}]\n[providers.big]\nkind = \"git\"\nurl = {:?}\nrepos = [\"big.git\"]\nschedule = \"0 0 1 1 *\"\n",
+            dir.path().join("state"),
+            server.url(),
+            list.join(", "),
+            server.url()
+        ),
+    )
+    .expect("config");
+    let bin = env!("CARGO_BIN_EXE_modelmirror");
+
+    // 1. The big model alone, imported by `sync`.
+    let child = Command::new(bin)
+        .arg("--config")
+        .arg(&config)
+        .args(["sync", "big/big"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("modelmirror");
+    let (ok, peak) = wait_peak_mib(child);
+    assert!(ok, "sync of the big model failed");
+
+    // 2. The daemon with `repos` repositories: wait for every startup poll, then measure at rest.
+    let mut daemon = Command::new(bin)
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("modelmirror run");
+    let db = dir.path().join("state/modelmirror.db");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let polled = || -> usize {
+        let out = Command::new("sqlite3")
+            .arg(&db)
+            .arg("SELECT COUNT(DISTINCT repo_id) FROM polls WHERE repo_id LIKE 'b/%'")
+            .output();
+        out.ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let count_with_cli = || -> usize {
+        let out = Command::new(bin)
+            .arg("--config")
+            .arg(&config)
+            .args(["status", "--json"])
+            .output()
+            .expect("status");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v.as_array()
+            .map(|a| a.iter().filter(|r| r["last_check_at"].is_string()).count())
+            .unwrap_or(0)
+    };
+    while Instant::now() < deadline {
+        let n = if Command::new("sqlite3").arg("-version").output().is_ok() {
+            polled()
+        } else {
+            count_with_cli()
+        };
+        if n >= repos {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = daemon.id();
+    let rest = status_kib(pid, "VmRSS:") / 1024.0;
+    let daemon_peak = status_kib(pid, "VmHWM:") / 1024.0;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let _ = daemon.wait();
+
+    println!("| benchmark | measured | target |");
+    println!("|---|---|---|");
+    println!(
+        "| `modelmirror run`, {repos} repositories, at rest after their startup polls | {rest:.1} MiB RSS (peak during the startup polls {daemon_peak:.1} MiB) | under 100 MB |"
+    );
+    println!(
+        "| `modelmirror sync` importing one {big_mib:.1} MiB model | peak {peak:.1} MiB RSS ({:.1}x the file) | under 5x the file |",
+        peak / big_mib
+    );
+}
