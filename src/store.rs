@@ -19,7 +19,7 @@ use crate::model::{Attribute, Model};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database {path}: {source}")]
+    #[error("database {path}: {source}{}", hint(source))]
     Open {
         path: PathBuf,
         #[source]
@@ -49,12 +49,31 @@ pub enum StoreError {
     },
     #[error("{0}")]
     Query(String),
-    #[error("database error while {doing}: {source}")]
+    #[error("database error while {doing}: {source}{}", hint(source))]
     Sql {
         doing: String,
         #[source]
         source: rusqlite::Error,
     },
+}
+
+/// What to do about the SQLite errors an operator can fix.
+fn hint(e: &rusqlite::Error) -> &'static str {
+    let rusqlite::Error::SqliteFailure(f, _) = e else {
+        return "";
+    };
+    match f.code {
+        rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure => {
+            " — free space on the disk holding the database (or check it for errors); nothing of the failed step was kept, and the next poll retries it"
+        }
+        rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::PermissionDenied => {
+            " — the database file or its folder is not writable by this user (the service runs as `modelmirror`)"
+        }
+        rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase => {
+            " — the database is damaged: stop the service, move it aside and run `modelmirror rebuild` (see Troubleshooting)"
+        }
+        _ => "",
+    }
 }
 
 trait Doing<T> {

@@ -106,3 +106,110 @@ fn a_long_foreign_read_transaction_does_not_stop_the_writer() {
     assert_catalog_is(&bare, &db, "g/gen/history", &head, 64 << 20);
     assert_integrity(&db);
 }
+
+/// A size-limited filesystem (tmpfs) mounted for one test, unmounted however the test ends.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// `None` where this process may not mount (not root, no mount namespace rights).
+    fn mount(at: &std::path::Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The disk holding the database fills during an import: the sync fails with a clear error, the database
+/// keeps the last commit's catalog intact, and once space returns the next sync imports the new commit.
+#[test]
+fn the_disk_fills_during_a_write_and_syncing_recovers() {
+    let env = Env::new(Auth::None);
+    let Some(_disk) = SmallDisk::mount(&env.path().join("small"), "6m") else {
+        eprintln!("skipped: cannot mount a size-limited tmpfs here (needs root)");
+        return;
+    };
+    let db_path = env.path().join("small/modelmirror.db");
+    let (bare, work) = env.new_repo("t/r.git");
+    std::fs::copy(
+        fixtures().join("models/books/MongoDB__Figure 006 - Subtyping.hck.json"),
+        work.join("first.hck.json"),
+    )
+    .unwrap();
+    let first = commit_all(&work, "first");
+    env.write_config(&format!(
+        "database = {db_path:?}\n[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"t/r.git\"]\n",
+        env.server.url()
+    ));
+    assert_eq!(env.run(&["sync"]).code, 0);
+    // Fill the disk, leaving a few kilobytes.
+    let filler = env.path().join("small/filler");
+    let free = || {
+        let out = std::process::Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(env.path().join("small"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    let size = free().saturating_sub(256 * 1024);
+    std::fs::write(&filler, vec![0u8; size as usize]).unwrap();
+    // A commit whose import needs far more than that.
+    let mut sources: Vec<_> = std::fs::read_dir(fixtures().join("models/books"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    sources.sort();
+    for (i, p) in sources.iter().take(30).enumerate() {
+        std::fs::copy(p, work.join(format!("more{i}.hck.json"))).unwrap();
+    }
+    let second = commit_all(&work, "many models");
+    let out = env.run(&["sync"]);
+    assert_ne!(
+        out.code, 0,
+        "the sync cannot succeed on a full disk: {out:?}"
+    );
+    assert!(
+        out.stderr.contains("g/t/r")
+            && out.stderr.contains("disk is full")
+            && out.stderr.contains("free space"),
+        "the error names the repository and the cause: {out:?}"
+    );
+    {
+        let db = env.db_at(&db_path);
+        assert_integrity(&db);
+        assert_eq!(
+            processed_commit(&db, "g/t/r").as_deref(),
+            Some(first.as_str())
+        );
+        assert_catalog_is(&bare, &db, "g/t/r", &first, 64 << 20);
+    }
+    // Space returns: the next sync imports the commit.
+    std::fs::remove_file(&filler).unwrap();
+    let out = env.run(&["sync"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let db = env.db_at(&db_path);
+    assert_integrity(&db);
+    assert_eq!(
+        processed_commit(&db, "g/t/r").as_deref(),
+        Some(second.as_str())
+    );
+    assert_catalog_is(&bare, &db, "g/t/r", &second, 64 << 20);
+}

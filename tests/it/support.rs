@@ -155,6 +155,11 @@ impl Env {
         Connection::open(self.db_path()).expect("open db")
     }
 
+    /// The database at another path (`database = ...` in the configuration).
+    pub fn db_at(&self, path: &Path) -> Connection {
+        Connection::open(path).expect("open db")
+    }
+
     pub fn run(&self, args: &[&str]) -> Run {
         let out = bin()
             .arg("--config")
