@@ -604,6 +604,17 @@ impl Config {
         validate(path, dir, parsed)
     }
 
+    /// Validate one file's text as the main configuration at `path` (no `conf.d/`): what `load` does after
+    /// reading the files. For the fuzz target and tests.
+    pub fn from_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        validate(
+            path,
+            dir,
+            vec![(path.to_path_buf(), parse_file(path, text)?)],
+        )
+    }
+
     /// Read every secret now: the errors (a token file that cannot be read, …) and warnings (a token file
     /// others may read). `run` and `sync` refuse to start on errors; `check` reports both.
     pub fn check_secrets(&self) -> (Vec<String>, Vec<String>) {
