@@ -16,11 +16,20 @@ fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
 
 fuzz_target!(|data: &[u8]| {
     let cases = [
-        (ProviderKind::Gitlab, headers(&[("x-gitlab-event", "Push Hook")])),
-        (ProviderKind::Gitlab, headers(&[("x-gitlab-event", "System Hook")])),
+        (
+            ProviderKind::Gitlab,
+            headers(&[("x-gitlab-event", "Push Hook")]),
+        ),
+        (
+            ProviderKind::Gitlab,
+            headers(&[("x-gitlab-event", "System Hook")]),
+        ),
         (ProviderKind::Github, headers(&[("x-github-event", "push")])),
         (ProviderKind::Github, headers(&[("x-github-event", "ping")])),
-        (ProviderKind::BitbucketCloud, headers(&[("x-event-key", "repo:push")])),
+        (
+            ProviderKind::BitbucketCloud,
+            headers(&[("x-event-key", "repo:push")]),
+        ),
         (
             ProviderKind::BitbucketDatacenter,
             headers(&[("x-event-key", "repo:refs_changed")]),
