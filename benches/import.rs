@@ -6,16 +6,17 @@
 
 #[path = "../tests/common/git_http.rs"]
 mod git_http;
+mod support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use git_http::{Auth, GitHttpServer};
+use support::{env_or, fast_import, fixtures as fixtures_dir, git, median};
 
 fn fixtures() -> Vec<String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/models/books");
+    let dir = fixtures_dir().join("models/books");
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("fixture models")
         .map(|e| e.expect("entry").path())
@@ -28,117 +29,71 @@ fn fixtures() -> Vec<String> {
         .collect()
 }
 
-/// A bare repository at `bare` whose `main` holds `models` models (fixture texts, each made distinct).
+/// Fixture text `i` (cycling), made distinct by `tag` in its model name.
+fn model_text(texts: &[String], i: usize, tag: &str) -> String {
+    texts[i % texts.len()].replacen("\"modelName\": \"", &format!("\"modelName\": \"{tag} "), 1)
+}
+
+/// A bare repository at `bare` whose `main` holds `models` models in one commit.
 fn build(bare: &Path, models: usize, texts: &[String]) {
-    std::fs::create_dir_all(bare).expect("mkdir");
-    let ok = Command::new("git")
-        .args(["init", "-q", "--bare", "-b", "main"])
-        .current_dir(bare)
-        .status()
-        .expect("git");
-    assert!(ok.success());
-    let mut child = Command::new("git")
-        .args(["fast-import", "--quiet"])
-        .current_dir(bare)
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("fast-import");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut files = Vec::new();
-    for i in 0..models {
-        let body = texts[i % texts.len()].replacen(
-            "\"modelName\": \"",
-            &format!("\"modelName\": \"n{i} "),
-            1,
-        );
+    fast_import(bare, true, |out| {
+        let mut files = Vec::new();
+        for i in 0..models {
+            let body = model_text(texts, i, &format!("n{i}"));
+            write!(out, "blob\nmark :{}\ndata {}\n{body}\n", i + 1, body.len()).expect("write");
+            files.push(format!("M 100644 :{} d{}/m{i:05}.hck.json", i + 1, i % 50));
+        }
         write!(
-            stdin,
-            "blob\nmark :{}\ndata {}\n{body}\n",
-            i + 1,
-            body.len()
+            out,
+            "commit refs/heads/main\ncommitter Bench <b@example.com> 1700000000 +0000\ndata 4\nbase\n{}\n\n",
+            files.join("\n")
         )
         .expect("write");
-        files.push(format!("M 100644 :{} d{}/m{i:05}.hck.json", i + 1, i % 50));
-    }
-    write!(
-        stdin,
-        "commit refs/heads/main\ncommitter Bench <b@example.com> 1700000000 +0000\ndata 4\nbase\n{}\n\n",
-        files.join("\n")
-    )
-    .expect("write");
-    drop(stdin);
-    assert!(child.wait().expect("fast-import").success());
+    });
 }
 
 /// A generated history on `main`: `commits` commits, each rewriting 3 of `files` models.
 fn build_history(bare: &Path, commits: usize, files: usize, texts: &[String]) {
-    std::fs::create_dir_all(bare).expect("mkdir");
-    let ok = Command::new("git")
-        .args(["init", "-q", "--bare", "-b", "main"])
-        .current_dir(bare)
-        .status()
-        .expect("git");
-    assert!(ok.success());
-    let mut child = Command::new("git")
-        .args(["fast-import", "--quiet"])
-        .current_dir(bare)
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("fast-import");
-    let mut stdin = child.stdin.take().expect("stdin");
-    for c in 0..commits {
-        let touched: Vec<usize> = if c == 0 {
-            (0..files).collect()
-        } else {
-            (0..3).map(|k| (c * 7 + k * 13) % files).collect()
-        };
-        let mut lines = Vec::new();
-        for f in touched {
-            let body = texts[f % texts.len()].replacen(
-                "\"modelName\": \"",
-                &format!("\"modelName\": \"c{c} f{f} "),
-                1,
-            );
-            lines.push(format!(
-                "M 100644 inline m{f:03}.hck.json\ndata {}\n{body}",
-                body.len()
-            ));
+    fast_import(bare, true, |out| {
+        for c in 0..commits {
+            let touched: Vec<usize> = if c == 0 {
+                (0..files).collect()
+            } else {
+                (0..3).map(|k| (c * 7 + k * 13) % files).collect()
+            };
+            let lines: Vec<String> = touched
+                .into_iter()
+                .map(|f| {
+                    let body = model_text(texts, f, &format!("c{c} f{f}"));
+                    format!(
+                        "M 100644 inline m{f:03}.hck.json\ndata {}\n{body}",
+                        body.len()
+                    )
+                })
+                .collect();
+            write!(
+                out,
+                "commit refs/heads/main\ncommitter Bench <b@example.com> {} +0000\ndata 2\nc\n{}\n\n",
+                1_700_000_000 + c * 60,
+                lines.join("\n")
+            )
+            .expect("write");
         }
-        write!(
-            stdin,
-            "commit refs/heads/main\ncommitter Bench <b@example.com> {} +0000\ndata 2\nc\n{}\n\n",
-            1_700_000_000 + c * 60,
-            lines.join("\n")
-        )
-        .expect("write");
-    }
-    drop(stdin);
-    assert!(child.wait().expect("fast-import").success());
+    });
 }
 
 /// One more commit on `main` changing one model.
 fn change_one(bare: &Path, texts: &[String], round: usize) {
-    let mut child = Command::new("git")
-        .args(["fast-import", "--quiet"])
-        .current_dir(bare)
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("fast-import");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let body = texts[0].replacen(
-        "\"modelName\": \"",
-        &format!("\"modelName\": \"changed {round} "),
-        1,
-    );
-    write!(
-        stdin,
-        "commit refs/heads/main\ncommitter Bench <b@example.com> {} +0000\ndata 6\nchange\nfrom refs/heads/main^0\nM 100644 inline d0/m00000.hck.json\ndata {}\n{body}\n\n",
-        1_700_000_100 + round,
-        body.len()
-    )
-    .expect("write");
-    drop(stdin);
-    assert!(child.wait().expect("fast-import").success());
+    fast_import(bare, false, |out| {
+        let body = model_text(texts, 0, &format!("changed {round}"));
+        write!(
+            out,
+            "commit refs/heads/main\ncommitter Bench <b@example.com> {} +0000\ndata 6\nchange\nfrom refs/heads/main^0\nM 100644 inline d0/m00000.hck.json\ndata {}\n{body}\n\n",
+            1_700_000_100 + round,
+            body.len()
+        )
+        .expect("write");
+    });
 }
 
 struct Setup {
@@ -195,25 +150,14 @@ fn sync(s: &Setup, repo: &str) -> Duration {
     started.elapsed()
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
 fn main() {
     let texts = fixtures();
-    let big: usize = std::env::var("MODELS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(2000);
-    let large: usize = std::env::var("LARGE")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(10_000);
+    let big = env_or("MODELS", 2000);
+    let large = env_or("LARGE", 10_000);
 
     // 1. Initial import vs git clone --bare.
     let s = setup(&[("big", big)], &texts);
@@ -270,26 +214,21 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let srv = dir.path().join("srv");
     std::fs::create_dir_all(&srv).expect("mkdir");
-    let bundle =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/repos/books.bundle");
-    let ok = Command::new("git")
-        .args([
+    let bundle = fixtures_dir().join("repos/books.bundle");
+    git(
+        &srv,
+        &[
             "clone",
             "-q",
             "--mirror",
             &bundle.to_string_lossy(),
             "books.git",
-        ])
-        .current_dir(&srv)
-        .status()
-        .expect("git clone");
-    assert!(ok.success());
-    let ok = Command::new("git")
-        .args(["symbolic-ref", "HEAD", "refs/heads/main"])
-        .current_dir(srv.join("books.git"))
-        .status()
-        .expect("git");
-    assert!(ok.success());
+        ],
+    );
+    git(
+        &srv.join("books.git"),
+        &["symbolic-ref", "HEAD", "refs/heads/main"],
+    );
     build_history(&srv.join("generated.git"), 1000, 30, &texts);
     let server = GitHttpServer::start(&srv, Auth::None);
     let config = dir.path().join("config.toml");
@@ -310,15 +249,12 @@ fn main() {
     };
     for repo in ["books", "generated"] {
         let took = sync(&s, repo);
-        let commits = Command::new("git")
-            .args(["rev-list", "--first-parent", "--count", "HEAD"])
-            .current_dir(s.server.root().join(format!("{repo}.git")))
-            .output()
-            .expect("git rev-list");
-        let commits: f64 = String::from_utf8_lossy(&commits.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0.0);
+        let commits: f64 = git(
+            &s.server.root().join(format!("{repo}.git")),
+            &["rev-list", "--first-parent", "--count", "HEAD"],
+        )
+        .parse()
+        .unwrap_or(0.0);
         println!(
             "| history replay, {repo} ({commits} first-parent commits) | {} | | {:.0} commits/s | |",
             secs(took),

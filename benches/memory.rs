@@ -5,25 +5,13 @@
 
 #[path = "../tests/common/git_http.rs"]
 mod git_http;
+mod support;
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use git_http::{Auth, GitHttpServer};
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "Bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@example.com")
-        .env("GIT_COMMITTER_NAME", "Bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@example.com")
-        .output()
-        .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {out:?}");
-}
+use support::{env_or, fixtures, git, small_repos};
 
 /// Wait for a child and return its peak RSS in MiB (from the kernel's accounting of that process alone).
 fn wait_peak_mib(child: Child) -> (bool, f64) {
@@ -52,33 +40,11 @@ fn status_kib(pid: u32, key: &str) -> f64 {
 }
 
 fn main() {
-    let repos: usize = std::env::var("REPOS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1000);
+    let repos = env_or("REPOS", 1000);
     let dir = tempfile::tempdir().expect("tempdir");
     let srv = dir.path().join("srv");
-    let seed = dir.path().join("seed");
-    std::fs::create_dir_all(&seed).expect("mkdir");
-    std::fs::create_dir_all(&srv).expect("mkdir");
-    git(&seed, &["init", "-q", "-b", "main"]);
-    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/models/books/MongoDB__Figure 006 - Subtyping.hck.json");
-    std::fs::copy(&model, seed.join("m.hck.json")).expect("fixture");
-    git(&seed, &["add", "-A"]);
-    git(&seed, &["commit", "-q", "-m", "model"]);
-    git(
-        &srv,
-        &["clone", "-q", "--bare", &seed.to_string_lossy(), "r0.git"],
-    );
-    for i in 1..repos {
-        let ok = Command::new("cp")
-            .args(["-r", "r0.git", &format!("r{i}.git")])
-            .current_dir(&srv)
-            .status()
-            .expect("cp");
-        assert!(ok.success());
-    }
+    small_repos(dir.path(), &srv, repos);
+    let model = fixtures().join("models/books/MongoDB__Figure 006 - Subtyping.hck.json");
     // The 50 MB model: the fixture's collections repeated under new GUIDs.
     let mut doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&model).expect("read")).expect("json");

@@ -6,69 +6,23 @@
 
 #[path = "../tests/common/git_http.rs"]
 mod git_http;
+mod support;
 
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use git_http::{Auth, GitHttpServer};
+use support::{env_or, median, small_repos};
 
 const CONCURRENCY: usize = 4;
 
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "Bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@example.com")
-        .env("GIT_COMMITTER_NAME", "Bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@example.com")
-        .output()
-        .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {out:?}");
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn main() {
-    let repos: usize = std::env::var("REPOS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(500);
+    let repos = env_or("REPOS", 500);
     let dir = tempfile::tempdir().expect("tempdir");
     let srv = dir.path().join("srv");
     // One small repository with a real model, copied `repos` times.
-    let seed = dir.path().join("seed");
-    std::fs::create_dir_all(&seed).expect("mkdir");
-    git(&seed, &["init", "-q", "-b", "main"]);
-    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/models/books/MongoDB__Figure 006 - Subtyping.hck.json");
-    std::fs::copy(&model, seed.join("m.hck.json")).expect("fixture model");
-    git(&seed, &["add", "-A"]);
-    git(&seed, &["commit", "-q", "-m", "model"]);
-    std::fs::create_dir_all(&srv).expect("mkdir");
-    git(
-        dir.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &seed.to_string_lossy(),
-            &srv.join("r0.git").to_string_lossy(),
-        ],
-    );
-    for i in 1..repos {
-        let out = Command::new("cp")
-            .args(["-r", "r0.git", &format!("r{i}.git")])
-            .current_dir(&srv)
-            .status()
-            .expect("cp");
-        assert!(out.success());
-    }
+    small_repos(dir.path(), &srv, repos);
     let server = GitHttpServer::start(&srv, Auth::basic("git", "bench-token"));
     let list: Vec<String> = (0..repos).map(|i| format!("\"r{i}.git\"")).collect();
     let config = dir.path().join("config.toml");

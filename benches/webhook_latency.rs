@@ -6,30 +6,17 @@
 
 #[path = "../tests/common/git_http.rs"]
 mod git_http;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use git_http::{Auth, GitHttpServer};
+use support::{env_or, fixtures, git};
 
 const SECRET: &str = "bench-secret";
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "Bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@example.com")
-        .env("GIT_COMMITTER_NAME", "Bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@example.com")
-        .output()
-        .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 fn hmac_hex(body: &[u8]) -> String {
     let key = openssl::pkey::PKey::hmac(SECRET.as_bytes()).expect("key");
@@ -68,10 +55,7 @@ fn percentile(v: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let pushes: usize = std::env::var("PUSHES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(100);
+    let pushes = env_or("PUSHES", 100);
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     let bare = root.join("srv/acme/gh.git");
@@ -81,7 +65,7 @@ fn main() {
     std::fs::create_dir_all(&work).expect("mkdir");
     git(&work, &["init", "-q", "-b", "main"]);
     git(&work, &["remote", "add", "origin", &bare.to_string_lossy()]);
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+    let fixtures = fixtures();
     let model = std::fs::read_to_string(
         fixtures.join("models/books/MongoDB__Figure 006 - Subtyping.hck.json"),
     )

@@ -462,22 +462,6 @@ mod tests {
         }
     }
 
-    fn check_tree_invariants(attrs: &[Attribute], context: &str) {
-        for (i, a) in attrs.iter().enumerate() {
-            match a.parent {
-                None => {
-                    assert_eq!(a.depth, 0, "{context}: {}", a.path);
-                    assert_eq!(a.path, a.name, "{context}");
-                }
-                Some(p) => {
-                    assert!(p < i, "{context}: parent after child");
-                    assert_eq!(a.depth, attrs[p].depth + 1, "{context}: {}", a.path);
-                    assert_eq!(a.path, format!("{}.{}", attrs[p].path, a.name), "{context}");
-                }
-            }
-        }
-    }
-
     type Row<'a> = (&'a str, Option<&'a str>, Option<&'a str>, bool, u32);
 
     fn summary(attrs: &[Attribute]) -> Vec<Row<'_>> {
@@ -832,7 +816,7 @@ mod tests {
         let model = parse_model("w.avsc", json.as_bytes());
         assert_eq!(model.attribute_count(), 1);
     }
-    use crate::model::testutil::Rng;
+    use crate::model::testutil::{Rng, check_tree_invariants};
 
     #[test]
     fn random_mutations_never_panic() {
@@ -841,21 +825,7 @@ mod tests {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         let mut outcomes = [0usize; 3];
         for _ in 0..3000 {
-            let mut bytes = original.to_vec();
-            for _ in 0..1 + rng.below(8) {
-                let at = rng.below(bytes.len());
-                match rng.below(4) {
-                    0 => bytes[at] = interesting[rng.below(interesting.len())],
-                    1 => bytes[at] = rng.next() as u8,
-                    2 => {
-                        bytes.remove(at);
-                    }
-                    _ => bytes.truncate(at),
-                }
-                if bytes.is_empty() {
-                    break;
-                }
-            }
+            let bytes = rng.mutate(original, interesting);
             let slot = match parse("c.avsc", &bytes) {
                 Parsed::NotModel => 0,
                 Parsed::Model(m) => {

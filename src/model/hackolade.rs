@@ -568,22 +568,6 @@ mod tests {
             .unwrap_or_default()
     }
 
-    fn check_tree_invariants(attrs: &[Attribute], context: &str) {
-        for (i, a) in attrs.iter().enumerate() {
-            match a.parent {
-                None => {
-                    assert_eq!(a.depth, 0, "{context}: {}", a.path);
-                    assert_eq!(a.path, a.name, "{context}");
-                }
-                Some(p) => {
-                    assert!(p < i, "{context}: parent after child");
-                    assert_eq!(a.depth, attrs[p].depth + 1, "{context}: {}", a.path);
-                    assert_eq!(a.path, format!("{}.{}", attrs[p].path, a.name), "{context}");
-                }
-            }
-        }
-    }
-
     /// Parses every file of a fixture folder; returns (models, entities, attributes).
     fn parse_folder(folder: &str) -> Option<(usize, usize, usize)> {
         let files = fixture_files(folder)?;
@@ -990,7 +974,7 @@ mod tests {
             Some(39)
         );
     }
-    use crate::model::testutil::Rng;
+    use crate::model::testutil::{Rng, check_tree_invariants};
 
     #[test]
     fn random_mutations_of_a_real_model_never_panic() {
@@ -1006,21 +990,7 @@ mod tests {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         let mut outcomes = [0usize; 3];
         for _ in 0..1500 {
-            let mut bytes = original.clone();
-            for _ in 0..1 + rng.below(8) {
-                let at = rng.below(bytes.len());
-                match rng.below(4) {
-                    0 => bytes[at] = interesting[rng.below(interesting.len())],
-                    1 => bytes[at] = rng.next() as u8,
-                    2 => {
-                        bytes.remove(at);
-                    }
-                    _ => bytes.truncate(at),
-                }
-                if bytes.is_empty() {
-                    break;
-                }
-            }
+            let bytes = rng.mutate(&original, interesting);
             let slot = match parse(&bytes) {
                 Parsed::NotModel => 0,
                 Parsed::Model(_) => 1,

@@ -207,5 +207,43 @@ pub(crate) mod testutil {
         pub fn below(&mut self, n: usize) -> usize {
             (self.next() % n.max(1) as u64) as usize
         }
+
+        /// `original` with 1 to 8 random edits: a byte replaced by one of `interesting` or by any byte, a
+        /// byte removed, or the rest cut off.
+        pub fn mutate(&mut self, original: &[u8], interesting: &[u8]) -> Vec<u8> {
+            let mut bytes = original.to_vec();
+            for _ in 0..1 + self.below(8) {
+                if bytes.is_empty() {
+                    break;
+                }
+                let at = self.below(bytes.len());
+                match self.below(4) {
+                    0 => bytes[at] = interesting[self.below(interesting.len())],
+                    1 => bytes[at] = self.next() as u8,
+                    2 => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes.truncate(at),
+                }
+            }
+            bytes
+        }
+    }
+
+    /// Every attribute tree is flattened parent-first, with depths and dotted paths that agree.
+    pub fn check_tree_invariants(attrs: &[crate::model::Attribute], context: &str) {
+        for (i, a) in attrs.iter().enumerate() {
+            match a.parent {
+                None => {
+                    assert_eq!(a.depth, 0, "{context}: {}", a.path);
+                    assert_eq!(a.path, a.name, "{context}");
+                }
+                Some(p) => {
+                    assert!(p < i, "{context}: parent after child");
+                    assert_eq!(a.depth, attrs[p].depth + 1, "{context}: {}", a.path);
+                    assert_eq!(a.path, format!("{}.{}", attrs[p].path, a.name), "{context}");
+                }
+            }
+        }
     }
 }
