@@ -91,6 +91,20 @@ impl Site {
         ));
     }
 
+    /// `modelmirror run` on this site's configuration, as a real process.
+    fn run_daemon(&self) -> std::process::Child {
+        bin()
+            .args([
+                "--config",
+                &self.env.path().join("config.toml").to_string_lossy(),
+                "run",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     fn status(&self) -> Vec<Value> {
         self.env
             .run(&["status", "--json"])
@@ -534,16 +548,7 @@ fn token_rotation_needs_no_restart() {
         "gitlab",
         "groups = [\"data\"]\nschedule = \"* * * * * *\"\ndiscover_schedule = \"*/2 * * * * *\"",
     );
-    let mut child = bin()
-        .args([
-            "--config",
-            &site.env.path().join("config.toml").to_string_lossy(),
-            "run",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = site.run_daemon();
     wait_for(
         || {
             site.env.db_path().exists()
@@ -609,16 +614,7 @@ fn the_service_follows_discovery() {
         "bitbucket-datacenter",
         "projects = [\"PRJ\"]\nschedule = \"* * * * * *\"\ndiscover_schedule = \"* * * * * *\"",
     );
-    let mut child = bin()
-        .args([
-            "--config",
-            &site.env.path().join("config.toml").to_string_lossy(),
-            "run",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = site.run_daemon();
     wait_for(
         || {
             site.env.db_path().exists()
@@ -1109,16 +1105,7 @@ fn shutdown_does_not_wait_for_discovery() {
     );
     site.config("gitlab", "groups = [\"data\"]");
     site.forge.rate_limit_next(100, 429, Some(20));
-    let mut child = bin()
-        .args([
-            "--config",
-            &site.env.path().join("config.toml").to_string_lossy(),
-            "run",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = site.run_daemon();
     wait_for(|| site.forge.api_request_count() >= 1, 10);
     std::thread::sleep(Duration::from_millis(300));
     let sent = Instant::now();
@@ -1144,16 +1131,7 @@ fn reloads_rediscover_only_changed_providers() {
     // Discovery once a year: every later discovery request comes from a reload.
     let provider = "groups = [\"data\"]\ndiscover_schedule = \"0 0 1 1 *\"";
     site.config("gitlab", provider);
-    let mut child = bin()
-        .args([
-            "--config",
-            &site.env.path().join("config.toml").to_string_lossy(),
-            "run",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = site.run_daemon();
     wait_for(
         || {
             site.env.db_path().exists()
