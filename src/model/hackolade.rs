@@ -44,14 +44,56 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde_json::{Map, Value};
-
+use super::json::{self, Object, Value};
 use super::{Attribute, Container, Entity, Model, ParseError, Parsed, Relationship, View};
-
-type Object = Map<String, Value>;
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 const MODEL_NAME_KEY: &[u8] = b"\"modelName\"";
+
+/// Every key this parser reads; the rest of a file (layout, sample data, per-target options: most of it)
+/// is checked as JSON but never stored. A test fails when a key read below is missing here.
+const KEYS: json::Keys = json::Keys {
+    keep: &[
+        "GUID",
+        "appTarget",
+        "arrayItem",
+        "bucketId",
+        "buckets",
+        "childCardinality",
+        "childCollection",
+        "childType",
+        "code",
+        "collectionIds",
+        "collectionName",
+        "collections",
+        "compositePrimaryKey",
+        "dbVendor",
+        "dbVersion",
+        "definitions",
+        "description",
+        "externalDefinitions",
+        "keyId",
+        "mode",
+        "modelName",
+        "multipleTypes",
+        "name",
+        "parentCardinality",
+        "parentCollection",
+        "polyglotDefinitions",
+        "primaryKey",
+        "properties",
+        "ref",
+        "refType",
+        "relationshipType",
+        "relationships",
+        "required",
+        "subschema",
+        "type",
+        "viewOn",
+        "views",
+    ],
+    whole: &["idToNameHashTable", "idTonNmeHashTable"],
+};
 
 /// The Hackolade format (`*.hck.json`, and older `*.json`).
 pub struct Hackolade;
@@ -75,12 +117,19 @@ impl super::Format for Hackolade {
 /// - [`Parsed::Model`] otherwise.
 #[must_use]
 pub fn parse(bytes: &[u8]) -> Parsed {
+    parse_json(bytes, |body| json::parse(body, KEYS))
+}
+
+fn parse_json<'a>(
+    bytes: &'a [u8],
+    json: impl FnOnce(&'a [u8]) -> Result<Value<'a>, serde_json::Error>,
+) -> Parsed {
     let body = bytes.strip_prefix(BOM).unwrap_or(bytes);
     let claims = claims_to_be_model(body);
     if !claims && !contains(body, MODEL_NAME_KEY) {
         return Parsed::NotModel;
     }
-    let value: Value = match serde_json::from_slice(body) {
+    let value = match json(body) {
         Ok(value) => value,
         Err(err) if claims => return Parsed::Invalid(json_error(&err)),
         Err(_) => return Parsed::NotModel,
@@ -139,7 +188,7 @@ fn json_error(err: &serde_json::Error) -> ParseError {
     }
 }
 
-fn model_root(value: &Value) -> Result<&Object, &'static str> {
+fn model_root<'a>(value: &'a Value<'a>) -> Result<&'a Object<'a>, &'static str> {
     let root = value
         .as_object()
         .ok_or("the top level is not a JSON object")?;
@@ -155,36 +204,36 @@ fn model_root(value: &Value) -> Result<&Object, &'static str> {
 // ---------------------------------------------------------------------------------------------
 // Small accessors: tolerate any type, treat "" as absent.
 
-fn text<'a>(obj: &'a Object, key: &str) -> Option<&'a str> {
+fn text<'a>(obj: &'a Object<'a>, key: &str) -> Option<&'a str> {
     match obj.get(key) {
-        Some(Value::String(s)) if !s.is_empty() => Some(s.as_str()),
+        Some(Value::String(s)) if !s.is_empty() => Some(s.as_ref()),
         _ => None,
     }
 }
 
-fn owned(obj: &Object, key: &str) -> Option<String> {
+fn owned(obj: &Object<'_>, key: &str) -> Option<String> {
     text(obj, key).map(str::to_string)
 }
 
 /// A string, or a number/bool rendered as text (cardinalities are strings in practice).
-fn scalar_text(obj: &Object, key: &str) -> Option<String> {
+fn scalar_text(obj: &Object<'_>, key: &str) -> Option<String> {
     match obj.get(key) {
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::String(s)) if !s.is_empty() => Some(s.to_string()),
         Some(Value::Number(n)) => Some(n.to_string()),
         Some(Value::Bool(b)) => Some(b.to_string()),
         _ => None,
     }
 }
 
-fn first_text<'a>(obj: &'a Object, keys: &[&str]) -> Option<&'a str> {
+fn first_text<'a>(obj: &'a Object<'a>, keys: &[&str]) -> Option<&'a str> {
     keys.iter().find_map(|key| text(obj, key))
 }
 
-fn is_true(obj: &Object, key: &str) -> bool {
+fn is_true(obj: &Object<'_>, key: &str) -> bool {
     matches!(obj.get(key), Some(Value::Bool(true)))
 }
 
-fn array<'a>(obj: &'a Object, key: &str) -> &'a [Value] {
+fn array<'a>(obj: &'a Object<'a>, key: &str) -> &'a [Value<'a>] {
     match obj.get(key) {
         Some(Value::Array(items)) => items,
         _ => &[],
@@ -192,7 +241,7 @@ fn array<'a>(obj: &'a Object, key: &str) -> &'a [Value] {
 }
 
 /// `obj[key].properties` as a list (empty when anything is missing or of the wrong type).
-fn nested_properties<'a>(obj: &'a Object, key: &str) -> &'a [Value] {
+fn nested_properties<'a>(obj: &'a Object<'a>, key: &str) -> &'a [Value<'a>] {
     match obj.get(key) {
         Some(Value::Object(inner)) => array(inner, "properties"),
         _ => &[],
@@ -201,7 +250,7 @@ fn nested_properties<'a>(obj: &'a Object, key: &str) -> &'a [Value] {
 
 // ---------------------------------------------------------------------------------------------
 
-fn build_model(root: &Object) -> Model {
+fn build_model(root: &Object<'_>) -> Model {
     let containers: Vec<Container> = array(root, "buckets")
         .iter()
         .filter_map(Value::as_object)
@@ -296,9 +345,9 @@ fn build_model(root: &Object) -> Model {
 }
 
 fn build_entity(
-    obj: &Object,
-    polyglot: &[Value],
-    external: &[Value],
+    obj: &Object<'_>,
+    polyglot: &[Value<'_>],
+    external: &[Value<'_>],
     bucket_by_guid: &HashMap<&str, &str>,
     bucket_by_member: &HashMap<&str, &str>,
 ) -> Entity {
@@ -339,15 +388,15 @@ fn build_entity(
 /// For a `type: "reference"` stub with a `ref` GUID: the definition node it points to, and
 /// whether it was found among the polyglot or the external definitions.
 fn resolve_reference<'a>(
-    obj: &Object,
-    polyglot: &'a [Value],
-    external: &'a [Value],
-) -> Option<(&'a Object, &'static str)> {
+    obj: &Object<'_>,
+    polyglot: &'a [Value<'a>],
+    external: &'a [Value<'a>],
+) -> Option<(&'a Object<'a>, &'static str)> {
     if text(obj, "type") != Some("reference") {
         return None;
     }
     let target = text(obj, "ref")?;
-    let lists: &[(&'static str, &'a [Value])] = match text(obj, "refType") {
+    let lists: &[(&'static str, &'a [Value<'a>])] = match text(obj, "refType") {
         Some("polyglot") => &[("polyglot", polyglot)],
         Some("external") => &[("external", external)],
         _ => &[("polyglot", polyglot), ("external", external)],
@@ -361,7 +410,7 @@ fn resolve_reference<'a>(
 }
 
 /// GUIDs listed in an entity's `primaryKey[].compositePrimaryKey[].keyId`.
-fn collect_composite_key_ids<'a>(obj: &'a Object, out: &mut HashSet<&'a str>) {
+fn collect_composite_key_ids<'a>(obj: &'a Object<'a>, out: &mut HashSet<&'a str>) {
     for key in array(obj, "primaryKey").iter().filter_map(Value::as_object) {
         for part in array(key, "compositePrimaryKey")
             .iter()
@@ -374,7 +423,7 @@ fn collect_composite_key_ids<'a>(obj: &'a Object, out: &mut HashSet<&'a str>) {
     }
 }
 
-fn is_structure_node(node: &Object) -> bool {
+fn is_structure_node(node: &Object<'_>) -> bool {
     matches!(
         text(node, "type"),
         Some("choice" | "conditional" | "conditionalItem")
@@ -382,7 +431,7 @@ fn is_structure_node(node: &Object) -> bool {
 }
 
 /// This node's path segment: its name, `[]` for a nameless array item, else code, GUID or `?`.
-fn segment(node: &Object) -> String {
+fn segment(node: &Object<'_>) -> String {
     if let Some(name) = text(node, "name") {
         return name.to_string();
     }
@@ -394,13 +443,13 @@ fn segment(node: &Object) -> String {
         .to_string()
 }
 
-fn data_type(node: &Object) -> Option<String> {
+fn data_type(node: &Object<'_>) -> Option<String> {
     let ty = text(node, "type")?;
     if ty == "multiple" {
         let parts: Vec<&str> = array(node, "multipleTypes")
             .iter()
             .filter_map(|member| match member {
-                Value::String(s) => Some(s.as_str()),
+                Value::String(s) => Some(s.as_ref()),
                 Value::Object(m) => text(m, "type"),
                 _ => None,
             })
@@ -413,7 +462,7 @@ fn data_type(node: &Object) -> Option<String> {
     Some(ty.to_string())
 }
 
-fn listed_as_required(parent: &Object, name: Option<&str>) -> bool {
+fn listed_as_required(parent: &Object<'_>, name: Option<&str>) -> bool {
     let Some(name) = name else {
         return false;
     };
@@ -423,17 +472,17 @@ fn listed_as_required(parent: &Object, name: Option<&str>) -> bool {
 }
 
 /// Pre-order flattening of the counted nodes below `root` (the root itself is not counted).
-fn flatten(root: &Object, key_ids: &HashSet<&str>) -> Vec<Attribute> {
+fn flatten(root: &Object<'_>, key_ids: &HashSet<&str>) -> Vec<Attribute> {
     struct Frame<'a> {
-        node: &'a Value,
-        json_parent: &'a Object,
+        node: &'a Value<'a>,
+        json_parent: &'a Object<'a>,
         parent: Option<usize>,
         depth: u32,
     }
 
     fn push_children<'a>(
         stack: &mut Vec<Frame<'a>>,
-        node: &'a Object,
+        node: &'a Object<'a>,
         parent: Option<usize>,
         depth: u32,
     ) {
@@ -492,11 +541,11 @@ fn flatten(root: &Object, key_ids: &HashSet<&str>) -> Vec<Attribute> {
 /// GUID → entity name, through the entities first, then `idToNameHashTable`.
 struct NameResolver<'a> {
     entities: HashMap<&'a str, &'a str>,
-    table: Option<&'a Object>,
+    table: Option<&'a Object<'a>>,
 }
 
 impl<'a> NameResolver<'a> {
-    fn new(root: &'a Object, entities: &'a [Entity]) -> Self {
+    fn new(root: &'a Object<'a>, entities: &'a [Entity]) -> Self {
         let mut by_guid = HashMap::new();
         for entity in entities {
             if let Some(guid) = entity.guid.as_deref() {
@@ -505,7 +554,7 @@ impl<'a> NameResolver<'a> {
         }
         let table = ["idToNameHashTable", "idTonNmeHashTable"]
             .iter()
-            .find_map(|key| root.get(*key).and_then(Value::as_object));
+            .find_map(|key| root.get(key).and_then(Value::as_object));
         NameResolver {
             entities: by_guid,
             table,
@@ -603,6 +652,28 @@ mod tests {
         // Includes the three models saved under plain `*.json` names.
         assert_eq!(models, 141);
         assert_eq!((entities, attributes), (781, 3344));
+    }
+
+    /// The key list drops nothing the parser reads: every fixture, and every mutation of it, parses the same
+    /// with only the listed keys kept as with the whole file kept.
+    #[test]
+    fn keeping_only_the_listed_keys_changes_nothing() {
+        let mut checked = 0;
+        for folder in ["books", "playground-models"] {
+            for file in fixture_files(folder).unwrap_or_default() {
+                let bytes = std::fs::read(&file).expect("read fixture");
+                let mut rng = crate::model::testutil::Rng(bytes.len() as u64 | 1);
+                let mut inputs = vec![bytes.clone()];
+                inputs.extend((0..8).map(|_| rng.mutate(&bytes, b"{}[]\",:\\ 0tfn\x01\xff")));
+                for input in inputs {
+                    let sparse = format!("{:?}", parse(&input));
+                    let whole = format!("{:?}", parse_json(&input, json::parse_whole));
+                    assert_eq!(sparse, whole, "{}", file.display());
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 1000, "only {checked} inputs checked");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::fmt;
 pub mod avro;
 pub mod diff;
 pub mod hackolade;
+pub mod json;
 pub mod jsonschema;
 
 pub use hackolade::parse as parse_hackolade;
