@@ -187,6 +187,9 @@ fn main() {
         import.as_secs_f64() / clone.as_secs_f64()
     );
     drop(s);
+    if std::env::var("ONLY").is_ok_and(|v| v == "initial") {
+        return;
+    }
 
     // 2. Incremental: one changed model in a small and a large repository.
     let s = setup(&[("small", 100), ("large", large)], &texts);

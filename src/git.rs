@@ -1,5 +1,7 @@
-//! Everything that touches Git, through libgit2 only: the bare mirror on disk, listing the remote's refs and
-//! fetching its default branch in one connection, walking first-parent history, and diffing trees.
+//! Everything that touches Git, through libgit2: the bare mirror on disk, listing the remote's refs and
+//! fetching its default branch in one connection, walking first-parent history, diffing trees and reading
+//! blobs. The one thing read without libgit2 is where objects sit in the pack files (Git's documented `.idx`
+//! format), so that many blobs can be read in the order they are stored.
 //!
 //! All of it is blocking; callers run it on `spawn_blocking`. Credentials are handed to libgit2 as an
 //! `Authorization` header for the connection (never in a URL, so nothing with a secret is written to the
@@ -91,7 +93,12 @@ pub fn trust_ca_files(files: &[&Path]) -> Result<(), GitError> {
 }
 
 /// Set libgit2's connect and read timeouts for git transfers (process-wide). Call once, at start-up.
+///
+/// Also turns off libgit2's re-hashing of every object it reads: each object was hashed when its pack was
+/// indexed at fetch time (that is how its id is known), and zlib's checksum still catches damage on disk.
+/// Hashing again (with SHA-1 collision detection) cost about a tenth of a first import.
 pub fn set_timeouts(connect: std::time::Duration, read: std::time::Duration) {
+    git2::opts::strict_hash_verification(false);
     let ms = |d: std::time::Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: called at start-up, before any libgit2 operation runs on another thread.
     unsafe {
@@ -786,15 +793,188 @@ pub fn blob_size(repo: &Repository, blob: Oid) -> Result<u64, GitError> {
 
 /// A blob's content.
 pub fn read_blob(repo: &Repository, blob: Oid) -> Result<Vec<u8>, GitError> {
+    with_blob(repo, blob, <[u8]>::to_vec)
+}
+
+/// `f` applied to a blob's content, without copying it (a large model is then held once, not twice).
+pub fn with_blob<T>(
+    repo: &Repository,
+    blob: Oid,
+    f: impl FnOnce(&[u8]) -> T,
+) -> Result<T, GitError> {
     let b = repo
         .find_blob(blob)
         .map_err(read_err(format!("blob {blob}")))?;
-    Ok(b.content().to_vec())
+    Ok(f(b.content()))
+}
+
+/// Where each of `oids` is stored in the mirror's packs, as `(pack, offset)`; `None` for an object in no
+/// pack index read here (loose objects, or an index in a format other than version 2 with SHA-1 ids).
+///
+/// Why: Git stores delta chains base first, and libgit2 keeps the bases it has just unpacked in a small
+/// cache, so blobs read in storage order cost one delta each, while blobs read in path order unpack most of
+/// their chain again (2,000 fixture models: 1.25 s in path order, 0.37 s in storage order). The index
+/// format is Git's documented `.idx` version 2; a damaged index only loses the ordering, never data.
+pub fn pack_positions(repo: &Repository, oids: &[Oid]) -> Vec<Option<(usize, u64)>> {
+    let mut found = vec![None; oids.len()];
+    let dir = repo.path().join("objects").join("pack");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return found;
+    };
+    let mut indexes: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        .collect();
+    indexes.sort();
+    for (pack, path) in indexes.iter().enumerate() {
+        let Ok(bytes) = std::fs::read(path) else {
+            continue;
+        };
+        let Some(index) = PackIndex::new(&bytes) else {
+            continue;
+        };
+        for (slot, oid) in found.iter_mut().zip(oids) {
+            if slot.is_none() {
+                *slot = index.offset(oid.as_bytes()).map(|o| (pack, o));
+            }
+        }
+    }
+    found
+}
+
+/// A version-2 pack index (SHA-1): fan-out table, sorted ids, CRCs, 31-bit offsets, then 64-bit offsets.
+struct PackIndex<'a> {
+    bytes: &'a [u8],
+    count: usize,
+}
+
+impl<'a> PackIndex<'a> {
+    const HEADER: usize = 8;
+    const FANOUT: usize = 256 * 4;
+    const ID: usize = 20;
+
+    fn new(bytes: &'a [u8]) -> Option<Self> {
+        if bytes.get(..8)? != b"\xfftOc\x00\x00\x00\x02" {
+            return None;
+        }
+        let count = usize::try_from(be32(bytes, Self::HEADER + 255 * 4)?).ok()?;
+        let offsets_end = Self::HEADER + Self::FANOUT + count.checked_mul(Self::ID + 8)?;
+        (bytes.len() >= offsets_end).then_some(PackIndex { bytes, count })
+    }
+
+    fn offset(&self, id: &[u8]) -> Option<u64> {
+        let first = usize::from(*id.first()?);
+        let fanout =
+            |i: usize| be32(self.bytes, Self::HEADER + i * 4).and_then(|v| usize::try_from(v).ok());
+        let mut lo = if first == 0 { 0 } else { fanout(first - 1)? };
+        let mut hi = fanout(first)?.min(self.count);
+        let ids = Self::HEADER + Self::FANOUT;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let at = self
+                .bytes
+                .get(ids + mid * Self::ID..ids + (mid + 1) * Self::ID)?;
+            match at.cmp(id) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => {
+                    let small = ids + self.count * (Self::ID + 4);
+                    let off = be32(self.bytes, small + mid * 4)?;
+                    if off & 0x8000_0000 == 0 {
+                        return Some(u64::from(off));
+                    }
+                    let large =
+                        small + self.count * 4 + usize::try_from(off & 0x7fff_ffff).ok()? * 8;
+                    let hi32 = be32(self.bytes, large)?;
+                    let lo32 = be32(self.bytes, large + 4)?;
+                    return Some(u64::from(hi32) << 32 | u64::from(lo32));
+                }
+            }
+        }
+        None
+    }
+}
+
+fn be32(bytes: &[u8], at: usize) -> Option<u32> {
+    let b: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    Some(u32::from_be_bytes(b))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("git runs");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn pack_positions_agree_with_git_show_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let bare = dir.path().join("r.git");
+        let repo = Repository::init_bare(&bare).unwrap();
+        let mut oids: Vec<Oid> = (0..300)
+            .map(|i| {
+                repo.blob(format!("{{\"n\": {i}, \"pad\": \"{}\"}}", "x".repeat(i % 50)).as_bytes())
+                    .unwrap()
+            })
+            .collect();
+        let mut tree = repo.treebuilder(None).unwrap();
+        for (i, oid) in oids.iter().enumerate() {
+            tree.insert(format!("m{i}.json"), *oid, 0o100_644).unwrap();
+        }
+        let tree = repo.find_tree(tree.write().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        repo.commit(Some("refs/heads/main"), &sig, &sig, "m", &tree, &[])
+            .unwrap();
+        git(&bare, &["repack", "-a", "-d", "-q"]);
+        let idx = std::fs::read_dir(bare.join("objects/pack"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "idx"))
+            .unwrap();
+        let listing = std::process::Command::new("git")
+            .arg("show-index")
+            .stdin(std::fs::File::open(&idx).unwrap())
+            .output()
+            .unwrap();
+        let expected: HashMap<Oid, u64> = String::from_utf8_lossy(&listing.stdout)
+            .lines()
+            .map(|l| {
+                let mut parts = l.split_whitespace();
+                let offset = parts.next().unwrap().parse().unwrap();
+                (Oid::from_str(parts.next().unwrap()).unwrap(), offset)
+            })
+            .collect();
+        assert_eq!(expected.len(), 302, "300 blobs, a tree and a commit");
+        // A loose object (written after the repack) has no position.
+        let loose = repo.blob(b"loose").unwrap();
+        oids.push(loose);
+        let repo = Repository::open_bare(&bare).unwrap();
+        let found = pack_positions(&repo, &oids);
+        for (oid, pos) in oids.iter().zip(&found) {
+            match expected.get(oid) {
+                Some(offset) => assert_eq!(*pos, Some((0, *offset)), "{oid}"),
+                None => assert_eq!(*pos, None, "{oid} is loose"),
+            }
+        }
+        // A damaged index loses the ordering only.
+        let mut bytes = std::fs::read(&idx).unwrap();
+        bytes.truncate(bytes.len() / 2);
+        std::fs::set_permissions(&idx, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&idx, &bytes).unwrap();
+        assert!(pack_positions(&repo, &oids).iter().all(Option::is_none));
+        assert!(PackIndex::new(b"\xfftOc").is_none());
+    }
 
     #[test]
     fn known_hosts_entries_match_host_and_port() {

@@ -665,6 +665,7 @@ fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepEr
             reconcile_changes(&stored, tree, ctx.reread)
         }
     };
+    let changes = in_storage_order(mirror, changes);
     let info = git::commit_info(mirror, commit)?;
     let meta = StepMeta {
         repo_id: &repo.id,
@@ -686,6 +687,41 @@ fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepEr
             Ok(())
         },
     )
+}
+
+/// Below this many blobs to read, the order they are read in makes no measurable difference.
+const ORDER_FROM: usize = 64;
+
+/// The step's changes with deletions first, then the blobs to read in the order the mirror's packs store
+/// them (see [`git::pack_positions`]: about three times faster for a first import). Reordering is safe: the
+/// changes of one step touch distinct paths (a path is deleted or a rename's source only when it left the
+/// tree, added or a rename's target only when it is new, modified only when it is in both).
+fn in_storage_order(mirror: &Repository, changes: Vec<Change>) -> Vec<Change> {
+    let blob = |c: &Change| match c {
+        Change::Added { blob, .. }
+        | Change::Modified { blob, .. }
+        | Change::Renamed { blob, .. } => Some(*blob),
+        Change::Deleted { .. } => None,
+    };
+    let blobs: Vec<Oid> = changes.iter().filter_map(blob).collect();
+    if blobs.len() < ORDER_FROM {
+        return changes;
+    }
+    let positions: HashMap<Oid, (usize, u64)> = blobs
+        .iter()
+        .zip(git::pack_positions(mirror, &blobs))
+        .filter_map(|(b, p)| Some((*b, p?)))
+        .collect();
+    let mut changes = changes;
+    // Stable: deletions keep their order, and so do blobs without a known position (after the others).
+    changes.sort_by_key(|c| match blob(c) {
+        None => (0, 0, 0),
+        Some(b) => match positions.get(&b) {
+            Some(&(pack, offset)) => (1, pack, offset),
+            None => (2, 0, 0),
+        },
+    });
+    changes
 }
 
 /// The file at a repository's root that lists models and folders to leave out (gitignore syntax).
@@ -813,8 +849,11 @@ fn apply_change(
         w.put(path, from, &blob_str, size, &Content::Skipped(reason))?;
         return Ok(());
     }
-    let bytes = git::read_blob(mirror, blob)?;
-    match model::parse_with(&config.filter.formats, path, &bytes) {
+    // The blob is released before writing: a large model is not held as bytes and as rows at once.
+    let parsed = git::with_blob(mirror, blob, |bytes| {
+        model::parse_with(&config.filter.formats, path, bytes)
+    })?;
+    match parsed {
         Parsed::Model(m) => w.put(path, from, &blob_str, size, &Content::Model(&m))?,
         Parsed::Invalid(e) => {
             tracing::warn!(repo = %repo_id, "{path} at commit {commit}: {e}");
