@@ -6,6 +6,70 @@ use std::time::Duration;
 use crate::git_http::Auth;
 use crate::support::*;
 
+/// Start `modelmirror sync`, wait until `due()` holds (checked every few milliseconds) or the process ends by
+/// itself, then SIGKILL it. Whether it was killed while still running.
+fn sync_killed_when(env: &Env, mut due: impl FnMut() -> bool) -> bool {
+    let mut child = bin()
+        .args([
+            "--config",
+            &env.path().join("config.toml").to_string_lossy(),
+            "sync",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if due() {
+            child.kill().unwrap(); // SIGKILL
+            let _ = child.wait();
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(3));
+    }
+}
+
+/// Commits written so far (0 before the database or its tables exist).
+fn steps_done(env: &Env) -> i64 {
+    let Ok(db) = rusqlite::Connection::open_with_flags(
+        env.db_path(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    ) else {
+        return 0;
+    };
+    db.query_row("SELECT COUNT(*) FROM sync_steps", [], |r| r.get(0))
+        .unwrap_or(0)
+}
+
+/// After a kill: the database is intact and holds exactly the models of the commit it records (none when it
+/// records none).
+fn assert_consistent(env: &Env, bare: &std::path::Path, repo_id: &str) {
+    if !env.db_path().exists() {
+        return;
+    }
+    let db = env.db();
+    assert_integrity(&db);
+    match processed_commit(&db, repo_id) {
+        Some(commit) => assert_catalog_is(bare, &db, repo_id, &commit, u64::MAX),
+        None => {
+            let n: i64 = db
+                .query_row(
+                    "SELECT COUNT(*) FROM models WHERE repo_id = ?1",
+                    [repo_id],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(n, 0, "models stored without a recorded commit");
+        }
+    }
+}
+
+/// SIGKILL at many points of a 150-commit history replay: while cloning, then after 1, 10, 40, 80 and 120
+/// commits (each kill lands while the next commit is being read or written). Every restart resumes where the
+/// last one stopped, and in the end every commit is processed exactly once.
 #[test]
 fn sigkill_during_sync_then_restart() {
     let env = Env::new(Auth::None);
@@ -16,35 +80,20 @@ fn sigkill_during_sync_then_restart() {
         env.server.url()
     ));
     let head = git(&bare, &["rev-parse", "main"]).trim().to_string();
+    let mirror = env.path().join("state/mirrors/g/gen/history.git/objects");
     let mut kills = 0;
-    for delay_ms in [300u64, 700, 1200, 2000, 3000] {
-        let mut child = bin()
-            .args([
-                "--config",
-                &env.path().join("config.toml").to_string_lossy(),
-                "sync",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
+    if sync_killed_when(&env, || mirror.exists()) {
+        kills += 1;
+    }
+    assert_consistent(&env, &bare, "g/gen/history");
+    for after in [1, 10, 40, 80, 120] {
+        if sync_killed_when(&env, || steps_done(&env) >= after) {
             kills += 1;
         }
-        let _ = child.wait();
-        if !env.db_path().exists() {
-            continue;
-        }
-        let db = env.db();
-        assert_integrity(&db);
-        if let Some(commit) = processed_commit(&db, "g/gen/history") {
-            assert_catalog_is(&bare, &db, "g/gen/history", &commit, u64::MAX);
-        }
+        assert_consistent(&env, &bare, "g/gen/history");
     }
     assert!(
-        kills >= 2,
+        kills >= 5,
         "the import was too quick to be interrupted ({kills} kills)"
     );
     let run = env.run(&["sync"]).ok();
@@ -67,6 +116,99 @@ fn sigkill_during_sync_then_restart() {
         steps, 150,
         "every commit processed exactly once across the restarts"
     );
+}
+
+/// SIGKILL at several points of one large import (1,500 models in one commit): during the fetch and while
+/// the commit is being parsed and written. After each kill the database is intact and holds no half commit;
+/// the next run imports it whole, and a later commit is caught up.
+#[test]
+fn sigkill_during_a_large_import_then_restart() {
+    let env = Env::new(Auth::None);
+    let bare = env.srv("big.git");
+    let work = env.path().join("big-work");
+    many_models(&bare, 1500);
+    env.write_config(&format!(
+        "[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"big.git\"]\n",
+        env.server.url()
+    ));
+    let packs = env.path().join("state/mirrors/g/big.git/objects/pack");
+    let has_pack = || {
+        std::fs::read_dir(&packs).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "pack"))
+        })
+    };
+    let mut kills = 0;
+    for after_ms in [0u64, 40, 150, 300, 500] {
+        let mut seen: Option<std::time::Instant> = None;
+        let killed = sync_killed_when(&env, || {
+            if after_ms == 0 {
+                return packs.exists();
+            }
+            match seen {
+                Some(t) => t.elapsed() >= Duration::from_millis(after_ms),
+                None => {
+                    if has_pack() {
+                        seen = Some(std::time::Instant::now());
+                    }
+                    false
+                }
+            }
+        });
+        if killed {
+            kills += 1;
+        }
+        assert_consistent(&env, &bare, "g/big");
+        if !killed {
+            break;
+        }
+    }
+    assert!(
+        kills >= 3,
+        "the import was too quick to be interrupted ({kills} kills)"
+    );
+    let out = env.run(&["sync"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let head = git(&bare, &["rev-parse", "main"]).trim().to_string();
+    let db = env.db();
+    assert_integrity(&db);
+    assert_eq!(
+        processed_commit(&db, "g/big").as_deref(),
+        Some(head.as_str())
+    );
+    assert_catalog_is(&bare, &db, "g/big", &head, u64::MAX);
+    // It then catches up with a later commit.
+    let _ = std::fs::remove_dir_all(&work);
+    git(
+        env.path(),
+        &["clone", "-q", &bare.to_string_lossy(), "big-work"],
+    );
+    std::fs::remove_file(work.join("m0007.hck.json")).unwrap();
+    std::fs::rename(work.join("m0008.hck.json"), work.join("renamed.hck.json")).unwrap();
+    git(&work, &["add", "-A"]);
+    git(
+        &work,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "commit",
+            "-q",
+            "-m",
+            "later",
+        ],
+    );
+    git(&work, &["push", "-q", "origin", "main"]);
+    let out = env.run(&["sync"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let head = git(&bare, &["rev-parse", "main"]).trim().to_string();
+    let db = env.db();
+    assert_eq!(
+        processed_commit(&db, "g/big").as_deref(),
+        Some(head.as_str())
+    );
+    assert_catalog_is(&bare, &db, "g/big", &head, u64::MAX);
 }
 
 /// Another process (a user's own SQL, a backup) holds a read transaction open for the whole import: the

@@ -601,42 +601,9 @@ fn status_shows_a_rejected_reload_while_the_broken_file_is_on_disk() {
 /// the next run imports the commit whole.
 #[test]
 fn sigterm_during_a_large_commit_rolls_it_back() {
-    use std::io::Write;
     let env = Env::new(Auth::None);
     let bare = env.srv("big.git");
-    std::fs::create_dir_all(&bare).unwrap();
-    git(&bare, &["init", "-q", "--bare", "-b", "main"]);
-    let text = std::fs::read_to_string(
-        fixtures().join("models/books/Cassandra__Cassandra Data Model Book.hck.json"),
-    )
-    .unwrap();
-    let mut child = std::process::Command::new("git")
-        .args(["fast-import", "--quiet"])
-        .current_dir(&bare)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut files = Vec::new();
-    for i in 0..1500 {
-        let body = text.replacen("\"modelName\": \"", &format!("\"modelName\": \"m{i} "), 1);
-        write!(
-            stdin,
-            "blob\nmark :{}\ndata {}\n{body}\n",
-            i + 1,
-            body.len()
-        )
-        .unwrap();
-        files.push(format!("M 100644 :{} m{i:04}.hck.json", i + 1));
-    }
-    write!(
-        stdin,
-        "commit refs/heads/main\ncommitter Gen <gen@example.com> 1700000000 +0000\ndata 3\nbig\n{}\n\n",
-        files.join("\n")
-    )
-    .unwrap();
-    drop(stdin);
-    assert!(child.wait().unwrap().success());
+    many_models(&bare, 1500);
     config(&env, &["big.git"], "");
     let mut daemon = start(&env, &[]);
     // Once the pack is in the mirror, the commit is being parsed and written.
@@ -647,7 +614,7 @@ fn sigterm_during_a_large_commit_rolls_it_back() {
                 .any(|e| e.path().extension().is_some_and(|x| x == "pack"))
         })
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         models(&env, "g/big"),
         0,

@@ -406,6 +406,56 @@ pub fn synthetic_history(bare: &Path, commits: usize, files: usize, per_commit: 
     assert!(child.wait().expect("fast-import").success());
 }
 
+/// A bare repository whose `main` holds `count` models in one commit (`m0000.hck.json` …): the books fixture
+/// models, cycled, each under its own model name.
+pub fn many_models(bare: &Path, count: usize) {
+    use std::io::Write;
+    let dir = fixtures().join("models/books");
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("fixture models")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.metadata().map(|m| m.len() < 120_000).unwrap_or(false))
+        .collect();
+    sources.sort();
+    let texts: Vec<String> = sources
+        .iter()
+        .map(|p| std::fs::read_to_string(p).expect("read"))
+        .collect();
+    std::fs::create_dir_all(bare).expect("mkdir");
+    git(bare, &["init", "-q", "--bare", "-b", "main"]);
+    let mut child = Command::new("git")
+        .args(["fast-import", "--quiet"])
+        .current_dir(bare)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("fast-import");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut files = Vec::new();
+    for i in 0..count {
+        let body = texts[i % texts.len()].replacen(
+            "\"modelName\": \"",
+            &format!("\"modelName\": \"m{i} "),
+            1,
+        );
+        write!(
+            stdin,
+            "blob\nmark :{}\ndata {}\n{body}\n",
+            i + 1,
+            body.len()
+        )
+        .expect("write");
+        files.push(format!("M 100644 :{} m{i:04}.hck.json", i + 1));
+    }
+    write!(
+        stdin,
+        "commit refs/heads/main\ncommitter Gen <gen@example.com> 1700000000 +0000\ndata 3\nbig\n{}\n\n",
+        files.join("\n")
+    )
+    .expect("write");
+    drop(stdin);
+    assert!(child.wait().expect("fast-import").success());
+}
+
 /// `PRAGMA integrity_check` says ok.
 pub fn assert_integrity(db: &Connection) {
     let r: String = db
