@@ -53,13 +53,23 @@ pub enum GitError {
         "local mirror {path} is being updated by another modelmirror process; the next poll retries"
     )]
     MirrorBusy { path: PathBuf },
-    #[error("reading {what} from the mirror: {message}")]
-    Read { what: String, message: String },
+    #[error(
+        "reading {what} from the local mirror {path}: {message} (if this repeats, the mirror is damaged: delete that folder and the next poll clones the repository again)"
+    )]
+    Read {
+        path: PathBuf,
+        what: String,
+        message: String,
+    },
+    #[error("ca_file {path}: {message}")]
+    CaFile { path: PathBuf, message: String },
 }
 
-fn read_err(what: impl Into<String>) -> impl FnOnce(git2::Error) -> GitError {
+fn read_err(repo: &Repository, what: impl Into<String>) -> impl FnOnce(git2::Error) -> GitError {
     let what = what.into();
+    let path = repo.path().to_path_buf();
     move |e| GitError::Read {
+        path,
         what,
         message: e.message().to_string(),
     }
@@ -84,8 +94,8 @@ pub struct RemoteSpec<'a> {
 pub fn trust_ca_files(files: &[&Path]) -> Result<(), GitError> {
     for f in files {
         // SAFETY: called at start-up, before any libgit2 operation runs on another thread.
-        unsafe { git2::opts::set_ssl_cert_file(f) }.map_err(|e| GitError::Read {
-            what: format!("ca_file {}", f.display()),
+        unsafe { git2::opts::set_ssl_cert_file(f) }.map_err(|e| GitError::CaFile {
+            path: f.to_path_buf(),
             message: e.message().to_string(),
         })?;
     }
@@ -480,13 +490,16 @@ pub fn first_parent_path(
     from: Option<Oid>,
     to: Oid,
 ) -> Result<Option<Vec<Oid>>, GitError> {
-    let mut walk = repo.revwalk().map_err(read_err("history"))?;
-    walk.simplify_first_parent().map_err(read_err("history"))?;
-    walk.set_sorting(Sort::NONE).map_err(read_err("history"))?;
-    walk.push(to).map_err(read_err(format!("commit {to}")))?;
+    let mut walk = repo.revwalk().map_err(read_err(repo, "history"))?;
+    walk.simplify_first_parent()
+        .map_err(read_err(repo, "history"))?;
+    walk.set_sorting(Sort::NONE)
+        .map_err(read_err(repo, "history"))?;
+    walk.push(to)
+        .map_err(read_err(repo, format!("commit {to}")))?;
     let mut chain = Vec::new();
     for oid in walk {
-        let oid = oid.map_err(read_err(format!("history of {to}")))?;
+        let oid = oid.map_err(read_err(repo, format!("history of {to}")))?;
         if Some(oid) == from {
             chain.reverse();
             return Ok(Some(chain));
@@ -514,7 +527,7 @@ pub fn has_commit(repo: &Repository, oid: Oid) -> bool {
 pub fn first_parent(repo: &Repository, oid: Oid) -> Result<Option<Oid>, GitError> {
     let commit = repo
         .find_commit(oid)
-        .map_err(read_err(format!("commit {oid}")))?;
+        .map_err(read_err(repo, format!("commit {oid}")))?;
     Ok(commit.parent_ids().next())
 }
 
@@ -533,7 +546,7 @@ pub struct CommitInfo {
 pub fn commit_info(repo: &Repository, oid: Oid) -> Result<CommitInfo, GitError> {
     let c = repo
         .find_commit(oid)
-        .map_err(read_err(format!("commit {oid}")))?;
+        .map_err(read_err(repo, format!("commit {oid}")))?;
     let author = c.author();
     let rfc3339 = |t: git2::Time| {
         DateTime::<Utc>::from_timestamp(t.seconds(), 0)
@@ -591,7 +604,7 @@ fn considered(file: &DiffFile<'_>, filter: &FileFilter) -> Option<String> {
 fn tree_of(repo: &Repository, commit: Oid) -> Result<git2::Tree<'_>, GitError> {
     repo.find_commit(commit)
         .and_then(|c| c.tree())
-        .map_err(read_err(format!("tree of commit {commit}")))
+        .map_err(read_err(repo, format!("tree of commit {commit}")))
 }
 
 fn plain_diff<'r>(
@@ -625,7 +638,7 @@ pub fn diff_commits(
     let new_tree = tree_of(repo, new)?;
     let old_tree = old.map(|o| tree_of(repo, o)).transpose()?;
     let diff = plain_diff(repo, old_tree.as_ref(), &new_tree, &[])
-        .map_err(read_err(format!("diff to commit {new}")))?;
+        .map_err(read_err(repo, format!("diff to commit {new}")))?;
     let mut changes = Vec::new();
     let mut added: Vec<(String, Oid)> = Vec::new();
     let mut deleted: Vec<(String, Oid)> = Vec::new();
@@ -680,12 +693,12 @@ pub fn diff_commits(
             .map(|(p, _)| p.as_str())
             .collect();
         let mut similar = plain_diff(repo, old_tree.as_ref(), &new_tree, &paths)
-            .map_err(read_err(format!("diff to commit {new}")))?;
+            .map_err(read_err(repo, format!("diff to commit {new}")))?;
         let mut find = DiffFindOptions::new();
         find.renames(true).rename_limit(1000);
         similar
             .find_similar(Some(&mut find))
-            .map_err(read_err(format!("renames in commit {new}")))?;
+            .map_err(read_err(repo, format!("renames in commit {new}")))?;
         for delta in similar.deltas().filter(|d| d.status() == Delta::Renamed) {
             let (Some(from), Some(to)) =
                 (utf8_path(&delta.old_file()), utf8_path(&delta.new_file()))
@@ -725,8 +738,8 @@ pub fn tree_files(
     filter: &FileFilter,
 ) -> Result<Vec<(String, Oid)>, GitError> {
     let tree = tree_of(repo, commit)?;
-    let diff =
-        plain_diff(repo, None, &tree, &[]).map_err(read_err(format!("tree of commit {commit}")))?;
+    let diff = plain_diff(repo, None, &tree, &[])
+        .map_err(read_err(repo, format!("tree of commit {commit}")))?;
     Ok(diff
         .deltas()
         .filter_map(|d| {
@@ -765,15 +778,16 @@ pub fn blob_at(
     commit: &str,
     path: &str,
 ) -> Result<Option<(Oid, Oid)>, GitError> {
-    let object = repo
-        .revparse_single(commit)
-        .map_err(read_err(format!("commit {commit} (not in the mirror?)")))?;
+    let object = repo.revparse_single(commit).map_err(read_err(
+        repo,
+        format!("commit {commit} (not in the mirror?)"),
+    ))?;
     let commit = object
         .peel_to_commit()
-        .map_err(read_err(format!("commit {commit}")))?;
+        .map_err(read_err(repo, format!("commit {commit}")))?;
     let tree = commit
         .tree()
-        .map_err(read_err(format!("tree of commit {}", commit.id())))?;
+        .map_err(read_err(repo, format!("tree of commit {}", commit.id())))?;
     match tree.get_path(Path::new(path)) {
         Ok(entry) if entry.kind() == Some(git2::ObjectType::Blob) => {
             Ok(Some((commit.id(), entry.id())))
@@ -784,10 +798,10 @@ pub fn blob_at(
 
 /// A blob's size, read from the object header without loading the object.
 pub fn blob_size(repo: &Repository, blob: Oid) -> Result<u64, GitError> {
-    let odb = repo.odb().map_err(read_err("object database"))?;
+    let odb = repo.odb().map_err(read_err(repo, "object database"))?;
     let (size, _) = odb
         .read_header(blob)
-        .map_err(read_err(format!("blob {blob}")))?;
+        .map_err(read_err(repo, format!("blob {blob}")))?;
     Ok(size as u64)
 }
 
@@ -804,7 +818,7 @@ pub fn with_blob<T>(
 ) -> Result<T, GitError> {
     let b = repo
         .find_blob(blob)
-        .map_err(read_err(format!("blob {blob}")))?;
+        .map_err(read_err(repo, format!("blob {blob}")))?;
     Ok(f(b.content()))
 }
 

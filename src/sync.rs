@@ -678,16 +678,63 @@ fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepEr
     store.apply_step(
         &meta,
         |w: &mut StepWriter<'_, '_>| -> Result<(), StepError> {
-            for change in &changes {
-                if ctx.cancel.load(Ordering::Relaxed) {
-                    return Err(StepError::Cancelled);
+            if changes.len() < PARALLEL_FROM {
+                for change in &changes {
+                    if ctx.cancel.load(Ordering::Relaxed) {
+                        return Err(StepError::Cancelled);
+                    }
+                    write(
+                        w,
+                        change,
+                        prepare(config, mirror, &repo.id, change, &info.id)?,
+                    )?;
                 }
-                apply_change(config, mirror, &repo.id, w, change, &info.id)?;
+                return Ok(());
             }
-            Ok(())
+            // Many files: one thread reads and parses (with its own handle on the mirror) while this one
+            // writes, a few files apart. When writing stops early, the reader stops at its next hand-over.
+            std::thread::scope(|scope| {
+                let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
+                let reader_path = mirror.path().to_path_buf();
+                let (changes, cancel, repo_id, commit) = (&changes, ctx.cancel, &repo.id, &info.id);
+                scope.spawn(move || {
+                    let reader = match Repository::open_bare(&reader_path) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let _ = tx.send(Err(GitError::Mirror {
+                                path: reader_path,
+                                message: e.message().to_string(),
+                            }));
+                            return;
+                        }
+                    };
+                    for change in changes {
+                        if cancel.load(Ordering::Relaxed)
+                            || tx
+                                .send(prepare(config, &reader, repo_id, change, commit))
+                                .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                for change in changes {
+                    if cancel.load(Ordering::Relaxed) {
+                        return Err(StepError::Cancelled);
+                    }
+                    let prepared = rx.recv().map_err(|_| StepError::Cancelled)??;
+                    write(w, change, prepared)?;
+                }
+                Ok(())
+            })
         },
     )
 }
+
+/// From this many changes in one commit, reading and parsing run on a second thread beside the writer.
+const PARALLEL_FROM: usize = 16;
+/// How many parsed files may wait for the writer (bounds the memory held in flight).
+const READ_AHEAD: usize = 2;
 
 /// Below this many blobs to read, the order they are read in makes no measurable difference.
 const ORDER_FROM: usize = 64;
@@ -825,20 +872,34 @@ fn reconcile_changes(
     changes
 }
 
-fn apply_change(
+/// What one change amounts to once its blob is read and parsed: everything but the database write, so it can
+/// run on another thread.
+enum Prepared {
+    Remove,
+    Put { size: u64, content: Outcome },
+}
+
+enum Outcome {
+    Model(Box<model::Model>),
+    Error(String),
+    Skipped(String),
+    NotModel,
+}
+
+/// Read and parse one change's blob (nothing to read for a deletion).
+fn prepare(
     config: &Config,
     mirror: &Repository,
     repo_id: &str,
-    w: &mut StepWriter<'_, '_>,
     change: &Change,
     commit: &str,
-) -> Result<(), StepError> {
-    let (path, from, blob) = match change {
-        Change::Deleted { path } => return Ok(w.remove(path)?),
-        Change::Added { path, blob } | Change::Modified { path, blob } => (path, None, *blob),
-        Change::Renamed { from, to, blob } => (to, Some(from.as_str()), *blob),
+) -> Result<Prepared, GitError> {
+    let (path, blob) = match change {
+        Change::Deleted { .. } => return Ok(Prepared::Remove),
+        Change::Added { path, blob }
+        | Change::Modified { path, blob }
+        | Change::Renamed { to: path, blob, .. } => (path, *blob),
     };
-    let blob_str = blob.to_string();
     let size = git::blob_size(mirror, blob)?;
     let max = config.filter.max_model_bytes;
     if size > max {
@@ -846,20 +907,42 @@ fn apply_change(
             "{path} at commit {commit} is {size} bytes, over max_model_bytes ({max}); not read. Raise max_model_bytes to import it"
         );
         tracing::warn!(repo = %repo_id, "{reason}");
-        w.put(path, from, &blob_str, size, &Content::Skipped(reason))?;
-        return Ok(());
+        return Ok(Prepared::Put {
+            size,
+            content: Outcome::Skipped(reason),
+        });
     }
     // The blob is released before writing: a large model is not held as bytes and as rows at once.
     let parsed = git::with_blob(mirror, blob, |bytes| {
         model::parse_with(&config.filter.formats, path, bytes)
     })?;
-    match parsed {
-        Parsed::Model(m) => w.put(path, from, &blob_str, size, &Content::Model(&m))?,
+    let content = match parsed {
+        Parsed::Model(m) => Outcome::Model(Box::new(m)),
         Parsed::Invalid(e) => {
             tracing::warn!(repo = %repo_id, "{path} at commit {commit}: {e}");
-            w.put(path, from, &blob_str, size, &Content::Error(e.to_string()))?;
+            Outcome::Error(e.to_string())
         }
-        Parsed::NotModel => {
+        Parsed::NotModel => Outcome::NotModel,
+    };
+    Ok(Prepared::Put { size, content })
+}
+
+/// Write one prepared change into the step's transaction.
+fn write(w: &mut StepWriter<'_, '_>, change: &Change, prepared: Prepared) -> Result<(), StepError> {
+    let (path, from, blob) = match change {
+        Change::Deleted { path } => return Ok(w.remove(path)?),
+        Change::Added { path, blob } | Change::Modified { path, blob } => (path, None, blob),
+        Change::Renamed { from, to, blob } => (to, Some(from.as_str()), blob),
+    };
+    let Prepared::Put { size, content } = prepared else {
+        return Ok(w.remove(path)?);
+    };
+    let blob = blob.to_string();
+    match content {
+        Outcome::Model(m) => w.put(path, from, &blob, size, &Content::Model(&m))?,
+        Outcome::Error(e) => w.put(path, from, &blob, size, &Content::Error(e))?,
+        Outcome::Skipped(reason) => w.put(path, from, &blob, size, &Content::Skipped(reason))?,
+        Outcome::NotModel => {
             // Not (or no longer) a model: make sure no stale row is left at either path.
             if let Some(f) = from {
                 w.remove(f)?;

@@ -1,6 +1,8 @@
 //! Crashes: SIGKILL in the middle of a long import, then a restart. The database must pass its integrity
 //! check, hold exactly the models of the commit it records, and then catch up.
 
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
 use std::time::Duration;
 
 use crate::git_http::Auth;
@@ -354,4 +356,121 @@ fn the_disk_fills_during_a_write_and_syncing_recovers() {
         Some(second.as_str())
     );
     assert_catalog_is(&bare, &db, "g/t/r", &second, 64 << 20);
+}
+
+/// A blob already in the mirror is damaged on disk (here: bytes of its compressed data overwritten), and a
+/// new commit with many files needs it. The poll fails with an error that names the repository and the blob
+/// and says what to do; the catalog keeps the previous commit; following that advice repairs it.
+#[test]
+fn a_damaged_blob_in_the_mirror_fails_the_poll_and_loses_nothing() {
+    let env = Env::new(Auth::None);
+    let bare = env.srv("big.git");
+    many_models(&bare, 40);
+    env.write_config(&format!(
+        "[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"big.git\"]\n",
+        env.server.url()
+    ));
+    env.run(&["sync"]).ok();
+    let first = git(&bare, &["rev-parse", "main"]).trim().to_string();
+    // The next commit adds 30 copies of one model: the same blob, already in the mirror, so it is not
+    // fetched again.
+    let work = env.path().join("work");
+    git(
+        env.path(),
+        &["clone", "-q", &bare.to_string_lossy(), "work"],
+    );
+    for i in 0..30 {
+        std::fs::copy(
+            work.join("m0003.hck.json"),
+            work.join(format!("copy{i:02}.hck.json")),
+        )
+        .unwrap();
+    }
+    git(&work, &["add", "-A"]);
+    git(
+        &work,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "commit",
+            "-q",
+            "-m",
+            "copies",
+        ],
+    );
+    git(&work, &["push", "-q", "origin", "main"]);
+    let blob = git(&bare, &["rev-parse", "main:m0003.hck.json"])
+        .trim()
+        .to_string();
+    // Damage that blob's bytes in the mirror's pack.
+    let mirror = env.path().join("state/mirrors/g/big.git");
+    let pack_dir = mirror.join("objects/pack");
+    let idx = std::fs::read_dir(&pack_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "idx"))
+        .unwrap();
+    let listing = Command::new("git")
+        .arg("show-index")
+        .stdin(std::fs::File::open(&idx).unwrap())
+        .output()
+        .unwrap();
+    let mut offsets: Vec<(u64, String)> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .map(|l| {
+            let mut parts = l.split_whitespace();
+            (
+                parts.next().unwrap().parse().unwrap(),
+                parts.next().unwrap().to_string(),
+            )
+        })
+        .collect();
+    offsets.sort();
+    let at = offsets.iter().position(|(_, id)| *id == blob).unwrap();
+    let pack = idx.with_extension("pack");
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let start = usize::try_from(offsets[at].0).unwrap();
+    let end = offsets
+        .get(at + 1)
+        .map_or(bytes.len() - 20, |(o, _)| usize::try_from(*o).unwrap());
+    for b in &mut bytes[start + 4..end - 2] {
+        *b = 0x5a;
+    }
+    std::fs::set_permissions(&pack, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&pack, &bytes).unwrap();
+
+    let out = env.run(&["sync"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("g/big"),
+        "names the repository: {}",
+        out.stderr
+    );
+    assert!(out.stderr.contains(&blob), "names the blob: {}", out.stderr);
+    assert!(
+        out.stderr.contains(&mirror.display().to_string()) && out.stderr.contains("delete"),
+        "says what to do: {}",
+        out.stderr
+    );
+    let db = env.db();
+    assert_integrity(&db);
+    assert_eq!(
+        processed_commit(&db, "g/big").as_deref(),
+        Some(first.as_str())
+    );
+    assert_catalog_is(&bare, &db, "g/big", &first, u64::MAX);
+    let recorded: Option<String> = db
+        .query_row("SELECT last_error FROM repos WHERE id = 'g/big'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(recorded.is_some_and(|e| e.contains(&blob)));
+    // The advice works: without the mirror the next poll clones again and imports the new commit.
+    std::fs::remove_dir_all(&mirror).unwrap();
+    env.run(&["sync"]).ok();
+    let head = git(&bare, &["rev-parse", "main"]).trim().to_string();
+    let db = env.db();
+    assert_catalog_is(&bare, &db, "g/big", &head, u64::MAX);
 }
