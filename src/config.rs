@@ -90,6 +90,7 @@ pub enum ConfigError {
 struct RawFile {
     state_dir: Option<PathBuf>,
     database: Option<PathBuf>,
+    database_max_bytes: Option<u64>,
     schedule: Option<String>,
     concurrency: Option<usize>,
     max_model_bytes: Option<u64>,
@@ -185,6 +186,9 @@ pub struct Config {
     /// Mirrors live in `<state_dir>/mirrors`; the database defaults to `<state_dir>/modelmirror.db`.
     pub state_dir: PathBuf,
     pub database: PathBuf,
+    /// A cap on the database's size (`database_max_bytes`): an import that would pass it fails like a full
+    /// disk, keeping everything stored before, so the catalog cannot fill a disk other services need.
+    pub database_max_bytes: Option<u64>,
     pub schedule: Schedule,
     /// Upper bound on polls running at once, so hundreds of repositories do not open hundreds of connections.
     pub concurrency: usize,
@@ -216,6 +220,9 @@ pub struct WebhookConfig {
     /// Deliveries waiting to be dispatched; when full, 503 with `Retry-After`.
     pub queue_size: usize,
 }
+
+/// The smallest `database_max_bytes` accepted: below it not even the schema fits.
+pub const MIN_DATABASE_BYTES: u64 = 1 << 20;
 
 /// Default `events_retention_days`.
 pub const DEFAULT_EVENTS_RETENTION_DAYS: u32 = 30;
@@ -759,6 +766,7 @@ fn validate(
 ) -> Result<Config, ConfigError> {
     let mut state_dir = None;
     let mut database = None;
+    let mut database_max_bytes = None;
     let mut schedule = None;
     let mut concurrency = None;
     let mut max_model_bytes = None;
@@ -775,6 +783,12 @@ fn validate(
     for (file, raw) in files {
         merge_key("state_dir", &mut state_dir, raw.state_dir, &file)?;
         merge_key("database", &mut database, raw.database, &file)?;
+        merge_key(
+            "database_max_bytes",
+            &mut database_max_bytes,
+            raw.database_max_bytes,
+            &file,
+        )?;
         merge_key("schedule", &mut schedule, raw.schedule, &file)?;
         merge_key("concurrency", &mut concurrency, raw.concurrency, &file)?;
         merge_key(
@@ -817,6 +831,16 @@ fn validate(
     let database = match database {
         Some((p, f)) => resolve_path(&p.to_string_lossy(), base, &f, "database")?,
         None => state_dir.join("modelmirror.db"),
+    };
+    let database_max_bytes = match database_max_bytes {
+        Some((n, f)) if n < MIN_DATABASE_BYTES => {
+            return Err(invalid(
+                &f,
+                format!("database_max_bytes must be at least {MIN_DATABASE_BYTES} (1 MiB)"),
+            ));
+        }
+        Some((n, _)) => Some(n),
+        None => None,
     };
     let schedule = match schedule {
         Some((s, f)) => parse_schedule(&s, &f, "schedule")?,
@@ -1248,6 +1272,7 @@ fn validate(
         files: all_files,
         state_dir,
         database,
+        database_max_bytes,
         schedule,
         concurrency,
         filter,
@@ -1278,6 +1303,68 @@ mod tests {
         }
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    /// Every key the configuration accepts is described in config.example.toml (set, or commented out with
+    /// its default) and in the README. The accepted keys come from the parser itself: an unknown key's error
+    /// lists every expected one, so a key added to the code without documentation fails here.
+    #[test]
+    fn every_key_is_documented_in_the_example_and_readme() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let example = std::fs::read_to_string(root.join("config.example.toml")).unwrap();
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let path = Path::new("/etc/modelmirror/config.toml");
+        let tables = [
+            ("", "zz_unknown = 1\n"),
+            (
+                "[webhook]",
+                "[webhook]\nlisten = \"127.0.0.1:0\"\nzz_unknown = 1\n",
+            ),
+            (
+                "[metrics]",
+                "[metrics]\nlisten = \"127.0.0.1:0\"\nzz_unknown = 1\n",
+            ),
+            (
+                "[providers.x]",
+                "[providers.x]\nkind = \"git\"\nzz_unknown = 1\n",
+            ),
+        ];
+        let (mut checked, mut missing) = (0, Vec::new());
+        for (table, text) in tables {
+            let err = Config::from_text(path, text).unwrap_err().to_string();
+            let expected = err
+                .split_once("expected one of ")
+                .or_else(|| err.split_once("expected "))
+                .unwrap_or_else(|| panic!("{table}: no list of keys in {err}"))
+                .1;
+            for key in expected.split(',').filter_map(|k| k.split('`').nth(1)) {
+                let in_example = [format!("\n{key} ="), format!("\n# {key} =")]
+                    .iter()
+                    .chain(&[format!("\n[{key}"), format!("\n# [{key}")])
+                    .any(|form| example.contains(form.as_str()));
+                if !in_example {
+                    missing.push(format!("{table} {key} is not in config.example.toml"));
+                }
+                let in_readme = [
+                    format!("`{key}`"),
+                    format!("`{table} {key}`"),
+                    format!("`[{key}]"),
+                    format!("`[{key}."),
+                ]
+                .iter()
+                .any(|form| readme.contains(form.as_str()));
+                if !in_readme {
+                    missing.push(format!("{table} {key} is not in README.md"));
+                }
+                checked += 1;
+            }
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+        assert!(checked > 30, "only {checked} keys found");
+        // And the example itself is a valid configuration.
+        if let Err(e) = Config::from_text(path, &example) {
+            panic!("config.example.toml does not load: {e}");
+        }
     }
 
     #[test]

@@ -328,6 +328,13 @@ fn reload(path: &std::path::Path, shared: &Arc<Shared>) -> Result<Arc<Config>, S
         );
     }
     shared.store.set_retention_days(new.events_retention_days);
+    // On a blocking thread, like `record_reload`: the writer connection may be busy with a long commit.
+    let (store, max_bytes) = (shared.store.clone(), new.database_max_bytes);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = store.set_max_bytes(max_bytes) {
+            tracing::error!("cannot apply database_max_bytes: {e}");
+        }
+    });
     // Resize the poll slots.
     {
         let mut count = shared

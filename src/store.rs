@@ -64,7 +64,7 @@ fn hint(e: &rusqlite::Error) -> &'static str {
     };
     match f.code {
         rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure => {
-            " — free space on the disk holding the database (or check it for errors); nothing of the failed step was kept, and the next poll retries it"
+            " — free space on the disk holding the database (or check it for errors), or raise database_max_bytes if it is set; nothing of the failed step was kept, and the next poll retries it"
         }
         rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::PermissionDenied => {
             " — the database file or its folder is not writable by this user (the service runs as `modelmirror`)"
@@ -751,6 +751,28 @@ impl Store {
     pub fn set_retention_days(&self, days: u32) {
         self.retention_days
             .store(days.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Cap the database at `max_bytes` (`database_max_bytes`; `None`: no cap beyond SQLite's own). A write
+    /// that would pass it fails as on a full disk: its transaction rolls back and the error says so. A cap
+    /// below the current size only stops growth.
+    pub fn set_max_bytes(&self, max_bytes: Option<u64>) -> Result<(), StoreError> {
+        let conn = self.lock();
+        let page: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .doing("reading the page size")?;
+        let pages = match max_bytes {
+            Some(bytes) => i64::try_from(bytes).unwrap_or(i64::MAX) / page.max(512),
+            // SQLite's largest page count: no cap.
+            None => 4_294_967_294,
+        };
+        // The pragma answers with the count now in force (never below the current size).
+        let _: i64 = conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                r.get(0)
+            })
+            .doing("setting database_max_bytes")?;
+        Ok(())
     }
 
     fn retention_cutoff(&self) -> String {

@@ -509,6 +509,7 @@ fn mirrors_below(dir: &std::path::Path) -> Vec<String> {
 
 pub(super) fn rebuild(config: Config, ids: &[String]) -> Result<ExitCode, CliError> {
     let store = Store::open(&config.database)?;
+    store.set_max_bytes(config.database_max_bytes)?;
     let mut repos = config.repos.clone();
     for p in &config.providers {
         let mut found: Vec<RepoConfig> = store

@@ -310,6 +310,7 @@ fn run(config: Config) -> Result<ExitCode, CliError> {
         tracing::warn!("{w}");
     }
     store.set_retention_days(config.events_retention_days);
+    store.set_max_bytes(config.database_max_bytes)?;
     let rt = runtime()?;
     let path = config.path.clone();
     let result = rt.block_on(async move {
@@ -328,6 +329,7 @@ fn run(config: Config) -> Result<ExitCode, CliError> {
 fn sync(config: Config, ids: &[String]) -> Result<ExitCode, CliError> {
     let store = Arc::new(Store::open(&config.database)?);
     store.set_retention_days(config.events_retention_days);
+    store.set_max_bytes(config.database_max_bytes)?;
     let rt = runtime()?;
     // Discovery first, so `sync` also polls repositories found in groups, workspaces, projects and orgs.
     let mut discovery_ok = true;

@@ -277,32 +277,21 @@ impl Drop for SmallDisk {
     }
 }
 
-/// The disk holding the database fills during an import: the sync fails with a clear error, the database
-/// keeps the last commit's catalog intact, and once space returns the next sync imports the new commit.
+/// The disk holding the database fills during an import (a 6 MB tmpfs, where this process may mount one):
+/// the sync fails with a clear error, the database keeps the last commit's catalog intact, and once space
+/// returns the next sync imports the new commit.
 #[test]
 fn the_disk_fills_during_a_write_and_syncing_recovers() {
     let env = Env::new(Auth::None);
     let Some(_disk) = SmallDisk::mount(&env.path().join("small"), "6m") else {
-        eprintln!("skipped: cannot mount a size-limited tmpfs here (needs root)");
+        eprintln!(
+            "skipped: cannot mount a size-limited tmpfs here (needs root); the database_max_bytes test covers a full database"
+        );
         return;
     };
-    let db_path = env.path().join("small/modelmirror.db");
-    let (bare, work) = env.new_repo("t/r.git");
-    std::fs::copy(
-        fixtures().join("models/books/MongoDB__Figure 006 - Subtyping.hck.json"),
-        work.join("first.hck.json"),
-    )
-    .unwrap();
-    let first = commit_all(&work, "first");
-    env.write_config(&format!(
-        "database = {db_path:?}\n[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"t/r.git\"]\n",
-        env.server.url()
-    ));
-    assert_eq!(env.run(&["sync"]).code, 0);
-    // Fill the disk, leaving a few kilobytes.
     let filler = env.path().join("small/filler");
     let free = || {
-        let out = std::process::Command::new("df")
+        let out = Command::new("df")
             .args(["--output=avail", "-B1"])
             .arg(env.path().join("small"))
             .output()
@@ -313,31 +302,83 @@ fn the_disk_fills_during_a_write_and_syncing_recovers() {
             .and_then(|l| l.trim().parse::<u64>().ok())
             .unwrap()
     };
-    let size = free().saturating_sub(256 * 1024);
-    std::fs::write(&filler, vec![0u8; size as usize]).unwrap();
-    // A commit whose import needs far more than that.
+    full_then_recover(
+        &env,
+        &env.path().join("small/modelmirror.db"),
+        "",
+        || {
+            // Fill the disk, leaving a few kilobytes.
+            let size = free().saturating_sub(256 * 1024);
+            std::fs::write(&filler, vec![0u8; size as usize]).unwrap();
+        },
+        || std::fs::remove_file(&filler).unwrap(),
+    );
+}
+
+/// The same with SQLite's page limit instead of a small disk (runs everywhere): `database_max_bytes` caps
+/// the database, an import that would pass it fails like a full disk and says to raise the cap, and raising
+/// it lets the next sync import the commit.
+#[test]
+fn a_database_at_database_max_bytes_fails_the_write_and_syncing_recovers() {
+    let env = Env::new(Auth::None);
+    full_then_recover(
+        &env,
+        &env.path().join("state/modelmirror.db"),
+        "database_max_bytes = 1048576\n",
+        || {},
+        || {},
+    );
+}
+
+/// One model synced; `fill()`; a commit of every books model (141 files, 5.9 MB) fails to import without losing anything;
+/// `make_room()` (and no `cap` in the configuration); the next sync imports it.
+fn full_then_recover(
+    env: &Env,
+    db_path: &std::path::Path,
+    cap: &str,
+    fill: impl FnOnce(),
+    make_room: impl FnOnce(),
+) {
+    let (bare, work) = env.new_repo("t/r.git");
+    std::fs::copy(
+        fixtures().join("models/books/MongoDB__Figure 006 - Subtyping.hck.json"),
+        work.join("first.hck.json"),
+    )
+    .unwrap();
+    let first = commit_all(&work, "first");
+    let config = |top: &str| {
+        env.write_config(&format!(
+            "database = {db_path:?}\n{top}[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"t/r.git\"]\n",
+            env.server.url()
+        ));
+    };
+    config(cap);
+    assert_eq!(env.run(&["sync"]).code, 0);
+    fill();
+    // A commit whose import needs far more room than is left.
     let mut sources: Vec<_> = std::fs::read_dir(fixtures().join("models/books"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     sources.sort();
-    for (i, p) in sources.iter().take(30).enumerate() {
+    for (i, p) in sources.iter().enumerate() {
         std::fs::copy(p, work.join(format!("more{i}.hck.json"))).unwrap();
     }
     let second = commit_all(&work, "many models");
     let out = env.run(&["sync"]);
     assert_ne!(
         out.code, 0,
-        "the sync cannot succeed on a full disk: {out:?}"
+        "the sync cannot succeed on a full database: {out:?}"
     );
     assert!(
         out.stderr.contains("g/t/r")
             && out.stderr.contains("disk is full")
-            && out.stderr.contains("free space"),
-        "the error names the repository and the cause: {out:?}"
+            && out.stderr.contains("free space")
+            && out.stderr.contains("database_max_bytes"),
+        "the error names the repository, the cause and what to do: {out:?}"
     );
     {
-        let db = env.db_at(&db_path);
+        let db = env.db_at(db_path);
         assert_integrity(&db);
         assert_eq!(
             processed_commit(&db, "g/t/r").as_deref(),
@@ -345,11 +386,12 @@ fn the_disk_fills_during_a_write_and_syncing_recovers() {
         );
         assert_catalog_is(&bare, &db, "g/t/r", &first, 64 << 20);
     }
-    // Space returns: the next sync imports the commit.
-    std::fs::remove_file(&filler).unwrap();
+    // Room returns: the next sync imports the commit.
+    make_room();
+    config("");
     let out = env.run(&["sync"]);
     assert_eq!(out.code, 0, "{out:?}");
-    let db = env.db_at(&db_path);
+    let db = env.db_at(db_path);
     assert_integrity(&db);
     assert_eq!(
         processed_commit(&db, "g/t/r").as_deref(),
