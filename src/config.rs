@@ -1305,27 +1305,53 @@ mod tests {
         p
     }
 
-    /// Every key the configuration accepts is described in config.example.toml (set, or commented out with
-    /// its default) and in the README. The accepted keys come from the parser itself: an unknown key's error
-    /// lists every expected one, so a key added to the code without documentation fails here.
+    /// Every key the configuration accepts is described in config.example.toml, in its own table (set, or
+    /// commented out with its default), and in a row of one of the README's tables. The accepted keys come
+    /// from the parser itself: an unknown key's error lists every expected one, so a key added to the code
+    /// without documentation fails here.
     #[test]
     fn every_key_is_documented_in_the_example_and_readme() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let example = std::fs::read_to_string(root.join("config.example.toml")).unwrap();
         let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        // The example's text per table: "" (top level), "webhook", "metrics", "providers".
+        let mut sections: BTreeMap<String, String> = BTreeMap::new();
+        let mut current = String::new();
+        for line in example.lines() {
+            let header = line
+                .trim_start_matches("# ")
+                .strip_prefix('[')
+                .and_then(|rest| {
+                    rest.split([']', '.'])
+                        .next()
+                        .filter(|name| name.chars().all(|c| c.is_ascii_lowercase()))
+                });
+            if let Some(name) = header {
+                current = name.to_string();
+            }
+            let text = sections.entry(current.clone()).or_default();
+            text.push('\n');
+            text.push_str(line);
+        }
+        // The first cell of every README table row.
+        let rows: Vec<&str> = readme
+            .lines()
+            .filter_map(|l| l.strip_prefix("| "))
+            .filter_map(|l| l.split(" |").next())
+            .collect();
         let path = Path::new("/etc/modelmirror/config.toml");
         let tables = [
             ("", "zz_unknown = 1\n"),
             (
-                "[webhook]",
+                "webhook",
                 "[webhook]\nlisten = \"127.0.0.1:0\"\nzz_unknown = 1\n",
             ),
             (
-                "[metrics]",
+                "metrics",
                 "[metrics]\nlisten = \"127.0.0.1:0\"\nzz_unknown = 1\n",
             ),
             (
-                "[providers.x]",
+                "providers",
                 "[providers.x]\nkind = \"git\"\nzz_unknown = 1\n",
             ),
         ];
@@ -1337,24 +1363,36 @@ mod tests {
                 .or_else(|| err.split_once("expected "))
                 .unwrap_or_else(|| panic!("{table}: no list of keys in {err}"))
                 .1;
+            let section = sections.get(table).map(String::as_str).unwrap_or_default();
             for key in expected.split(',').filter_map(|k| k.split('`').nth(1)) {
-                let in_example = [format!("\n{key} ="), format!("\n# {key} =")]
-                    .iter()
-                    .chain(&[format!("\n[{key}"), format!("\n# [{key}")])
-                    .any(|form| example.contains(form.as_str()));
+                let is_table =
+                    ["webhook", "metrics", "providers"].contains(&key) && table.is_empty();
+                let in_example = if is_table {
+                    sections.contains_key(key)
+                } else {
+                    [format!("\n{key} ="), format!("\n# {key} =")]
+                        .iter()
+                        .any(|form| section.contains(form.as_str()))
+                };
                 if !in_example {
-                    missing.push(format!("{table} {key} is not in config.example.toml"));
+                    missing.push(format!("[{table}] {key} is not in config.example.toml"));
                 }
-                let in_readme = [
-                    format!("`{key}`"),
-                    format!("`{table} {key}`"),
-                    format!("`[{key}]"),
-                    format!("`[{key}."),
-                ]
-                .iter()
-                .any(|form| readme.contains(form.as_str()));
+                let forms = if is_table {
+                    vec![format!("`[{key}]"), format!("`[{key}.")]
+                } else if table.is_empty() || table == "providers" {
+                    vec![format!("`{key}`")]
+                } else {
+                    vec![format!("`[{table}] {key}`"), format!("`[{table}] {key}`,")]
+                };
+                let in_readme = rows
+                    .iter()
+                    .any(|cell| forms.iter().any(|f| cell.contains(f.as_str())))
+                    || (table == "webhook"
+                        && rows.iter().any(|cell| {
+                            cell.starts_with("`[webhook]") && cell.contains(&format!("`{key}`"))
+                        }));
                 if !in_readme {
-                    missing.push(format!("{table} {key} is not in README.md"));
+                    missing.push(format!("[{table}] {key} is not in a README table"));
                 }
                 checked += 1;
             }

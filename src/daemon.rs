@@ -218,11 +218,11 @@ pub async fn run(
                             });
                             start_discovery(&shared, &new, &mut discovered, &mut discovery, &found_tx);
                             reconcile(&shared, &new, &mut repos, &discovered);
-                            record_reload(&store, None);
+                            record_reload(&store, Ok(new.database_max_bytes));
                         }
                         Err(message) => {
                             tracing::error!("configuration reload ({why}) rejected, the running configuration stays: {message}");
-                            record_reload(&store, Some(&message));
+                            record_reload(&store, Err(&message));
                         }
                     }
                     notifier.ready(&status_line(&reader));
@@ -282,13 +282,14 @@ fn config_listen(c: &Config) -> Option<std::net::SocketAddr> {
 }
 
 /// Recorded on a blocking thread: the writer connection may be busy with a long commit, and the supervisor
-/// must keep answering the watchdog.
-fn record_reload(store: &Arc<Store>, rejected: Option<&str>) {
+/// must keep answering the watchdog. An applied reload first sets its `database_max_bytes` (`Ok`); a
+/// rejected one records why (`Err`).
+fn record_reload(store: &Arc<Store>, outcome: Result<Option<u64>, &str>) {
     crate::metrics::global().inc(
         "modelmirror_reloads_total",
         &[(
             "result",
-            if rejected.is_some() {
+            if outcome.is_err() {
                 "rejected"
             } else {
                 "applied"
@@ -296,9 +297,14 @@ fn record_reload(store: &Arc<Store>, rejected: Option<&str>) {
         )],
         1.0,
     );
-    let (store, rejected) = (store.clone(), rejected.map(str::to_string));
+    let (store, outcome) = (store.clone(), outcome.map_err(str::to_string));
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = store.record_reload(rejected.as_deref()) {
+        if let Ok(max_bytes) = outcome
+            && let Err(e) = store.set_max_bytes(max_bytes)
+        {
+            tracing::error!("cannot apply database_max_bytes: {e}");
+        }
+        if let Err(e) = store.record_reload(outcome.err().as_deref()) {
             tracing::error!("cannot record the reload: {e}");
         }
     });
@@ -328,13 +334,6 @@ fn reload(path: &std::path::Path, shared: &Arc<Shared>) -> Result<Arc<Config>, S
         );
     }
     shared.store.set_retention_days(new.events_retention_days);
-    // On a blocking thread, like `record_reload`: the writer connection may be busy with a long commit.
-    let (store, max_bytes) = (shared.store.clone(), new.database_max_bytes);
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = store.set_max_bytes(max_bytes) {
-            tracing::error!("cannot apply database_max_bytes: {e}");
-        }
-    });
     // Resize the poll slots.
     {
         let mut count = shared

@@ -646,8 +646,14 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(30))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // A large import's pages pass through the write-ahead log; after the checkpoint the log file is cut
+    // back to this size instead of keeping its largest size for ever.
+    conn.pragma_update(None, "journal_size_limit", WAL_KEPT_BYTES)?;
     Ok(())
 }
+
+/// What the write-ahead log (`<database>-wal`) is cut back to after a checkpoint.
+const WAL_KEPT_BYTES: i64 = 16 << 20;
 
 impl Store {
     /// Open (creating when missing) and migrate the database.
@@ -755,7 +761,9 @@ impl Store {
 
     /// Cap the database at `max_bytes` (`database_max_bytes`; `None`: no cap beyond SQLite's own). A write
     /// that would pass it fails as on a full disk: its transaction rolls back and the error says so. A cap
-    /// below the current size only stops growth.
+    /// below the current size only stops growth (and says so in the log). The cap is on the database file;
+    /// while a commit is written its pages pass through the `-wal` file beside it, which is cut back to
+    /// 16 MiB after each checkpoint.
     pub fn set_max_bytes(&self, max_bytes: Option<u64>) -> Result<(), StoreError> {
         let conn = self.lock();
         let page: i64 = conn
@@ -767,11 +775,19 @@ impl Store {
             None => 4_294_967_294,
         };
         // The pragma answers with the count now in force (never below the current size).
-        let _: i64 = conn
+        let in_force: i64 = conn
             .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
                 r.get(0)
             })
             .doing("setting database_max_bytes")?;
+        if in_force > pages {
+            tracing::warn!(
+                "{} is already {} bytes, more than database_max_bytes ({}): it will not grow; raise database_max_bytes to import more",
+                self.path.display(),
+                in_force.saturating_mul(page),
+                max_bytes.unwrap_or_default()
+            );
+        }
         Ok(())
     }
 

@@ -60,6 +60,8 @@ enum StepError {
     Store(StoreError),
     /// Shutdown arrived during the step: its transaction rolls back.
     Cancelled,
+    /// A bug (the reading thread panicked): the step rolls back, the message names the commit.
+    Internal(String),
 }
 
 impl From<StoreError> for StepError {
@@ -341,6 +343,9 @@ fn catch_up(
     let mut done = 0u32;
     // The processed-commit pointer each step starts from; each step moves it.
     let mut pointer = state.commit.clone();
+    // The mirror's pack indexes, read once per poll when a step first needs them (the packs do not change
+    // while the poll processes commits).
+    let packs = std::cell::OnceCell::new();
     for (i, step) in plan.steps.iter().enumerate() {
         if cancel.load(Ordering::Relaxed) {
             return Err(SyncError::Cancelled { repo: id });
@@ -356,6 +361,7 @@ fn catch_up(
             expect_commit: pointer.as_deref(),
             reread: plan.note == Some("settings-changed"),
             cancel,
+            packs: &packs,
         };
         let c = process_step(&ctx, step).map_err(|e| match e {
             StepError::Cancelled => SyncError::Cancelled { repo: id.clone() },
@@ -366,6 +372,10 @@ fn catch_up(
             StepError::Store(source) => SyncError::Store {
                 repo: id.clone(),
                 source,
+            },
+            StepError::Internal(message) => SyncError::Internal {
+                repo: id.clone(),
+                message,
             },
         })?;
         counts.add(c);
@@ -601,6 +611,8 @@ struct StepContext<'a> {
     reread: bool,
     /// Shutdown: a step in progress stops between two files and rolls back.
     cancel: &'a AtomicBool,
+    /// Where the mirror's objects are stored, to read many blobs in storage order.
+    packs: &'a std::cell::OnceCell<git::PackIndexes>,
 }
 
 fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepError> {
@@ -665,7 +677,7 @@ fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepEr
             reconcile_changes(&stored, tree, ctx.reread)
         }
     };
-    let changes = in_storage_order(mirror, changes);
+    let changes = in_storage_order(ctx.packs, mirror, changes);
     let info = git::commit_info(mirror, commit)?;
     let meta = StepMeta {
         repo_id: &repo.id,
@@ -692,38 +704,63 @@ fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepEr
                 return Ok(());
             }
             // Many files: one thread reads and parses (with its own handle on the mirror) while this one
-            // writes, a few files apart. When writing stops early, the reader stops at its next hand-over.
+            // writes the file before. The hand-over holds one file (a large model is in memory at most twice:
+            // being written, and parsed and waiting); when writing stops early, the reader stops at its next
+            // hand-over.
             std::thread::scope(|scope| {
-                let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
+                let (tx, rx) = std::sync::mpsc::sync_channel(0);
                 let reader_path = mirror.path().to_path_buf();
                 let (changes, cancel, repo_id, commit) = (&changes, ctx.cancel, &repo.id, &info.id);
-                scope.spawn(move || {
-                    let reader = match Repository::open_bare(&reader_path) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            let _ = tx.send(Err(GitError::Mirror {
-                                path: reader_path,
-                                message: e.message().to_string(),
-                            }));
-                            return;
+                let reader = std::thread::Builder::new()
+                    .name("modelmirror-read".into())
+                    .spawn_scoped(scope, move || {
+                        let reader = match Repository::open_bare(&reader_path) {
+                            Ok(r) => r,
+                            Err(e) => {
+                                let _ = tx.send(Err(GitError::Mirror {
+                                    path: reader_path,
+                                    message: e.message().to_string(),
+                                }));
+                                return;
+                            }
+                        };
+                        for change in changes {
+                            if cancel.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            let prepared = prepare(config, &reader, repo_id, change, commit);
+                            let failed = prepared.is_err();
+                            if tx.send(prepared).is_err() || failed {
+                                return;
+                            }
                         }
-                    };
+                    });
+                let Ok(reader) = reader else {
+                    // No thread to be had: read here.
                     for change in changes {
-                        if cancel.load(Ordering::Relaxed)
-                            || tx
-                                .send(prepare(config, &reader, repo_id, change, commit))
-                                .is_err()
-                        {
-                            return;
+                        if cancel.load(Ordering::Relaxed) {
+                            return Err(StepError::Cancelled);
                         }
+                        write(w, change, prepare(config, mirror, repo_id, change, commit)?)?;
                     }
-                });
+                    return Ok(());
+                };
                 for change in changes {
                     if cancel.load(Ordering::Relaxed) {
                         return Err(StepError::Cancelled);
                     }
-                    let prepared = rx.recv().map_err(|_| StepError::Cancelled)??;
-                    write(w, change, prepared)?;
+                    let Ok(prepared) = rx.recv() else {
+                        // The reader stopped without a word: shutdown, or it panicked (joined here, so the
+                        // panic ends this step, not the process).
+                        drop(rx);
+                        return Err(match reader.join() {
+                            Err(_) if !cancel.load(Ordering::Relaxed) => StepError::Internal(format!(
+                                "reading the files of commit {commit} failed unexpectedly (a bug: please report it with this commit); nothing of it was kept, and the next poll retries"
+                            )),
+                            _ => StepError::Cancelled,
+                        });
+                    };
+                    write(w, change, prepared?)?;
                 }
                 Ok(())
             })
@@ -733,17 +770,19 @@ fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepEr
 
 /// From this many changes in one commit, reading and parsing run on a second thread beside the writer.
 const PARALLEL_FROM: usize = 16;
-/// How many parsed files may wait for the writer (bounds the memory held in flight).
-const READ_AHEAD: usize = 2;
 
 /// Below this many blobs to read, the order they are read in makes no measurable difference.
 const ORDER_FROM: usize = 64;
 
 /// The step's changes with deletions first, then the blobs to read in the order the mirror's packs store
-/// them (see [`git::pack_positions`]: about three times faster for a first import). Reordering is safe: the
+/// them (see [`git::PackIndexes`]: about three times faster for a first import). Reordering is safe: the
 /// changes of one step touch distinct paths (a path is deleted or a rename's source only when it left the
 /// tree, added or a rename's target only when it is new, modified only when it is in both).
-fn in_storage_order(mirror: &Repository, changes: Vec<Change>) -> Vec<Change> {
+fn in_storage_order(
+    packs: &std::cell::OnceCell<git::PackIndexes>,
+    mirror: &Repository,
+    changes: Vec<Change>,
+) -> Vec<Change> {
     let blob = |c: &Change| match c {
         Change::Added { blob, .. }
         | Change::Modified { blob, .. }
@@ -756,7 +795,11 @@ fn in_storage_order(mirror: &Repository, changes: Vec<Change>) -> Vec<Change> {
     }
     let positions: HashMap<Oid, (usize, u64)> = blobs
         .iter()
-        .zip(git::pack_positions(mirror, &blobs))
+        .zip(
+            packs
+                .get_or_init(|| git::PackIndexes::read(mirror))
+                .positions(&blobs),
+        )
         .filter_map(|(b, p)| Some((*b, p?)))
         .collect();
     let mut changes = changes;

@@ -541,7 +541,9 @@ fn flatten(root: &Object<'_>, key_ids: &HashSet<&str>) -> Vec<Attribute> {
 /// GUID → entity name, through the entities first, then `idToNameHashTable`.
 struct NameResolver<'a> {
     entities: HashMap<&'a str, &'a str>,
-    table: Option<&'a Object<'a>>,
+    /// `idToNameHashTable` as a map (it can hold tens of thousands of GUIDs; a repeated GUID reads as its
+    /// last value, like every other key).
+    table: HashMap<&'a str, &'a Value<'a>>,
 }
 
 impl<'a> NameResolver<'a> {
@@ -554,7 +556,9 @@ impl<'a> NameResolver<'a> {
         }
         let table = ["idToNameHashTable", "idTonNmeHashTable"]
             .iter()
-            .find_map(|key| root.get(key).and_then(Value::as_object));
+            .find_map(|key| root.get(key).and_then(Value::as_object))
+            .map(|t| t.iter().collect())
+            .unwrap_or_default();
         NameResolver {
             entities: by_guid,
             table,
@@ -568,7 +572,10 @@ impl<'a> NameResolver<'a> {
             .get(guid)
             .copied()
             .filter(|name| !name.is_empty())
-            .or_else(|| self.table.and_then(|t| text(t, guid)))
+            .or_else(|| match self.table.get(guid) {
+                Some(Value::String(s)) if !s.is_empty() => Some(s.as_ref()),
+                _ => None,
+            })
             .unwrap_or(guid);
         Some(name.to_string())
     }

@@ -34,6 +34,11 @@ impl<'a> Object<'a> {
     pub fn get(&self, key: &str) -> Option<&Value<'a>> {
         self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
     }
+
+    /// The keys and values in file order (a repeated key appears each time).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value<'a>)> {
+        self.0.iter().map(|(k, v)| (k.as_ref(), v))
+    }
 }
 
 impl<'a> Value<'a> {

@@ -8,9 +8,9 @@ use std::time::Duration;
 use crate::git_http::Auth;
 use crate::support::*;
 
-/// Start `modelmirror sync`, wait until `due()` holds (checked every few milliseconds) or the process ends by
+/// Start `modelmirror sync`, wait until `due(pid)` holds (checked every few milliseconds) or the process ends by
 /// itself, then SIGKILL it. Whether it was killed while still running.
-fn sync_killed_when(env: &Env, mut due: impl FnMut() -> bool) -> bool {
+fn sync_killed_when(env: &Env, mut due: impl FnMut(u32) -> bool) -> bool {
     let mut child = bin()
         .args([
             "--config",
@@ -25,7 +25,7 @@ fn sync_killed_when(env: &Env, mut due: impl FnMut() -> bool) -> bool {
         if child.try_wait().unwrap().is_some() {
             return false;
         }
-        if due() {
+        if due(child.id()) {
             child.kill().unwrap(); // SIGKILL
             let _ = child.wait();
             return true;
@@ -84,12 +84,12 @@ fn sigkill_during_sync_then_restart() {
     let head = git(&bare, &["rev-parse", "main"]).trim().to_string();
     let mirror = env.path().join("state/mirrors/g/gen/history.git/objects");
     let mut kills = 0;
-    if sync_killed_when(&env, || mirror.exists()) {
+    if sync_killed_when(&env, |_| mirror.exists()) {
         kills += 1;
     }
     assert_consistent(&env, &bare, "g/gen/history");
     for after in [1, 10, 40, 80, 120] {
-        if sync_killed_when(&env, || steps_done(&env) >= after) {
+        if sync_killed_when(&env, |_| steps_done(&env) >= after) {
             kills += 1;
         }
         assert_consistent(&env, &bare, "g/gen/history");
@@ -120,9 +120,10 @@ fn sigkill_during_sync_then_restart() {
     );
 }
 
-/// SIGKILL at several points of one large import (1,500 models in one commit): during the fetch and while
-/// the commit is being parsed and written. After each kill the database is intact and holds no half commit;
-/// the next run imports it whole, and a later commit is caught up.
+/// SIGKILL at several points of one large import (1,500 models in one commit): during the fetch, then once the
+/// process has written 2, 6, 12 and 20 MB more than the fetch (the commit's rows on their way into the
+/// database). After each kill the database is intact and holds no half commit; the next run imports it
+/// whole, and a later commit is caught up.
 #[test]
 fn sigkill_during_a_large_import_then_restart() {
     let env = Env::new(Auth::None);
@@ -134,39 +135,27 @@ fn sigkill_during_a_large_import_then_restart() {
         env.server.url()
     ));
     let packs = env.path().join("state/mirrors/g/big.git/objects/pack");
-    let has_pack = || {
+    let fetched = || {
         std::fs::read_dir(&packs).is_ok_and(|d| {
             d.flatten()
                 .any(|e| e.path().extension().is_some_and(|x| x == "pack"))
         })
     };
     let mut kills = 0;
-    for after_ms in [0u64, 40, 150, 300, 500] {
-        let mut seen: Option<std::time::Instant> = None;
-        let killed = sync_killed_when(&env, || {
-            if after_ms == 0 {
-                return packs.exists();
-            }
-            match seen {
-                Some(t) => t.elapsed() >= Duration::from_millis(after_ms),
-                None => {
-                    if has_pack() {
-                        seen = Some(std::time::Instant::now());
-                    }
-                    false
-                }
-            }
-        });
-        if killed {
+    if sync_killed_when(&env, |_| packs.exists()) {
+        kills += 1;
+    }
+    assert_consistent(&env, &bare, "g/big");
+    for megabytes in [2u64, 6, 12, 20] {
+        // Once the mirror holds the pack, a restart does not fetch it again; before, allow for the fetch.
+        let fetch = if fetched() { 0 } else { 8 << 20 };
+        if sync_killed_when(&env, |pid| bytes_written(pid) > fetch + (megabytes << 20)) {
             kills += 1;
         }
         assert_consistent(&env, &bare, "g/big");
-        if !killed {
-            break;
-        }
     }
     assert!(
-        kills >= 3,
+        kills >= 4,
         "the import was too quick to be interrupted ({kills} kills)"
     );
     let out = env.run(&["sync"]);

@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::git_http::Auth;
@@ -31,7 +31,7 @@ fn config(env: &Env, repos: &[&str], extra: &str) {
     ));
 }
 
-fn start(env: &Env, extra_env: &[(&str, &str)]) -> Child {
+fn start(env: &Env, extra_env: &[(&str, &str)]) -> Running {
     let mut cmd = bin();
     cmd.args([
         "--config",
@@ -43,7 +43,7 @@ fn start(env: &Env, extra_env: &[(&str, &str)]) -> Child {
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
-    cmd.spawn().unwrap()
+    Running(cmd.spawn().unwrap())
 }
 
 fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
@@ -614,7 +614,11 @@ fn sigterm_during_a_large_commit_rolls_it_back() {
                 .any(|e| e.path().extension().is_some_and(|x| x == "pack"))
         })
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // … and once it has written a few megabytes since, the commit's rows are on their way to the database.
+    let fetched = bytes_written(daemon.id());
+    wait_for("the import's writes", 30, || {
+        bytes_written(daemon.id()) > fetched + (4 << 20)
+    });
     assert_eq!(
         models(&env, "g/big"),
         0,

@@ -2,7 +2,7 @@
 //! repository never overlap and at most `concurrency` run at once, a failing repository backs off without
 //! stopping the others, and SIGTERM / SIGINT stop it cleanly.
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chrono::DateTime;
@@ -10,7 +10,7 @@ use chrono::DateTime;
 use crate::git_http::Auth;
 use crate::support::*;
 
-fn start(env: &Env) -> Child {
+fn start(env: &Env) -> Running {
     bin()
         .args([
             "--config",
@@ -20,6 +20,7 @@ fn start(env: &Env) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
+        .map(Running)
         .expect("modelmirror run")
 }
 

@@ -485,3 +485,42 @@ pub fn wait_with_deadline(child: &mut std::process::Child, secs: u64) -> std::pr
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A child process killed (SIGKILL) and reaped when dropped, unless it already ended: a failing assertion
+/// leaves no daemon running.
+pub struct Running(pub std::process::Child);
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Bytes the process `pid` has written so far (`wchar` of `/proc/PID/io`): a progress signal that works while
+/// nothing is committed yet.
+pub fn bytes_written(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("wchar:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
