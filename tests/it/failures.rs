@@ -176,21 +176,7 @@ fn sigkill_during_a_large_import_then_restart() {
     );
     std::fs::remove_file(work.join("m0007.hck.json")).unwrap();
     std::fs::rename(work.join("m0008.hck.json"), work.join("renamed.hck.json")).unwrap();
-    git(&work, &["add", "-A"]);
-    git(
-        &work,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.com",
-            "commit",
-            "-q",
-            "-m",
-            "later",
-        ],
-    );
-    git(&work, &["push", "-q", "origin", "main"]);
+    commit_all(&work, "later");
     let out = env.run(&["sync"]);
     assert_eq!(out.code, 0, "{out:?}");
     let head = git(&bare, &["rev-parse", "main"]).trim().to_string();
@@ -417,21 +403,7 @@ fn a_damaged_blob_in_the_mirror_fails_the_poll_and_loses_nothing() {
         )
         .unwrap();
     }
-    git(&work, &["add", "-A"]);
-    git(
-        &work,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.com",
-            "commit",
-            "-q",
-            "-m",
-            "copies",
-        ],
-    );
-    git(&work, &["push", "-q", "origin", "main"]);
+    commit_all(&work, "copies");
     let blob = git(&bare, &["rev-parse", "main:m0003.hck.json"])
         .trim()
         .to_string();

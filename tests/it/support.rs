@@ -351,23 +351,22 @@ pub fn find_secret(dir: &Path, needle: &str, texts: &[&str]) -> Vec<String> {
     hits
 }
 
-/// Build a long synthetic history fast with `git fast-import`: `commits` commits on `main`, each rewriting
-/// `per_commit` of `files` models made from real fixture models (their names changed so every blob differs).
-pub fn synthetic_history(bare: &Path, commits: usize, files: usize, per_commit: usize) {
-    use std::io::Write;
-    let dir = fixtures().join("models/books");
-    let mut sources: Vec<PathBuf> = std::fs::read_dir(&dir)
+/// The books fixture models under 120 KB, in file-name order.
+fn fixture_texts() -> Vec<String> {
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(fixtures().join("models/books"))
         .expect("fixture models")
         .map(|e| e.expect("entry").path())
         .filter(|p| p.metadata().map(|m| m.len() < 120_000).unwrap_or(false))
         .collect();
     sources.sort();
-    let texts: Vec<String> = sources
+    sources
         .iter()
-        .take(files)
         .map(|p| std::fs::read_to_string(p).expect("read"))
-        .collect();
-    assert_eq!(texts.len(), files, "enough fixture models");
+        .collect()
+}
+
+/// A new bare repository at `bare` and a `git fast-import` into it, with its input.
+fn fast_import(bare: &Path) -> (std::process::Child, std::process::ChildStdin) {
     std::fs::create_dir_all(bare).expect("mkdir");
     git(bare, &["init", "-q", "--bare", "-b", "main"]);
     let mut child = Command::new("git")
@@ -376,7 +375,17 @@ pub fn synthetic_history(bare: &Path, commits: usize, files: usize, per_commit: 
         .stdin(Stdio::piped())
         .spawn()
         .expect("fast-import");
-    let mut stdin = child.stdin.take().expect("stdin");
+    let stdin = child.stdin.take().expect("stdin");
+    (child, stdin)
+}
+
+/// Build a long synthetic history fast with `git fast-import`: `commits` commits on `main`, each rewriting
+/// `per_commit` of `files` models made from real fixture models (their names changed so every blob differs).
+pub fn synthetic_history(bare: &Path, commits: usize, files: usize, per_commit: usize) {
+    use std::io::Write;
+    let texts: Vec<String> = fixture_texts().into_iter().take(files).collect();
+    assert_eq!(texts.len(), files, "enough fixture models");
+    let (mut child, mut stdin) = fast_import(bare);
     let mut mark = 0usize;
     for c in 0..commits {
         let mut changes = Vec::new();
@@ -410,26 +419,8 @@ pub fn synthetic_history(bare: &Path, commits: usize, files: usize, per_commit: 
 /// models, cycled, each under its own model name.
 pub fn many_models(bare: &Path, count: usize) {
     use std::io::Write;
-    let dir = fixtures().join("models/books");
-    let mut sources: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("fixture models")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.metadata().map(|m| m.len() < 120_000).unwrap_or(false))
-        .collect();
-    sources.sort();
-    let texts: Vec<String> = sources
-        .iter()
-        .map(|p| std::fs::read_to_string(p).expect("read"))
-        .collect();
-    std::fs::create_dir_all(bare).expect("mkdir");
-    git(bare, &["init", "-q", "--bare", "-b", "main"]);
-    let mut child = Command::new("git")
-        .args(["fast-import", "--quiet"])
-        .current_dir(bare)
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("fast-import");
-    let mut stdin = child.stdin.take().expect("stdin");
+    let texts = fixture_texts();
+    let (mut child, mut stdin) = fast_import(bare);
     let mut files = Vec::new();
     for i in 0..count {
         let body = texts[i % texts.len()].replacen(
