@@ -80,6 +80,11 @@ pub fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The target column's verdict.
+pub fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "**missed**" }
+}
+
 pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
