@@ -39,8 +39,9 @@
 //! - Definitions: every node of `definitions.properties` is flattened with the same rules, the
 //!   definitions themselves at depth 0.
 //!
-//! The walk uses an explicit stack (no recursion), and `serde_json`'s recursion limit (128) bounds
-//! the parsed tree, so deeply nested input cannot overflow the stack.
+//! The file is parsed into the compact tree of `json.rs`, keeping only the keys listed in `KEYS` (a test
+//! checks that nothing else is read). The walk uses an explicit stack (no recursion), and `serde_json`'s
+//! recursion limit (128) bounds the parsed tree, so deeply nested input cannot overflow the stack.
 
 use std::collections::{HashMap, HashSet};
 
