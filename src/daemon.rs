@@ -79,11 +79,65 @@ struct Shared {
     cancel: Arc<AtomicBool>,
     /// The repositories being mirrored and their nudge notifiers, for the webhook dispatcher.
     targets: Arc<Mutex<Targets>>,
+    /// The polls in progress, by repository: their last sign of life, to tell a slow poll from a stuck one.
+    polls: Mutex<HashMap<String, Arc<PollWatch>>>,
+}
+
+/// One poll in progress, as the supervisor watches it.
+struct PollWatch {
+    progress: sync::Progress,
+    /// No sign of life for this long means stuck: `STALL_FACTOR` × the provider's `read_timeout` (libgit2
+    /// gives up on a silent read after `read_timeout`, so a live transfer never comes close) plus
+    /// `STALL_MARGIN`.
+    limit: Duration,
+    /// Logged already (once per poll).
+    reported: AtomicBool,
+}
+
+/// A poll with no sign of life for this many `read_timeout`s, plus `STALL_MARGIN`, is stuck.
+const STALL_FACTOR: u32 = 5;
+/// Beyond the database's busy timeout (30 s), so waiting for another writer never counts as stuck.
+const STALL_MARGIN: Duration = Duration::from_secs(60);
+
+/// The polls with no sign of life for longer than their limit, each logged once (with what happens next),
+/// counted in the `modelmirror_polls_stuck` gauge.
+fn stuck_polls(polls: &HashMap<String, Arc<PollWatch>>) -> usize {
+    let mut stuck = 0;
+    for (id, w) in polls {
+        let idle = w.progress.idle();
+        if idle <= w.limit {
+            continue;
+        }
+        stuck += 1;
+        if !w.reported.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                repo = %id,
+                "the poll of {id} has shown no sign of life for {} s (a network read that never returns?): watchdog pings stop, so systemd restarts the service; without systemd, restart it",
+                idle.as_secs()
+            );
+        }
+    }
+    crate::metrics::global().set("modelmirror_polls_stuck", &[], stuck as f64);
+    stuck
 }
 
 impl Shared {
     fn config(&self) -> Arc<Config> {
         webhook::current(&self.config)
+    }
+
+    /// Start (`Some`) or end (`None`) watching the poll of `id`.
+    fn watch_poll(&self, id: &str, watch: Option<Arc<PollWatch>>) {
+        let mut polls = self.polls.lock().unwrap_or_else(|p| p.into_inner());
+        match watch {
+            Some(w) => polls.insert(id.to_string(), w),
+            None => polls.remove(id),
+        };
+    }
+
+    /// How many polls are stuck (see [`stuck_polls`]).
+    fn stuck_polls(&self) -> usize {
+        stuck_polls(&self.polls.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn repo_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -142,6 +196,7 @@ pub async fn run(
         store: store.clone(),
         cancel: Arc::new(AtomicBool::new(false)),
         targets: Arc::new(Mutex::new(Targets::default())),
+        polls: Mutex::new(HashMap::new()),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     // Listeners bind first, so a bad address stops the start instead of failing later.
@@ -241,8 +296,17 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 health.tick();
-                notifier.watchdog();
-                notifier.status(&status_line(&reader));
+                // A stuck poll holds its repository (and a concurrency slot) for ever, and no thread can be
+                // stopped from outside: let systemd restart the service instead of pretending all is well.
+                let stuck = shared.stuck_polls();
+                if stuck == 0 {
+                    notifier.watchdog();
+                }
+                let mut line = status_line(&reader);
+                if stuck > 0 {
+                    line.push_str(&format!(", {stuck} poll(s) stuck"));
+                }
+                notifier.status(&line);
             }
         }
     }
@@ -620,6 +684,23 @@ async fn repo_loop(
         }
         let task_shared = shared.clone();
         let task_repo = repo.clone();
+        let watch = Arc::new(PollWatch {
+            progress: sync::Progress::default(),
+            limit: shared
+                .config()
+                .providers
+                .iter()
+                .find(|p| p.name == repo.provider)
+                .map_or(
+                    Duration::from_secs(crate::config::DEFAULT_READ_TIMEOUT),
+                    |p| p.read_timeout,
+                )
+                .saturating_mul(STALL_FACTOR)
+                .saturating_add(STALL_MARGIN),
+            reported: AtomicBool::new(false),
+        });
+        shared.watch_poll(&repo.id, Some(watch.clone()));
+        let task_watch = watch.clone();
         let joined = tokio::task::spawn_blocking(move || {
             // The configuration in force now: a reload's new credentials and settings apply at once.
             let config = task_shared.config();
@@ -629,9 +710,14 @@ async fn repo_loop(
                 &task_shared.store,
                 trigger,
                 &task_shared.cancel,
+                &task_watch.progress,
             )
         })
         .await;
+        shared.watch_poll(&repo.id, None);
+        if watch.reported.load(Ordering::Relaxed) {
+            tracing::warn!(repo = %repo.id, "the poll reported stuck has ended after all");
+        }
         drop(permit);
         let failures = match joined {
             Ok((Ok(outcome), _)) => {
@@ -706,7 +792,15 @@ pub async fn sync_once(
             let r = repo.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                sync::run_poll(&config, &r, &store, Trigger::Manual, &cancel).0
+                sync::run_poll(
+                    &config,
+                    &r,
+                    &store,
+                    Trigger::Manual,
+                    &cancel,
+                    &sync::Progress::default(),
+                )
+                .0
             })
             .await
             .unwrap_or_else(|e| {
@@ -844,6 +938,30 @@ pub fn watch_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A poll whose last sign of life is older than its limit is stuck (reported once), a live one is not,
+    /// and a sign of life makes a stuck one live again.
+    #[test]
+    fn polls_without_a_sign_of_life_past_their_limit_are_stuck() {
+        let watch = |limit_ms| {
+            Arc::new(PollWatch {
+                progress: sync::Progress::default(),
+                limit: Duration::from_millis(limit_ms),
+                reported: AtomicBool::new(false),
+            })
+        };
+        let mut polls = HashMap::new();
+        polls.insert("g/slow".to_string(), watch(60_000));
+        polls.insert("g/quiet".to_string(), watch(30));
+        assert_eq!(stuck_polls(&polls), 0);
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(stuck_polls(&polls), 1);
+        assert!(polls["g/quiet"].reported.load(Ordering::Relaxed));
+        assert!(!polls["g/slow"].reported.load(Ordering::Relaxed));
+        assert_eq!(stuck_polls(&polls), 1, "still stuck, logged once");
+        polls["g/quiet"].progress.touch();
+        assert_eq!(stuck_polls(&polls), 0);
+    }
 
     #[test]
     fn backoff_doubles_and_caps_at_eight_periods() {

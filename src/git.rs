@@ -86,6 +86,9 @@ pub struct RemoteSpec<'a> {
     pub proxy: Option<&'a str>,
     /// Set from outside to abort a transfer (shutdown).
     pub cancel: Arc<AtomicBool>,
+    /// Called whenever data arrives (pack bytes, the server's progress messages): the caller's sign that the
+    /// transfer is alive.
+    pub alive: Option<&'a (dyn Fn() + Sync)>,
 }
 
 /// Trust the extra CA bundles of the providers for git over HTTPS, on top of the system's. libgit2 keeps one
@@ -286,14 +289,21 @@ fn connect(
         }
     });
     callbacks.transfer_progress(|_| {
+        if let Some(alive) = spec.alive {
+            alive();
+        }
         if spec.cancel.load(Ordering::Relaxed) {
             cancelled.set(true);
             return false;
         }
         true
     });
-    let cancel2 = spec.cancel.clone();
-    callbacks.sideband_progress(move |_| !cancel2.load(Ordering::Relaxed));
+    callbacks.sideband_progress(|_| {
+        if let Some(alive) = spec.alive {
+            alive();
+        }
+        !spec.cancel.load(Ordering::Relaxed)
+    });
 
     let header = spec.auth.header();
     let headers: Vec<&str> = header.iter().map(|h| h.expose()).collect();

@@ -76,6 +76,40 @@ impl From<GitError> for StepError {
     }
 }
 
+/// When a poll last showed a sign of life: bytes or progress messages from the server, a file or a commit
+/// processed. The daemon reads it to tell a slow poll (alive) from a stuck one (e.g. an ssh read that never
+/// returns: libgit2 has no timeout there).
+#[derive(Debug)]
+pub struct Progress(std::sync::atomic::AtomicU64);
+
+impl Default for Progress {
+    fn default() -> Self {
+        let p = Progress(std::sync::atomic::AtomicU64::new(0));
+        p.touch();
+        p
+    }
+}
+
+impl Progress {
+    /// A sign of life now.
+    pub fn touch(&self) {
+        self.0.store(Self::now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long since the last sign of life.
+    pub fn idle(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            Self::now_ms().saturating_sub(self.0.load(Ordering::Relaxed)),
+        )
+    }
+
+    fn now_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
 /// What a successful poll did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PollOutcome {
@@ -140,12 +174,13 @@ pub fn run_poll(
     store: &Store,
     trigger: Trigger,
     cancel: &Arc<AtomicBool>,
+    progress: &Progress,
 ) -> (Result<PollOutcome, SyncError>, u32) {
     let started_at = now_rfc3339_millis();
     let started = Instant::now();
     // A bug must not take the service down silently: a panic in a poll becomes that poll's recorded error.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        poll(config, repo, store, cancel)
+        poll(config, repo, store, cancel, progress)
     }))
     .unwrap_or_else(|panic| {
         let what = panic
@@ -242,6 +277,7 @@ pub fn poll(
     repo: &RepoConfig,
     store: &Store,
     cancel: &Arc<AtomicBool>,
+    progress: &Progress,
 ) -> Result<PollOutcome, SyncError> {
     let id = repo.id.clone();
     let git_err = |source| SyncError::Git {
@@ -276,6 +312,7 @@ pub fn poll(
         known_hosts_file: provider.credentials.known_hosts_file.as_deref(),
         proxy: provider.proxy.as_ref().map(|p| p.expose()),
         cancel: cancel.clone(),
+        alive: Some(&|| progress.touch()),
     };
     let fetch_started = Instant::now();
     let fetched = git::fetch_head(&mirror, &spec);
@@ -316,7 +353,9 @@ pub fn poll(
         return Ok(PollOutcome::Unchanged { commit: head_str });
     }
 
-    catch_up(config, repo, store, &mirror, &branch, head, &state, cancel)
+    catch_up(
+        config, repo, store, &mirror, &branch, head, &state, cancel, progress,
+    )
 }
 
 /// Bring the catalog from what `state` says it holds to `head` of `branch`, one transaction per commit.
@@ -330,6 +369,7 @@ fn catch_up(
     head: Oid,
     state: &crate::store::RepoState,
     cancel: &Arc<AtomicBool>,
+    progress: &Progress,
 ) -> Result<PollOutcome, SyncError> {
     let id = repo.id.clone();
     let settings = config.filter.fingerprint();
@@ -350,6 +390,7 @@ fn catch_up(
         if cancel.load(Ordering::Relaxed) {
             return Err(SyncError::Cancelled { repo: id });
         }
+        progress.touch();
         let ctx = StepContext {
             config,
             repo,
@@ -361,6 +402,7 @@ fn catch_up(
             expect_commit: pointer.as_deref(),
             reread: plan.note == Some("settings-changed"),
             cancel,
+            progress,
             packs: &packs,
         };
         let c = process_step(&ctx, step).map_err(|e| match e {
@@ -456,6 +498,7 @@ pub fn rebuild(
         head,
         &crate::store::RepoState::default(),
         cancel,
+        &Progress::default(),
     )
 }
 
@@ -613,6 +656,8 @@ struct StepContext<'a> {
     cancel: &'a AtomicBool,
     /// Where the mirror's objects are stored, to read many blobs in storage order.
     packs: &'a std::cell::OnceCell<git::PackIndexes>,
+    /// Touched for every file written: a long commit is alive.
+    progress: &'a Progress,
 }
 
 fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepError> {
@@ -695,6 +740,7 @@ fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepEr
                     if ctx.cancel.load(Ordering::Relaxed) {
                         return Err(StepError::Cancelled);
                     }
+                    ctx.progress.touch();
                     write(
                         w,
                         change,
@@ -760,6 +806,7 @@ fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepEr
                             _ => StepError::Cancelled,
                         });
                     };
+                    ctx.progress.touch();
                     write(w, change, prepared?)?;
                 }
                 Ok(())

@@ -918,6 +918,7 @@ async fn check_remote(config: &Config) -> Vec<CheckResult> {
                     known_hosts_file: provider.credentials.known_hosts_file.as_deref(),
                     proxy: provider.proxy.as_ref().map(|p| p.expose()),
                     cancel: Arc::new(AtomicBool::new(false)),
+                    alive: None,
                 };
                 let listed = crate::git::list_remote(&spec).map_err(|e| e.to_string());
                 (repo.id, listed)
