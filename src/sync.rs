@@ -1043,6 +1043,12 @@ fn write(w: &mut StepWriter<'_, '_>, change: &Change, prepared: Prepared) -> Res
     Ok(())
 }
 
+/// Blocking work (the database, which a long import may hold; the disk) from async code: the runtime moves its
+/// other tasks off this worker meanwhile. Both runtimes that discover are multi-threaded.
+fn block<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
 /// What one discovery run found: the repositories to mirror now.
 pub struct Discovered {
     pub repos: Vec<RepoConfig>,
@@ -1065,7 +1071,7 @@ pub async fn discover(
     let provider = &config.providers[index];
     let kind = provider.kind.as_str();
     // A hold recorded by another process (or before a restart) still applies.
-    if let Ok(Some((until, reason))) = store.provider_hold(&provider.name)
+    if let Ok(Some((until, reason))) = block(|| store.provider_hold(&provider.name))
         && let Ok(until) = chrono::DateTime::parse_from_rfc3339(&until)
     {
         limits.hold_until(until.with_timezone(&chrono::Utc), reason);
@@ -1075,13 +1081,15 @@ pub async fn discover(
     let until = hold
         .as_ref()
         .map(|h| h.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-    let record = store.record_hold(
-        &provider.name,
-        kind,
-        hold.as_ref()
-            .zip(until.as_deref())
-            .map(|(h, u)| (u, h.reason.as_str())),
-    );
+    let record = block(|| {
+        store.record_hold(
+            &provider.name,
+            kind,
+            hold.as_ref()
+                .zip(until.as_deref())
+                .map(|(h, u)| (u, h.reason.as_str())),
+        )
+    });
     if let Err(e) = record {
         tracing::error!(provider = %provider.name, "cannot record the rate-limit state: {e}");
     }
@@ -1091,7 +1099,7 @@ pub async fn discover(
         Ok(_) => None,
     };
     if let Some(message) = error
-        && let Err(e) = store.record_discovery_error(&provider.name, kind, &message)
+        && let Err(e) = block(|| store.record_discovery_error(&provider.name, kind, &message))
     {
         tracing::error!(provider = %provider.name, "cannot record the discovery error: {e}");
     }
@@ -1169,8 +1177,7 @@ async fn discover_inner(
         found: &found,
         complete: errors.is_empty(),
     };
-    let changes = store
-        .record_discovery(&record)
+    let changes = block(|| store.record_discovery(&record))
         .map_err(|e| format!("provider {}: {e}", provider.name))?;
     if let Some(note) = &changes.note {
         tracing::warn!(provider = %provider.name, "{note}");
@@ -1179,13 +1186,15 @@ async fn discover_inner(
     let mut pruned = Vec::new();
     if provider.prune_removed {
         for id in changes.prunable {
-            store
-                .prune_repo(&id)
-                .map_err(|e| format!("provider {}: {e}", provider.name))?;
             let path = id
                 .strip_prefix(&format!("{}/", provider.name))
                 .unwrap_or(&id);
-            let _ = std::fs::remove_dir_all(config.mirror_path(&provider.repo(path, "")));
+            block(|| {
+                store.prune_repo(&id)?;
+                let _ = std::fs::remove_dir_all(config.mirror_path(&provider.repo(path, "")));
+                Ok::<_, StoreError>(())
+            })
+            .map_err(|e| format!("provider {}: {e}", provider.name))?;
             tracing::info!(provider = %provider.name, repo = %id, "pruned (prune_removed = true)");
             pruned.push(id);
         }
