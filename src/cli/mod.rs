@@ -206,7 +206,7 @@ impl Cli {
                 if !database.exists() {
                     return Err(e.into());
                 }
-                status(&database, &[], json)?;
+                status(&database, None, json)?;
                 return Ok(ExitCode::from(2));
             }
             Err(e) => return Err(e.into()),
@@ -220,7 +220,7 @@ impl Cli {
                 prepare(&config)?;
                 sync(config, &repos)
             }
-            Command::Status { json } => status(&config.database, &config.repos, json),
+            Command::Status { json } => status(&config.database, Some(&config), json),
             Command::Models { repo, json } => models(&config, repo.as_deref(), json),
             Command::Events { repo, limit, json } => events(&config, repo.as_deref(), limit, json),
             Command::Search {
@@ -445,13 +445,38 @@ fn or_dash(v: &Option<String>) -> String {
     v.clone().unwrap_or_else(|| "-".into())
 }
 
+/// The state of every repository the database knows, and of configured ones never polled. With the
+/// configuration (`None` when it does not load), a repository it no longer names shows as `unconfigured`.
 fn status(
     database: &std::path::Path,
-    repos: &[crate::config::RepoConfig],
+    config: Option<&Config>,
     json: bool,
 ) -> Result<ExitCode, CliError> {
     let store = Store::open(database)?;
     let mut rows = store.status()?;
+    if let Some(config) = config {
+        for row in rows.iter_mut().filter(|r| r.state != "removed") {
+            let provider = row.repo.split('/').next().unwrap_or_default();
+            let reason = match config.providers.iter().find(|p| p.name == provider) {
+                None => Some(format!(
+                    "provider `{provider}` is not in the configuration; its data is kept"
+                )),
+                Some(p)
+                    if p.discover.is_empty() && !config.repos.iter().any(|c| c.id == row.repo) =>
+                {
+                    Some(format!(
+                        "not in the `repos` of provider `{provider}` any more; its data is kept"
+                    ))
+                }
+                Some(_) => None,
+            };
+            if let Some(reason) = reason {
+                row.state = "unconfigured".into();
+                row.state_reason = Some(reason);
+            }
+        }
+    }
+    let repos = config.map_or(&[][..], |c| &c.repos[..]);
     // Configured repositories that were never polled are shown too.
     for repo in repos {
         if !rows.iter().any(|r| r.repo == repo.id) {

@@ -258,3 +258,83 @@ fn token_file_from_a_systemd_credential() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A repository the configuration no longer names (dropped from `repos`, or its provider renamed) shows as
+/// `unconfigured` with why, its data kept; with the configuration broken, nothing is marked.
+#[test]
+fn status_marks_repositories_the_configuration_no_longer_names() {
+    let env = Env::new(Auth::None);
+    for rel in ["t/a.git", "t/b.git"] {
+        let (_, work) = env.new_repo(rel);
+        std::fs::copy(
+            fixtures().join("models/books/MongoDB__Figure 006 - Subtyping.hck.json"),
+            work.join("m.hck.json"),
+        )
+        .unwrap();
+        commit_all(&work, "model");
+    }
+    let config = |name: &str, repos: &str| {
+        env.write_config(&format!(
+            "[providers.{name}]\nkind = \"git\"\nurl = {:?}\nrepos = [{repos}]\n",
+            env.server.url()
+        ));
+    };
+    config("g", "\"t/a.git\", \"t/b.git\"");
+    env.run(&["sync"]).ok();
+    let states = |env: &Env| -> Vec<(String, String)> {
+        let json = env.run(&["status", "--json"]).ok().json();
+        json.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["repo"].as_str().unwrap().to_string(),
+                    r["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        states(&env),
+        [
+            ("g/t/a".into(), "active".into()),
+            ("g/t/b".into(), "active".into())
+        ]
+    );
+    config("g", "\"t/a.git\"");
+    assert_eq!(
+        states(&env),
+        [
+            ("g/t/a".into(), "active".into()),
+            ("g/t/b".into(), "unconfigured".into())
+        ]
+    );
+    let text = env.run(&["status"]).ok().stdout;
+    assert!(
+        text.contains("not in the `repos` of provider `g` any more"),
+        "{text}"
+    );
+    config("renamed", "\"t/a.git\"");
+    let all = states(&env);
+    assert!(
+        all.contains(&("g/t/a".into(), "unconfigured".into()))
+            && all.contains(&("g/t/b".into(), "unconfigured".into()))
+            && all.contains(&("renamed/t/a".into(), "active".into())),
+        "{all:?}"
+    );
+    let text = env.run(&["status"]).ok().stdout;
+    assert!(
+        text.contains("provider `g` is not in the configuration"),
+        "{text}"
+    );
+    // The data is kept.
+    let models: i64 = env
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM models WHERE repo_id = 'g/t/b'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(models, 1);
+}
