@@ -81,29 +81,51 @@ struct Shared {
     targets: Arc<Mutex<Targets>>,
     /// The polls in progress, by repository: their last sign of life, to tell a slow poll from a stuck one.
     polls: Mutex<HashMap<String, Arc<PollWatch>>>,
+    /// No sign of life for this long means stuck: `STALL_FACTOR` × the longest git timeout libgit2 was given
+    /// at start (process-wide: the longest `read_timeout` or `connect_timeout` of any provider; a live
+    /// transfer gets data or fails within it) plus `STALL_MARGIN`.
+    stall_limit: Duration,
 }
 
 /// One poll in progress, as the supervisor watches it.
 struct PollWatch {
     progress: sync::Progress,
-    /// No sign of life for this long means stuck: `STALL_FACTOR` × the provider's `read_timeout` (libgit2
-    /// gives up on a silent read after `read_timeout`, so a live transfer never comes close) plus
-    /// `STALL_MARGIN`.
+    /// See `Shared::stall_limit`.
     limit: Duration,
     /// Logged already (once per poll).
     reported: AtomicBool,
 }
 
-/// A poll with no sign of life for this many `read_timeout`s, plus `STALL_MARGIN`, is stuck.
+/// A poll with no sign of life for this many git timeouts, plus `STALL_MARGIN`, is stuck.
 const STALL_FACTOR: u32 = 5;
-/// Beyond the database's busy timeout (30 s), so waiting for another writer never counts as stuck.
+/// Beyond the database's busy timeout (30 s) for another process's writes.
 const STALL_MARGIN: Duration = Duration::from_secs(60);
 
+/// The stall limit for the git timeouts the process runs with (see `Shared::stall_limit`).
+fn stall_limit(config: &Config) -> Duration {
+    config
+        .providers
+        .iter()
+        .map(|p| p.read_timeout.max(p.connect_timeout))
+        .max()
+        .unwrap_or(Duration::from_secs(crate::config::DEFAULT_READ_TIMEOUT))
+        .saturating_mul(STALL_FACTOR)
+        .saturating_add(STALL_MARGIN)
+}
+
 /// The polls with no sign of life for longer than their limit, each logged once (with what happens next),
-/// counted in the `modelmirror_polls_stuck` gauge.
-fn stuck_polls(polls: &HashMap<String, Arc<PollWatch>>) -> usize {
+/// counted in the `modelmirror_polls_stuck` gauge. A poll waiting for the database (`waiting`: another poll
+/// is writing a long commit) is alive.
+fn stuck_polls(
+    polls: &HashMap<String, Arc<PollWatch>>,
+    waiting: impl Fn(std::thread::ThreadId) -> bool,
+) -> usize {
     let mut stuck = 0;
     for (id, w) in polls {
+        if w.progress.thread().is_some_and(&waiting) {
+            w.progress.touch();
+            continue;
+        }
         let idle = w.progress.idle();
         if idle <= w.limit {
             continue;
@@ -137,7 +159,10 @@ impl Shared {
 
     /// How many polls are stuck (see [`stuck_polls`]).
     fn stuck_polls(&self) -> usize {
-        stuck_polls(&self.polls.lock().unwrap_or_else(|p| p.into_inner()))
+        stuck_polls(
+            &self.polls.lock().unwrap_or_else(|p| p.into_inner()),
+            |thread| self.store.is_waiting(thread),
+        )
     }
 
     fn repo_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -197,6 +222,7 @@ pub async fn run(
         cancel: Arc::new(AtomicBool::new(false)),
         targets: Arc::new(Mutex::new(Targets::default())),
         polls: Mutex::new(HashMap::new()),
+        stall_limit: stall_limit(&config),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     // Listeners bind first, so a bad address stops the start instead of failing later.
@@ -686,17 +712,7 @@ async fn repo_loop(
         let task_repo = repo.clone();
         let watch = Arc::new(PollWatch {
             progress: sync::Progress::default(),
-            limit: shared
-                .config()
-                .providers
-                .iter()
-                .find(|p| p.name == repo.provider)
-                .map_or(
-                    Duration::from_secs(crate::config::DEFAULT_READ_TIMEOUT),
-                    |p| p.read_timeout,
-                )
-                .saturating_mul(STALL_FACTOR)
-                .saturating_add(STALL_MARGIN),
+            limit: shared.stall_limit,
             reported: AtomicBool::new(false),
         });
         shared.watch_poll(&repo.id, Some(watch.clone()));
@@ -953,14 +969,28 @@ mod tests {
         let mut polls = HashMap::new();
         polls.insert("g/slow".to_string(), watch(60_000));
         polls.insert("g/quiet".to_string(), watch(30));
-        assert_eq!(stuck_polls(&polls), 0);
+        let none = |_| false;
+        assert_eq!(stuck_polls(&polls, none), 0);
         std::thread::sleep(Duration::from_millis(80));
-        assert_eq!(stuck_polls(&polls), 1);
+        assert_eq!(stuck_polls(&polls, none), 1);
         assert!(polls["g/quiet"].reported.load(Ordering::Relaxed));
         assert!(!polls["g/slow"].reported.load(Ordering::Relaxed));
-        assert_eq!(stuck_polls(&polls), 1, "still stuck, logged once");
+        assert_eq!(stuck_polls(&polls, none), 1, "still stuck, logged once");
         polls["g/quiet"].progress.touch();
-        assert_eq!(stuck_polls(&polls), 0);
+        assert_eq!(stuck_polls(&polls, none), 0);
+        // Waiting for the database (another poll's long commit) is not stuck.
+        let waiter = watch(30);
+        let thread = std::thread::current().id();
+        waiter.progress.started_on(thread);
+        polls.insert("g/waiting".to_string(), waiter);
+        std::thread::sleep(Duration::from_millis(80));
+        polls["g/quiet"].progress.touch();
+        assert_eq!(stuck_polls(&polls, |t| t == thread), 0);
+        assert_eq!(
+            stuck_polls(&polls, none),
+            0,
+            "its wait counted as a sign of life"
+        );
     }
 
     #[test]

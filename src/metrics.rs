@@ -123,6 +123,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "counter",
         "Configuration reloads, by result.",
     ),
+    (
+        "modelmirror_polls_stuck",
+        "gauge",
+        "Polls with no sign of life for longer than 5 x the longest git timeout + 60 s.",
+    ),
     ("modelmirror_up", "gauge", "1 while the service runs."),
 ];
 
@@ -390,5 +395,31 @@ mod tests {
         assert!(text.contains("modelmirror_poll_duration_seconds_bucket{le=\"0.1\"} 0"));
         assert!(text.contains("modelmirror_poll_duration_seconds_count 1"));
         assert!(text.contains("modelmirror_models{repo=\"a/\\\"b\\\"\"} 3"));
+    }
+
+    /// Every metric the README lists can be rendered (a metric missing from `HELP` never shows), and every
+    /// metric in `HELP` is in the README.
+    #[test]
+    fn every_documented_metric_renders() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let documented: std::collections::BTreeSet<&str> = readme
+            .split('`')
+            .filter(|w| w.starts_with("modelmirror_"))
+            .map(|w| w.split('{').next().unwrap_or(w))
+            .collect();
+        assert!(documented.len() > 10, "{documented:?}");
+        for name in &documented {
+            assert!(
+                HELP.iter().any(|(n, _, _)| n == name),
+                "README names {name}, which /metrics never renders (add it to HELP)"
+            );
+        }
+        for (name, _, _) in HELP {
+            assert!(
+                documented.contains(name),
+                "{name} is rendered but not in README.md"
+            );
+        }
     }
 }

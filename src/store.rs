@@ -338,6 +338,8 @@ pub struct Store {
     conn: Mutex<Connection>,
     /// How many days polls and deliveries are kept (`events_retention_days`).
     retention_days: std::sync::atomic::AtomicU32,
+    /// The threads waiting for `conn` now: a poll waiting for another's long commit is not stuck.
+    waiting: Mutex<Vec<std::thread::ThreadId>>,
 }
 
 /// What the catalog holds for a repository, as the next poll needs it.
@@ -452,8 +454,10 @@ impl Counts {
 pub struct RepoStatus {
     pub repo: String,
     pub url: String,
-    /// active | empty | archived | removed
+    /// active | empty | archived | removed (`status` adds unconfigured)
     pub state: String,
+    /// configured | discovered: how the repository came to be mirrored.
+    pub origin: String,
     pub state_reason: Option<String>,
     pub provider_id: Option<String>,
     pub web_url: Option<String>,
@@ -676,6 +680,7 @@ impl Store {
         Ok(Store {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            waiting: Mutex::new(Vec::new()),
             retention_days: std::sync::atomic::AtomicU32::new(
                 crate::config::DEFAULT_EVENTS_RETENTION_DAYS,
             ),
@@ -803,7 +808,30 @@ impl Store {
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave a transaction open (rusqlite rolls back on drop),
         // so a poisoned lock is still safe to use.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        match self.conn.try_lock() {
+            Ok(guard) => return guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
+        let me = std::thread::current().id();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(me);
+        let guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = waiting.iter().position(|t| *t == me) {
+            waiting.swap_remove(i);
+        }
+        guard
+    }
+
+    /// Whether `thread` is waiting for the writer connection (held by another thread's commit).
+    pub fn is_waiting(&self, thread: std::thread::ThreadId) -> bool {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&thread)
     }
 
     /// Make sure the repository has a row, and keep its URL current.
@@ -1444,7 +1472,7 @@ impl Store {
                         (SELECT COUNT(*) FROM models m WHERE m.repo_id = r.id AND m.status = 'error'),
                         r.last_error, r.state, r.state_reason, r.provider_repo_id, r.web_url,
                         CASE WHEN p.held_until > ?1 THEN p.held_until END,
-                        CASE WHEN p.held_until > ?1 THEN p.held_reason END, r.last_success_at
+                        CASE WHEN p.held_until > ?1 THEN p.held_reason END, r.last_success_at, r.origin
                  FROM repos r LEFT JOIN providers p ON p.name = r.provider ORDER BY r.id",
             )
             .doing("reading the status")?;
@@ -1454,6 +1482,7 @@ impl Store {
                     repo: r.get(0)?,
                     url: r.get(1)?,
                     state: r.get(9)?,
+                    origin: r.get(16)?,
                     state_reason: r.get(10)?,
                     provider_id: r.get(11)?,
                     web_url: r.get(12)?,

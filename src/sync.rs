@@ -77,14 +77,25 @@ impl From<GitError> for StepError {
 }
 
 /// When a poll last showed a sign of life: bytes or progress messages from the server, a file or a commit
-/// processed. The daemon reads it to tell a slow poll (alive) from a stuck one (e.g. an ssh read that never
-/// returns: libgit2 has no timeout there).
+/// processed. The daemon reads it to tell a slow poll (alive) from a stuck one (e.g. a network read that never
+/// returns). Measured on the monotonic clock: a wall-clock step neither fakes nor hides a stall.
 #[derive(Debug)]
-pub struct Progress(std::sync::atomic::AtomicU64);
+pub struct Progress {
+    /// Milliseconds since `EPOCH` at the last sign of life.
+    last: std::sync::atomic::AtomicU64,
+    /// The thread running the poll, once it started (to ask the store whether it waits for the writer).
+    thread: std::sync::OnceLock<std::thread::ThreadId>,
+}
+
+/// The monotonic origin of `Progress` times.
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
 impl Default for Progress {
     fn default() -> Self {
-        let p = Progress(std::sync::atomic::AtomicU64::new(0));
+        let p = Progress {
+            last: std::sync::atomic::AtomicU64::new(0),
+            thread: std::sync::OnceLock::new(),
+        };
         p.touch();
         p
     }
@@ -93,20 +104,30 @@ impl Default for Progress {
 impl Progress {
     /// A sign of life now.
     pub fn touch(&self) {
-        self.0.store(Self::now_ms(), Ordering::Relaxed);
+        self.last.store(Self::now_ms(), Ordering::Relaxed);
     }
 
     /// How long since the last sign of life.
     pub fn idle(&self) -> std::time::Duration {
         std::time::Duration::from_millis(
-            Self::now_ms().saturating_sub(self.0.load(Ordering::Relaxed)),
+            Self::now_ms().saturating_sub(self.last.load(Ordering::Relaxed)),
         )
     }
 
+    /// The thread running the poll (set when it starts).
+    pub fn thread(&self) -> Option<std::thread::ThreadId> {
+        self.thread.get().copied()
+    }
+
+    /// The poll starts on `thread` (a sign of life too).
+    pub fn started_on(&self, thread: std::thread::ThreadId) {
+        let _ = self.thread.set(thread);
+        self.touch();
+    }
+
     fn now_ms() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        let epoch = EPOCH.get_or_init(Instant::now);
+        u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }
 
@@ -178,6 +199,7 @@ pub fn run_poll(
 ) -> (Result<PollOutcome, SyncError>, u32) {
     let started_at = now_rfc3339_millis();
     let started = Instant::now();
+    progress.started_on(std::thread::current().id());
     // A bug must not take the service down silently: a panic in a poll becomes that poll's recorded error.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         poll(config, repo, store, cancel, progress)
@@ -787,6 +809,7 @@ fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Counts, StepEr
                         if cancel.load(Ordering::Relaxed) {
                             return Err(StepError::Cancelled);
                         }
+                        ctx.progress.touch();
                         write(w, change, prepare(config, mirror, repo_id, change, commit)?)?;
                     }
                     return Ok(());

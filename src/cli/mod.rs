@@ -461,8 +461,10 @@ fn status(
                 None => Some(format!(
                     "provider `{provider}` is not in the configuration; its data is kept"
                 )),
-                Some(p)
-                    if p.discover.is_empty() && !config.repos.iter().any(|c| c.id == row.repo) =>
+                // Listed in `repos` once (discovered ones come and go with discovery, which marks them).
+                Some(_)
+                    if row.origin == "configured"
+                        && !config.repos.iter().any(|c| c.id == row.repo) =>
                 {
                     Some(format!(
                         "not in the `repos` of provider `{provider}` any more; its data is kept"
@@ -484,6 +486,7 @@ fn status(
                 repo: repo.id.clone(),
                 url: repo.url.clone(),
                 state: "active".into(),
+                origin: "configured".into(),
                 state_reason: Some("not polled yet".into()),
                 provider_id: None,
                 web_url: None,
