@@ -266,13 +266,14 @@ pub async fn run(
     let mut repos: HashMap<String, Task> = HashMap::new();
     start_discovery(&shared, &config, &mut discovered, &mut discovery, &found_tx);
     reconcile(&shared, &config, &mut repos, &discovered);
+    health.set_mirrored(repos.keys().cloned());
     tracing::info!(
         repos = repos.len(),
         concurrency = config.concurrency,
         database = %store.path().display(),
         "modelmirror running"
     );
-    notifier.ready(&status_line(&reader));
+    notifier.ready(&status_line(&reader, &health));
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -299,6 +300,7 @@ pub async fn run(
                             });
                             start_discovery(&shared, &new, &mut discovered, &mut discovery, &found_tx);
                             reconcile(&shared, &new, &mut repos, &discovered);
+                            health.set_mirrored(repos.keys().cloned());
                             record_reload(&store, Ok(new.database_max_bytes));
                         }
                         Err(message) => {
@@ -306,7 +308,7 @@ pub async fn run(
                             record_reload(&store, Err(&message));
                         }
                     }
-                    notifier.ready(&status_line(&reader));
+                    notifier.ready(&status_line(&reader, &health));
                 }
             },
             Some((provider, found)) = found_rx.recv() => {
@@ -319,6 +321,7 @@ pub async fn run(
                 discovered.insert(provider, found);
                 let current = shared.config();
                 reconcile(&shared, &current, &mut repos, &discovered);
+                health.set_mirrored(repos.keys().cloned());
             }
             _ = tick.tick() => {
                 health.tick();
@@ -328,7 +331,7 @@ pub async fn run(
                 if stuck == 0 {
                     notifier.watchdog();
                 }
-                let mut line = status_line(&reader);
+                let mut line = status_line(&reader, &health);
                 if stuck > 0 {
                     line.push_str(&format!(", {stuck} poll(s) stuck"));
                 }
@@ -455,11 +458,11 @@ fn reload(path: &std::path::Path, shared: &Arc<Shared>) -> Result<Arc<Config>, S
 }
 
 /// "14 repos, 0 failing, last change 3 min ago" for systemd's `STATUS=`.
-pub fn status_line(store: &Store) -> String {
+pub fn status_line(store: &Store, health: &Health) -> String {
     let Ok(mut rows) = store.status() else {
         return "running".into();
     };
-    rows.retain(|r| r.state != "removed");
+    rows.retain(|r| r.state != "removed" && health.is_mirrored(&r.repo));
     let failing = rows.iter().filter(|r| r.last_error.is_some()).count();
     let last = rows
         .iter()

@@ -218,12 +218,15 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// What `/readyz` looks at: the scheduler's last tick.
+/// What `/readyz` looks at (the scheduler's last tick) and which repositories the service mirrors now (the
+/// per-repository gauges leave out the ones it no longer polls, so their old errors raise no alert).
 #[derive(Debug)]
 pub struct Health {
     last_tick: Mutex<Instant>,
     /// A tick older than this means the scheduler is stuck.
     pub stale_after: Duration,
+    /// The repositories polled now; `None` until the scheduler has said (then all but `removed` count).
+    mirrored: Mutex<Option<std::collections::HashSet<String>>>,
 }
 
 impl Health {
@@ -231,7 +234,22 @@ impl Health {
         Arc::new(Health {
             last_tick: Mutex::new(Instant::now()),
             stale_after,
+            mirrored: Mutex::new(None),
         })
+    }
+
+    /// The repositories the service polls from now on.
+    pub fn set_mirrored(&self, ids: impl IntoIterator<Item = String>) {
+        *self.mirrored.lock().unwrap_or_else(|p| p.into_inner()) = Some(ids.into_iter().collect());
+    }
+
+    /// Whether the service polls `id` (true until it has said which it polls).
+    pub fn is_mirrored(&self, id: &str) -> bool {
+        self.mirrored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(|m| m.contains(id))
     }
 
     pub fn tick(&self) {
@@ -248,14 +266,18 @@ impl Health {
 }
 
 /// Gauges computed from the database at scrape time.
-fn catalog_gauges(store: &Store) -> Vec<(&'static str, Labels, f64)> {
+fn catalog_gauges(store: &Store, health: &Health) -> Vec<(&'static str, Labels, f64)> {
     let mut out = Vec::new();
     let Ok(rows) = store.status() else {
         return out;
     };
     let now = chrono::Utc::now();
-    // Repositories no longer mirrored (removed by discovery) keep their data but are not watched.
-    for r in rows.into_iter().filter(|r| r.state != "removed") {
+    // Repositories no longer mirrored (removed by discovery, or no longer in the configuration) keep their
+    // data but are not watched.
+    for r in rows
+        .into_iter()
+        .filter(|r| r.state != "removed" && health.is_mirrored(&r.repo))
+    {
         let repo = vec![("repo", r.repo.clone())];
         out.push(("modelmirror_models", repo.clone(), r.models as f64));
         out.push(("modelmirror_model_errors", repo.clone(), r.errors as f64));
@@ -326,10 +348,12 @@ async fn answer(
     };
     Ok(match req.uri().path() {
         "/metrics" => {
-            let body =
-                tokio::task::spawn_blocking(move || global().render(&catalog_gauges(&store)))
-                    .await
-                    .unwrap_or_default();
+            let health = health.clone();
+            let body = tokio::task::spawn_blocking(move || {
+                global().render(&catalog_gauges(&store, &health))
+            })
+            .await
+            .unwrap_or_default();
             text(
                 StatusCode::OK,
                 body,

@@ -340,6 +340,24 @@ fn metrics_health_and_readiness() {
     assert_eq!(http_get(port, "/healthz").0, 200);
     assert_eq!(http_get(port, "/readyz"), (200, "ready\n".into()));
     assert_eq!(http_get(port, "/nope").0, 404);
+    // The failing repository leaves the configuration: its data stays, but it no longer counts as failing
+    // (nothing polls it, so nothing could ever clear the alert).
+    config(
+        &env,
+        &["t/a.git"],
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\""),
+    );
+    signal(&child, libc::SIGHUP);
+    wait_for("the gauges of the dropped repository to go", 10, || {
+        !http_get(port, "/metrics")
+            .1
+            .contains("repo=\"g/missing/repo\"")
+    });
+    let (_, body) = http_get(port, "/metrics");
+    assert!(
+        body.contains("modelmirror_models{repo=\"g/t/a\"} 1"),
+        "{body}"
+    );
     signal(&child, libc::SIGTERM);
     assert!(wait_with_deadline(&mut child, 10).success());
 }
