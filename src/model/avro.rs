@@ -49,6 +49,7 @@
 
 use serde_json::{Map, Value};
 
+use super::json;
 use super::{Attribute, Container, Entity, Format, Model, ParseError, Parsed};
 
 type Object = Map<String, Value>;
@@ -80,7 +81,7 @@ pub fn parse(path: &str, bytes: &[u8]) -> Parsed {
     let body = bytes.strip_prefix(BOM).unwrap_or(bytes);
     let value: Value = match serde_json::from_slice(body) {
         Ok(value) => value,
-        Err(err) => return Parsed::Invalid(json_error(&err)),
+        Err(err) => return Parsed::Invalid(json::error(&err)),
     };
     match build_model(stem, &value) {
         Some(model) => Parsed::Model(model),
@@ -104,25 +105,6 @@ fn claimed_stem(path: &str) -> Option<&str> {
             None
         }
     })
-}
-
-fn json_error(err: &serde_json::Error) -> ParseError {
-    let full = err.to_string();
-    let (line, column) = if err.line() == 0 {
-        (None, None)
-    } else {
-        (Some(err.line()), Some(err.column()))
-    };
-    let suffix = format!(" at line {} column {}", err.line(), err.column());
-    let message = match full.strip_suffix(&suffix) {
-        Some(stripped) => stripped.to_string(),
-        None => full,
-    };
-    ParseError {
-        message: format!("invalid JSON: {message}"),
-        line,
-        column,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

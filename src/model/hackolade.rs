@@ -45,7 +45,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::json::{self, Object, Value};
+use super::json::{self, Object, Value, contains, skip_whitespace};
 use super::{Attribute, Container, Entity, Model, ParseError, Parsed, Relationship, View};
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -132,7 +132,7 @@ fn parse_json<'a>(
     }
     let value = match json(body) {
         Ok(value) => value,
-        Err(err) if claims => return Parsed::Invalid(json_error(&err)),
+        Err(err) if claims => return Parsed::Invalid(json::error(&err)),
         Err(_) => return Parsed::NotModel,
     };
     match model_root(&value) {
@@ -146,46 +146,11 @@ fn parse_json<'a>(
     }
 }
 
-fn is_json_whitespace(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
-}
-
-fn skip_whitespace(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|&b| !is_json_whitespace(b))
-        .unwrap_or(bytes.len());
-    bytes.get(start..).unwrap_or_default()
-}
-
 /// `{`, optional whitespace, `"modelName"` after optional whitespace (BOM already stripped).
 fn claims_to_be_model(body: &[u8]) -> bool {
     match skip_whitespace(body).strip_prefix(b"{") {
         Some(rest) => skip_whitespace(rest).starts_with(MODEL_NAME_KEY),
         None => false,
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-fn json_error(err: &serde_json::Error) -> ParseError {
-    let full = err.to_string();
-    let (line, column) = if err.line() == 0 {
-        (None, None)
-    } else {
-        (Some(err.line()), Some(err.column()))
-    };
-    let suffix = format!(" at line {} column {}", err.line(), err.column());
-    let message = match full.strip_suffix(&suffix) {
-        Some(stripped) => stripped.to_string(),
-        None => full,
-    };
-    ParseError {
-        message: format!("invalid JSON: {message}"),
-        line,
-        column,
     }
 }
 

@@ -1,5 +1,6 @@
-//! A compact JSON tree for the model parsers: strings borrowed from the file's bytes, objects as short
-//! lists, and only the object keys the parser reads.
+//! JSON for the model parsers: a compact tree (strings borrowed from the file's bytes, objects as short
+//! lists, and only the object keys the parser reads), plus the byte scanning and error mapping every
+//! parser shares.
 //!
 //! Why not `serde_json::Value`: it copies every string and keeps every object in a `BTreeMap`, about
 //! seven times the file's size in memory for a Hackolade model (a 50 MB model took 450 MB of heap). Most
@@ -12,6 +13,8 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::Number;
+
+use super::ParseError;
 
 /// A JSON value whose strings borrow from the parsed bytes where they hold no escapes.
 #[derive(Debug, Clone, PartialEq)]
@@ -220,6 +223,55 @@ impl<'de> Visitor<'de> for KeySeed {
     }
     fn visit_string<E>(self, v: String) -> Result<Cow<'de, str>, E> {
         Ok(Cow::Owned(v))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared by the parsers: byte scanning before parsing, and `serde_json` errors as `ParseError`s.
+
+fn is_json_whitespace(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// `bytes` without leading JSON whitespace.
+pub fn skip_whitespace(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|&b| !is_json_whitespace(b))
+        .unwrap_or(bytes.len());
+    bytes.get(start..).unwrap_or_default()
+}
+
+/// Where `needle` first occurs in `haystack` (`None` for an empty needle).
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Whether `needle` occurs in `haystack` (never for an empty needle).
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    find(haystack, needle).is_some()
+}
+
+/// A `serde_json` error as a [`ParseError`]: "invalid JSON: …" with its line and column apart.
+pub fn error(err: &serde_json::Error) -> ParseError {
+    let full = err.to_string();
+    let (line, column) = if err.line() == 0 {
+        (None, None)
+    } else {
+        (Some(err.line()), Some(err.column()))
+    };
+    let suffix = format!(" at line {} column {}", err.line(), err.column());
+    let message = match full.strip_suffix(&suffix) {
+        Some(stripped) => stripped.to_string(),
+        None => full,
+    };
+    ParseError {
+        message: format!("invalid JSON: {message}"),
+        line,
+        column,
     }
 }
 

@@ -63,6 +63,7 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
+use super::json::{self, contains, find, skip_whitespace};
 use super::{Attribute, Entity, Format, Model, ParseError, Parsed};
 
 /// The JSON Schema format (`*.schema.json`, or JSON with a `$schema`).
@@ -98,7 +99,7 @@ pub fn parse(path: &str, bytes: &[u8]) -> Parsed {
     }
     let node: Node = match serde_json::from_slice(body) {
         Ok(node) => node,
-        Err(err) if claims => return Parsed::Invalid(json_error(&err)),
+        Err(err) if claims => return Parsed::Invalid(json::error(&err)),
         Err(_) => return Parsed::NotModel,
     };
     let Node::Object(root) = node else {
@@ -126,29 +127,6 @@ fn ends_with_ignore_case(text: &str, suffix: &str) -> bool {
         && text
             .get(text.len() - suffix.len()..)
             .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
-}
-
-fn is_json_whitespace(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
-}
-
-fn skip_whitespace(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|&b| !is_json_whitespace(b))
-        .unwrap_or(bytes.len());
-    bytes.get(start..).unwrap_or_default()
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    find(haystack, needle).is_some()
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() {
-        return None;
-    }
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Starts with `{` and has `"$schema": "…json-schema.org…"` within the first [`MARKER_WINDOW`]
@@ -213,25 +191,6 @@ fn type_names(value: &Node) -> Vec<&str> {
             .filter(known)
             .collect(),
         _ => Vec::new(),
-    }
-}
-
-fn json_error(err: &serde_json::Error) -> ParseError {
-    let full = err.to_string();
-    let (line, column) = if err.line() == 0 {
-        (None, None)
-    } else {
-        (Some(err.line()), Some(err.column()))
-    };
-    let suffix = format!(" at line {} column {}", err.line(), err.column());
-    let message = match full.strip_suffix(&suffix) {
-        Some(stripped) => stripped.to_string(),
-        None => full,
-    };
-    ParseError {
-        message: format!("invalid JSON: {message}"),
-        line,
-        column,
     }
 }
 
