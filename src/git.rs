@@ -146,19 +146,101 @@ fn mirror_error(path: &Path, e: git2::Error) -> GitError {
     }
 }
 
-/// Open the bare mirror at `path`, creating it when missing.
-pub fn open_mirror(path: &Path) -> Result<Repository, GitError> {
+/// A bare mirror opened for a poll. This process holds it exclusively while the value lives: an advisory
+/// lock (`flock`) on `modelmirror.flock` inside it, which the kernel releases when the process ends, however it
+/// ends. Derefs to the libgit2 repository.
+pub struct Mirror {
+    repo: Repository,
+    /// Held, never read: dropping it unlocks the mirror.
+    _lock: std::fs::File,
+}
+
+impl std::ops::Deref for Mirror {
+    type Target = Repository;
+    fn deref(&self) -> &Repository {
+        &self.repo
+    }
+}
+
+/// The file whose advisory lock says "a modelmirror process is using this mirror".
+const MIRROR_LOCK: &str = "modelmirror.flock";
+
+/// Open the bare mirror at `path` for a poll, creating it when missing.
+///
+/// Another modelmirror process using it (a `modelmirror sync` beside the service) gives
+/// [`GitError::MirrorBusy`]. Once the lock is held nobody else can be writing the mirror, so what a process
+/// killed mid-update left behind is removed (see [`remove_leftovers`]): libgit2 would otherwise refuse every
+/// later update because of a stale `config.lock`, or keep a half-received pack forever.
+pub fn open_mirror(path: &Path) -> Result<Mirror, GitError> {
     let mirror_err = |e: git2::Error| mirror_error(path, e);
-    if path.join("HEAD").exists() {
-        return Repository::open_bare(path).map_err(mirror_err);
+    let io_err = |what: &str, e: std::io::Error| GitError::Mirror {
+        path: path.to_path_buf(),
+        message: format!("{what}: {e}"),
+    };
+    std::fs::create_dir_all(path).map_err(|e| io_err("cannot create folder", e))?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.join(MIRROR_LOCK))
+        .map_err(|e| io_err(&format!("cannot open {MIRROR_LOCK}"), e))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(GitError::MirrorBusy {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(io_err(&format!("cannot lock {MIRROR_LOCK}"), e));
+        }
     }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| GitError::Mirror {
-            path: path.to_path_buf(),
-            message: format!("cannot create folder: {e}"),
-        })?;
+    remove_leftovers(path);
+    let repo = if path.join("HEAD").exists() {
+        Repository::open_bare(path).map_err(mirror_err)?
+    } else {
+        Repository::init_bare(path).map_err(mirror_err)?
+    };
+    Ok(Mirror { repo, _lock: lock })
+}
+
+/// Remove what an update interrupted by a crash or `kill -9` leaves in a mirror: lock files (`config.lock`,
+/// `HEAD.lock`, `packed-refs.lock`, `refs/**/*.lock`, `objects/pack/*.lock`) and libgit2's temporary packs
+/// (`objects/pack/pack_git2_*`). Only called while holding the mirror's lock. Failures are logged, not fatal:
+/// libgit2 then reports the lock itself.
+fn remove_leftovers(path: &Path) {
+    fn is_leftover(name: &str) -> bool {
+        name.ends_with(".lock") || name.starts_with("pack_git2_")
     }
-    Repository::init_bare(path).map_err(mirror_err)
+    let mut dirs = vec![path.to_path_buf(), path.join("objects/pack")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let file = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                // Only the refs hierarchy is walked down; the mirror's top level holds no lock folders.
+                if file.starts_with(path.join("refs")) {
+                    dirs.push(file);
+                }
+                continue;
+            }
+            if !entry.file_name().to_str().is_some_and(is_leftover) {
+                continue;
+            }
+            match std::fs::remove_file(&file) {
+                Ok(()) => tracing::warn!(
+                    "removed {} left in the local mirror by a modelmirror process that stopped mid-update",
+                    file.display()
+                ),
+                Err(e) => tracing::warn!("cannot remove {}: {e}", file.display()),
+            }
+        }
+    }
 }
 
 /// List the remote's refs and, in the same connection, fetch its HEAD commit only if the mirror lacks it.
@@ -958,6 +1040,27 @@ mod tests {
             .expect("git runs");
         assert!(out.status.success(), "git {args:?}: {out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn a_mirror_is_held_by_one_user_at_a_time_and_leftovers_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.git");
+        let held = open_mirror(&path).unwrap();
+        // A second open, even in this process (flock locks belong to the open file), is refused.
+        assert!(matches!(
+            open_mirror(&path),
+            Err(GitError::MirrorBusy { .. })
+        ));
+        std::fs::write(path.join("HEAD.lock"), b"").unwrap();
+        std::fs::write(path.join("refs/heads/x.lock"), b"").unwrap();
+        std::fs::write(path.join("description.keep"), b"").unwrap();
+        drop(held);
+        let _again = open_mirror(&path).unwrap();
+        assert!(!path.join("HEAD.lock").exists());
+        assert!(!path.join("refs/heads/x.lock").exists());
+        assert!(path.join("description.keep").exists(), "only leftovers go");
+        assert!(path.join(MIRROR_LOCK).exists(), "its own lock file stays");
     }
 
     #[test]

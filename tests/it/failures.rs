@@ -389,25 +389,9 @@ fn a_damaged_blob_in_the_mirror_fails_the_poll_and_loses_nothing() {
     ));
     env.run(&["sync"]).ok();
     let first = git(&bare, &["rev-parse", "main"]).trim().to_string();
-    // The next commit adds 30 copies of one model: the same blob, already in the mirror, so it is not
-    // fetched again.
-    let work = env.path().join("work");
-    git(
-        env.path(),
-        &["clone", "-q", &bare.to_string_lossy(), "work"],
-    );
-    for i in 0..30 {
-        std::fs::copy(
-            work.join("m0003.hck.json"),
-            work.join(format!("copy{i:02}.hck.json")),
-        )
-        .unwrap();
-    }
-    commit_all(&work, "copies");
-    let blob = git(&bare, &["rev-parse", "main:m0003.hck.json"])
-        .trim()
-        .to_string();
-    // Damage that blob's bytes in the mirror's pack.
+    // Damage, in the mirror's pack, the bytes of a model blob stored whole (not as a delta: a damaged delta can
+    // inflate to a plausible-looking header, and the test must not depend on the deltas `git pack-objects`
+    // chose on this machine). Only the compressed data is overwritten; the entry's header stays readable.
     let mirror = env.path().join("state/mirrors/g/big.git");
     let pack_dir = mirror.join("objects/pack");
     let idx = std::fs::read_dir(&pack_dir)
@@ -415,30 +399,51 @@ fn a_damaged_blob_in_the_mirror_fails_the_poll_and_loses_nothing() {
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|x| x == "idx"))
         .unwrap();
-    let listing = Command::new("git")
-        .arg("show-index")
-        .stdin(std::fs::File::open(&idx).unwrap())
-        .output()
-        .unwrap();
-    let mut offsets: Vec<(u64, String)> = String::from_utf8_lossy(&listing.stdout)
+    // `verify-pack -v`: "<id> <type> <size> <size in pack> <offset>", then "<depth> <base>" for a delta.
+    let listing = git(&mirror, &["verify-pack", "-v", &idx.to_string_lossy()]);
+    let whole: std::collections::HashMap<String, (usize, usize)> = listing
         .lines()
-        .map(|l| {
-            let mut parts = l.split_whitespace();
-            (
-                parts.next().unwrap().parse().unwrap(),
-                parts.next().unwrap().to_string(),
-            )
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 5 && f[1] == "blob").then(|| {
+                (
+                    f[0].to_string(),
+                    (f[4].parse().unwrap(), f[3].parse().unwrap()),
+                )
+            })
         })
         .collect();
-    offsets.sort();
-    let at = offsets.iter().position(|(_, id)| *id == blob).unwrap();
+    let (file, blob) = git(&bare, &["ls-tree", "main"])
+        .lines()
+        .filter_map(|l| {
+            let (meta, name) = l.split_once('\t')?;
+            let id = meta.split_whitespace().nth(2)?;
+            (name.ends_with(".hck.json") && whole.contains_key(id))
+                .then(|| (name.to_string(), id.to_string()))
+        })
+        .next()
+        .expect("a model stored whole in the pack");
+    let (offset, in_pack) = whole[&blob];
+    // The next commit adds 30 copies of that model: the same blob, already in the mirror, so it is not
+    // fetched again.
+    let work = env.path().join("work");
+    git(
+        env.path(),
+        &["clone", "-q", &bare.to_string_lossy(), "work"],
+    );
+    for i in 0..30 {
+        std::fs::copy(work.join(&file), work.join(format!("copy{i:02}.hck.json"))).unwrap();
+    }
+    commit_all(&work, "copies");
     let pack = idx.with_extension("pack");
     let mut bytes = std::fs::read(&pack).unwrap();
-    let start = usize::try_from(offsets[at].0).unwrap();
-    let end = offsets
-        .get(at + 1)
-        .map_or(bytes.len() - 20, |(o, _)| usize::try_from(*o).unwrap());
-    for b in &mut bytes[start + 4..end - 2] {
+    // The entry's header: type and size, 7 bits per byte while the top bit is set.
+    let mut data = offset;
+    while bytes[data] & 0x80 != 0 {
+        data += 1;
+    }
+    data += 1;
+    for b in &mut bytes[data + 2..offset + in_pack - 2] {
         *b = 0x5a;
     }
     std::fs::set_permissions(&pack, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -476,4 +481,75 @@ fn a_damaged_blob_in_the_mirror_fails_the_poll_and_loses_nothing() {
     let head = git(&bare, &["rev-parse", "main"]).trim().to_string();
     let db = env.db();
     assert_catalog_is(&bare, &db, "g/big", &head, u64::MAX);
+}
+
+/// What a `kill -9` in the middle of an update leaves in a mirror does not stop it for good: a stale
+/// `config.lock` (seen when the first clone was killed while libgit2 wrote the mirror's settings: every later
+/// poll then said "being updated by another process" and was never retried as an error), a branch's `.lock`,
+/// a half-received pack. While another modelmirror process really is using the mirror, the poll leaves
+/// everything as it is and says so; once that process is gone, the next poll removes the leftovers and syncs.
+#[test]
+fn leftovers_of_a_killed_update_do_not_block_the_mirror() {
+    let env = Env::new(Auth::None);
+    let bare = env.srv("t/r.git");
+    many_models(&bare, 3);
+    env.write_config(&format!(
+        "[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"t/r.git\"]\n",
+        env.server.url()
+    ));
+    env.run(&["sync"]).ok();
+    let first = git(&bare, &["rev-parse", "main"]).trim().to_string();
+    let work = env.path().join("work");
+    git(
+        env.path(),
+        &["clone", "-q", &bare.to_string_lossy(), "work"],
+    );
+    std::fs::copy(work.join("m0000.hck.json"), work.join("copy.hck.json")).unwrap();
+    commit_all(&work, "a copy");
+    let second = git(&bare, &["rev-parse", "main"]).trim().to_string();
+
+    let mirror = env.path().join("state/mirrors/g/t/r.git");
+    let leftovers = [
+        mirror.join("config.lock"),
+        mirror.join("refs/heads/main.lock"),
+        mirror.join("objects/pack/pack_git2_0123456789abcdef"),
+    ];
+    for f in &leftovers {
+        std::fs::write(f, b"left by a killed process").unwrap();
+    }
+    // Another process holds the mirror: nothing is touched.
+    let holder = std::fs::File::create(mirror.join("modelmirror.flock")).unwrap();
+    holder.lock().unwrap();
+    let out = env.run(&["sync"]);
+    assert!(
+        out.stdout
+            .contains("being updated by another modelmirror process"),
+        "{out:?}"
+    );
+    for f in &leftovers {
+        assert!(
+            f.exists(),
+            "{} removed while the mirror was in use",
+            f.display()
+        );
+    }
+    assert_eq!(
+        processed_commit(&env.db(), "g/t/r").as_deref(),
+        Some(first.as_str())
+    );
+    // That process is gone (the kernel drops its lock): the leftovers are stale, and go.
+    drop(holder);
+    let out = env.run(&["sync"]).ok();
+    assert!(out.stdout.starts_with("g/t/r updated"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("stopped mid-update") && out.stderr.contains("config.lock"),
+        "says what it removed: {}",
+        out.stderr
+    );
+    for f in &leftovers {
+        assert!(!f.exists(), "{} still there", f.display());
+    }
+    let db = env.db();
+    assert_integrity(&db);
+    assert_catalog_is(&bare, &db, "g/t/r", &second, u64::MAX);
 }
