@@ -338,8 +338,52 @@ pub struct Store {
     conn: Mutex<Connection>,
     /// How many days polls and deliveries are kept (`events_retention_days`).
     retention_days: std::sync::atomic::AtomicU32,
-    /// The threads waiting for `conn` now: a poll waiting for another's long commit is not stuck.
-    waiting: Mutex<Vec<std::thread::ThreadId>>,
+    /// Whose turn it is to use `conn`. Turns are served first come, first served: `std`'s mutex lets the
+    /// thread that just unlocked take it straight back, so a history replay (a commit per transaction,
+    /// back to back) would keep every other poll waiting until it ends.
+    turns: Mutex<Turns>,
+    /// Signalled when a turn ends.
+    turn_ended: std::sync::Condvar,
+}
+
+/// The writer connection's queue: tickets handed out, the one being served, and who waits (a poll
+/// waiting for another's long commit is not stuck).
+#[derive(Default)]
+struct Turns {
+    next: u64,
+    serving: u64,
+    waiting: Vec<std::thread::ThreadId>,
+}
+
+/// The writer connection, held for one turn; the next ticket is served when it drops (a panic included).
+struct Writer<'a> {
+    store: &'a Store,
+    /// Always `Some` until dropped.
+    conn: Option<std::sync::MutexGuard<'a, Connection>>,
+}
+
+impl std::ops::Deref for Writer<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_deref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Writer<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.conn.as_deref_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        // The connection first, so the next turn finds it free.
+        drop(self.conn.take());
+        let mut turns = self.store.turns.lock().unwrap_or_else(|p| p.into_inner());
+        turns.serving += 1;
+        drop(turns);
+        self.store.turn_ended.notify_all();
+    }
 }
 
 /// What the catalog holds for a repository, as the next poll needs it.
@@ -680,7 +724,8 @@ impl Store {
         Ok(Store {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
-            waiting: Mutex::new(Vec::new()),
+            turns: Mutex::new(Turns::default()),
+            turn_ended: std::sync::Condvar::new(),
             retention_days: std::sync::atomic::AtomicU32::new(
                 crate::config::DEFAULT_EVENTS_RETENTION_DAYS,
             ),
@@ -805,32 +850,39 @@ impl Store {
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave a transaction open (rusqlite rolls back on drop),
-        // so a poisoned lock is still safe to use.
-        match self.conn.try_lock() {
-            Ok(guard) => return guard,
-            Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {}
+    /// The writer connection, when its turn comes (first come, first served).
+    fn lock(&self) -> Writer<'_> {
+        // A panic while holding the connection cannot leave a transaction open (rusqlite rolls back on
+        // drop), so a poisoned lock is still safe to use.
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = turns.next;
+        turns.next += 1;
+        if turns.serving != mine {
+            let me = std::thread::current().id();
+            turns.waiting.push(me);
+            while turns.serving != mine {
+                turns = self
+                    .turn_ended
+                    .wait(turns)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            if let Some(i) = turns.waiting.iter().position(|t| *t == me) {
+                turns.waiting.swap_remove(i);
+            }
         }
-        let me = std::thread::current().id();
-        self.waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(me);
-        let guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = waiting.iter().position(|t| *t == me) {
-            waiting.swap_remove(i);
+        drop(turns);
+        Writer {
+            store: self,
+            conn: Some(self.conn.lock().unwrap_or_else(|p| p.into_inner())),
         }
-        guard
     }
 
     /// Whether `thread` is waiting for the writer connection (held by another thread's commit).
     pub fn is_waiting(&self, thread: std::thread::ThreadId) -> bool {
-        self.waiting
+        self.turns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .waiting
             .contains(&thread)
     }
 
@@ -1882,6 +1934,53 @@ fn insert_content(tx: &Transaction<'_>, model_id: i64, m: &Model) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A thread taking the writer back to back (a history replay: a transaction per commit) does not keep
+    /// another waiting: once the other has queued, it gets the next turn.
+    #[test]
+    fn the_writer_is_served_first_come_first_served() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let (store, turns, stop) = (&store, &AtomicU64::new(0), &AtomicBool::new(false));
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let conn = store.lock();
+                    conn.execute_batch("SELECT 1").unwrap();
+                    turns.fetch_add(1, Ordering::SeqCst);
+                    drop(conn);
+                }
+            });
+            while turns.load(Ordering::SeqCst) < 100 {
+                std::thread::yield_now();
+            }
+            for _ in 0..20 {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let waiter = s.spawn(move || {
+                    tx.send(std::thread::current().id()).unwrap();
+                    let _conn = store.lock();
+                    turns.load(Ordering::SeqCst)
+                });
+                let id = rx.recv().unwrap();
+                // The replayer's turns once the waiter is seen in the queue (at most one more may end: the
+                // one under way when it queued).
+                let queued_at = loop {
+                    if store.is_waiting(id) || waiter.is_finished() {
+                        break turns.load(Ordering::SeqCst);
+                    }
+                    std::thread::yield_now();
+                };
+                let served_at = waiter.join().unwrap();
+                assert!(
+                    served_at <= queued_at + 1,
+                    "the waiter was served after {} more turns of the other thread",
+                    served_at.saturating_sub(queued_at)
+                );
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
 
     fn commit(id: &str) -> CommitInfo {
         CommitInfo {

@@ -375,6 +375,67 @@ fn full_then_recover(
     assert_catalog_is(&bare, &db, "g/t/r", &second, 64 << 20);
 }
 
+/// `database_max_bytes` set below what the database already holds: nothing is lost, the start says the
+/// database will not grow and what to do, polls that write nothing new still succeed, and a commit that needs
+/// room fails like a full disk until the cap is raised.
+#[test]
+fn database_max_bytes_below_the_current_size_keeps_the_data_and_says_so() {
+    let env = Env::new(Auth::None);
+    let bare = env.srv("big.git");
+    many_models(&bare, 200);
+    let config = |top: &str| {
+        env.write_config(&format!(
+            "{top}[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"big.git\"]\n",
+            env.server.url()
+        ))
+    };
+    config("");
+    env.run(&["sync"]).ok();
+    let first = git(&bare, &["rev-parse", "main"]).trim().to_string();
+    let size = std::fs::metadata(env.db_path()).unwrap().len();
+    assert!(
+        size > 1 << 20,
+        "the import made the database bigger than the cap: {size}"
+    );
+    config("database_max_bytes = 1048576\n");
+    let out = env.run(&["sync"]);
+    assert_eq!(out.code, 0, "an unchanged poll needs no room: {out:?}");
+    assert!(
+        out.stderr
+            .contains("more than database_max_bytes (1048576)")
+            && out.stderr.contains("raise database_max_bytes"),
+        "says so at start: {}",
+        out.stderr
+    );
+    let work = env.path().join("work");
+    git(
+        env.path(),
+        &["clone", "-q", &bare.to_string_lossy(), "work"],
+    );
+    for i in 0..100 {
+        let text = std::fs::read_to_string(work.join(format!("m{i:04}.hck.json"))).unwrap();
+        std::fs::write(
+            work.join(format!("n{i:04}.hck.json")),
+            text.replacen("\"modelName\": \"", "\"modelName\": \"new ", 1),
+        )
+        .unwrap();
+    }
+    let second = commit_all(&work, "100 more models");
+    let out = env.run(&["sync"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("database_max_bytes"), "{}", out.stderr);
+    {
+        let db = env.db();
+        assert_integrity(&db);
+        assert_catalog_is(&bare, &db, "g/big", &first, u64::MAX);
+    }
+    config("");
+    env.run(&["sync"]).ok();
+    let db = env.db();
+    assert_integrity(&db);
+    assert_catalog_is(&bare, &db, "g/big", &second, u64::MAX);
+}
+
 /// A blob already in the mirror is damaged on disk (here: bytes of its compressed data overwritten), and a
 /// new commit with many files needs it. The poll fails with an error that names the repository and the blob
 /// and says what to do; the catalog keeps the previous commit; following that advice repairs it.
