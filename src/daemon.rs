@@ -5,7 +5,10 @@
 //! tokio-cron-scheduler): each loop computes its next firing from the wall clock every time, so a busy process
 //! can delay a poll but never stop a schedule. The loop of a repository runs its polls one after another, so
 //! they cannot overlap; a semaphore bounds how many polls run at once across repositories. A failing
-//! repository backs off exponentially, capped at 8 × its schedule period, and never affects the others.
+//! repository backs off exponentially, capped at 8 × its schedule period, and never affects the others. When
+//! its server could not be reached at all, each regular firing during the back-off checks whether the server
+//! accepts a TCP connection again, and polls at once if it does: back-off spares a failing server the
+//! requests, not the repository the time to catch up.
 //!
 //! The supervisor loop in [`run`] owns the set of repository loops and discovery loops. It is also what pings
 //! the systemd watchdog and keeps `STATUS=` current, on its own tick: a stuck supervisor is restarted by
@@ -693,12 +696,46 @@ async fn repo_loop(
     // The startup poll is spread too, but over a few seconds at most.
     let mut wait = offset.min(Duration::from_secs(5));
     let mut trigger = Trigger::Startup;
+    // Backing off from a server that could not be reached at all: where to check, at each regular firing,
+    // whether it accepts connections again (then the poll runs at once instead of at the back-off's end).
+    let mut probe: Option<(String, u16)> = None;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = nudge.wait() => trigger = Trigger::Webhook,
-            _ = stop.changed() => return,
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let step = match &probe {
+                Some(_) => next_wait(&repo, offset)
+                    .max(Duration::from_millis(100))
+                    .min(left),
+                None => left,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(step) => {}
+                _ = nudge.wait() => {
+                    trigger = Trigger::Webhook;
+                    break;
+                }
+                _ = stop.changed() => return,
+            }
+            if tokio::time::Instant::now() >= until {
+                break;
+            }
+            if let Some((host, port)) = &probe {
+                let timeout = shared
+                    .config()
+                    .provider(&repo)
+                    .map_or(Duration::from_secs(15), |p| p.connect_timeout);
+                let back = tokio::select! {
+                    ok = accepts_connections(host, *port, timeout) => ok,
+                    _ = stop.changed() => return,
+                };
+                if back {
+                    tracing::info!(repo = %repo.id, "{host}:{port} accepts connections again: polling now");
+                    break;
+                }
+            }
         }
+        probe = None;
         let repo_lock = shared.repo_lock(&repo.id);
         let _running = tokio::select! {
             g = repo_lock.lock_owned() => g,
@@ -738,6 +775,11 @@ async fn repo_loop(
             tracing::warn!(repo = %repo.id, "the poll reported stuck has ended after all");
         }
         drop(permit);
+        if let Ok((Err(e), _)) = &joined
+            && e.is_unreachable()
+        {
+            probe = probe_target(&shared.config(), &repo);
+        }
         let failures = match joined {
             Ok((Ok(outcome), _)) => {
                 if let PollOutcome::Updated { .. } = outcome {
@@ -777,6 +819,36 @@ async fn repo_loop(
             next_wait(&repo, offset)
         };
     }
+}
+
+/// Where to check whether an unreachable git server is back: its host and port, unless a proxy may stand
+/// in between (then a direct connection says nothing, and the back-off runs its course). ssh never goes
+/// through a proxy.
+fn probe_target(config: &Config, repo: &RepoConfig) -> Option<(String, u16)> {
+    let ssh = !repo.url.starts_with("http://") && !repo.url.starts_with("https://");
+    let proxied = config.provider(repo).is_some_and(|p| p.proxy.is_some())
+        || [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+    if proxied && !ssh {
+        return None;
+    }
+    crate::git::endpoint(&repo.url)
+}
+
+/// Whether `host:port` accepts a TCP connection within `timeout` (closed at once; nothing is sent).
+/// Asynchronous, so hundreds of repositories on one dead server cost no threads.
+async fn accepts_connections(host: &str, port: u16, timeout: Duration) -> bool {
+    tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port)))
+        .await
+        .is_ok_and(|connected| connected.is_ok())
 }
 
 /// Time until the schedule's next firing after now, plus the repository's offset.

@@ -41,6 +41,12 @@ pub enum GitError {
     NotFound { url: String },
     #[error("cannot fetch from {url}: {message}")]
     Remote { url: String, message: String },
+    /// No connection could be made at all (refused, timed out, name not resolved): the server is down or
+    /// cut off. The daemon backs off, and polls again as soon as the server accepts connections.
+    #[error(
+        "cannot reach {url}: {message} (the server is down or unreachable from here; polls back off, and resume as soon as it accepts connections again)"
+    )]
+    Unreachable { url: String, message: String },
     #[error("ssh host key of {host} is not accepted: {message}")]
     HostKey { host: String, message: String },
     #[error("the transfer from {url} was cancelled")]
@@ -515,10 +521,36 @@ fn classify(url: &str, e: &git2::Error) -> GitError {
             auth: "the configured credentials".into(),
         };
     }
+    // libgit2's socket stream: "failed to connect to HOST: …" (refused, timed out), "failed to resolve
+    // address for HOST: …". A proxy that cannot reach the server answers instead, so this is never seen then.
+    if lower.starts_with("failed to connect to") || lower.starts_with("failed to resolve address") {
+        return GitError::Unreachable {
+            url: url.into(),
+            message,
+        };
+    }
     GitError::Remote {
         url: url.into(),
         message: crate::provider::api::with_tls_hint(message),
     }
+}
+
+/// The host and port a git URL connects to (`https://`, `http://`, `ssh://`, and scp-like `user@host:path`),
+/// or `None` for anything else (a local path, `file://`).
+pub fn endpoint(url: &str) -> Option<(String, u16)> {
+    if let Ok(parsed) = url::Url::parse(url) {
+        let port = match parsed.scheme() {
+            "http" | "https" => parsed.port_or_known_default()?,
+            "ssh" => parsed.port().unwrap_or(22),
+            _ => return None,
+        };
+        let host = parsed.host_str()?.trim_matches(['[', ']']).to_string();
+        return Some((host, port));
+    }
+    // scp-like: [user@]host:path
+    let (authority, _) = url.split_once(':')?;
+    let host = authority.rsplit('@').next()?;
+    (!host.is_empty() && !host.contains('/')).then(|| (host.to_string(), ssh_port(url)))
 }
 
 /// The port of an ssh URL (`ssh://host:port/…`; 22 for `user@host:path` and when none is given).
@@ -1040,6 +1072,57 @@ mod tests {
             .expect("git runs");
         assert!(out.status.success(), "git {args:?}: {out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn endpoints_of_git_urls() {
+        let e = |u: &str| endpoint(u).map(|(h, p)| format!("{h}:{p}"));
+        assert_eq!(
+            e("https://gitlab.example.com/g/r.git").as_deref(),
+            Some("gitlab.example.com:443")
+        );
+        assert_eq!(
+            e("http://127.0.0.1:8080/r.git").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(
+            e("ssh://git@host.example:2222/g/r.git").as_deref(),
+            Some("host.example:2222")
+        );
+        assert_eq!(
+            e("ssh://host.example/g/r.git").as_deref(),
+            Some("host.example:22")
+        );
+        assert_eq!(
+            e("git@bitbucket.org:team/r.git").as_deref(),
+            Some("bitbucket.org:22")
+        );
+        assert_eq!(e("http://[::1]:9/r.git").as_deref(), Some("::1:9"));
+        assert_eq!(e("file:///srv/r.git"), None);
+        assert_eq!(e("/srv/r.git"), None);
+    }
+
+    #[test]
+    fn a_refused_connection_is_unreachable() {
+        // Nothing listens on a port just released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}/r.git");
+        let err = list_remote(&RemoteSpec {
+            url: &url,
+            auth: &GitAuth::None,
+            ssh_key_file: None,
+            known_hosts_file: None,
+            proxy: None,
+            cancel: Arc::new(AtomicBool::new(false)),
+            alive: None,
+        })
+        .unwrap_err();
+        assert!(matches!(err, GitError::Unreachable { .. }), "{err:?}");
+        assert!(err.to_string().contains(&url), "{err}");
     }
 
     #[test]

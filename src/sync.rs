@@ -53,6 +53,20 @@ pub enum SyncError {
     Internal { repo: String, message: String },
 }
 
+impl SyncError {
+    /// No connection to the git server could be made at all (it is down or cut off), as opposed to a
+    /// server that answered with an error.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            SyncError::Git {
+                source: GitError::Unreachable { .. },
+                ..
+            }
+        )
+    }
+}
+
 /// An error inside a step, before the repository id is attached.
 #[derive(Debug)]
 enum StepError {

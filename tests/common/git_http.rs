@@ -307,6 +307,10 @@ struct Shared {
     stop: AtomicBool,
     /// When set, response bodies are sent at about this many bytes a second (a slow server).
     throttle: Mutex<Option<usize>>,
+    /// When set to `(marker, bytes)`: a pack (`POST …/git-upload-pack`) for a path containing `marker` stops
+    /// after `bytes` of its body, and the connection stays open, silent, until the stall is lifted (a server
+    /// that hangs mid-transfer).
+    stall: Mutex<Option<(String, usize)>>,
 }
 
 /// A git smart-HTTP server that stops when dropped.
@@ -354,11 +358,21 @@ impl GitHttpServer {
         GitHttpServer::start_inner(root, auth, Some(api))
     }
 
+    /// Like [`Self::start`], on a given port: a server that went away coming back where it was.
+    pub fn start_on(root: &Path, auth: Auth, port: u16) -> GitHttpServer {
+        GitHttpServer::start_at(root, auth, None, port)
+    }
+
     fn start_inner(root: &Path, auth: Auth, api: Option<ApiHook>) -> GitHttpServer {
+        GitHttpServer::start_at(root, auth, api, 0)
+    }
+
+    fn start_at(root: &Path, auth: Auth, api: Option<ApiHook>, port: u16) -> GitHttpServer {
         let root = root
             .canonicalize()
             .unwrap_or_else(|e| panic!("git_http: cannot canonicalize {}: {e}", root.display()));
-        let listener = TcpListener::bind("127.0.0.1:0").expect("git_http: cannot bind 127.0.0.1:0");
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("git_http: cannot bind 127.0.0.1:{port}: {e}"));
         let addr = listener
             .local_addr()
             .expect("git_http: listener has no local address");
@@ -370,6 +384,7 @@ impl GitHttpServer {
             log: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
             throttle: Mutex::new(None),
+            stall: Mutex::new(None),
         });
         let accept_shared = Arc::clone(&shared);
         let accept_thread = thread::Builder::new()
@@ -441,6 +456,12 @@ impl GitHttpServer {
     /// Send response bodies at about `bytes_per_sec` (None: full speed).
     pub fn set_throttle(&self, bytes_per_sec: Option<usize>) {
         *lock(&self.shared.throttle) = bytes_per_sec;
+    }
+
+    /// Make packs for paths containing `marker` hang after `after_bytes` of their body (`None`: lift it;
+    /// the hanging connections are then closed).
+    pub fn set_stall(&self, stall: Option<(&str, usize)>) {
+        *lock(&self.shared.stall) = stall.map(|(m, n)| (m.to_string(), n));
     }
 
     pub fn clear_log(&self) {
@@ -619,6 +640,13 @@ fn handle_connection(shared: &Shared, stream: TcpStream) {
     lock(&shared.log).push(entry);
     let is_head = head.method.eq_ignore_ascii_case("HEAD");
     let throttle = *lock(&shared.throttle);
+    let stall = lock(&shared.stall)
+        .clone()
+        .filter(|(marker, _)| entry_is_pack(&head) && head.path.contains(marker.as_str()));
+    if let Some((marker, after)) = stall {
+        write_then_hang(shared, &mut writer, &response, &marker, after);
+        return;
+    }
     let written = match throttle {
         Some(rate) if !is_head => write_response_slowly(&mut writer, &response, rate),
         _ => write_response(&mut writer, &response, is_head),
@@ -893,6 +921,49 @@ fn parse_cgi_output(output: &[u8]) -> Option<Response> {
         headers,
         body: output[body_start..].to_vec(),
     })
+}
+
+fn entry_is_pack(head: &RequestHead) -> bool {
+    head.method == "POST" && head.path.ends_with("/git-upload-pack")
+}
+
+/// Send the head and the first `after` bytes of the body, then nothing while the stall for `marker` lasts
+/// (at most `IO_TIMEOUT`); then drop the connection without the rest.
+fn write_then_hang(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    resp: &Response,
+    marker: &str,
+    after: usize,
+) {
+    let mut head = Vec::new();
+    let _ = write!(head, "HTTP/1.1 {} {}\r\n", resp.status, resp.reason);
+    for (name, value) in &resp.headers {
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
+    let _ = write!(
+        head,
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        resp.body.len()
+    );
+    head.extend_from_slice(&resp.body[..after.min(resp.body.len())]);
+    if stream
+        .write_all(&head)
+        .and_then(|()| stream.flush())
+        .is_err()
+    {
+        return;
+    }
+    let started = std::time::Instant::now();
+    while started.elapsed() < IO_TIMEOUT
+        && !shared.stop.load(Ordering::SeqCst)
+        && lock(&shared.stall)
+            .as_ref()
+            .is_some_and(|(m, _)| m == marker)
+    {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = stream.shutdown(Shutdown::Both);
 }
 
 /// Send a response at about `rate` bytes a second, in small pieces (a slow or stalling server).

@@ -222,3 +222,190 @@ fn sigterm_during_a_long_import_stops_cleanly() {
     );
     assert_catalog_is(&bare, &db, "g/busy/history", &commit, u64::MAX);
 }
+
+/// Wait until `cond` holds, at most `secs` seconds.
+fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The repository's processed commit (`None` before its first import).
+fn current(env: &Env, repo: &str) -> Option<String> {
+    if !env.db_path().exists() {
+        return None;
+    }
+    env.db()
+        .query_row("SELECT commit_id FROM repos WHERE id = ?1", [repo], |r| {
+            r.get(0)
+        })
+        .ok()
+        .flatten()
+}
+
+/// The repository's row in `status --json`.
+fn status_of(env: &Env, repo: &str) -> serde_json::Value {
+    let status = env.run(&["status", "--json"]).ok().json();
+    status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["repo"] == repo)
+        .unwrap_or_else(|| panic!("{repo} in status: {status}"))
+        .clone()
+}
+
+/// The git server of one provider goes away (its port refuses connections) for about 9 s while a commit is
+/// pushed: the error is recorded and says what happened, polls back off (fewer than the schedule's), the
+/// other provider's repositories keep syncing, and once the server is back the repository is current
+/// within about one schedule period, not at the end of the back-off (8 periods by then): at each regular
+/// firing the daemon checks whether the server accepts connections again.
+#[test]
+fn the_git_server_goes_away_and_comes_back() {
+    let env = Env::new(Auth::None);
+    small_repos(&env, 2);
+    let (_, work) = env.new_repo("away/r.git");
+    let models = fixtures().join("models/books");
+    std::fs::copy(
+        models.join("MongoDB__Figure 006 - Subtyping.hck.json"),
+        work.join("first.hck.json"),
+    )
+    .unwrap();
+    commit_all(&work, "first");
+    let srv = env.path().join("srv");
+    let away = crate::git_http::GitHttpServer::start(&srv, Auth::None);
+    let port = away.port();
+    env.write_config(&format!(
+        "schedule = \"* * * * * *\"\n[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"small/r0.git\", \"small/r1.git\"]\n[providers.h]\nkind = \"git\"\nurl = {:?}\nrepos = [\"away/r.git\"]\n",
+        env.server.url(),
+        away.url()
+    ));
+    let mut child = start(&env);
+    wait_until("the first import", 20, || {
+        current(&env, "h/away/r").is_some()
+    });
+
+    drop(away);
+    let down_at = chrono::Utc::now().timestamp_millis();
+    std::fs::copy(
+        models.join("MongoDB__Figure 006 - Subtyping.hck.json"),
+        work.join("second.hck.json"),
+    )
+    .unwrap();
+    let second = commit_all(&work, "second, pushed while the server is away");
+    std::thread::sleep(Duration::from_secs(9));
+
+    let row = status_of(&env, "h/away/r");
+    let error = row["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("cannot reach") && error.contains(&format!("127.0.0.1:{port}")),
+        "the error says the server cannot be reached: {row}"
+    );
+    let during = polls(&env);
+    let failed: Vec<_> = during
+        .iter()
+        .filter(|p| p.0 == "h/away/r" && p.1 >= down_at)
+        .collect();
+    assert!(failed.iter().all(|p| p.3 == "error"), "{failed:?}");
+    // A 1 s schedule fires 9 times; backing off (1, 2, 4, 8 s) polls about 4 times.
+    assert!(
+        (2..=5).contains(&failed.len()),
+        "{} polls of the unreachable repository in 9 s",
+        failed.len()
+    );
+    for r in ["g/small/r0", "g/small/r1"] {
+        let n = during
+            .iter()
+            .filter(|p| p.0 == r && p.1 >= down_at && p.3 != "error")
+            .count();
+        assert!(
+            n >= 6,
+            "{r} polled {n} times while the other server was away"
+        );
+    }
+
+    let _back = crate::git_http::GitHttpServer::start_on(&srv, Auth::None, port);
+    let back_at = Instant::now();
+    wait_until("the repository to catch up", 20, || {
+        current(&env, "h/away/r").as_deref() == Some(second.as_str())
+    });
+    let took = back_at.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "current {took:?} after the server returned (schedule: 1 s; the back-off alone would wait up to 8 s)"
+    );
+    assert!(status_of(&env, "h/away/r")["last_error"].is_null());
+    signal(&child, libc::SIGTERM);
+    assert!(wait_with_deadline(&mut child, 10).success());
+    let db = env.db();
+    assert_integrity(&db);
+    assert_catalog_is(&env.srv("away/r.git"), &db, "h/away/r", &second, u64::MAX);
+}
+
+/// A server that stops sending in the middle of a pack: with `read_timeout = 2` the poll ends with an error
+/// after about 2 s instead of hanging, its slot (`concurrency = 1`) goes to the other repositories, and once
+/// the server answers again the repository is imported.
+#[test]
+fn a_stalled_transfer_times_out_and_frees_its_slot() {
+    let env = Env::new(Auth::None);
+    small_repos(&env, 2);
+    let bare = env.srv("stall/history.git");
+    synthetic_history(&bare, 30, 24, 4);
+    let head = git(&bare, &["rev-parse", "main"]).trim().to_string();
+    env.server.set_stall(Some(("/stall/", 4096)));
+    env.write_config(&format!(
+        "schedule = \"* * * * * *\"\nconcurrency = 1\n[providers.g]\nkind = \"git\"\nurl = {:?}\nread_timeout = 2\nrepos = [\"stall/history.git\", \"small/r0.git\", \"small/r1.git\"]\n",
+        env.server.url()
+    ));
+    let mut child = start(&env);
+    wait_until("the stalled poll to fail", 30, || {
+        env.db_path().exists()
+            && polls(&env)
+                .iter()
+                .any(|p| p.0 == "g/stall/history" && p.3 == "error")
+    });
+    // Let the others run for a while, then look.
+    std::thread::sleep(Duration::from_secs(3));
+    let all = polls(&env);
+    let stalled = all
+        .iter()
+        .find(|p| p.0 == "g/stall/history" && p.3 == "error")
+        .unwrap()
+        .clone();
+    let took = stalled.2 - stalled.1;
+    assert!(
+        (1_500..15_000).contains(&took),
+        "the stalled poll ended after {took} ms (read_timeout = 2 s)"
+    );
+    let error = status_of(&env, "g/stall/history")["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("g/stall/history") || error.contains("stall/history.git"),
+        "names the repository: {error}"
+    );
+    assert!(error.contains("timed out"), "says it timed out: {error}");
+    for r in ["g/small/r0", "g/small/r1"] {
+        let mine: Vec<_> = all.iter().filter(|p| p.0 == r).collect();
+        assert!(
+            mine.iter().all(|p| p.2 <= stalled.1 || p.1 >= stalled.2),
+            "{r} was polled while the stalled poll held the only slot: {mine:?} {stalled:?}"
+        );
+        assert!(
+            mine.iter().any(|p| p.1 >= stalled.2),
+            "{r} was not polled after the stalled poll freed the slot: {mine:?}"
+        );
+    }
+    env.server.set_stall(None);
+    wait_until("the import once the server answers", 30, || {
+        current(&env, "g/stall/history").as_deref() == Some(head.as_str())
+    });
+    signal(&child, libc::SIGTERM);
+    assert!(wait_with_deadline(&mut child, 10).success());
+    let db = env.db();
+    assert_integrity(&db);
+    assert_catalog_is(&bare, &db, "g/stall/history", &head, u64::MAX);
+}

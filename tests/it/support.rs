@@ -79,6 +79,17 @@ pub fn bin() -> Command {
     c.env_remove("MODELMIRROR_CONFIG")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null());
+    // The machine's proxy would stand between the daemon and the test servers (tests that want one set it).
+    for v in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        c.env_remove(v);
+    }
     c
 }
 
