@@ -88,6 +88,10 @@ struct Shared {
     /// at start (process-wide: the longest `read_timeout` or `connect_timeout` of any provider; a live
     /// transfer gets data or fails within it) plus `STALL_MARGIN`.
     stall_limit: Duration,
+    /// The git servers being checked for their return right now, by host and port: one check per server at
+    /// a time however many of its repositories back off (resolving a host name takes a blocking thread
+    /// while it lasts).
+    probing: Mutex<std::collections::HashSet<(String, u16)>>,
 }
 
 /// One poll in progress, as the supervisor watches it.
@@ -168,6 +172,39 @@ impl Shared {
         )
     }
 
+    /// Whether the git server at `target` accepts connections again; `false` without checking while
+    /// another repository's check of the same server is under way.
+    async fn server_is_back(&self, target: &(String, u16), timeout: Duration) -> bool {
+        /// Ends the check, however the future ends (a shutdown drops it mid-way).
+        struct Checking<'a>(
+            &'a Mutex<std::collections::HashSet<(String, u16)>>,
+            &'a (String, u16),
+        );
+        impl Drop for Checking<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(self.1);
+            }
+        }
+        if !self
+            .probing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(target.clone())
+        {
+            return false;
+        }
+        let _checking = Checking(&self.probing, target);
+        tokio::time::timeout(
+            timeout,
+            tokio::net::TcpStream::connect((target.0.as_str(), target.1)),
+        )
+        .await
+        .is_ok_and(|connected| connected.is_ok())
+    }
+
     fn repo_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.repo_locks
             .lock()
@@ -220,6 +257,7 @@ pub async fn run(
         permits: Semaphore::new(config.concurrency),
         permit_count: Mutex::new(config.concurrency),
         repo_locks: Mutex::new(HashMap::new()),
+        probing: Mutex::new(std::collections::HashSet::new()),
         config: handle.clone(),
         store: store.clone(),
         cancel: Arc::new(AtomicBool::new(false)),
@@ -720,17 +758,21 @@ async fn repo_loop(
             if tokio::time::Instant::now() >= until {
                 break;
             }
-            if let Some((host, port)) = &probe {
+            if let Some(target) = &probe {
                 let timeout = shared
                     .config()
                     .provider(&repo)
                     .map_or(Duration::from_secs(15), |p| p.connect_timeout);
                 let back = tokio::select! {
-                    ok = accepts_connections(host, *port, timeout) => ok,
+                    back = shared.server_is_back(target, timeout) => back,
+                    _ = nudge.wait() => {
+                        trigger = Trigger::Webhook;
+                        break;
+                    }
                     _ = stop.changed() => return,
                 };
                 if back {
-                    tracing::info!(repo = %repo.id, "{host}:{port} accepts connections again: polling now");
+                    tracing::info!(repo = %repo.id, "{}:{} accepts connections again: polling now", target.0, target.1);
                     break;
                 }
             }
@@ -778,7 +820,9 @@ async fn repo_loop(
         if let Ok((Err(e), _)) = &joined
             && e.is_unreachable()
         {
-            probe = probe_target(&shared.config(), &repo);
+            // The failed connection was made to the server itself (not through a proxy, see
+            // `git::classify`), so a direct connection tells whether it is back.
+            probe = crate::git::endpoint(&repo.url);
         }
         let failures = match joined {
             Ok((Ok(outcome), _)) => {
@@ -819,36 +863,6 @@ async fn repo_loop(
             next_wait(&repo, offset)
         };
     }
-}
-
-/// Where to check whether an unreachable git server is back: its host and port, unless a proxy may stand
-/// in between (then a direct connection says nothing, and the back-off runs its course). ssh never goes
-/// through a proxy.
-fn probe_target(config: &Config, repo: &RepoConfig) -> Option<(String, u16)> {
-    let ssh = !repo.url.starts_with("http://") && !repo.url.starts_with("https://");
-    let proxied = config.provider(repo).is_some_and(|p| p.proxy.is_some())
-        || [
-            "HTTPS_PROXY",
-            "https_proxy",
-            "HTTP_PROXY",
-            "http_proxy",
-            "ALL_PROXY",
-            "all_proxy",
-        ]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
-    if proxied && !ssh {
-        return None;
-    }
-    crate::git::endpoint(&repo.url)
-}
-
-/// Whether `host:port` accepts a TCP connection within `timeout` (closed at once; nothing is sent).
-/// Asynchronous, so hundreds of repositories on one dead server cost no threads.
-async fn accepts_connections(host: &str, port: u16, timeout: Duration) -> bool {
-    tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port)))
-        .await
-        .is_ok_and(|connected| connected.is_ok())
 }
 
 /// Time until the schedule's next firing after now, plus the repository's offset.

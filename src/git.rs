@@ -44,7 +44,7 @@ pub enum GitError {
     /// No connection could be made at all (refused, timed out, name not resolved): the server is down or
     /// cut off. The daemon backs off, and polls again as soon as the server accepts connections.
     #[error(
-        "cannot reach {url}: {message} (the server is down or unreachable from here; polls back off, and resume as soon as it accepts connections again)"
+        "cannot reach {url}: {message} (the server is down, or a firewall or DNS is in the way; the service backs off and polls again as soon as the server accepts connections)"
     )]
     Unreachable { url: String, message: String },
     #[error("ssh host key of {host} is not accepted: {message}")]
@@ -59,6 +59,14 @@ pub enum GitError {
         "local mirror {path} is being updated by another modelmirror process; the next poll retries"
     )]
     MirrorBusy { path: PathBuf },
+    #[error(
+        "cannot lock the local mirror {path}: {message} (the service's user must own that folder and be able to write to it)"
+    )]
+    MirrorLock { path: PathBuf, message: String },
+    #[error(
+        "local mirror {path}: {message} (a lock file left by an interrupted update that modelmirror could not remove: delete that file)"
+    )]
+    StaleLock { path: PathBuf, message: String },
     #[error(
         "reading {what} from the local mirror {path}: {message} (if this repeats, the mirror is damaged: delete that folder and the next poll clones the repository again)"
     )]
@@ -141,9 +149,12 @@ pub enum RemoteHead {
 }
 
 fn mirror_error(path: &Path, e: git2::Error) -> GitError {
+    // Polls hold the mirror's own lock, so a libgit2 lock file in the way is one `remove_leftovers` could
+    // not remove: report it (it would otherwise stop every poll), never take it for a busy mirror.
     if e.code() == git2::ErrorCode::Locked {
-        return GitError::MirrorBusy {
+        return GitError::StaleLock {
             path: path.to_path_buf(),
+            message: e.message().to_string(),
         };
     }
     GitError::Mirror {
@@ -157,8 +168,8 @@ fn mirror_error(path: &Path, e: git2::Error) -> GitError {
 /// ends. Derefs to the libgit2 repository.
 pub struct Mirror {
     repo: Repository,
-    /// Held, never read: dropping it unlocks the mirror.
-    _lock: std::fs::File,
+    /// Held, never read: dropping it unlocks the mirror. `None` where the filesystem has no `flock`.
+    _lock: Option<std::fs::File>,
 }
 
 impl std::ops::Deref for Mirror {
@@ -171,6 +182,45 @@ impl std::ops::Deref for Mirror {
 /// The file whose advisory lock says "a modelmirror process is using this mirror".
 const MIRROR_LOCK: &str = "modelmirror.flock";
 
+/// Take the mirror at `path` (an existing folder) for this process: `Ok(None)` when the filesystem cannot
+/// lock files (some network filesystems), which is logged.
+fn lock_mirror(path: &Path) -> Result<Option<std::fs::File>, GitError> {
+    let lock_err = |what: &str, e: std::io::Error| GitError::MirrorLock {
+        path: path.to_path_buf(),
+        message: format!("{what} {MIRROR_LOCK}: {e}"),
+    };
+    let file = path.join(MIRROR_LOCK);
+    // A lock needs no write access: an existing file (perhaps made by another user) is opened to read.
+    let lock = match std::fs::File::open(&file) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&file)
+            .map_err(|e| lock_err("cannot create", e))?,
+        Err(e) => return Err(lock_err("cannot open", e)),
+    };
+    match lock.try_lock() {
+        Ok(()) => Ok(Some(lock)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(GitError::MirrorBusy {
+            path: path.to_path_buf(),
+        }),
+        // ENOLCK, EOPNOTSUPP: no locks on this filesystem.
+        Err(std::fs::TryLockError::Error(e))
+            if e.kind() == std::io::ErrorKind::Unsupported
+                || matches!(e.raw_os_error(), Some(37 | 95)) =>
+        {
+            tracing::warn!(
+                "{}: the filesystem cannot lock files ({e}); leftovers of an interrupted update are not cleaned up there",
+                path.display()
+            );
+            Ok(None)
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(lock_err("cannot lock", e)),
+    }
+}
+
 /// Open the bare mirror at `path` for a poll, creating it when missing.
 ///
 /// Another modelmirror process using it (a `modelmirror sync` beside the service) gives
@@ -179,35 +229,41 @@ const MIRROR_LOCK: &str = "modelmirror.flock";
 /// later update because of a stale `config.lock`, or keep a half-received pack forever.
 pub fn open_mirror(path: &Path) -> Result<Mirror, GitError> {
     let mirror_err = |e: git2::Error| mirror_error(path, e);
-    let io_err = |what: &str, e: std::io::Error| GitError::Mirror {
+    std::fs::create_dir_all(path).map_err(|e| GitError::Mirror {
         path: path.to_path_buf(),
-        message: format!("{what}: {e}"),
-    };
-    std::fs::create_dir_all(path).map_err(|e| io_err("cannot create folder", e))?;
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path.join(MIRROR_LOCK))
-        .map_err(|e| io_err(&format!("cannot open {MIRROR_LOCK}"), e))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(GitError::MirrorBusy {
-                path: path.to_path_buf(),
-            });
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(io_err(&format!("cannot lock {MIRROR_LOCK}"), e));
-        }
+        message: format!("cannot create folder: {e}"),
+    })?;
+    let lock = lock_mirror(path)?;
+    if lock.is_some() {
+        remove_leftovers(path);
     }
-    remove_leftovers(path);
     let repo = if path.join("HEAD").exists() {
         Repository::open_bare(path).map_err(mirror_err)?
     } else {
         Repository::init_bare(path).map_err(mirror_err)?
     };
     Ok(Mirror { repo, _lock: lock })
+}
+
+/// Open an existing mirror only to read it (`rebuild`): no lock, nothing changed in it. Objects are only
+/// ever added by atomic renames, so reading beside a poll that fetches is safe.
+pub fn open_mirror_to_read(path: &Path) -> Result<Repository, GitError> {
+    Repository::open_bare(path).map_err(|e| mirror_error(path, e))
+}
+
+/// Delete a mirror (`prune_removed`), once no other process is polling it.
+pub fn delete_mirror(path: &Path) -> Result<(), GitError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    // Wait for a poll of another process (a manual `sync`) to end rather than pull the folder from under it.
+    if let Ok(lock) = std::fs::File::open(path.join(MIRROR_LOCK)) {
+        let _ = lock.lock();
+    }
+    std::fs::remove_dir_all(path).map_err(|e| GitError::Mirror {
+        path: path.to_path_buf(),
+        message: format!("cannot delete it: {e}"),
+    })
 }
 
 /// Remove what an update interrupted by a crash or `kill -9` leaves in a mirror: lock files (`config.lock`,
@@ -446,7 +502,9 @@ fn connect(
             return Err(GitError::Cancelled { url });
         }
         let mut err = classify(&url, &e);
-        if let (Some(h), GitError::Remote { message, .. }) = (&header, &mut err) {
+        if let (Some(h), GitError::Remote { message, .. } | GitError::Unreachable { message, .. }) =
+            (&header, &mut err)
+        {
             // Belt and braces: libgit2 quotes a header it refuses; never let it show.
             *message = message.replace(h.expose(), "<credentials>");
         }
@@ -509,6 +567,20 @@ fn same_host(a: &str, b: &str) -> bool {
 fn classify(url: &str, e: &git2::Error) -> GitError {
     let message = crate::provider::redact_text(e.message());
     let lower = message.to_ascii_lowercase();
+    // libgit2's socket stream: "failed to connect to HOST: …" (refused, timed out), "failed to resolve
+    // address for HOST: …". Only when HOST is the server's own: through a proxy it is the proxy's, and says
+    // nothing about the server. First, as a host name may hold "404" or "not found".
+    if let Some((host, _)) = endpoint(url) {
+        let host = host.to_ascii_lowercase();
+        if lower.starts_with(&format!("failed to connect to {host}:"))
+            || lower.starts_with(&format!("failed to resolve address for {host}:"))
+        {
+            return GitError::Unreachable {
+                url: url.into(),
+                message,
+            };
+        }
+    }
     if lower.contains("404")
         || lower.contains("not found")
         || lower.contains("does not appear to be a git repository")
@@ -519,14 +591,6 @@ fn classify(url: &str, e: &git2::Error) -> GitError {
         return GitError::Auth {
             url: url.into(),
             auth: "the configured credentials".into(),
-        };
-    }
-    // libgit2's socket stream: "failed to connect to HOST: …" (refused, timed out), "failed to resolve
-    // address for HOST: …". A proxy that cannot reach the server answers instead, so this is never seen then.
-    if lower.starts_with("failed to connect to") || lower.starts_with("failed to resolve address") {
-        return GitError::Unreachable {
-            url: url.into(),
-            message,
         };
     }
     GitError::Remote {
@@ -1103,26 +1167,45 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_connection_is_unreachable() {
-        // Nothing listens on a port just released.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let url = format!("http://127.0.0.1:{port}/r.git");
-        let err = list_remote(&RemoteSpec {
-            url: &url,
-            auth: &GitAuth::None,
-            ssh_key_file: None,
-            known_hosts_file: None,
-            proxy: None,
-            cancel: Arc::new(AtomicBool::new(false)),
-            alive: None,
-        })
-        .unwrap_err();
-        assert!(matches!(err, GitError::Unreachable { .. }), "{err:?}");
-        assert!(err.to_string().contains(&url), "{err}");
+    fn connection_failures_are_unreachable_only_for_the_server_itself() {
+        let url = "https://git.example.com/g/r.git";
+        let kind = |message: &str| match classify(url, &git2::Error::from_str(message)) {
+            GitError::Unreachable { .. } => "unreachable",
+            GitError::NotFound { .. } => "not found",
+            GitError::Auth { .. } => "auth",
+            _ => "other",
+        };
+        assert_eq!(
+            kind("failed to connect to git.example.com: Connection refused"),
+            "unreachable"
+        );
+        assert_eq!(
+            kind("failed to connect to git.example.com: Operation timed out"),
+            "unreachable"
+        );
+        assert_eq!(
+            kind("failed to resolve address for git.example.com: Name or service not known"),
+            "unreachable"
+        );
+        // Through a proxy the host is the proxy's: the server's state is unknown.
+        assert_eq!(
+            kind("failed to connect to proxy.corp: Connection refused"),
+            "other"
+        );
+        assert_eq!(
+            kind("failed to connect to git.example.com.evil: Connection refused"),
+            "other"
+        );
+        assert_eq!(kind("unexpected http status code: 404"), "not found");
+        // A host name holding "404" is still about the connection.
+        let url = "https://git404.corp/r.git";
+        assert!(matches!(
+            classify(
+                url,
+                &git2::Error::from_str("failed to resolve address for git404.corp: x")
+            ),
+            GitError::Unreachable { .. }
+        ));
     }
 
     #[test]

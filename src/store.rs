@@ -3,8 +3,9 @@
 //!
 //! The database is a derived replica of the Git mirrors: every row can be rebuilt from them. Each processed
 //! commit is one transaction that also moves the repository's processed-commit pointer, so a crash at any
-//! moment leaves the database at a consistent commit. Writers share one connection behind a mutex (SQLite has
-//! one writer anyway); readers such as the CLI open their own connections, which WAL mode lets run alongside.
+//! moment leaves the database at a consistent commit. Writers share one connection (SQLite has one writer
+//! anyway), handed out first come, first served; readers such as the CLI open their own connections, which
+//! WAL mode lets run alongside.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -355,34 +356,35 @@ struct Turns {
     waiting: Vec<std::thread::ThreadId>,
 }
 
-/// The writer connection, held for one turn; the next ticket is served when it drops (a panic included).
+/// The writer connection, held for one turn.
 struct Writer<'a> {
-    store: &'a Store,
-    /// Always `Some` until dropped.
-    conn: Option<std::sync::MutexGuard<'a, Connection>>,
+    // Fields drop in this order: the connection is free before the next turn is served.
+    conn: std::sync::MutexGuard<'a, Connection>,
+    _turn: Turn<'a>,
+}
+
+/// A turn being served: ending it (a panic included) serves the next ticket.
+struct Turn<'a>(&'a Store);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut turns = self.0.turns.lock().unwrap_or_else(|p| p.into_inner());
+        turns.serving += 1;
+        drop(turns);
+        self.0.turn_ended.notify_all();
+    }
 }
 
 impl std::ops::Deref for Writer<'_> {
     type Target = Connection;
     fn deref(&self) -> &Connection {
-        self.conn.as_deref().expect("held until dropped")
+        &self.conn
     }
 }
 
 impl std::ops::DerefMut for Writer<'_> {
     fn deref_mut(&mut self) -> &mut Connection {
-        self.conn.as_deref_mut().expect("held until dropped")
-    }
-}
-
-impl Drop for Writer<'_> {
-    fn drop(&mut self) {
-        // The connection first, so the next turn finds it free.
-        drop(self.conn.take());
-        let mut turns = self.store.turns.lock().unwrap_or_else(|p| p.into_inner());
-        turns.serving += 1;
-        drop(turns);
-        self.store.turn_ended.notify_all();
+        &mut self.conn
     }
 }
 
@@ -870,10 +872,12 @@ impl Store {
                 turns.waiting.swap_remove(i);
             }
         }
+        // Served from here on: whatever happens next, the turn ends with this guard.
+        let turn = Turn(self);
         drop(turns);
         Writer {
-            store: self,
-            conn: Some(self.conn.lock().unwrap_or_else(|p| p.into_inner())),
+            conn: self.conn.lock().unwrap_or_else(|p| p.into_inner()),
+            _turn: turn,
         }
     }
 

@@ -497,7 +497,7 @@ pub fn rebuild(
             ),
         });
     }
-    let mirror = git::open_mirror(&path).map_err(|source| SyncError::Git {
+    let mirror = git::open_mirror_to_read(&path).map_err(|source| SyncError::Git {
         repo: id.clone(),
         source,
     })?;
@@ -1228,7 +1228,9 @@ async fn discover_inner(
                 .unwrap_or(&id);
             block(|| {
                 store.prune_repo(&id)?;
-                let _ = std::fs::remove_dir_all(config.mirror_path(&provider.repo(path, "")));
+                if let Err(e) = git::delete_mirror(&config.mirror_path(&provider.repo(path, ""))) {
+                    tracing::warn!(provider = %provider.name, repo = %id, "{e}");
+                }
                 Ok::<_, StoreError>(())
             })
             .map_err(|e| format!("provider {}: {e}", provider.name))?;

@@ -358,21 +358,26 @@ impl GitHttpServer {
         GitHttpServer::start_inner(root, auth, Some(api))
     }
 
-    /// Like [`Self::start`], on a given port: a server that went away coming back where it was.
-    pub fn start_on(root: &Path, auth: Auth, port: u16) -> GitHttpServer {
-        GitHttpServer::start_at(root, auth, None, port)
+    /// Like [`Self::start`], on a listener of the caller's (a server that went away, coming back where it
+    /// was).
+    pub fn start_listening(root: &Path, auth: Auth, listener: TcpListener) -> GitHttpServer {
+        GitHttpServer::start_at(root, auth, None, listener)
     }
 
     fn start_inner(root: &Path, auth: Auth, api: Option<ApiHook>) -> GitHttpServer {
-        GitHttpServer::start_at(root, auth, api, 0)
+        let listener = TcpListener::bind("127.0.0.1:0").expect("git_http: cannot bind 127.0.0.1:0");
+        GitHttpServer::start_at(root, auth, api, listener)
     }
 
-    fn start_at(root: &Path, auth: Auth, api: Option<ApiHook>, port: u16) -> GitHttpServer {
+    fn start_at(
+        root: &Path,
+        auth: Auth,
+        api: Option<ApiHook>,
+        listener: TcpListener,
+    ) -> GitHttpServer {
         let root = root
             .canonicalize()
             .unwrap_or_else(|e| panic!("git_http: cannot canonicalize {}: {e}", root.display()));
-        let listener = TcpListener::bind(("127.0.0.1", port))
-            .unwrap_or_else(|e| panic!("git_http: cannot bind 127.0.0.1:{port}: {e}"));
         let addr = listener
             .local_addr()
             .expect("git_http: listener has no local address");
