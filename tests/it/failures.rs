@@ -360,6 +360,18 @@ fn full_then_recover(
             Some(first.as_str())
         );
         assert_catalog_is(&bare, &db, "g/t/r", &first, 64 << 20);
+        // The error is recorded too (its own small write fits where the commit did not).
+        let recorded: Option<String> = db
+            .query_row("SELECT last_error FROM repos WHERE id = 'g/t/r'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert!(
+            recorded
+                .as_deref()
+                .is_some_and(|e| e.contains("disk is full")),
+            "recorded: {recorded:?}"
+        );
     }
     // Room returns: the next sync imports the commit.
     make_room();
