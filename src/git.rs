@@ -1209,6 +1209,26 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_file_that_cannot_be_made_is_its_own_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.git");
+        std::fs::create_dir_all(&path).unwrap();
+        // A dangling link into a missing folder: neither opened nor created (even as root).
+        std::os::unix::fs::symlink(dir.path().join("missing/x"), path.join(MIRROR_LOCK)).unwrap();
+        let err = open_mirror(&path).err().unwrap();
+        assert!(matches!(err, GitError::MirrorLock { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains(MIRROR_LOCK) && text.contains("must own that folder"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("delete that folder"),
+            "never advises deleting the data: {text}"
+        );
+    }
+
+    #[test]
     fn a_mirror_is_held_by_one_user_at_a_time_and_leftovers_go() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.git");
