@@ -13,7 +13,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use git_http::{Auth, GitHttpServer};
-use support::{env_or, fast_import, fixtures as fixtures_dir, git, median, verdict};
+use support::{
+    env_or, fast_import, fixtures as fixtures_dir, git, median, timed_modelmirror, verdict,
+};
 
 fn fixtures() -> Vec<String> {
     let dir = fixtures_dir().join("models/books");
@@ -135,19 +137,7 @@ fn setup(repos: &[(&str, usize)], texts: &[String]) -> Setup {
 }
 
 fn sync(s: &Setup, repo: &str) -> Duration {
-    let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_modelmirror"))
-        .arg("--config")
-        .arg(&s.config)
-        .args(["sync", &format!("b/{repo}")])
-        .output()
-        .expect("modelmirror runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    started.elapsed()
+    timed_modelmirror(&s.config, &["sync", &format!("b/{repo}")])
 }
 
 fn secs(d: Duration) -> String {

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use git_http::{Auth, GitHttpServer};
-use support::{env_or, fixtures, git, small_repos, verdict};
+use support::{env_or, fixtures, git, small_repos, start_daemon, verdict};
 
 /// Wait for a child and return its peak RSS in MiB (from the kernel's accounting of that process alone).
 /// Wait for `child`; whether it succeeded, and its peak RSS in MiB: the high-water mark of its own address
@@ -103,14 +103,7 @@ fn main() {
     assert!(ok, "sync of the big model failed");
 
     // 2. The daemon with `repos` repositories: wait for every startup poll, then measure at rest.
-    let mut daemon = Command::new(bin)
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("modelmirror run");
+    let mut daemon = start_daemon(&config);
     let db = dir.path().join("state/modelmirror.db");
     let deadline = Instant::now() + Duration::from_secs(600);
     let polled = || -> usize {

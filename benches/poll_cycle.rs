@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use git_http::{Auth, GitHttpServer};
-use support::{env_or, median, small_repos, verdict};
+use support::{env_or, median, small_repos, timed_modelmirror, verdict};
 
 const CONCURRENCY: usize = 4;
 
@@ -36,21 +36,7 @@ fn main() {
         ),
     )
     .expect("config");
-    let sync = || {
-        let started = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_modelmirror"))
-            .arg("--config")
-            .arg(&config)
-            .arg("sync")
-            .output()
-            .expect("modelmirror runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        started.elapsed()
-    };
+    let sync = || timed_modelmirror(&config, &["sync"]);
     let import = sync();
     let ls_remote = || {
         let next = AtomicUsize::new(0);

@@ -10,11 +10,10 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use git_http::{Auth, GitHttpServer};
-use support::{env_or, fixtures, git, verdict};
+use support::{env_or, fixtures, git, start_daemon, verdict};
 
 const SECRET: &str = "bench-secret";
 
@@ -93,14 +92,7 @@ fn main() {
         ),
     )
     .expect("config");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_modelmirror"))
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("modelmirror run");
+    let mut daemon = start_daemon(&config);
     let db_path = root.join("state/modelmirror.db");
     let processed = |db: &rusqlite::Connection| -> Option<String> {
         db.query_row(

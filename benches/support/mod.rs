@@ -7,6 +7,35 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// `modelmirror --config CONFIG ARGS…`, run to its end: how long it took. Panics with its stderr when it fails.
+pub fn timed_modelmirror(config: &Path, args: &[&str]) -> Duration {
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_modelmirror"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("modelmirror runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    started.elapsed()
+}
+
+/// `modelmirror --config CONFIG run` in the background, its output discarded.
+pub fn start_daemon(config: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_modelmirror"))
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("modelmirror run")
+}
+
 /// `../shared/fixtures` beside the project.
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")

@@ -265,13 +265,7 @@ fn token_file_from_a_systemd_credential() {
 fn status_marks_repositories_the_configuration_no_longer_names() {
     let env = Env::new(Auth::None);
     for rel in ["t/a.git", "t/b.git"] {
-        let (_, work) = env.new_repo(rel);
-        std::fs::copy(
-            fixtures().join("models/books/MongoDB__Figure 006 - Subtyping.hck.json"),
-            work.join("m.hck.json"),
-        )
-        .unwrap();
-        commit_all(&work, "model");
+        env.one_model_repo(rel);
     }
     let config = |name: &str, repos: &str| {
         env.write_config(&format!(

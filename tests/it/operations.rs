@@ -12,16 +12,6 @@ use std::time::{Duration, Instant};
 use crate::git_http::Auth;
 use crate::support::*;
 
-fn small_repo(env: &Env, rel: &str) {
-    let (_, work) = env.new_repo(rel);
-    std::fs::copy(
-        fixtures().join("models/books/MongoDB__Figure 006 - Subtyping.hck.json"),
-        work.join("m.hck.json"),
-    )
-    .unwrap();
-    commit_all(&work, "model");
-}
-
 fn config(env: &Env, repos: &[&str], extra: &str) {
     let list: Vec<String> = repos.iter().map(|r| format!("{r:?}")).collect();
     env.write_config(&format!(
@@ -44,17 +34,6 @@ fn start(env: &Env, extra_env: &[(&str, &str)]) -> Running {
         cmd.env(k, v);
     }
     Running(cmd.spawn().unwrap())
-}
-
-fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what}: not within {secs} s");
 }
 
 fn models(env: &Env, repo: &str) -> i64 {
@@ -91,8 +70,8 @@ fn drain(sock: &UnixDatagram, into: &mut Vec<String>) {
 #[test]
 fn systemd_notifications_reload_and_stop() {
     let env = Env::new(Auth::None);
-    small_repo(&env, "t/a.git");
-    small_repo(&env, "t/b.git");
+    env.one_model_repo("t/a.git");
+    env.one_model_repo("t/b.git");
     config(&env, &["t/a.git"], "");
     let sock_path = env.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
@@ -188,8 +167,8 @@ fn systemd_notifications_reload_and_stop() {
 #[test]
 fn configuration_files_replaced_like_editors_do_are_reloaded() {
     let env = Env::new(Auth::None);
-    small_repo(&env, "t/a.git");
-    small_repo(&env, "t/c.git");
+    env.one_model_repo("t/a.git");
+    env.one_model_repo("t/c.git");
     config(&env, &["t/a.git"], "");
     std::fs::create_dir_all(env.path().join("conf.d")).unwrap();
     let mut child = start(&env, &[]);
@@ -296,7 +275,7 @@ fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
 #[test]
 fn metrics_health_and_readiness() {
     let env = Env::new(Auth::None);
-    small_repo(&env, "t/a.git");
+    env.one_model_repo("t/a.git");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -365,7 +344,7 @@ fn metrics_health_and_readiness() {
 #[test]
 fn log_formats() {
     let env = Env::new(Auth::None);
-    small_repo(&env, "t/a.git");
+    env.one_model_repo("t/a.git");
     config(
         &env,
         &["t/a.git"],
@@ -531,7 +510,7 @@ fn tokens_seen(
 fn reloads_that_add_and_remove_providers_keep_each_repository_on_its_own_credentials() {
     let env = Env::new(Auth::None);
     for r in ["t/a.git", "t/b.git", "t/c.git"] {
-        small_repo(&env, r);
+        env.one_model_repo(r);
     }
     std::fs::create_dir_all(env.path().join("conf.d")).unwrap();
     env.write_config("schedule = \"* * * * * *\"\n");
@@ -576,7 +555,7 @@ fn reloads_that_add_and_remove_providers_keep_each_repository_on_its_own_credent
 #[test]
 fn status_shows_a_rejected_reload_while_the_broken_file_is_on_disk() {
     let env = Env::new(Auth::None);
-    small_repo(&env, "t/a.git");
+    env.one_model_repo("t/a.git");
     env.write_config(&format!(
         "schedule = \"* * * * * *\"\n[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"t/a.git\"]\n",
         env.server.url()

@@ -123,6 +123,11 @@ impl Site {
     fn try_row(&self, id: &str) -> Option<Value> {
         self.status().into_iter().find(|r| r["repo"] == id)
     }
+
+    /// Whether `id` is in the catalog with its one model (false before the database exists).
+    fn imported(&self, id: &str) -> bool {
+        self.env.db_path().exists() && self.try_row(id).is_some_and(|r| r["models"] == 1)
+    }
 }
 
 fn repos_with_pages(prefix: &str, deep: &str) -> Vec<FakeRepo> {
@@ -549,15 +554,9 @@ fn token_rotation_needs_no_restart() {
         "groups = [\"data\"]\nschedule = \"* * * * * *\"\ndiscover_schedule = \"*/2 * * * * *\"",
     );
     let mut child = site.run_daemon();
-    wait_for(
-        || {
-            site.env.db_path().exists()
-                && site
-                    .try_row("p/data/alpha")
-                    .is_some_and(|r| r["models"] == 1)
-        },
-        20,
-    );
+    wait_for("p/data/alpha imported", 20, || {
+        site.imported("p/data/alpha")
+    });
     // Rotate: the host accepts only the new token from now on; the file gets it too.
     let new = "tok-rotated-9876543210";
     site.forge.set_token(new);
@@ -569,13 +568,7 @@ fn token_rotation_needs_no_restart() {
         FakeRepo::new("data/alpha", 1),
         FakeRepo::new("data/beta", 2),
     ]);
-    wait_for(
-        || {
-            site.try_row("p/data/beta")
-                .is_some_and(|r| r["models"] == 1)
-        },
-        20,
-    );
+    wait_for("p/data/beta imported", 20, || site.imported("p/data/beta"));
     std::thread::sleep(Duration::from_secs(2));
     signal(&child, libc::SIGTERM);
     assert!(wait_with_deadline(&mut child, 10).success());
@@ -615,31 +608,16 @@ fn the_service_follows_discovery() {
         "projects = [\"PRJ\"]\nschedule = \"* * * * * *\"\ndiscover_schedule = \"* * * * * *\"",
     );
     let mut child = site.run_daemon();
-    wait_for(
-        || {
-            site.env.db_path().exists()
-                && site.try_row("p/PRJ/two").is_some_and(|r| r["models"] == 1)
-        },
-        20,
-    );
+    wait_for("p/PRJ/two imported", 20, || site.imported("p/PRJ/two"));
     site.set_repos(vec![
         FakeRepo::new("PRJ/one", 1),
         FakeRepo::new("PRJ/three", 3),
     ]);
-    wait_for(
-        || {
-            site.try_row("p/PRJ/three")
-                .is_some_and(|r| r["models"] == 1)
-        },
-        20,
-    );
-    wait_for(
-        || {
-            site.try_row("p/PRJ/two")
-                .is_some_and(|r| r["state"] == "removed")
-        },
-        20,
-    );
+    wait_for("p/PRJ/three imported", 20, || site.imported("p/PRJ/three"));
+    wait_for("p/PRJ/two marked removed", 20, || {
+        site.try_row("p/PRJ/two")
+            .is_some_and(|r| r["state"] == "removed")
+    });
     let polls_of_two = |db: &rusqlite::Connection| -> i64 {
         db.query_row(
             "SELECT COUNT(*) FROM polls WHERE repo_id = 'p/PRJ/two'",
@@ -657,17 +635,6 @@ fn the_service_follows_discovery() {
     signal(&child, libc::SIGTERM);
     assert!(wait_with_deadline(&mut child, 10).success());
     assert_eq!(site.row("p/PRJ/two")["models"], 1, "its data is kept");
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("condition not met within {secs} s");
 }
 
 /// An HTTPS server with a certificate from a private CA: accepted with `ca_file`, refused without, for
@@ -1106,7 +1073,9 @@ fn shutdown_does_not_wait_for_discovery() {
     site.config("gitlab", "groups = [\"data\"]");
     site.forge.rate_limit_next(100, 429, Some(20));
     let mut child = site.run_daemon();
-    wait_for(|| site.forge.api_request_count() >= 1, 10);
+    wait_for("a discovery request", 10, || {
+        site.forge.api_request_count() >= 1
+    });
     std::thread::sleep(Duration::from_millis(300));
     let sent = Instant::now();
     signal(&child, libc::SIGTERM);
@@ -1132,15 +1101,9 @@ fn reloads_rediscover_only_changed_providers() {
     let provider = "groups = [\"data\"]\ndiscover_schedule = \"0 0 1 1 *\"";
     site.config("gitlab", provider);
     let mut child = site.run_daemon();
-    wait_for(
-        || {
-            site.env.db_path().exists()
-                && site
-                    .try_row("p/data/alpha")
-                    .is_some_and(|r| r["models"] == 1)
-        },
-        20,
-    );
+    wait_for("p/data/alpha imported", 20, || {
+        site.imported("p/data/alpha")
+    });
     let reloads = |site: &Site| -> i64 {
         site.env
             .db()
@@ -1163,7 +1126,7 @@ fn reloads_rediscover_only_changed_providers() {
             ),
     )
     .unwrap();
-    wait_for(|| reloads(&site) == 1, 10);
+    wait_for("the first reload", 10, || reloads(&site) == 1);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         site.forge.api_request_count(),
@@ -1177,7 +1140,9 @@ fn reloads_rediscover_only_changed_providers() {
         "gitlab",
         &provider.replace("groups = [\"data\"]", "groups = [\"data\", \"more\"]"),
     );
-    wait_for(|| site.forge.api_request_count() > before, 10);
+    wait_for("a rediscovery", 10, || {
+        site.forge.api_request_count() > before
+    });
     signal(&child, libc::SIGTERM);
     assert!(wait_with_deadline(&mut child, 10).success());
 }

@@ -43,13 +43,7 @@ fn polls(env: &Env) -> Vec<(String, i64, i64, String)> {
 }
 
 fn small_repos(env: &Env, n: usize) -> Vec<String> {
-    let (bare, work) = env.new_repo("small/r0.git");
-    std::fs::copy(
-        fixtures().join("models/books/MongoDB__Figure 006 - Subtyping.hck.json"),
-        work.join("m.hck.json"),
-    )
-    .unwrap();
-    commit_all(&work, "model");
+    let (bare, _) = env.one_model_repo("small/r0.git");
     let mut names = vec!["small/r0.git".to_string()];
     for i in 1..n {
         let name = format!("small/r{i}.git");
@@ -166,14 +160,7 @@ fn a_failing_repository_backs_off_and_the_others_keep_syncing() {
         gaps.windows(2).all(|g| g[1] >= g[0]),
         "back-off grows: {gaps:?}"
     );
-    let status = env.run(&["status", "--json"]).ok().json();
-    let row = status
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["repo"] == "g/missing/repo")
-        .unwrap()
-        .clone();
+    let row = status_of(&env, "g/missing/repo");
     assert!(
         row["last_error"].as_str().unwrap().contains("not found"),
         "{row}"
@@ -221,28 +208,6 @@ fn sigterm_during_a_long_import_stops_cleanly() {
         "stopped before the end of the import"
     );
     assert_catalog_is(&bare, &db, "g/busy/history", &commit, u64::MAX);
-}
-
-/// Wait until `cond` holds, at most `secs` seconds.
-fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The repository's processed commit (`None` before its first import).
-fn current(env: &Env, repo: &str) -> Option<String> {
-    if !env.db_path().exists() {
-        return None;
-    }
-    env.db()
-        .query_row("SELECT commit_id FROM repos WHERE id = ?1", [repo], |r| {
-            r.get(0)
-        })
-        .ok()
-        .flatten()
 }
 
 /// The repository's row in `status --json`.
@@ -318,14 +283,7 @@ impl HeldPort {
 fn the_git_server_goes_away_and_comes_back() {
     let env = Env::new(Auth::None);
     small_repos(&env, 2);
-    let (_, work) = env.new_repo("away/r.git");
-    let models = fixtures().join("models/books");
-    std::fs::copy(
-        models.join("MongoDB__Figure 006 - Subtyping.hck.json"),
-        work.join("first.hck.json"),
-    )
-    .unwrap();
-    commit_all(&work, "first");
+    let (_, work) = env.one_model_repo("away/r.git");
     let srv = env.path().join("srv");
     let away = crate::git_http::GitHttpServer::start(&srv, Auth::None);
     let port = away.port();
@@ -335,19 +293,15 @@ fn the_git_server_goes_away_and_comes_back() {
         away.url()
     ));
     let mut child = start(&env);
-    wait_until("the first import", 20, || {
-        current(&env, "h/away/r").is_some()
+    wait_for("the first import", 20, || {
+        current_commit(&env, "h/away/r").is_some()
     });
 
     drop(away);
     // Keep the port: bound, not listening, so connections are refused and nothing else can take it.
     let held = HeldPort::bind(port);
     let down_at = chrono::Utc::now().timestamp_millis();
-    std::fs::copy(
-        models.join("MongoDB__Figure 006 - Subtyping.hck.json"),
-        work.join("second.hck.json"),
-    )
-    .unwrap();
+    std::fs::copy(small_model(), work.join("second.hck.json")).unwrap();
     let second = commit_all(&work, "second, pushed while the server is away");
     std::thread::sleep(Duration::from_secs(9));
 
@@ -382,8 +336,8 @@ fn the_git_server_goes_away_and_comes_back() {
 
     let _back = crate::git_http::GitHttpServer::start_listening(&srv, Auth::None, held.listen());
     let back_at = Instant::now();
-    wait_until("the repository to catch up", 20, || {
-        current(&env, "h/away/r").as_deref() == Some(second.as_str())
+    wait_for("the repository to catch up", 20, || {
+        current_commit(&env, "h/away/r").as_deref() == Some(second.as_str())
     });
     let took = back_at.elapsed();
     assert!(
@@ -414,7 +368,7 @@ fn a_stalled_transfer_times_out_and_frees_its_slot() {
         env.server.url()
     ));
     let mut child = start(&env);
-    wait_until("the stalled poll to fail", 30, || {
+    wait_for("the stalled poll to fail", 30, || {
         env.db_path().exists()
             && polls(&env)
                 .iter()
@@ -454,8 +408,8 @@ fn a_stalled_transfer_times_out_and_frees_its_slot() {
         );
     }
     env.server.set_stall(None);
-    wait_until("the import once the server answers", 30, || {
-        current(&env, "g/stall/history").as_deref() == Some(head.as_str())
+    wait_for("the import once the server answers", 30, || {
+        current_commit(&env, "g/stall/history").as_deref() == Some(head.as_str())
     });
     signal(&child, libc::SIGTERM);
     assert!(wait_with_deadline(&mut child, 10).success());

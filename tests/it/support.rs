@@ -135,6 +135,15 @@ impl Env {
         dest
     }
 
+    /// A repository whose `main` holds one small model, `m.hck.json` (see [`small_model`]), plus a working
+    /// clone of it to make commits in.
+    pub fn one_model_repo(&self, rel: &str) -> (PathBuf, PathBuf) {
+        let (bare, work) = self.new_repo(rel);
+        std::fs::copy(small_model(), work.join("m.hck.json")).expect("copy the model");
+        commit_all(&work, "model");
+        (bare, work)
+    }
+
     /// An empty bare repository plus a working clone of it to make commits in.
     pub fn new_repo(&self, rel: &str) -> (PathBuf, PathBuf) {
         let bare = self.srv(rel);
@@ -284,6 +293,39 @@ pub fn stored_catalog(db: &Connection, repo_id: &str) -> BTreeMap<String, Expect
     .expect("query")
     .collect::<Result<_, _>>()
     .expect("rows")
+}
+
+/// The small fixture model most tests start from.
+pub fn small_model() -> PathBuf {
+    fixtures().join("models/books/MongoDB__Figure 006 - Subtyping.hck.json")
+}
+
+/// Wait until `cond` holds, checking every 100 ms; panic naming `what` after `secs` seconds.
+pub fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {secs} s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The repository's processed commit, or `None` while there is no database, no row or no commit yet (for
+/// polling a running daemon).
+pub fn current_commit(env: &Env, repo_id: &str) -> Option<String> {
+    if !env.db_path().exists() {
+        return None;
+    }
+    env.db()
+        .query_row(
+            "SELECT commit_id FROM repos WHERE id = ?1",
+            [repo_id],
+            |r| r.get(0),
+        )
+        .ok()
+        .flatten()
 }
 
 pub fn processed_commit(db: &Connection, repo_id: &str) -> Option<String> {
