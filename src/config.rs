@@ -8,7 +8,6 @@
 //! Nothing here touches the network or the database.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use serde::Deserialize;
 
 use crate::provider::{self, ProviderKind};
 use crate::schedule::{Schedule, ScheduleError};
+use crate::secret::{Secret, SecretFile, TokenSource, expand_vars};
 
 /// Where the configuration is looked for when neither `--config` nor `MODELMIRROR_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/modelmirror/config.toml";
@@ -352,19 +352,30 @@ impl ProviderConfig {
         }
     }
 
+    /// The credentials git presents to this provider, read now (so a rotated token file applies at once).
+    pub fn git_auth(&self) -> Result<provider::GitAuth, crate::secret::SecretError> {
+        Ok(match &self.credentials.token {
+            None => provider::GitAuth::None,
+            Some(source) => self
+                .kind
+                .forge()
+                .git_auth(self.credentials.username.as_deref(), source.resolve()?),
+        })
+    }
+
     /// Check that every secret of this provider can be read now. Returns problems (errors) and warnings.
     pub fn check_secrets(&self) -> (Vec<String>, Vec<String>) {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         let name = &self.name;
         for s in &self.webhook_secrets {
-            if let Err(m) = s.resolve() {
-                errors.push(format!("provider {name}: webhook secret: {m}"));
+            if let Err(e) = s.resolve() {
+                errors.push(format!("provider {name}: webhook secret: {e}"));
             }
         }
         if let Some(t) = &self.credentials.token {
-            if let Err(m) = t.resolve() {
-                errors.push(format!("provider {name}: {m}"));
+            if let Err(e) = t.resolve() {
+                errors.push(format!("provider {name}: {e}"));
             }
             if let TokenSource::File(file) = t
                 && let Ok(path) = file.path()
@@ -438,126 +449,6 @@ pub struct Credentials {
     pub token: Option<TokenSource>,
     pub ssh_key_file: Option<PathBuf>,
     pub known_hosts_file: Option<PathBuf>,
-}
-
-/// Where a token comes from.
-#[derive(Clone)]
-pub enum TokenSource {
-    /// A literal `token` in the file: works, but `check` warns about it.
-    Literal(Secret),
-    File(SecretFile),
-    Env(String),
-}
-
-/// A secret's file as written in the configuration. `${VAR}` is expanded when the file is read, not when the
-/// configuration is loaded, so `token_file = "${CREDENTIALS_DIRECTORY}/gitlab"` does not stop `status` or
-/// `models` from working outside the service.
-#[derive(Clone)]
-pub struct SecretFile {
-    raw: String,
-    base: PathBuf,
-}
-
-impl SecretFile {
-    fn new(raw: &str, base: &Path) -> SecretFile {
-        SecretFile {
-            raw: raw.to_string(),
-            base: base.to_path_buf(),
-        }
-    }
-
-    /// The path now: variables expanded, relative to the configuration's folder.
-    pub fn path(&self) -> Result<PathBuf, String> {
-        let expanded =
-            expand_vars(&self.raw).map_err(|m| format!("token_file {:?}: {m}", self.raw))?;
-        let p = PathBuf::from(expanded);
-        Ok(if p.is_absolute() {
-            p
-        } else {
-            self.base.join(p)
-        })
-    }
-}
-
-impl fmt::Debug for TokenSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TokenSource::Literal(_) => f.write_str("Literal(<redacted>)"),
-            TokenSource::File(p) => write!(f, "File({})", p.raw),
-            TokenSource::Env(n) => write!(f, "Env({n})"),
-        }
-    }
-}
-
-impl TokenSource {
-    /// Read the token now. The error says where it was looked for, never what it is. A token with a control
-    /// character inside (a second line, a NUL) is refused: it would break the HTTP header it goes into.
-    pub fn resolve(&self) -> Result<Secret, String> {
-        let (value, from) = match self {
-            TokenSource::Literal(s) => (
-                s.expose().trim().to_string(),
-                "the literal token".to_string(),
-            ),
-            TokenSource::File(file) => {
-                let path = file.path()?;
-                match std::fs::read_to_string(&path) {
-                    Ok(text) => (
-                        text.trim().to_string(),
-                        format!("token_file {}", path.display()),
-                    ),
-                    Err(e) => {
-                        return Err(format!("cannot read token_file {}: {e}", path.display()));
-                    }
-                }
-            }
-            TokenSource::Env(name) => match std::env::var(name) {
-                Ok(v) => (
-                    v.trim().to_string(),
-                    format!("environment variable {name} (token_env)"),
-                ),
-                Err(_) => {
-                    return Err(format!(
-                        "environment variable {name} (token_env) is not set"
-                    ));
-                }
-            },
-        };
-        if value.is_empty() {
-            return Err(format!("{from} is empty"));
-        }
-        if value.chars().any(char::is_control) {
-            return Err(format!(
-                "{from} holds a line break or other control character inside the token; it must hold the token alone"
-            ));
-        }
-        Ok(Secret::new(value))
-    }
-}
-
-/// A token or password. Its `Debug` and `Display` never show the value, so it cannot reach a log line or an
-/// error message by accident; [`Secret::expose`] is the one way to read it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Secret {
-        Secret(value)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
 }
 
 /// One repository to mirror.
@@ -726,30 +617,9 @@ pub fn database_hint(path: &Path) -> PathBuf {
 }
 
 fn resolve_path(raw: &str, base: &Path, file: &Path, key: &str) -> Result<PathBuf, ConfigError> {
-    let out = expand_vars(raw).map_err(|m| invalid(file, format!("{key} = {raw:?}: {m}")))?;
+    let out = expand_vars(raw).map_err(|e| invalid(file, format!("{key} = {raw:?}: {e}")))?;
     let p = PathBuf::from(out);
     Ok(if p.is_absolute() { p } else { base.join(p) })
-}
-
-/// Replace `${VAR}` with the environment variable's value.
-fn expand_vars(raw: &str) -> Result<String, String> {
-    let mut out = String::new();
-    let mut rest = raw;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            return Err("unclosed `${`".into());
-        };
-        let name = &after[..end];
-        match std::env::var(name) {
-            Ok(v) => out.push_str(&v),
-            Err(_) => return Err(format!("environment variable {name} is not set")),
-        }
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 fn invalid(file: &Path, message: String) -> ConfigError {
@@ -992,7 +862,7 @@ fn validate(
             let shown = raw
                 .url
                 .as_deref()
-                .map(provider::redact_url)
+                .map(crate::redact::redact_url)
                 .unwrap_or_default();
             invalid(&file, format!("[providers.{name}] url {shown:?}: {m}"))
         })?;
@@ -1130,7 +1000,7 @@ fn validate(
                         &file,
                         format!(
                             "[providers.{name}] proxy {:?}: write it as http://[user:pass@]host:port",
-                            provider::redact_url(p)
+                            crate::redact::redact_url(p)
                         ),
                     ));
                 }
@@ -1232,7 +1102,7 @@ fn validate(
                     &file,
                     format!(
                         "[providers.{name}] repos entry {:?} is an ssh URL: set ssh_key_file and known_hosts_file",
-                        provider::redact_url(entry)
+                        crate::redact::redact_url(entry)
                     ),
                 ));
             }
@@ -1242,7 +1112,7 @@ fn validate(
                         &file,
                         format!(
                             "[providers.{name}] repos entry {:?}: {m}",
-                            provider::redact_url(entry)
+                            crate::redact::redact_url(entry)
                         ),
                     )
                 })?;

@@ -565,7 +565,7 @@ fn same_host(a: &str, b: &str) -> bool {
 }
 
 fn classify(url: &str, e: &git2::Error) -> GitError {
-    let message = crate::provider::redact_text(e.message());
+    let message = crate::redact::redact_text(e.message());
     let lower = message.to_ascii_lowercase();
     // libgit2's socket stream: "failed to connect to HOST: …" (refused, timed out), "failed to resolve
     // address for HOST: …". Only when HOST is the server's own: through a proxy it is the proxy's, and says

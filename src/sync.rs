@@ -294,17 +294,7 @@ pub fn git_auth(config: &Config, repo: &RepoConfig) -> Result<GitAuth, String> {
             repo.provider
         )
     })?;
-    let creds = &provider.credentials;
-    match &creds.token {
-        None => Ok(GitAuth::None),
-        Some(source) => {
-            let token = source.resolve()?;
-            Ok(provider
-                .kind
-                .forge()
-                .git_auth(creds.username.as_deref(), token))
-        }
-    }
+    provider.git_auth().map_err(|e| e.to_string())
 }
 
 /// One poll, without the bookkeeping of [`run_poll`].

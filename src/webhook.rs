@@ -20,8 +20,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::provider::hooks::{Delivery, EventKind, RepoKey, normalize_url};
+use crate::secret::Secret;
 use crate::store::{DeliveryRecord, Store, now_rfc3339_millis};
 
 /// How many delivery ids are remembered to refuse replays.

@@ -929,15 +929,9 @@ async fn check_remote(config: &Config) -> Vec<CheckResult> {
         set.spawn(async move {
             let _permit = permits.acquire_owned().await;
             let result = tokio::task::spawn_blocking(move || {
-                let auth = match &provider.credentials.token {
-                    None => crate::provider::GitAuth::None,
-                    Some(t) => match t.resolve() {
-                        Ok(tok) => provider
-                            .kind
-                            .forge()
-                            .git_auth(provider.credentials.username.as_deref(), tok),
-                        Err(m) => return (repo.id, Err(m)),
-                    },
+                let auth = match provider.git_auth() {
+                    Ok(auth) => auth,
+                    Err(e) => return (repo.id, Err(e.to_string())),
                 };
                 let spec = crate::git::RemoteSpec {
                     url: &repo.url,

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{ProviderConfig, Secret};
+use crate::config::ProviderConfig;
+use crate::secret::Secret;
 
 /// A boxed future, so the per-kind REST calls can sit behind the `Forge` trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -245,7 +246,7 @@ impl ApiClient {
             let p = reqwest::Proxy::all(proxy.expose()).map_err(|_| {
                 setup(format!(
                     "proxy {:?} is not a valid URL",
-                    super::redact_url(proxy.expose())
+                    crate::redact::redact_url(proxy.expose())
                 ))
             })?;
             builder = builder.proxy(p);
@@ -420,10 +421,10 @@ pub fn with_tls_hint(message: String) -> String {
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = super::redact_text(&e.to_string());
+    let mut s = crate::redact::redact_text(&e.to_string());
     let mut cur = e.source();
     while let Some(c) = cur {
-        let m = super::redact_text(&c.to_string());
+        let m = crate::redact::redact_text(&c.to_string());
         if !s.contains(&m) {
             s.push_str(": ");
             s.push_str(&m);

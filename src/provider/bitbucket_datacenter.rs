@@ -6,7 +6,7 @@
 use super::api::{self, ApiClient, ApiError, BoxFuture};
 use super::hooks::{self, Delivery, EventKind, RefUpdate, RepoKey, header};
 use super::{DiscoveredRepo, Forge, GitAuth, Hooks, json_body, json_id, s};
-use crate::config::Secret;
+use crate::secret::Secret;
 use reqwest::header::HeaderMap;
 
 pub struct BitbucketDatacenter;

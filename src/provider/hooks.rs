@@ -3,7 +3,7 @@
 
 use reqwest::header::HeaderMap;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// A verified delivery, mapped onto what the mirror needs.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,7 +2,7 @@
 //! `url`; Basic auth with `username` + token when a token is given.
 
 use super::{Forge, GitAuth, Hooks};
-use crate::config::Secret;
+use crate::secret::Secret;
 
 pub struct PlainGit;
 
