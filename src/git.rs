@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, SecondsFormat, Utc};
 use git2::{
     AutotagOption, CertificateCheckStatus, Cred, CredentialType, Delta, DiffFile, DiffFindOptions,
@@ -643,7 +645,7 @@ fn check_known_host(
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let wanted = crate::provider::base64(key);
+    let wanted = BASE64.encode(key);
     let names = if port == 22 {
         vec![host.to_string(), format!("[{host}]:22")]
     } else {
@@ -1318,7 +1320,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kh = dir.path().join("known_hosts");
         let key = b"\x00\x00\x00\x0bssh-ed25519key-bytes";
-        let b64 = crate::provider::base64(key);
+        let b64 = BASE64.encode(key);
         std::fs::write(
             &kh,
             format!(

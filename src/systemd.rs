@@ -92,25 +92,18 @@ impl Notifier {
     }
 }
 
+/// `CLOCK_MONOTONIC` now, in microseconds (what systemd compares `MONOTONIC_USEC` with).
 fn monotonic_usec() -> u64 {
-    let mut ts = libc_timespec::default();
-    // SAFETY: clock_gettime writes one timespec into the struct we pass.
-    let rc = unsafe { clock_gettime(1, &mut ts) };
-    if rc != 0 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the struct we pass and reads nothing else.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
         return 0;
     }
-    (ts.tv_sec.max(0) as u64) * 1_000_000 + (ts.tv_nsec.max(0) as u64) / 1_000
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct libc_timespec {
-    tv_sec: i64,
-    tv_nsec: i64,
-}
-
-unsafe extern "C" {
-    fn clock_gettime(clock: i32, ts: *mut libc_timespec) -> i32;
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000
+        + u64::try_from(ts.tv_nsec).unwrap_or(0) / 1_000
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
@@ -182,7 +184,7 @@ impl RestAuth {
             header: "authorization",
             value: Secret::new(format!(
                 "Basic {}",
-                super::base64(format!("{username}:{}", token.expose()).as_bytes())
+                BASE64.encode(format!("{username}:{}", token.expose()))
             )),
         }
     }

@@ -2,6 +2,11 @@
 //! which works for personal, group, project and OAuth tokens alike. REST at `<url>/api/v4` with a Bearer
 //! token; discovery lists a group's projects including all subgroups.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::{
+    STANDARD as BASE64, STANDARD_PAD_INDIFFERENT as BASE64_ANY_PAD,
+};
+
 use super::api::{self, ApiClient, ApiError, BoxFuture};
 use super::hooks::{self, Delivery, EventKind, RefUpdate, RepoKey, header};
 use super::{DiscoveredRepo, Forge, GitAuth, Hooks, json_body, json_id, s};
@@ -174,7 +179,7 @@ impl Hooks for Gitlab {
             signed.extend_from_slice(body);
             for secret in secrets {
                 let key = match secret.expose().strip_prefix("whsec_") {
-                    Some(b64) => match hooks::base64_decode(b64).filter(|k| !k.is_empty()) {
+                    Some(b64) => match BASE64_ANY_PAD.decode(b64).ok().filter(|k| !k.is_empty()) {
                         Some(k) => k,
                         None => {
                             tracing::error!(
@@ -188,7 +193,7 @@ impl Hooks for Gitlab {
                 let Some(mac) = hooks::hmac_sha256(&key, &signed) else {
                     continue;
                 };
-                let expected = super::base64(&mac);
+                let expected = BASE64.encode(&mac);
                 if signature
                     .split_whitespace()
                     .filter_map(|part| part.strip_prefix("v1,"))

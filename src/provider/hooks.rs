@@ -103,30 +103,6 @@ pub fn verify_hub_signature(
     ))
 }
 
-/// Standard base64 decoding (padding optional); `None` on invalid input.
-pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut buf = 0u32;
-    let mut bits = 0;
-    for c in s.trim_end_matches('=').bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        };
-        buf = (buf << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-        }
-    }
-    Some(out)
-}
-
 /// A clone URL reduced for comparison: lower-case scheme and host, no user, no default port, no trailing `/`
 /// or `.git`.
 pub fn normalize_url(u: &str) -> String {
@@ -192,7 +168,5 @@ mod tests {
             normalize_url("http://dc:7990/scm/prj/r.git"),
             "http://dc:7990/scm/prj/r"
         );
-        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
-        assert!(base64_decode("***").is_none());
     }
 }

@@ -12,6 +12,9 @@ mod plain;
 
 use std::path::Path;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
 use crate::secret::Secret;
 use api::{ApiClient, ApiError, BoxFuture, RestAuth};
 use reqwest::header::HeaderMap;
@@ -212,7 +215,7 @@ impl GitAuth {
             GitAuth::None => None,
             GitAuth::Basic { username, password } => Some(Secret::new(format!(
                 "Authorization: Basic {}",
-                base64(format!("{username}:{}", password.expose()).as_bytes())
+                BASE64.encode(format!("{username}:{}", password.expose()))
             ))),
             GitAuth::Bearer(token) => Some(Secret::new(format!(
                 "Authorization: Bearer {}",
@@ -229,28 +232,6 @@ impl GitAuth {
             GitAuth::Bearer(_) => "a Bearer token".into(),
         }
     }
-}
-
-/// Standard base64 with padding (RFC 4648), for the Basic auth header.
-pub fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// The validated base URL of a provider: the configured one without a trailing slash, or the cloud default.
@@ -388,15 +369,6 @@ mod tests {
     }
 
     #[test]
-    fn base64_matches_rfc4648() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"oauth2:tok"), "b2F1dGgyOnRvaw==");
-    }
-
-    #[test]
     fn clone_urls_per_kind() {
         let r = |k: ProviderKind, base: &str, e: &str| resolve_repo(k, base, e).unwrap();
         assert_eq!(
@@ -502,7 +474,10 @@ mod tests {
             .unwrap();
         assert_eq!(
             h.expose(),
-            format!("Authorization: Basic {}", base64(b"x-access-token:tok"))
+            format!(
+                "Authorization: Basic {}",
+                BASE64.encode(b"x-access-token:tok")
+            )
         );
         assert_eq!(format!("{h:?} {h}"), "<redacted> <redacted>");
     }

@@ -39,6 +39,7 @@
 
 #![allow(dead_code)]
 
+use base64::Engine as _;
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -1167,49 +1168,16 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
 /// Standard base64 with padding.
 pub fn base64_encode(input: &[u8]) -> String {
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(B64[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    base64::engine::general_purpose::STANDARD.encode(input)
 }
 
 /// Decodes standard base64 (padding optional). `None` on invalid input.
 pub fn base64_decode(input: &str) -> Option<Vec<u8>> {
-    let input = input.trim().trim_end_matches('=');
-    let mut out = Vec::with_capacity(input.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0u32;
-    for c in input.bytes() {
-        let v = u32::try_from(B64.iter().position(|&x| x == c)?).ok()?;
-        acc = ((acc << 6) | v) & 0xff_ffff;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(((acc >> bits) & 0xff) as u8);
-        }
-    }
-    // A single leftover base64 character cannot encode a whole byte.
-    if bits >= 6 {
-        return None;
-    }
-    Some(out)
+    base64::engine::general_purpose::STANDARD_PAD_INDIFFERENT
+        .decode(input.trim())
+        .ok()
 }
 
 /// `"Basic base64(user:pass)"`, for building `Authorization` headers in tests.

@@ -65,9 +65,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl TestProxy {
     /// `credentials`: `Some((user, pass))` to require Basic proxy auth.
     pub fn start(credentials: Option<(String, String)>) -> TestProxy {
-        let expected = credentials
-            .as_ref()
-            .map(|(u, p)| format!("Basic {}", base64(format!("{u}:{p}").as_bytes())));
+        let expected = credentials.as_ref().map(|(u, p)| {
+            format!(
+                "Basic {}",
+                crate::git_http::base64_encode(format!("{u}:{p}").as_bytes())
+            )
+        });
         let shared = Arc::new(Shared {
             expected,
             log: Mutex::new(Vec::new()),
@@ -460,28 +463,6 @@ fn relay_down(from: &mut TcpStream, to: &mut TcpStream, shared: &Shared, index: 
             break;
         }
     }
-}
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-fn base64(input: &[u8]) -> String {
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(B64[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 fn percent_encode(s: &str) -> String {
