@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::model::{DEFAULT_FORMATS, FileFilter, FilterError};
 use serde::Deserialize;
 
 use crate::provider::{self, ProviderKind};
@@ -230,77 +232,6 @@ pub const DEFAULT_EVENTS_RETENTION_DAYS: u32 = 30;
 pub const DEFAULT_WEBHOOK_MAX_BODY: u64 = 5 * 1024 * 1024;
 /// Default `[webhook] queue_size`.
 pub const DEFAULT_WEBHOOK_QUEUE: usize = 1024;
-
-/// Which files of a repository are looked at.
-#[derive(Debug, Clone)]
-pub struct FileFilter {
-    pub include: Vec<String>,
-    globs: GlobSet,
-    pub max_model_bytes: u64,
-    /// The model formats read, in the order they are tried.
-    pub formats: Vec<&'static dyn crate::model::Format>,
-}
-
-impl std::fmt::Debug for dyn crate::model::Format {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Default `formats`.
-pub const DEFAULT_FORMATS: &[&str] = &["hackolade"];
-
-impl FileFilter {
-    pub fn new(include: &[String], max_model_bytes: u64) -> Result<FileFilter, String> {
-        FileFilter::with_formats(include, max_model_bytes, DEFAULT_FORMATS)
-    }
-
-    pub fn with_formats<S: AsRef<str>>(
-        include: &[String],
-        max_model_bytes: u64,
-        formats: &[S],
-    ) -> Result<FileFilter, String> {
-        let mut chosen = Vec::new();
-        for name in formats {
-            let f = crate::model::format(name.as_ref()).ok_or_else(|| {
-                format!(
-                    "formats: unknown format `{}`; use hackolade, jsonschema or avro",
-                    name.as_ref()
-                )
-            })?;
-            chosen.push(f);
-        }
-        let mut builder = GlobSetBuilder::new();
-        for pattern in include {
-            let glob = Glob::new(pattern).map_err(|e| format!("include glob `{pattern}`: {e}"))?;
-            builder.add(glob);
-        }
-        let globs = builder.build().map_err(|e| format!("include globs: {e}"))?;
-        Ok(FileFilter {
-            include: include.to_vec(),
-            globs,
-            max_model_bytes,
-            formats: chosen,
-        })
-    }
-
-    /// Whether a repository path (relative, `/`-separated) is considered at all.
-    pub fn matches(&self, path: &str) -> bool {
-        self.globs.is_match(path)
-    }
-
-    /// A fingerprint of the settings that decide what is stored, so that a change of them makes the next poll
-    /// compare the whole tree again instead of only what changed in Git.
-    pub fn fingerprint(&self) -> String {
-        let formats: Vec<&str> = self.formats.iter().map(|f| f.name()).collect();
-        format!(
-            "include={:?};max_model_bytes={};parser={};formats={formats:?}",
-            self.include,
-            self.max_model_bytes,
-            crate::model::PARSER_VERSION
-        )
-    }
-}
 
 /// One `[providers.NAME]` table.
 #[derive(Debug, Clone)]
@@ -740,35 +671,23 @@ fn validate(
         ));
     }
     let (include, include_file) = match include {
-        Some((v, f)) => (v, f),
-        None => {
-            // JSON for Hackolade and JSON Schema, `.avsc` / `.avpr` for Avro.
-            let mut globs = Vec::new();
-            if formats.iter().any(|f| f != "avro") {
-                globs.push("**/*.json".to_string());
-            }
-            if formats.iter().any(|f| f == "avro") {
-                globs.push("**/*.avsc".to_string());
-                globs.push("**/*.avpr".to_string());
-            }
-            (globs, main.to_path_buf())
-        }
+        Some((v, f)) => (Some(v), f),
+        None => (None, main.to_path_buf()),
     };
-    if include.is_empty() {
+    if include.as_ref().is_some_and(Vec::is_empty) {
         return Err(invalid(
             &include_file,
             "include is empty, so no file would ever be considered; remove it to use the default [\"**/*.json\"]"
                 .into(),
         ));
     }
-    let filter = FileFilter::with_formats(&include, max_model_bytes, &formats).map_err(|m| {
-        let file = if m.starts_with("formats") {
-            &formats_file
-        } else {
-            &include_file
-        };
-        invalid(file, m)
-    })?;
+    let filter =
+        FileFilter::new(&formats, include.as_deref(), max_model_bytes).map_err(|e| match e {
+            FilterError::UnknownFormat(_) => invalid(&formats_file, e.to_string()),
+            FilterError::Glob { .. } | FilterError::Globs(_) => {
+                invalid(&include_file, e.to_string())
+            }
+        })?;
     let backfill = backfill.map(|(b, _)| b).unwrap_or(true);
     let events_retention_days = match events_retention_days {
         Some((0, f)) => {

@@ -22,7 +22,7 @@ use git2::{
     Sort,
 };
 
-use crate::config::FileFilter;
+use crate::model::FileFilter;
 use crate::provider::GitAuth;
 
 /// What went wrong talking to a remote or reading the mirror. Messages name the URL (which never holds

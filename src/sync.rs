@@ -591,7 +591,7 @@ pub fn model_at(
         .ok_or_else(|| format!("{}: there is no file {path} at commit {commit}", repo.id))?;
     let bytes = git::read_blob(&mirror, blob).map_err(|e| format!("{}: {e}", repo.id))?;
     Ok((
-        model::parse_with(&config.filter.formats, path, &bytes),
+        config.filter.parse(path, &bytes),
         commit.to_string(),
         blob.to_string(),
     ))
@@ -1030,9 +1030,7 @@ fn prepare(
         });
     }
     // The blob is released before writing: a large model is not held as bytes and as rows at once.
-    let parsed = git::with_blob(mirror, blob, |bytes| {
-        model::parse_with(&config.filter.formats, path, bytes)
-    })?;
+    let parsed = git::with_blob(mirror, blob, |bytes| config.filter.parse(path, bytes))?;
     let content = match parsed {
         Parsed::Model(m) => Outcome::Model(Box::new(m)),
         Parsed::Invalid(e) => {

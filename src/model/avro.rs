@@ -58,6 +58,9 @@ type Object = Map<String, Value>;
 pub struct Avro;
 
 impl Format for Avro {
+    fn default_globs(&self) -> &'static [&'static str] {
+        &["**/*.avsc", "**/*.avpr"]
+    }
     fn name(&self) -> &'static str {
         "avro"
     }

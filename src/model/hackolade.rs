@@ -100,6 +100,9 @@ const KEYS: json::Keys = json::Keys {
 pub struct Hackolade;
 
 impl super::Format for Hackolade {
+    fn default_globs(&self) -> &'static [&'static str] {
+        &["**/*.json"]
+    }
     fn name(&self) -> &'static str {
         "hackolade"
     }

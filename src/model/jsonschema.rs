@@ -70,6 +70,9 @@ use super::{Attribute, Entity, Format, Model, ParseError, Parsed};
 pub struct JsonSchema;
 
 impl Format for JsonSchema {
+    fn default_globs(&self) -> &'static [&'static str] {
+        &["**/*.json"]
+    }
     fn name(&self) -> &'static str {
         "jsonschema"
     }

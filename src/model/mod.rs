@@ -8,16 +8,19 @@
 //!
 //! Formats sit behind one small trait, [`Format`]: Hackolade (`hackolade.rs`, with the format rules and the
 //! counting definition), JSON Schema (`jsonschema.rs`) and Avro (`avro.rs`). Adding a format is one new file
-//! and one line in [`FORMATS`].
+//! and one line in [`FORMATS`]; its
+//! file names come with it ([`Format::default_globs`]), so the configuration needs no change.
 
 use std::fmt;
 
 pub mod avro;
 pub mod diff;
+mod filter;
 pub mod hackolade;
 pub mod json;
 pub mod jsonschema;
 
+pub use filter::{DEFAULT_FORMATS, FileFilter, FilterError};
 pub use hackolade::parse as parse_hackolade;
 
 /// A model file format.
@@ -27,6 +30,8 @@ pub trait Format: Sync {
     /// Read one file: not a model of this format, a model, or a file that claims to be one but is broken.
     /// `path` is the file's path in the repository (some formats are recognised by name).
     fn parse(&self, path: &str, bytes: &[u8]) -> Parsed;
+    /// The files this format reads when `include` is not set.
+    fn default_globs(&self) -> &'static [&'static str];
 }
 
 /// Every format modelmirror knows, in the order they are tried.
