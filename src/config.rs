@@ -284,9 +284,9 @@ impl ProviderConfig {
     }
 
     /// The credentials git presents to this provider, read now (so a rotated token file applies at once).
-    pub fn git_auth(&self) -> Result<provider::GitAuth, crate::secret::SecretError> {
+    pub fn git_auth(&self) -> Result<crate::git::GitAuth, crate::secret::SecretError> {
         Ok(match &self.credentials.token {
-            None => provider::GitAuth::None,
+            None => crate::git::GitAuth::None,
             Some(source) => self
                 .kind
                 .forge()

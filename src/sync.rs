@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use git2::{Oid, Repository};
+use crate::git::{Oid, Repository};
 
 use crate::config::{Config, RepoConfig};
+use crate::git::GitAuth;
 use crate::git::{self, Change, GitError, RemoteHead, RemoteSpec};
 use crate::hubignore::HubIgnore;
 use crate::model::{self, Parsed};
-use crate::provider::GitAuth;
 use crate::store::{
     Content, Counts, PollRecord, StepMeta, StepWriter, Store, StoreError, now_rfc3339,
     now_rfc3339_millis,

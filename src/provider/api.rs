@@ -293,7 +293,7 @@ impl ApiClient {
             let resp = req.send().await.map_err(|e| ApiError::Network {
                 provider: self.provider.clone(),
                 url: url.to_string(),
-                message: with_tls_hint(error_chain(&e)),
+                message: crate::git::with_tls_hint(error_chain(&e)),
             })?;
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();
@@ -410,15 +410,6 @@ impl ApiClient {
             url: url.to_string(),
             message: message.into(),
         }
-    }
-}
-
-/// Add what to do to a certificate failure.
-pub fn with_tls_hint(message: String) -> String {
-    if message.to_ascii_lowercase().contains("certificate") {
-        format!("{message} — if the server uses a private CA, set ca_file to its PEM bundle")
-    } else {
-        message
     }
 }
 

@@ -4,7 +4,8 @@
 
 use super::api::{self, ApiClient, ApiError, BoxFuture};
 use super::hooks::{self, Delivery, EventKind, RefUpdate, RepoKey, header};
-use super::{DiscoveredRepo, Forge, GitAuth, Hooks, json_body, s};
+use super::{DiscoveredRepo, Forge, Hooks, json_body, s};
+use crate::git::GitAuth;
 use crate::secret::Secret;
 use reqwest::header::HeaderMap;
 

@@ -9,7 +9,8 @@ use base64::engine::general_purpose::{
 
 use super::api::{self, ApiClient, ApiError, BoxFuture};
 use super::hooks::{self, Delivery, EventKind, RefUpdate, RepoKey, header};
-use super::{DiscoveredRepo, Forge, GitAuth, Hooks, json_body, json_id, s};
+use super::{DiscoveredRepo, Forge, Hooks, json_body, json_id, s};
+use crate::git::GitAuth;
 use crate::secret::Secret;
 use reqwest::header::HeaderMap;
 

@@ -12,9 +12,7 @@ mod plain;
 
 use std::path::Path;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
-
+use crate::git::GitAuth;
 use crate::secret::Secret;
 use api::{ApiClient, ApiError, BoxFuture, RestAuth};
 use reqwest::header::HeaderMap;
@@ -200,40 +198,6 @@ fn json_id(v: &serde_json::Value) -> Option<String> {
     }
 }
 
-/// Credentials for git over HTTP, sent as an `Authorization` header with the first request (never in a URL).
-#[derive(Debug, Clone)]
-pub enum GitAuth {
-    None,
-    Basic { username: String, password: Secret },
-    Bearer(Secret),
-}
-
-impl GitAuth {
-    /// The `Authorization: …` header line, if any.
-    pub fn header(&self) -> Option<Secret> {
-        match self {
-            GitAuth::None => None,
-            GitAuth::Basic { username, password } => Some(Secret::new(format!(
-                "Authorization: Basic {}",
-                BASE64.encode(format!("{username}:{}", password.expose()))
-            ))),
-            GitAuth::Bearer(token) => Some(Secret::new(format!(
-                "Authorization: Bearer {}",
-                token.expose()
-            ))),
-        }
-    }
-
-    /// A short description for messages: the scheme and user name, never the secret.
-    pub fn describe(&self) -> String {
-        match self {
-            GitAuth::None => "no credentials".into(),
-            GitAuth::Basic { username, .. } => format!("Basic auth as `{username}`"),
-            GitAuth::Bearer(_) => "a Bearer token".into(),
-        }
-    }
-}
-
 /// The validated base URL of a provider: the configured one without a trailing slash, or the cloud default.
 /// For the `git` kind a filesystem path is accepted and becomes a `file://` URL (relative paths are taken
 /// from the configuration file's folder).
@@ -363,6 +327,8 @@ fn check_path(path: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as BASE64;
 
     fn s(v: &str) -> Secret {
         Secret::new(v.into())

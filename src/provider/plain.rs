@@ -1,7 +1,8 @@
 //! Any Git server (`kind = "git"`): `repos` are full clone URLs (https, ssh or file) or paths relative to
 //! `url`; Basic auth with `username` + token when a token is given.
 
-use super::{Forge, GitAuth, Hooks};
+use super::{Forge, Hooks};
+use crate::git::GitAuth;
 use crate::secret::Secret;
 
 pub struct PlainGit;
