@@ -16,7 +16,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use crate::model::{DEFAULT_FORMATS, FileFilter, FilterError};
 use serde::Deserialize;
 
-use crate::provider::{self, ProviderKind};
+use crate::forge::{self, ProviderKind};
 use crate::schedule::{Schedule, ScheduleError};
 use crate::secret::{Secret, SecretFile, TokenSource, expand_vars};
 
@@ -292,6 +292,20 @@ impl ProviderConfig {
                 .forge()
                 .git_auth(self.credentials.username.as_deref(), source.resolve()?),
         })
+    }
+
+    /// What a REST client of this provider needs.
+    pub fn api_settings(&self) -> crate::forge::api::ApiSettings<'_> {
+        crate::forge::api::ApiSettings {
+            provider: &self.name,
+            kind: self.kind,
+            api_url: self.api_url.as_deref(),
+            username: self.credentials.username.as_deref(),
+            connect_timeout: self.connect_timeout,
+            read_timeout: self.read_timeout,
+            ca_file: self.ca_file.as_deref(),
+            proxy: self.proxy.as_ref(),
+        }
     }
 
     /// Check that every secret of this provider can be read now. Returns problems (errors) and warnings.
@@ -777,7 +791,7 @@ fn validate(
                 ),
             )
         })?;
-        let base_url = provider::base_url(kind, raw.url.as_deref(), base).map_err(|m| {
+        let base_url = forge::base_url(kind, raw.url.as_deref(), base).map_err(|m| {
             let shown = raw
                 .url
                 .as_deref()
@@ -973,7 +987,7 @@ fn validate(
             ));
         }
         if webhook.is_some()
-            && kind != ProviderKind::Git
+            && forge.event_header().is_some()
             && webhook_secrets.is_empty()
             && !allow_unsigned_webhooks
         {
@@ -1025,16 +1039,15 @@ fn validate(
                     ),
                 ));
             }
-            let resolved =
-                provider::resolve_repo(kind, &provider.base_url, entry).map_err(|m| {
-                    invalid(
-                        &file,
-                        format!(
-                            "[providers.{name}] repos entry {:?}: {m}",
-                            crate::redact::redact_url(entry)
-                        ),
-                    )
-                })?;
+            let resolved = forge::resolve_repo(kind, &provider.base_url, entry).map_err(|m| {
+                invalid(
+                    &file,
+                    format!(
+                        "[providers.{name}] repos entry {:?}: {m}",
+                        crate::redact::redact_url(entry)
+                    ),
+                )
+            })?;
             let repo = provider.repo(&resolved.path, &resolved.url);
             if let Some(first) = seen_ids.insert(repo.id.clone(), name.clone()) {
                 return Err(ConfigError::DuplicateRepo {

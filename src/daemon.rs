@@ -650,9 +650,7 @@ async fn discovery_loop(
         };
         let provider = &config.providers[index];
         let limits = limits
-            .get_or_insert_with(|| {
-                crate::provider::api::Limits::new(provider.max_requests_per_hour)
-            })
+            .get_or_insert_with(|| crate::forge::api::Limits::new(provider.max_requests_per_hour))
             .clone();
         // Shutdown must not wait for a discovery (it may be waiting out a rate limit).
         let run = tokio::select! {

@@ -9,11 +9,11 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod forge;
 pub mod git;
 pub mod hubignore;
 pub mod metrics;
 pub mod model;
-pub mod provider;
 pub mod redact;
 pub mod schedule;
 pub mod secret;

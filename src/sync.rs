@@ -1091,7 +1091,7 @@ pub async fn discover(
     config: &Config,
     index: usize,
     store: &Store,
-    limits: Arc<crate::provider::api::Limits>,
+    limits: Arc<crate::forge::api::Limits>,
 ) -> Result<Discovered, String> {
     let provider = &config.providers[index];
     let kind = provider.kind.as_str();
@@ -1135,7 +1135,7 @@ async fn discover_inner(
     config: &Config,
     index: usize,
     store: &Store,
-    limits: Arc<crate::provider::api::Limits>,
+    limits: Arc<crate::forge::api::Limits>,
 ) -> Result<Discovered, String> {
     let provider = &config.providers[index];
     let token = match &provider.credentials.token {
@@ -1145,7 +1145,7 @@ async fn discover_inner(
         ),
         None => None,
     };
-    let api = crate::provider::api::ApiClient::new(provider, token.as_ref(), limits)
+    let api = crate::forge::api::ApiClient::new(&provider.api_settings(), token.as_ref(), limits)
         .map_err(|e| e.to_string())?;
     let forge = provider.kind.forge();
     let configured: Vec<&str> = config
@@ -1169,7 +1169,7 @@ async fn discover_inner(
             if !provider.repo_filter.allows(&r.path) || !seen.insert(r.path.clone()) {
                 continue;
             }
-            let resolved = match crate::provider::resolve_repo(
+            let resolved = match crate::forge::resolve_repo(
                 provider.kind,
                 &provider.base_url,
                 &r.path,

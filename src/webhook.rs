@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
-use crate::provider::hooks::{Delivery, EventKind, RepoKey, normalize_url};
+use crate::forge::webhook::{Delivery, EventKind, RepoKey, normalize_url};
 use crate::secret::Secret;
 use crate::store::{DeliveryRecord, Store, now_rfc3339_millis};
 
@@ -262,17 +262,12 @@ fn answer(status: StatusCode, text: &str) -> Answer {
     r
 }
 
-/// The header a provider kind signs with, which must be present before the body is even read.
-fn signature_present(kind: crate::provider::ProviderKind, headers: &hyper::HeaderMap) -> bool {
-    use crate::provider::ProviderKind as K;
-    match kind {
-        K::Gitlab => {
-            headers.contains_key("x-gitlab-token") || headers.contains_key("webhook-signature")
-        }
-        K::Github => headers.contains_key("x-hub-signature-256"),
-        K::BitbucketCloud | K::BitbucketDatacenter => headers.contains_key("x-hub-signature"),
-        K::Git => false,
-    }
+/// Whether a delivery carries a signature header of `kind` (checked before the body is even read).
+fn signature_present(kind: crate::forge::ProviderKind, headers: &hyper::HeaderMap) -> bool {
+    kind.forge()
+        .signature_headers()
+        .iter()
+        .any(|h| headers.contains_key(*h))
 }
 
 async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answer, Infallible> {
@@ -286,9 +281,10 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answ
         });
     }
     let received_at = now_rfc3339_millis();
-    let event_name: String = ["x-gitlab-event", "x-github-event", "x-event-key"]
+    let event_name: String = crate::forge::ProviderKind::ALL
         .iter()
-        .find_map(|h| req.headers().get(*h).and_then(|v| v.to_str().ok()))
+        .filter_map(|k| k.forge().event_header())
+        .find_map(|h| req.headers().get(h).and_then(|v| v.to_str().ok()))
         .unwrap_or("")
         .chars()
         .take(MAX_EVENT_LEN)
@@ -330,7 +326,7 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answ
             .filter(|i| {
                 config.providers[*i]
                     .kind
-                    .hooks()
+                    .forge()
                     .webhook_detect(req.headers())
             })
             .collect(),
@@ -448,12 +444,12 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answ
             refusal = "the webhook secret cannot be verified".into();
             continue;
         }
-        match p.kind.hooks().webhook_verify(headers, &body, &secrets) {
+        match p.kind.forge().webhook_verify(headers, &body, &secrets) {
             Ok(()) => {
                 verified = Some(i);
                 break;
             }
-            Err(m) => refusal = m,
+            Err(e) => refusal = e.to_string(),
         }
     }
     let Some(index) = verified else {
@@ -472,11 +468,11 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answ
     let provider = config.providers[index].name.clone();
     let delivery = match config.providers[index]
         .kind
-        .hooks()
+        .forge()
         .webhook_parse(headers, &body)
     {
         Ok(d) => d,
-        Err(m) => {
+        Err(e) => {
             record_answered(
                 &state,
                 &provider,
@@ -484,11 +480,11 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answ
                 &event_name,
                 None,
                 "rejected",
-                m.clone(),
+                e.to_string(),
             );
             return Ok(answer(
                 StatusCode::BAD_REQUEST,
-                &format!("cannot read the payload: {m}"),
+                &format!("cannot read the payload: {e}"),
             ));
         }
     };

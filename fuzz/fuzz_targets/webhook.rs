@@ -4,7 +4,7 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use modelmirror::provider::ProviderKind;
+use modelmirror::forge::ProviderKind;
 
 fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -36,6 +36,6 @@ fuzz_target!(|data: &[u8]| {
         ),
     ];
     for (kind, h) in &cases {
-        let _ = kind.hooks().webhook_parse(h, data);
+        let _ = kind.forge().webhook_parse(h, data);
     }
 });

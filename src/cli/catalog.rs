@@ -520,7 +520,7 @@ pub(super) fn rebuild(config: Config, ids: &[String]) -> Result<ExitCode, CliErr
         // A lost database forgets discovered repositories; their mirrors remember them.
         if !p.discover.is_empty() {
             for path in mirrors_below(&config.mirrors_dir().join(&p.name)) {
-                if let Ok(resolved) = crate::provider::resolve_repo(p.kind, &p.base_url, &path) {
+                if let Ok(resolved) = crate::forge::resolve_repo(p.kind, &p.base_url, &path) {
                     found.push(p.repo(&resolved.path, &resolved.url));
                 }
             }

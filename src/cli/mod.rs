@@ -338,7 +338,7 @@ fn sync(config: Config, ids: &[String]) -> Result<ExitCode, CliError> {
         if provider.discover.is_empty() {
             continue;
         }
-        let limits = crate::provider::api::Limits::new(provider.max_requests_per_hour);
+        let limits = crate::forge::api::Limits::new(provider.max_requests_per_hour);
         match rt.block_on(crate::sync::discover(&config, index, &store, limits)) {
             Err(e) => {
                 discovery_ok = false;
@@ -758,21 +758,15 @@ fn check(path: &std::path::Path, json: bool) -> Result<ExitCode, CliError> {
                 add("secret", &target(&w), "warning", w);
             }
             for p in &config.providers {
-                if p.kind == crate::provider::ProviderKind::BitbucketCloud
-                    && p.credentials.token.is_some()
-                    && p.credentials
-                        .username
-                        .as_deref()
-                        .is_some_and(|u| !u.contains('@'))
+                let forge = p.kind.forge();
+                if p.credentials.token.is_some()
+                    && let Some(w) = forge.credentials_warning(p.credentials.username.as_deref())
                 {
                     add(
                         "secret",
                         &p.name,
                         "warning",
-                        format!(
-                            "provider {}: username without `@` means an app password, and Atlassian retired app passwords on 2026-07-28; create an API token (username = your Atlassian e-mail) or a repository/project/workspace access token (no username)",
-                            p.name
-                        ),
+                        format!("provider {}: {w}", p.name),
                     );
                 }
             }
@@ -830,10 +824,10 @@ async fn check_remote(config: &Config) -> Vec<CheckResult> {
             Some(Ok(t)) => Some(t),
             None => None,
         };
-        let api = match crate::provider::api::ApiClient::new(
-            p,
+        let api = match crate::forge::api::ApiClient::new(
+            &p.api_settings(),
             token.as_ref(),
-            crate::provider::api::Limits::new(p.max_requests_per_hour),
+            crate::forge::api::Limits::new(p.max_requests_per_hour),
         ) {
             Ok(api) => api,
             Err(e) => {
@@ -890,7 +884,7 @@ async fn check_remote(config: &Config) -> Vec<CheckResult> {
                     let excluded = found.len() - allowed.len();
                     for r in allowed.iter().filter(|r| !r.archived) {
                         if let Ok(resolved) =
-                            crate::provider::resolve_repo(p.kind, &p.base_url, &r.path)
+                            crate::forge::resolve_repo(p.kind, &p.base_url, &r.path)
                         {
                             let repo = p.repo(&resolved.path, &resolved.url);
                             if !repos.iter().any(|x| x.id == repo.id) {

@@ -13,7 +13,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::ProviderConfig;
+use super::ProviderKind;
 use crate::secret::Secret;
 
 /// A boxed future, so the per-kind REST calls can sit behind the `Forge` trait object.
@@ -204,6 +204,23 @@ impl Response {
     }
 }
 
+/// What a REST client needs from a provider's configuration.
+pub struct ApiSettings<'a> {
+    /// The provider's name, for messages and metrics.
+    pub provider: &'a str,
+    pub kind: ProviderKind,
+    /// The API base (`None`: this provider has no REST API).
+    pub api_url: Option<&'a str>,
+    /// With a `username`, some hosts take the token as Basic auth.
+    pub username: Option<&'a str>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    /// An extra CA bundle (PEM) to trust.
+    pub ca_file: Option<&'a std::path::Path>,
+    /// `http://[user:pass@]host:port`.
+    pub proxy: Option<&'a Secret>,
+}
+
 /// A provider's REST API, ready to call.
 pub struct ApiClient {
     pub provider: String,
@@ -217,17 +234,17 @@ pub struct ApiClient {
 impl ApiClient {
     /// A client for `provider`, presenting `token` (read just now, so rotations apply) as its kind expects.
     pub fn new(
-        provider: &ProviderConfig,
+        provider: &ApiSettings<'_>,
         token: Option<&Secret>,
         limits: Arc<Limits>,
     ) -> Result<ApiClient, ApiError> {
         let setup = |message: String| ApiError::Setup {
-            provider: provider.name.clone(),
+            provider: provider.provider.to_string(),
             message,
         };
         let base = provider
             .api_url
-            .clone()
+            .map(str::to_string)
             .ok_or_else(|| setup(format!("kind {} has no REST API", provider.kind.as_str())))?;
         let forge = provider.kind.forge();
         let mut builder = reqwest::Client::builder()
@@ -235,7 +252,7 @@ impl ApiClient {
             .read_timeout(provider.read_timeout)
             .user_agent(concat!("modelmirror/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::limited(5));
-        if let Some(ca) = &provider.ca_file {
+        if let Some(ca) = provider.ca_file {
             let pem = std::fs::read(ca)
                 .map_err(|e| setup(format!("cannot read ca_file {}: {e}", ca.display())))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
@@ -244,7 +261,7 @@ impl ApiClient {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        if let Some(proxy) = &provider.proxy {
+        if let Some(proxy) = provider.proxy {
             let p = reqwest::Proxy::all(proxy.expose()).map_err(|_| {
                 setup(format!(
                     "proxy {:?} is not a valid URL",
@@ -256,9 +273,9 @@ impl ApiClient {
         let http = builder
             .build()
             .map_err(|e| setup(format!("cannot set up HTTPS: {e}")))?;
-        let auth = token.map(|t| forge.rest_auth(provider.credentials.username.as_deref(), t));
+        let auth = token.map(|t| forge.rest_auth(provider.username, t));
         Ok(ApiClient {
-            provider: provider.name.clone(),
+            provider: provider.provider.to_string(),
             base,
             http,
             auth,

@@ -74,21 +74,39 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Check `sha256=<hex HMAC-SHA256(secret, body)>` (GitHub `X-Hub-Signature-256`, Bitbucket `X-Hub-Signature`)
-/// against every configured secret.
+/// Why a delivery is refused or cannot be read. Says what is wrong with the delivery, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HookError {
+    #[error("missing {0} header (is the webhook's secret set on the host?)")]
+    MissingSignature(&'static str),
+    #[error("{0} is not a sha256= signature")]
+    NotSha256(&'static str),
+    #[error("{0} does not match any configured webhook secret")]
+    Mismatch(&'static str),
+    /// A signature whose parts are malformed or stale (GitLab's Standard Webhooks headers).
+    #[error("{0}")]
+    BadSignature(&'static str),
+    #[error("the payload is not JSON: {0}")]
+    NotJson(String),
+    #[error("a push without `ref`")]
+    PushWithoutRef,
+    #[error("this kind of provider sends no webhooks")]
+    Unsupported,
+}
+
+/// Check the `sha256=<hex HMAC-SHA256(secret, body)>` in header `name` (GitHub `X-Hub-Signature-256`,
+/// Bitbucket `X-Hub-Signature`) against every configured secret.
 pub fn verify_hub_signature(
-    value: Option<&str>,
-    header_name: &str,
+    headers: &HeaderMap,
+    name: &'static str,
     body: &[u8],
     secrets: &[Secret],
-) -> Result<(), String> {
-    let Some(value) = value else {
-        return Err(format!(
-            "missing {header_name} header (is the webhook's secret set on the host?)"
-        ));
+) -> Result<(), HookError> {
+    let Some(value) = header(headers, name) else {
+        return Err(HookError::MissingSignature(name));
     };
     let Some(given) = value.strip_prefix("sha256=") else {
-        return Err(format!("{header_name} is not a sha256= signature"));
+        return Err(HookError::NotSha256(name));
     };
     let given = given.to_ascii_lowercase();
     for s in secrets {
@@ -98,9 +116,7 @@ pub fn verify_hub_signature(
             return Ok(());
         }
     }
-    Err(format!(
-        "{header_name} does not match any configured webhook secret"
-    ))
+    Err(HookError::Mismatch(name))
 }
 
 /// A clone URL reduced for comparison: lower-case scheme and host, no user, no default port, no trailing `/`
@@ -143,18 +159,19 @@ mod tests {
         );
         let secrets = [Secret::new("It's a Secret to Everybody".into())];
         let sig = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
-        assert!(
-            verify_hub_signature(Some(sig), "X-Hub-Signature-256", b"Hello, World!", &secrets)
-                .is_ok()
+        let mut headers = HeaderMap::new();
+        let name = "X-Hub-Signature-256";
+        headers.insert("x-hub-signature-256", sig.parse().unwrap());
+        assert!(verify_hub_signature(&headers, name, b"Hello, World!", &secrets).is_ok());
+        assert_eq!(
+            verify_hub_signature(&headers, name, b"Hello, World?", &secrets),
+            Err(HookError::Mismatch(name))
         );
+        let missing = verify_hub_signature(&HeaderMap::new(), name, b"x", &secrets).unwrap_err();
         assert!(
-            verify_hub_signature(Some(sig), "X-Hub-Signature-256", b"Hello, World?", &secrets)
-                .is_err()
-        );
-        assert!(
-            verify_hub_signature(None, "X-Hub-Signature-256", b"x", &secrets)
-                .unwrap_err()
-                .contains("missing")
+            missing
+                .to_string()
+                .starts_with("missing X-Hub-Signature-256 header")
         );
     }
 

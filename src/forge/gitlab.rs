@@ -8,8 +8,8 @@ use base64::engine::general_purpose::{
 };
 
 use super::api::{self, ApiClient, ApiError, BoxFuture};
-use super::hooks::{self, Delivery, EventKind, RefUpdate, RepoKey, header};
-use super::{DiscoveredRepo, Forge, Hooks, json_body, json_id, s};
+use super::webhook::{self, Delivery, EventKind, HookError, RefUpdate, RepoKey, header};
+use super::{DiscoveredRepo, Forge, json_body, json_id, s};
 use crate::git::GitAuth;
 use crate::secret::Secret;
 use reqwest::header::HeaderMap;
@@ -19,9 +19,6 @@ pub struct Gitlab;
 impl Forge for Gitlab {
     fn default_url(&self) -> Option<&'static str> {
         Some("https://gitlab.com")
-    }
-    fn clone_url(&self, base: &str, path: &str) -> String {
-        format!("{base}/{}.git", path.trim_end_matches(".git"))
     }
     fn git_auth(&self, username: Option<&str>, token: Secret) -> GitAuth {
         GitAuth::Basic {
@@ -39,8 +36,8 @@ impl Forge for Gitlab {
         // gitlab.com: 2,000 authenticated API requests a minute.
         120_000
     }
-    fn rest_auth(&self, _username: Option<&str>, token: &Secret) -> api::RestAuth {
-        api::RestAuth::bearer(token)
+    fn rest_basic_with_username(&self) -> bool {
+        false
     }
     fn token_hint(&self) -> &'static str {
         "it needs the read_api and read_repository scopes (group and project tokens: at least the Reporter role)"
@@ -123,36 +120,12 @@ impl Forge for Gitlab {
             Ok(out)
         })
     }
-}
 
-/// GitLab's next page: `Link: rel="next"`, else the `x-next-page` number put into the current URL.
-fn next_page(r: &api::Response) -> Option<String> {
-    if let Some(next) = api::link_next(r) {
-        return Some(next);
+    fn event_header(&self) -> Option<&'static str> {
+        Some("X-Gitlab-Event")
     }
-    let page = r
-        .header("x-next-page")
-        .map(str::trim)
-        .filter(|p| !p.is_empty())?;
-    let mut url = url::Url::parse(&r.url).ok()?;
-    let pairs: Vec<(String, String)> = url
-        .query_pairs()
-        .filter(|(k, _)| k != "page")
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    url.query_pairs_mut()
-        .clear()
-        .extend_pairs(pairs)
-        .append_pair("page", page);
-    Some(url.to_string())
-}
-
-/// How old a Standard Webhooks timestamp may be (the spec recommends about five minutes).
-const SIGNATURE_TOLERANCE_SECS: i64 = 300;
-
-impl Hooks for Gitlab {
-    fn webhook_detect(&self, headers: &HeaderMap) -> bool {
-        headers.contains_key("x-gitlab-event")
+    fn signature_headers(&self) -> &'static [&'static str] {
+        &["X-Gitlab-Token", "webhook-signature"]
     }
 
     /// The Standard Webhooks `webhook-signature` when present (never falling back to the token then), else
@@ -162,19 +135,23 @@ impl Hooks for Gitlab {
         headers: &HeaderMap,
         body: &[u8],
         secrets: &[Secret],
-    ) -> Result<(), String> {
+    ) -> Result<(), HookError> {
         if let Some(signature) = header(headers, "webhook-signature") {
             let (Some(id), Some(ts)) = (
                 header(headers, "webhook-id"),
                 header(headers, "webhook-timestamp"),
             ) else {
-                return Err("webhook-signature without webhook-id and webhook-timestamp".into());
+                return Err(HookError::BadSignature(
+                    "webhook-signature without webhook-id and webhook-timestamp",
+                ));
             };
             let ts_num: i64 = ts
                 .parse()
-                .map_err(|_| "webhook-timestamp is not a number".to_string())?;
+                .map_err(|_| HookError::BadSignature("webhook-timestamp is not a number"))?;
             if chrono::Utc::now().timestamp().abs_diff(ts_num) > SIGNATURE_TOLERANCE_SECS as u64 {
-                return Err("webhook-timestamp is more than 5 minutes away from now (replayed or clock skew)".into());
+                return Err(HookError::BadSignature(
+                    "webhook-timestamp is more than 5 minutes away from now (replayed or clock skew)",
+                ));
             }
             let mut signed = format!("{id}.{ts}.").into_bytes();
             signed.extend_from_slice(body);
@@ -191,36 +168,34 @@ impl Hooks for Gitlab {
                     },
                     None => secret.expose().as_bytes().to_vec(),
                 };
-                let Some(mac) = hooks::hmac_sha256(&key, &signed) else {
+                let Some(mac) = webhook::hmac_sha256(&key, &signed) else {
                     continue;
                 };
                 let expected = BASE64.encode(&mac);
                 if signature
                     .split_whitespace()
                     .filter_map(|part| part.strip_prefix("v1,"))
-                    .any(|given| hooks::ct_eq(given.as_bytes(), expected.as_bytes()))
+                    .any(|given| webhook::ct_eq(given.as_bytes(), expected.as_bytes()))
                 {
                     return Ok(());
                 }
             }
-            return Err("webhook-signature does not match any configured webhook secret".into());
+            return Err(HookError::Mismatch("webhook-signature"));
         }
         let Some(token) = header(headers, "x-gitlab-token") else {
-            return Err(
-                "missing X-Gitlab-Token header (set the webhook's secret token on GitLab)".into(),
-            );
+            return Err(HookError::MissingSignature("X-Gitlab-Token"));
         };
         if secrets
             .iter()
-            .any(|s| hooks::ct_eq(token.as_bytes(), s.expose().trim().as_bytes()))
+            .any(|s| webhook::ct_eq(token.as_bytes(), s.expose().trim().as_bytes()))
         {
             Ok(())
         } else {
-            Err("X-Gitlab-Token does not match any configured webhook secret".into())
+            Err(HookError::Mismatch("X-Gitlab-Token"))
         }
     }
 
-    fn webhook_parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Delivery, String> {
+    fn webhook_parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Delivery, HookError> {
         let event = header(headers, "x-gitlab-event").unwrap_or("").to_string();
         // With a Standard Webhooks signature, the signed `webhook-id` is the delivery id (the other headers
         // are not signed, so a replay could change them).
@@ -254,8 +229,8 @@ impl Hooks for Gitlab {
         };
         let kind = match kind.as_deref() {
             Some("push" | "tag_push") => {
-                let ref_name = s(&v, "/ref").ok_or("a push without `ref`")?;
-                let deleted = s(&v, "/after").as_deref() == Some(hooks::ZERO_SHA);
+                let ref_name = s(&v, "/ref").ok_or(HookError::PushWithoutRef)?;
+                let deleted = s(&v, "/after").as_deref() == Some(webhook::ZERO_SHA);
                 EventKind::Push {
                     repo,
                     updates: vec![RefUpdate { ref_name, deleted }],
@@ -269,7 +244,7 @@ impl Hooks for Gitlab {
                     .filter_map(|c| {
                         Some(RefUpdate {
                             ref_name: s(c, "/ref")?,
-                            deleted: s(c, "/after").as_deref() == Some(hooks::ZERO_SHA),
+                            deleted: s(c, "/after").as_deref() == Some(webhook::ZERO_SHA),
                         })
                     })
                     .collect();
@@ -283,4 +258,29 @@ impl Hooks for Gitlab {
             kind,
         })
     }
+}
+
+/// How old a Standard Webhooks timestamp may be (the spec recommends about five minutes).
+const SIGNATURE_TOLERANCE_SECS: i64 = 300;
+
+/// GitLab's next page: `Link: rel="next"`, else the `x-next-page` number put into the current URL.
+fn next_page(r: &api::Response) -> Option<String> {
+    if let Some(next) = api::link_next(r) {
+        return Some(next);
+    }
+    let page = r
+        .header("x-next-page")
+        .map(str::trim)
+        .filter(|p| !p.is_empty())?;
+    let mut url = url::Url::parse(&r.url).ok()?;
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != "page")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    url.query_pairs_mut()
+        .clear()
+        .extend_pairs(pairs)
+        .append_pair("page", page);
+    Some(url.to_string())
 }

@@ -4,8 +4,8 @@
 //! repositories.
 
 use super::api::{self, ApiClient, ApiError, BoxFuture};
-use super::hooks::{self, Delivery, EventKind, RefUpdate, RepoKey, header};
-use super::{DiscoveredRepo, Forge, Hooks, json_body, json_id, s};
+use super::webhook::{self, Delivery, EventKind, HookError, RefUpdate, RepoKey, header};
+use super::{DiscoveredRepo, Forge, json_body, json_id, s};
 use crate::git::GitAuth;
 use crate::secret::Secret;
 use reqwest::header::HeaderMap;
@@ -107,29 +107,19 @@ impl Forge for BitbucketDatacenter {
             Ok(out)
         })
     }
-}
+    fn event_header(&self) -> Option<&'static str> {
+        Some("X-Event-Key")
+    }
+    /// `X-Hub-Signature: sha256=<hex>`.
+    fn signature_headers(&self) -> &'static [&'static str] {
+        &["X-Hub-Signature"]
+    }
 
-impl Hooks for BitbucketDatacenter {
     fn webhook_detect(&self, headers: &HeaderMap) -> bool {
         headers.contains_key("x-event-key") && headers.contains_key("x-request-id")
     }
 
-    /// `X-Hub-Signature: sha256=<hex>`.
-    fn webhook_verify(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-        secrets: &[Secret],
-    ) -> Result<(), String> {
-        hooks::verify_hub_signature(
-            header(headers, "x-hub-signature"),
-            "X-Hub-Signature",
-            body,
-            secrets,
-        )
-    }
-
-    fn webhook_parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Delivery, String> {
+    fn webhook_parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Delivery, HookError> {
         let event = header(headers, "x-event-key").unwrap_or("").to_string();
         let delivery_id = header(headers, "x-request-id").map(str::to_string);
         let kind = match event.as_str() {
@@ -160,7 +150,7 @@ impl Hooks for BitbucketDatacenter {
                         Some(RefUpdate {
                             ref_name: s(c, "/ref/id").or_else(|| s(c, "/refId"))?,
                             deleted: s(c, "/type").as_deref() == Some("DELETE")
-                                || s(c, "/toHash").as_deref() == Some(hooks::ZERO_SHA),
+                                || s(c, "/toHash").as_deref() == Some(webhook::ZERO_SHA),
                         })
                     })
                     .collect();

@@ -3,8 +3,8 @@
 //! `<url>/api/v3`) with a Bearer token; discovery lists an organisation's or a user's repositories.
 
 use super::api::{self, ApiClient, ApiError, BoxFuture};
-use super::hooks::{self, Delivery, EventKind, RefUpdate, RepoKey, header};
-use super::{DiscoveredRepo, Forge, Hooks, json_body, json_id, s};
+use super::webhook::{self, Delivery, EventKind, HookError, RefUpdate, RepoKey, header};
+use super::{DiscoveredRepo, Forge, json_body, json_id, s};
 use crate::git::GitAuth;
 use crate::secret::Secret;
 use reqwest::header::HeaderMap;
@@ -14,9 +14,6 @@ pub struct Github;
 impl Forge for Github {
     fn default_url(&self) -> Option<&'static str> {
         Some("https://github.com")
-    }
-    fn clone_url(&self, base: &str, path: &str) -> String {
-        format!("{base}/{}.git", path.trim_end_matches(".git"))
     }
     fn git_auth(&self, username: Option<&str>, token: Secret) -> GitAuth {
         GitAuth::Basic {
@@ -38,8 +35,8 @@ impl Forge for Github {
         // 5,000 requests an hour per user token.
         5_000
     }
-    fn rest_auth(&self, _username: Option<&str>, token: &Secret) -> api::RestAuth {
-        api::RestAuth::bearer(token)
+    fn rest_basic_with_username(&self) -> bool {
+        false
     }
     fn token_hint(&self) -> &'static str {
         "a classic token needs the repo scope (and read:org for private organisation repositories); a fine-grained token needs Contents: read and Metadata: read on the repositories"
@@ -91,6 +88,51 @@ impl Forge for Github {
             }
         })
     }
+    fn event_header(&self) -> Option<&'static str> {
+        Some("X-GitHub-Event")
+    }
+    /// `X-Hub-Signature-256: sha256=<hex>` (never the SHA-1 `X-Hub-Signature`).
+    fn signature_headers(&self) -> &'static [&'static str] {
+        &["X-Hub-Signature-256"]
+    }
+
+    fn webhook_parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Delivery, HookError> {
+        let event = header(headers, "x-github-event").unwrap_or("").to_string();
+        let delivery_id = header(headers, "x-github-delivery").map(str::to_string);
+        let kind = match event.as_str() {
+            "ping" => EventKind::Ping,
+            "push" => {
+                let v = json_body(body)?;
+                let repo = RepoKey {
+                    provider_id: v.pointer("/repository/id").and_then(json_id),
+                    path: s(&v, "/repository/full_name"),
+                    clone_urls: [
+                        "/repository/clone_url",
+                        "/repository/ssh_url",
+                        "/repository/html_url",
+                    ]
+                    .iter()
+                    .filter_map(|p| s(&v, p))
+                    .collect(),
+                    default_branch: s(&v, "/repository/default_branch")
+                        .or_else(|| s(&v, "/repository/master_branch")),
+                };
+                let ref_name = s(&v, "/ref").ok_or(HookError::PushWithoutRef)?;
+                let deleted = v["deleted"].as_bool() == Some(true)
+                    || s(&v, "/after").as_deref() == Some(webhook::ZERO_SHA);
+                EventKind::Push {
+                    repo,
+                    updates: vec![RefUpdate { ref_name, deleted }],
+                }
+            }
+            _ => EventKind::Other,
+        };
+        Ok(Delivery {
+            event,
+            delivery_id,
+            kind,
+        })
+    }
 }
 
 async fn list(
@@ -125,63 +167,4 @@ async fn list(
     )
     .await?;
     Ok(out)
-}
-
-impl Hooks for Github {
-    fn webhook_detect(&self, headers: &HeaderMap) -> bool {
-        headers.contains_key("x-github-event")
-    }
-
-    /// `X-Hub-Signature-256: sha256=<hex>` (never the SHA-1 `X-Hub-Signature`).
-    fn webhook_verify(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-        secrets: &[Secret],
-    ) -> Result<(), String> {
-        hooks::verify_hub_signature(
-            header(headers, "x-hub-signature-256"),
-            "X-Hub-Signature-256",
-            body,
-            secrets,
-        )
-    }
-
-    fn webhook_parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Delivery, String> {
-        let event = header(headers, "x-github-event").unwrap_or("").to_string();
-        let delivery_id = header(headers, "x-github-delivery").map(str::to_string);
-        let kind = match event.as_str() {
-            "ping" => EventKind::Ping,
-            "push" => {
-                let v = json_body(body)?;
-                let repo = RepoKey {
-                    provider_id: v.pointer("/repository/id").and_then(json_id),
-                    path: s(&v, "/repository/full_name"),
-                    clone_urls: [
-                        "/repository/clone_url",
-                        "/repository/ssh_url",
-                        "/repository/html_url",
-                    ]
-                    .iter()
-                    .filter_map(|p| s(&v, p))
-                    .collect(),
-                    default_branch: s(&v, "/repository/default_branch")
-                        .or_else(|| s(&v, "/repository/master_branch")),
-                };
-                let ref_name = s(&v, "/ref").ok_or("a push without `ref`")?;
-                let deleted = v["deleted"].as_bool() == Some(true)
-                    || s(&v, "/after").as_deref() == Some(hooks::ZERO_SHA);
-                EventKind::Push {
-                    repo,
-                    updates: vec![RefUpdate { ref_name, deleted }],
-                }
-            }
-            _ => EventKind::Other,
-        };
-        Ok(Delivery {
-            event,
-            delivery_id,
-            kind,
-        })
-    }
 }

@@ -3,8 +3,8 @@
 //! REST at `api.bitbucket.org/2.0`; discovery lists a workspace's repositories, or one project's.
 
 use super::api::{self, ApiClient, ApiError, BoxFuture};
-use super::hooks::{self, Delivery, EventKind, RefUpdate, RepoKey, header};
-use super::{DiscoveredRepo, Forge, Hooks, json_body, s};
+use super::webhook::{Delivery, EventKind, HookError, RefUpdate, RepoKey, header};
+use super::{DiscoveredRepo, Forge, json_body, s};
 use crate::git::GitAuth;
 use crate::secret::Secret;
 use reqwest::header::HeaderMap;
@@ -14,9 +14,6 @@ pub struct BitbucketCloud;
 impl Forge for BitbucketCloud {
     fn default_url(&self) -> Option<&'static str> {
         Some("https://bitbucket.org")
-    }
-    fn clone_url(&self, base: &str, path: &str) -> String {
-        format!("{base}/{}.git", path.trim_end_matches(".git"))
     }
     fn git_auth(&self, username: Option<&str>, token: Secret) -> GitAuth {
         // Access tokens: `x-token-auth`. API tokens are configured with the Atlassian e-mail (which REST
@@ -48,6 +45,12 @@ impl Forge for BitbucketCloud {
     }
     fn token_hint(&self) -> &'static str {
         "an access token needs the repository:read scope (project or workspace tokens for discovery); an API token needs read:repository:bitbucket and username = your Atlassian e-mail; app passwords were retired on 2026-07-28"
+    }
+    fn credentials_warning(&self, username: Option<&str>) -> Option<&'static str> {
+        // A user name that is not an e-mail goes with an app password.
+        username.filter(|u| !u.contains('@')).map(|_| {
+            "username without `@` means an app password, and Atlassian retired app passwords on 2026-07-28; create an API token (username = your Atlassian e-mail) or a repository/project/workspace access token (no username)"
+        })
     }
     fn whoami<'a>(
         &'a self,
@@ -132,9 +135,14 @@ impl Forge for BitbucketCloud {
             Ok(out)
         })
     }
-}
+    fn event_header(&self) -> Option<&'static str> {
+        Some("X-Event-Key")
+    }
+    /// `X-Hub-Signature: sha256=<hex>` (the header name GitHub uses for SHA-1; here it is SHA-256).
+    fn signature_headers(&self) -> &'static [&'static str] {
+        &["X-Hub-Signature"]
+    }
 
-impl Hooks for BitbucketCloud {
     fn webhook_detect(&self, headers: &HeaderMap) -> bool {
         headers.contains_key("x-event-key")
             && (headers.contains_key("x-hook-uuid")
@@ -142,22 +150,7 @@ impl Hooks for BitbucketCloud {
                     .is_some_and(|ua| ua.starts_with("Bitbucket-Webhooks")))
     }
 
-    /// `X-Hub-Signature: sha256=<hex>` (the header name GitHub uses for SHA-1; here it is SHA-256).
-    fn webhook_verify(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-        secrets: &[Secret],
-    ) -> Result<(), String> {
-        hooks::verify_hub_signature(
-            header(headers, "x-hub-signature"),
-            "X-Hub-Signature",
-            body,
-            secrets,
-        )
-    }
-
-    fn webhook_parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Delivery, String> {
+    fn webhook_parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Delivery, HookError> {
         let event = header(headers, "x-event-key").unwrap_or("").to_string();
         let delivery_id = header(headers, "x-request-uuid").map(str::to_string);
         let kind = if event == "repo:push" {

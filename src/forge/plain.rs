@@ -1,7 +1,7 @@
 //! Any Git server (`kind = "git"`): `repos` are full clone URLs (https, ssh or file) or paths relative to
 //! `url`; Basic auth with `username` + token when a token is given.
 
-use super::{Forge, Hooks};
+use super::Forge;
 use crate::git::GitAuth;
 use crate::secret::Secret;
 
@@ -25,5 +25,3 @@ impl Forge for PlainGit {
         true
     }
 }
-
-impl Hooks for PlainGit {}
