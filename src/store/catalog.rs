@@ -1,0 +1,339 @@
+//! Reading the catalog: repository status, models, full-text search, a model's history.
+
+use rusqlite::params;
+use serde::Serialize;
+
+use super::{Doing, Store, StoreError, now_rfc3339};
+
+/// A row of `modelmirror status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepoStatus {
+    pub repo: String,
+    pub url: String,
+    /// active | empty | archived | removed (`status` adds unconfigured)
+    pub state: String,
+    /// configured | discovered: how the repository came to be mirrored.
+    pub origin: String,
+    pub state_reason: Option<String>,
+    pub provider_id: Option<String>,
+    pub web_url: Option<String>,
+    /// When the repository's provider is held back by rate limits, until when and why.
+    pub held_until: Option<String>,
+    pub held_reason: Option<String>,
+    pub default_branch: Option<String>,
+    pub commit: Option<String>,
+    pub last_check_at: Option<String>,
+    /// The last poll that succeeded.
+    pub last_success_at: Option<String>,
+    pub last_change_at: Option<String>,
+    pub models: i64,
+    pub errors: i64,
+    pub last_error: Option<String>,
+}
+
+/// A provider as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderStatus {
+    pub provider: String,
+    pub last_discovery_at: Option<String>,
+    pub last_discovery_error: Option<String>,
+    pub repos_found: Option<i64>,
+    pub held_until: Option<String>,
+    pub held_reason: Option<String>,
+}
+
+/// A row of `modelmirror models`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelRow {
+    pub repo: String,
+    pub path: String,
+    pub name: Option<String>,
+    pub target: Option<String>,
+    pub entities: i64,
+    pub attributes: i64,
+    pub commit: String,
+    pub blob: String,
+    pub status: String,
+    pub error: Option<String>,
+}
+
+/// A search hit.
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchHit {
+    pub repo: String,
+    pub path: String,
+    pub model: Option<String>,
+    pub entity: Option<String>,
+    /// The attribute's path, or null for model and entity hits.
+    pub attribute: Option<String>,
+    /// model | entity | attribute
+    pub kind: String,
+    pub snippet: String,
+}
+
+/// One version of a model (`history`).
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionRow {
+    #[serde(skip)]
+    pub seq: i64,
+    pub path: String,
+    pub commit: String,
+    /// added | modified | renamed | deleted
+    pub change: String,
+    pub old_path: Option<String>,
+    pub blob: Option<String>,
+    pub model: Option<String>,
+    pub entities: Option<i64>,
+    pub attributes: Option<i64>,
+    pub error: Option<String>,
+    pub author: Option<String>,
+    pub author_email: Option<String>,
+    pub time: Option<String>,
+    pub message: Option<String>,
+}
+
+impl Store {
+    pub fn status(&self) -> Result<Vec<RepoStatus>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT r.id, r.url, r.default_branch, r.commit_id, r.last_check_at, r.last_change_at,
+                        (SELECT COUNT(*) FROM models m WHERE m.repo_id = r.id AND m.status = 'ok'),
+                        (SELECT COUNT(*) FROM models m WHERE m.repo_id = r.id AND m.status = 'error'),
+                        r.last_error, r.state, r.state_reason, r.provider_repo_id, r.web_url,
+                        CASE WHEN p.held_until > ?1 THEN p.held_until END,
+                        CASE WHEN p.held_until > ?1 THEN p.held_reason END, r.last_success_at, r.origin
+                 FROM repos r LEFT JOIN providers p ON p.name = r.provider ORDER BY r.id",
+            )
+            .doing("reading the status")?;
+        let rows = stmt
+            .query_map([now_rfc3339()], |r| {
+                Ok(RepoStatus {
+                    repo: r.get(0)?,
+                    url: r.get(1)?,
+                    state: r.get(9)?,
+                    origin: r.get(16)?,
+                    state_reason: r.get(10)?,
+                    provider_id: r.get(11)?,
+                    web_url: r.get(12)?,
+                    held_until: r.get(13)?,
+                    held_reason: r.get(14)?,
+                    default_branch: r.get(2)?,
+                    commit: r.get(3)?,
+                    last_check_at: r.get(4)?,
+                    last_success_at: r.get(15)?,
+                    last_change_at: r.get(5)?,
+                    models: r.get(6)?,
+                    errors: r.get(7)?,
+                    last_error: r.get(8)?,
+                })
+            })
+            .doing("reading the status")?;
+        rows.collect::<Result<_, _>>().doing("reading the status")
+    }
+
+    /// What `status` shows about providers: (name, last discovery, its error, repositories found).
+    pub fn provider_status(&self) -> Result<Vec<ProviderStatus>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT name, last_discovery_at, last_discovery_error, repos_found,
+                        CASE WHEN held_until > ?1 THEN held_until END, CASE WHEN held_until > ?1 THEN held_reason END
+                 FROM providers ORDER BY name",
+            )
+            .doing("reading providers")?;
+        let rows = stmt
+            .query_map([now_rfc3339()], |r| {
+                Ok(ProviderStatus {
+                    provider: r.get(0)?,
+                    last_discovery_at: r.get(1)?,
+                    last_discovery_error: r.get(2)?,
+                    repos_found: r.get(3)?,
+                    held_until: r.get(4)?,
+                    held_reason: r.get(5)?,
+                })
+            })
+            .doing("reading providers")?;
+        rows.collect::<Result<_, _>>().doing("reading providers")
+    }
+
+    pub fn models(&self, repo: Option<&str>) -> Result<Vec<ModelRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT repo_id, path, name, db_vendor, entity_count, attribute_count, commit_id, blob, status, error
+                 FROM models WHERE (?1 IS NULL OR repo_id = ?1) ORDER BY repo_id, path",
+            )
+            .doing("listing models")?;
+        let rows = stmt
+            .query_map([repo], |r| {
+                Ok(ModelRow {
+                    repo: r.get(0)?,
+                    path: r.get(1)?,
+                    name: r.get(2)?,
+                    target: r.get(3)?,
+                    entities: r.get(4)?,
+                    attributes: r.get(5)?,
+                    commit: r.get(6)?,
+                    blob: r.get(7)?,
+                    status: r.get(8)?,
+                    error: r.get(9)?,
+                })
+            })
+            .doing("listing models")?;
+        rows.collect::<Result<_, _>>().doing("listing models")
+    }
+
+    /// Full-text search. `query` is FTS5 syntax (see [`fts_query`] for turning plain words into it).
+    pub fn search(
+        &self,
+        query: &str,
+        repo: Option<&str>,
+        kind: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT s.kind, m.repo_id, m.path, m.name, e.name, a.path,
+                        snippet(search, -1, '[', ']', '…', 12)
+                 FROM search s
+                 JOIN models m ON m.id = s.model_id
+                 LEFT JOIN attributes a ON s.kind = 'attribute' AND a.id = s.rowid / 4
+                 LEFT JOIN entities e ON e.id = CASE s.kind WHEN 'entity' THEN s.rowid / 4
+                                                            WHEN 'attribute' THEN a.entity_id END
+                 WHERE search MATCH ?1 AND (?2 IS NULL OR m.repo_id = ?2) AND (?3 IS NULL OR s.kind = ?3)
+                 ORDER BY bm25(search, 10.0, 6.0, 3.0, 1.0) LIMIT ?4",
+            )
+            .doing("searching")?;
+        let rows = stmt.query_map(params![query, repo, kind, limit as i64], |r| {
+            Ok(SearchHit {
+                kind: r.get(0)?,
+                repo: r.get(1)?,
+                path: r.get(2)?,
+                model: r.get(3)?,
+                entity: r.get(4)?,
+                attribute: r.get(5)?,
+                snippet: r.get(6)?,
+            })
+        });
+        let rows = match rows {
+            Ok(rows) => rows.collect::<Result<Vec<_>, _>>(),
+            Err(e) => Err(e),
+        };
+        // The statement is fixed; only the query text can make it fail here.
+        rows.map_err(|e| {
+            StoreError::Query(format!(
+                "cannot understand the search {:?} ({e}); use plain words, or FTS5 query syntax",
+                query.chars().take(200).collect::<String>()
+            ))
+        })
+    }
+
+    /// Every version of the model at `path`, newest first, following renames back to the first version.
+    pub fn history(&self, repo: &str, path: &str) -> Result<Vec<VersionRow>, StoreError> {
+        let conn = self.lock();
+        // The versions at a path, plus the renames that took a model away from it ("renamed to …").
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT v.id, v.path, v.commit_id, v.change, v.old_path, v.blob, v.name, v.entity_count,
+                        v.attribute_count, v.error, c.author_name, c.author_email, c.committed_at, c.message,
+                        v.path = ?2
+                 FROM model_versions v
+                 LEFT JOIN commits c ON c.repo_id = v.repo_id AND c.commit_id = v.commit_id
+                 WHERE v.repo_id = ?1 AND (v.path = ?2 OR (v.old_path = ?2 AND v.change = 'renamed')) AND v.id < ?3
+                 ORDER BY v.id DESC",
+            )
+            .doing("reading the history")?;
+        let mut out = Vec::new();
+        let mut current = path.to_string();
+        let mut before = i64::MAX;
+        // Each rename into the path sends the walk to the old path, before the rename.
+        for _ in 0..10_000 {
+            let rows = stmt
+                .query_map(params![repo, current, before], |r| {
+                    let here: bool = r.get(14)?;
+                    let new_path: String = r.get(1)?;
+                    Ok(VersionRow {
+                        seq: r.get(0)?,
+                        path: if here {
+                            new_path.clone()
+                        } else {
+                            current.clone()
+                        },
+                        commit: r.get(2)?,
+                        change: if here {
+                            r.get(3)?
+                        } else {
+                            format!("renamed to {new_path}")
+                        },
+                        old_path: if here { r.get(4)? } else { None },
+                        blob: if here { r.get(5)? } else { None },
+                        model: if here { r.get(6)? } else { None },
+                        entities: if here { r.get(7)? } else { None },
+                        attributes: if here { r.get(8)? } else { None },
+                        error: if here { r.get(9)? } else { None },
+                        author: r.get(10)?,
+                        author_email: r.get(11)?,
+                        time: r.get(12)?,
+                        message: r.get(13)?,
+                    })
+                })
+                .doing("reading the history")?
+                .collect::<Result<Vec<_>, _>>()
+                .doing("reading the history")?;
+            let mut next = None;
+            for row in rows {
+                let renamed_in = (row.change == "renamed").then(|| (row.old_path.clone(), row.seq));
+                out.push(row);
+                if let Some((Some(old), seq)) = renamed_in {
+                    next = Some((old, seq));
+                    break;
+                }
+            }
+            match next {
+                Some((old, seq)) => {
+                    current = old;
+                    before = seq;
+                }
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Turn what a person types into an FTS5 query: plain words become prefix terms that must all match (case
+/// and accents ignored by the index). A query that uses FTS5 syntax on purpose — a quote, a parenthesis, a
+/// word that is exactly AND / OR / NOT, `NEAR(`, or a column filter (`name:`, `code:`, `path:`,
+/// `description:`) — is passed on as written. Anything else (colons in `ns:field`, URLs, `^`, `-`) is text.
+pub fn fts_query(input: &str) -> String {
+    let columns = [
+        "name:",
+        "code:",
+        "path:",
+        "description:",
+        "kind:",
+        "-name:",
+        "-code:",
+        "-path:",
+        "-description:",
+    ];
+    let words: Vec<&str> = input.split_whitespace().collect();
+    // AND/OR/NOT are operators only between two other words; alone, first
+    // or last they are plain search terms ("AND" finds "ANDROID").
+    let operator =
+        |i: usize| matches!(words[i], "AND" | "OR" | "NOT") && i > 0 && i + 1 < words.len();
+    let advanced = input.contains(['"', '(', ')'])
+        || words.iter().enumerate().any(|(i, w)| {
+            operator(i) || w.starts_with("NEAR(") || columns.iter().any(|c| w.starts_with(c))
+        });
+    if advanced {
+        return input.to_string();
+    }
+    input
+        .split_whitespace()
+        .map(|w| format!("\"{}\"*", w.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,247 @@
+//! What happened: polls, webhook deliveries, and the service's own state (start, reloads), kept for
+//! `events_retention_days`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rusqlite::params;
+use serde::Serialize;
+
+use super::{Counts, Doing, Store, StoreError, now_rfc3339};
+
+/// A finished poll, for the `polls` table.
+pub struct PollRecord<'a> {
+    pub repo_id: &'a str,
+    pub trigger: &'a str,
+    pub started_at: &'a str,
+    pub duration: Duration,
+    pub result: &'a str,
+    pub commits: u32,
+    pub counts: Counts,
+    pub error: Option<&'a str>,
+}
+
+/// One webhook delivery to record.
+pub struct DeliveryRecord<'a> {
+    pub received_at: &'a str,
+    pub provider: &'a str,
+    pub event: &'a str,
+    pub delivery_id: Option<&'a str>,
+    pub repo_id: Option<&'a str>,
+    pub ref_name: Option<&'a str>,
+    /// polled | ignored | rejected
+    pub outcome: &'a str,
+    pub reason: Option<&'a str>,
+}
+
+/// One line of `modelmirror events`: a delivery or a poll.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRow {
+    /// delivery | poll
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub time: String,
+    pub repo: Option<String>,
+    pub provider: Option<String>,
+    pub event: Option<String>,
+    pub delivery_id: Option<String>,
+    #[serde(rename = "ref")]
+    pub ref_name: Option<String>,
+    /// polled | ignored | rejected (deliveries)
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+    /// The poll a delivery caused.
+    pub poll_id: Option<i64>,
+    /// schedule | webhook | manual | startup (polls)
+    pub trigger: Option<String>,
+    pub duration_ms: Option<i64>,
+    /// unchanged | updated | empty | error (polls)
+    pub result: Option<String>,
+    pub commits: Option<i64>,
+    pub models_added: Option<i64>,
+    pub models_modified: Option<i64>,
+    pub models_deleted: Option<i64>,
+    pub error: Option<String>,
+    /// The row id (a poll's id is what deliveries' `poll_id` points at).
+    pub id: i64,
+}
+
+impl Store {
+    /// Record a finished poll; returns its id. Old polls and deliveries are pruned here too.
+    pub fn record_poll(&self, p: &PollRecord<'_>) -> Result<i64, StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT INTO polls (repo_id, trigger, started_at, duration_ms, result, commits,
+                 models_added, models_modified, models_deleted, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                p.repo_id,
+                p.trigger,
+                p.started_at,
+                p.duration.as_millis() as i64,
+                p.result,
+                p.commits,
+                p.counts.added,
+                p.counts.modified,
+                p.counts.deleted,
+                p.error
+            ],
+        )
+        .doing("recording the poll")?;
+        let id = conn.last_insert_rowid();
+        let cutoff = self.retention_cutoff();
+        conn.execute("DELETE FROM polls WHERE started_at < ?1", [&cutoff])
+            .doing("pruning old polls")?;
+        conn.execute("DELETE FROM deliveries WHERE received_at < ?1", [&cutoff])
+            .doing("pruning old deliveries")?;
+        Ok(id)
+    }
+
+    /// Record a webhook delivery and what came of it (pruning old ones now and then).
+    pub fn record_delivery(&self, d: &DeliveryRecord<'_>) -> Result<i64, StoreError> {
+        let conn = self.lock();
+        let id: i64 = conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM deliveries", [], |r| {
+                r.get(0)
+            })
+            .doing("recording the delivery")?;
+        if id % 100 == 0 {
+            conn.execute(
+                "DELETE FROM deliveries WHERE received_at < ?1",
+                [self.retention_cutoff()],
+            )
+            .doing("pruning old deliveries")?;
+        }
+        conn.execute(
+            "INSERT INTO deliveries (received_at, provider, event, delivery_id, repo_id, ref, outcome, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![d.received_at, d.provider, d.event, d.delivery_id, d.repo_id, d.ref_name, d.outcome, d.reason],
+        )
+        .doing("recording the delivery")?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Link the deliveries that asked for a poll of `repo_id`, received before the poll started and not yet
+    /// linked, to the poll that ran (whatever triggered it: it served them).
+    pub fn link_deliveries(
+        &self,
+        repo_id: &str,
+        poll_id: i64,
+        started_at: &str,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE deliveries SET poll_id = ?2
+                 WHERE repo_id = ?1 AND outcome = 'polled' AND poll_id IS NULL AND received_at <= ?3",
+                params![repo_id, poll_id, started_at],
+            )
+            .doing("linking deliveries to their poll")?;
+        Ok(())
+    }
+
+    /// Delivery ids seen within the retention period, newest first (to refuse replays after a restart).
+    pub fn recent_delivery_ids(&self, limit: usize) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT provider, delivery_id FROM deliveries WHERE delivery_id IS NOT NULL AND outcome = 'polled'
+                 ORDER BY id DESC LIMIT ?1",
+            )
+            .doing("reading recent deliveries")?;
+        let rows = stmt
+            .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .doing("reading recent deliveries")?;
+        rows.collect::<Result<_, _>>()
+            .doing("reading recent deliveries")
+    }
+
+    /// Deliveries and polls, newest first.
+    pub fn events(&self, repo: Option<&str>, limit: usize) -> Result<Vec<EventRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT 'delivery', received_at, repo_id, provider, event, delivery_id, ref, outcome, reason, poll_id,
+                        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, id
+                 FROM deliveries WHERE (?1 IS NULL OR repo_id = ?1)
+                 UNION ALL
+                 SELECT 'poll', started_at, repo_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                        trigger, duration_ms, result, commits, models_added, models_modified, models_deleted, error, id
+                 FROM polls WHERE (?1 IS NULL OR repo_id = ?1)
+                 ORDER BY 2 DESC, 19 DESC LIMIT ?2",
+            )
+            .doing("reading events")?;
+        let rows = stmt
+            .query_map(params![repo, limit as i64], |r| {
+                Ok(EventRow {
+                    kind: r.get(0)?,
+                    time: r.get(1)?,
+                    repo: r.get(2)?,
+                    provider: r.get(3)?,
+                    event: r.get(4)?,
+                    delivery_id: r.get(5)?,
+                    ref_name: r.get(6)?,
+                    outcome: r.get(7)?,
+                    reason: r.get(8)?,
+                    poll_id: r.get(9)?,
+                    trigger: r.get(10)?,
+                    duration_ms: r.get(11)?,
+                    result: r.get(12)?,
+                    commits: r.get(13)?,
+                    models_added: r.get(14)?,
+                    models_modified: r.get(15)?,
+                    models_deleted: r.get(16)?,
+                    error: r.get(17)?,
+                    id: r.get(18)?,
+                })
+            })
+            .doing("reading events")?;
+        rows.collect::<Result<_, _>>().doing("reading events")
+    }
+
+    /// Record the outcome of a configuration reload (`None`: applied; `Some(reason)`: rejected).
+    pub fn record_reload(&self, rejected: Option<&str>) -> Result<(), StoreError> {
+        let conn = self.lock();
+        let now = now_rfc3339();
+        for (k, v) in [
+            ("last_reload_at", Some(now.as_str())),
+            ("last_reload_error", rejected),
+        ] {
+            conn.execute(
+                "INSERT INTO service (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![k, v],
+            )
+            .doing("recording the reload")?;
+        }
+        Ok(())
+    }
+
+    /// Record that the service started: a start loads the configuration afresh, so an earlier reload's
+    /// outcome no longer describes what runs.
+    pub fn record_start(&self) -> Result<(), StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "DELETE FROM service WHERE key IN ('last_reload_at', 'last_reload_error')",
+            [],
+        )
+        .doing("recording the start")?;
+        conn.execute(
+            "INSERT INTO service (key, value) VALUES ('started_at', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [now_rfc3339()],
+        )
+        .doing("recording the start")?;
+        Ok(())
+    }
+
+    /// The service's recorded state (`started_at`, `last_reload_at`, `last_reload_error`).
+    pub fn service_state(&self) -> Result<HashMap<String, Option<String>>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT key, value FROM service")
+            .doing("reading the service state")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .doing("reading the service state")?;
+        rows.collect::<Result<_, _>>()
+            .doing("reading the service state")
+    }
+}

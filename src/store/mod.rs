@@ -1,0 +1,371 @@
+//! The SQLite database: schema and migrations, the one writer, and the queries behind the CLI. The only module
+//! that writes SQL.
+//!
+//! The database is a derived replica of the Git mirrors: every row can be rebuilt from them. Each processed
+//! commit is one transaction that also moves the repository's processed-commit pointer, so a crash at any
+//! moment leaves the database at a consistent commit. Writers share one connection (SQLite has one writer
+//! anyway), handed out first come, first served; readers such as the CLI open their own connections, which
+//! WAL mode lets run alongside.
+//!
+//! By concern: [`schema`] (migrations), [`step`] (writing one processed commit), [`repos`] (repository and
+//! provider state, discovery runs), [`events`] (polls, deliveries, the service's own state) and [`catalog`]
+//! (reading the catalog). Each adds its methods to the one [`Store`].
+
+mod catalog;
+mod events;
+mod repos;
+mod schema;
+mod step;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+pub use catalog::{ModelRow, ProviderStatus, RepoStatus, SearchHit, VersionRow, fts_query};
+pub use events::{DeliveryRecord, EventRow, PollRecord};
+pub use repos::{Discovery, DiscoveryChanges, FoundRepo, RepoKeyRow, RepoState};
+pub use schema::SCHEMA_VERSION;
+pub use step::{Content, Counts, StepMeta, StepWriter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}{}", hint(source))]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot create the folder for database {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "database {path} has schema version {found}, newer than this modelmirror ({supported}); upgrade modelmirror"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error(
+        "repository {repo} was updated by another modelmirror process meanwhile (it is at {found}, this poll started at {expected}); the next poll continues from there"
+    )]
+    Conflict {
+        repo: String,
+        expected: String,
+        found: String,
+    },
+    #[error("{0}")]
+    Query(String),
+    #[error("database error while {doing}: {source}{}", hint(source))]
+    Sql {
+        doing: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+/// What to do about the SQLite errors an operator can fix.
+fn hint(e: &rusqlite::Error) -> &'static str {
+    let rusqlite::Error::SqliteFailure(f, _) = e else {
+        return "";
+    };
+    match f.code {
+        rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure => {
+            " — free space on the disk holding the database (or check it for errors), or raise database_max_bytes if it is set; nothing of the failed step was kept, and the next poll retries it"
+        }
+        rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::PermissionDenied => {
+            " — the database file or its folder is not writable by this user (the service runs as `modelmirror`)"
+        }
+        rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase => {
+            " — the database is damaged: stop the service, move it aside and run `modelmirror rebuild` (see Troubleshooting)"
+        }
+        _ => "",
+    }
+}
+
+trait Doing<T> {
+    fn doing(self, what: &str) -> Result<T, StoreError>;
+}
+
+impl<T> Doing<T> for Result<T, rusqlite::Error> {
+    fn doing(self, what: &str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Sql {
+            doing: what.to_string(),
+            source,
+        })
+    }
+}
+
+/// The database handle shared by the daemon's tasks.
+pub struct Store {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    /// How many days polls and deliveries are kept (`events_retention_days`); 0 until the caller says, which
+    /// keeps everything (only the service and `sync` record events, and both set it).
+    retention_days: std::sync::atomic::AtomicU32,
+    /// Whose turn it is to use `conn`. Turns are served first come, first served: `std`'s mutex lets the
+    /// thread that just unlocked take it straight back, so a history replay (a commit per transaction,
+    /// back to back) would keep every other poll waiting until it ends.
+    turns: Mutex<Turns>,
+    /// Signalled when a turn ends.
+    turn_ended: std::sync::Condvar,
+}
+
+/// The writer connection's queue: tickets handed out, the one being served, and who waits (a poll
+/// waiting for another's long commit is not stuck).
+#[derive(Default)]
+struct Turns {
+    next: u64,
+    serving: u64,
+    waiting: Vec<std::thread::ThreadId>,
+}
+
+/// The writer connection, held for one turn.
+struct Writer<'a> {
+    // Fields drop in this order: the connection is free before the next turn is served.
+    conn: std::sync::MutexGuard<'a, Connection>,
+    _turn: Turn<'a>,
+}
+
+/// A turn being served: ending it (a panic included) serves the next ticket.
+struct Turn<'a>(&'a Store);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut turns = self.0.turns.lock().unwrap_or_else(|p| p.into_inner());
+        turns.serving += 1;
+        drop(turns);
+        self.0.turn_ended.notify_all();
+    }
+}
+
+impl std::ops::Deref for Writer<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Writer<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// RFC 3339 with milliseconds, for poll start times (polls of different repositories interleave within a
+/// second).
+pub fn now_rfc3339_millis() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // A large import's pages pass through the write-ahead log; after the checkpoint the log file is cut
+    // back to this size instead of keeping its largest size for ever.
+    conn.pragma_update(None, "journal_size_limit", WAL_KEPT_BYTES)?;
+    Ok(())
+}
+
+/// What the write-ahead log (`<database>-wal`) is cut back to after a checkpoint.
+const WAL_KEPT_BYTES: i64 = 16 << 20;
+
+impl Store {
+    /// Open (creating when missing) and migrate the database.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        configure(&conn).map_err(open_err)?;
+        schema::migrate(&mut conn, path)?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+            turns: Mutex::new(Turns::default()),
+            turn_ended: std::sync::Condvar::new(),
+            retention_days: std::sync::atomic::AtomicU32::new(0),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the database accepts writes (for `/readyz`): a separate connection takes and drops the write
+    /// lock. A writer holding it (the daemon importing a long commit) is proof enough: busy counts as writable;
+    /// a read-only, full or damaged database does not.
+    pub fn writable(&self) -> bool {
+        let Ok(conn) = Connection::open(&self.path) else {
+            return false;
+        };
+        let _ = conn.busy_timeout(Duration::from_millis(500));
+        match conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;") {
+            Ok(()) => true,
+            Err(rusqlite::Error::SqliteFailure(e, _)) => {
+                matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                )
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Keep polls and deliveries this many days.
+    pub fn set_retention_days(&self, days: u32) {
+        self.retention_days
+            .store(days.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Cap the database at `max_bytes` (`database_max_bytes`; `None`: no cap beyond SQLite's own). A write
+    /// that would pass it fails as on a full disk: its transaction rolls back and the error says so. A cap
+    /// below the current size only stops growth (and says so in the log). The cap is on the database file;
+    /// while a commit is written its pages pass through the `-wal` file beside it, which is cut back to
+    /// 16 MiB after each checkpoint.
+    pub fn set_max_bytes(&self, max_bytes: Option<u64>) -> Result<(), StoreError> {
+        let conn = self.lock();
+        let page: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .doing("reading the page size")?;
+        let pages = match max_bytes {
+            Some(bytes) => i64::try_from(bytes).unwrap_or(i64::MAX) / page.max(512),
+            // SQLite's largest page count: no cap.
+            None => 4_294_967_294,
+        };
+        // The pragma answers with the count now in force (never below the current size).
+        let in_force: i64 = conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                r.get(0)
+            })
+            .doing("setting database_max_bytes")?;
+        if in_force > pages {
+            tracing::warn!(
+                "{} is already {} bytes, more than database_max_bytes ({}): it will not grow; raise database_max_bytes to import more",
+                self.path.display(),
+                in_force.saturating_mul(page),
+                max_bytes.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// Polls and deliveries older than this are pruned; `None` (NULL in SQL: nothing compares below it) until
+    /// a retention is set.
+    fn retention_cutoff(&self) -> Option<String> {
+        let days = self
+            .retention_days
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (days > 0).then(|| {
+            (chrono::Utc::now() - chrono::Duration::days(i64::from(days)))
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        })
+    }
+
+    /// The writer connection, when its turn comes (first come, first served).
+    fn lock(&self) -> Writer<'_> {
+        // A panic while holding the connection cannot leave a transaction open (rusqlite rolls back on
+        // drop), so a poisoned lock is still safe to use.
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = turns.next;
+        turns.next += 1;
+        if turns.serving != mine {
+            let me = std::thread::current().id();
+            turns.waiting.push(me);
+            while turns.serving != mine {
+                turns = self
+                    .turn_ended
+                    .wait(turns)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            if let Some(i) = turns.waiting.iter().position(|t| *t == me) {
+                turns.waiting.swap_remove(i);
+            }
+        }
+        // Served from here on: whatever happens next, the turn ends with this guard.
+        let turn = Turn(self);
+        drop(turns);
+        Writer {
+            conn: self.conn.lock().unwrap_or_else(|p| p.into_inner()),
+            _turn: turn,
+        }
+    }
+
+    /// Whether `thread` is waiting for the writer connection (held by another thread's commit).
+    pub fn is_waiting(&self, thread: std::thread::ThreadId) -> bool {
+        self.turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .waiting
+            .contains(&thread)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_is_served_first_come_first_served() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let (store, turns, stop) = (&store, &AtomicU64::new(0), &AtomicBool::new(false));
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let conn = store.lock();
+                    conn.execute_batch("SELECT 1").unwrap();
+                    turns.fetch_add(1, Ordering::SeqCst);
+                    drop(conn);
+                }
+            });
+            while turns.load(Ordering::SeqCst) < 100 {
+                std::thread::yield_now();
+            }
+            for _ in 0..20 {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let waiter = s.spawn(move || {
+                    tx.send(std::thread::current().id()).unwrap();
+                    let _conn = store.lock();
+                    turns.load(Ordering::SeqCst)
+                });
+                let id = rx.recv().unwrap();
+                // The replayer's turns once the waiter is seen in the queue (at most one more may end: the
+                // one under way when it queued).
+                let queued_at = loop {
+                    if store.is_waiting(id) || waiter.is_finished() {
+                        break turns.load(Ordering::SeqCst);
+                    }
+                    std::thread::yield_now();
+                };
+                let served_at = waiter.join().unwrap();
+                assert!(
+                    served_at <= queued_at + 1,
+                    "the waiter was served after {} more turns of the other thread",
+                    served_at.saturating_sub(queued_at)
+                );
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+}

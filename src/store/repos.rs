@@ -1,0 +1,383 @@
+//! Repositories and providers: what the next poll needs to know, checks and errors, discovery runs, rate-limit
+//! holds, pruning and resetting.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{Doing, Store, StoreError, now_rfc3339};
+
+/// What the catalog holds for a repository, as the next poll needs it.
+#[derive(Debug, Clone, Default)]
+pub struct RepoState {
+    /// The last processed commit of the default branch.
+    pub commit: Option<String>,
+    /// The filter fingerprint the catalog was built with.
+    pub settings: Option<String>,
+}
+
+/// A repository as webhook matching sees it.
+#[derive(Debug, Clone)]
+pub struct RepoKeyRow {
+    pub id: String,
+    pub provider_id: Option<String>,
+    pub default_branch: Option<String>,
+    pub state: String,
+}
+
+/// One discovery run to record.
+pub struct Discovery<'a> {
+    pub provider: &'a str,
+    pub kind: &'a str,
+    pub found: &'a [FoundRepo],
+    /// Whether every scope was listed; only then can a missing repository be called removed.
+    pub complete: bool,
+}
+
+/// What a discovery run changed.
+#[derive(Debug, Default)]
+pub struct DiscoveryChanges {
+    /// Missing at two runs in a row: deleted when `prune_removed` is on.
+    pub prunable: Vec<String>,
+    /// Why nothing was marked removed, when that was held back.
+    pub note: Option<String>,
+}
+
+/// A repository found by discovery, with its id and clone URL resolved.
+#[derive(Debug, Clone)]
+pub struct FoundRepo {
+    pub id: String,
+    pub path: String,
+    pub url: String,
+    pub provider_id: String,
+    pub web_url: Option<String>,
+    pub archived: bool,
+    pub empty: bool,
+    /// Also listed in the provider's `repos`: it stays a configured repository.
+    pub configured: bool,
+}
+
+impl Store {
+    /// Make sure the repository has a row, and keep its URL current.
+    pub fn ensure_repo(
+        &self,
+        id: &str,
+        provider: &str,
+        path: &str,
+        url: &str,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO repos (id, provider, path, url) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(id) DO UPDATE SET provider = excluded.provider, path = excluded.path, url = excluded.url",
+                params![id, provider, path, url],
+            )
+            .doing("registering the repository")?;
+        Ok(())
+    }
+
+    pub fn repo_state(&self, id: &str) -> Result<RepoState, StoreError> {
+        let conn = self.lock();
+        let state = conn
+            .query_row(
+                "SELECT commit_id, settings FROM repos WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(RepoState {
+                        commit: r.get(0)?,
+                        settings: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .doing("reading the repository state")?;
+        Ok(state.unwrap_or_default())
+    }
+
+    /// The catalog's files of a repository: path → blob id.
+    pub fn model_blobs(&self, repo_id: &str) -> Result<HashMap<String, String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT path, blob FROM models WHERE repo_id = ?1")
+            .doing("reading the stored models")?;
+        let rows = stmt
+            .query_map([repo_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .doing("reading the stored models")?;
+        rows.collect::<Result<_, _>>()
+            .doing("reading the stored models")
+    }
+
+    /// A poll that found nothing new: note the check (and the branch name, which may have been renamed).
+    pub fn record_check(
+        &self,
+        repo_id: &str,
+        branch: Option<&str>,
+        at: &str,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE repos SET last_check_at = ?2, last_success_at = ?2, default_branch = COALESCE(?3, default_branch),
+                     last_error = NULL, last_error_at = NULL, failures = 0,
+                     state = CASE WHEN ?3 IS NULL THEN 'empty' WHEN state = 'empty' THEN 'active' ELSE state END,
+                     state_reason = CASE WHEN ?3 IS NULL THEN 'empty repository: polled until the first push'
+                                         WHEN state = 'empty' THEN NULL ELSE state_reason END
+                 WHERE id = ?1",
+                params![repo_id, at, branch],
+            )
+            .doing("recording the check")?;
+        Ok(())
+    }
+
+    /// A failed poll: keep all data, note the error, count the failure. Returns the consecutive failures.
+    pub fn record_error(&self, repo_id: &str, error: &str, at: &str) -> Result<u32, StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "UPDATE repos SET last_error = ?2, last_error_at = ?3, last_check_at = ?3, failures = failures + 1
+             WHERE id = ?1",
+            params![repo_id, error, at],
+        )
+        .doing("recording the error")?;
+        let n: i64 = conn
+            .query_row("SELECT failures FROM repos WHERE id = ?1", [repo_id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .doing("recording the error")?
+            .unwrap_or(1);
+        Ok(n.max(0) as u32)
+    }
+
+    /// Record one discovery run of a provider in one transaction: the repositories found (with their host
+    /// ids, web URLs and states). When the run listed every scope (`complete`) and found something,
+    /// repositories no longer found are marked `removed` (data kept); those already `removed` at the previous
+    /// run and still missing are returned as ready to prune. Repositories also listed in `repos` only get their
+    /// host id and web URL.
+    pub fn record_discovery(&self, d: &Discovery<'_>) -> Result<DiscoveryChanges, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .doing("starting a transaction")?;
+        let now = now_rfc3339();
+        for r in d.found {
+            if r.configured {
+                tx.execute(
+                    "INSERT INTO repos (id, provider, path, url, provider_repo_id, web_url, origin)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'configured')
+                     ON CONFLICT(id) DO UPDATE SET provider_repo_id = excluded.provider_repo_id,
+                         web_url = excluded.web_url, origin = 'configured'",
+                    params![r.id, d.provider, r.path, r.url, r.provider_id, r.web_url],
+                )
+                .doing("recording a discovered repository")?;
+                continue;
+            }
+            let has_commit: bool = tx
+                .query_row(
+                    "SELECT commit_id IS NOT NULL FROM repos WHERE id = ?1",
+                    [&r.id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .doing("reading a repository")?
+                .unwrap_or(false);
+            let (state, reason) = if r.archived {
+                (
+                    "archived",
+                    Some(format!("archived on {}: not mirrored", d.provider)),
+                )
+            } else if r.empty && !has_commit {
+                (
+                    "empty",
+                    Some("empty repository: polled until the first push".to_string()),
+                )
+            } else {
+                ("active", None)
+            };
+            tx.execute(
+                "INSERT INTO repos (id, provider, path, url, provider_repo_id, web_url, origin, state, state_reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'discovered', ?7, ?8)
+                 ON CONFLICT(id) DO UPDATE SET url = excluded.url, provider_repo_id = excluded.provider_repo_id,
+                     web_url = excluded.web_url, origin = 'discovered', state = excluded.state,
+                     state_reason = excluded.state_reason",
+                params![r.id, d.provider, r.path, r.url, r.provider_id, r.web_url, state, reason],
+            )
+            .doing("recording a discovered repository")?;
+        }
+        let mut changes = DiscoveryChanges::default();
+        let found: std::collections::HashSet<&str> =
+            d.found.iter().map(|r| r.id.as_str()).collect();
+        let known: Vec<(String, String)> = tx
+            .prepare("SELECT id, state FROM repos WHERE provider = ?1 AND origin = 'discovered'")
+            .and_then(|mut st| {
+                st.query_map([d.provider], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .doing("reading discovered repositories")?;
+        let missing: Vec<(String, String)> = known
+            .into_iter()
+            .filter(|(id, _)| !found.contains(id.as_str()))
+            .collect();
+        let listed_any = d.found.iter().any(|r| !r.configured);
+        if !d.complete {
+            changes.note =
+                Some("some scopes could not be listed: no repository was marked removed".into());
+        } else if !listed_any && !missing.is_empty() {
+            // An empty answer where repositories were before is more likely a token that lost access than a
+            // host that deleted everything: remove nothing.
+            changes.note = Some(
+                "discovery found no repositories at all (did the token lose access?): no repository was marked removed"
+                    .into(),
+            );
+        } else {
+            for (id, state) in missing {
+                if state == "removed" {
+                    changes.prunable.push(id);
+                    continue;
+                }
+                tx.execute(
+                    "UPDATE repos SET state = 'removed', state_reason = ?2 WHERE id = ?1",
+                    params![id, format!("not found by discovery (or excluded by include/exclude) at {now}; data kept")],
+                )
+                .doing("marking a repository removed")?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO providers (name, kind, last_discovery_at, last_discovery_error, repos_found)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(name) DO UPDATE SET kind = excluded.kind, last_discovery_at = excluded.last_discovery_at,
+                 last_discovery_error = excluded.last_discovery_error, repos_found = excluded.repos_found",
+            params![d.provider, d.kind, now, changes.note, d.found.len() as i64],
+        )
+        .doing("recording the discovery")?;
+        tx.commit().doing("committing the discovery")?;
+        Ok(changes)
+    }
+
+    /// Delete a repository's catalog, history, polls and deliveries (`prune_removed`).
+    pub fn prune_repo(&self, id: &str) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .doing("starting a transaction")?;
+        tx.execute("DELETE FROM polls WHERE repo_id = ?1", [id])
+            .doing("pruning a repository")?;
+        tx.execute("DELETE FROM deliveries WHERE repo_id = ?1", [id])
+            .doing("pruning a repository")?;
+        tx.execute("DELETE FROM repos WHERE id = ?1", [id])
+            .doing("pruning a repository")?;
+        tx.commit().doing("pruning a repository")?;
+        Ok(())
+    }
+
+    /// Forget a repository's catalog and history (models, versions, commits, steps) and its processed
+    /// commit, in one transaction, so it can be imported again from its mirror (`rebuild`). Polls, deliveries
+    /// and the repository's row (host id, state) stay.
+    pub fn reset_catalog(&self, id: &str) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .doing("starting a transaction")?;
+        for sql in [
+            "DELETE FROM models WHERE repo_id = ?1",
+            "DELETE FROM model_versions WHERE repo_id = ?1",
+            "DELETE FROM sync_steps WHERE repo_id = ?1",
+            "DELETE FROM commits WHERE repo_id = ?1",
+            "UPDATE repos SET commit_id = NULL, settings = NULL, last_change_at = NULL WHERE id = ?1",
+        ] {
+            tx.execute(sql, [id]).doing("clearing the catalog")?;
+        }
+        tx.commit().doing("clearing the catalog")?;
+        Ok(())
+    }
+
+    /// A provider's rate-limit hold as recorded (by this or another process), if it has not passed.
+    pub fn provider_hold(&self, provider: &str) -> Result<Option<(String, String)>, StoreError> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT held_until, COALESCE(held_reason, '') FROM providers WHERE name = ?1 AND held_until > ?2",
+            params![provider, now_rfc3339()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .doing("reading the rate-limit hold")
+    }
+
+    /// A failed discovery run: nothing about the repositories changes.
+    pub fn record_discovery_error(
+        &self,
+        provider: &str,
+        kind: &str,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO providers (name, kind, last_discovery_at, last_discovery_error) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(name) DO UPDATE SET last_discovery_at = excluded.last_discovery_at,
+                     last_discovery_error = excluded.last_discovery_error",
+                params![provider, kind, now_rfc3339(), error],
+            )
+            .doing("recording the discovery error")?;
+        Ok(())
+    }
+
+    /// Note (or clear, with `None`) that a provider is held back by rate limits.
+    pub fn record_hold(
+        &self,
+        provider: &str,
+        kind: &str,
+        hold: Option<(&str, &str)>,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO providers (name, kind, held_until, held_reason) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(name) DO UPDATE SET held_until = excluded.held_until, held_reason = excluded.held_reason",
+                params![provider, kind, hold.map(|h| h.0), hold.map(|h| h.1)],
+            )
+            .doing("recording the rate-limit hold")?;
+        Ok(())
+    }
+
+    /// The discovered repositories of a provider that are mirrored (not archived or removed): (path, url).
+    pub fn discovered_repos(&self, provider: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT path, url FROM repos WHERE provider = ?1 AND origin = 'discovered'
+                 AND state IN ('active', 'empty') ORDER BY id",
+            )
+            .doing("reading discovered repositories")?;
+        let rows = stmt
+            .query_map([provider], |r| Ok((r.get(0)?, r.get(1)?)))
+            .doing("reading discovered repositories")?;
+        rows.collect::<Result<_, _>>()
+            .doing("reading discovered repositories")
+    }
+
+    /// What webhook matching needs, read through a connection of its own (never waiting behind a write
+    /// transaction, which WAL lets readers do).
+    pub fn repos_of_provider_reader(&self, provider: &str) -> Result<Vec<RepoKeyRow>, StoreError> {
+        let conn = Connection::open(&self.path).map_err(|source| StoreError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        let _ = conn.busy_timeout(Duration::from_secs(5));
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, provider_repo_id, default_branch, state FROM repos WHERE provider = ?1",
+            )
+            .doing("reading repositories")?;
+        let rows = stmt
+            .query_map([provider], |r| {
+                Ok(RepoKeyRow {
+                    id: r.get(0)?,
+                    provider_id: r.get(1)?,
+                    default_branch: r.get(2)?,
+                    state: r.get(3)?,
+                })
+            })
+            .doing("reading repositories")?;
+        rows.collect::<Result<_, _>>().doing("reading repositories")
+    }
+}

@@ -1,0 +1,494 @@
+//! Writing one processed commit: one transaction that records the commit, applies its model changes (with
+//! their history and search rows) and moves the repository's processed-commit pointer.
+
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+
+use super::{Doing, Store, StoreError, now_rfc3339};
+use crate::git::CommitInfo;
+use crate::model::{Attribute, Model};
+
+/// What one stored file is.
+pub enum Content<'a> {
+    Model(&'a Model),
+    /// It claims to be a model but could not be read: message with line and column.
+    Error(String),
+    /// Not read, e.g. over `max_model_bytes`.
+    Skipped(String),
+}
+
+/// One processed commit: what the transaction records besides the model changes.
+pub struct StepMeta<'a> {
+    pub repo_id: &'a str,
+    pub branch: &'a str,
+    pub commit: &'a CommitInfo,
+    pub note: Option<&'a str>,
+    pub settings: &'a str,
+    /// The processed commit this step starts from. If the database holds another one, some other process
+    /// (a manual `sync` beside the service) moved it meanwhile, and the step is refused rather than applied
+    /// twice.
+    pub expect_commit: Option<&'a str>,
+}
+
+/// Writes the model changes of one step inside its transaction, one model at a time (so memory holds one
+/// parsed model, not a whole commit's worth).
+pub struct StepWriter<'t, 'a> {
+    tx: &'t Transaction<'t>,
+    meta: &'t StepMeta<'a>,
+    counts: Counts,
+}
+
+impl StepWriter<'_, '_> {
+    /// Store (or replace) the file at `path`; with `renamed_from`, the row at the old path goes and the
+    /// history says `renamed`.
+    pub fn put(
+        &mut self,
+        path: &str,
+        renamed_from: Option<&str>,
+        blob: &str,
+        size: u64,
+        content: &Content<'_>,
+    ) -> Result<(), StoreError> {
+        let (tx, meta) = (self.tx, self.meta);
+        let existed = delete_model(tx, meta.repo_id, path)?;
+        let renamed = match renamed_from {
+            Some(from) if !existed => delete_model(tx, meta.repo_id, from)?,
+            _ => false,
+        };
+        let model_id = insert_model(tx, meta, path, blob, size, content)?;
+        if renamed {
+            version(
+                tx,
+                meta,
+                path,
+                "renamed",
+                renamed_from,
+                Some(blob),
+                Some(model_id),
+            )?;
+            self.counts.modified += 1;
+        } else if existed {
+            version(tx, meta, path, "modified", None, Some(blob), Some(model_id))?;
+            self.counts.modified += 1;
+        } else {
+            version(tx, meta, path, "added", None, Some(blob), Some(model_id))?;
+            self.counts.added += 1;
+        }
+        Ok(())
+    }
+
+    /// Remove the file at `path` from the catalog, if it is there.
+    pub fn remove(&mut self, path: &str) -> Result<(), StoreError> {
+        if delete_model(self.tx, self.meta.repo_id, path)? {
+            version(self.tx, self.meta, path, "deleted", None, None, None)?;
+            self.counts.deleted += 1;
+        }
+        Ok(())
+    }
+}
+
+/// What a step did to the catalog.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub added: u32,
+    pub modified: u32,
+    pub deleted: u32,
+}
+
+impl Counts {
+    pub fn add(&mut self, o: Counts) {
+        self.added += o.added;
+        self.modified += o.modified;
+        self.deleted += o.deleted;
+    }
+    pub fn is_zero(&self) -> bool {
+        self.added + self.modified + self.deleted == 0
+    }
+}
+
+impl Store {
+    /// Apply one processed commit in one transaction, moving the processed-commit pointer with it. `write`
+    /// adds the model changes; if it fails, nothing of the step is kept.
+    pub fn apply_step<E: From<StoreError>>(
+        &self,
+        meta: &StepMeta<'_>,
+        write: impl FnOnce(&mut StepWriter<'_, '_>) -> Result<(), E>,
+    ) -> Result<Counts, E> {
+        let mut conn = self.lock();
+        // IMMEDIATE: take the write lock up front (waiting out other writers), so the pointer read below
+        // cannot be overtaken by another process.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .doing("starting a transaction")?;
+        let counts = {
+            let mut writer = StepWriter {
+                tx: &tx,
+                meta,
+                counts: Counts::default(),
+            };
+            check_pointer(&tx, meta)?;
+            record_commit(&tx, meta)?;
+            write(&mut writer)?;
+            let counts = writer.counts;
+            finish_step(&tx, meta, counts)?;
+            counts
+        };
+        tx.commit().doing("committing the transaction")?;
+        Ok(counts)
+    }
+}
+
+fn check_pointer(tx: &Transaction<'_>, meta: &StepMeta<'_>) -> Result<(), StoreError> {
+    let found: Option<String> = tx
+        .query_row(
+            "SELECT commit_id FROM repos WHERE id = ?1",
+            [meta.repo_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .doing("reading the processed commit")?
+        .flatten();
+    if found.as_deref() != meta.expect_commit {
+        return Err(StoreError::Conflict {
+            repo: meta.repo_id.to_string(),
+            expected: meta.expect_commit.unwrap_or("none").to_string(),
+            found: found.unwrap_or_else(|| "none".into()),
+        });
+    }
+    Ok(())
+}
+
+fn record_commit(tx: &Transaction<'_>, meta: &StepMeta<'_>) -> Result<(), StoreError> {
+    let c = meta.commit;
+    tx.execute(
+        "INSERT OR IGNORE INTO commits (repo_id, commit_id, author_name, author_email, authored_at, committed_at, message)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![meta.repo_id, c.id, c.author_name, c.author_email, c.authored_at, c.committed_at, c.message],
+    )
+    .doing("recording the commit")?;
+    Ok(())
+}
+
+fn finish_step(
+    tx: &Transaction<'_>,
+    meta: &StepMeta<'_>,
+    counts: Counts,
+) -> Result<(), StoreError> {
+    let now = now_rfc3339();
+    tx.execute(
+        "INSERT INTO sync_steps (repo_id, commit_id, processed_at, note, added, modified, deleted)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            meta.repo_id,
+            meta.commit.id,
+            now,
+            meta.note,
+            counts.added,
+            counts.modified,
+            counts.deleted
+        ],
+    )
+    .doing("recording the step")?;
+    tx.execute(
+        "UPDATE repos SET commit_id = ?2, default_branch = ?3, settings = ?4, last_check_at = ?5,
+             last_success_at = ?5,
+             last_change_at = CASE WHEN ?6 THEN ?5 ELSE last_change_at END,
+             last_error = NULL, last_error_at = NULL, failures = 0,
+             state = CASE WHEN state = 'empty' THEN 'active' ELSE state END,
+             state_reason = CASE WHEN state = 'empty' THEN NULL ELSE state_reason END
+         WHERE id = ?1",
+        params![
+            meta.repo_id,
+            meta.commit.id,
+            meta.branch,
+            meta.settings,
+            now,
+            !counts.is_zero() || meta.note.is_some()
+        ],
+    )
+    .doing("moving the processed commit")?;
+    Ok(())
+}
+
+fn delete_model(tx: &Transaction<'_>, repo_id: &str, path: &str) -> Result<bool, StoreError> {
+    let id: Option<i64> = tx
+        .prepare_cached("SELECT id FROM models WHERE repo_id = ?1 AND path = ?2")
+        .and_then(|mut s| s.query_row(params![repo_id, path], |r| r.get(0)).optional())
+        .doing("removing a model")?;
+    let Some(id) = id else {
+        return Ok(false);
+    };
+    // The search rows go with it (triggers).
+    tx.prepare_cached("DELETE FROM models WHERE id = ?1")
+        .and_then(|mut s| s.execute([id]))
+        .doing("removing a model")?;
+    Ok(true)
+}
+
+fn version(
+    tx: &Transaction<'_>,
+    step: &StepMeta<'_>,
+    path: &str,
+    change: &str,
+    old_path: Option<&str>,
+    blob: Option<&str>,
+    model_id: Option<i64>,
+) -> Result<(), StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO model_versions (repo_id, path, commit_id, change, old_path, blob, status, name,
+                 entity_count, attribute_count, error)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, m.status, m.name, m.entity_count, m.attribute_count, m.error
+             FROM (SELECT 1) LEFT JOIN models m ON m.id = ?7",
+        )
+        .doing("recording the model's history")?;
+    stmt.execute(params![
+        step.repo_id,
+        path,
+        step.commit.id,
+        change,
+        old_path,
+        blob,
+        model_id
+    ])
+    .doing("recording the model's history")?;
+    Ok(())
+}
+
+fn insert_model(
+    tx: &Transaction<'_>,
+    step: &StepMeta<'_>,
+    path: &str,
+    blob: &str,
+    size: u64,
+    content: &Content<'_>,
+) -> Result<i64, StoreError> {
+    let (status, error, model) = match content {
+        Content::Model(m) => ("ok", None, Some(*m)),
+        Content::Error(e) => ("error", Some(e.as_str()), None),
+        Content::Skipped(r) => ("skipped", Some(r.as_str()), None),
+    };
+    tx.prepare_cached(
+        "INSERT INTO models (repo_id, path, blob, commit_id, status, error, name, guid, db_vendor, app_target,
+             db_version, description, size_bytes, entity_count, attribute_count, relationship_count, view_count,
+             definition_count)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            step.repo_id,
+            path,
+            blob,
+            step.commit.id,
+            status,
+            error,
+            model.map(|m| m.name.as_str()),
+            model.and_then(|m| m.guid.as_deref()),
+            model.and_then(|m| m.db_vendor.as_deref()),
+            model.and_then(|m| m.app_target.as_deref()),
+            model.and_then(|m| m.db_version.as_deref()),
+            model.and_then(|m| m.description.as_deref()),
+            size as i64,
+            model.map_or(0, |m| m.entity_count() as i64),
+            model.map_or(0, |m| m.attribute_count() as i64),
+            model.map_or(0, |m| m.relationships.len() as i64),
+            model.map_or(0, |m| m.views.len() as i64),
+            model.map_or(0, |m| m.definitions.len() as i64),
+        ])
+    })
+    .doing("storing a model")?;
+    let model_id = tx.last_insert_rowid();
+    if let Some(m) = model {
+        tx.prepare_cached(
+            "INSERT INTO search (rowid, name, code, path, description, kind, model_id)
+             VALUES (?1 * 4, ?2, NULL, ?3, ?4, 'model', ?1)",
+        )
+        .and_then(|mut s| s.execute(params![model_id, m.name, path, m.description]))
+        .doing("indexing a model")?;
+        insert_content(tx, model_id, m)?;
+    }
+    Ok(model_id)
+}
+
+fn insert_content(tx: &Transaction<'_>, model_id: i64, m: &Model) -> Result<(), StoreError> {
+    let mut containers = tx
+        .prepare_cached("INSERT INTO containers (model_id, guid, name) VALUES (?1, ?2, ?3)")
+        .doing("storing containers")?;
+    for c in &m.containers {
+        containers
+            .execute(params![model_id, c.guid, c.name])
+            .doing("storing containers")?;
+    }
+    let mut entities = tx
+        .prepare_cached(
+            "INSERT INTO entities (model_id, ordinal, guid, name, code, container, description, derived_from,
+                 attribute_count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .doing("storing entities")?;
+    let mut attributes = tx
+        .prepare_cached(
+            "INSERT INTO attributes (entity_id, model_id, ordinal, parent, depth, guid, path, name, code, type, mode,
+                 required, primary_key, description) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )
+        .doing("storing attributes")?;
+    let mut search = tx
+        .prepare_cached(
+            "INSERT INTO search (rowid, name, code, path, description, kind, model_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .doing("indexing")?;
+    for (i, e) in m.entities.iter().enumerate() {
+        entities
+            .execute(params![
+                model_id,
+                i as i64,
+                e.guid,
+                e.name,
+                e.code,
+                e.container,
+                e.description,
+                e.derived_from,
+                e.attributes.len() as i64
+            ])
+            .doing("storing entities")?;
+        let entity_id = tx.last_insert_rowid();
+        search
+            .execute(params![
+                entity_id * 4 + 1,
+                e.name,
+                e.code,
+                None::<&str>,
+                e.description,
+                "entity",
+                model_id
+            ])
+            .doing("indexing an entity")?;
+        for (j, a) in e.attributes.iter().enumerate() {
+            let Attribute {
+                guid,
+                path,
+                name,
+                code,
+                data_type,
+                mode,
+                required,
+                primary_key,
+                description,
+                depth,
+                parent,
+            } = a;
+            attributes
+                .execute(params![
+                    entity_id,
+                    model_id,
+                    j as i64,
+                    parent.map(|p| p as i64),
+                    depth,
+                    guid,
+                    path,
+                    name,
+                    code,
+                    data_type,
+                    mode,
+                    required,
+                    primary_key,
+                    description
+                ])
+                .doing("storing attributes")?;
+            let attribute_id = tx.last_insert_rowid();
+            search
+                .execute(params![
+                    attribute_id * 4 + 2,
+                    name,
+                    code,
+                    path,
+                    description,
+                    "attribute",
+                    model_id
+                ])
+                .doing("indexing an attribute")?;
+        }
+    }
+    let mut rels = tx
+        .prepare_cached(
+            "INSERT INTO relationships (model_id, name, parent_entity, child_entity, parent_cardinality,
+                 child_cardinality, relationship_type) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .doing("storing relationships")?;
+    for r in &m.relationships {
+        rels.execute(params![
+            model_id,
+            r.name,
+            r.parent_entity,
+            r.child_entity,
+            r.parent_cardinality,
+            r.child_cardinality,
+            r.relationship_type
+        ])
+        .doing("storing relationships")?;
+    }
+    Ok(())
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(id: &str) -> CommitInfo {
+        CommitInfo {
+            id: id.into(),
+            author_name: "A".into(),
+            author_email: "a@example.com".into(),
+            authored_at: "2024-01-01T00:00:00Z".into(),
+            committed_at: "2024-01-01T00:00:00Z".into(),
+            message: "m".into(),
+        }
+    }
+
+    fn step<'a>(c: &'a CommitInfo, expect: Option<&'a str>) -> StepMeta<'a> {
+        StepMeta {
+            repo_id: "p/r",
+            branch: "main",
+            commit: c,
+            note: None,
+            settings: "s",
+            expect_commit: expect,
+        }
+    }
+    #[test]
+    fn a_step_from_a_stale_pointer_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        store.ensure_repo("p/r", "p", "r", "file:///r").unwrap();
+        let c1 = commit("c1");
+        let put = |w: &mut StepWriter<'_, '_>| -> Result<(), StoreError> {
+            w.put(
+                "a.json",
+                None,
+                "b1",
+                10,
+                &Content::Error("line 1, column 2: x".into()),
+            )
+        };
+        let counts = store.apply_step(&step(&c1, None), put).unwrap();
+        assert_eq!(counts.added, 1);
+        // A second process that also started from "no commit" must not apply the same step again.
+        let err = store.apply_step(&step(&c1, None), put).unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+        assert!(err.to_string().contains("another modelmirror process"));
+        let versions: i64 = store
+            .lock()
+            .query_row("SELECT COUNT(*) FROM model_versions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(versions, 1);
+        let c2 = commit("c2");
+        store
+            .apply_step(&step(&c2, Some("c1")), |w: &mut StepWriter<'_, '_>| {
+                w.remove("a.json")
+            })
+            .unwrap();
+        assert_eq!(
+            store.repo_state("p/r").unwrap().commit.as_deref(),
+            Some("c2")
+        );
+        assert!(store.model_blobs("p/r").unwrap().is_empty());
+    }
+}
