@@ -447,11 +447,12 @@ fn record_reload(store: &Arc<Store>, outcome: Result<Option<u64>, &str>) {
 /// Load and validate the configuration again; on success make it the one in force.
 fn reload(path: &std::path::Path, shared: &Arc<Shared>) -> Result<Arc<Config>, String> {
     let new = Config::load(path).map_err(|e| e.to_string())?;
-    let (errors, warnings) = new.check_secrets();
-    for w in warnings {
+    let secrets = new.check_secrets();
+    for w in &secrets.warnings {
         tracing::warn!("{w}");
     }
-    if !errors.is_empty() {
+    if !secrets.errors.is_empty() {
+        let errors: Vec<String> = secrets.errors.iter().map(ToString::to_string).collect();
         return Err(errors.join("; "));
     }
     // libgit2's trust store and timeouts are process-wide and may only be set before transfers run.

@@ -146,8 +146,8 @@ pub enum CliError {
     Runtime(std::io::Error),
     #[error("cannot write output: {0}")]
     Output(std::io::Error),
-    #[error("{}", .0.join("\n"))]
-    Secrets(Vec<String>),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Secrets(Vec<crate::config::ProviderIssue>),
     #[error(transparent)]
     Git(#[from] crate::git::GitError),
     #[error(transparent)]
@@ -262,12 +262,12 @@ impl Cli {
 /// Before any transfer: refuse to start with secrets that cannot be read, and set libgit2's process-wide
 /// trust store and timeouts from the providers' `ca_file`, `connect_timeout` and `read_timeout`.
 fn prepare(config: &Config) -> Result<(), CliError> {
-    let (errors, warnings) = config.check_secrets();
-    for w in warnings {
+    let secrets = config.check_secrets();
+    for w in &secrets.warnings {
         tracing::warn!("{w}");
     }
-    if !errors.is_empty() {
-        return Err(CliError::Secrets(errors));
+    if !secrets.errors.is_empty() {
+        return Err(CliError::Secrets(secrets.errors));
     }
     prepare_git(config)
 }
@@ -744,18 +744,11 @@ fn check(path: &std::path::Path, json: bool) -> Result<ExitCode, CliError> {
                     e.to_string(),
                 ),
             }
-            let (errors, warnings) = config.check_secrets();
-            // Messages start with "provider NAME:"; that is the target.
-            let target = |m: &str| {
-                m.strip_prefix("provider ")
-                    .and_then(|r| r.split_once(':'))
-                    .map_or(String::new(), |(n, _)| n.to_string())
-            };
-            for e in errors {
-                add("secret", &target(&e), "error", e);
-            }
-            for w in warnings {
-                add("secret", &target(&w), "warning", w);
+            let secrets = config.check_secrets();
+            for (issues, status) in [(secrets.errors, "error"), (secrets.warnings, "warning")] {
+                for issue in issues {
+                    add("secret", &issue.provider.clone(), status, issue.to_string());
+                }
             }
             for p in &config.providers {
                 let forge = p.kind.forge();

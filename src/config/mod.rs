@@ -1,0 +1,452 @@
+//! Configuration: the main TOML file plus every `conf.d/*.toml` beside it, read in two stages.
+//!
+//! Stage one deserialises each file into raw serde structs (`deny_unknown_fields`, so a typo is an error that
+//! names the file and line). Stage two merges the files and validates them into [`Config`]: compiled globs,
+//! parsed cron schedules, resolved repository ids and clone URLs, and credentials that are checked to resolve
+//! (a token file that cannot be read is reported before the first poll, not during it).
+//!
+//! Nothing here touches the network or the database.
+
+mod raw;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::forge::ProviderKind;
+use crate::git::GitAuth;
+use crate::model::FileFilter;
+use crate::schedule::Schedule;
+use crate::secret::{Secret, SecretError, TokenSource};
+
+/// Where the configuration is looked for when neither `--config` nor `MODELMIRROR_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/modelmirror/config.toml";
+/// Default `state_dir`: holds the mirrors and, unless `database` says otherwise, the database.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/modelmirror";
+/// Default poll schedule: every five minutes.
+pub const DEFAULT_SCHEDULE: &str = "*/5 * * * *";
+/// Default number of polls that may run at once.
+pub const DEFAULT_CONCURRENCY: usize = 4;
+/// Default size limit of one model file (64 MiB).
+pub const DEFAULT_MAX_MODEL_BYTES: u64 = 64 * 1024 * 1024;
+/// Default discovery schedule: hourly.
+pub const DEFAULT_DISCOVER_SCHEDULE: &str = "0 * * * *";
+/// Default connect timeout for a provider, in seconds.
+pub const DEFAULT_CONNECT_TIMEOUT: u64 = 15;
+/// Default read timeout for a provider, in seconds.
+pub const DEFAULT_READ_TIMEOUT: u64 = 60;
+
+/// Everything that can be wrong with a configuration. Each message names the file (and line where the TOML
+/// parser knows it) and says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "cannot read configuration file {path}: {source} (pass --config PATH or set MODELMIRROR_CONFIG)"
+    )]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot list {dir}: {source}")]
+    ReadDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("provider `{name}` is defined twice: in {first} and in {second}; keep one of them")]
+    DuplicateProvider {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("top-level key `{key}` is set in both {first} and {second}; set it in one file only")]
+    DuplicateKey {
+        key: &'static str,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("repository id `{id}` is configured twice (providers `{first}` and `{second}`)")]
+    DuplicateRepo {
+        id: String,
+        first: String,
+        second: String,
+    },
+}
+
+/// The validated configuration the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The main file, for messages.
+    pub path: PathBuf,
+    /// Every file that was read, main file first.
+    pub files: Vec<PathBuf>,
+    /// Mirrors live in `<state_dir>/mirrors`; the database defaults to `<state_dir>/modelmirror.db`.
+    pub state_dir: PathBuf,
+    pub database: PathBuf,
+    /// A cap on the database's size (`database_max_bytes`): an import that would pass it fails like a full
+    /// disk, keeping everything stored before, so the catalog cannot fill a disk other services need.
+    pub database_max_bytes: Option<u64>,
+    pub schedule: Schedule,
+    /// Upper bound on polls running at once, so hundreds of repositories do not open hundreds of connections.
+    pub concurrency: usize,
+    /// What files are considered, and how big one may be before it is recorded as skipped.
+    pub filter: FileFilter,
+    pub providers: Vec<ProviderConfig>,
+    /// All repositories of all providers, in configuration order.
+    pub repos: Vec<RepoConfig>,
+    /// Things that work but that an operator should fix (shown by `check`).
+    pub warnings: Vec<String>,
+    /// How long deliveries and polls are kept in the database.
+    pub events_retention_days: u32,
+    /// The optional webhook listener.
+    pub webhook: Option<WebhookConfig>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`[metrics] listen`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `log_level` (`error` … `trace`, or a tracing filter); `RUST_LOG` wins over it.
+    pub log_level: Option<String>,
+    /// `log_format`: `text` (default) or `json`.
+    pub log_json: bool,
+}
+
+/// `[webhook]`: where to listen for webhook nudges.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub listen: std::net::SocketAddr,
+    /// Larger bodies get 413.
+    pub max_body_bytes: u64,
+    /// Deliveries waiting to be dispatched; when full, 503 with `Retry-After`.
+    pub queue_size: usize,
+}
+
+/// The smallest `database_max_bytes` accepted: below it not even the schema fits.
+pub const MIN_DATABASE_BYTES: u64 = 1 << 20;
+
+/// Default `events_retention_days`.
+pub const DEFAULT_EVENTS_RETENTION_DAYS: u32 = 30;
+/// Default `[webhook] max_body_bytes` (5 MiB).
+pub const DEFAULT_WEBHOOK_MAX_BODY: u64 = 5 * 1024 * 1024;
+/// Default `[webhook] queue_size`.
+pub const DEFAULT_WEBHOOK_QUEUE: usize = 1024;
+
+/// One `[providers.NAME]` table.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Base URL, without a trailing slash.
+    pub base_url: String,
+    /// REST API base (`api_url`, else derived from the base URL per kind); `None` for plain Git.
+    pub api_url: Option<String>,
+    pub credentials: Credentials,
+    /// The file that defined this provider, for messages.
+    pub file: PathBuf,
+    /// Poll schedule of this provider's repositories.
+    pub schedule: Schedule,
+    pub backfill: bool,
+    /// Discovery scopes: GitLab groups, Bitbucket Cloud workspaces (or `workspace/PROJECTKEY`), Bitbucket
+    /// Data Center project keys, GitHub organisations or users. Empty: no discovery.
+    pub discover: Vec<String>,
+    /// Which discovered repositories are mirrored (globs on their paths).
+    pub repo_filter: RepoFilter,
+    pub discover_schedule: Schedule,
+    /// Delete the data of repositories that discovery no longer finds (default: keep, marked `removed`).
+    pub prune_removed: bool,
+    /// REST request budget, so a large discovery cannot exhaust the host's rate limit.
+    pub max_requests_per_hour: u32,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    /// Extra CA bundle (PEM) for a server with a private CA, for git and REST.
+    pub ca_file: Option<PathBuf>,
+    /// Proxy for git and REST; may hold credentials, so it is a [`Secret`].
+    pub proxy: Option<Secret>,
+    /// Webhook secrets; several may be valid at once, so a secret can be rotated.
+    pub webhook_secrets: Vec<TokenSource>,
+    /// Accept webhooks without a signature (only when no secret is configured).
+    pub allow_unsigned_webhooks: bool,
+}
+
+impl ProviderConfig {
+    /// The configuration of one of this provider's repositories, at `path` with clone URL `url`.
+    pub fn repo(&self, path: &str, url: &str) -> RepoConfig {
+        RepoConfig {
+            id: format!("{}/{path}", self.name),
+            provider: self.name.clone(),
+            path: path.to_string(),
+            url: url.to_string(),
+            schedule: self.schedule.clone(),
+            backfill: self.backfill,
+        }
+    }
+
+    /// The credentials git presents to this provider, read now (so a rotated token file applies at once).
+    pub fn git_auth(&self) -> Result<GitAuth, SecretError> {
+        Ok(match &self.credentials.token {
+            None => GitAuth::None,
+            Some(source) => self
+                .kind
+                .forge()
+                .git_auth(self.credentials.username.as_deref(), source.resolve()?),
+        })
+    }
+
+    /// What a REST client of this provider needs.
+    pub fn api_settings(&self) -> crate::forge::api::ApiSettings<'_> {
+        crate::forge::api::ApiSettings {
+            provider: &self.name,
+            kind: self.kind,
+            api_url: self.api_url.as_deref(),
+            username: self.credentials.username.as_deref(),
+            connect_timeout: self.connect_timeout,
+            read_timeout: self.read_timeout,
+            ca_file: self.ca_file.as_deref(),
+            proxy: self.proxy.as_ref(),
+        }
+    }
+
+    /// Check that every secret and credential file of this provider can be read now.
+    pub fn check_secrets(&self) -> SecretCheck {
+        let mut check = SecretCheck::default();
+        let issue = |message: String| ProviderIssue {
+            provider: self.name.clone(),
+            message,
+        };
+        for s in &self.webhook_secrets {
+            if let Err(e) = s.resolve() {
+                check.errors.push(issue(format!("webhook secret: {e}")));
+            }
+        }
+        if let Some(t) = &self.credentials.token {
+            if let Err(e) = t.resolve() {
+                check.errors.push(issue(e.to_string()));
+            }
+            if let TokenSource::File(file) = t
+                && let Ok(path) = file.path()
+                && let Some(mode) = file_mode(&path)
+                && mode & 0o077 != 0
+            {
+                check.warnings.push(issue(format!(
+                    "token_file {} is readable by group or others (mode {:o}); run chmod 600 on it",
+                    path.display(),
+                    mode & 0o777
+                )));
+            }
+        }
+        for (key, path) in [
+            ("ssh_key_file", &self.credentials.ssh_key_file),
+            ("known_hosts_file", &self.credentials.known_hosts_file),
+            ("ca_file", &self.ca_file),
+        ] {
+            if let Some(p) = path
+                && let Err(e) = std::fs::metadata(p)
+            {
+                check
+                    .errors
+                    .push(issue(format!("{key} {}: {e}", p.display())));
+            }
+        }
+        check
+    }
+}
+
+/// What [`Config::check_secrets`] found: errors (`run` and `sync` refuse to start on them) and warnings.
+#[derive(Debug, Default)]
+pub struct SecretCheck {
+    pub errors: Vec<ProviderIssue>,
+    pub warnings: Vec<ProviderIssue>,
+}
+
+/// A problem with one provider's settings found at run time (not by loading the configuration).
+#[derive(Debug, Clone)]
+pub struct ProviderIssue {
+    /// The provider's name.
+    pub provider: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ProviderIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "provider {}: {}", self.provider, self.message)
+    }
+}
+
+fn file_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).ok().map(|m| m.permissions().mode())
+}
+
+/// `include` / `exclude` globs on repository paths (for discovered repositories).
+#[derive(Debug, Clone)]
+pub struct RepoFilter {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+}
+
+impl RepoFilter {
+    fn new(include: &[String], exclude: &[String]) -> Result<RepoFilter, String> {
+        let build = |patterns: &[String], key: &str| -> Result<Option<GlobSet>, String> {
+            if patterns.is_empty() {
+                return Ok(None);
+            }
+            let mut b = GlobSetBuilder::new();
+            for p in patterns {
+                b.add(Glob::new(p).map_err(|e| format!("{key} glob `{p}`: {e}"))?);
+            }
+            b.build().map(Some).map_err(|e| format!("{key} globs: {e}"))
+        };
+        Ok(RepoFilter {
+            include: build(include, "include")?,
+            exclude: build(exclude, "exclude")?,
+        })
+    }
+
+    /// Whether a repository path passes: matched by `include` (when given) and not by `exclude`.
+    pub fn allows(&self, path: &str) -> bool {
+        self.include.as_ref().is_none_or(|g| g.is_match(path))
+            && !self.exclude.as_ref().is_some_and(|g| g.is_match(path))
+    }
+}
+
+/// How to authenticate to a provider. The token itself is read when it is needed, so a rotated
+/// `token_file` is picked up without a restart.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub username: Option<String>,
+    pub token: Option<TokenSource>,
+    pub ssh_key_file: Option<PathBuf>,
+    pub known_hosts_file: Option<PathBuf>,
+}
+
+/// One repository to mirror.
+#[derive(Debug, Clone)]
+pub struct RepoConfig {
+    /// `<provider>/<path>`: the key in the database and on the command line.
+    pub id: String,
+    pub provider: String,
+    /// Path relative to the provider, as written in `repos` (for `git` URLs: the URL's path without `.git`).
+    pub path: String,
+    /// Clone URL, never with credentials in it.
+    pub url: String,
+    pub schedule: Schedule,
+    /// Whether the first import walks the whole first-parent history (true) or imports only the head.
+    pub backfill: bool,
+}
+
+impl Config {
+    /// Read and validate the configuration at `path` and every `*.toml` in the `conf.d/` folder beside it.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let mut files = vec![path.to_path_buf()];
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let conf_d = dir.join("conf.d");
+        if conf_d.is_dir() {
+            let mut extra = Vec::new();
+            let entries = std::fs::read_dir(&conf_d).map_err(|source| ConfigError::ReadDir {
+                dir: conf_d.clone(),
+                source,
+            })?;
+            for entry in entries {
+                let entry = entry.map_err(|source| ConfigError::ReadDir {
+                    dir: conf_d.clone(),
+                    source,
+                })?;
+                let p = entry.path();
+                if p.extension().is_some_and(|e| e == "toml") && p.is_file() {
+                    extra.push(p);
+                }
+            }
+            extra.sort();
+            files.extend(extra);
+        }
+        let mut parsed = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            parsed.push((file.clone(), raw::parse_file(file, &text)?));
+        }
+        validate::validate(path, dir, parsed)
+    }
+
+    /// Validate one file's text as the main configuration at `path` (no `conf.d/`): what `load` does after
+    /// reading the files. For the fuzz target and tests.
+    pub fn from_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        validate::validate(
+            path,
+            dir,
+            vec![(path.to_path_buf(), raw::parse_file(path, text)?)],
+        )
+    }
+
+    /// Read every secret now: the errors (a token file that cannot be read, …) and warnings (a token file
+    /// others may read). `run` and `sync` refuse to start on errors; `check` reports both.
+    pub fn check_secrets(&self) -> SecretCheck {
+        let mut all = SecretCheck::default();
+        for p in &self.providers {
+            let check = p.check_secrets();
+            all.errors.extend(check.errors);
+            all.warnings.extend(check.warnings);
+        }
+        all
+    }
+
+    /// The provider of a repository, looked up by name in this configuration (a repository loop that
+    /// outlived a reload reads the provider's settings and credentials as they are now). `None` when a reload
+    /// removed the provider.
+    pub fn provider(&self, repo: &RepoConfig) -> Option<&ProviderConfig> {
+        self.providers.iter().find(|p| p.name == repo.provider)
+    }
+
+    pub fn mirrors_dir(&self) -> PathBuf {
+        self.state_dir.join("mirrors")
+    }
+
+    /// Where the bare mirror of a repository lives: `<state_dir>/mirrors/<provider>/<path>.git`.
+    pub fn mirror_path(&self, repo: &RepoConfig) -> PathBuf {
+        let mut p = self.mirrors_dir().join(&repo.provider);
+        for seg in repo.path.split('/') {
+            p.push(seg);
+        }
+        let mut os = p.into_os_string();
+        os.push(".git");
+        PathBuf::from(os)
+    }
+}
+
+/// Expand `${VAR}` in a path (so `token_file = "${CREDENTIALS_DIRECTORY}/gitlab"` works under systemd) and
+/// make it absolute relative to the configuration file's folder.
+/// Where the database most likely is when the configuration does not load (for `status`, which still
+/// shows the service's state then): `database` or `state_dir` read from the main file alone, if that much
+/// parses, else the default.
+pub fn database_hint(path: &Path) -> PathBuf {
+    let base = path.parent().unwrap_or(Path::new("."));
+    let table = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .unwrap_or_default();
+    let key = |k: &str| {
+        table
+            .get(k)
+            .and_then(|v| v.as_str())
+            .and_then(|raw| validate::resolve_path(raw, base, path, k).ok())
+    };
+    key("database").unwrap_or_else(|| {
+        key("state_dir")
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+            .join("modelmirror.db")
+    })
+}
