@@ -8,16 +8,14 @@
 
 pub mod cli;
 pub mod config;
-pub mod daemon;
 pub mod forge;
 pub mod git;
 pub mod hubignore;
 pub mod metrics;
 pub mod model;
+pub mod poll;
 pub mod redact;
 pub mod schedule;
 pub mod secret;
+pub mod service;
 pub mod store;
-pub mod sync;
-pub mod systemd;
-pub mod webhook;

@@ -1,25 +1,15 @@
-//! Metrics and health: a process-wide registry of counters, gauges and histograms, rendered in the
-//! Prometheus text format, and the optional listener (`[metrics] listen`) that serves `/metrics`, `/healthz`
-//! (the process answers) and `/readyz` (the scheduler is ticking and the database is writable). It is a
-//! separate listener from the webhook one, so it can stay on localhost.
+//! Metrics: a process-wide registry of counters, gauges and histograms, rendered in the Prometheus text format.
+//! Whatever reports (a poll, a REST call, the webhook listener) counts here; what is computed at scrape time
+//! (per-repository gauges from the database) comes from the caller of [`Metrics::render`]. The listener that
+//! serves it is the service's.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-
-use crate::store::Store;
-
-type Labels = Vec<(&'static str, String)>;
+/// A metric's labels: name and value pairs.
+pub type Labels = Vec<(&'static str, String)>;
 
 /// Histogram buckets, in seconds.
 const BUCKETS: &[f64] = &[
@@ -216,176 +206,6 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
-}
-
-/// What `/readyz` looks at (the scheduler's last tick) and which repositories the service mirrors now (the
-/// per-repository gauges leave out the ones it no longer polls, so their old errors raise no alert).
-#[derive(Debug)]
-pub struct Health {
-    last_tick: Mutex<Instant>,
-    /// A tick older than this means the scheduler is stuck.
-    pub stale_after: Duration,
-    /// The repositories polled now; `None` until the scheduler has said (then all but `removed` count).
-    mirrored: Mutex<Option<std::collections::HashSet<String>>>,
-}
-
-impl Health {
-    pub fn new(stale_after: Duration) -> Arc<Health> {
-        Arc::new(Health {
-            last_tick: Mutex::new(Instant::now()),
-            stale_after,
-            mirrored: Mutex::new(None),
-        })
-    }
-
-    /// The repositories the service polls from now on.
-    pub fn set_mirrored(&self, ids: impl IntoIterator<Item = String>) {
-        *self.mirrored.lock().unwrap_or_else(|p| p.into_inner()) = Some(ids.into_iter().collect());
-    }
-
-    /// Whether the service polls `id` (true until it has said which it polls).
-    pub fn is_mirrored(&self, id: &str) -> bool {
-        self.mirrored
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .is_none_or(|m| m.contains(id))
-    }
-
-    pub fn tick(&self) {
-        *self.last_tick.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-    }
-
-    pub fn ticking(&self) -> bool {
-        self.last_tick
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed()
-            < self.stale_after
-    }
-}
-
-/// Gauges computed from the database at scrape time.
-fn catalog_gauges(store: &Store, health: &Health) -> Vec<(&'static str, Labels, f64)> {
-    let mut out = Vec::new();
-    let Ok(rows) = store.status() else {
-        return out;
-    };
-    let now = chrono::Utc::now();
-    // Repositories no longer mirrored (removed by discovery, or no longer in the configuration) keep their
-    // data but are not watched.
-    for r in rows
-        .into_iter()
-        .filter(|r| r.state != "removed" && health.is_mirrored(&r.repo))
-    {
-        let repo = vec![("repo", r.repo.clone())];
-        out.push(("modelmirror_models", repo.clone(), r.models as f64));
-        out.push(("modelmirror_model_errors", repo.clone(), r.errors as f64));
-        out.push((
-            "modelmirror_repository_failing",
-            repo.clone(),
-            f64::from(u8::from(r.last_error.is_some())),
-        ));
-        let age = |t: Option<&str>| {
-            t.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|at| (now - at.with_timezone(&chrono::Utc)).num_seconds() as f64)
-        };
-        // Any poll, failed ones too: is the scheduler reaching this repository?
-        if let Some(secs) = age(r.last_check_at.as_deref()) {
-            out.push(("modelmirror_seconds_since_last_check", repo.clone(), secs));
-        }
-        // Emitted for failing repositories too (growing): alert on it going over a few periods.
-        if let Some(secs) = age(r.last_success_at.as_deref()) {
-            out.push(("modelmirror_seconds_since_last_success", repo, secs));
-        }
-    }
-    out.push(("modelmirror_up", Vec::new(), 1.0));
-    out
-}
-
-/// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until `stop`.
-pub async fn serve(
-    listener: TcpListener,
-    store: Arc<Store>,
-    health: Arc<Health>,
-    mut stop: watch::Receiver<bool>,
-) {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!("metrics listener on {addr}");
-    }
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.changed() => break,
-        };
-        let Ok((stream, _)) = accepted else { continue };
-        let (store, health) = (store.clone(), health.clone());
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |req| answer(req, store.clone(), health.clone()));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = conn.await;
-        });
-    }
-}
-
-async fn answer(
-    req: Request<Incoming>,
-    store: Arc<Store>,
-    health: Arc<Health>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let text = |status: StatusCode, body: String, content_type: &'static str| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = status;
-        r.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static(content_type),
-        );
-        r
-    };
-    Ok(match req.uri().path() {
-        "/metrics" => {
-            let health = health.clone();
-            let body = tokio::task::spawn_blocking(move || {
-                global().render(&catalog_gauges(&store, &health))
-            })
-            .await
-            .unwrap_or_default();
-            text(
-                StatusCode::OK,
-                body,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )
-        }
-        "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
-        "/readyz" => {
-            let ticking = health.ticking();
-            let writable = tokio::task::spawn_blocking(move || store.writable())
-                .await
-                .unwrap_or(false);
-            match (ticking, writable) {
-                (true, true) => text(StatusCode::OK, "ready\n".into(), "text/plain"),
-                (false, _) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the scheduler has not ticked recently\n".into(),
-                    "text/plain",
-                ),
-                (_, false) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the database is not writable\n".into(),
-                    "text/plain",
-                ),
-            }
-        }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found: /metrics, /healthz, /readyz\n".into(),
-            "text/plain",
-        ),
-    })
 }
 
 #[cfg(test)]

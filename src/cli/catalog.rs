@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
 
+use super::versions::Versions;
 use super::{CliError, or_dash, print_json, print_table};
 use crate::config::{Config, RepoConfig};
 use crate::model::Model;
@@ -155,13 +156,12 @@ pub(super) fn history(
 
 /// Load the model at a version, or say why it cannot be shown.
 fn load_model(
-    config: &Config,
+    versions: &Versions<'_>,
     repo: &RepoConfig,
     commit: &str,
     path: &str,
 ) -> Result<(Model, String, String), CliError> {
-    let (parsed, commit, blob) =
-        crate::sync::model_at(config, repo, commit, path).map_err(CliError::Catalog)?;
+    let (parsed, commit, blob) = versions.model_at(commit, path)?;
     match parsed {
         crate::model::Parsed::Model(m) => Ok((m, commit, blob)),
         crate::model::Parsed::Invalid(e) => Err(CliError::Catalog(format!(
@@ -216,12 +216,13 @@ pub(super) fn changes(
             "no versions of {path} in {repo_id}: `modelmirror history` shows what there is"
         )));
     }
+    let mirror = Versions::open(config, &repo)?;
     // The version in force at a commit: the newest version made at that commit or before it.
     let version_at = |rev: &str| -> Result<usize, CliError> {
-        let full = crate::sync::resolve_commit(config, &repo, rev).map_err(CliError::Catalog)?;
+        let full = mirror.resolve(rev)?;
         versions
             .iter()
-            .position(|v| crate::sync::is_at_or_before(config, &repo, &v.commit, &full))
+            .position(|v| mirror.is_at_or_before(&v.commit, &full))
             .ok_or_else(|| CliError::Catalog(format!("{path} did not exist yet at commit {rev}")))
     };
     let usable = |i: usize, rev: &str| -> Result<(String, String), CliError> {
@@ -258,8 +259,8 @@ pub(super) fn changes(
             }
         },
     };
-    let (old, old_commit, old_blob) = load_model(config, &repo, &from_v.0, &from_v.1)?;
-    let (new, new_commit, new_blob) = load_model(config, &repo, &to_v.0, &to_v.1)?;
+    let (old, old_commit, old_blob) = load_model(&mirror, &repo, &from_v.0, &from_v.1)?;
+    let (new, new_commit, new_blob) = load_model(&mirror, &repo, &to_v.0, &to_v.1)?;
     let out = ChangesOut {
         repo: repo_id.to_string(),
         from: Version {
@@ -378,7 +379,7 @@ pub(super) fn show(
                 ))
             })?,
     };
-    let (model, commit, blob) = load_model(config, &repo, &commit, path)?;
+    let (model, commit, blob) = load_model(&Versions::open(config, &repo)?, &repo, &commit, path)?;
     if json {
         print_json(&ShowOut {
             repo: repo_id,
@@ -546,8 +547,8 @@ pub(super) fn rebuild(config: Config, ids: &[String]) -> Result<ExitCode, CliErr
     let cancel = Arc::new(AtomicBool::new(false));
     let mut ok = true;
     for repo in &repos {
-        let line = match crate::sync::rebuild(&config, repo, &store, &cancel) {
-            Ok(crate::sync::PollOutcome::Updated {
+        let line = match crate::poll::rebuild(&config, repo, &store, &cancel) {
+            Ok(crate::poll::PollOutcome::Updated {
                 commit, commits, ..
             }) => {
                 let models = store.models(Some(&repo.id))?.len();

@@ -2,6 +2,7 @@
 //! (or object, for single things) with documented keys; everything else is for people.
 
 mod catalog;
+mod versions;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
-use crate::daemon;
+use crate::service;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, Parser)]
@@ -151,7 +152,9 @@ pub enum CliError {
     #[error(transparent)]
     Git(#[from] crate::git::GitError),
     #[error(transparent)]
-    Daemon(#[from] crate::daemon::DaemonError),
+    Service(#[from] service::ServiceError),
+    #[error(transparent)]
+    Version(#[from] versions::VersionError),
     #[error("{0}")]
     Catalog(String),
 }
@@ -315,10 +318,10 @@ fn run(config: Config) -> Result<ExitCode, CliError> {
     let path = config.path.clone();
     let result = rt.block_on(async move {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(daemon::signals(tx.clone()));
+        tokio::spawn(service::signals(tx.clone()));
         // Kept alive for as long as the service runs.
-        let _watcher = daemon::watch_config(&path, tx);
-        daemon::run(path, config, store, rx).await
+        let _watcher = service::watch_config(&path, tx);
+        service::run(path, config, store, rx).await
     });
     // Polls still blocked in a transfer do not hold the exit up: the database is consistent either way.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -339,7 +342,7 @@ fn sync(config: Config, ids: &[String]) -> Result<ExitCode, CliError> {
             continue;
         }
         let limits = crate::forge::api::Limits::new(provider.max_requests_per_hour);
-        match rt.block_on(crate::sync::discover(&config, index, &store, limits)) {
+        match rt.block_on(service::discover(&config, index, &store, limits)) {
             Err(e) => {
                 discovery_ok = false;
                 println!("{} discovery error: {e}", provider.name);
@@ -373,10 +376,10 @@ fn sync(config: Config, ids: &[String]) -> Result<ExitCode, CliError> {
     let cancel = Arc::new(AtomicBool::new(false));
     let cancel_on_signal = cancel.clone();
     rt.spawn(async move {
-        daemon::shutdown_signal().await;
+        service::shutdown_signal().await;
         cancel_on_signal.store(true, std::sync::atomic::Ordering::Relaxed);
     });
-    let ok = rt.block_on(daemon::sync_once(
+    let ok = rt.block_on(service::sync_once(
         Arc::new(config),
         store,
         repos,

@@ -18,7 +18,7 @@ use std::time::Duration;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::forge::ProviderKind;
-use crate::git::GitAuth;
+use crate::git::{GitAuth, RemoteSpec};
 use crate::model::FileFilter;
 use crate::schedule::Schedule;
 use crate::secret::{Secret, SecretError, TokenSource};
@@ -201,6 +201,33 @@ impl ProviderConfig {
                 .forge()
                 .git_auth(self.credentials.username.as_deref(), source.resolve()?),
         })
+    }
+
+    /// The repository at `path` on this provider (as discovery or a mirror's folder names it): its id and
+    /// clone URL.
+    pub fn discovered_repo(&self, path: &str) -> Result<RepoConfig, crate::forge::UrlError> {
+        let resolved = crate::forge::resolve_repo(self.kind, &self.base_url, path)?;
+        Ok(self.repo(&resolved.path, &resolved.url))
+    }
+
+    /// How git reaches `url` of this provider (its ssh files and proxy), presenting `auth`; `cancel` aborts
+    /// the transfer, `alive` hears of every sign of progress.
+    pub fn remote<'a>(
+        &'a self,
+        url: &'a str,
+        auth: &'a GitAuth,
+        cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        alive: Option<&'a (dyn Fn() + Sync)>,
+    ) -> RemoteSpec<'a> {
+        RemoteSpec {
+            url,
+            auth,
+            ssh_key_file: self.credentials.ssh_key_file.as_deref(),
+            known_hosts_file: self.credentials.known_hosts_file.as_deref(),
+            proxy: self.proxy.as_ref().map(Secret::expose),
+            cancel,
+            alive,
+        }
     }
 
     /// What a REST client of this provider needs.

@@ -30,7 +30,7 @@ const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 /// A safety net against servers whose pagination never ends.
 pub const MAX_PAGES: usize = 10_000;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("{status} from provider {provider}: token rejected — {hint}")]
     Unauthorized {

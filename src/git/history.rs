@@ -41,6 +41,17 @@ pub fn is_ancestor(repo: &Repository, ancestor: Oid, commit: Oid) -> bool {
     repo.graph_descendant_of(commit, ancestor).unwrap_or(false)
 }
 
+/// The commit a revision names (an id, an unambiguous prefix, or anything else git understands).
+pub fn resolve_commit(repo: &Repository, rev: &str) -> Result<Oid, GitError> {
+    repo.revparse_single(rev)
+        .and_then(|o| o.peel_to_commit())
+        .map(|c| c.id())
+        .map_err(|e| GitError::UnknownCommit {
+            rev: rev.to_string(),
+            message: e.message().to_string(),
+        })
+}
+
 /// Whether the mirror holds this commit.
 pub fn has_commit(repo: &Repository, oid: Oid) -> bool {
     repo.find_commit(oid).is_ok()

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 pub use git2::{Oid, Repository};
 pub use history::{
     CommitInfo, commit_info, first_parent, first_parent_path, has_commit, is_ancestor,
+    resolve_commit,
 };
 pub use mirror::{Mirror, delete_mirror, open_mirror, open_mirror_to_read};
 pub use packs::PackIndexes;
@@ -126,6 +127,8 @@ pub enum GitError {
         what: String,
         message: String,
     },
+    #[error("commit {rev:?}: {message} (not in the mirror, or ambiguous)")]
+    UnknownCommit { rev: String, message: String },
     #[error("ca_file {path}: {message}")]
     CaFile { path: PathBuf, message: String },
 }

@@ -7,38 +7,39 @@
 //! so an import in progress never slows an answer down.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{HeaderMap, Method, Request, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::Config;
+use super::http::{self, Answer};
+use super::state::{ConfigHandle, Targets, current};
+use crate::config::{Config, WebhookConfig};
+use crate::forge::ProviderKind;
 use crate::forge::webhook::{Delivery, EventKind, RepoKey, normalize_url};
 use crate::secret::Secret;
-use crate::store::{DeliveryRecord, Store, now_rfc3339_millis};
+use crate::store::{DeliveryRecord, RepoKeyRow, Store, StoreError, now_rfc3339_millis};
 
 /// How many delivery ids are remembered to refuse replays.
 const SEEN_CAPACITY: usize = 10_000;
 /// `Retry-After` sent with 503 when the queue is full.
 const RETRY_AFTER_SECS: u64 = 5;
-
-#[derive(Debug, thiserror::Error)]
-pub enum WebhookError {
-    #[error("cannot listen for webhooks on {addr}: {source} (change [webhook] listen)")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-}
+/// How many rejected deliveries per provider and minute are stored (and logged); the rest are counted.
+const REJECTED_PER_MINUTE: u32 = 30;
+/// How long a client may take to send its body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Event names are the host's short words; anything longer is cut before it is stored.
+const MAX_EVENT_LEN: usize = 64;
+/// How many connections are served at once; more are closed at once.
+const LIMITS: http::Limits = http::Limits {
+    max_connections: 128,
+    header_timeout: Duration::from_secs(10),
+};
 
 /// What the handler hands to the dispatcher.
 pub enum Item {
@@ -60,49 +61,6 @@ pub enum Item {
     },
 }
 
-/// The repositories being mirrored and how to nudge them; kept current by the daemon.
-#[derive(Default)]
-pub struct Targets {
-    /// Repository id → its configuration and the nudge its poll loop waits on.
-    pub repos: std::collections::HashMap<String, (crate::config::RepoConfig, Arc<Nudge>)>,
-}
-
-/// A request to poll a repository now. Any number of nudges before the poll loop looks merge into one.
-#[derive(Default)]
-pub struct Nudge {
-    pending: std::sync::atomic::AtomicBool,
-    notify: tokio::sync::Notify,
-}
-
-impl Nudge {
-    pub fn nudge(&self) {
-        self.pending
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.notify.notify_one();
-    }
-
-    /// Wait for a nudge, and clear it.
-    pub async fn wait(&self) {
-        self.notify.notified().await;
-        self.pending
-            .store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Take a nudge that arrived meanwhile (e.g. during a poll), if any.
-    pub fn take(&self) -> bool {
-        self.pending
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-/// The configuration in force, swapped by a reload.
-pub type ConfigHandle = Arc<std::sync::RwLock<Arc<Config>>>;
-
-/// The configuration in force now.
-pub fn current(handle: &ConfigHandle) -> Arc<Config> {
-    handle.read().unwrap_or_else(|p| p.into_inner()).clone()
-}
-
 struct HandlerState {
     config: ConfigHandle,
     /// Verified deliveries waiting for the dispatcher.
@@ -113,18 +71,7 @@ struct HandlerState {
     seen: Mutex<Seen>,
     /// Rejected records allowed this minute, per provider (a flood is counted, not stored row by row).
     rejected_budget: Mutex<(std::time::Instant, HashMap<String, u32>)>,
-    /// Open connections, bounded.
-    connections: Arc<tokio::sync::Semaphore>,
 }
-
-/// How many rejected deliveries per provider and minute are stored (and logged); the rest are counted.
-const REJECTED_PER_MINUTE: u32 = 30;
-/// How many connections are served at once; more are closed at once.
-const MAX_CONNECTIONS: usize = 128;
-/// How long a client may take to send its body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Event names are the host's short words; anything longer is cut before it is stored.
-const MAX_EVENT_LEN: usize = 64;
 
 /// Recent (provider, delivery id) pairs of processed deliveries.
 #[derive(Default)]
@@ -154,21 +101,14 @@ impl Seen {
     }
 }
 
-/// Bind the listener now (so a bad address fails start-up), then serve until `stop`.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, WebhookError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| WebhookError::Bind { addr, source })
-}
-
 /// Serve webhooks on `listener` and dispatch them, until `stop` turns true. On stop, deliveries already
 /// accepted are still recorded and acted on (for a few seconds at most).
-pub async fn serve(
+pub(super) async fn serve(
     listener: TcpListener,
     config: ConfigHandle,
     store: Arc<Store>,
     targets: Arc<Mutex<Targets>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let Some(settings) = current(&config).webhook.clone() else {
         return;
@@ -190,7 +130,6 @@ pub async fn serve(
         records: records_tx,
         seen: Mutex::new(seen),
         rejected_budget: Mutex::new((std::time::Instant::now(), HashMap::new())),
-        connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
     });
     let spawn = |name: &str, rx: mpsc::Receiver<Item>| {
         let (config, store, targets) = (config.clone(), store.clone(), targets.clone());
@@ -205,42 +144,12 @@ pub async fn serve(
         tracing::error!("cannot start the webhook dispatcher");
         return;
     };
-    match listener.local_addr() {
-        Ok(addr) => tracing::info!("webhook listener on {addr}"),
-        Err(_) => tracing::info!("webhook listener started"),
-    }
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.changed() => break,
-        };
-        let Ok((stream, _peer)) = accepted else {
-            continue;
-        };
-        let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-            // Too many open connections: close this one at once.
-            continue;
-        };
-        let state = state.clone();
-        conns.spawn(async move {
-            let _permit = permit;
-            let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!("webhook connection: {e}");
-            }
-        });
-    }
-    // Let answers in flight finish, then close the queues; the dispatchers drain them and end.
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while conns.join_next().await.is_some() {}
+    let handler_state = state.clone();
+    http::serve(listener, "webhook", LIMITS, stop, move |req| {
+        handle(handler_state.clone(), req)
     })
     .await;
-    conns.abort_all();
+    // Close the queues; the dispatchers drain them and end.
     drop(state);
     let deadline = std::time::Instant::now() + Duration::from_secs(4);
     while !(dispatcher.is_finished() && recorder.is_finished())
@@ -250,186 +159,260 @@ pub async fn serve(
     }
 }
 
-type Answer = Response<Full<Bytes>>;
-
-fn answer(status: StatusCode, text: &str) -> Answer {
-    let mut r = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
+fn text(status: StatusCode, text: &str) -> Answer {
+    http::answer(status, format!("{text}\n"), "text/plain; charset=utf-8")
 }
 
-/// Whether a delivery carries a signature header of `kind` (checked before the body is even read).
-fn signature_present(kind: crate::forge::ProviderKind, headers: &hyper::HeaderMap) -> bool {
-    kind.forge()
-        .signature_headers()
-        .iter()
-        .any(|h| headers.contains_key(*h))
+/// A delivery as it arrived: when, and the event its headers name (for the records of refusals).
+struct Arrival {
+    received_at: String,
+    event: String,
 }
 
-async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answer, Infallible> {
-    let config = current(&state.config);
+impl Arrival {
+    /// Record a refusal under `provider` (when it has a reason) and answer it.
+    fn refuse(&self, state: &HandlerState, provider: &str, refusal: Refusal) -> Answer {
+        if let Some(reason) = refusal.reason {
+            record_rejected(state, provider, &self.received_at, &self.event, reason);
+        }
+        text(refusal.status, &refusal.text)
+    }
+}
+
+/// Why a delivery is refused: the answer's status and text, and the reason recorded (`None`: not recorded).
+struct Refusal {
+    status: StatusCode,
+    text: String,
+    reason: Option<String>,
+}
+
+impl Refusal {
+    /// A refusal whose answer is `text` and whose record says `reason`.
+    fn new(status: StatusCode, text: impl Into<String>, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            text: text.into(),
+            reason: Some(reason.into()),
+        }
+    }
+
+    /// A refusal whose answer says `reason` as it is recorded.
+    fn saying(status: StatusCode, reason: impl Into<String>) -> Refusal {
+        let reason = reason.into();
+        Refusal::new(status, reason.clone(), reason)
+    }
+}
+
+async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Answer {
     let path = req.uri().path().to_string();
     if path == "/healthz" {
-        return Ok(if req.method() == Method::GET {
-            answer(StatusCode::OK, "ok")
+        return if req.method() == Method::GET {
+            text(StatusCode::OK, "ok")
         } else {
-            answer(StatusCode::METHOD_NOT_ALLOWED, "use GET")
-        });
+            text(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+        };
     }
-    let received_at = now_rfc3339_millis();
-    let event_name: String = crate::forge::ProviderKind::ALL
-        .iter()
-        .filter_map(|k| k.forge().event_header())
-        .find_map(|h| req.headers().get(h).and_then(|v| v.to_str().ok()))
-        .unwrap_or("")
-        .chars()
-        .take(MAX_EVENT_LEN)
-        .collect();
+    let arrival = Arrival {
+        received_at: now_rfc3339_millis(),
+        event: event_name(req.headers()),
+    };
     let named = match path.strip_prefix("/hooks") {
         Some("") | Some("/") => None,
         Some(rest) if rest.starts_with('/') => Some(rest.trim_matches('/').to_string()),
         _ => {
-            return Ok(answer(
+            return text(
                 StatusCode::NOT_FOUND,
                 "not found: POST /hooks/<provider> or /hooks",
-            ));
+            );
         }
     };
     if req.method() != Method::POST {
-        return Ok(answer(StatusCode::METHOD_NOT_ALLOWED, "use POST"));
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use POST");
     }
+    let config = current(&state.config);
     let Some(settings) = &config.webhook else {
-        return Ok(answer(StatusCode::NOT_FOUND, "webhooks are off"));
+        return text(StatusCode::NOT_FOUND, "webhooks are off");
     };
-    let candidates: Vec<usize> = match &named {
-        Some(name) => match config.providers.iter().position(|p| &p.name == name) {
+    let candidates = match candidates(&config, named.as_deref(), req.headers()) {
+        Ok(c) => c,
+        Err(refusal) => return arrival.refuse(&state, "?", refusal),
+    };
+    let first_name = named
+        .clone()
+        .unwrap_or_else(|| config.providers[candidates[0]].name.clone());
+    if let Err(refusal) = precheck(&config, &candidates, req.headers(), settings) {
+        return arrival.refuse(&state, &first_name, refusal);
+    }
+    let (parts, body) = req.into_parts();
+    let body = match read_body(body, settings).await {
+        Ok(body) => body,
+        Err(refusal) => return arrival.refuse(&state, &first_name, refusal),
+    };
+    let headers = &parts.headers;
+    let index = match verify(&config, &candidates, headers, &body) {
+        Ok(index) => index,
+        Err(reason) => {
+            let refusal = Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                format!("rejected: {reason}"),
+                reason,
+            );
+            return arrival.refuse(&state, &first_name, refusal);
+        }
+    };
+    let provider = config.providers[index].name.clone();
+    let delivery = match config.providers[index]
+        .kind
+        .forge()
+        .webhook_parse(headers, &body)
+    {
+        Ok(d) => d,
+        Err(e) => {
+            let (record, answer) = (e.to_string(), format!("cannot read the payload: {e}"));
+            record_answered(
+                &state,
+                &provider,
+                &arrival.received_at,
+                &arrival.event,
+                None,
+                "rejected",
+                record,
+            );
+            return text(StatusCode::BAD_REQUEST, &answer);
+        }
+    };
+    accept(&state, provider, arrival, delivery)
+}
+
+/// The event name a delivery's headers give, whichever host sent it (cut to `MAX_EVENT_LEN`).
+fn event_name(headers: &HeaderMap) -> String {
+    ProviderKind::ALL
+        .iter()
+        .filter_map(|k| k.forge().event_header())
+        .find_map(|h| headers.get(h).and_then(|v| v.to_str().ok()))
+        .unwrap_or("")
+        .chars()
+        .take(MAX_EVENT_LEN)
+        .collect()
+}
+
+/// The providers that may have sent a delivery: the one named in the path, or every provider whose kind
+/// recognises the headers. `Err`: the reason to record and the answer.
+fn candidates(
+    config: &Config,
+    named: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Vec<usize>, Refusal> {
+    let found: Vec<usize> = match named {
+        Some(name) => match config.providers.iter().position(|p| p.name == name) {
             Some(i) => vec![i],
             None => {
                 // Recorded under one fixed name: the path is the sender's choice, and each new name would
                 // be a new metric series and rejection budget.
                 let shown: String = name.chars().take(MAX_EVENT_LEN).collect();
-                record_rejected(
-                    &state,
-                    "?",
-                    &received_at,
-                    &event_name,
+                return Err(Refusal::new(
+                    StatusCode::NOT_FOUND,
+                    "no provider of that name",
                     format!("no provider named {shown:?}"),
-                );
-                return Ok(answer(StatusCode::NOT_FOUND, "no provider of that name"));
+                ));
             }
         },
         None => (0..config.providers.len())
-            .filter(|i| {
-                config.providers[*i]
-                    .kind
-                    .forge()
-                    .webhook_detect(req.headers())
-            })
+            .filter(|i| config.providers[*i].kind.forge().webhook_detect(headers))
             .collect(),
     };
-    if candidates.is_empty() {
-        record_rejected(
-            &state,
-            "?",
-            &received_at,
-            &event_name,
-            "cannot tell which provider sent it".into(),
-        );
-        return Ok(answer(
+    if found.is_empty() {
+        return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             "cannot tell which provider sent this; use POST /hooks/<provider>",
+            "cannot tell which provider sent it",
         ));
     }
-    let first_name = named
-        .clone()
-        .unwrap_or_else(|| config.providers[candidates[0]].name.clone());
-    // Refuse before reading the body when no candidate could verify it: the signature header is missing.
+    Ok(found)
+}
+
+/// What can be refused before the body is read: no candidate could verify it (its signature header is
+/// missing), or it says it is over `max_body_bytes`.
+fn precheck(
+    config: &Config,
+    candidates: &[usize],
+    headers: &HeaderMap,
+    settings: &WebhookConfig,
+) -> Result<(), Refusal> {
     let signed_ok = candidates.iter().any(|&i| {
         let p = &config.providers[i];
-        p.webhook_secrets.is_empty() || signature_present(p.kind, req.headers())
+        p.webhook_secrets.is_empty() || signature_present(p.kind, headers)
     });
     if !signed_ok {
-        let reason =
-            "missing signature header (is the webhook's secret set on the host?)".to_string();
-        record_rejected(
-            &state,
-            &first_name,
-            &received_at,
-            &event_name,
-            reason.clone(),
-        );
-        return Ok(answer(
+        let reason = "missing signature header (is the webhook's secret set on the host?)";
+        return Err(Refusal::new(
             StatusCode::UNAUTHORIZED,
-            &format!("rejected: {reason}"),
+            format!("rejected: {reason}"),
+            reason,
         ));
     }
-    let too_big = req
-        .headers()
+    let too_big = headers
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|n| n > settings.max_body_bytes);
-    let too_big_reason = format!(
+    if too_big {
+        return Err(Refusal::saying(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            too_big_reason(settings),
+        ));
+    }
+    Ok(())
+}
+
+fn too_big_reason(settings: &WebhookConfig) -> String {
+    format!(
         "the body is over [webhook] max_body_bytes ({})",
         settings.max_body_bytes
-    );
-    if too_big {
-        record_rejected(
-            &state,
-            &first_name,
-            &received_at,
-            &event_name,
-            too_big_reason.clone(),
-        );
-        return Ok(answer(StatusCode::PAYLOAD_TOO_LARGE, &too_big_reason));
-    }
-    let (parts, body) = req.into_parts();
+    )
+}
+
+/// The body, within `max_body_bytes` and `BODY_TIMEOUT`.
+async fn read_body(body: Incoming, settings: &WebhookConfig) -> Result<Bytes, Refusal> {
     let limit = usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX);
-    let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect()).await {
-        Ok(Ok(b)) => b.to_bytes(),
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect()).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
         Ok(Err(e))
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            record_rejected(
-                &state,
-                &first_name,
-                &received_at,
-                &event_name,
-                too_big_reason.clone(),
-            );
-            return Ok(answer(StatusCode::PAYLOAD_TOO_LARGE, &too_big_reason));
+            Err(Refusal::saying(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                too_big_reason(settings),
+            ))
         }
-        Ok(Err(_)) => return Ok(answer(StatusCode::BAD_REQUEST, "cannot read the body")),
-        Err(_) => {
-            record_rejected(
-                &state,
-                &first_name,
-                &received_at,
-                &event_name,
-                "the body took too long to arrive".into(),
-            );
-            return Ok(answer(
-                StatusCode::REQUEST_TIMEOUT,
-                "the body took too long to arrive",
-            ));
-        }
-    };
-    let headers = &parts.headers;
-    // Verify before parsing: the first provider whose secret verifies wins. A provider with secrets
-    // configured is verified even if none can be read now; only one with none configured may be unsigned.
+        Ok(Err(_)) => Err(Refusal {
+            status: StatusCode::BAD_REQUEST,
+            text: "cannot read the body".into(),
+            reason: None,
+        }),
+        Err(_) => Err(Refusal::saying(
+            StatusCode::REQUEST_TIMEOUT,
+            "the body took too long to arrive",
+        )),
+    }
+}
+
+/// The first candidate whose secret verifies the delivery (before anything parses it). A provider with
+/// secrets configured is verified even if none can be read now; only one with none configured may be
+/// unsigned. `Err`: why it was refused.
+fn verify(
+    config: &Config,
+    candidates: &[usize],
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<usize, String> {
     let mut refusal = String::new();
-    let mut verified = None;
-    for &i in &candidates {
+    for &i in candidates {
         let p = &config.providers[i];
         if p.webhook_secrets.is_empty() {
             if p.allow_unsigned_webhooks {
-                verified = Some(i);
-                break;
+                return Ok(i);
             }
             refusal = "this provider has no webhook secret".into();
             continue;
@@ -444,50 +427,16 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answ
             refusal = "the webhook secret cannot be verified".into();
             continue;
         }
-        match p.kind.forge().webhook_verify(headers, &body, &secrets) {
-            Ok(()) => {
-                verified = Some(i);
-                break;
-            }
+        match p.kind.forge().webhook_verify(headers, body, &secrets) {
+            Ok(()) => return Ok(i),
             Err(e) => refusal = e.to_string(),
         }
     }
-    let Some(index) = verified else {
-        record_rejected(
-            &state,
-            &first_name,
-            &received_at,
-            &event_name,
-            refusal.clone(),
-        );
-        return Ok(answer(
-            StatusCode::UNAUTHORIZED,
-            &format!("rejected: {refusal}"),
-        ));
-    };
-    let provider = config.providers[index].name.clone();
-    let delivery = match config.providers[index]
-        .kind
-        .forge()
-        .webhook_parse(headers, &body)
-    {
-        Ok(d) => d,
-        Err(e) => {
-            record_answered(
-                &state,
-                &provider,
-                &received_at,
-                &event_name,
-                None,
-                "rejected",
-                e.to_string(),
-            );
-            return Ok(answer(
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read the payload: {e}"),
-            ));
-        }
-    };
+    Err(refusal)
+}
+
+/// A verified, mapped delivery: refuse a replay, answer a ping, queue the rest for the dispatcher.
+fn accept(state: &HandlerState, provider: String, arrival: Arrival, delivery: Delivery) -> Answer {
     let seen_key = delivery
         .delivery_id
         .clone()
@@ -500,62 +449,60 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Result<Answ
             .unwrap_or(true);
         if !fresh {
             record_answered(
-                &state,
+                state,
                 &provider,
-                &received_at,
+                &arrival.received_at,
                 &delivery.event,
                 delivery.delivery_id.clone(),
                 "ignored",
                 "a replay of a delivery already received".into(),
             );
-            return Ok(answer(
-                StatusCode::OK,
-                "duplicate delivery: already received",
-            ));
+            return text(StatusCode::OK, "duplicate delivery: already received");
         }
     }
     if delivery.kind == EventKind::Ping {
         record_answered(
-            &state,
+            state,
             &provider,
-            &received_at,
+            &arrival.received_at,
             &delivery.event,
             delivery.delivery_id.clone(),
             "ignored",
             "ping: the webhook reaches modelmirror".into(),
         );
-        return Ok(answer(StatusCode::OK, "pong"));
+        return text(StatusCode::OK, "pong");
     }
     let item = Item::Delivery {
         provider: provider.clone(),
-        received_at: received_at.clone(),
+        received_at: arrival.received_at.clone(),
         delivery,
     };
-    match state.queue.try_send(item) {
-        Ok(()) => Ok(answer(StatusCode::ACCEPTED, "accepted")),
-        Err(_) => {
-            if let (Some(key), Ok(mut seen)) = (&seen_key, state.seen.lock()) {
-                // Not processed: a redelivery must be accepted.
-                seen.forget(key);
-            }
-            record_rejected(
-                &state,
-                &provider,
-                &received_at,
-                &event_name,
-                "the queue is full (503)".into(),
-            );
-            let mut r = answer(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy: too many deliveries queued; retry later",
-            );
-            r.headers_mut().insert(
-                hyper::header::RETRY_AFTER,
-                hyper::header::HeaderValue::from(RETRY_AFTER_SECS),
-            );
-            Ok(r)
-        }
+    if state.queue.try_send(item).is_ok() {
+        return text(StatusCode::ACCEPTED, "accepted");
     }
+    if let (Some(key), Ok(mut seen)) = (&seen_key, state.seen.lock()) {
+        // Not processed: a redelivery must be accepted.
+        seen.forget(key);
+    }
+    let refusal = Refusal::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy: too many deliveries queued; retry later",
+        "the queue is full (503)",
+    );
+    let mut r = arrival.refuse(state, &provider, refusal);
+    r.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from(RETRY_AFTER_SECS),
+    );
+    r
+}
+
+/// Whether a delivery carries a signature header of `kind` (checked before the body is even read).
+fn signature_present(kind: ProviderKind, headers: &HeaderMap) -> bool {
+    kind.forge()
+        .signature_headers()
+        .iter()
+        .any(|h| headers.contains_key(*h))
 }
 
 /// Record a rejected delivery, at most `REJECTED_PER_MINUTE` per provider and minute (the rest are only
@@ -697,7 +644,7 @@ fn dispatch(
     index: usize,
     received_at: &str,
     delivery: &Delivery,
-) -> Result<(i64, &'static str), crate::store::StoreError> {
+) -> Result<(i64, &'static str), StoreError> {
     let provider = &config.providers[index];
     let mut rec = DeliveryRecord {
         received_at,
@@ -795,11 +742,11 @@ fn dispatch(
 fn match_repo(
     provider: &str,
     key: &RepoKey,
-    rows: &[crate::store::RepoKeyRow],
+    rows: &[RepoKeyRow],
     targets: &Targets,
 ) -> Option<String> {
     if let Some(id) = &key.provider_id {
-        let same_id: Vec<&crate::store::RepoKeyRow> = rows
+        let same_id: Vec<&RepoKeyRow> = rows
             .iter()
             .filter(|r| r.provider_id.as_deref() == Some(id.as_str()))
             .collect();

@@ -1,0 +1,103 @@
+//! Reading versions of a model from a repository's local mirror (`show`, `changes`): the mirror is the
+//! catalog's source, so any version the history lists can be parsed again in full.
+
+use std::path::PathBuf;
+
+use crate::config::{Config, RepoConfig};
+use crate::git::{self, GitError, Oid, Repository};
+use crate::model::{FileFilter, Parsed};
+
+/// Why a version cannot be read. Every message names the repository.
+#[derive(Debug, thiserror::Error)]
+pub enum VersionError {
+    #[error("{repo}: no local mirror at {} (`modelmirror sync {repo}` fetches it)", path.display())]
+    NoMirror { repo: String, path: PathBuf },
+    #[error("{repo}: an empty commit")]
+    EmptyCommit { repo: String },
+    #[error("{repo}: {error}")]
+    Git { repo: String, error: GitError },
+    #[error("{repo}: there is no file {path} at commit {commit}")]
+    NoFile {
+        repo: String,
+        path: String,
+        commit: String,
+    },
+}
+
+/// A repository's mirror, opened once to read versions of its models.
+pub(super) struct Versions<'a> {
+    repo: &'a RepoConfig,
+    filter: &'a FileFilter,
+    mirror: Repository,
+}
+
+impl<'a> Versions<'a> {
+    /// Open the mirror of `repo` (only an existing one: reading never creates it).
+    pub(super) fn open(config: &'a Config, repo: &'a RepoConfig) -> Result<Self, VersionError> {
+        let path = config.mirror_path(repo);
+        if !path.join("HEAD").exists() {
+            return Err(VersionError::NoMirror {
+                repo: repo.id.clone(),
+                path,
+            });
+        }
+        let mirror = git::open_mirror_to_read(&path).map_err(|error| VersionError::Git {
+            repo: repo.id.clone(),
+            error,
+        })?;
+        Ok(Versions {
+            repo,
+            filter: &config.filter,
+            mirror,
+        })
+    }
+
+    fn git_err(&self, error: GitError) -> VersionError {
+        VersionError::Git {
+            repo: self.repo.id.clone(),
+            error,
+        }
+    }
+
+    /// The full id of a commit given as an id, a prefix, or any revision git understands.
+    pub(super) fn resolve(&self, rev: &str) -> Result<String, VersionError> {
+        if rev.trim().is_empty() {
+            return Err(VersionError::EmptyCommit {
+                repo: self.repo.id.clone(),
+            });
+        }
+        git::resolve_commit(&self.mirror, rev)
+            .map(|c| c.to_string())
+            .map_err(|e| self.git_err(e))
+    }
+
+    /// Whether `ancestor` is `commit` itself or one of its ancestors.
+    pub(super) fn is_at_or_before(&self, ancestor: &str, commit: &str) -> bool {
+        if ancestor == commit {
+            return true;
+        }
+        match (Oid::from_str(ancestor), Oid::from_str(commit)) {
+            (Ok(a), Ok(c)) => git::is_ancestor(&self.mirror, a, c),
+            _ => false,
+        }
+    }
+
+    /// The file at `path` in `commit` (an id or prefix), parsed: the model (or why it is not one), the
+    /// commit's full id and the blob id.
+    pub(super) fn model_at(
+        &self,
+        commit: &str,
+        path: &str,
+    ) -> Result<(Parsed, String, String), VersionError> {
+        let (commit_id, blob) = git::blob_at(&self.mirror, commit, path)
+            .map_err(|e| self.git_err(e))?
+            .ok_or_else(|| VersionError::NoFile {
+                repo: self.repo.id.clone(),
+                path: path.to_string(),
+                commit: commit.to_string(),
+            })?;
+        let parsed = git::with_blob(&self.mirror, blob, |bytes| self.filter.parse(path, bytes))
+            .map_err(|e| self.git_err(e))?;
+        Ok((parsed, commit_id.to_string(), blob.to_string()))
+    }
+}

@@ -1,0 +1,253 @@
+//! Discovery: one run lists a provider's repositories through its REST API and records them, so the service
+//! knows which repositories to poll; the loop runs it on the provider's `discover_schedule`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{mpsc, watch};
+
+use super::state::Shared;
+use crate::config::{Config, RepoConfig};
+use crate::forge::api::{ApiClient, ApiError, Limits};
+use crate::git;
+use crate::secret::SecretError;
+use crate::store::{Discovery, FoundRepo, Store, StoreError};
+
+/// Blocking work (the database, which a long import may hold; the disk) from async code: the runtime moves its
+/// other tasks off this worker meanwhile. Both runtimes that discover are multi-threaded.
+fn block<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// What one discovery run found: the repositories to mirror now.
+pub struct Discovered {
+    pub repos: Vec<RepoConfig>,
+    /// Scopes that could not be listed (each error names the provider and says what to do).
+    pub errors: Vec<ApiError>,
+}
+
+/// Why a discovery run listed nothing. Every message names the provider.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("provider {provider}: {error}")]
+    Secret {
+        provider: String,
+        error: SecretError,
+    },
+    /// The REST client could not be set up, or every scope failed (one error per scope).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Api(Vec<ApiError>),
+    #[error("provider {provider}: {error}")]
+    Store { provider: String, error: StoreError },
+}
+
+/// One discovery run of one provider: list every scope, filter with include/exclude, record in the
+/// database, and return the repositories to mirror. A scope that fails does not stop the others, but then
+/// nothing is marked removed; a failure never makes repositories disappear. The result is `Err` only when
+/// nothing could be listed at all.
+pub async fn discover(
+    config: &Config,
+    index: usize,
+    store: &Store,
+    limits: Arc<Limits>,
+) -> Result<Discovered, DiscoveryError> {
+    let provider = &config.providers[index];
+    let kind = provider.kind.as_str();
+    // A hold recorded by another process (or before a restart) still applies.
+    if let Ok(Some((until, reason))) = block(|| store.provider_hold(&provider.name))
+        && let Ok(until) = chrono::DateTime::parse_from_rfc3339(&until)
+    {
+        limits.hold_until(until.with_timezone(&chrono::Utc), reason);
+    }
+    let result = discover_inner(config, index, store, limits.clone()).await;
+    let hold = limits.hold();
+    let until = hold
+        .as_ref()
+        .map(|h| h.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    let record = block(|| {
+        store.record_hold(
+            &provider.name,
+            kind,
+            hold.as_ref()
+                .zip(until.as_deref())
+                .map(|(h, u)| (u, h.reason.as_str())),
+        )
+    });
+    if let Err(e) = record {
+        tracing::error!(provider = %provider.name, "cannot record the rate-limit state: {e}");
+    }
+    let error = match &result {
+        Err(e) => Some(e.to_string()),
+        Ok(d) if !d.errors.is_empty() => Some(DiscoveryError::Api(d.errors.clone()).to_string()),
+        Ok(_) => None,
+    };
+    if let Some(message) = error
+        && let Err(e) = block(|| store.record_discovery_error(&provider.name, kind, &message))
+    {
+        tracing::error!(provider = %provider.name, "cannot record the discovery error: {e}");
+    }
+    result
+}
+
+async fn discover_inner(
+    config: &Config,
+    index: usize,
+    store: &Store,
+    limits: Arc<Limits>,
+) -> Result<Discovered, DiscoveryError> {
+    let provider = &config.providers[index];
+    let store_err = |error| DiscoveryError::Store {
+        provider: provider.name.clone(),
+        error,
+    };
+    let token = match &provider.credentials.token {
+        Some(t) => Some(t.resolve().map_err(|error| DiscoveryError::Secret {
+            provider: provider.name.clone(),
+            error,
+        })?),
+        None => None,
+    };
+    let api = ApiClient::new(&provider.api_settings(), token.as_ref(), limits)
+        .map_err(|e| DiscoveryError::Api(vec![e]))?;
+    let forge = provider.kind.forge();
+    let configured: Vec<&str> = config
+        .repos
+        .iter()
+        .filter(|r| r.provider == provider.name)
+        .map(|r| r.id.as_str())
+        .collect();
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for scope in &provider.discover {
+        let repos = match forge.discover(&api, scope).await {
+            Ok(repos) => repos,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        for r in repos {
+            if !provider.repo_filter.allows(&r.path) || !seen.insert(r.path.clone()) {
+                continue;
+            }
+            let repo = match provider.discovered_repo(&r.path) {
+                Ok(repo) => repo,
+                Err(e) => {
+                    tracing::warn!(provider = %provider.name, "skipping discovered repository {:?}: {e}", r.path);
+                    continue;
+                }
+            };
+            found.push(FoundRepo {
+                configured: configured.contains(&repo.id.as_str()),
+                id: repo.id,
+                path: repo.path,
+                url: repo.url,
+                provider_id: r.provider_id,
+                web_url: r.web_url,
+                archived: r.archived,
+                empty: r.empty == Some(true),
+            });
+        }
+    }
+    if errors.len() == provider.discover.len() {
+        return Err(DiscoveryError::Api(errors));
+    }
+    let record = Discovery {
+        provider: &provider.name,
+        kind: provider.kind.as_str(),
+        found: &found,
+        complete: errors.is_empty(),
+    };
+    let changes = block(|| store.record_discovery(&record)).map_err(store_err)?;
+    if let Some(note) = &changes.note {
+        tracing::warn!(provider = %provider.name, "{note}");
+    }
+    // Pruned only at the second run in a row that misses a repository: its poll loop stopped at the first.
+    if provider.prune_removed {
+        for id in changes.prunable {
+            let path = id
+                .strip_prefix(&format!("{}/", provider.name))
+                .unwrap_or(&id);
+            block(|| {
+                store.prune_repo(&id)?;
+                if let Err(e) = git::delete_mirror(&config.mirror_path(&provider.repo(path, ""))) {
+                    tracing::warn!(provider = %provider.name, repo = %id, "{e}");
+                }
+                Ok::<_, StoreError>(())
+            })
+            .map_err(store_err)?;
+            tracing::info!(provider = %provider.name, repo = %id, "pruned (prune_removed = true)");
+        }
+    }
+    let repos: Vec<RepoConfig> = found
+        .iter()
+        .filter(|f| !f.archived && !f.configured)
+        .map(|f| provider.repo(&f.path, &f.url))
+        .collect();
+    tracing::info!(provider = %provider.name, found = found.len(), mirrored = repos.len(), "discovery done");
+    Ok(Discovered { repos, errors })
+}
+
+/// Discover a provider's repositories now and then on its `discover_schedule`; after a rate-limit hold, not
+/// before it ends. Stops when the provider goes away in a reload.
+pub(super) async fn discovery_loop(
+    shared: Arc<Shared>,
+    name: String,
+    found: mpsc::Sender<(String, Vec<RepoConfig>)>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut limits = None;
+    loop {
+        let config = shared.config();
+        let Some(index) = config.providers.iter().position(|p| p.name == name) else {
+            return;
+        };
+        let provider = &config.providers[index];
+        let limits = limits
+            .get_or_insert_with(|| Limits::new(provider.max_requests_per_hour))
+            .clone();
+        // Shutdown must not wait for a discovery (it may be waiting out a rate limit).
+        let run = tokio::select! {
+            r = discover(&config, index, &shared.store, limits.clone()) => r,
+            _ = stop.changed() => return,
+        };
+        match run {
+            Ok(d) => {
+                for e in &d.errors {
+                    tracing::warn!(provider = %name, "discovery incomplete (nothing marked removed): {e}");
+                }
+                // The database knows the full set (a partial run removed nothing): mirror what it lists.
+                let repos = match shared.reader.discovered_repos(&name) {
+                    Ok(known) => known
+                        .iter()
+                        .map(|(path, url)| provider.repo(path, url))
+                        .collect(),
+                    Err(e) => {
+                        tracing::error!(provider = %name, "cannot read discovered repositories: {e}");
+                        d.repos
+                    }
+                };
+                if found.send((name.clone(), repos)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(provider = %name, "discovery failed (repositories unchanged): {e}")
+            }
+        }
+        let now = Utc::now();
+        let mut wait = match provider.discover_schedule.next_after(now) {
+            Some(next) => (next - now).to_std().unwrap_or(Duration::ZERO),
+            None => provider.discover_schedule.period(),
+        };
+        if let Some(hold) = limits.hold() {
+            wait = wait.max((hold.until - now).to_std().unwrap_or(Duration::ZERO));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The one small HTTP server every listener of the service uses (webhooks, metrics, and the web catalog to
+//! come): bind, accept with a bound on open connections, serve HTTP/1.1 with a header-read timeout, stop when
+//! told, and give the connections in flight a moment to finish.
+//!
+//! Why not axum: each listener has a handful of routes that a `match` on the path says plainly, and what the
+//! listeners need from a server (connection bounds, timeouts, a clean stop) sits here, below any router; axum
+//! would add a router, tower layers and about ten crates to the build for none of it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::ServiceError;
+
+/// An answer with its whole body.
+pub(super) type Answer = Response<Full<Bytes>>;
+
+/// How much of the server one listener may use.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    /// Connections served at once; more are closed as they arrive.
+    pub(super) max_connections: usize,
+    /// How long a client may take to send a request's headers.
+    pub(super) header_timeout: Duration,
+}
+
+/// How long connections in flight may finish after the listener is told to stop.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Bind the listener `what` (named in the error with its configuration `key`) now, so a bad address stops the
+/// start instead of failing later.
+pub(super) async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+    key: &'static str,
+) -> Result<TcpListener, ServiceError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| ServiceError::Bind {
+            what,
+            key,
+            addr,
+            error,
+        })
+}
+
+/// Serve `handler` on `listener` until `stop` turns true, then let the connections in flight finish (for
+/// `DRAIN` at most).
+pub(super) async fn serve<H, F>(
+    listener: TcpListener,
+    what: &'static str,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Answer> + Send + 'static,
+{
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!("{what} listener on {addr}"),
+        Err(_) => tracing::info!("{what} listener started"),
+    }
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => break,
+        };
+        let Ok((stream, _peer)) = accepted else {
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Too many open connections: close this one at once.
+            continue;
+        };
+        let handler = handler.clone();
+        conns.spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |req| {
+                let answer = handler(req);
+                async move { Ok::<_, std::convert::Infallible>(answer.await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!("{what} connection: {e}");
+            }
+        });
+        // Forget the connections that ended.
+        while conns.try_join_next().is_some() {}
+    }
+    let _ = tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
+    conns.abort_all();
+}
+
+/// A plain answer of `content_type`.
+pub(super) fn answer(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Answer {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    r
+}

@@ -1,0 +1,279 @@
+//! One repository's poll loop: on its schedule (offset by a stable jitter), at once when nudged by a webhook,
+//! backing off after failures, and checking whether an unreachable server is back. Also the one-shot
+//! `sync` of a list of repositories.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use super::state::{Nudge, PollWatch, Shared};
+use crate::config::{Config, RepoConfig};
+use crate::poll::{self, PollError, PollOutcome, Progress, Trigger};
+use crate::store::Store;
+
+/// The longest start-time spread given to a repository: its offset is derived from its id, so the same
+/// repository always polls at the same second and hundreds of repositories do not hit a server at once.
+const MAX_JITTER: Duration = Duration::from_secs(60);
+
+/// A stable offset in `[0, min(period / 4, MAX_JITTER))` for a repository.
+pub(super) fn jitter(repo_id: &str, period: Duration) -> Duration {
+    let span = (period / 4).min(MAX_JITTER);
+    if span.is_zero() {
+        return Duration::ZERO;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    repo_id.hash(&mut h);
+    Duration::from_millis(h.finish() % span.as_millis().max(1) as u64)
+}
+
+/// How long to wait after `failures` consecutive failures: one period, then doubling, at most 8 periods.
+pub(super) fn backoff(period: Duration, failures: u32) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(3);
+    period.saturating_mul(factor)
+}
+
+/// How long nudges must pause before the poll that follows a burst of them.
+const NUDGE_QUIET: Duration = Duration::from_millis(150);
+/// The longest a continuous stream of nudges delays that poll.
+const NUDGE_MAX_DELAY: Duration = Duration::from_secs(2);
+
+/// One repository's polls: on its schedule, and at once when nudged by a webhook. Nudges that arrive while a
+/// poll runs merge into one more poll after it, taken once they pause (`NUDGE_QUIET`, at most
+/// `NUDGE_MAX_DELAY` later): a burst of any size costs two polls, a single push none of the wait.
+pub(super) async fn repo_loop(
+    shared: Arc<Shared>,
+    repo: RepoConfig,
+    nudge: Arc<Nudge>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let period = repo.schedule.period();
+    let offset = jitter(&repo.id, period);
+    // The startup poll is spread too, but over a few seconds at most.
+    let mut wait = offset.min(Duration::from_secs(5));
+    let mut trigger = Trigger::Startup;
+    // Backing off from a server that could not be reached at all: where to check, at each regular firing,
+    // whether it accepts connections again (then the poll runs at once instead of at the back-off's end).
+    let mut probe: Option<(String, u16)> = None;
+    loop {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let step = match &probe {
+                Some(_) => next_wait(&repo, offset)
+                    .max(Duration::from_millis(100))
+                    .min(left),
+                None => left,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(step) => {}
+                _ = nudge.wait() => {
+                    trigger = Trigger::Webhook;
+                    break;
+                }
+                _ = stop.changed() => return,
+            }
+            if tokio::time::Instant::now() >= until {
+                break;
+            }
+            if let Some(target) = &probe {
+                let timeout = shared
+                    .config()
+                    .provider(&repo)
+                    .map_or(Duration::from_secs(15), |p| p.connect_timeout);
+                let back = tokio::select! {
+                    back = shared.server_is_back(target, timeout) => back,
+                    _ = nudge.wait() => {
+                        trigger = Trigger::Webhook;
+                        break;
+                    }
+                    _ = stop.changed() => return,
+                };
+                if back {
+                    tracing::info!(repo = %repo.id, "{}:{} accepts connections again: polling now", target.0, target.1);
+                    break;
+                }
+            }
+        }
+        probe = None;
+        let repo_lock = shared.repo_lock(&repo.id);
+        let _running = tokio::select! {
+            g = repo_lock.lock_owned() => g,
+            _ = stop.changed() => return,
+        };
+        let permit = tokio::select! {
+            p = shared.permits.acquire() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        if *stop.borrow() {
+            return;
+        }
+        let task_shared = shared.clone();
+        let task_repo = repo.clone();
+        let watch = Arc::new(PollWatch {
+            progress: Progress::default(),
+            limit: shared.stall_limit,
+            reported: AtomicBool::new(false),
+        });
+        shared.watch_poll(&repo.id, Some(watch.clone()));
+        let task_watch = watch.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            // The configuration in force now: a reload's new credentials and settings apply at once.
+            let config = task_shared.config();
+            poll::run_poll(
+                &config,
+                &task_repo,
+                &task_shared.store,
+                trigger,
+                &task_shared.cancel,
+                &task_watch.progress,
+            )
+        })
+        .await;
+        shared.watch_poll(&repo.id, None);
+        if watch.reported.load(Ordering::Relaxed) {
+            tracing::warn!(repo = %repo.id, "the poll reported stuck has ended after all");
+        }
+        drop(permit);
+        if let Ok((Err(e), _)) = &joined
+            && e.is_unreachable()
+        {
+            // The failed connection was made to the server itself (not through a proxy, see
+            // `git::classify`), so a direct connection tells whether it is back.
+            probe = crate::git::endpoint(&repo.url);
+        }
+        let failures = match joined {
+            Ok((Ok(outcome), _)) => {
+                if let PollOutcome::Updated { .. } = outcome {
+                    tracing::info!("{}", outcome.line(&repo.id));
+                }
+                0
+            }
+            Ok((Err(PollError::Cancelled { .. }), _)) => return,
+            Ok((Err(_), failures)) => failures.max(1),
+            Err(e) => {
+                tracing::error!(repo = %repo.id, "poll task failed: {e}");
+                1
+            }
+        };
+        trigger = Trigger::Schedule;
+        if nudge.take() {
+            // Nudged during the poll: one more, once the nudges pause.
+            let deadline = tokio::time::Instant::now() + NUDGE_MAX_DELAY;
+            loop {
+                tokio::select! {
+                    _ = nudge.wait() => {}
+                    _ = tokio::time::sleep(NUDGE_QUIET) => break,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = stop.changed() => return,
+                }
+            }
+            nudge.take();
+            trigger = Trigger::Webhook;
+            wait = Duration::ZERO;
+            continue;
+        }
+        wait = if failures > 0 {
+            let delay = backoff(period, failures);
+            tracing::info!(repo = %repo.id, failures, "backing off for {}s", delay.as_secs());
+            delay
+        } else {
+            next_wait(&repo, offset)
+        };
+    }
+}
+
+/// Time until the schedule's next firing after now, plus the repository's offset.
+fn next_wait(repo: &RepoConfig, offset: Duration) -> Duration {
+    let now = Utc::now();
+    match repo.schedule.next_after(now) {
+        Some(next) => (next - now).to_std().unwrap_or(Duration::ZERO) + offset,
+        None => repo.schedule.period(),
+    }
+}
+
+/// Poll the given repositories once each (at most `concurrency` at a time) and report every outcome as it
+/// completes through `report`. Returns whether all succeeded.
+pub async fn sync_once(
+    config: Arc<Config>,
+    store: Arc<Store>,
+    repos: Vec<RepoConfig>,
+    cancel: Arc<AtomicBool>,
+    mut report: impl FnMut(&RepoConfig, &Result<PollOutcome, PollError>),
+) -> bool {
+    let permits = Arc::new(Semaphore::new(config.concurrency));
+    let mut set = JoinSet::new();
+    for repo in repos {
+        let (config, store, permits, cancel) = (
+            config.clone(),
+            store.clone(),
+            permits.clone(),
+            cancel.clone(),
+        );
+        set.spawn(async move {
+            let permit = permits.acquire_owned().await;
+            let r = repo.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                poll::run_poll(
+                    &config,
+                    &r,
+                    &store,
+                    Trigger::Manual,
+                    &cancel,
+                    &Progress::default(),
+                )
+                .0
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(PollError::Internal {
+                    repo: repo.id.clone(),
+                    message: format!("poll task failed: {e}"),
+                })
+            });
+            (repo, result)
+        });
+    }
+    let mut ok = true;
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((repo, result)) => {
+                ok &= result.is_ok();
+                report(&repo, &result);
+            }
+            Err(e) => {
+                ok = false;
+                tracing::error!("poll task failed: {e}");
+            }
+        }
+    }
+    ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps_at_eight_periods() {
+        let p = Duration::from_secs(300);
+        let waits: Vec<u64> = (1..=6).map(|f| backoff(p, f).as_secs() / 300).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 8, 8]);
+    }
+
+    #[test]
+    fn jitter_is_stable_and_bounded() {
+        let p = Duration::from_secs(300);
+        assert_eq!(jitter("a/b", p), jitter("a/b", p));
+        let spread: std::collections::HashSet<_> =
+            (0..100).map(|i| jitter(&format!("p/r{i}"), p)).collect();
+        assert!(spread.len() > 50);
+        assert!(spread.iter().all(|j| *j < Duration::from_secs(60)));
+        assert!(jitter("x", Duration::from_secs(1)) < Duration::from_millis(250));
+    }
+}
