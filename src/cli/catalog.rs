@@ -1,17 +1,18 @@
-//! The catalog commands: `search`, `history`, `changes`, `show` and `rebuild`.
+//! The catalog commands: `models`, `search`, `history`, `changes` and `show`.
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
 
+use super::CliError;
+use super::output::{or_dash, print_json, print_table};
 use super::versions::Versions;
-use super::{CliError, or_dash, print_json, print_table};
 use crate::config::{Config, RepoConfig};
-use crate::model::Model;
-use crate::store::{Store, StoreError};
+use crate::model::diff::{self, ModelDiff};
+use crate::model::{Model, Parsed};
+use crate::service;
+use crate::store::{Store, StoreError, fts_query};
 
 /// A repository by id: configured, or discovered earlier (known to the database).
 fn find_repo(config: &Config, store: &Store, id: &str) -> Result<RepoConfig, CliError> {
@@ -19,11 +20,11 @@ fn find_repo(config: &Config, store: &Store, id: &str) -> Result<RepoConfig, Cli
         return Ok(r.clone());
     }
     for p in &config.providers {
-        for (path, url) in store.discovered_repos(&p.name)? {
-            let r = p.repo(&path, &url);
-            if r.id == id {
-                return Ok(r);
-            }
+        if let Some(r) = service::discovered_repos(store, p)?
+            .into_iter()
+            .find(|r| r.id == id)
+        {
+            return Ok(r);
         }
     }
     Err(CliError::UnknownRepo(id.to_string()))
@@ -38,7 +39,7 @@ pub(super) fn search(
     json: bool,
 ) -> Result<ExitCode, CliError> {
     let store = Store::open(&config.database)?;
-    let q = crate::store::fts_query(query);
+    let q = fts_query(query);
     if q.trim().is_empty() {
         return Err(CliError::Catalog(
             "search: give some words to look for".into(),
@@ -163,12 +164,12 @@ fn load_model(
 ) -> Result<(Model, String, String), CliError> {
     let (parsed, commit, blob) = versions.model_at(commit, path)?;
     match parsed {
-        crate::model::Parsed::Model(m) => Ok((m, commit, blob)),
-        crate::model::Parsed::Invalid(e) => Err(CliError::Catalog(format!(
+        Parsed::Model(m) => Ok((m, commit, blob)),
+        Parsed::Invalid(e) => Err(CliError::Catalog(format!(
             "{}: {path} at commit {commit} is not a readable model: {e}",
             repo.id
         ))),
-        crate::model::Parsed::NotModel => Err(CliError::Catalog(format!(
+        Parsed::NotModel => Err(CliError::Catalog(format!(
             "{}: {path} at commit {commit} is not a model",
             repo.id
         ))),
@@ -188,11 +189,7 @@ struct ChangesOut {
     from: Version,
     to: Version,
     #[serde(flatten)]
-    diff: crate::model::diff::ModelDiff,
-}
-
-fn short(c: &str) -> &str {
-    c.get(..12).unwrap_or(c)
+    diff: ModelDiff,
 }
 
 pub(super) fn changes(
@@ -230,7 +227,7 @@ pub(super) fn changes(
         if v.blob.is_none() {
             return Err(CliError::Catalog(format!(
                 "{path} was deleted at commit {} (asked: {rev})",
-                short(&v.commit)
+                super::short(&v.commit)
             )));
         }
         Ok((v.commit.clone(), v.path.clone()))
@@ -273,7 +270,7 @@ pub(super) fn changes(
             blob: new_blob,
             path: to_v.1,
         },
-        diff: crate::model::diff::diff(&old, &new),
+        diff: diff::diff(&old, &new),
     };
     if json {
         print_json(&out)?;
@@ -283,8 +280,8 @@ pub(super) fn changes(
     let mut lines = vec![format!(
         "{repo_id} {}: {} → {}",
         out.to.path,
-        short(&out.from.commit),
-        short(&out.to.commit)
+        super::short(&out.from.commit),
+        super::short(&out.to.commit)
     )];
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     lines.extend(d.entities_added.iter().map(|e| format!("+ entity {e}")));
@@ -397,7 +394,7 @@ pub(super) fn show(
         "{} ({}) — {repo_id} {path} at {}",
         model.name,
         model.db_vendor.as_deref().unwrap_or("?"),
-        short(&commit)
+        super::short(&commit)
     );
     if let Some(d) = &model.description {
         let _ = writeln!(o, "  {d}");
@@ -481,99 +478,46 @@ pub(super) fn show(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The mirrors on disk below `dir`: paths (relative, without `.git`) of bare repositories.
-fn mirrors_below(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if !p.is_dir() {
-                continue;
-            }
-            if p.extension().is_some_and(|x| x == "git") && p.join("HEAD").exists() {
-                if let Ok(rel) = p.strip_prefix(dir) {
-                    let rel = rel.to_string_lossy().replace('\\', "/");
-                    out.push(rel.trim_end_matches(".git").to_string());
-                }
-            } else {
-                stack.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-pub(super) fn rebuild(config: Config, ids: &[String]) -> Result<ExitCode, CliError> {
+pub(super) fn models(
+    config: &Config,
+    repo: Option<&str>,
+    json: bool,
+) -> Result<ExitCode, CliError> {
     let store = Store::open(&config.database)?;
-    store.set_max_bytes(config.database_max_bytes)?;
-    let mut repos = config.repos.clone();
-    for p in &config.providers {
-        let mut found: Vec<RepoConfig> = store
-            .discovered_repos(&p.name)?
-            .into_iter()
-            .map(|(path, url)| p.repo(&path, &url))
-            .collect();
-        // A lost database forgets discovered repositories; their mirrors remember them.
-        if !p.discover.is_empty() {
-            for path in mirrors_below(&config.mirrors_dir().join(&p.name)) {
-                if let Ok(resolved) = crate::forge::resolve_repo(p.kind, &p.base_url, &path) {
-                    found.push(p.repo(&resolved.path, &resolved.url));
-                }
-            }
-        }
-        for r in found {
-            if !repos.iter().any(|x| x.id == r.id) {
-                repos.push(r);
-            }
-        }
+    let rows = store.models(repo)?;
+    if json {
+        print_json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
     }
-    if !ids.is_empty() {
-        repos = ids
-            .iter()
-            .map(|id| {
-                repos
-                    .iter()
-                    .find(|r| &r.id == id)
-                    .cloned()
-                    .ok_or_else(|| CliError::UnknownRepo(id.clone()))
-            })
-            .collect::<Result<_, _>>()?;
-    }
-    let cancel = Arc::new(AtomicBool::new(false));
-    let mut ok = true;
-    for repo in &repos {
-        let line = match crate::poll::rebuild(&config, repo, &store, &cancel) {
-            Ok(crate::poll::PollOutcome::Updated {
-                commit, commits, ..
-            }) => {
-                let models = store.models(Some(&repo.id))?.len();
-                format!(
-                    "{} rebuilt: {models} models from {commits} commits, at {}",
-                    repo.id,
-                    short(&commit)
-                )
-            }
-            Ok(_) => format!("{} rebuilt: empty repository", repo.id),
-            Err(e) => {
-                ok = false;
-                let msg = e.to_string();
-                format!(
-                    "{} error: {}",
-                    repo.id,
-                    msg.strip_prefix(&format!("{}: ", repo.id)).unwrap_or(&msg)
-                )
-            }
-        };
-        println!("{line}");
-    }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    let table = rows
+        .iter()
+        .map(|m| {
+            vec![
+                m.repo.clone(),
+                m.path.clone(),
+                or_dash(&m.name),
+                or_dash(&m.target),
+                m.entities.to_string(),
+                m.attributes.to_string(),
+                match (&m.status[..], &m.error) {
+                    ("ok", _) => String::new(),
+                    (s, Some(e)) => format!("{s}: {e}"),
+                    (s, None) => s.to_string(),
+                },
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "REPO",
+            "PATH",
+            "NAME",
+            "TARGET",
+            "ENTITIES",
+            "ATTRIBUTES",
+            "ERROR",
+        ],
+        table,
+    )?;
+    Ok(ExitCode::SUCCESS)
 }

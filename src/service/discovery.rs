@@ -8,7 +8,7 @@ use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 
 use super::state::Shared;
-use crate::config::{Config, RepoConfig};
+use crate::config::{Config, ProviderConfig, RepoConfig};
 use crate::forge::api::{ApiClient, ApiError, Limits};
 use crate::git;
 use crate::secret::SecretError;
@@ -190,6 +190,18 @@ async fn discover_inner(
     Ok(Discovered { repos, errors })
 }
 
+/// The repositories of `provider` that earlier discovery runs recorded as mirrored (not archived or removed).
+pub fn discovered_repos(
+    store: &Store,
+    provider: &ProviderConfig,
+) -> Result<Vec<RepoConfig>, StoreError> {
+    Ok(store
+        .discovered_repos(&provider.name)?
+        .iter()
+        .map(|(path, url)| provider.repo(path, url))
+        .collect())
+}
+
 /// Discover a provider's repositories now and then on its `discover_schedule`; after a rate-limit hold, not
 /// before it ends. Stops when the provider goes away in a reload.
 pub(super) async fn discovery_loop(
@@ -219,11 +231,8 @@ pub(super) async fn discovery_loop(
                     tracing::warn!(provider = %name, "discovery incomplete (nothing marked removed): {e}");
                 }
                 // The database knows the full set (a partial run removed nothing): mirror what it lists.
-                let repos = match shared.reader.discovered_repos(&name) {
-                    Ok(known) => known
-                        .iter()
-                        .map(|(path, url)| provider.repo(path, url))
-                        .collect(),
+                let repos = match discovered_repos(&shared.reader, provider) {
+                    Ok(known) => known,
                     Err(e) => {
                         tracing::error!(provider = %name, "cannot read discovered repositories: {e}");
                         d.repos

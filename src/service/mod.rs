@@ -23,7 +23,7 @@ mod supervisor;
 mod systemd;
 mod webhook;
 
-pub use discovery::{Discovered, DiscoveryError, discover};
+pub use discovery::{Discovered, DiscoveryError, discover, discovered_repos};
 pub use repos::sync_once;
 pub use signals::{shutdown_signal, signals, watch_config};
 pub use state::Control;

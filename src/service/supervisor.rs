@@ -15,7 +15,7 @@ use chrono::Utc;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::discovery::discovery_loop;
+use super::discovery::{discovered_repos, discovery_loop};
 use super::metrics::Health;
 use super::repos::repo_loop;
 use super::state::{ConfigHandle, Control, Nudge, Shared, Targets, current, stall_limit};
@@ -299,13 +299,9 @@ impl Supervisor {
                 continue;
             }
             // Repositories known from earlier runs start at once: a REST API that is down does not stop mirroring.
-            match shared.reader.discovered_repos(&provider.name) {
+            match discovered_repos(&shared.reader, provider) {
                 Ok(known) => {
-                    let repos = known
-                        .iter()
-                        .map(|(path, url)| provider.repo(path, url))
-                        .collect();
-                    discovered.insert(provider.name.clone(), repos);
+                    discovered.insert(provider.name.clone(), known);
                 }
                 Err(e) => {
                     tracing::error!(provider = %provider.name, "cannot read known repositories: {e}")

@@ -1,0 +1,103 @@
+//! `rebuild`: the catalog of every (or each named) repository built again from its local mirror, with no
+//! network.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use super::CliError;
+use crate::config::Config;
+use crate::poll::{self, PollOutcome};
+use crate::service;
+use crate::store::Store;
+
+/// The mirrors on disk below `dir`: paths (relative, without `.git`) of bare repositories.
+fn mirrors_below(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if !p.is_dir() {
+                continue;
+            }
+            if p.extension().is_some_and(|x| x == "git") && p.join("HEAD").exists() {
+                if let Ok(rel) = p.strip_prefix(dir) {
+                    let rel = rel.to_string_lossy().replace('\\', "/");
+                    out.push(rel.trim_end_matches(".git").to_string());
+                }
+            } else {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub(super) fn rebuild(config: Config, ids: &[String]) -> Result<ExitCode, CliError> {
+    let store = Store::open(&config.database)?;
+    store.set_max_bytes(config.database_max_bytes)?;
+    let mut repos = config.repos.clone();
+    for p in &config.providers {
+        let mut found = service::discovered_repos(&store, p)?;
+        // A lost database forgets discovered repositories; their mirrors remember them.
+        if !p.discover.is_empty() {
+            for path in mirrors_below(&config.mirrors_dir().join(&p.name)) {
+                found.extend(p.discovered_repo(&path).ok());
+            }
+        }
+        for r in found {
+            if !repos.iter().any(|x| x.id == r.id) {
+                repos.push(r);
+            }
+        }
+    }
+    if !ids.is_empty() {
+        repos = ids
+            .iter()
+            .map(|id| {
+                repos
+                    .iter()
+                    .find(|r| &r.id == id)
+                    .cloned()
+                    .ok_or_else(|| CliError::UnknownRepo(id.clone()))
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut ok = true;
+    for repo in &repos {
+        let line = match poll::rebuild(&config, repo, &store, &cancel) {
+            Ok(PollOutcome::Updated {
+                commit, commits, ..
+            }) => {
+                let models = store.models(Some(&repo.id))?.len();
+                format!(
+                    "{} rebuilt: {models} models from {commits} commits, at {}",
+                    repo.id,
+                    super::short(&commit)
+                )
+            }
+            Ok(_) => format!("{} rebuilt: empty repository", repo.id),
+            Err(e) => {
+                ok = false;
+                let msg = e.to_string();
+                format!(
+                    "{} error: {}",
+                    repo.id,
+                    msg.strip_prefix(&format!("{}: ", repo.id)).unwrap_or(&msg)
+                )
+            }
+        };
+        println!("{line}");
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

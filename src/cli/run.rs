@@ -1,0 +1,153 @@
+//! `run` (the service) and `sync` (every repository polled once now), and what both do before any transfer.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use super::CliError;
+use crate::config::{Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, ProviderConfig};
+use crate::forge::api::Limits;
+use crate::store::Store;
+use crate::{git, service};
+
+/// Before any transfer: refuse to start with secrets that cannot be read, and set libgit2's process-wide
+/// trust store and timeouts from the providers' `ca_file`, `connect_timeout` and `read_timeout`.
+pub(super) fn prepare(config: &Config) -> Result<(), CliError> {
+    let secrets = config.check_secrets();
+    for w in &secrets.warnings {
+        tracing::warn!("{w}");
+    }
+    if !secrets.errors.is_empty() {
+        return Err(CliError::Secrets(secrets.errors));
+    }
+    prepare_git(config)
+}
+
+pub(super) fn prepare_git(config: &Config) -> Result<(), CliError> {
+    let ca: Vec<&Path> = config
+        .providers
+        .iter()
+        .filter_map(|p| p.ca_file.as_deref())
+        .collect();
+    git::trust_ca_files(&ca)?;
+    let longest = |f: fn(&ProviderConfig) -> Duration, default: u64| {
+        config
+            .providers
+            .iter()
+            .map(f)
+            .max()
+            .unwrap_or(Duration::from_secs(default))
+    };
+    git::set_timeouts(
+        longest(|p| p.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
+        longest(|p| p.read_timeout, DEFAULT_READ_TIMEOUT),
+    );
+    Ok(())
+}
+
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
+}
+
+pub(super) fn run(config: Config) -> Result<ExitCode, CliError> {
+    let store = Arc::new(Store::open(&config.database)?);
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    store.set_retention_days(config.events_retention_days);
+    store.set_max_bytes(config.database_max_bytes)?;
+    let rt = runtime()?;
+    let path = config.path.clone();
+    let result = rt.block_on(async move {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(service::signals(tx.clone()));
+        // Kept alive for as long as the service runs.
+        let _watcher = service::watch_config(&path, tx);
+        service::run(path, config, store, rx).await
+    });
+    // Polls still blocked in a transfer do not hold the exit up: the database is consistent either way.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn sync(config: Config, ids: &[String]) -> Result<ExitCode, CliError> {
+    let store = Arc::new(Store::open(&config.database)?);
+    store.set_retention_days(config.events_retention_days);
+    store.set_max_bytes(config.database_max_bytes)?;
+    let rt = runtime()?;
+    // Discovery first, so `sync` also polls repositories found in groups, workspaces, projects and orgs.
+    let mut discovery_ok = true;
+    let mut all = config.repos.clone();
+    for (index, provider) in config.providers.iter().enumerate() {
+        if provider.discover.is_empty() {
+            continue;
+        }
+        let limits = Limits::new(provider.max_requests_per_hour);
+        match rt.block_on(service::discover(&config, index, &store, limits)) {
+            Err(e) => {
+                discovery_ok = false;
+                println!("{} discovery error: {e}", provider.name);
+            }
+            Ok(d) => {
+                for e in &d.errors {
+                    discovery_ok = false;
+                    println!("{} discovery error: {e}", provider.name);
+                }
+            }
+        }
+        for repo in service::discovered_repos(&store, provider)? {
+            if !all.iter().any(|r| r.id == repo.id) {
+                all.push(repo);
+            }
+        }
+    }
+    let repos = if ids.is_empty() {
+        all
+    } else {
+        ids.iter()
+            .map(|id| {
+                all.iter()
+                    .find(|r| &r.id == id)
+                    .cloned()
+                    .ok_or_else(|| CliError::UnknownRepo(id.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel_on_signal = cancel.clone();
+    rt.spawn(async move {
+        service::shutdown_signal().await;
+        cancel_on_signal.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let ok = rt.block_on(service::sync_once(
+        Arc::new(config),
+        store,
+        repos,
+        cancel,
+        |repo, result| {
+            let line = match result {
+                Ok(outcome) => outcome.line(&repo.id),
+                Err(e) => {
+                    let msg = e.to_string();
+                    let msg = msg
+                        .strip_prefix(&format!("{}: ", repo.id))
+                        .unwrap_or(&msg)
+                        .to_string();
+                    format!("{} error: {msg}", repo.id)
+                }
+            };
+            println!("{line}");
+        },
+    ));
+    Ok(if ok && discovery_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

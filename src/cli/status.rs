@@ -1,0 +1,212 @@
+//! `status` (each repository's state, the providers' discovery and the service's reloads) and `events`
+//! (recent deliveries and polls).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use super::CliError;
+use super::output::{or_dash, print_json, print_table};
+use crate::config::Config;
+use crate::store::{RepoStatus, Store};
+
+/// The state of every repository the database knows, and of configured ones never polled. With the
+/// configuration (`None` when it does not load), a repository it no longer names shows as `unconfigured`.
+pub(super) fn status(
+    database: &std::path::Path,
+    config: Option<&Config>,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let store = Store::open(database)?;
+    let mut rows = store.status()?;
+    if let Some(config) = config {
+        for row in rows.iter_mut().filter(|r| r.state != "removed") {
+            let provider = row.repo.split('/').next().unwrap_or_default();
+            let reason = match config.providers.iter().find(|p| p.name == provider) {
+                None => Some(format!(
+                    "provider `{provider}` is not in the configuration; its data is kept"
+                )),
+                // Listed in `repos` once (discovered ones come and go with discovery, which marks them).
+                Some(_)
+                    if row.origin == "configured"
+                        && !config.repos.iter().any(|c| c.id == row.repo) =>
+                {
+                    Some(format!(
+                        "not in the `repos` of provider `{provider}` any more; its data is kept"
+                    ))
+                }
+                Some(_) => None,
+            };
+            if let Some(reason) = reason {
+                row.state = "unconfigured".into();
+                row.state_reason = Some(reason);
+            }
+        }
+    }
+    let repos = config.map_or(&[][..], |c| &c.repos[..]);
+    // Configured repositories that were never polled are shown too.
+    for repo in repos {
+        if !rows.iter().any(|r| r.repo == repo.id) {
+            rows.push(RepoStatus {
+                repo: repo.id.clone(),
+                url: repo.url.clone(),
+                state: "active".into(),
+                origin: "configured".into(),
+                state_reason: Some("not polled yet".into()),
+                provider_id: None,
+                web_url: None,
+                held_until: None,
+                held_reason: None,
+                default_branch: None,
+                commit: None,
+                last_check_at: None,
+                last_success_at: None,
+                last_change_at: None,
+                models: 0,
+                errors: 0,
+                last_error: None,
+            });
+        }
+    }
+    rows.sort_by(|a, b| a.repo.cmp(&b.repo));
+    if json {
+        print_json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let table = rows
+        .iter()
+        .map(|r| {
+            let state = match &r.state_reason {
+                Some(reason) if r.state != "active" => format!("{} ({reason})", r.state),
+                _ => r.state.clone(),
+            };
+            vec![
+                r.repo.clone(),
+                state,
+                or_dash(&r.default_branch),
+                r.commit
+                    .as_deref()
+                    .map_or("-".into(), |c| c.chars().take(12).collect()),
+                r.models.to_string(),
+                r.errors.to_string(),
+                or_dash(&r.last_check_at),
+                or_dash(&r.last_change_at),
+                or_dash(&r.last_error),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "REPO",
+            "STATE",
+            "BRANCH",
+            "COMMIT",
+            "MODELS",
+            "ERRORS",
+            "LAST CHECK",
+            "LAST CHANGE",
+            "LAST ERROR",
+        ],
+        table,
+    )?;
+    let providers = store.provider_status()?;
+    let mut out = std::io::stdout().lock();
+    let service = store.service_state()?;
+    if let Some(Some(at)) = service.get("last_reload_at") {
+        let line = match service.get("last_reload_error") {
+            Some(Some(e)) => format!(
+                "service: configuration reload at {at} REJECTED (the previous configuration still runs): {e}"
+            ),
+            _ => format!("service: configuration reloaded at {at}"),
+        };
+        writeln!(out, "{line}").map_err(CliError::Output)?;
+    }
+    for p in providers {
+        let mut line = format!("provider {}:", p.provider);
+        if let Some(at) = &p.last_discovery_at {
+            line.push_str(&format!(" discovery at {at}"));
+            match (&p.last_discovery_error, p.repos_found) {
+                (Some(e), _) => line.push_str(&format!(" failed: {e}")),
+                (None, Some(n)) => line.push_str(&format!(" found {n} repositories")),
+                _ => {}
+            }
+        }
+        if let Some(until) = &p.held_until {
+            line.push_str(&format!(
+                "; held back until {until} ({})",
+                p.held_reason.as_deref().unwrap_or("rate limit")
+            ));
+        }
+        writeln!(out, "{line}").map_err(CliError::Output)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn events(
+    config: &Config,
+    repo: Option<&str>,
+    limit: usize,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let store = Store::open(&config.database)?;
+    let rows = store.events(repo, limit)?;
+    if json {
+        print_json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let table = rows
+        .iter()
+        .map(|e| {
+            let detail = if e.kind == "delivery" {
+                let mut d = format!(
+                    "{} {}{} → {}",
+                    e.provider.as_deref().unwrap_or("?"),
+                    e.event.as_deref().unwrap_or("?"),
+                    e.ref_name
+                        .as_deref()
+                        .map(|r| format!(" {r}"))
+                        .unwrap_or_default(),
+                    e.outcome.as_deref().unwrap_or("?")
+                );
+                if let Some(p) = e.poll_id {
+                    d.push_str(&format!(" (poll {p})"));
+                }
+                if let Some(r) = &e.reason {
+                    d.push_str(&format!(": {r}"));
+                }
+                if let Some(id) = &e.delivery_id {
+                    d.push_str(&format!(" [delivery {id}]"));
+                }
+                d
+            } else {
+                let mut d = format!(
+                    "poll {} ({}): {} in {} ms",
+                    e.id,
+                    e.trigger.as_deref().unwrap_or("?"),
+                    e.result.as_deref().unwrap_or("?"),
+                    e.duration_ms.unwrap_or(0)
+                );
+                if e.result.as_deref() == Some("updated") {
+                    d.push_str(&format!(
+                        ", {} commits, +{} ~{} -{} models",
+                        e.commits.unwrap_or(0),
+                        e.models_added.unwrap_or(0),
+                        e.models_modified.unwrap_or(0),
+                        e.models_deleted.unwrap_or(0)
+                    ));
+                }
+                if let Some(err) = &e.error {
+                    d.push_str(&format!(": {err}"));
+                }
+                d
+            };
+            vec![
+                e.time.clone(),
+                e.kind.clone(),
+                e.repo.clone().unwrap_or_else(|| "-".into()),
+                detail,
+            ]
+        })
+        .collect();
+    print_table(&["TIME", "TYPE", "REPO", "DETAIL"], table)?;
+    Ok(ExitCode::SUCCESS)
+}
