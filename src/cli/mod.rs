@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, database_hint};
 use crate::service;
 use crate::store::StoreError;
 
@@ -199,21 +199,19 @@ impl Cli {
         let config = match Config::load(&self.config) {
             Ok(c) => c,
             // `status` still shows the service's state (and a rejected reload) with a broken file on disk.
-            Err(e) if matches!(self.command, Command::Status { .. }) => {
-                let Command::Status { json } = self.command else {
-                    return Err(e.into());
-                };
-                eprintln!(
-                    "error: {e}\n(showing the database's state; the running service keeps the configuration it loaded last)"
-                );
-                let database = crate::config::database_hint(&self.config);
-                if !database.exists() {
-                    return Err(e.into());
+            // With no database there is nothing to show: the error alone, printed once by `main`.
+            Err(e) => match self.command {
+                Command::Status { json } if database_hint(&self.config).exists() => {
+                    let database = database_hint(&self.config);
+                    eprintln!(
+                        "error: {e}\n(showing the state recorded in {}; the running service keeps the configuration it loaded last)",
+                        database.display()
+                    );
+                    status::status(&database, None, json)?;
+                    return Ok(ExitCode::from(2));
                 }
-                status::status(&database, None, json)?;
-                return Ok(ExitCode::from(2));
-            }
-            Err(e) => return Err(e.into()),
+                _ => return Err(e.into()),
+            },
         };
         match self.command {
             Command::Run => {

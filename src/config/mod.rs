@@ -45,19 +45,14 @@ pub const DEFAULT_READ_TIMEOUT: u64 = 60;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "cannot read configuration file {path}: {source} (pass --config PATH or set MODELMIRROR_CONFIG)"
+        "cannot read configuration file {path}: {error} (pass --config PATH or set MODELMIRROR_CONFIG)"
     )]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot list {dir}: {source}")]
-    ReadDir {
-        dir: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot list {dir}: {error}")]
+    ReadDir { dir: PathBuf, error: std::io::Error },
     #[error("{path}:{line}:{column}: {message}")]
     Syntax {
         path: PathBuf,
@@ -380,14 +375,14 @@ impl Config {
         let conf_d = dir.join("conf.d");
         if conf_d.is_dir() {
             let mut extra = Vec::new();
-            let entries = std::fs::read_dir(&conf_d).map_err(|source| ConfigError::ReadDir {
+            let entries = std::fs::read_dir(&conf_d).map_err(|error| ConfigError::ReadDir {
                 dir: conf_d.clone(),
-                source,
+                error,
             })?;
             for entry in entries {
-                let entry = entry.map_err(|source| ConfigError::ReadDir {
+                let entry = entry.map_err(|error| ConfigError::ReadDir {
                     dir: conf_d.clone(),
-                    source,
+                    error,
                 })?;
                 let p = entry.path();
                 if p.extension().is_some_and(|e| e == "toml") && p.is_file() {
@@ -399,9 +394,9 @@ impl Config {
         }
         let mut parsed = Vec::new();
         for file in &files {
-            let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            let text = std::fs::read_to_string(file).map_err(|error| ConfigError::Read {
                 path: file.clone(),
-                source,
+                error,
             })?;
             parsed.push((file.clone(), raw::parse_file(file, &text)?));
         }

@@ -27,10 +27,10 @@ use crate::store::{
 /// Why a poll failed. Every message starts with the repository id.
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
-    #[error("{repo}: {source}")]
-    Git { repo: String, source: GitError },
-    #[error("{repo}: {source}")]
-    Store { repo: String, source: StoreError },
+    #[error("{repo}: {error}")]
+    Git { repo: String, error: GitError },
+    #[error("{repo}: {error}")]
+    Store { repo: String, error: StoreError },
     #[error("{repo}: credentials: {error}")]
     Secret { repo: String, error: SecretError },
     #[error(
@@ -71,7 +71,7 @@ impl PollError {
         matches!(
             self,
             PollError::Git {
-                source: GitError::Unreachable { .. },
+                error: GitError::Unreachable { .. },
                 ..
             }
         )
@@ -254,11 +254,11 @@ pub fn run_poll(
         &result,
         Err(PollError::Cancelled { .. })
             | Err(PollError::Store {
-                source: StoreError::Conflict { .. },
+                error: StoreError::Conflict { .. },
                 ..
             })
             | Err(PollError::Git {
-                source: GitError::MirrorBusy { .. } | GitError::Cancelled { .. },
+                error: GitError::MirrorBusy { .. } | GitError::Cancelled { .. },
                 ..
             })
     );
@@ -306,13 +306,13 @@ pub fn poll(
     progress: &Progress,
 ) -> Result<PollOutcome, PollError> {
     let id = repo.id.clone();
-    let git_err = |source| PollError::Git {
+    let git_err = |error| PollError::Git {
         repo: id.clone(),
-        source,
+        error,
     };
-    let store_err = |source| PollError::Store {
+    let store_err = |error| PollError::Store {
         repo: id.clone(),
-        source,
+        error,
     };
     let provider = config
         .provider(repo)
@@ -391,9 +391,9 @@ fn catch_up(
     let settings = config.filter.fingerprint();
     let head_str = head.to_string();
     let plan =
-        plan(mirror, state, head, repo.backfill, &settings).map_err(|source| PollError::Git {
+        plan(mirror, state, head, repo.backfill, &settings).map_err(|error| PollError::Git {
             repo: id.clone(),
-            source,
+            error,
         })?;
     let mut counts = Counts::default();
     let mut done = 0u32;
@@ -423,13 +423,13 @@ fn catch_up(
         };
         let c = process_step(&ctx, step).map_err(|e| match e {
             StepError::Cancelled => PollError::Cancelled { repo: id.clone() },
-            StepError::Git(source) => PollError::Git {
+            StepError::Git(error) => PollError::Git {
                 repo: id.clone(),
-                source,
+                error,
             },
-            StepError::Store(source) => PollError::Store {
+            StepError::Store(error) => PollError::Store {
                 repo: id.clone(),
-                source,
+                error,
             },
             StepError::Internal(message) => PollError::Internal {
                 repo: id.clone(),
@@ -470,13 +470,13 @@ pub fn rebuild(
     if !path.join("HEAD").exists() {
         return Err(PollError::NoMirror { repo: id, path });
     }
-    let mirror = git::open_mirror_to_read(&path).map_err(|source| PollError::Git {
+    let mirror = git::open_mirror_to_read(&path).map_err(|error| PollError::Git {
         repo: id.clone(),
-        source,
+        error,
     })?;
-    let store_err = |source| PollError::Store {
+    let store_err = |error| PollError::Store {
         repo: id.clone(),
-        source,
+        error,
     };
     // Only a mirror with a branch replaces the catalog: an empty one (a failed first fetch) changes nothing.
     let Some((branch, head)) = git::mirror_head(&mirror) else {

@@ -31,17 +31,15 @@ pub use step::{Content, Counts, StepMeta, StepWriter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database {path}: {source}{}", hint(source))]
+    #[error("database {path}: {error}{}", hint(error))]
     Open {
         path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
-    #[error("cannot create the folder for database {path}: {source}")]
+    #[error("cannot create the folder for database {path}: {error}")]
     Dir {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "database {path} has schema version {found}, newer than this modelmirror ({supported}); upgrade modelmirror"
@@ -61,11 +59,10 @@ pub enum StoreError {
     },
     #[error("{0}")]
     Query(String),
-    #[error("database error while {doing}: {source}{}", hint(source))]
+    #[error("database error while {doing}: {error}{}", hint(error))]
     Sql {
         doing: String,
-        #[source]
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
 }
 
@@ -94,9 +91,9 @@ trait Doing<T> {
 
 impl<T> Doing<T> for Result<T, rusqlite::Error> {
     fn doing(self, what: &str) -> Result<T, StoreError> {
-        self.map_err(|source| StoreError::Sql {
+        self.map_err(|error| StoreError::Sql {
             doing: what.to_string(),
-            source,
+            error,
         })
     }
 }
@@ -184,14 +181,14 @@ impl Store {
     /// Open (creating when missing) and migrate the database.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            std::fs::create_dir_all(dir).map_err(|error| StoreError::Dir {
                 path: path.to_path_buf(),
-                source,
+                error,
             })?;
         }
-        let open_err = |source| StoreError::Open {
+        let open_err = |error| StoreError::Open {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let mut conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")

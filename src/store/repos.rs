@@ -358,9 +358,9 @@ impl Store {
     /// What webhook matching needs, read through a connection of its own (never waiting behind a write
     /// transaction, which WAL lets readers do).
     pub fn repos_of_provider_reader(&self, provider: &str) -> Result<Vec<RepoKeyRow>, StoreError> {
-        let conn = Connection::open(&self.path).map_err(|source| StoreError::Open {
+        let conn = Connection::open(&self.path).map_err(|error| StoreError::Open {
             path: self.path.clone(),
-            source,
+            error,
         })?;
         let _ = conn.busy_timeout(Duration::from_secs(5));
         let mut stmt = conn

@@ -40,6 +40,10 @@ fn config_flag_before_or_after_the_command_or_from_the_environment() {
         err.contains("/nonexistent/mm.toml") && err.contains("--config"),
         "{err}"
     );
+    // The error once, its cause once, and no claim to show a database that is not there.
+    assert_eq!(err.matches("error:").count(), 1, "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(!err.contains("showing"), "{err}");
 }
 
 fn small_repo(env: &Env) {

@@ -591,6 +591,12 @@ fn status_shows_a_rejected_reload_while_the_broken_file_is_on_disk() {
         "{out:?}"
     );
     assert!(out.stderr.contains("schedule"), "{out:?}");
+    // The configuration error once, and what is shown instead: the database named.
+    assert_eq!(out.stderr.matches("error:").count(), 1, "{out:?}");
+    assert!(
+        out.stderr.contains("showing the state recorded in"),
+        "{out:?}"
+    );
 }
 
 /// SIGTERM while one large commit (1,500 models) is being written: the step stops between two files and rolls
