@@ -19,7 +19,7 @@
 
 /// Compiled `.hubignore` rules, in file order.
 #[derive(Debug, Clone, Default)]
-pub struct HubIgnore {
+pub(crate) struct HubIgnore {
     rules: Vec<Rule>,
 }
 
@@ -51,7 +51,7 @@ impl HubIgnore {
     /// Skipped lines are those git keeps but that can never match anything: an unclosed `[`, an unknown
     /// `[:class:]`, a trailing unescaped `\`, a bare `!` or `/`; and patterns with more than 64 runs of `*`.
     #[must_use]
-    pub fn parse(text: &str) -> (HubIgnore, Vec<String>) {
+    pub(crate) fn parse(text: &str) -> (HubIgnore, Vec<String>) {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut rules = Vec::new();
         let mut warnings = Vec::new();
@@ -79,7 +79,7 @@ impl HubIgnore {
 
     /// An empty rule set: nothing is ignored.
     #[must_use]
-    pub fn none() -> HubIgnore {
+    pub(crate) fn none() -> HubIgnore {
         HubIgnore::default()
     }
 
@@ -88,7 +88,7 @@ impl HubIgnore {
     /// A path ending in `/` is taken as a directory (so directory-only patterns apply to it too): the answer
     /// then tells whether everything below it is left out.
     #[must_use]
-    pub fn is_ignored(&self, path: &str) -> bool {
+    pub(crate) fn is_ignored(&self, path: &str) -> bool {
         if self.rules.is_empty() {
             return false;
         }
@@ -115,7 +115,7 @@ impl HubIgnore {
 
     /// Whether there are no rules at all.
     #[must_use]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
 
@@ -995,7 +995,7 @@ mod tests {
         use std::path::PathBuf;
         use std::process::{Command, Stdio};
 
-        pub struct Checker {
+        pub(crate) struct Checker {
             root: PathBuf,
         }
 
@@ -1007,7 +1007,7 @@ mod tests {
 
         impl Checker {
             /// A fresh repository, or `None` when there is no `git` to run.
-            pub fn new() -> Option<Checker> {
+            pub(crate) fn new() -> Option<Checker> {
                 static COUNTER: std::sync::atomic::AtomicUsize =
                     std::sync::atomic::AtomicUsize::new(0);
                 let root = std::env::temp_dir().join(format!(
@@ -1041,7 +1041,7 @@ mod tests {
             }
 
             /// Create these files (and so their directories).
-            pub fn create(&self, files: &[&str]) {
+            pub(crate) fn create(&self, files: &[&str]) {
                 for file in files {
                     let path = self.root.join(file);
                     std::fs::create_dir_all(path.parent().expect("a parent"))
@@ -1051,7 +1051,7 @@ mod tests {
             }
 
             /// For each path, whether git leaves it out under a `.gitignore` holding `text`.
-            pub fn check(&self, text: &str, paths: &[&str]) -> Vec<bool> {
+            pub(crate) fn check(&self, text: &str, paths: &[&str]) -> Vec<bool> {
                 std::fs::write(self.root.join(".gitignore"), text).expect("write .gitignore");
                 let mut child = self
                     .git()

@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// A metric's labels: name and value pairs.
-pub type Labels = Vec<(&'static str, String)>;
+pub(crate) type Labels = Vec<(&'static str, String)>;
 
 /// Histogram buckets, in seconds.
 const BUCKETS: &[f64] = &[
@@ -32,12 +32,12 @@ struct Inner {
 
 /// The registry.
 #[derive(Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     inner: Mutex<Inner>,
 }
 
 /// The process-wide registry.
-pub fn global() -> &'static Metrics {
+pub(crate) fn global() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::default)
 }
@@ -122,17 +122,17 @@ const HELP: &[(&str, &str, &str)] = &[
 ];
 
 impl Metrics {
-    pub fn inc(&self, name: &'static str, l: &[(&'static str, &str)], by: f64) {
+    pub(crate) fn inc(&self, name: &'static str, l: &[(&'static str, &str)], by: f64) {
         let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         *i.counters.entry((name, labels(l))).or_default() += by;
     }
 
-    pub fn set(&self, name: &'static str, l: &[(&'static str, &str)], value: f64) {
+    pub(crate) fn set(&self, name: &'static str, l: &[(&'static str, &str)], value: f64) {
         let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         i.gauges.insert((name, labels(l)), value);
     }
 
-    pub fn observe(&self, name: &'static str, l: &[(&'static str, &str)], d: Duration) {
+    pub(crate) fn observe(&self, name: &'static str, l: &[(&'static str, &str)], d: Duration) {
         let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let h = i.histograms.entry((name, labels(l))).or_default();
         if h.counts.is_empty() {
@@ -149,7 +149,7 @@ impl Metrics {
     }
 
     /// The registry plus `extra` gauges, in the Prometheus text format.
-    pub fn render(&self, extra: &[(&'static str, Labels, f64)]) -> String {
+    pub(crate) fn render(&self, extra: &[(&'static str, Labels, f64)]) -> String {
         let i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
         let label_text = |l: &Labels, more: Option<(&str, String)>| {

@@ -2,7 +2,7 @@
 //! reaches a log line, an error, the database or the terminal.
 
 /// A URL fit for messages: any password in it replaced by `***`.
-pub fn redact_url(u: &str) -> String {
+pub(crate) fn redact_url(u: &str) -> String {
     let Some((scheme, rest)) = u.split_once("://") else {
         return u.to_string();
     };
@@ -18,7 +18,7 @@ pub fn redact_url(u: &str) -> String {
 
 /// Redact every `scheme://user:password@` found in a free text (error messages from libraries may quote a
 /// proxy URL).
-pub fn redact_text(text: &str) -> String {
+pub(crate) fn redact_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("://") {

@@ -11,13 +11,13 @@ use croner::parser::{CronParser, Seconds, Year};
 
 /// A parsed cron expression, in UTC.
 #[derive(Clone)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     text: String,
     cron: Cron,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ScheduleError {
+pub(crate) enum ScheduleError {
     #[error(
         "a schedule has 5 fields (minute hour day month weekday) or 6 (with seconds first), found {0}; e.g. \"*/5 * * * *\""
     )]
@@ -29,7 +29,7 @@ pub enum ScheduleError {
 }
 
 impl Schedule {
-    pub fn parse(text: &str) -> Result<Schedule, ScheduleError> {
+    pub(crate) fn parse(text: &str) -> Result<Schedule, ScheduleError> {
         let text = text.trim();
         let fields = text.split_whitespace().count();
         if !text.starts_with('@') && !(5..=6).contains(&fields) {
@@ -64,18 +64,18 @@ impl Schedule {
         Ok(schedule)
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.text
     }
 
     /// The first firing strictly after `t`.
-    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.cron.find_next_occurrence(&t, false).ok()
     }
 
     /// The shortest gap between consecutive firings over a sample of a day's firings from a fixed reference
     /// time: "every 5 minutes" is 300 s, "0 9 * * 1-5" is a day. Used to cap back-off and size jitter.
-    pub fn period(&self) -> Duration {
+    pub(crate) fn period(&self) -> Duration {
         let Some(mut t) = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).single() else {
             return Duration::from_secs(60);
         };

@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 
 /// A token or password. Its `Debug` and `Display` never show the value.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 impl Secret {
-    pub fn new(value: String) -> Secret {
+    pub(crate) fn new(value: String) -> Secret {
         Secret(value)
     }
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -35,7 +35,7 @@ impl fmt::Display for Secret {
 
 /// Why a secret cannot be read now. Says where it was looked for, never what it is.
 #[derive(Debug, thiserror::Error)]
-pub enum SecretError {
+pub(crate) enum SecretError {
     #[error("token_file {raw:?}: {error}")]
     Path { raw: String, error: ExpandError },
     #[error("cannot read token_file {}: {error}", path.display())]
@@ -55,7 +55,7 @@ pub enum SecretError {
 
 /// Why `${VAR}` in a path cannot be expanded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ExpandError {
+pub(crate) enum ExpandError {
     #[error("unclosed `${{`")]
     Unclosed,
     #[error("environment variable {0} is not set")]
@@ -64,7 +64,7 @@ pub enum ExpandError {
 
 /// Where a token comes from.
 #[derive(Clone)]
-pub enum TokenSource {
+pub(crate) enum TokenSource {
     /// A literal `token` in the file: works, but `check` warns about it.
     Literal(Secret),
     File(SecretFile),
@@ -75,14 +75,14 @@ pub enum TokenSource {
 /// configuration is loaded, so `token_file = "${CREDENTIALS_DIRECTORY}/gitlab"` does not stop `status` or
 /// `models` from working outside the service.
 #[derive(Clone)]
-pub struct SecretFile {
+pub(crate) struct SecretFile {
     raw: String,
     base: PathBuf,
 }
 
 impl SecretFile {
     /// The file written as `raw`, relative to `base` (the configuration file's folder) unless absolute.
-    pub fn new(raw: &str, base: &Path) -> SecretFile {
+    pub(crate) fn new(raw: &str, base: &Path) -> SecretFile {
         SecretFile {
             raw: raw.to_string(),
             base: base.to_path_buf(),
@@ -90,7 +90,7 @@ impl SecretFile {
     }
 
     /// The path now: variables expanded, relative to the configuration's folder.
-    pub fn path(&self) -> Result<PathBuf, SecretError> {
+    pub(crate) fn path(&self) -> Result<PathBuf, SecretError> {
         let expanded = expand_vars(&self.raw).map_err(|error| SecretError::Path {
             raw: self.raw.clone(),
             error,
@@ -117,7 +117,7 @@ impl fmt::Debug for TokenSource {
 impl TokenSource {
     /// Read the token now. A token with a control character inside (a second line, a NUL) is refused: it
     /// would break the HTTP header it goes into.
-    pub fn resolve(&self) -> Result<Secret, SecretError> {
+    pub(crate) fn resolve(&self) -> Result<Secret, SecretError> {
         let (value, from) = match self {
             TokenSource::Literal(s) => (
                 s.expose().trim().to_string(),
@@ -153,7 +153,7 @@ impl TokenSource {
 
 /// Replace `${VAR}` with the environment variable's value (so `token_file = "${CREDENTIALS_DIRECTORY}/gitlab"`
 /// works under systemd).
-pub fn expand_vars(raw: &str) -> Result<String, ExpandError> {
+pub(crate) fn expand_vars(raw: &str) -> Result<String, ExpandError> {
     let mut out = String::new();
     let mut rest = raw;
     while let Some(start) = rest.find("${") {

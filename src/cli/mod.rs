@@ -27,13 +27,13 @@ use crate::store::StoreError;
 pub struct Cli {
     /// Configuration file; every *.toml in the conf.d/ folder beside it is merged in.
     #[arg(long, global = true, env = "MODELMIRROR_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run as a service: poll every repository on its schedule until SIGTERM or SIGINT.
     Run,
     /// Poll every (or each named) repository once now, print one line per repository, and exit
@@ -136,8 +136,13 @@ pub struct LogSettings {
     pub json: bool,
 }
 
+/// Why a command failed, for `main` to print.
 #[derive(Debug, thiserror::Error)]
-pub enum CliError {
+#[error(transparent)]
+pub struct Failure(CliError);
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -177,7 +182,12 @@ impl Cli {
         }
     }
 
-    pub fn execute(self) -> Result<ExitCode, CliError> {
+    /// Run the command. The error's message says what went wrong and what to do.
+    pub fn execute(self) -> Result<ExitCode, Failure> {
+        self.run().map_err(Failure)
+    }
+
+    fn run(self) -> Result<ExitCode, CliError> {
         match self.command {
             Command::Check { json } => return check::check(&self.config, json),
             Command::Completions { shell } => {

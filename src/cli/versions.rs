@@ -9,7 +9,7 @@ use crate::model::{FileFilter, Parsed};
 
 /// Why a version cannot be read. Every message names the repository.
 #[derive(Debug, thiserror::Error)]
-pub enum VersionError {
+pub(crate) enum VersionError {
     #[error("{repo}: no local mirror at {} (`modelmirror sync {repo}` fetches it)", path.display())]
     NoMirror { repo: String, path: PathBuf },
     #[error("{repo}: an empty commit")]

@@ -24,21 +24,21 @@ use crate::schedule::Schedule;
 use crate::secret::{Secret, SecretError, TokenSource};
 
 /// Where the configuration is looked for when neither `--config` nor `MODELMIRROR_CONFIG` is given.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/modelmirror/config.toml";
+pub(crate) const DEFAULT_CONFIG_PATH: &str = "/etc/modelmirror/config.toml";
 /// Default `state_dir`: holds the mirrors and, unless `database` says otherwise, the database.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/modelmirror";
+pub(crate) const DEFAULT_STATE_DIR: &str = "/var/lib/modelmirror";
 /// Default poll schedule: every five minutes.
-pub const DEFAULT_SCHEDULE: &str = "*/5 * * * *";
+pub(crate) const DEFAULT_SCHEDULE: &str = "*/5 * * * *";
 /// Default number of polls that may run at once.
-pub const DEFAULT_CONCURRENCY: usize = 4;
+pub(crate) const DEFAULT_CONCURRENCY: usize = 4;
 /// Default size limit of one model file (64 MiB).
-pub const DEFAULT_MAX_MODEL_BYTES: u64 = 64 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_MODEL_BYTES: u64 = 64 * 1024 * 1024;
 /// Default discovery schedule: hourly.
-pub const DEFAULT_DISCOVER_SCHEDULE: &str = "0 * * * *";
+pub(crate) const DEFAULT_DISCOVER_SCHEDULE: &str = "0 * * * *";
 /// Default connect timeout for a provider, in seconds.
-pub const DEFAULT_CONNECT_TIMEOUT: u64 = 15;
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: u64 = 15;
 /// Default read timeout for a provider, in seconds.
-pub const DEFAULT_READ_TIMEOUT: u64 = 60;
+pub(crate) const DEFAULT_READ_TIMEOUT: u64 = 60;
 
 /// Everything that can be wrong with a configuration. Each message names the file (and line where the TOML
 /// parser knows it) and says what to change.
@@ -86,97 +86,96 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The main file, for messages.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// Every file that was read, main file first.
-    pub files: Vec<PathBuf>,
+    pub(crate) files: Vec<PathBuf>,
     /// Mirrors live in `<state_dir>/mirrors`; the database defaults to `<state_dir>/modelmirror.db`.
-    pub state_dir: PathBuf,
-    pub database: PathBuf,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) database: PathBuf,
     /// A cap on the database's size (`database_max_bytes`): an import that would pass it fails like a full
     /// disk, keeping everything stored before, so the catalog cannot fill a disk other services need.
-    pub database_max_bytes: Option<u64>,
-    pub schedule: Schedule,
+    pub(crate) database_max_bytes: Option<u64>,
     /// Upper bound on polls running at once, so hundreds of repositories do not open hundreds of connections.
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// What files are considered, and how big one may be before it is recorded as skipped.
-    pub filter: FileFilter,
-    pub providers: Vec<ProviderConfig>,
+    pub(crate) filter: FileFilter,
+    pub(crate) providers: Vec<ProviderConfig>,
     /// All repositories of all providers, in configuration order.
-    pub repos: Vec<RepoConfig>,
+    pub(crate) repos: Vec<RepoConfig>,
     /// Things that work but that an operator should fix (shown by `check`).
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
     /// How long deliveries and polls are kept in the database.
-    pub events_retention_days: u32,
+    pub(crate) events_retention_days: u32,
     /// The optional webhook listener.
-    pub webhook: Option<WebhookConfig>,
+    pub(crate) webhook: Option<WebhookConfig>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (`[metrics] listen`), if anywhere.
-    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
     /// `log_level` (`error` … `trace`, or a tracing filter); `RUST_LOG` wins over it.
-    pub log_level: Option<String>,
+    pub(crate) log_level: Option<String>,
     /// `log_format`: `text` (default) or `json`.
-    pub log_json: bool,
+    pub(crate) log_json: bool,
 }
 
 /// `[webhook]`: where to listen for webhook nudges.
 #[derive(Debug, Clone)]
-pub struct WebhookConfig {
-    pub listen: std::net::SocketAddr,
+pub(crate) struct WebhookConfig {
+    pub(crate) listen: std::net::SocketAddr,
     /// Larger bodies get 413.
-    pub max_body_bytes: u64,
+    pub(crate) max_body_bytes: u64,
     /// Deliveries waiting to be dispatched; when full, 503 with `Retry-After`.
-    pub queue_size: usize,
+    pub(crate) queue_size: usize,
 }
 
 /// The smallest `database_max_bytes` accepted: below it not even the schema fits.
-pub const MIN_DATABASE_BYTES: u64 = 1 << 20;
+pub(crate) const MIN_DATABASE_BYTES: u64 = 1 << 20;
 
 /// Default `events_retention_days`.
-pub const DEFAULT_EVENTS_RETENTION_DAYS: u32 = 30;
+pub(crate) const DEFAULT_EVENTS_RETENTION_DAYS: u32 = 30;
 /// Default `[webhook] max_body_bytes` (5 MiB).
-pub const DEFAULT_WEBHOOK_MAX_BODY: u64 = 5 * 1024 * 1024;
+pub(crate) const DEFAULT_WEBHOOK_MAX_BODY: u64 = 5 * 1024 * 1024;
 /// Default `[webhook] queue_size`.
-pub const DEFAULT_WEBHOOK_QUEUE: usize = 1024;
+pub(crate) const DEFAULT_WEBHOOK_QUEUE: usize = 1024;
 
 /// One `[providers.NAME]` table.
 #[derive(Debug, Clone)]
-pub struct ProviderConfig {
-    pub name: String,
-    pub kind: ProviderKind,
+pub(crate) struct ProviderConfig {
+    pub(crate) name: String,
+    pub(crate) kind: ProviderKind,
     /// Base URL, without a trailing slash.
-    pub base_url: String,
+    pub(crate) base_url: String,
     /// REST API base (`api_url`, else derived from the base URL per kind); `None` for plain Git.
-    pub api_url: Option<String>,
-    pub credentials: Credentials,
+    pub(crate) api_url: Option<String>,
+    pub(crate) credentials: Credentials,
     /// The file that defined this provider, for messages.
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// Poll schedule of this provider's repositories.
-    pub schedule: Schedule,
-    pub backfill: bool,
+    pub(crate) schedule: Schedule,
+    pub(crate) backfill: bool,
     /// Discovery scopes: GitLab groups, Bitbucket Cloud workspaces (or `workspace/PROJECTKEY`), Bitbucket
     /// Data Center project keys, GitHub organisations or users. Empty: no discovery.
-    pub discover: Vec<String>,
+    pub(crate) discover: Vec<String>,
     /// Which discovered repositories are mirrored (globs on their paths).
-    pub repo_filter: RepoFilter,
-    pub discover_schedule: Schedule,
+    pub(crate) repo_filter: RepoFilter,
+    pub(crate) discover_schedule: Schedule,
     /// Delete the data of repositories that discovery no longer finds (default: keep, marked `removed`).
-    pub prune_removed: bool,
+    pub(crate) prune_removed: bool,
     /// REST request budget, so a large discovery cannot exhaust the host's rate limit.
-    pub max_requests_per_hour: u32,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
+    pub(crate) max_requests_per_hour: u32,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) read_timeout: Duration,
     /// Extra CA bundle (PEM) for a server with a private CA, for git and REST.
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// Proxy for git and REST; may hold credentials, so it is a [`Secret`].
-    pub proxy: Option<Secret>,
+    pub(crate) proxy: Option<Secret>,
     /// Webhook secrets; several may be valid at once, so a secret can be rotated.
-    pub webhook_secrets: Vec<TokenSource>,
+    pub(crate) webhook_secrets: Vec<TokenSource>,
     /// Accept webhooks without a signature (only when no secret is configured).
-    pub allow_unsigned_webhooks: bool,
+    pub(crate) allow_unsigned_webhooks: bool,
 }
 
 impl ProviderConfig {
     /// The configuration of one of this provider's repositories, at `path` with clone URL `url`.
-    pub fn repo(&self, path: &str, url: &str) -> RepoConfig {
+    pub(crate) fn repo(&self, path: &str, url: &str) -> RepoConfig {
         RepoConfig {
             id: format!("{}/{path}", self.name),
             provider: self.name.clone(),
@@ -188,7 +187,7 @@ impl ProviderConfig {
     }
 
     /// The credentials git presents to this provider, read now (so a rotated token file applies at once).
-    pub fn git_auth(&self) -> Result<GitAuth, SecretError> {
+    pub(crate) fn git_auth(&self) -> Result<GitAuth, SecretError> {
         Ok(match &self.credentials.token {
             None => GitAuth::None,
             Some(source) => self
@@ -200,14 +199,14 @@ impl ProviderConfig {
 
     /// The repository at `path` on this provider (as discovery or a mirror's folder names it): its id and
     /// clone URL.
-    pub fn discovered_repo(&self, path: &str) -> Result<RepoConfig, crate::forge::UrlError> {
+    pub(crate) fn discovered_repo(&self, path: &str) -> Result<RepoConfig, crate::forge::UrlError> {
         let resolved = crate::forge::resolve_repo(self.kind, &self.base_url, path)?;
         Ok(self.repo(&resolved.path, &resolved.url))
     }
 
     /// How git reaches `url` of this provider (its ssh files and proxy), presenting `auth`; `cancel` aborts
     /// the transfer, `alive` hears of every sign of progress.
-    pub fn remote<'a>(
+    pub(crate) fn remote<'a>(
         &'a self,
         url: &'a str,
         auth: &'a GitAuth,
@@ -226,7 +225,7 @@ impl ProviderConfig {
     }
 
     /// What a REST client of this provider needs.
-    pub fn api_settings(&self) -> crate::forge::api::ApiSettings<'_> {
+    pub(crate) fn api_settings(&self) -> crate::forge::api::ApiSettings<'_> {
         crate::forge::api::ApiSettings {
             provider: &self.name,
             kind: self.kind,
@@ -240,7 +239,7 @@ impl ProviderConfig {
     }
 
     /// Check that every secret and credential file of this provider can be read now.
-    pub fn check_secrets(&self) -> SecretCheck {
+    pub(crate) fn check_secrets(&self) -> SecretCheck {
         let mut check = SecretCheck::default();
         let issue = |message: String| ProviderIssue {
             provider: self.name.clone(),
@@ -286,17 +285,17 @@ impl ProviderConfig {
 
 /// What [`Config::check_secrets`] found: errors (`run` and `sync` refuse to start on them) and warnings.
 #[derive(Debug, Default)]
-pub struct SecretCheck {
-    pub errors: Vec<ProviderIssue>,
-    pub warnings: Vec<ProviderIssue>,
+pub(crate) struct SecretCheck {
+    pub(crate) errors: Vec<ProviderIssue>,
+    pub(crate) warnings: Vec<ProviderIssue>,
 }
 
 /// A problem with one provider's settings found at run time (not by loading the configuration).
 #[derive(Debug, Clone)]
-pub struct ProviderIssue {
+pub(crate) struct ProviderIssue {
     /// The provider's name.
-    pub provider: String,
-    pub message: String,
+    pub(crate) provider: String,
+    pub(crate) message: String,
 }
 
 impl std::fmt::Display for ProviderIssue {
@@ -312,7 +311,7 @@ fn file_mode(path: &Path) -> Option<u32> {
 
 /// `include` / `exclude` globs on repository paths (for discovered repositories).
 #[derive(Debug, Clone)]
-pub struct RepoFilter {
+pub(crate) struct RepoFilter {
     include: Option<GlobSet>,
     exclude: Option<GlobSet>,
 }
@@ -336,7 +335,7 @@ impl RepoFilter {
     }
 
     /// Whether a repository path passes: matched by `include` (when given) and not by `exclude`.
-    pub fn allows(&self, path: &str) -> bool {
+    pub(crate) fn allows(&self, path: &str) -> bool {
         self.include.as_ref().is_none_or(|g| g.is_match(path))
             && !self.exclude.as_ref().is_some_and(|g| g.is_match(path))
     }
@@ -345,31 +344,31 @@ impl RepoFilter {
 /// How to authenticate to a provider. The token itself is read when it is needed, so a rotated
 /// `token_file` is picked up without a restart.
 #[derive(Debug, Clone, Default)]
-pub struct Credentials {
-    pub username: Option<String>,
-    pub token: Option<TokenSource>,
-    pub ssh_key_file: Option<PathBuf>,
-    pub known_hosts_file: Option<PathBuf>,
+pub(crate) struct Credentials {
+    pub(crate) username: Option<String>,
+    pub(crate) token: Option<TokenSource>,
+    pub(crate) ssh_key_file: Option<PathBuf>,
+    pub(crate) known_hosts_file: Option<PathBuf>,
 }
 
 /// One repository to mirror.
 #[derive(Debug, Clone)]
-pub struct RepoConfig {
+pub(crate) struct RepoConfig {
     /// `<provider>/<path>`: the key in the database and on the command line.
-    pub id: String,
-    pub provider: String,
+    pub(crate) id: String,
+    pub(crate) provider: String,
     /// Path relative to the provider, as written in `repos` (for `git` URLs: the URL's path without `.git`).
-    pub path: String,
+    pub(crate) path: String,
     /// Clone URL, never with credentials in it.
-    pub url: String,
-    pub schedule: Schedule,
+    pub(crate) url: String,
+    pub(crate) schedule: Schedule,
     /// Whether the first import walks the whole first-parent history (true) or imports only the head.
-    pub backfill: bool,
+    pub(crate) backfill: bool,
 }
 
 impl Config {
     /// Read and validate the configuration at `path` and every `*.toml` in the `conf.d/` folder beside it.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         let mut files = vec![path.to_path_buf()];
         let dir = path.parent().unwrap_or(Path::new("."));
         let conf_d = dir.join("conf.d");
@@ -416,7 +415,7 @@ impl Config {
 
     /// Read every secret now: the errors (a token file that cannot be read, …) and warnings (a token file
     /// others may read). `run` and `sync` refuse to start on errors; `check` reports both.
-    pub fn check_secrets(&self) -> SecretCheck {
+    pub(crate) fn check_secrets(&self) -> SecretCheck {
         let mut all = SecretCheck::default();
         for p in &self.providers {
             let check = p.check_secrets();
@@ -429,16 +428,16 @@ impl Config {
     /// The provider of a repository, looked up by name in this configuration (a repository loop that
     /// outlived a reload reads the provider's settings and credentials as they are now). `None` when a reload
     /// removed the provider.
-    pub fn provider(&self, repo: &RepoConfig) -> Option<&ProviderConfig> {
+    pub(crate) fn provider(&self, repo: &RepoConfig) -> Option<&ProviderConfig> {
         self.providers.iter().find(|p| p.name == repo.provider)
     }
 
-    pub fn mirrors_dir(&self) -> PathBuf {
+    pub(crate) fn mirrors_dir(&self) -> PathBuf {
         self.state_dir.join("mirrors")
     }
 
     /// Where the bare mirror of a repository lives: `<state_dir>/mirrors/<provider>/<path>.git`.
-    pub fn mirror_path(&self, repo: &RepoConfig) -> PathBuf {
+    pub(crate) fn mirror_path(&self, repo: &RepoConfig) -> PathBuf {
         let mut p = self.mirrors_dir().join(&repo.provider);
         for seg in repo.path.split('/') {
             p.push(seg);
@@ -454,7 +453,7 @@ impl Config {
 /// Where the database most likely is when the configuration does not load (for `status`, which still
 /// shows the service's state then): `database` or `state_dir` read from the main file alone, if that much
 /// parses, else the default.
-pub fn database_hint(path: &Path) -> PathBuf {
+pub(crate) fn database_hint(path: &Path) -> PathBuf {
     let base = path.parent().unwrap_or(Path::new("."));
     let table = std::fs::read_to_string(path)
         .ok()

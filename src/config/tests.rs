@@ -180,7 +180,7 @@ fn conf_d_merges_and_relative_paths_resolve() {
     let main = write(
         dir.path(),
         "config.toml",
-        "state_dir = \"state\"\nschedule = \"0 * * * *\"\n",
+        "state_dir = \"state\"\nschedule = \"0 * * * *\"\n[providers.plain]\nkind = \"git\"\nrepos = [\"file:///srv/plain.git\"]\n",
     );
     write(dir.path(), "token", "s3cret\n");
     write(
@@ -190,10 +190,12 @@ fn conf_d_merges_and_relative_paths_resolve() {
     );
     let c = Config::load(&main).unwrap();
     assert_eq!(c.state_dir, dir.path().join("state"));
-    assert_eq!(c.repos[0].id, "gh/o/r");
-    assert_eq!(c.repos[0].schedule.period(), Duration::from_secs(10));
-    assert_eq!(c.schedule.period(), Duration::from_secs(3600));
-    let tok = c.providers[0]
+    // Files in order: the main file's provider, then conf.d's.
+    assert_eq!(c.repos[1].id, "gh/o/r");
+    assert_eq!(c.repos[1].schedule.period(), Duration::from_secs(10));
+    // The top-level schedule is the default of a provider that sets none.
+    assert_eq!(c.repos[0].schedule.period(), Duration::from_secs(3600));
+    let tok = c.providers[1]
         .credentials
         .token
         .as_ref()

@@ -172,7 +172,7 @@ pub(super) fn validate(
         }),
     };
     let defaults = Defaults {
-        schedule: schedule.clone(),
+        schedule,
         backfill: m.backfill.take().map(|(b, _)| b).unwrap_or(true),
         webhooks: webhook.is_some(),
     };
@@ -210,7 +210,6 @@ pub(super) fn validate(
         state_dir,
         database,
         database_max_bytes,
-        schedule,
         concurrency,
         filter,
         providers,

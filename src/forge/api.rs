@@ -17,7 +17,7 @@ use super::ProviderKind;
 use crate::secret::Secret;
 
 /// A boxed future, so the per-kind REST calls can sit behind the `Forge` trait object.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The longest a request waits inline for a rate limit to pass; longer holds end the run, are shown in
 /// `status`, and the next run starts after them.
@@ -28,10 +28,10 @@ const MAX_ATTEMPTS: u32 = 5;
 /// minute").
 const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 /// A safety net against servers whose pagination never ends.
-pub const MAX_PAGES: usize = 10_000;
+pub(crate) const MAX_PAGES: usize = 10_000;
 
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("{status} from provider {provider}: token rejected — {hint}")]
     Unauthorized {
         provider: String,
@@ -75,7 +75,7 @@ pub enum ApiError {
 
 /// The request budget and rate-limit hold of one provider, shared by all its REST calls in this process.
 #[derive(Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     max_per_hour: u32,
     state: Mutex<LimitState>,
 }
@@ -88,13 +88,13 @@ struct LimitState {
 
 /// Until when a provider is held back, and why.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Hold {
-    pub until: DateTime<Utc>,
-    pub reason: String,
+pub(crate) struct Hold {
+    pub(crate) until: DateTime<Utc>,
+    pub(crate) reason: String,
 }
 
 impl Limits {
-    pub fn new(max_per_hour: u32) -> Arc<Limits> {
+    pub(crate) fn new(max_per_hour: u32) -> Arc<Limits> {
         Arc::new(Limits {
             max_per_hour,
             state: Mutex::new(LimitState::default()),
@@ -106,7 +106,7 @@ impl Limits {
     }
 
     /// The current hold, if it has not passed.
-    pub fn hold(&self) -> Option<Hold> {
+    pub(crate) fn hold(&self) -> Option<Hold> {
         let mut s = self.lock();
         if s.hold.as_ref().is_some_and(|h| h.until <= Utc::now()) {
             s.hold = None;
@@ -115,7 +115,7 @@ impl Limits {
     }
 
     /// Start from a hold known from elsewhere (the database: another process, or before a restart).
-    pub fn hold_until(&self, until: DateTime<Utc>, reason: String) {
+    pub(crate) fn hold_until(&self, until: DateTime<Utc>, reason: String) {
         let mut s = self.lock();
         if until > Utc::now() && s.hold.as_ref().is_none_or(|h| h.until < until) {
             s.hold = Some(Hold { until, reason });
@@ -167,19 +167,19 @@ impl Limits {
 
 /// How a token is presented to the REST API.
 #[derive(Clone)]
-pub struct RestAuth {
-    pub header: &'static str,
-    pub value: Secret,
+pub(crate) struct RestAuth {
+    pub(crate) header: &'static str,
+    pub(crate) value: Secret,
 }
 
 impl RestAuth {
-    pub fn bearer(token: &Secret) -> RestAuth {
+    pub(crate) fn bearer(token: &Secret) -> RestAuth {
         RestAuth {
             header: "authorization",
             value: Secret::new(format!("Bearer {}", token.expose())),
         }
     }
-    pub fn basic(username: &str, token: &Secret) -> RestAuth {
+    pub(crate) fn basic(username: &str, token: &Secret) -> RestAuth {
         RestAuth {
             header: "authorization",
             value: Secret::new(format!(
@@ -191,40 +191,40 @@ impl RestAuth {
 }
 
 /// One answer.
-pub struct Response {
-    pub status: u16,
-    pub headers: HeaderMap,
-    pub body: Vec<u8>,
-    pub url: String,
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Vec<u8>,
+    pub(crate) url: String,
 }
 
 impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
 /// What a REST client needs from a provider's configuration.
-pub struct ApiSettings<'a> {
+pub(crate) struct ApiSettings<'a> {
     /// The provider's name, for messages and metrics.
-    pub provider: &'a str,
-    pub kind: ProviderKind,
+    pub(crate) provider: &'a str,
+    pub(crate) kind: ProviderKind,
     /// The API base (`None`: this provider has no REST API).
-    pub api_url: Option<&'a str>,
+    pub(crate) api_url: Option<&'a str>,
     /// With a `username`, some hosts take the token as Basic auth.
-    pub username: Option<&'a str>,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
+    pub(crate) username: Option<&'a str>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) read_timeout: Duration,
     /// An extra CA bundle (PEM) to trust.
-    pub ca_file: Option<&'a std::path::Path>,
+    pub(crate) ca_file: Option<&'a std::path::Path>,
     /// `http://[user:pass@]host:port`.
-    pub proxy: Option<&'a Secret>,
+    pub(crate) proxy: Option<&'a Secret>,
 }
 
 /// A provider's REST API, ready to call.
-pub struct ApiClient {
-    pub provider: String,
-    pub base: String,
+pub(crate) struct ApiClient {
+    pub(crate) provider: String,
+    pub(crate) base: String,
     http: reqwest::Client,
     auth: Option<RestAuth>,
     limits: Arc<Limits>,
@@ -233,7 +233,7 @@ pub struct ApiClient {
 
 impl ApiClient {
     /// A client for `provider`, presenting `token` (read just now, so rotations apply) as its kind expects.
-    pub fn new(
+    pub(crate) fn new(
         provider: &ApiSettings<'_>,
         token: Option<&Secret>,
         limits: Arc<Limits>,
@@ -285,12 +285,12 @@ impl ApiClient {
     }
 
     /// `base` + `path_and_query`.
-    pub fn url(&self, path_and_query: &str) -> String {
+    pub(crate) fn url(&self, path_and_query: &str) -> String {
         format!("{}{path_and_query}", self.base)
     }
 
     /// GET `url`, waiting out short rate limits; any status is returned except rate limiting.
-    pub async fn get(&self, url: &str) -> Result<Response, ApiError> {
+    pub(crate) async fn get(&self, url: &str) -> Result<Response, ApiError> {
         for _attempt in 0..MAX_ATTEMPTS {
             if let Err((wait, reason)) = self.limits.take() {
                 self.wait_or_fail(wait, reason).await?;
@@ -384,7 +384,7 @@ impl ApiClient {
     }
 
     /// GET `url` and parse a JSON body from a 2xx answer; `what` names the thing for a 404 message.
-    pub async fn get_json(
+    pub(crate) async fn get_json(
         &self,
         url: &str,
         what: &str,
@@ -400,7 +400,7 @@ impl ApiClient {
     }
 
     /// Turn a non-2xx answer into its error.
-    pub fn check(&self, r: &Response, what: &str) -> Result<(), ApiError> {
+    pub(crate) fn check(&self, r: &Response, what: &str) -> Result<(), ApiError> {
         match r.status {
             200..=299 => Ok(()),
             401 | 403 => Err(ApiError::Unauthorized {
@@ -421,7 +421,7 @@ impl ApiClient {
         }
     }
 
-    pub fn malformed(&self, url: &str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn malformed(&self, url: &str, message: impl Into<String>) -> ApiError {
         ApiError::Malformed {
             provider: self.provider.clone(),
             url: url.to_string(),
@@ -446,7 +446,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// A short message from an error body: the JSON `message` / `error.message` / `errors[0].message`, or the
 /// start of the text.
-pub fn body_message(body: &[u8]) -> String {
+pub(crate) fn body_message(body: &[u8]) -> String {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
         for ptr in ["/message", "/error/message", "/errors/0/message", "/error"] {
             if let Some(m) = v.pointer(ptr).and_then(|m| m.as_str()) {
@@ -532,7 +532,7 @@ fn exhausted(r: &Response) -> Option<Duration> {
 }
 
 /// The `rel="next"` target of a `Link` header.
-pub fn link_next(r: &Response) -> Option<String> {
+pub(crate) fn link_next(r: &Response) -> Option<String> {
     let link = r.header("link")?;
     link.split(',').find_map(|part| {
         let (target, params) = part.split_once(';')?;
@@ -565,7 +565,7 @@ fn same_origin(base: &str, link: &str) -> String {
 }
 
 /// Percent-encode a path segment or query value.
-pub fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
@@ -573,7 +573,7 @@ pub fn encode(s: &str) -> String {
 
 /// Walk a paginated listing: `next(page)` gives the next URL; stops at the end, on a repeated URL, or at
 /// [`MAX_PAGES`].
-pub async fn paginate<F>(
+pub(crate) async fn paginate<F>(
     api: &ApiClient,
     first: String,
     what: &str,

@@ -9,7 +9,7 @@ use crate::git::GitAuth;
 use crate::secret::Secret;
 use reqwest::header::HeaderMap;
 
-pub struct BitbucketCloud;
+pub(crate) struct BitbucketCloud;
 
 impl Forge for BitbucketCloud {
     fn default_url(&self) -> Option<&'static str> {

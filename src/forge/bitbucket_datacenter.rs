@@ -10,7 +10,7 @@ use crate::git::GitAuth;
 use crate::secret::Secret;
 use reqwest::header::HeaderMap;
 
-pub struct BitbucketDatacenter;
+pub(crate) struct BitbucketDatacenter;
 
 impl Forge for BitbucketDatacenter {
     fn default_url(&self) -> Option<&'static str> {

@@ -9,7 +9,7 @@ use crate::git::GitAuth;
 use crate::secret::Secret;
 use reqwest::header::HeaderMap;
 
-pub struct Github;
+pub(crate) struct Github;
 
 impl Forge for Github {
     fn default_url(&self) -> Option<&'static str> {

@@ -14,7 +14,7 @@ use crate::git::GitAuth;
 use crate::secret::Secret;
 use reqwest::header::HeaderMap;
 
-pub struct Gitlab;
+pub(crate) struct Gitlab;
 
 impl Forge for Gitlab {
     fn default_url(&self) -> Option<&'static str> {

@@ -3,7 +3,7 @@
 //! [`api`]), and webhooks (which headers carry the event and the signature, how a signature is verified, how
 //! a payload maps onto a [`webhook::Delivery`]). Nothing host-specific lives outside this module.
 
-pub mod api;
+pub(crate) mod api;
 mod bitbucket_cloud;
 mod bitbucket_datacenter;
 mod github;
@@ -16,7 +16,7 @@ use crate::git::GitAuth;
 use crate::secret::Secret;
 use api::{ApiClient, ApiError, BoxFuture, RestAuth};
 use reqwest::header::HeaderMap;
-pub use urls::{ResolvedRepo, UrlError, base_url, resolve_repo};
+pub(crate) use urls::{UrlError, base_url, resolve_repo};
 use webhook::{Delivery, HookError};
 
 /// The kinds of Git host modelmirror knows.
@@ -31,7 +31,7 @@ pub enum ProviderKind {
 
 impl ProviderKind {
     /// Every kind, in the order messages list them.
-    pub const ALL: [ProviderKind; 5] = [
+    pub(crate) const ALL: [ProviderKind; 5] = [
         ProviderKind::Gitlab,
         ProviderKind::BitbucketCloud,
         ProviderKind::BitbucketDatacenter,
@@ -39,11 +39,11 @@ impl ProviderKind {
         ProviderKind::Git,
     ];
 
-    pub fn parse(s: &str) -> Option<ProviderKind> {
+    pub(crate) fn parse(s: &str) -> Option<ProviderKind> {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Gitlab => "gitlab",
             ProviderKind::BitbucketCloud => "bitbucket-cloud",
@@ -53,8 +53,14 @@ impl ProviderKind {
         }
     }
 
+    /// Map a delivery from this kind of host (its headers and body) onto what the mirror needs, without
+    /// verifying it: the listener verifies first. For the fuzz target.
+    pub fn parse_webhook(self, headers: &HeaderMap, body: &[u8]) -> Result<Delivery, HookError> {
+        self.forge().webhook_parse(headers, body)
+    }
+
     /// The implementation of this kind.
-    pub fn forge(self) -> &'static dyn Forge {
+    pub(crate) fn forge(self) -> &'static dyn Forge {
         match self {
             ProviderKind::Gitlab => &gitlab::Gitlab,
             ProviderKind::BitbucketCloud => &bitbucket_cloud::BitbucketCloud,
@@ -67,7 +73,7 @@ impl ProviderKind {
 
 /// The per-host behaviour. Kept small on purpose: each method is one fact about the host, and most have the
 /// answer most hosts give as a default.
-pub trait Forge: Sync {
+pub(crate) trait Forge: Sync {
     // --- URLs and git ---
 
     /// The public cloud's base URL, or `None` when `url` must be configured.
@@ -181,16 +187,16 @@ pub trait Forge: Sync {
 
 /// A repository found by discovery.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DiscoveredRepo {
+pub(crate) struct DiscoveredRepo {
     /// Path on the host, as a `repos` entry would say it.
-    pub path: String,
+    pub(crate) path: String,
     /// The host's own id (GitLab project id, Bitbucket Cloud uuid, Bitbucket DC repository id, GitHub id):
     /// webhooks are matched by it.
-    pub provider_id: String,
-    pub web_url: Option<String>,
-    pub archived: bool,
+    pub(crate) provider_id: String,
+    pub(crate) web_url: Option<String>,
+    pub(crate) archived: bool,
     /// `Some(true)` when the host says the repository has no commits yet.
-    pub empty: Option<bool>,
+    pub(crate) empty: Option<bool>,
 }
 
 /// Parse a JSON body for a payload mapper.

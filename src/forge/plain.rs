@@ -5,7 +5,7 @@ use super::Forge;
 use crate::git::GitAuth;
 use crate::secret::Secret;
 
-pub struct PlainGit;
+pub(crate) struct PlainGit;
 
 impl Forge for PlainGit {
     fn default_url(&self) -> Option<&'static str> {

@@ -8,7 +8,7 @@ use super::ProviderKind;
 
 /// Why a `url` or a `repos` entry is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UrlError {
+pub(crate) enum UrlError {
     #[error("`url` is required for kind {0}")]
     Required(&'static str),
     #[error("a path needs the provider's `url`; or write a full clone URL")]
@@ -34,7 +34,7 @@ pub enum UrlError {
 /// The validated base URL of a provider: the configured one without a trailing slash, or the cloud default.
 /// For kinds whose `repos` may be clone URLs (`git`), a filesystem path is accepted and becomes a `file://` URL (relative paths are taken
 /// from the configuration file's folder).
-pub fn base_url(
+pub(crate) fn base_url(
     kind: ProviderKind,
     configured: Option<&str>,
     config_dir: &Path,
@@ -66,14 +66,18 @@ pub fn base_url(
 
 /// A repository resolved from a `repos` entry.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ResolvedRepo {
+pub(crate) struct ResolvedRepo {
     /// Path relative to the provider: the repository id is `<provider>/<path>`.
-    pub path: String,
-    pub url: String,
+    pub(crate) path: String,
+    pub(crate) url: String,
 }
 
 /// Turn a `repos` entry into its id path and clone URL.
-pub fn resolve_repo(kind: ProviderKind, base: &str, entry: &str) -> Result<ResolvedRepo, UrlError> {
+pub(crate) fn resolve_repo(
+    kind: ProviderKind,
+    base: &str,
+    entry: &str,
+) -> Result<ResolvedRepo, UrlError> {
     let forge = kind.forge();
     let entry = entry.trim();
     if forge.accepts_urls() && (entry.contains("://") || is_scp_like(entry)) {

@@ -47,9 +47,9 @@ pub struct RefUpdate {
 }
 
 /// The 40 zeros Git hosts use for "no commit".
-pub const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
+pub(crate) const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
 
-pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -57,7 +57,7 @@ pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// HMAC-SHA256 of `data` with `key`.
-pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn hmac_sha256(key: &[u8], data: &[u8]) -> Option<Vec<u8>> {
     let pkey = openssl::pkey::PKey::hmac(key).ok()?;
     let mut signer =
         openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &pkey).ok()?;
@@ -66,11 +66,11 @@ pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Constant-time equality (lengths may leak, contents do not).
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && openssl::memcmp::eq(a, b)
 }
 
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -96,7 +96,7 @@ pub enum HookError {
 
 /// Check the `sha256=<hex HMAC-SHA256(secret, body)>` in header `name` (GitHub `X-Hub-Signature-256`,
 /// Bitbucket `X-Hub-Signature`) against every configured secret.
-pub fn verify_hub_signature(
+pub(crate) fn verify_hub_signature(
     headers: &HeaderMap,
     name: &'static str,
     body: &[u8],
@@ -121,7 +121,7 @@ pub fn verify_hub_signature(
 
 /// A clone URL reduced for comparison: lower-case scheme and host, no user, no default port, no trailing `/`
 /// or `.git`.
-pub fn normalize_url(u: &str) -> String {
+pub(crate) fn normalize_url(u: &str) -> String {
     let u = u.trim();
     let Some((scheme, rest)) = u.split_once("://") else {
         return u

@@ -8,7 +8,7 @@ use super::{GitError, read_err};
 /// Commits from just after `from` up to and including `to`, oldest first, along the first-parent chain of
 /// `to`. `None` when `from` is not on that chain (history rewritten, or merged in from a side branch).
 /// With `from = None`, the whole first-parent history from the root commit.
-pub fn first_parent_path(
+pub(crate) fn first_parent_path(
     repo: &Repository,
     from: Option<Oid>,
     to: Oid,
@@ -37,12 +37,12 @@ pub fn first_parent_path(
 }
 
 /// Whether `ancestor` is an ancestor of `commit` (both present in the mirror).
-pub fn is_ancestor(repo: &Repository, ancestor: Oid, commit: Oid) -> bool {
+pub(crate) fn is_ancestor(repo: &Repository, ancestor: Oid, commit: Oid) -> bool {
     repo.graph_descendant_of(commit, ancestor).unwrap_or(false)
 }
 
 /// The commit a revision names (an id, an unambiguous prefix, or anything else git understands).
-pub fn resolve_commit(repo: &Repository, rev: &str) -> Result<Oid, GitError> {
+pub(crate) fn resolve_commit(repo: &Repository, rev: &str) -> Result<Oid, GitError> {
     repo.revparse_single(rev)
         .and_then(|o| o.peel_to_commit())
         .map(|c| c.id())
@@ -53,12 +53,12 @@ pub fn resolve_commit(repo: &Repository, rev: &str) -> Result<Oid, GitError> {
 }
 
 /// Whether the mirror holds this commit.
-pub fn has_commit(repo: &Repository, oid: Oid) -> bool {
+pub(crate) fn has_commit(repo: &Repository, oid: Oid) -> bool {
     repo.find_commit(oid).is_ok()
 }
 
 /// The first parent of a commit, if any.
-pub fn first_parent(repo: &Repository, oid: Oid) -> Result<Option<Oid>, GitError> {
+pub(crate) fn first_parent(repo: &Repository, oid: Oid) -> Result<Option<Oid>, GitError> {
     let commit = repo
         .find_commit(oid)
         .map_err(read_err(repo, format!("commit {oid}")))?;
@@ -77,7 +77,7 @@ pub struct CommitInfo {
     pub message: String,
 }
 
-pub fn commit_info(repo: &Repository, oid: Oid) -> Result<CommitInfo, GitError> {
+pub(crate) fn commit_info(repo: &Repository, oid: Oid) -> Result<CommitInfo, GitError> {
     let c = repo
         .find_commit(oid)
         .map_err(read_err(repo, format!("commit {oid}")))?;

@@ -25,7 +25,7 @@ pub(super) fn mirror_error(path: &Path, e: git2::Error) -> GitError {
 /// A bare mirror opened for a poll. This process holds it exclusively while the value lives: an advisory
 /// lock (`flock`) on `modelmirror.flock` inside it, which the kernel releases when the process ends, however it
 /// ends. Derefs to the libgit2 repository.
-pub struct Mirror {
+pub(crate) struct Mirror {
     repo: Repository,
     /// Held, never read: dropping it unlocks the mirror. `None` where the filesystem has no `flock`.
     _lock: Option<std::fs::File>,
@@ -86,7 +86,7 @@ fn lock_mirror(path: &Path) -> Result<Option<std::fs::File>, GitError> {
 /// [`GitError::MirrorBusy`]. Once the lock is held nobody else can be writing the mirror, so what a process
 /// killed mid-update left behind is removed (see [`remove_leftovers`]): libgit2 would otherwise refuse every
 /// later update because of a stale `config.lock`, or keep a half-received pack forever.
-pub fn open_mirror(path: &Path) -> Result<Mirror, GitError> {
+pub(crate) fn open_mirror(path: &Path) -> Result<Mirror, GitError> {
     let mirror_err = |e: git2::Error| mirror_error(path, e);
     std::fs::create_dir_all(path).map_err(|e| GitError::Mirror {
         path: path.to_path_buf(),
@@ -106,12 +106,12 @@ pub fn open_mirror(path: &Path) -> Result<Mirror, GitError> {
 
 /// Open an existing mirror only to read it (`rebuild`): no lock, nothing changed in it. Objects are only
 /// ever added by atomic renames, so reading beside a poll that fetches is safe.
-pub fn open_mirror_to_read(path: &Path) -> Result<Repository, GitError> {
+pub(crate) fn open_mirror_to_read(path: &Path) -> Result<Repository, GitError> {
     Repository::open_bare(path).map_err(|e| mirror_error(path, e))
 }
 
 /// Delete a mirror (`prune_removed`), once no other process is polling it.
-pub fn delete_mirror(path: &Path) -> Result<(), GitError> {
+pub(crate) fn delete_mirror(path: &Path) -> Result<(), GitError> {
     if !path.exists() {
         return Ok(());
     }

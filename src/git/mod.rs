@@ -15,15 +15,15 @@ mod tree;
 
 use std::path::{Path, PathBuf};
 
-pub use git2::{Oid, Repository};
-pub use history::{
-    CommitInfo, commit_info, first_parent, first_parent_path, has_commit, is_ancestor,
-    resolve_commit,
+pub(crate) use git2::{Oid, Repository};
+pub use history::CommitInfo;
+pub(crate) use history::{
+    commit_info, first_parent, first_parent_path, has_commit, is_ancestor, resolve_commit,
 };
-pub use mirror::{Mirror, delete_mirror, open_mirror, open_mirror_to_read};
-pub use packs::PackIndexes;
-pub use remote::{RemoteHead, RemoteSpec, endpoint, fetch_head, list_remote};
-pub use tree::{
+pub(crate) use mirror::{delete_mirror, open_mirror, open_mirror_to_read};
+pub(crate) use packs::PackIndexes;
+pub(crate) use remote::{RemoteHead, RemoteSpec, endpoint, fetch_head, list_remote};
+pub(crate) use tree::{
     Change, blob_at, blob_size, diff_commits, mirror_head, read_blob, root_blob, tree_files,
     with_blob,
 };
@@ -34,7 +34,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 
 /// Credentials for git over HTTP, sent as an `Authorization` header with the first request (never in a URL).
 #[derive(Debug, Clone)]
-pub enum GitAuth {
+pub(crate) enum GitAuth {
     None,
     Basic { username: String, password: Secret },
     Bearer(Secret),
@@ -42,7 +42,7 @@ pub enum GitAuth {
 
 impl GitAuth {
     /// The `Authorization: …` header line, if any.
-    pub fn header(&self) -> Option<Secret> {
+    pub(crate) fn header(&self) -> Option<Secret> {
         match self {
             GitAuth::None => None,
             GitAuth::Basic { username, password } => Some(Secret::new(format!(
@@ -57,7 +57,7 @@ impl GitAuth {
     }
 
     /// A short description for messages: the scheme and user name, never the secret.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             GitAuth::None => "no credentials".into(),
             GitAuth::Basic { username, .. } => format!("Basic auth as `{username}`"),
@@ -67,7 +67,7 @@ impl GitAuth {
 }
 
 /// Add what to do to a certificate failure (of git over HTTPS, or of a REST call).
-pub fn with_tls_hint(message: String) -> String {
+pub(crate) fn with_tls_hint(message: String) -> String {
     if message.to_ascii_lowercase().contains("certificate") {
         format!("{message} — if the server uses a private CA, set ca_file to its PEM bundle")
     } else {
@@ -78,7 +78,7 @@ pub fn with_tls_hint(message: String) -> String {
 /// What went wrong talking to a remote or reading the mirror. Messages name the URL (which never holds
 /// credentials) and say what to do.
 #[derive(Debug, thiserror::Error)]
-pub enum GitError {
+pub(crate) enum GitError {
     #[error(
         "authentication failed for {url} ({auth} was rejected): check the token (token_file / token_env), its scopes, and that it may read this repository"
     )]
@@ -149,7 +149,7 @@ pub(crate) fn read_err(
 /// Trust the extra CA bundles of the providers for git over HTTPS, on top of the system's. libgit2 keeps one
 /// trust store per process, so a provider's private CA is trusted for every provider's git traffic (REST
 /// clients trust it for their own provider only). Call once, before any transfer.
-pub fn trust_ca_files(files: &[&Path]) -> Result<(), GitError> {
+pub(crate) fn trust_ca_files(files: &[&Path]) -> Result<(), GitError> {
     for f in files {
         // SAFETY: called at start-up, before any libgit2 operation runs on another thread.
         unsafe { git2::opts::set_ssl_cert_file(f) }.map_err(|e| GitError::CaFile {
@@ -165,7 +165,7 @@ pub fn trust_ca_files(files: &[&Path]) -> Result<(), GitError> {
 /// Also turns off libgit2's re-hashing of every object it reads: each object was hashed when its pack was
 /// indexed at fetch time (that is how its id is known), and zlib's checksum still catches damage on disk.
 /// Hashing again (with SHA-1 collision detection) cost about a tenth of a first import.
-pub fn set_timeouts(connect: std::time::Duration, read: std::time::Duration) {
+pub(crate) fn set_timeouts(connect: std::time::Duration, read: std::time::Duration) {
     git2::opts::strict_hash_verification(false);
     let ms = |d: std::time::Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: called at start-up, before any libgit2 operation runs on another thread.

@@ -11,14 +11,14 @@ use git2::{Oid, Repository};
 /// most of their chain again (2,000 fixture models: 1.25 s in path order, 0.37 s in storage order). The index
 /// format is Git's documented `.idx` version 2 (SHA-1); a damaged or other index only loses the ordering,
 /// never data.
-pub struct PackIndexes {
+pub(crate) struct PackIndexes {
     /// The bytes of each `objects/pack/*.idx`, in file-name order.
     files: Vec<Vec<u8>>,
 }
 
 impl PackIndexes {
     /// Read every pack index of `repo` (none when the folder cannot be listed).
-    pub fn read(repo: &Repository) -> PackIndexes {
+    pub(crate) fn read(repo: &Repository) -> PackIndexes {
         let dir = repo.path().join("objects").join("pack");
         let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map(|entries| {
@@ -40,7 +40,7 @@ impl PackIndexes {
 
     /// Where each of `oids` is stored, as `(pack, offset)`; `None` for an object in no pack index read here
     /// (loose objects, or an index in another format).
-    pub fn positions(&self, oids: &[Oid]) -> Vec<Option<(usize, u64)>> {
+    pub(crate) fn positions(&self, oids: &[Oid]) -> Vec<Option<(usize, u64)>> {
         let mut found = vec![None; oids.len()];
         for (pack, bytes) in self.files.iter().enumerate() {
             let Some(index) = PackIndex::new(bytes) else {

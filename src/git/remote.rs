@@ -18,24 +18,24 @@ use super::mirror::mirror_error;
 use super::{GitAuth, GitError, with_tls_hint};
 
 /// How to reach one remote.
-pub struct RemoteSpec<'a> {
-    pub url: &'a str,
-    pub auth: &'a GitAuth,
-    pub ssh_key_file: Option<&'a Path>,
-    pub known_hosts_file: Option<&'a Path>,
+pub(crate) struct RemoteSpec<'a> {
+    pub(crate) url: &'a str,
+    pub(crate) auth: &'a GitAuth,
+    pub(crate) ssh_key_file: Option<&'a Path>,
+    pub(crate) known_hosts_file: Option<&'a Path>,
     /// The provider's proxy (`http://[user:pass@]host:port`); `None`: libgit2's detection (git config
     /// `http.proxy`, then `HTTPS_PROXY` / `NO_PROXY`).
-    pub proxy: Option<&'a str>,
+    pub(crate) proxy: Option<&'a str>,
     /// Set from outside to abort a transfer (shutdown).
-    pub cancel: Arc<AtomicBool>,
+    pub(crate) cancel: Arc<AtomicBool>,
     /// Called whenever data arrives (pack bytes, the server's progress messages): the caller's sign that the
     /// transfer is alive.
-    pub alive: Option<&'a (dyn Fn() + Sync)>,
+    pub(crate) alive: Option<&'a (dyn Fn() + Sync)>,
 }
 
 /// What the remote's default branch is, after fetching it if needed.
 #[derive(Debug, Clone, PartialEq)]
-pub enum RemoteHead {
+pub(crate) enum RemoteHead {
     /// The remote has no commits (or no HEAD).
     Empty,
     Branch {
@@ -53,7 +53,7 @@ pub enum RemoteHead {
 /// wanted commit is already present — so a poll where nothing changed costs exactly one ref listing request.
 /// The branch HEAD points to (the symref) is recorded as `refs/heads/<name>` in the mirror, so fetched objects
 /// stay reachable.
-pub fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<RemoteHead, GitError> {
+pub(crate) fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<RemoteHead, GitError> {
     let listing = connect(repo, spec, &[])?;
     let Some((name, commit)) = listing.head else {
         return Ok(RemoteHead::Empty);
@@ -95,7 +95,7 @@ pub fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<RemoteHead
 
 /// List the remote's refs without fetching anything, and report its default branch and commit
 /// (`None` for an empty repository). Used by `check`.
-pub fn list_remote(spec: &RemoteSpec<'_>) -> Result<Option<(String, Oid)>, GitError> {
+pub(crate) fn list_remote(spec: &RemoteSpec<'_>) -> Result<Option<(String, Oid)>, GitError> {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
         "modelmirror-ls-{}-{}",
@@ -371,7 +371,7 @@ fn classify(url: &str, e: &git2::Error) -> GitError {
 
 /// The host and port a git URL connects to (`https://`, `http://`, `ssh://`, and scp-like `user@host:path`),
 /// or `None` for anything else (a local path, `file://`).
-pub fn endpoint(url: &str) -> Option<(String, u16)> {
+pub(crate) fn endpoint(url: &str) -> Option<(String, u16)> {
     if let Ok(parsed) = url::Url::parse(url) {
         let port = match parsed.scheme() {
             "http" | "https" => parsed.port_or_known_default()?,

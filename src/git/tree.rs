@@ -10,7 +10,7 @@ use crate::model::FileFilter;
 
 /// One file change between two trees, limited to the files the filter considers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     Added { path: String, blob: Oid },
     Modified { path: String, blob: Oid },
     Deleted { path: String },
@@ -74,7 +74,7 @@ fn plain_diff<'r>(
 /// of the change, not of the repository. Renames are paired by equal blob ids first; only the files left over
 /// that the filter considers and that are within `max_model_bytes` are compared for similarity, so no other
 /// file is ever loaded.
-pub fn diff_commits(
+pub(crate) fn diff_commits(
     repo: &Repository,
     old: Option<Oid>,
     new: Oid,
@@ -177,7 +177,7 @@ pub fn diff_commits(
 
 /// Every file the filter considers in a commit's tree: path → blob id. Listed through the same diff
 /// machinery as [`diff_commits`] (against the empty tree), so both see exactly the same files.
-pub fn tree_files(
+pub(crate) fn tree_files(
     repo: &Repository,
     commit: Oid,
     filter: &FileFilter,
@@ -195,7 +195,11 @@ pub fn tree_files(
 }
 
 /// The blob of a file at the root of a commit's tree (e.g. `.hubignore`), if it is there.
-pub fn root_blob(repo: &Repository, commit: Oid, name: &str) -> Result<Option<Oid>, GitError> {
+pub(crate) fn root_blob(
+    repo: &Repository,
+    commit: Oid,
+    name: &str,
+) -> Result<Option<Oid>, GitError> {
     let tree = tree_of(repo, commit)?;
     Ok(tree
         .get_name(name)
@@ -204,7 +208,7 @@ pub fn root_blob(repo: &Repository, commit: Oid, name: &str) -> Result<Option<Oi
 }
 
 /// The mirror's default branch (short name) and its commit, if it has one.
-pub fn mirror_head(repo: &Repository) -> Option<(String, Oid)> {
+pub(crate) fn mirror_head(repo: &Repository) -> Option<(String, Oid)> {
     let head = repo.find_reference("HEAD").ok()?;
     let target = head.symbolic_target().ok().flatten()?.to_string();
     let commit = repo.refname_to_id(&target).ok()?;
@@ -218,7 +222,7 @@ pub fn mirror_head(repo: &Repository) -> Option<(String, Oid)> {
 }
 
 /// The blob at `path` in `commit` (a full id or an unambiguous prefix): the resolved commit and the blob.
-pub fn blob_at(
+pub(crate) fn blob_at(
     repo: &Repository,
     commit: &str,
     path: &str,
@@ -242,7 +246,7 @@ pub fn blob_at(
 }
 
 /// A blob's size, read from the object header without loading the object.
-pub fn blob_size(repo: &Repository, blob: Oid) -> Result<u64, GitError> {
+pub(crate) fn blob_size(repo: &Repository, blob: Oid) -> Result<u64, GitError> {
     let odb = repo.odb().map_err(read_err(repo, "object database"))?;
     let (size, _) = odb
         .read_header(blob)
@@ -251,12 +255,12 @@ pub fn blob_size(repo: &Repository, blob: Oid) -> Result<u64, GitError> {
 }
 
 /// A blob's content.
-pub fn read_blob(repo: &Repository, blob: Oid) -> Result<Vec<u8>, GitError> {
+pub(crate) fn read_blob(repo: &Repository, blob: Oid) -> Result<Vec<u8>, GitError> {
     with_blob(repo, blob, <[u8]>::to_vec)
 }
 
 /// `f` applied to a blob's content, without copying it (a large model is then held once, not twice).
-pub fn with_blob<T>(
+pub(crate) fn with_blob<T>(
     repo: &Repository,
     blob: Oid,
     f: impl FnOnce(&[u8]) -> T,

@@ -55,7 +55,7 @@ use super::{Attribute, Container, Entity, Format, Model, ParseError, Parsed};
 type Object = Map<String, Value>;
 
 /// The Avro format (`*.avsc` schemas, `*.avpr` protocols).
-pub struct Avro;
+pub(crate) struct Avro;
 
 impl Format for Avro {
     fn default_globs(&self) -> &'static [&'static str] {
@@ -77,7 +77,7 @@ const MAX_WRAPPERS: usize = 64;
 
 /// Parses the bytes of a file that may be an Avro schema or protocol (see the module docs).
 #[must_use]
-pub fn parse(path: &str, bytes: &[u8]) -> Parsed {
+pub(crate) fn parse(path: &str, bytes: &[u8]) -> Parsed {
     let Some(stem) = claimed_stem(path) else {
         return Parsed::NotModel;
     };

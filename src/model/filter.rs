@@ -6,11 +6,11 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use super::{FORMATS, Format, PARSER_VERSION, Parsed};
 
 /// Default `formats`.
-pub const DEFAULT_FORMATS: &[&str] = &["hackolade"];
+pub(crate) const DEFAULT_FORMATS: &[&str] = &["hackolade"];
 
 /// What is wrong with the settings a filter is built from.
 #[derive(Debug, thiserror::Error)]
-pub enum FilterError {
+pub(crate) enum FilterError {
     #[error("formats: unknown format `{0}`; use hackolade, jsonschema or avro")]
     UnknownFormat(String),
     #[error("include glob `{pattern}`: {error}")]
@@ -24,11 +24,11 @@ pub enum FilterError {
 
 /// Which files of a repository are looked at, and which formats read them.
 #[derive(Clone)]
-pub struct FileFilter {
+pub(crate) struct FileFilter {
     include: Vec<String>,
     globs: GlobSet,
     /// Files over this size are recorded as skipped, not read.
-    pub max_model_bytes: u64,
+    pub(crate) max_model_bytes: u64,
     /// The model formats read, in the order they are tried.
     formats: Vec<&'static dyn Format>,
 }
@@ -46,7 +46,7 @@ impl std::fmt::Debug for FileFilter {
 impl FileFilter {
     /// A filter for the formats named in `formats`, reading the files `include` matches (`None`: the globs of
     /// the enabled formats, such as `**/*.json` or `**/*.avsc`).
-    pub fn new<S: AsRef<str>>(
+    pub(crate) fn new<S: AsRef<str>>(
         formats: &[S],
         include: Option<&[String]>,
         max_model_bytes: u64,
@@ -79,19 +79,14 @@ impl FileFilter {
     }
 
     /// Whether a repository path (relative, `/`-separated) is considered at all.
-    pub fn matches(&self, path: &str) -> bool {
+    pub(crate) fn matches(&self, path: &str) -> bool {
         self.globs.is_match(path)
     }
 
     /// Read one file with the enabled formats, in turn: the first that says anything but "not a model"
     /// decides.
-    pub fn parse(&self, path: &str, bytes: &[u8]) -> Parsed {
+    pub(crate) fn parse(&self, path: &str, bytes: &[u8]) -> Parsed {
         super::parse_with(&self.formats, path, bytes)
-    }
-
-    /// The `include` globs in force.
-    pub fn include(&self) -> &[String] {
-        &self.include
     }
 
     fn format_names(&self) -> Vec<&'static str> {
@@ -100,7 +95,7 @@ impl FileFilter {
 
     /// A fingerprint of the settings that decide what is stored, so that a change of them makes the next poll
     /// compare the whole tree again instead of only what changed in Git.
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         format!(
             "include={:?};max_model_bytes={};parser={PARSER_VERSION};formats={:?}",
             self.include,
@@ -133,7 +128,7 @@ mod tests {
     #[test]
     fn default_globs_follow_the_enabled_formats_and_the_fingerprint_is_stable() {
         let f = FileFilter::new(DEFAULT_FORMATS, None, 10).unwrap();
-        assert_eq!(f.include(), ["**/*.json"]);
+        assert_eq!(f.include, ["**/*.json"]);
         assert!(f.matches("a/b.json") && !f.matches("a/b.avsc"));
         // The fingerprint is stored in every database: its form must not change.
         assert_eq!(
@@ -143,9 +138,9 @@ mod tests {
             )
         );
         let f = FileFilter::new(&["avro", "hackolade"], None, 10).unwrap();
-        assert_eq!(f.include(), ["**/*.json", "**/*.avsc", "**/*.avpr"]);
+        assert_eq!(f.include, ["**/*.json", "**/*.avsc", "**/*.avpr"]);
         let f = FileFilter::new(&["avro"], None, 10).unwrap();
-        assert_eq!(f.include(), ["**/*.avsc", "**/*.avpr"]);
+        assert_eq!(f.include, ["**/*.avsc", "**/*.avpr"]);
         assert!(matches!(
             FileFilter::new(&["xml"], None, 1),
             Err(FilterError::UnknownFormat(_))

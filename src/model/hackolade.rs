@@ -97,7 +97,7 @@ const KEYS: json::Keys = json::Keys {
 };
 
 /// The Hackolade format (`*.hck.json`, and older `*.json`).
-pub struct Hackolade;
+pub(crate) struct Hackolade;
 
 impl super::Format for Hackolade {
     fn default_globs(&self) -> &'static [&'static str] {

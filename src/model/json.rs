@@ -18,7 +18,7 @@ use super::ParseError;
 
 /// A JSON value whose strings borrow from the parsed bytes where they hold no escapes.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Value<'a> {
+pub(crate) enum Value<'a> {
     Null,
     Bool(bool),
     Number(Number),
@@ -30,29 +30,29 @@ pub enum Value<'a> {
 /// A JSON object: its kept keys in file order. A repeated key reads as its last value, as in
 /// `serde_json`.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Object<'a>(Vec<(Cow<'a, str>, Value<'a>)>);
+pub(crate) struct Object<'a>(Vec<(Cow<'a, str>, Value<'a>)>);
 
 impl<'a> Object<'a> {
     /// The value of `key` (the last one when the key repeats).
-    pub fn get(&self, key: &str) -> Option<&Value<'a>> {
+    pub(crate) fn get(&self, key: &str) -> Option<&Value<'a>> {
         self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
     /// The keys and values in file order (a repeated key appears each time).
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value<'a>)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &Value<'a>)> {
         self.0.iter().map(|(k, v)| (k.as_ref(), v))
     }
 }
 
 impl<'a> Value<'a> {
-    pub fn as_object(&self) -> Option<&Object<'a>> {
+    pub(crate) fn as_object(&self) -> Option<&Object<'a>> {
         match self {
             Value::Object(o) => Some(o),
             _ => None,
         }
     }
 
-    pub fn as_str(&self) -> Option<&str> {
+    pub(crate) fn as_str(&self) -> Option<&str> {
         match self {
             Value::String(s) => Some(s),
             _ => None,
@@ -62,17 +62,17 @@ impl<'a> Value<'a> {
 
 /// Which object keys to keep.
 #[derive(Clone, Copy)]
-pub struct Keys {
+pub(crate) struct Keys {
     /// Keys kept in every object.
-    pub keep: &'static [&'static str],
+    pub(crate) keep: &'static [&'static str],
     /// Keys whose value is kept whole (every key of the objects below them), e.g. lookup tables keyed by
     /// GUIDs.
-    pub whole: &'static [&'static str],
+    pub(crate) whole: &'static [&'static str],
 }
 
 /// Parses `bytes` as JSON, keeping only the object keys `keys` names. Fails exactly where
 /// `serde_json::from_slice` fails, with the same error.
-pub fn parse<'a>(bytes: &'a [u8], keys: Keys) -> Result<Value<'a>, serde_json::Error> {
+pub(crate) fn parse<'a>(bytes: &'a [u8], keys: Keys) -> Result<Value<'a>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = Seed {
         keys,
@@ -85,7 +85,7 @@ pub fn parse<'a>(bytes: &'a [u8], keys: Keys) -> Result<Value<'a>, serde_json::E
 
 /// Parses `bytes` keeping every key (for tests that check a key list against the whole file).
 #[cfg(test)]
-pub fn parse_whole(bytes: &[u8]) -> Result<Value<'_>, serde_json::Error> {
+pub(crate) fn parse_whole(bytes: &[u8]) -> Result<Value<'_>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = Seed {
         keys: Keys {
@@ -234,7 +234,7 @@ fn is_json_whitespace(b: u8) -> bool {
 }
 
 /// `bytes` without leading JSON whitespace.
-pub fn skip_whitespace(bytes: &[u8]) -> &[u8] {
+pub(crate) fn skip_whitespace(bytes: &[u8]) -> &[u8] {
     let start = bytes
         .iter()
         .position(|&b| !is_json_whitespace(b))
@@ -243,7 +243,7 @@ pub fn skip_whitespace(bytes: &[u8]) -> &[u8] {
 }
 
 /// Where `needle` first occurs in `haystack` (`None` for an empty needle).
-pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.is_empty() {
         return None;
     }
@@ -251,12 +251,12 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Whether `needle` occurs in `haystack` (never for an empty needle).
-pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     find(haystack, needle).is_some()
 }
 
 /// A `serde_json` error as a [`ParseError`]: "invalid JSON: …" with its line and column apart.
-pub fn error(err: &serde_json::Error) -> ParseError {
+pub(crate) fn error(err: &serde_json::Error) -> ParseError {
     let full = err.to_string();
     let (line, column) = if err.line() == 0 {
         (None, None)

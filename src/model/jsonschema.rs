@@ -67,7 +67,7 @@ use super::json::{self, contains, find, skip_whitespace};
 use super::{Attribute, Entity, Format, Model, ParseError, Parsed};
 
 /// The JSON Schema format (`*.schema.json`, or JSON with a `$schema`).
-pub struct JsonSchema;
+pub(crate) struct JsonSchema;
 
 impl Format for JsonSchema {
     fn default_globs(&self) -> &'static [&'static str] {
@@ -93,7 +93,7 @@ const JSON_TYPES: &[&str] = &[
 
 /// Parses the bytes of a file that may be a JSON Schema (see the module docs for the rules).
 #[must_use]
-pub fn parse(path: &str, bytes: &[u8]) -> Parsed {
+pub(crate) fn parse(path: &str, bytes: &[u8]) -> Parsed {
     let body = bytes.strip_prefix(BOM).unwrap_or(bytes);
     let by_name = ends_with_ignore_case(path, NAME_SUFFIX);
     let claims = by_name || claims_by_marker(body);

@@ -13,14 +13,14 @@
 
 use std::fmt;
 
-pub mod avro;
+pub(crate) mod avro;
 pub mod diff;
 mod filter;
-pub mod hackolade;
-pub mod json;
-pub mod jsonschema;
+pub(crate) mod hackolade;
+pub(crate) mod json;
+pub(crate) mod jsonschema;
 
-pub use filter::{DEFAULT_FORMATS, FileFilter, FilterError};
+pub(crate) use filter::{DEFAULT_FORMATS, FileFilter, FilterError};
 pub use hackolade::parse as parse_hackolade;
 
 /// A model file format.
@@ -35,7 +35,8 @@ pub trait Format: Sync {
 }
 
 /// Every format modelmirror knows, in the order they are tried.
-pub const FORMATS: &[&dyn Format] = &[&hackolade::Hackolade, &jsonschema::JsonSchema, &avro::Avro];
+pub(crate) const FORMATS: &[&dyn Format] =
+    &[&hackolade::Hackolade, &jsonschema::JsonSchema, &avro::Avro];
 
 /// The format named `name`.
 pub fn format(name: &str) -> Option<&'static dyn Format> {
@@ -55,7 +56,7 @@ pub fn parse_with(formats: &[&'static dyn Format], path: &str, bytes: &[u8]) -> 
 
 /// The version of what the parsers extract. Raise it when a change makes the same file parse differently:
 /// the next poll of every repository then reads all its models again (`settings-changed`).
-pub const PARSER_VERSION: u32 = 1;
+pub(crate) const PARSER_VERSION: u32 = 1;
 
 /// A parsed data model, independent of the tool that wrote it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -200,23 +201,23 @@ impl fmt::Display for DisplayError<'_> {
 #[cfg(test)]
 pub(crate) mod testutil {
     /// xorshift64*: deterministic randomness without a dependency.
-    pub struct Rng(pub u64);
+    pub(crate) struct Rng(pub u64);
 
     impl Rng {
-        pub fn next(&mut self) -> u64 {
+        pub(crate) fn next(&mut self) -> u64 {
             self.0 ^= self.0 >> 12;
             self.0 ^= self.0 << 25;
             self.0 ^= self.0 >> 27;
             self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
         }
 
-        pub fn below(&mut self, n: usize) -> usize {
+        pub(crate) fn below(&mut self, n: usize) -> usize {
             (self.next() % n.max(1) as u64) as usize
         }
 
         /// `original` with 1 to 8 random edits: a byte replaced by one of `interesting` or by any byte, a
         /// byte removed, or the rest cut off.
-        pub fn mutate(&mut self, original: &[u8], interesting: &[u8]) -> Vec<u8> {
+        pub(crate) fn mutate(&mut self, original: &[u8], interesting: &[u8]) -> Vec<u8> {
             let mut bytes = original.to_vec();
             for _ in 0..1 + self.below(8) {
                 if bytes.is_empty() {
@@ -237,7 +238,7 @@ pub(crate) mod testutil {
     }
 
     /// Every attribute tree is flattened parent-first, with depths and dotted paths that agree.
-    pub fn check_tree_invariants(attrs: &[crate::model::Attribute], context: &str) {
+    pub(crate) fn check_tree_invariants(attrs: &[crate::model::Attribute], context: &str) {
         for (i, a) in attrs.iter().enumerate() {
             match a.parent {
                 None => {

@@ -26,7 +26,7 @@ use crate::store::{
 
 /// Why a poll failed. Every message starts with the repository id.
 #[derive(Debug, thiserror::Error)]
-pub enum PollError {
+pub(crate) enum PollError {
     #[error("{repo}: {error}")]
     Git { repo: String, error: GitError },
     #[error("{repo}: {error}")]
@@ -67,7 +67,7 @@ pub enum PollError {
 impl PollError {
     /// No connection to the git server could be made at all (it is down or cut off), as opposed to a
     /// server that answered with an error.
-    pub fn is_unreachable(&self) -> bool {
+    pub(crate) fn is_unreachable(&self) -> bool {
         matches!(
             self,
             PollError::Git {
@@ -105,7 +105,7 @@ impl From<GitError> for StepError {
 /// processed. The daemon reads it to tell a slow poll (alive) from a stuck one (e.g. a network read that never
 /// returns). Measured on the monotonic clock: a wall-clock step neither fakes nor hides a stall.
 #[derive(Debug)]
-pub struct Progress {
+pub(crate) struct Progress {
     /// Milliseconds since `EPOCH` at the last sign of life.
     last: std::sync::atomic::AtomicU64,
     /// The thread running the poll, once it started (to ask the store whether it waits for the writer).
@@ -128,24 +128,24 @@ impl Default for Progress {
 
 impl Progress {
     /// A sign of life now.
-    pub fn touch(&self) {
+    pub(crate) fn touch(&self) {
         self.last.store(Self::now_ms(), Ordering::Relaxed);
     }
 
     /// How long since the last sign of life.
-    pub fn idle(&self) -> std::time::Duration {
+    pub(crate) fn idle(&self) -> std::time::Duration {
         std::time::Duration::from_millis(
             Self::now_ms().saturating_sub(self.last.load(Ordering::Relaxed)),
         )
     }
 
     /// The thread running the poll (set when it starts).
-    pub fn thread(&self) -> Option<std::thread::ThreadId> {
+    pub(crate) fn thread(&self) -> Option<std::thread::ThreadId> {
         self.thread.get().copied()
     }
 
     /// The poll starts on `thread` (a sign of life too).
-    pub fn started_on(&self, thread: std::thread::ThreadId) {
+    pub(crate) fn started_on(&self, thread: std::thread::ThreadId) {
         let _ = self.thread.set(thread);
         self.touch();
     }
@@ -158,7 +158,7 @@ impl Progress {
 
 /// What a successful poll did.
 #[derive(Debug, Clone, PartialEq)]
-pub enum PollOutcome {
+pub(crate) enum PollOutcome {
     /// The default branch is still at the processed commit: nothing was fetched.
     Unchanged { commit: String },
     /// The remote has no commits yet.
@@ -173,7 +173,7 @@ pub enum PollOutcome {
 
 impl PollOutcome {
     /// The one line `modelmirror sync` prints for a repository.
-    pub fn line(&self, repo: &str) -> String {
+    pub(crate) fn line(&self, repo: &str) -> String {
         match self {
             PollOutcome::Unchanged { .. } => format!("{repo} unchanged"),
             PollOutcome::Empty => format!("{repo} unchanged (empty repository)"),
@@ -194,7 +194,7 @@ fn short(commit: &str) -> &str {
 
 /// What started a poll, recorded with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
+pub(crate) enum Trigger {
     Schedule,
     Manual,
     Startup,
@@ -202,7 +202,7 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Trigger::Schedule => "schedule",
             Trigger::Manual => "manual",
@@ -214,7 +214,7 @@ impl Trigger {
 
 /// Poll one repository and record the outcome (the check, the error and the poll itself) in the database.
 /// Returns the outcome and the number of consecutive failures after it (0 on success).
-pub fn run_poll(
+pub(crate) fn run_poll(
     config: &Config,
     repo: &RepoConfig,
     store: &Store,
@@ -298,7 +298,7 @@ pub fn run_poll(
 }
 
 /// One poll, without the bookkeeping of [`run_poll`].
-pub fn poll(
+pub(crate) fn poll(
     config: &Config,
     repo: &RepoConfig,
     store: &Store,
@@ -459,7 +459,7 @@ fn catch_up(
 /// Rebuild a repository's catalog from its local mirror, with no network: forget what the database holds for
 /// it and import the mirror's default branch again (its whole history, with `backfill`). For an upgrade that
 /// parses more, or a lost database.
-pub fn rebuild(
+pub(crate) fn rebuild(
     config: &Config,
     repo: &RepoConfig,
     store: &Store,

@@ -21,15 +21,15 @@ fn block<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// What one discovery run found: the repositories to mirror now.
-pub struct Discovered {
-    pub repos: Vec<RepoConfig>,
+pub(crate) struct Discovered {
+    pub(crate) repos: Vec<RepoConfig>,
     /// Scopes that could not be listed (each error names the provider and says what to do).
-    pub errors: Vec<ApiError>,
+    pub(crate) errors: Vec<ApiError>,
 }
 
 /// Why a discovery run listed nothing. Every message names the provider.
 #[derive(Debug, thiserror::Error)]
-pub enum DiscoveryError {
+pub(crate) enum DiscoveryError {
     #[error("provider {provider}: {error}")]
     Secret {
         provider: String,
@@ -46,7 +46,7 @@ pub enum DiscoveryError {
 /// database, and return the repositories to mirror. A scope that fails does not stop the others, but then
 /// nothing is marked removed; a failure never makes repositories disappear. The result is `Err` only when
 /// nothing could be listed at all.
-pub async fn discover(
+pub(crate) async fn discover(
     config: &Config,
     index: usize,
     store: &Store,
@@ -191,7 +191,7 @@ async fn discover_inner(
 }
 
 /// The repositories of `provider` that earlier discovery runs recorded as mirrored (not archived or removed).
-pub fn discovered_repos(
+pub(crate) fn discovered_repos(
     store: &Store,
     provider: &ProviderConfig,
 ) -> Result<Vec<RepoConfig>, StoreError> {

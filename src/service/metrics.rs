@@ -23,16 +23,16 @@ const LIMITS: http::Limits = http::Limits {
 /// What `/readyz` looks at (the scheduler's last tick) and which repositories the service mirrors now (the
 /// per-repository gauges leave out the ones it no longer polls, so their old errors raise no alert).
 #[derive(Debug)]
-pub struct Health {
+pub(crate) struct Health {
     last_tick: Mutex<Instant>,
     /// A tick older than this means the scheduler is stuck.
-    pub stale_after: Duration,
+    pub(crate) stale_after: Duration,
     /// The repositories polled now; `None` until the scheduler has said (then all but `removed` count).
     mirrored: Mutex<Option<std::collections::HashSet<String>>>,
 }
 
 impl Health {
-    pub fn new(stale_after: Duration) -> Arc<Health> {
+    pub(crate) fn new(stale_after: Duration) -> Arc<Health> {
         Arc::new(Health {
             last_tick: Mutex::new(Instant::now()),
             stale_after,
@@ -41,12 +41,12 @@ impl Health {
     }
 
     /// The repositories the service polls from now on.
-    pub fn set_mirrored(&self, ids: impl IntoIterator<Item = String>) {
+    pub(crate) fn set_mirrored(&self, ids: impl IntoIterator<Item = String>) {
         *self.mirrored.lock().unwrap_or_else(|p| p.into_inner()) = Some(ids.into_iter().collect());
     }
 
     /// Whether the service polls `id` (true until it has said which it polls).
-    pub fn is_mirrored(&self, id: &str) -> bool {
+    pub(crate) fn is_mirrored(&self, id: &str) -> bool {
         self.mirrored
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -54,11 +54,11 @@ impl Health {
             .is_none_or(|m| m.contains(id))
     }
 
-    pub fn tick(&self) {
+    pub(crate) fn tick(&self) {
         *self.last_tick.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
 
-    pub fn ticking(&self) -> bool {
+    pub(crate) fn ticking(&self) -> bool {
         self.last_tick
             .lock()
             .unwrap_or_else(|p| p.into_inner())

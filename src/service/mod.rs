@@ -23,15 +23,14 @@ mod supervisor;
 mod systemd;
 mod webhook;
 
-pub use discovery::{Discovered, DiscoveryError, discover, discovered_repos};
-pub use repos::sync_once;
-pub use signals::{shutdown_signal, signals, watch_config};
-pub use state::Control;
-pub use supervisor::run;
+pub(crate) use discovery::{discover, discovered_repos};
+pub(crate) use repos::sync_once;
+pub(crate) use signals::{shutdown_signal, signals, watch_config};
+pub(crate) use supervisor::run;
 
 /// Errors that stop the service from starting.
 #[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
+pub(crate) enum ServiceError {
     #[error("cannot listen for {what} on {addr}: {error} (change {key})")]
     Bind {
         what: &'static str,

@@ -198,7 +198,7 @@ fn next_wait(repo: &RepoConfig, offset: Duration) -> Duration {
 
 /// Poll the given repositories once each (at most `concurrency` at a time) and report every outcome as it
 /// completes through `report`. Returns whether all succeeded.
-pub async fn sync_once(
+pub(crate) async fn sync_once(
     config: Arc<Config>,
     store: Arc<Store>,
     repos: Vec<RepoConfig>,

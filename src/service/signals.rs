@@ -8,7 +8,7 @@ use super::state::Control;
 
 /// Turn signals into [`Control`]: SIGTERM and SIGINT shut down (a second one exits at once), SIGHUP
 /// reloads.
-pub async fn signals(control: mpsc::Sender<Control>) {
+pub(crate) async fn signals(control: mpsc::Sender<Control>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -37,7 +37,7 @@ pub async fn signals(control: mpsc::Sender<Control>) {
 }
 
 /// Resolves on the first SIGINT or SIGTERM (for one-shot commands); a second one exits at once.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let (tx, mut rx) = mpsc::channel(4);
     tokio::spawn(signals(tx));
     while let Some(c) = rx.recv().await {
@@ -50,7 +50,7 @@ pub async fn shutdown_signal() {
 /// Watch the configuration file's folder and `conf.d/` and ask for a reload when a `.toml` file changes.
 /// Events are debounced (editors write a temporary file and rename it over the old one), so one save is one
 /// reload. Returns the watcher, which must be kept alive.
-pub fn watch_config(
+pub(crate) fn watch_config(
     config_path: &std::path::Path,
     control: mpsc::Sender<Control>,
 ) -> Option<notify::RecommendedWatcher> {

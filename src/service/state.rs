@@ -14,50 +14,50 @@ use crate::store::Store;
 
 /// What the daemon is told from outside.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Control {
+pub(crate) enum Control {
     /// Read the configuration again (why: SIGHUP, a file changed).
     Reload(String),
     Shutdown,
 }
 
 /// The configuration in force, swapped by a reload.
-pub type ConfigHandle = Arc<std::sync::RwLock<Arc<Config>>>;
+pub(crate) type ConfigHandle = Arc<std::sync::RwLock<Arc<Config>>>;
 
 /// The configuration in force now.
-pub fn current(handle: &ConfigHandle) -> Arc<Config> {
+pub(crate) fn current(handle: &ConfigHandle) -> Arc<Config> {
     handle.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// The repositories being mirrored and how to nudge them; kept current by the daemon.
 #[derive(Default)]
-pub struct Targets {
+pub(crate) struct Targets {
     /// Repository id → its configuration and the nudge its poll loop waits on.
-    pub repos: HashMap<String, (RepoConfig, Arc<Nudge>)>,
+    pub(crate) repos: HashMap<String, (RepoConfig, Arc<Nudge>)>,
 }
 
 /// A request to poll a repository now. Any number of nudges before the poll loop looks merge into one.
 #[derive(Default)]
-pub struct Nudge {
+pub(crate) struct Nudge {
     pending: std::sync::atomic::AtomicBool,
     notify: tokio::sync::Notify,
 }
 
 impl Nudge {
-    pub fn nudge(&self) {
+    pub(crate) fn nudge(&self) {
         self.pending
             .store(true, std::sync::atomic::Ordering::SeqCst);
         self.notify.notify_one();
     }
 
     /// Wait for a nudge, and clear it.
-    pub async fn wait(&self) {
+    pub(crate) async fn wait(&self) {
         self.notify.notified().await;
         self.pending
             .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Take a nudge that arrived meanwhile (e.g. during a poll), if any.
-    pub fn take(&self) -> bool {
+    pub(crate) fn take(&self) -> bool {
         self.pending
             .swap(false, std::sync::atomic::Ordering::SeqCst)
     }

@@ -63,7 +63,7 @@ struct Supervisor {
 /// Run the service until told to shut down: every repository on its schedule (one startup poll each), a
 /// discovery loop per provider with discovery scopes, the optional webhook and metrics listeners. Returns
 /// once polls in progress have committed or rolled back (or after a grace period).
-pub async fn run(
+pub(crate) async fn run(
     config_path: PathBuf,
     config: Config,
     store: Arc<Store>,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// Where notifications go, if anywhere.
 #[derive(Debug, Default)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     socket: Option<(UnixDatagram, NotifyAddr)>,
     watchdog: Option<Duration>,
 }
@@ -20,7 +20,7 @@ enum NotifyAddr {
 
 impl Notifier {
     /// Read `$NOTIFY_SOCKET` and `$WATCHDOG_USEC` (honouring `$WATCHDOG_PID` when set).
-    pub fn from_env() -> Notifier {
+    pub(crate) fn from_env() -> Notifier {
         let socket = std::env::var_os("NOTIFY_SOCKET").and_then(|s| {
             let s = s.to_string_lossy().into_owned();
             let addr = match s.strip_prefix('@') {
@@ -48,12 +48,12 @@ impl Notifier {
     }
 
     /// How often to ping the watchdog (half its timeout), if systemd asked for pings.
-    pub fn watchdog_interval(&self) -> Option<Duration> {
+    pub(crate) fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog.map(|w| w / 2)
     }
 
     /// Send one notification (`READY=1`, `STATUS=…`, …). Failures are logged, never fatal.
-    pub fn send(&self, message: &str) {
+    pub(crate) fn send(&self, message: &str) {
         let Some((sock, addr)) = &self.socket else {
             return;
         };
@@ -70,24 +70,24 @@ impl Notifier {
         }
     }
 
-    pub fn ready(&self, status: &str) {
+    pub(crate) fn ready(&self, status: &str) {
         self.send(&format!("READY=1\nSTATUS={status}"));
     }
 
-    pub fn status(&self, status: &str) {
+    pub(crate) fn status(&self, status: &str) {
         self.send(&format!("STATUS={status}"));
     }
 
-    pub fn watchdog(&self) {
+    pub(crate) fn watchdog(&self) {
         self.send("WATCHDOG=1");
     }
 
     /// `RELOADING=1` with the monotonic timestamp systemd 253+ asks for.
-    pub fn reloading(&self) {
+    pub(crate) fn reloading(&self) {
         self.send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
     }
 
-    pub fn stopping(&self) {
+    pub(crate) fn stopping(&self) {
         self.send("STOPPING=1");
     }
 }

@@ -42,7 +42,7 @@ const LIMITS: http::Limits = http::Limits {
 };
 
 /// What the handler hands to the dispatcher.
-pub enum Item {
+pub(crate) enum Item {
     /// A verified delivery to match and act on.
     Delivery {
         /// The provider's name (indices change when the configuration is reloaded).

@@ -7,54 +7,54 @@ use super::{Doing, Store, StoreError, now_rfc3339};
 
 /// A row of `modelmirror status`.
 #[derive(Debug, Clone, Serialize)]
-pub struct RepoStatus {
-    pub repo: String,
-    pub url: String,
+pub(crate) struct RepoStatus {
+    pub(crate) repo: String,
+    pub(crate) url: String,
     /// active | empty | archived | removed (`status` adds unconfigured)
-    pub state: String,
+    pub(crate) state: String,
     /// configured | discovered: how the repository came to be mirrored.
-    pub origin: String,
-    pub state_reason: Option<String>,
-    pub provider_id: Option<String>,
-    pub web_url: Option<String>,
+    pub(crate) origin: String,
+    pub(crate) state_reason: Option<String>,
+    pub(crate) provider_id: Option<String>,
+    pub(crate) web_url: Option<String>,
     /// When the repository's provider is held back by rate limits, until when and why.
-    pub held_until: Option<String>,
-    pub held_reason: Option<String>,
-    pub default_branch: Option<String>,
-    pub commit: Option<String>,
-    pub last_check_at: Option<String>,
+    pub(crate) held_until: Option<String>,
+    pub(crate) held_reason: Option<String>,
+    pub(crate) default_branch: Option<String>,
+    pub(crate) commit: Option<String>,
+    pub(crate) last_check_at: Option<String>,
     /// The last poll that succeeded.
-    pub last_success_at: Option<String>,
-    pub last_change_at: Option<String>,
-    pub models: i64,
-    pub errors: i64,
-    pub last_error: Option<String>,
+    pub(crate) last_success_at: Option<String>,
+    pub(crate) last_change_at: Option<String>,
+    pub(crate) models: i64,
+    pub(crate) errors: i64,
+    pub(crate) last_error: Option<String>,
 }
 
 /// A provider as `status` shows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct ProviderStatus {
-    pub provider: String,
-    pub last_discovery_at: Option<String>,
-    pub last_discovery_error: Option<String>,
-    pub repos_found: Option<i64>,
-    pub held_until: Option<String>,
-    pub held_reason: Option<String>,
+pub(crate) struct ProviderStatus {
+    pub(crate) provider: String,
+    pub(crate) last_discovery_at: Option<String>,
+    pub(crate) last_discovery_error: Option<String>,
+    pub(crate) repos_found: Option<i64>,
+    pub(crate) held_until: Option<String>,
+    pub(crate) held_reason: Option<String>,
 }
 
 /// A row of `modelmirror models`.
 #[derive(Debug, Clone, Serialize)]
-pub struct ModelRow {
-    pub repo: String,
-    pub path: String,
-    pub name: Option<String>,
-    pub target: Option<String>,
-    pub entities: i64,
-    pub attributes: i64,
-    pub commit: String,
-    pub blob: String,
-    pub status: String,
-    pub error: Option<String>,
+pub(crate) struct ModelRow {
+    pub(crate) repo: String,
+    pub(crate) path: String,
+    pub(crate) name: Option<String>,
+    pub(crate) target: Option<String>,
+    pub(crate) entities: i64,
+    pub(crate) attributes: i64,
+    pub(crate) commit: String,
+    pub(crate) blob: String,
+    pub(crate) status: String,
+    pub(crate) error: Option<String>,
 }
 
 /// A search hit.
@@ -93,7 +93,7 @@ pub struct VersionRow {
 }
 
 impl Store {
-    pub fn status(&self) -> Result<Vec<RepoStatus>, StoreError> {
+    pub(crate) fn status(&self) -> Result<Vec<RepoStatus>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare(
@@ -133,7 +133,7 @@ impl Store {
     }
 
     /// What `status` shows about providers: (name, last discovery, its error, repositories found).
-    pub fn provider_status(&self) -> Result<Vec<ProviderStatus>, StoreError> {
+    pub(crate) fn provider_status(&self) -> Result<Vec<ProviderStatus>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare(
@@ -157,7 +157,7 @@ impl Store {
         rows.collect::<Result<_, _>>().doing("reading providers")
     }
 
-    pub fn models(&self, repo: Option<&str>) -> Result<Vec<ModelRow>, StoreError> {
+    pub(crate) fn models(&self, repo: Option<&str>) -> Result<Vec<ModelRow>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare(

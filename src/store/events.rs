@@ -10,65 +10,65 @@ use serde::Serialize;
 use super::{Counts, Doing, Store, StoreError, now_rfc3339};
 
 /// A finished poll, for the `polls` table.
-pub struct PollRecord<'a> {
-    pub repo_id: &'a str,
-    pub trigger: &'a str,
-    pub started_at: &'a str,
-    pub duration: Duration,
-    pub result: &'a str,
-    pub commits: u32,
-    pub counts: Counts,
-    pub error: Option<&'a str>,
+pub(crate) struct PollRecord<'a> {
+    pub(crate) repo_id: &'a str,
+    pub(crate) trigger: &'a str,
+    pub(crate) started_at: &'a str,
+    pub(crate) duration: Duration,
+    pub(crate) result: &'a str,
+    pub(crate) commits: u32,
+    pub(crate) counts: Counts,
+    pub(crate) error: Option<&'a str>,
 }
 
 /// One webhook delivery to record.
-pub struct DeliveryRecord<'a> {
-    pub received_at: &'a str,
-    pub provider: &'a str,
-    pub event: &'a str,
-    pub delivery_id: Option<&'a str>,
-    pub repo_id: Option<&'a str>,
-    pub ref_name: Option<&'a str>,
+pub(crate) struct DeliveryRecord<'a> {
+    pub(crate) received_at: &'a str,
+    pub(crate) provider: &'a str,
+    pub(crate) event: &'a str,
+    pub(crate) delivery_id: Option<&'a str>,
+    pub(crate) repo_id: Option<&'a str>,
+    pub(crate) ref_name: Option<&'a str>,
     /// polled | ignored | rejected
-    pub outcome: &'a str,
-    pub reason: Option<&'a str>,
+    pub(crate) outcome: &'a str,
+    pub(crate) reason: Option<&'a str>,
 }
 
 /// One line of `modelmirror events`: a delivery or a poll.
 #[derive(Debug, Clone, Serialize)]
-pub struct EventRow {
+pub(crate) struct EventRow {
     /// delivery | poll
     #[serde(rename = "type")]
-    pub kind: String,
-    pub time: String,
-    pub repo: Option<String>,
-    pub provider: Option<String>,
-    pub event: Option<String>,
-    pub delivery_id: Option<String>,
+    pub(crate) kind: String,
+    pub(crate) time: String,
+    pub(crate) repo: Option<String>,
+    pub(crate) provider: Option<String>,
+    pub(crate) event: Option<String>,
+    pub(crate) delivery_id: Option<String>,
     #[serde(rename = "ref")]
-    pub ref_name: Option<String>,
+    pub(crate) ref_name: Option<String>,
     /// polled | ignored | rejected (deliveries)
-    pub outcome: Option<String>,
-    pub reason: Option<String>,
+    pub(crate) outcome: Option<String>,
+    pub(crate) reason: Option<String>,
     /// The poll a delivery caused.
-    pub poll_id: Option<i64>,
+    pub(crate) poll_id: Option<i64>,
     /// schedule | webhook | manual | startup (polls)
-    pub trigger: Option<String>,
-    pub duration_ms: Option<i64>,
+    pub(crate) trigger: Option<String>,
+    pub(crate) duration_ms: Option<i64>,
     /// unchanged | updated | empty | error (polls)
-    pub result: Option<String>,
-    pub commits: Option<i64>,
-    pub models_added: Option<i64>,
-    pub models_modified: Option<i64>,
-    pub models_deleted: Option<i64>,
-    pub error: Option<String>,
+    pub(crate) result: Option<String>,
+    pub(crate) commits: Option<i64>,
+    pub(crate) models_added: Option<i64>,
+    pub(crate) models_modified: Option<i64>,
+    pub(crate) models_deleted: Option<i64>,
+    pub(crate) error: Option<String>,
     /// The row id (a poll's id is what deliveries' `poll_id` points at).
-    pub id: i64,
+    pub(crate) id: i64,
 }
 
 impl Store {
     /// Record a finished poll; returns its id. Old polls and deliveries are pruned here too.
-    pub fn record_poll(&self, p: &PollRecord<'_>) -> Result<i64, StoreError> {
+    pub(crate) fn record_poll(&self, p: &PollRecord<'_>) -> Result<i64, StoreError> {
         let conn = self.lock();
         conn.execute(
             "INSERT INTO polls (repo_id, trigger, started_at, duration_ms, result, commits,
@@ -98,7 +98,7 @@ impl Store {
     }
 
     /// Record a webhook delivery and what came of it (pruning old ones now and then).
-    pub fn record_delivery(&self, d: &DeliveryRecord<'_>) -> Result<i64, StoreError> {
+    pub(crate) fn record_delivery(&self, d: &DeliveryRecord<'_>) -> Result<i64, StoreError> {
         let conn = self.lock();
         let id: i64 = conn
             .query_row("SELECT COALESCE(MAX(id), 0) FROM deliveries", [], |r| {
@@ -123,7 +123,7 @@ impl Store {
 
     /// Link the deliveries that asked for a poll of `repo_id`, received before the poll started and not yet
     /// linked, to the poll that ran (whatever triggered it: it served them).
-    pub fn link_deliveries(
+    pub(crate) fn link_deliveries(
         &self,
         repo_id: &str,
         poll_id: i64,
@@ -140,7 +140,10 @@ impl Store {
     }
 
     /// Delivery ids seen within the retention period, newest first (to refuse replays after a restart).
-    pub fn recent_delivery_ids(&self, limit: usize) -> Result<Vec<(String, String)>, StoreError> {
+    pub(crate) fn recent_delivery_ids(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare(
@@ -156,7 +159,11 @@ impl Store {
     }
 
     /// Deliveries and polls, newest first.
-    pub fn events(&self, repo: Option<&str>, limit: usize) -> Result<Vec<EventRow>, StoreError> {
+    pub(crate) fn events(
+        &self,
+        repo: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EventRow>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare(
@@ -199,7 +206,7 @@ impl Store {
     }
 
     /// Record the outcome of a configuration reload (`None`: applied; `Some(reason)`: rejected).
-    pub fn record_reload(&self, rejected: Option<&str>) -> Result<(), StoreError> {
+    pub(crate) fn record_reload(&self, rejected: Option<&str>) -> Result<(), StoreError> {
         let conn = self.lock();
         let now = now_rfc3339();
         for (k, v) in [
@@ -217,7 +224,7 @@ impl Store {
 
     /// Record that the service started: a start loads the configuration afresh, so an earlier reload's
     /// outcome no longer describes what runs.
-    pub fn record_start(&self) -> Result<(), StoreError> {
+    pub(crate) fn record_start(&self) -> Result<(), StoreError> {
         let conn = self.lock();
         conn.execute(
             "DELETE FROM service WHERE key IN ('last_reload_at', 'last_reload_error')",
@@ -233,7 +240,7 @@ impl Store {
     }
 
     /// The service's recorded state (`started_at`, `last_reload_at`, `last_reload_error`).
-    pub fn service_state(&self) -> Result<HashMap<String, Option<String>>, StoreError> {
+    pub(crate) fn service_state(&self) -> Result<HashMap<String, Option<String>>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare("SELECT key, value FROM service")

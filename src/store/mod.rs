@@ -23,10 +23,10 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-pub use catalog::{ModelRow, ProviderStatus, RepoStatus, SearchHit, VersionRow, fts_query};
-pub use events::{DeliveryRecord, EventRow, PollRecord};
-pub use repos::{Discovery, DiscoveryChanges, FoundRepo, RepoKeyRow, RepoState};
-pub use schema::SCHEMA_VERSION;
+pub(crate) use catalog::RepoStatus;
+pub use catalog::{SearchHit, VersionRow, fts_query};
+pub(crate) use events::{DeliveryRecord, PollRecord};
+pub(crate) use repos::{Discovery, FoundRepo, RepoKeyRow, RepoState};
 pub use step::{Content, Counts, StepMeta, StepWriter};
 
 #[derive(Debug, thiserror::Error)]
@@ -154,13 +154,13 @@ impl std::ops::DerefMut for Writer<'_> {
     }
 }
 
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// RFC 3339 with milliseconds, for poll start times (polls of different repositories interleave within a
 /// second).
-pub fn now_rfc3339_millis() -> String {
+pub(crate) fn now_rfc3339_millis() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -204,14 +204,14 @@ impl Store {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Whether the database accepts writes (for `/readyz`): a separate connection takes and drops the write
     /// lock. A writer holding it (the daemon importing a long commit) is proof enough: busy counts as writable;
     /// a read-only, full or damaged database does not.
-    pub fn writable(&self) -> bool {
+    pub(crate) fn writable(&self) -> bool {
         let Ok(conn) = Connection::open(&self.path) else {
             return false;
         };
@@ -229,7 +229,7 @@ impl Store {
     }
 
     /// Keep polls and deliveries this many days.
-    pub fn set_retention_days(&self, days: u32) {
+    pub(crate) fn set_retention_days(&self, days: u32) {
         self.retention_days
             .store(days.max(1), std::sync::atomic::Ordering::Relaxed);
     }
@@ -239,7 +239,7 @@ impl Store {
     /// below the current size only stops growth (and says so in the log). The cap is on the database file;
     /// while a commit is written its pages pass through the `-wal` file beside it, which is cut back to
     /// 16 MiB after each checkpoint.
-    pub fn set_max_bytes(&self, max_bytes: Option<u64>) -> Result<(), StoreError> {
+    pub(crate) fn set_max_bytes(&self, max_bytes: Option<u64>) -> Result<(), StoreError> {
         let conn = self.lock();
         let page: i64 = conn
             .query_row("PRAGMA page_size", [], |r| r.get(0))
@@ -308,7 +308,7 @@ impl Store {
     }
 
     /// Whether `thread` is waiting for the writer connection (held by another thread's commit).
-    pub fn is_waiting(&self, thread: std::thread::ThreadId) -> bool {
+    pub(crate) fn is_waiting(&self, thread: std::thread::ThreadId) -> bool {
         self.turns
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -10,52 +10,52 @@ use super::{Doing, Store, StoreError, now_rfc3339};
 
 /// What the catalog holds for a repository, as the next poll needs it.
 #[derive(Debug, Clone, Default)]
-pub struct RepoState {
+pub(crate) struct RepoState {
     /// The last processed commit of the default branch.
-    pub commit: Option<String>,
+    pub(crate) commit: Option<String>,
     /// The filter fingerprint the catalog was built with.
-    pub settings: Option<String>,
+    pub(crate) settings: Option<String>,
 }
 
 /// A repository as webhook matching sees it.
 #[derive(Debug, Clone)]
-pub struct RepoKeyRow {
-    pub id: String,
-    pub provider_id: Option<String>,
-    pub default_branch: Option<String>,
-    pub state: String,
+pub(crate) struct RepoKeyRow {
+    pub(crate) id: String,
+    pub(crate) provider_id: Option<String>,
+    pub(crate) default_branch: Option<String>,
+    pub(crate) state: String,
 }
 
 /// One discovery run to record.
-pub struct Discovery<'a> {
-    pub provider: &'a str,
-    pub kind: &'a str,
-    pub found: &'a [FoundRepo],
+pub(crate) struct Discovery<'a> {
+    pub(crate) provider: &'a str,
+    pub(crate) kind: &'a str,
+    pub(crate) found: &'a [FoundRepo],
     /// Whether every scope was listed; only then can a missing repository be called removed.
-    pub complete: bool,
+    pub(crate) complete: bool,
 }
 
 /// What a discovery run changed.
 #[derive(Debug, Default)]
-pub struct DiscoveryChanges {
+pub(crate) struct DiscoveryChanges {
     /// Missing at two runs in a row: deleted when `prune_removed` is on.
-    pub prunable: Vec<String>,
+    pub(crate) prunable: Vec<String>,
     /// Why nothing was marked removed, when that was held back.
-    pub note: Option<String>,
+    pub(crate) note: Option<String>,
 }
 
 /// A repository found by discovery, with its id and clone URL resolved.
 #[derive(Debug, Clone)]
-pub struct FoundRepo {
-    pub id: String,
-    pub path: String,
-    pub url: String,
-    pub provider_id: String,
-    pub web_url: Option<String>,
-    pub archived: bool,
-    pub empty: bool,
+pub(crate) struct FoundRepo {
+    pub(crate) id: String,
+    pub(crate) path: String,
+    pub(crate) url: String,
+    pub(crate) provider_id: String,
+    pub(crate) web_url: Option<String>,
+    pub(crate) archived: bool,
+    pub(crate) empty: bool,
     /// Also listed in the provider's `repos`: it stays a configured repository.
-    pub configured: bool,
+    pub(crate) configured: bool,
 }
 
 impl Store {
@@ -77,7 +77,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn repo_state(&self, id: &str) -> Result<RepoState, StoreError> {
+    pub(crate) fn repo_state(&self, id: &str) -> Result<RepoState, StoreError> {
         let conn = self.lock();
         let state = conn
             .query_row(
@@ -96,7 +96,7 @@ impl Store {
     }
 
     /// The catalog's files of a repository: path → blob id.
-    pub fn model_blobs(&self, repo_id: &str) -> Result<HashMap<String, String>, StoreError> {
+    pub(crate) fn model_blobs(&self, repo_id: &str) -> Result<HashMap<String, String>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare_cached("SELECT path, blob FROM models WHERE repo_id = ?1")
@@ -111,7 +111,7 @@ impl Store {
     }
 
     /// A poll that found nothing new: note the check (and the branch name, which may have been renamed).
-    pub fn record_check(
+    pub(crate) fn record_check(
         &self,
         repo_id: &str,
         branch: Option<&str>,
@@ -132,7 +132,12 @@ impl Store {
     }
 
     /// A failed poll: keep all data, note the error, count the failure. Returns the consecutive failures.
-    pub fn record_error(&self, repo_id: &str, error: &str, at: &str) -> Result<u32, StoreError> {
+    pub(crate) fn record_error(
+        &self,
+        repo_id: &str,
+        error: &str,
+        at: &str,
+    ) -> Result<u32, StoreError> {
         let conn = self.lock();
         conn.execute(
             "UPDATE repos SET last_error = ?2, last_error_at = ?3, last_check_at = ?3, failures = failures + 1
@@ -155,7 +160,10 @@ impl Store {
     /// repositories no longer found are marked `removed` (data kept); those already `removed` at the previous
     /// run and still missing are returned as ready to prune. Repositories also listed in `repos` only get their
     /// host id and web URL.
-    pub fn record_discovery(&self, d: &Discovery<'_>) -> Result<DiscoveryChanges, StoreError> {
+    pub(crate) fn record_discovery(
+        &self,
+        d: &Discovery<'_>,
+    ) -> Result<DiscoveryChanges, StoreError> {
         let mut conn = self.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -256,7 +264,7 @@ impl Store {
     }
 
     /// Delete a repository's catalog, history, polls and deliveries (`prune_removed`).
-    pub fn prune_repo(&self, id: &str) -> Result<(), StoreError> {
+    pub(crate) fn prune_repo(&self, id: &str) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -274,7 +282,7 @@ impl Store {
     /// Forget a repository's catalog and history (models, versions, commits, steps) and its processed
     /// commit, in one transaction, so it can be imported again from its mirror (`rebuild`). Polls, deliveries
     /// and the repository's row (host id, state) stay.
-    pub fn reset_catalog(&self, id: &str) -> Result<(), StoreError> {
+    pub(crate) fn reset_catalog(&self, id: &str) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -293,7 +301,10 @@ impl Store {
     }
 
     /// A provider's rate-limit hold as recorded (by this or another process), if it has not passed.
-    pub fn provider_hold(&self, provider: &str) -> Result<Option<(String, String)>, StoreError> {
+    pub(crate) fn provider_hold(
+        &self,
+        provider: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
         let conn = self.lock();
         conn.query_row(
             "SELECT held_until, COALESCE(held_reason, '') FROM providers WHERE name = ?1 AND held_until > ?2",
@@ -305,7 +316,7 @@ impl Store {
     }
 
     /// A failed discovery run: nothing about the repositories changes.
-    pub fn record_discovery_error(
+    pub(crate) fn record_discovery_error(
         &self,
         provider: &str,
         kind: &str,
@@ -323,7 +334,7 @@ impl Store {
     }
 
     /// Note (or clear, with `None`) that a provider is held back by rate limits.
-    pub fn record_hold(
+    pub(crate) fn record_hold(
         &self,
         provider: &str,
         kind: &str,
@@ -340,7 +351,10 @@ impl Store {
     }
 
     /// The discovered repositories of a provider that are mirrored (not archived or removed): (path, url).
-    pub fn discovered_repos(&self, provider: &str) -> Result<Vec<(String, String)>, StoreError> {
+    pub(crate) fn discovered_repos(
+        &self,
+        provider: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare(
@@ -357,7 +371,10 @@ impl Store {
 
     /// What webhook matching needs, read through a connection of its own (never waiting behind a write
     /// transaction, which WAL lets readers do).
-    pub fn repos_of_provider_reader(&self, provider: &str) -> Result<Vec<RepoKeyRow>, StoreError> {
+    pub(crate) fn repos_of_provider_reader(
+        &self,
+        provider: &str,
+    ) -> Result<Vec<RepoKeyRow>, StoreError> {
         let conn = Connection::open(&self.path).map_err(|error| StoreError::Open {
             path: self.path.clone(),
             error,

@@ -77,7 +77,7 @@ impl StepWriter<'_, '_> {
     }
 
     /// Remove the file at `path` from the catalog, if it is there.
-    pub fn remove(&mut self, path: &str) -> Result<(), StoreError> {
+    pub(crate) fn remove(&mut self, path: &str) -> Result<(), StoreError> {
         if delete_model(self.tx, self.meta.repo_id, path)? {
             version(self.tx, self.meta, path, "deleted", None, None, None)?;
             self.counts.deleted += 1;
@@ -95,12 +95,12 @@ pub struct Counts {
 }
 
 impl Counts {
-    pub fn add(&mut self, o: Counts) {
+    pub(crate) fn add(&mut self, o: Counts) {
         self.added += o.added;
         self.modified += o.modified;
         self.deleted += o.deleted;
     }
-    pub fn is_zero(&self) -> bool {
+    pub(crate) fn is_zero(&self) -> bool {
         self.added + self.modified + self.deleted == 0
     }
 }
