@@ -1,10 +1,23 @@
-//! modelmirror keeps a searchable SQLite replica of the data models (Hackolade model files first) that teams
-//! keep in Git, by polling each repository's default branch with libgit2.
+//! modelmirror keeps a searchable, versioned catalog of the data models (Hackolade model files first, JSON
+//! Schema and Avro too) that teams keep in Git, by mirroring each repository's default branch with libgit2.
 //!
-//! Data flows one way: [`config`] → [`provider`] / [`git`] → [`model`] → [`store`], driven by [`sync`] (one
-//! poll of one repository, one discovery run of one provider) and [`daemon`] (schedules, concurrency,
-//! signals). [`webhook`] is the optional listener whose verified pushes nudge polls. [`cli`] is the command
-//! line.
+//! The modules form layers; a module uses only modules of lower layers, so the graph has no cycles (the
+//! test `architecture` in `tests/it` checks it, and that each outside library stays in the module that
+//! wraps it):
+//!
+//! 1. Leaves, which use no other module: [`secret`] (tokens that never print), [`redact`] (credentials
+//!    masked in text), [`schedule`] (cron), [`hubignore`] (`.hubignore` rules), [`model`] (format parsers
+//!    into one neutral model type, and which files they read) and [`metrics`] (the counters' registry).
+//! 2. [`git`]: libgit2 and nothing else: mirrors, fetching, history, tree diffs, blobs.
+//! 3. [`forge`]: everything that differs per Git host: URLs, git auth, REST discovery, webhooks.
+//! 4. [`config`] (the TOML files, validated with what [`forge`] knows of each host) and [`store`] (the
+//!    database: the only module with SQL).
+//! 5. [`poll`]: one poll of one repository: list refs → fetch → diff → parse → one transaction per commit.
+//! 6. [`service`]: the daemon: supervisor, repository and discovery loops, listeners, signals, systemd.
+//! 7. [`cli`]: the commands and what they print.
+//!
+//! Data flows one way through them: the configuration says what to mirror, git brings the files, the model
+//! parsers read them, the store keeps them, and the service and the command line serve them.
 
 pub mod cli;
 pub mod config;

@@ -11,6 +11,7 @@ mod proxy;
 #[path = "../common/tls.rs"]
 mod tls;
 
+mod architecture;
 mod catalog;
 mod cli;
 mod counting;
