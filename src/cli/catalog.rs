@@ -1,6 +1,7 @@
 //! The catalog commands: `models`, `search`, `history`, `changes` and `show`.
 
-use std::io::Write;
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use serde::Serialize;
@@ -276,9 +277,20 @@ pub(super) fn changes(
         print_json(&out)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let lines = changes_text(&out);
+    let mut stdout = std::io::stdout().lock();
+    for l in lines {
+        writeln!(stdout, "{l}").map_err(CliError::Output)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The human form of `changes`: a heading, then one line per change.
+fn changes_text(out: &ChangesOut) -> Vec<String> {
     let d = &out.diff;
     let mut lines = vec![format!(
-        "{repo_id} {}: {} → {}",
+        "{} {}: {} → {}",
+        out.repo,
         out.to.path,
         super::short(&out.from.commit),
         super::short(&out.to.commit)
@@ -338,11 +350,7 @@ pub(super) fn changes(
     if d.is_empty() {
         lines.push("no changes to entities, attributes or relationships".into());
     }
-    let mut stdout = std::io::stdout().lock();
-    for l in lines {
-        writeln!(stdout, "{l}").map_err(CliError::Output)?;
-    }
-    Ok(ExitCode::SUCCESS)
+    lines
 }
 
 #[derive(Serialize)]
@@ -354,47 +362,16 @@ struct ShowOut<'a> {
     model: Model,
 }
 
-pub(super) fn show(
-    config: &Config,
-    repo_id: &str,
-    path: &str,
-    commit: Option<&str>,
-    json: bool,
-) -> Result<ExitCode, CliError> {
-    let store = Store::open(&config.database)?;
-    let repo = find_repo(config, &store, repo_id)?;
-    let commit = match commit {
-        Some(c) => c.to_string(),
-        None => store
-            .models(Some(repo_id))?
-            .into_iter()
-            .find(|m| m.path == path)
-            .map(|m| m.commit)
-            .ok_or_else(|| {
-                CliError::Catalog(format!(
-                    "{path} is not in the catalog of {repo_id}: `modelmirror models --repo {repo_id}` lists the paths, or give --commit"
-                ))
-            })?,
-    };
-    let (model, commit, blob) = load_model(&Versions::open(config, &repo)?, &repo, &commit, path)?;
-    if json {
-        print_json(&ShowOut {
-            repo: repo_id,
-            path,
-            commit,
-            blob,
-            model,
-        })?;
-        return Ok(ExitCode::SUCCESS);
-    }
+/// The human form of `show`: the model's header, then its containers, entities with their attribute trees,
+/// relationships, views and definitions.
+fn show_text(repo_id: &str, path: &str, commit: &str, model: &Model) -> String {
     let mut o = String::new();
-    use std::fmt::Write as _;
     let _ = writeln!(
         o,
         "{} ({}) — {repo_id} {path} at {}",
         model.name,
         model.db_vendor.as_deref().unwrap_or("?"),
-        super::short(&commit)
+        super::short(commit)
     );
     if let Some(d) = &model.description {
         let _ = writeln!(o, "  {d}");
@@ -471,6 +448,43 @@ pub(super) fn show(
             );
         }
     }
+    o
+}
+
+pub(super) fn show(
+    config: &Config,
+    repo_id: &str,
+    path: &str,
+    commit: Option<&str>,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let store = Store::open(&config.database)?;
+    let repo = find_repo(config, &store, repo_id)?;
+    let commit = match commit {
+        Some(c) => c.to_string(),
+        None => store
+            .models(Some(repo_id))?
+            .into_iter()
+            .find(|m| m.path == path)
+            .map(|m| m.commit)
+            .ok_or_else(|| {
+                CliError::Catalog(format!(
+                    "{path} is not in the catalog of {repo_id}: `modelmirror models --repo {repo_id}` lists the paths, or give --commit"
+                ))
+            })?,
+    };
+    let (model, commit, blob) = load_model(&Versions::open(config, &repo)?, &repo, &commit, path)?;
+    if json {
+        print_json(&ShowOut {
+            repo: repo_id,
+            path,
+            commit,
+            blob,
+            model,
+        })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let o = show_text(repo_id, path, &commit, &model);
     std::io::stdout()
         .lock()
         .write_all(o.as_bytes())

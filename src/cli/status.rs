@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use super::CliError;
 use super::output::{or_dash, print_json, print_table};
 use crate::config::Config;
-use crate::store::{RepoStatus, Store};
+use crate::store::{RepoStatus, Store, StoreError};
 
 /// The state of every repository the database knows, and of configured ones never polled. With the
 /// configuration (`None` when it does not load), a repository it no longer names shows as `unconfigured`.
@@ -17,6 +17,54 @@ pub(super) fn status(
     json: bool,
 ) -> Result<ExitCode, CliError> {
     let store = Store::open(database)?;
+    let rows = status_rows(&store, config)?;
+    if json {
+        print_json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let table = rows
+        .iter()
+        .map(|r| {
+            let state = match &r.state_reason {
+                Some(reason) if r.state != "active" => format!("{} ({reason})", r.state),
+                _ => r.state.clone(),
+            };
+            vec![
+                r.repo.clone(),
+                state,
+                or_dash(&r.default_branch),
+                r.commit
+                    .as_deref()
+                    .map_or("-".into(), |c| c.chars().take(12).collect()),
+                r.models.to_string(),
+                r.errors.to_string(),
+                or_dash(&r.last_check_at),
+                or_dash(&r.last_change_at),
+                or_dash(&r.last_error),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "REPO",
+            "STATE",
+            "BRANCH",
+            "COMMIT",
+            "MODELS",
+            "ERRORS",
+            "LAST CHECK",
+            "LAST CHANGE",
+            "LAST ERROR",
+        ],
+        table,
+    )?;
+    print_service_and_providers(&store)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every repository the database knows, marked `unconfigured` where the configuration (when it loads) no
+/// longer names it, and the configured ones never polled; sorted by id.
+fn status_rows(store: &Store, config: Option<&Config>) -> Result<Vec<RepoStatus>, StoreError> {
     let mut rows = store.status()?;
     if let Some(config) = config {
         for row in rows.iter_mut().filter(|r| r.state != "removed") {
@@ -68,46 +116,11 @@ pub(super) fn status(
         }
     }
     rows.sort_by(|a, b| a.repo.cmp(&b.repo));
-    if json {
-        print_json(&rows)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let table = rows
-        .iter()
-        .map(|r| {
-            let state = match &r.state_reason {
-                Some(reason) if r.state != "active" => format!("{} ({reason})", r.state),
-                _ => r.state.clone(),
-            };
-            vec![
-                r.repo.clone(),
-                state,
-                or_dash(&r.default_branch),
-                r.commit
-                    .as_deref()
-                    .map_or("-".into(), |c| c.chars().take(12).collect()),
-                r.models.to_string(),
-                r.errors.to_string(),
-                or_dash(&r.last_check_at),
-                or_dash(&r.last_change_at),
-                or_dash(&r.last_error),
-            ]
-        })
-        .collect();
-    print_table(
-        &[
-            "REPO",
-            "STATE",
-            "BRANCH",
-            "COMMIT",
-            "MODELS",
-            "ERRORS",
-            "LAST CHECK",
-            "LAST CHANGE",
-            "LAST ERROR",
-        ],
-        table,
-    )?;
+    Ok(rows)
+}
+
+/// The lines below the table: the last reload, and each provider's discovery and rate-limit hold.
+fn print_service_and_providers(store: &Store) -> Result<(), CliError> {
     let providers = store.provider_status()?;
     let mut out = std::io::stdout().lock();
     let service = store.service_state()?;
@@ -138,7 +151,7 @@ pub(super) fn status(
         }
         writeln!(out, "{line}").map_err(CliError::Output)?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 pub(super) fn events(

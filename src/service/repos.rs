@@ -49,10 +49,17 @@ pub(super) async fn repo_loop(
     shared: Arc<Shared>,
     repo: RepoConfig,
     nudge: Arc<Nudge>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let period = repo.schedule.period();
     let offset = jitter(&repo.id, period);
+    let mut r = RepoLoop {
+        shared,
+        repo,
+        nudge,
+        stop,
+        offset,
+    };
     // The startup poll is spread too, but over a few seconds at most.
     let mut wait = offset.min(Duration::from_secs(5));
     let mut trigger = Trigger::Startup;
@@ -60,67 +67,116 @@ pub(super) async fn repo_loop(
     // whether it accepts connections again (then the poll runs at once instead of at the back-off's end).
     let mut probe: Option<(String, u16)> = None;
     loop {
+        match r.wait(wait, probe.take()).await {
+            Waited::Stop => return,
+            Waited::Nudged => trigger = Trigger::Webhook,
+            Waited::Due => {}
+        }
+        let Some((failures, unreachable)) = r.poll(trigger).await else {
+            return;
+        };
+        probe = unreachable;
+        trigger = Trigger::Schedule;
+        if r.nudge.take() {
+            // Nudged during the poll: one more, once the nudges pause.
+            if !r.settle_nudges().await {
+                return;
+            }
+            trigger = Trigger::Webhook;
+            wait = Duration::ZERO;
+            continue;
+        }
+        wait = if failures > 0 {
+            let delay = backoff(period, failures);
+            tracing::info!(repo = %r.repo.id, failures, "backing off for {}s", delay.as_secs());
+            delay
+        } else {
+            next_wait(&r.repo, offset)
+        };
+    }
+}
+
+/// One repository's loop and what it waits on.
+struct RepoLoop {
+    shared: Arc<Shared>,
+    repo: RepoConfig,
+    nudge: Arc<Nudge>,
+    stop: watch::Receiver<bool>,
+    /// The repository's fixed offset from its schedule's firings.
+    offset: Duration,
+}
+
+/// How a wait ended.
+enum Waited {
+    Due,
+    Nudged,
+    Stop,
+}
+
+impl RepoLoop {
+    /// Wait `wait`, or less: a webhook nudge ends it, and while `probe` is set (the server could not be
+    /// reached), each regular firing checks whether the server accepts connections again.
+    async fn wait(&mut self, wait: Duration, probe: Option<(String, u16)>) -> Waited {
         let until = tokio::time::Instant::now() + wait;
         loop {
             let left = until.saturating_duration_since(tokio::time::Instant::now());
             let step = match &probe {
-                Some(_) => next_wait(&repo, offset)
+                Some(_) => next_wait(&self.repo, self.offset)
                     .max(Duration::from_millis(100))
                     .min(left),
                 None => left,
             };
             tokio::select! {
                 _ = tokio::time::sleep(step) => {}
-                _ = nudge.wait() => {
-                    trigger = Trigger::Webhook;
-                    break;
-                }
-                _ = stop.changed() => return,
+                _ = self.nudge.wait() => return Waited::Nudged,
+                _ = self.stop.changed() => return Waited::Stop,
             }
             if tokio::time::Instant::now() >= until {
-                break;
+                return Waited::Due;
             }
-            if let Some(target) = &probe {
-                let timeout = shared
-                    .config()
-                    .provider(&repo)
-                    .map_or(Duration::from_secs(15), |p| p.connect_timeout);
-                let back = tokio::select! {
-                    back = shared.server_is_back(target, timeout) => back,
-                    _ = nudge.wait() => {
-                        trigger = Trigger::Webhook;
-                        break;
-                    }
-                    _ = stop.changed() => return,
-                };
-                if back {
-                    tracing::info!(repo = %repo.id, "{}:{} accepts connections again: polling now", target.0, target.1);
-                    break;
-                }
+            let Some(target) = &probe else { continue };
+            let timeout = self
+                .shared
+                .config()
+                .provider(&self.repo)
+                .map_or(Duration::from_secs(15), |p| p.connect_timeout);
+            let back = tokio::select! {
+                back = self.shared.server_is_back(target, timeout) => back,
+                _ = self.nudge.wait() => return Waited::Nudged,
+                _ = self.stop.changed() => return Waited::Stop,
+            };
+            if back {
+                tracing::info!(repo = %self.repo.id, "{}:{} accepts connections again: polling now", target.0, target.1);
+                return Waited::Due;
             }
         }
-        probe = None;
-        let repo_lock = shared.repo_lock(&repo.id);
+    }
+
+    /// One poll, once the repository is free (a reload's new loop waits for the old loop's poll) and a slot
+    /// is: the consecutive failures after it, and where to check for the server's return when it could not
+    /// be reached. `None`: stop.
+    async fn poll(&mut self, trigger: Trigger) -> Option<(u32, Option<(String, u16)>)> {
+        let shared = &self.shared;
+        let repo_lock = shared.repo_lock(&self.repo.id);
         let _running = tokio::select! {
             g = repo_lock.lock_owned() => g,
-            _ = stop.changed() => return,
+            _ = self.stop.changed() => return None,
         };
         let permit = tokio::select! {
-            p = shared.permits.acquire() => match p { Ok(p) => p, Err(_) => return },
-            _ = stop.changed() => return,
+            p = shared.permits.acquire() => p.ok()?,
+            _ = self.stop.changed() => return None,
         };
-        if *stop.borrow() {
-            return;
+        if *self.stop.borrow() {
+            return None;
         }
-        let task_shared = shared.clone();
-        let task_repo = repo.clone();
         let watch = Arc::new(PollWatch {
             progress: Progress::default(),
             limit: shared.stall_limit,
             reported: AtomicBool::new(false),
         });
-        shared.watch_poll(&repo.id, Some(watch.clone()));
-        let task_watch = watch.clone();
+        shared.watch_poll(&self.repo.id, Some(watch.clone()));
+        let (task_shared, task_repo, task_watch) =
+            (shared.clone(), self.repo.clone(), watch.clone());
         let joined = tokio::task::spawn_blocking(move || {
             // The configuration in force now: a reload's new credentials and settings apply at once.
             let config = task_shared.config();
@@ -134,56 +190,49 @@ pub(super) async fn repo_loop(
             )
         })
         .await;
-        shared.watch_poll(&repo.id, None);
+        shared.watch_poll(&self.repo.id, None);
         if watch.reported.load(Ordering::Relaxed) {
-            tracing::warn!(repo = %repo.id, "the poll reported stuck has ended after all");
+            tracing::warn!(repo = %self.repo.id, "the poll reported stuck has ended after all");
         }
         drop(permit);
+        let mut probe = None;
         if let Ok((Err(e), _)) = &joined
             && e.is_unreachable()
         {
             // The failed connection was made to the server itself (not through a proxy, see
             // `git::classify`), so a direct connection tells whether it is back.
-            probe = crate::git::endpoint(&repo.url);
+            probe = crate::git::endpoint(&self.repo.url);
         }
         let failures = match joined {
             Ok((Ok(outcome), _)) => {
                 if let PollOutcome::Updated { .. } = outcome {
-                    tracing::info!("{}", outcome.line(&repo.id));
+                    tracing::info!("{}", outcome.line(&self.repo.id));
                 }
                 0
             }
-            Ok((Err(PollError::Cancelled { .. }), _)) => return,
+            Ok((Err(PollError::Cancelled { .. }), _)) => return None,
             Ok((Err(_), failures)) => failures.max(1),
             Err(e) => {
-                tracing::error!(repo = %repo.id, "poll task failed: {e}");
+                tracing::error!(repo = %self.repo.id, "poll task failed: {e}");
                 1
             }
         };
-        trigger = Trigger::Schedule;
-        if nudge.take() {
-            // Nudged during the poll: one more, once the nudges pause.
-            let deadline = tokio::time::Instant::now() + NUDGE_MAX_DELAY;
-            loop {
-                tokio::select! {
-                    _ = nudge.wait() => {}
-                    _ = tokio::time::sleep(NUDGE_QUIET) => break,
-                    _ = tokio::time::sleep_until(deadline) => break,
-                    _ = stop.changed() => return,
-                }
+        Some((failures, probe))
+    }
+
+    /// Let a burst of nudges pause (`NUDGE_QUIET`, at most `NUDGE_MAX_DELAY`), then clear them. False: stop.
+    async fn settle_nudges(&mut self) -> bool {
+        let deadline = tokio::time::Instant::now() + NUDGE_MAX_DELAY;
+        loop {
+            tokio::select! {
+                _ = self.nudge.wait() => {}
+                _ = tokio::time::sleep(NUDGE_QUIET) => break,
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = self.stop.changed() => return false,
             }
-            nudge.take();
-            trigger = Trigger::Webhook;
-            wait = Duration::ZERO;
-            continue;
         }
-        wait = if failures > 0 {
-            let delay = backoff(period, failures);
-            tracing::info!(repo = %repo.id, failures, "backing off for {}s", delay.as_secs());
-            delay
-        } else {
-            next_wait(&repo, offset)
-        };
+        self.nudge.take();
+        true
     }
 }
 

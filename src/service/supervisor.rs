@@ -21,7 +21,7 @@ use super::repos::repo_loop;
 use super::state::{ConfigHandle, Control, Nudge, Shared, Targets, current, stall_limit};
 use super::systemd::Notifier;
 use super::{ServiceError, http, metrics, webhook};
-use crate::config::{Config, RepoConfig};
+use crate::config::{Config, ConfigError, ProviderIssue, RepoConfig};
 use crate::store::Store;
 
 /// How often the supervisor ticks (watchdog, status) when systemd asks for no faster pings.
@@ -39,6 +39,15 @@ struct Task {
     /// For discovery loops: the provider's settings it started with (only a change restarts it, so saving
     /// an unrelated file neither rediscovers every host at once nor resets their request budgets).
     provider: String,
+}
+
+/// Why a reload was rejected (the running configuration stays).
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Secrets(Vec<ProviderIssue>),
 }
 
 /// Repositories found by a provider's discovery loop, sent to the supervisor.
@@ -203,11 +212,11 @@ impl Supervisor {
                 self.reconcile(&new);
                 record_reload(&self.shared.store, Ok(new.database_max_bytes));
             }
-            Err(message) => {
+            Err(e) => {
                 tracing::error!(
-                    "configuration reload ({why}) rejected, the running configuration stays: {message}"
+                    "configuration reload ({why}) rejected, the running configuration stays: {e}"
                 );
-                record_reload(&self.shared.store, Err(&message));
+                record_reload(&self.shared.store, Err(&e.to_string()));
             }
         }
         self.notifier.ready(&self.status_line());
@@ -421,15 +430,14 @@ fn record_reload(store: &Arc<Store>, outcome: Result<Option<u64>, &str>) {
 }
 
 /// Load and validate the configuration again; on success make it the one in force.
-fn reload(path: &Path, shared: &Arc<Shared>) -> Result<Arc<Config>, String> {
-    let new = Config::load(path).map_err(|e| e.to_string())?;
+fn reload(path: &Path, shared: &Arc<Shared>) -> Result<Arc<Config>, ReloadError> {
+    let new = Config::load(path)?;
     let secrets = new.check_secrets();
     for w in &secrets.warnings {
         tracing::warn!("{w}");
     }
     if !secrets.errors.is_empty() {
-        let errors: Vec<String> = secrets.errors.iter().map(ToString::to_string).collect();
-        return Err(errors.join("; "));
+        return Err(ReloadError::Secrets(secrets.errors));
     }
     // libgit2's trust store and timeouts are process-wide and may only be set before transfers run.
     let old = shared.config();
