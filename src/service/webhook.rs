@@ -441,26 +441,8 @@ fn accept(state: &HandlerState, provider: String, arrival: Arrival, delivery: De
         .delivery_id
         .clone()
         .map(|id| (provider.clone(), id));
-    if let Some(key) = &seen_key {
-        let fresh = state
-            .seen
-            .lock()
-            .map(|mut s| s.insert(key.clone()))
-            .unwrap_or(true);
-        if !fresh {
-            record_answered(
-                state,
-                &provider,
-                &arrival.received_at,
-                &delivery.event,
-                delivery.delivery_id.clone(),
-                "ignored",
-                "a replay of a delivery already received".into(),
-            );
-            return text(StatusCode::OK, "duplicate delivery: already received");
-        }
-    }
-    if delivery.kind == EventKind::Ping {
+    // Answered here and recorded as ignored (a replay, a ping).
+    let ignored = |reason: &str, answer: &str| {
         record_answered(
             state,
             &provider,
@@ -468,9 +450,25 @@ fn accept(state: &HandlerState, provider: String, arrival: Arrival, delivery: De
             &delivery.event,
             delivery.delivery_id.clone(),
             "ignored",
-            "ping: the webhook reaches modelmirror".into(),
+            reason.into(),
         );
-        return text(StatusCode::OK, "pong");
+        text(StatusCode::OK, answer)
+    };
+    if let Some(key) = &seen_key {
+        let fresh = state
+            .seen
+            .lock()
+            .map(|mut s| s.insert(key.clone()))
+            .unwrap_or(true);
+        if !fresh {
+            return ignored(
+                "a replay of a delivery already received",
+                "duplicate delivery: already received",
+            );
+        }
+    }
+    if delivery.kind == EventKind::Ping {
+        return ignored("ping: the webhook reaches modelmirror", "pong");
     }
     let item = Item::Delivery {
         provider: provider.clone(),
