@@ -6,7 +6,8 @@ set -euo pipefail
 # git: the tests serve repositories with `git http-backend` and build histories with the git CLI.
 # gcc, make, pkg-config, libssl-dev, zlib1g-dev: libgit2, libssh2 and SQLite are built from their crates.
 # openssh-server, openssh-client: the ssh tests start a real sshd on 127.0.0.1.
-packages=(git gcc make pkg-config libssl-dev zlib1g-dev openssh-server openssh-client)
+# systemd: systemd-analyze scores the unit's hardening.
+packages=(git gcc make pkg-config libssl-dev zlib1g-dev openssh-server openssh-client systemd)
 
 missing=()
 for pkg in "${packages[@]}"; do
