@@ -241,12 +241,13 @@ mod tests {
         assert!(text.contains("modelmirror_models{repo=\"a/\\\"b\\\"\"} 3"));
     }
 
-    /// Every metric the README lists can be rendered (a metric missing from `HELP` never shows), and every
-    /// metric in `HELP` is in the README.
+    /// Every metric docs/operations.md lists can be rendered (a metric missing from `HELP` never shows), and
+    /// every metric in `HELP` is documented there.
     #[test]
     fn every_documented_metric_renders() {
         let readme =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+                .unwrap();
         let documented: std::collections::BTreeSet<&str> = readme
             .split('`')
             .filter(|w| w.starts_with("modelmirror_"))
@@ -256,13 +257,13 @@ mod tests {
         for name in &documented {
             assert!(
                 HELP.iter().any(|(n, _, _)| n == name),
-                "README names {name}, which /metrics never renders (add it to HELP)"
+                "docs/operations.md names {name}, which /metrics never renders (add it to HELP)"
             );
         }
         for (name, _, _) in HELP {
             assert!(
                 documented.contains(name),
-                "{name} is rendered but not in README.md"
+                "{name} is rendered but not in docs/operations.md"
             );
         }
     }
