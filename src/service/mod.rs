@@ -2,7 +2,7 @@
 //! shutdown, the listeners, and what the service tells systemd. Also what the one-shot `sync` shares with it.
 //!
 //! - [`supervisor`]: owns the repository and discovery loops, applies reloads, pings the watchdog.
-//! - [`repos`]: one loop per repository over a cron parser (see the README for why not
+//! - [`repos`]: one loop per repository over a cron parser (see docs/how-it-works.md for why not
 //!   tokio-cron-scheduler): each loop computes its next firing from the wall clock every time, so a busy
 //!   process can delay a poll but never stop a schedule. A repository's polls run one after another; a
 //!   semaphore bounds how many run at once. A failing repository backs off exponentially, capped at 8 × its

@@ -626,7 +626,7 @@ fn json_schema_and_avro_models() {
     );
 }
 
-/// The read-only views are a documented interface: their columns and the README's example queries work.
+/// The read-only views are a documented interface: their columns and the example queries of docs/schema.md work.
 #[test]
 fn views_for_users_own_sql() {
     let (env, _) = books();
@@ -677,7 +677,7 @@ fn views_for_users_own_sql() {
         )
         .unwrap();
     assert_eq!(attrs, total);
-    // The README's example: where is a field called "Pet Name", and how is it typed?
+    // docs/schema.md's example: where is a field called "Pet Name", and how is it typed?
     let n: i64 = db
         .query_row(
             "SELECT COUNT(*) FROM v_attributes WHERE name = 'Pet Name' AND entity = 'Pet'",
