@@ -303,9 +303,11 @@ fn provider(
         ));
     }
     let kind = ProviderKind::parse(&raw.kind).ok_or_else(|| {
+        let kinds: Vec<&str> = ProviderKind::ALL.iter().map(|k| k.as_str()).collect();
         fail(format!(
-            " kind = {:?}: use one of gitlab, bitbucket-cloud, bitbucket-datacenter, github, git",
-            raw.kind
+            " kind = {:?}: use one of {}",
+            raw.kind,
+            kinds.join(", ")
         ))
     })?;
     let forge = kind.forge();
