@@ -12,7 +12,8 @@
 //! 3. [`forge`]: everything that differs per Git host: URLs, git auth, REST discovery, webhooks.
 //! 4. [`config`] (the TOML files, validated with what [`forge`] knows of each host) and [`store`] (the
 //!    database: the only module with SQL).
-//! 5. [`poll`]: one poll of one repository: list refs → fetch → diff → parse → one transaction per commit.
+//! 5. [`poll`] (one poll of one repository: list refs → fetch → diff → parse → one transaction per commit)
+//!    and [`query`] (the one query layer that the command line and the web catalog both answer from).
 //! 6. [`service`]: the daemon: supervisor, repository and discovery loops, listeners, signals, systemd.
 //! 7. [`cli`]: the commands and what they print.
 //!
@@ -27,6 +28,7 @@ pub(crate) mod hubignore;
 pub(crate) mod metrics;
 pub mod model;
 pub(crate) mod poll;
+pub(crate) mod query;
 pub(crate) mod redact;
 pub(crate) mod schedule;
 pub(crate) mod secret;

@@ -265,7 +265,7 @@ async fn check_repos(config: &Config, repos: Vec<RepoConfig>, results: &mut Resu
                 "ok",
                 format!(
                     "default branch {branch} at {}",
-                    super::short(&commit.to_string())
+                    crate::query::short(&commit.to_string())
                 ),
             ),
             Ok(None) => results.add(

@@ -7,7 +7,6 @@ mod output;
 mod rebuild;
 mod run;
 mod status;
-mod versions;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -160,9 +159,7 @@ pub(crate) enum CliError {
     #[error(transparent)]
     Service(#[from] service::ServiceError),
     #[error(transparent)]
-    Version(#[from] versions::VersionError),
-    #[error("{0}")]
-    Catalog(String),
+    Query(#[from] crate::query::QueryError),
 }
 
 impl Cli {
@@ -271,9 +268,4 @@ impl Cli {
             }
         }
     }
-}
-
-/// The first 12 characters of a commit id, as the tables show it.
-fn short(c: &str) -> &str {
-    c.get(..12).unwrap_or(c)
 }

@@ -8,7 +8,6 @@ use std::sync::atomic::AtomicBool;
 use super::CliError;
 use crate::config::Config;
 use crate::poll::{self, PollOutcome};
-use crate::service;
 use crate::store::Store;
 
 /// The mirrors on disk below `dir`: paths (relative, without `.git`) of bare repositories.
@@ -43,7 +42,7 @@ pub(super) fn rebuild(config: Config, ids: &[String]) -> Result<ExitCode, CliErr
     store.set_max_bytes(config.database_max_bytes)?;
     let mut repos = config.repos.clone();
     for p in &config.providers {
-        let mut found = service::discovered_repos(&store, p)?;
+        let mut found = crate::query::discovered_repos(&store, p)?;
         // A lost database forgets discovered repositories; their mirrors remember them.
         if !p.discover.is_empty() {
             for path in mirrors_below(&config.mirrors_dir().join(&p.name)) {
@@ -79,7 +78,7 @@ pub(super) fn rebuild(config: Config, ids: &[String]) -> Result<ExitCode, CliErr
                 format!(
                     "{} rebuilt: {models} models from {commits} commits, at {}",
                     repo.id,
-                    super::short(&commit)
+                    crate::query::short(&commit)
                 )
             }
             Ok(_) => format!("{} rebuilt: empty repository", repo.id),

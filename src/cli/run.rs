@@ -101,7 +101,7 @@ pub(super) fn sync(config: Config, ids: &[String]) -> Result<ExitCode, CliError>
                 }
             }
         }
-        for repo in service::discovered_repos(&store, provider)? {
+        for repo in crate::query::discovered_repos(&store, provider)? {
             if !all.iter().any(|r| r.id == repo.id) {
                 all.push(repo);
             }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use super::CliError;
 use super::output::{or_dash, print_json, print_table};
 use crate::config::Config;
-use crate::store::{RepoStatus, Store, StoreError};
+use crate::store::Store;
 
 /// The state of every repository the database knows, and of configured ones never polled. With the
 /// configuration (`None` when it does not load), a repository it no longer names shows as `unconfigured`.
@@ -17,7 +17,7 @@ pub(super) fn status(
     json: bool,
 ) -> Result<ExitCode, CliError> {
     let store = Store::open(database)?;
-    let rows = status_rows(&store, config)?;
+    let rows = crate::query::repos(&store, config)?;
     if json {
         print_json(&rows)?;
         return Ok(ExitCode::SUCCESS);
@@ -62,63 +62,6 @@ pub(super) fn status(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Every repository the database knows, marked `unconfigured` where the configuration (when it loads) no
-/// longer names it, and the configured ones never polled; sorted by id.
-fn status_rows(store: &Store, config: Option<&Config>) -> Result<Vec<RepoStatus>, StoreError> {
-    let mut rows = store.status()?;
-    if let Some(config) = config {
-        for row in rows.iter_mut().filter(|r| r.state != "removed") {
-            let provider = row.repo.split('/').next().unwrap_or_default();
-            let reason = match config.providers.iter().find(|p| p.name == provider) {
-                None => Some(format!(
-                    "provider `{provider}` is not in the configuration; its data is kept"
-                )),
-                // Listed in `repos` once (discovered ones come and go with discovery, which marks them).
-                Some(_)
-                    if row.origin == "configured"
-                        && !config.repos.iter().any(|c| c.id == row.repo) =>
-                {
-                    Some(format!(
-                        "not in the `repos` of provider `{provider}` any more; its data is kept"
-                    ))
-                }
-                Some(_) => None,
-            };
-            if let Some(reason) = reason {
-                row.state = "unconfigured".into();
-                row.state_reason = Some(reason);
-            }
-        }
-    }
-    let repos = config.map_or(&[][..], |c| &c.repos[..]);
-    // Configured repositories that were never polled are shown too.
-    for repo in repos {
-        if !rows.iter().any(|r| r.repo == repo.id) {
-            rows.push(RepoStatus {
-                repo: repo.id.clone(),
-                url: repo.url.clone(),
-                state: "active".into(),
-                origin: "configured".into(),
-                state_reason: Some("not polled yet".into()),
-                provider_id: None,
-                web_url: None,
-                held_until: None,
-                held_reason: None,
-                default_branch: None,
-                commit: None,
-                last_check_at: None,
-                last_success_at: None,
-                last_change_at: None,
-                models: 0,
-                errors: 0,
-                last_error: None,
-            });
-        }
-    }
-    rows.sort_by(|a, b| a.repo.cmp(&b.repo));
-    Ok(rows)
-}
-
 /// The lines below the table: the last reload, and each provider's discovery and rate-limit hold.
 fn print_service_and_providers(store: &Store) -> Result<(), CliError> {
     let providers = store.provider_status()?;
@@ -161,7 +104,11 @@ pub(super) fn events(
     json: bool,
 ) -> Result<ExitCode, CliError> {
     let store = Store::open(&config.database)?;
-    let rows = store.events(repo, limit)?;
+    let rows = crate::query::Catalog {
+        config,
+        store: &store,
+    }
+    .events(repo, limit)?;
     if json {
         print_json(&rows)?;
         return Ok(ExitCode::SUCCESS);

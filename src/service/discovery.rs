@@ -8,9 +8,10 @@ use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 
 use super::state::Shared;
-use crate::config::{Config, ProviderConfig, RepoConfig};
+use crate::config::{Config, RepoConfig};
 use crate::forge::api::{ApiClient, ApiError, Limits};
 use crate::git;
+use crate::query::discovered_repos;
 use crate::secret::SecretError;
 use crate::store::{Discovery, FoundRepo, Store, StoreError};
 
@@ -188,18 +189,6 @@ async fn discover_inner(
         .collect();
     tracing::info!(provider = %provider.name, found = found.len(), mirrored = repos.len(), "discovery done");
     Ok(Discovered { repos, errors })
-}
-
-/// The repositories of `provider` that earlier discovery runs recorded as mirrored (not archived or removed).
-pub(crate) fn discovered_repos(
-    store: &Store,
-    provider: &ProviderConfig,
-) -> Result<Vec<RepoConfig>, StoreError> {
-    Ok(store
-        .discovered_repos(&provider.name)?
-        .iter()
-        .map(|(path, url)| provider.repo(path, url))
-        .collect())
 }
 
 /// Discover a provider's repositories now and then on its `discover_schedule`; after a rate-limit hold, not

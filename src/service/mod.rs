@@ -23,7 +23,7 @@ mod supervisor;
 mod systemd;
 mod webhook;
 
-pub(crate) use discovery::{discover, discovered_repos};
+pub(crate) use discovery::discover;
 pub(crate) use repos::sync_once;
 pub(crate) use signals::{shutdown_signal, signals, watch_config};
 pub(crate) use supervisor::run;

@@ -15,13 +15,14 @@ use chrono::Utc;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::discovery::{discovered_repos, discovery_loop};
+use super::discovery::discovery_loop;
 use super::metrics::Health;
 use super::repos::repo_loop;
 use super::state::{ConfigHandle, Control, Nudge, Shared, Targets, current, stall_limit};
 use super::systemd::Notifier;
 use super::{ServiceError, http, metrics, webhook};
 use crate::config::{Config, ConfigError, ProviderIssue, RepoConfig};
+use crate::query::discovered_repos;
 use crate::store::Store;
 
 /// How often the supervisor ticks (watchdog, status) when systemd asks for no faster pings.

@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-pub(crate) use catalog::RepoStatus;
+pub(crate) use catalog::{ModelRow, RepoStatus};
 pub use catalog::{SearchHit, VersionRow, fts_query};
-pub(crate) use events::{DeliveryRecord, PollRecord};
+pub(crate) use events::{DeliveryRecord, EventRow, PollRecord};
 pub(crate) use repos::{Discovery, FoundRepo, RepoKeyRow, RepoState};
 pub use step::{Content, Counts, StepMeta, StepWriter};
 

@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["git"],
     &["forge"],
     &["config", "store"],
-    &["poll"],
+    &["poll", "query"],
     &["service"],
     &["cli"],
 ];

@@ -25,7 +25,7 @@ pub(crate) enum VersionError {
 }
 
 /// A repository's mirror, opened once to read versions of its models.
-pub(super) struct Versions<'a> {
+pub(crate) struct Versions<'a> {
     repo: &'a RepoConfig,
     filter: &'a FileFilter,
     mirror: Repository,
@@ -33,7 +33,7 @@ pub(super) struct Versions<'a> {
 
 impl<'a> Versions<'a> {
     /// Open the mirror of `repo` (only an existing one: reading never creates it).
-    pub(super) fn open(config: &'a Config, repo: &'a RepoConfig) -> Result<Self, VersionError> {
+    pub(crate) fn open(config: &'a Config, repo: &'a RepoConfig) -> Result<Self, VersionError> {
         let path = config.mirror_path(repo);
         if !path.join("HEAD").exists() {
             return Err(VersionError::NoMirror {
@@ -60,7 +60,7 @@ impl<'a> Versions<'a> {
     }
 
     /// The full id of a commit given as an id, a prefix, or any revision git understands.
-    pub(super) fn resolve(&self, rev: &str) -> Result<String, VersionError> {
+    pub(crate) fn resolve(&self, rev: &str) -> Result<String, VersionError> {
         if rev.trim().is_empty() {
             return Err(VersionError::EmptyCommit {
                 repo: self.repo.id.clone(),
@@ -72,7 +72,7 @@ impl<'a> Versions<'a> {
     }
 
     /// Whether `ancestor` is `commit` itself or one of its ancestors.
-    pub(super) fn is_at_or_before(&self, ancestor: &str, commit: &str) -> bool {
+    pub(crate) fn is_at_or_before(&self, ancestor: &str, commit: &str) -> bool {
         if ancestor == commit {
             return true;
         }
@@ -84,7 +84,7 @@ impl<'a> Versions<'a> {
 
     /// The file at `path` in `commit` (an id or prefix), parsed: the model (or why it is not one), the
     /// commit's full id and the blob id.
-    pub(super) fn model_at(
+    pub(crate) fn model_at(
         &self,
         commit: &str,
         path: &str,
