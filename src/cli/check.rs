@@ -134,6 +134,20 @@ fn check_local(config: &Config, results: &mut Results) {
             );
         }
     }
+    if let Some(web) = &config.web {
+        let target = web.listen.to_string();
+        match crate::service::check_web_files(web) {
+            Ok(()) if web.anonymous() => results.add(
+                "web",
+                &target,
+                "ok",
+                "the web catalog is open to anyone who can reach it (no users_file or tokens_file)"
+                    .into(),
+            ),
+            Ok(()) => results.add("web", &target, "ok", "credential files read".into()),
+            Err(e) => results.add("web", &target, "error", e.to_string()),
+        }
+    }
     if let Err(e) = prepare_git(config) {
         results.add("config", &shown, "error", e.to_string());
     }

@@ -35,6 +35,9 @@ pub struct Cli {
 pub(crate) enum Command {
     /// Run as a service: poll every repository on its schedule until SIGTERM or SIGINT.
     Run,
+    /// Serve the web catalog alone (`[web] listen`), read only and without polling, until SIGTERM or SIGINT:
+    /// for a second host that reads a copy of the database, or to try the catalog out.
+    Serve,
     /// Poll every (or each named) repository once now, print one line per repository, and exit
     /// (status 1 when any failed).
     Sync {
@@ -165,7 +168,7 @@ pub(crate) enum CliError {
 impl Cli {
     /// Whether the command is the service (it logs at info by default; the others at warn).
     pub fn is_service(&self) -> bool {
-        matches!(self.command, Command::Run)
+        matches!(self.command, Command::Run | Command::Serve)
     }
 
     /// `log_level` and `log_format` from the configuration, if it loads (its errors are reported later).
@@ -225,6 +228,7 @@ impl Cli {
                 run::prepare(&config)?;
                 run::run(config)
             }
+            Command::Serve => run::serve(config),
             Command::Sync { repos } => {
                 run::prepare(&config)?;
                 run::sync(config, &repos)

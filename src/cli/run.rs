@@ -151,3 +151,12 @@ pub(super) fn sync(config: Config, ids: &[String]) -> Result<ExitCode, CliError>
         ExitCode::FAILURE
     })
 }
+
+/// `serve`: the web catalog alone.
+pub(super) fn serve(config: Config) -> Result<ExitCode, CliError> {
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    runtime()?.block_on(service::serve_web(config))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -116,49 +116,7 @@ pub(super) fn events(
     let table = rows
         .iter()
         .map(|e| {
-            let detail = if e.kind == "delivery" {
-                let mut d = format!(
-                    "{} {}{} → {}",
-                    e.provider.as_deref().unwrap_or("?"),
-                    e.event.as_deref().unwrap_or("?"),
-                    e.ref_name
-                        .as_deref()
-                        .map(|r| format!(" {r}"))
-                        .unwrap_or_default(),
-                    e.outcome.as_deref().unwrap_or("?")
-                );
-                if let Some(p) = e.poll_id {
-                    d.push_str(&format!(" (poll {p})"));
-                }
-                if let Some(r) = &e.reason {
-                    d.push_str(&format!(": {r}"));
-                }
-                if let Some(id) = &e.delivery_id {
-                    d.push_str(&format!(" [delivery {id}]"));
-                }
-                d
-            } else {
-                let mut d = format!(
-                    "poll {} ({}): {} in {} ms",
-                    e.id,
-                    e.trigger.as_deref().unwrap_or("?"),
-                    e.result.as_deref().unwrap_or("?"),
-                    e.duration_ms.unwrap_or(0)
-                );
-                if e.result.as_deref() == Some("updated") {
-                    d.push_str(&format!(
-                        ", {} commits, +{} ~{} -{} models",
-                        e.commits.unwrap_or(0),
-                        e.models_added.unwrap_or(0),
-                        e.models_modified.unwrap_or(0),
-                        e.models_deleted.unwrap_or(0)
-                    ));
-                }
-                if let Some(err) = &e.error {
-                    d.push_str(&format!(": {err}"));
-                }
-                d
-            };
+            let detail = crate::query::event_detail(e);
             vec![
                 e.time.clone(),
                 e.kind.clone(),

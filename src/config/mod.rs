@@ -108,6 +108,10 @@ pub struct Config {
     pub(crate) events_retention_days: u32,
     /// The optional webhook listener.
     pub(crate) webhook: Option<WebhookConfig>,
+    /// The optional web catalog.
+    pub(crate) web: Option<WebConfig>,
+    /// Counts the configurations loaded by this process: a reload gives a new one (for HTTP `ETag`s).
+    pub(crate) generation: u64,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (`[metrics] listen`), if anywhere.
     pub(crate) metrics_listen: Option<std::net::SocketAddr>,
     /// `log_level` (`error` … `trace`, or a tracing filter); `RUST_LOG` wins over it.
@@ -131,6 +135,28 @@ pub(crate) const MIN_DATABASE_BYTES: u64 = 1 << 20;
 
 /// Default `events_retention_days`.
 pub(crate) const DEFAULT_EVENTS_RETENTION_DAYS: u32 = 30;
+/// `[web]`: the read-only web catalog and its JSON API.
+#[derive(Debug, Clone)]
+pub(crate) struct WebConfig {
+    pub(crate) listen: std::net::SocketAddr,
+    /// Apache htpasswd file with bcrypt entries: HTTP Basic authentication for pages and API.
+    pub(crate) users_file: Option<PathBuf>,
+    /// One token per line: `Authorization: Bearer` for the API. Re-read when it changes.
+    pub(crate) tokens_file: Option<PathBuf>,
+    /// Serve without authentication even on a non-loopback address.
+    pub(crate) allow_anonymous: bool,
+    /// The address users reach the catalog at (behind a TLS proxy), without a trailing slash: used for
+    /// links that leave the page (the API's `next` links).
+    pub(crate) public_url: Option<String>,
+}
+
+impl WebConfig {
+    /// Whether anyone may read without credentials.
+    pub(crate) fn anonymous(&self) -> bool {
+        self.users_file.is_none() && self.tokens_file.is_none()
+    }
+}
+
 /// Default `[webhook] max_body_bytes` (5 MiB).
 pub(crate) const DEFAULT_WEBHOOK_MAX_BODY: u64 = 5 * 1024 * 1024;
 /// Default `[webhook] queue_size`.

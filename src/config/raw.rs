@@ -22,6 +22,7 @@ pub(super) struct RawFile {
     pub(super) backfill: Option<bool>,
     pub(super) events_retention_days: Option<u32>,
     pub(super) webhook: Option<RawWebhook>,
+    pub(super) web: Option<RawWeb>,
     pub(super) metrics: Option<RawMetrics>,
     pub(super) log_level: Option<String>,
     pub(super) log_format: Option<String>,
@@ -41,6 +42,16 @@ pub(super) struct RawWebhook {
     pub(super) listen: String,
     pub(super) max_body_bytes: Option<u64>,
     pub(super) queue_size: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWeb {
+    pub(super) listen: String,
+    pub(super) users_file: Option<String>,
+    pub(super) tokens_file: Option<String>,
+    pub(super) allow_anonymous: Option<bool>,
+    pub(super) public_url: Option<String>,
 }
 
 /// A single value or a list of them (`webhook_secret_file = "a"` or `= ["a", "b"]`).

@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{OneOrMany, RawFile, RawMetrics, RawProvider, RawWebhook};
+use super::raw::{OneOrMany, RawFile, RawMetrics, RawProvider, RawWeb, RawWebhook};
 use super::{
     Config, ConfigError, Credentials, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DISCOVER_SCHEDULE, DEFAULT_EVENTS_RETENTION_DAYS, DEFAULT_MAX_MODEL_BYTES,
     DEFAULT_READ_TIMEOUT, DEFAULT_SCHEDULE, DEFAULT_STATE_DIR, DEFAULT_WEBHOOK_MAX_BODY,
-    DEFAULT_WEBHOOK_QUEUE, MIN_DATABASE_BYTES, ProviderConfig, RepoConfig, RepoFilter,
+    DEFAULT_WEBHOOK_QUEUE, MIN_DATABASE_BYTES, ProviderConfig, RepoConfig, RepoFilter, WebConfig,
     WebhookConfig,
 };
 use crate::forge::{self, Forge, ProviderKind};
@@ -19,6 +19,9 @@ use crate::model::{DEFAULT_FORMATS, FileFilter, FilterError};
 use crate::redact::redact_url;
 use crate::schedule::Schedule;
 use crate::secret::{Secret, SecretFile, TokenSource, expand_vars};
+
+/// Configurations loaded by this process, for [`Config::generation`].
+static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A value and the file that set it.
 type Set<T> = Option<(T, PathBuf)>;
@@ -37,6 +40,7 @@ struct Merged {
     formats: Set<Vec<String>>,
     events_retention_days: Set<u32>,
     webhook: Set<RawWebhook>,
+    web: Set<RawWeb>,
     metrics: Set<RawMetrics>,
     log_level: Set<String>,
     log_format: Set<String>,
@@ -57,7 +61,7 @@ impl Merged {
         for (file, raw) in files {
             merge_keys!(m, raw, file;
                 state_dir, database, database_max_bytes, schedule, concurrency, max_model_bytes, include,
-                backfill, formats, events_retention_days, webhook, metrics, log_level, log_format,
+                backfill, formats, events_retention_days, webhook, web, metrics, log_level, log_format,
             );
             for (name, p) in raw.providers {
                 if let Some((_, _, first)) = m.providers.iter().find(|(n, _, _)| *n == name) {
@@ -171,6 +175,10 @@ pub(super) fn validate(
                 .unwrap_or(DEFAULT_WEBHOOK_QUEUE),
         }),
     };
+    let web = match m.web.take() {
+        None => None,
+        Some((raw, f)) => Some(web(raw, &f, base)?),
+    };
     let defaults = Defaults {
         schedule,
         backfill: m.backfill.take().map(|(b, _)| b).unwrap_or(true),
@@ -217,6 +225,8 @@ pub(super) fn validate(
         warnings,
         events_retention_days,
         webhook,
+        web,
+        generation: LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
         metrics_listen,
         log_level: m.log_level.take().map(|(l, _)| l),
         log_json,
@@ -281,6 +291,69 @@ fn listen_address(
             format!("{key} = {text:?}: write an address and port, e.g. \"{example}\""),
         )
     })
+}
+
+/// `[web]`: the listener, its credentials, and the address users reach it at.
+fn web(raw: RawWeb, file: &Path, base: &Path) -> Result<WebConfig, ConfigError> {
+    let listen = listen_address(&raw.listen, file, "[web] listen", "127.0.0.1:8090")?;
+    let path = |p: &Option<String>, key: &str| {
+        p.as_deref()
+            .map(|p| resolve_path(p, base, file, key))
+            .transpose()
+    };
+    let public_url = match raw
+        .public_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+    {
+        None => None,
+        Some(u) => {
+            let parsed = url::Url::parse(u).ok().filter(|p| {
+                matches!(p.scheme(), "http" | "https") && p.host().is_some() && p.query().is_none()
+            });
+            match parsed {
+                Some(p) if p.username().is_empty() && p.password().is_none() => {
+                    Some(u.trim_end_matches('/').to_string())
+                }
+                Some(_) => {
+                    return Err(invalid(
+                        file,
+                        format!(
+                            "[web] public_url {:?} holds credentials; remove them",
+                            redact_url(u)
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(invalid(
+                        file,
+                        format!(
+                            "[web] public_url = {:?}: write the address users reach the catalog at, e.g. \"https://models.example.com\"",
+                            redact_url(u)
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+    let web = WebConfig {
+        listen,
+        users_file: path(&raw.users_file, "users_file")?,
+        tokens_file: path(&raw.tokens_file, "tokens_file")?,
+        allow_anonymous: raw.allow_anonymous.unwrap_or(false),
+        public_url,
+    };
+    if web.anonymous() && !web.allow_anonymous && !listen.ip().is_loopback() {
+        return Err(invalid(
+            file,
+            format!(
+                "[web] listen = {:?} is reachable from other hosts, and neither users_file nor tokens_file is set: set one (or both), or allow_anonymous = true to let anyone on the network read the catalog",
+                raw.listen
+            ),
+        ));
+    }
+    Ok(web)
 }
 
 /// One `[providers.NAME]` table: the provider, and the repositories its `repos` lists.

@@ -29,6 +29,12 @@ impl Forge for BitbucketCloud {
             password: token,
         }
     }
+    fn file_page(&self, repo_page: &str, commit: &str, path: &str) -> Option<String> {
+        Some(format!(
+            "{repo_page}/src/{commit}/{}",
+            super::encode_path(path)
+        ))
+    }
     fn scopes_key(&self) -> Option<&'static str> {
         Some("workspaces")
     }

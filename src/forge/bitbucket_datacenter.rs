@@ -28,6 +28,20 @@ impl Forge for BitbucketDatacenter {
             None => GitAuth::Bearer(token),
         }
     }
+    fn repo_page(&self, base: &str, path: &str) -> Option<String> {
+        let (project, repo) = path.trim_end_matches(".git").split_once('/')?;
+        Some(format!(
+            "{base}/projects/{}/repos/{}",
+            super::encode_path(project),
+            super::encode_path(repo)
+        ))
+    }
+    fn file_page(&self, repo_page: &str, commit: &str, path: &str) -> Option<String> {
+        Some(format!(
+            "{repo_page}/browse/{}?at={commit}",
+            super::encode_path(path)
+        ))
+    }
     fn scopes_key(&self) -> Option<&'static str> {
         Some("projects")
     }

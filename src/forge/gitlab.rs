@@ -26,6 +26,12 @@ impl Forge for Gitlab {
             password: token,
         }
     }
+    fn file_page(&self, repo_page: &str, commit: &str, path: &str) -> Option<String> {
+        Some(format!(
+            "{repo_page}/-/blob/{commit}/{}",
+            super::encode_path(path)
+        ))
+    }
     fn scopes_key(&self) -> Option<&'static str> {
         Some("groups")
     }

@@ -90,6 +90,16 @@ pub(crate) trait Forge: Sync {
         false
     }
 
+    /// The repository's page on the host (`None`: this kind has no web pages, or `base` is no web address).
+    fn repo_page(&self, base: &str, path: &str) -> Option<String> {
+        base.starts_with("http")
+            .then(|| format!("{base}/{}", encode_path(path.trim_end_matches(".git"))))
+    }
+    /// A file's page at a commit, given the repository's page.
+    fn file_page(&self, _repo_page: &str, _commit: &str, _path: &str) -> Option<String> {
+        None
+    }
+
     // --- REST (discovery and token checks); the defaults are for hosts without an API. ---
 
     /// The configuration key that lists discovery scopes (`groups`, `workspaces`, `projects`, `orgs`).
@@ -210,6 +220,19 @@ fn s(v: &serde_json::Value, pointer: &str) -> Option<String> {
         .and_then(|x| x.as_str())
         .filter(|x| !x.is_empty())
         .map(str::to_string)
+}
+
+/// A repository or file path for a URL: each segment percent-encoded, the `/` between them kept.
+pub(crate) fn encode_path(path: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    path.split('/')
+        .map(|s| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// A JSON value as a string id (numbers and strings alike).

@@ -24,4 +24,8 @@ impl Forge for PlainGit {
     fn accepts_urls(&self) -> bool {
         true
     }
+    fn repo_page(&self, _base: &str, _path: &str) -> Option<String> {
+        // A plain server's URL is a clone URL, not a web page.
+        None
+    }
 }

@@ -53,7 +53,7 @@ pub(super) async fn bind(
         })
 }
 
-/// Serve `handler` on `listener` until `stop` turns true, then let the connections in flight finish (for
+/// Serve `handler` (given each request and the client's address) on `listener` until `stop` turns true, then let the connections in flight finish (for
 /// `DRAIN` at most).
 pub(super) async fn serve<H, F>(
     listener: TcpListener,
@@ -62,7 +62,7 @@ pub(super) async fn serve<H, F>(
     mut stop: watch::Receiver<bool>,
     handler: H,
 ) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Answer> + Send + 'static,
 {
     match listener.local_addr() {
@@ -76,7 +76,7 @@ pub(super) async fn serve<H, F>(
             a = listener.accept() => a,
             _ = stop.changed() => break,
         };
-        let Ok((stream, _peer)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
             continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -87,7 +87,7 @@ pub(super) async fn serve<H, F>(
         conns.spawn(async move {
             let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
-                let answer = handler(req);
+                let answer = handler(req, peer);
                 async move { Ok::<_, std::convert::Infallible>(answer.await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()

@@ -112,7 +112,7 @@ pub(super) async fn serve(
     health: Arc<Health>,
     stop: watch::Receiver<bool>,
 ) {
-    http::serve(listener, "metrics", LIMITS, stop, move |req| {
+    http::serve(listener, "metrics", LIMITS, stop, move |req, _| {
         respond(req, store.clone(), health.clone())
     })
     .await;

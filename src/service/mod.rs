@@ -21,12 +21,15 @@ mod signals;
 mod state;
 mod supervisor;
 mod systemd;
+mod web;
 mod webhook;
 
 pub(crate) use discovery::discover;
 pub(crate) use repos::sync_once;
 pub(crate) use signals::{shutdown_signal, signals, watch_config};
 pub(crate) use supervisor::run;
+pub(crate) use web::auth::check_files as check_web_files;
+pub(crate) use web::serve_alone as serve_web;
 
 /// Errors that stop the service from starting.
 #[derive(Debug, thiserror::Error)]
@@ -38,4 +41,12 @@ pub(crate) enum ServiceError {
         addr: std::net::SocketAddr,
         error: std::io::Error,
     },
+    #[error("[web]: {0}")]
+    WebAuth(web::auth::AuthFileError),
+    #[error(
+        "[web] listen is not set: the web catalog has nowhere to listen (see config.example.toml)"
+    )]
+    NoWeb,
+    #[error(transparent)]
+    Store(crate::store::StoreError),
 }

@@ -20,7 +20,7 @@ use super::metrics::Health;
 use super::repos::repo_loop;
 use super::state::{ConfigHandle, Control, Nudge, Shared, Targets, current, stall_limit};
 use super::systemd::Notifier;
-use super::{ServiceError, http, metrics, webhook};
+use super::{ServiceError, http, metrics, web, webhook};
 use crate::config::{Config, ConfigError, ProviderIssue, RepoConfig};
 use crate::query::discovered_repos;
 use crate::store::Store;
@@ -164,6 +164,14 @@ async fn start_listeners(
         Some(addr) => Some(http::bind(*addr, "metrics", "[metrics] listen").await?),
         None => None,
     };
+    let web_listener = match &config.web {
+        Some(w) => {
+            let listener = http::bind(w.listen, "the web catalog", "[web] listen").await?;
+            let catalog = web::Web::new(shared.config.clone(), shared.store.path())?;
+            Some((listener, Arc::new(catalog)))
+        }
+        None => None,
+    };
     let mut listeners = JoinSet::new();
     if let Some(l) = hooks {
         listeners.spawn(webhook::serve(
@@ -173,6 +181,9 @@ async fn start_listeners(
             shared.targets.clone(),
             stop.clone(),
         ));
+    }
+    if let Some((l, catalog)) = web_listener {
+        listeners.spawn(web::serve(l, catalog, stop.clone()));
     }
     if let Some(l) = metrics_listener {
         listeners.spawn(metrics::serve(

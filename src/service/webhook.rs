@@ -145,7 +145,7 @@ pub(super) async fn serve(
         return;
     };
     let handler_state = state.clone();
-    http::serve(listener, "webhook", LIMITS, stop, move |req| {
+    http::serve(listener, "webhook", LIMITS, stop, move |req, _| {
         handle(handler_state.clone(), req)
     })
     .await;

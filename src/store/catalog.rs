@@ -1,9 +1,20 @@
 //! Reading the catalog: repository status, models, full-text search, a model's history.
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use super::{Doing, Store, StoreError, now_rfc3339};
+
+/// A processed commit.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct CommitRow {
+    pub(crate) commit: String,
+    pub(crate) author: String,
+    pub(crate) author_email: String,
+    /// Commit time, RFC 3339.
+    pub(crate) time: String,
+    pub(crate) message: String,
+}
 
 /// A row of `modelmirror status`.
 #[derive(Debug, Clone, Serialize)]
@@ -93,6 +104,43 @@ pub struct VersionRow {
 }
 
 impl Store {
+    /// A token that changes whenever what the catalog answers may change: a commit processed, a poll or a
+    /// delivery recorded, the service's state written. For HTTP `ETag`s.
+    pub(crate) fn catalog_version(&self) -> Result<String, StoreError> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM sync_steps) || '.' ||
+                    (SELECT COALESCE(MAX(id), 0) FROM polls) || '.' ||
+                    (SELECT COALESCE(MAX(id), 0) FROM deliveries) || '.' ||
+                    (SELECT COUNT(*) FROM repos) || '.' ||
+                    (SELECT COALESCE(MAX(value), '') FROM service)",
+            [],
+            |r| r.get(0),
+        )
+        .doing("reading the catalog's version")
+    }
+
+    /// Who made a processed commit, when, and why.
+    pub(crate) fn commit(&self, repo: &str, id: &str) -> Result<Option<CommitRow>, StoreError> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT commit_id, author_name, author_email, committed_at, message FROM commits
+             WHERE repo_id = ?1 AND commit_id = ?2",
+            params![repo, id],
+            |r| {
+                Ok(CommitRow {
+                    commit: r.get(0)?,
+                    author: r.get(1)?,
+                    author_email: r.get(2)?,
+                    time: r.get(3)?,
+                    message: r.get(4)?,
+                })
+            },
+        )
+        .optional()
+        .doing("reading a commit")
+    }
+
     pub(crate) fn status(&self) -> Result<Vec<RepoStatus>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn

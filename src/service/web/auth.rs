@@ -1,0 +1,465 @@
+//! Who may read the web catalog: HTTP Basic against `users_file` (Apache htpasswd, bcrypt entries only) for
+//! pages and API alike, and `Authorization: Bearer` against `tokens_file` (one token per line) for the API.
+//! Both files are read again when they change; a changed file that cannot be used is logged and the last good
+//! one stays in force.
+//!
+//! Wrong credentials get 401, are counted in `modelmirror_web_auth_failures_total`, and count against the
+//! client's address: past `MAX_FAILURES` in `FAILURE_WINDOW` the address gets 429 until the window has
+//! passed, so guessing costs time and no client can keep the CPU busy with bcrypt. A password is never logged,
+//! and verified credentials are remembered (by their SHA-256, not in clear) so a browser's Basic header on
+//! every request costs one bcrypt verification, not one per request.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hyper::HeaderMap;
+
+use crate::config::WebConfig;
+use crate::metrics;
+
+/// Wrong credentials an address may send in `FAILURE_WINDOW` before it must wait.
+const MAX_FAILURES: u32 = 10;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses remembered for the failure count, at most (the oldest are forgotten first).
+const MAX_TRACKED: usize = 10_000;
+/// Verified credentials remembered, at most.
+const MAX_VERIFIED: usize = 1_024;
+
+/// Why a credentials file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AuthFileError {
+    #[error("cannot read {key} {}: {error}", path.display())]
+    Read {
+        key: &'static str,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(
+        "users_file {}, line {line}: the password of `{user}` is {kind}, not bcrypt; modelmirror accepts bcrypt entries only: create them with `htpasswd -B {} {user}`",
+        path.display(),
+        path.display()
+    )]
+    NotBcrypt {
+        path: PathBuf,
+        line: usize,
+        user: String,
+        kind: &'static str,
+    },
+    #[error(
+        "users_file {}, line {line}: not a `user:hash` line; create entries with `htpasswd -B`",
+        path.display()
+    )]
+    Malformed { path: PathBuf, line: usize },
+}
+
+/// Why a request is not let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Denied {
+    /// No credentials, or credentials of a kind this listener does not take here: 401.
+    Missing,
+    /// Wrong credentials: 401, counted.
+    Wrong,
+    /// Too many wrong credentials from this address lately: 429.
+    TooMany,
+}
+
+/// The users of `users_file`: name → bcrypt hash.
+struct Users(HashMap<String, String>);
+
+/// The tokens of `tokens_file`.
+struct Tokens(Vec<String>);
+
+/// A file's modification time and size: when either changes, the file is read again.
+type Stamp = Option<(SystemTime, u64)>;
+
+/// A file read again when it changes (its modification time or size).
+struct Watched<T> {
+    key: &'static str,
+    path: PathBuf,
+    parse: fn(&Path, &str) -> Result<T, AuthFileError>,
+    /// The file's stamp when read, and what it held.
+    current: Mutex<(Stamp, Arc<T>)>,
+}
+
+impl<T> Watched<T> {
+    fn load(
+        key: &'static str,
+        path: &Path,
+        parse: fn(&Path, &str) -> Result<T, AuthFileError>,
+    ) -> Result<Self, AuthFileError> {
+        let (stamp, value) = read(key, path, parse)?;
+        Ok(Watched {
+            key,
+            path: path.to_path_buf(),
+            parse,
+            current: Mutex::new((stamp, Arc::new(value))),
+        })
+    }
+
+    /// What the file holds now (read again if it changed since; the last good content if it cannot be used).
+    fn get(&self) -> Arc<T> {
+        let stamp = stamp(&self.path);
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if stamp.is_some() && stamp != current.0 {
+            match read(self.key, &self.path, self.parse) {
+                Ok((stamp, value)) => *current = (stamp, Arc::new(value)),
+                Err(e) => {
+                    tracing::error!("{e}; the web catalog keeps the {} it read before", self.key);
+                    current.0 = stamp;
+                }
+            }
+        }
+        current.1.clone()
+    }
+}
+
+fn stamp(path: &Path) -> Stamp {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn read<T>(
+    key: &'static str,
+    path: &Path,
+    parse: fn(&Path, &str) -> Result<T, AuthFileError>,
+) -> Result<(Stamp, T), AuthFileError> {
+    let stamp = stamp(path);
+    let text = std::fs::read_to_string(path).map_err(|error| AuthFileError::Read {
+        key,
+        path: path.to_path_buf(),
+        error,
+    })?;
+    Ok((stamp, parse(path, &text)?))
+}
+
+/// Parse an htpasswd file, refusing every entry that is not bcrypt.
+fn parse_users(path: &Path, text: &str) -> Result<Users, AuthFileError> {
+    let mut users = HashMap::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((user, hash)) = line.split_once(':') else {
+            return Err(AuthFileError::Malformed {
+                path: path.to_path_buf(),
+                line: i + 1,
+            });
+        };
+        let kind =
+            if ["$2y$", "$2a$", "$2b$"].iter().any(|p| hash.starts_with(p)) && hash.len() == 60 {
+                None
+            } else if hash.starts_with("$apr1$") {
+                Some("MD5 (apr1)")
+            } else if hash.starts_with("{SHA}") {
+                Some("SHA-1")
+            } else if hash.starts_with("$5$") || hash.starts_with("$6$") {
+                Some("SHA-crypt")
+            } else if hash.starts_with("$2") {
+                Some("a malformed bcrypt hash")
+            } else {
+                Some("crypt(3) or plain text")
+            };
+        if let Some(kind) = kind {
+            return Err(AuthFileError::NotBcrypt {
+                path: path.to_path_buf(),
+                line: i + 1,
+                user: user.chars().filter(|c| !c.is_control()).collect(),
+                kind,
+            });
+        }
+        users.insert(user.to_string(), hash.to_string());
+    }
+    Ok(Users(users))
+}
+
+/// One token per line; blank lines and `#` comments skipped.
+fn parse_tokens(_path: &Path, text: &str) -> Result<Tokens, AuthFileError> {
+    Ok(Tokens(
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect(),
+    ))
+}
+
+/// Check that `[web]`'s credential files can be used (for `check` and at start).
+pub(crate) fn check_files(web: &WebConfig) -> Result<(), AuthFileError> {
+    Auth::new(web).map(|_| ())
+}
+
+/// The web catalog's access control.
+pub(super) struct Auth {
+    users: Option<Watched<Users>>,
+    tokens: Option<Watched<Tokens>>,
+    /// Wrong credentials per address: when the window started, and how many.
+    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// SHA-256 of `user:password` of credentials verified against the users' current hashes.
+    verified: Mutex<HashMap<[u8; 32], Arc<Users>>>,
+}
+
+impl Auth {
+    /// Read the credential files of `web` (none: anyone may read).
+    pub(super) fn new(web: &WebConfig) -> Result<Auth, AuthFileError> {
+        Ok(Auth {
+            users: web
+                .users_file
+                .as_deref()
+                .map(|p| Watched::load("users_file", p, parse_users))
+                .transpose()?,
+            tokens: web
+                .tokens_file
+                .as_deref()
+                .map(|p| Watched::load("tokens_file", p, parse_tokens))
+                .transpose()?,
+            failures: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether a request from `peer` with `headers` may read; `api`: the request is for `/api/`, where a
+    /// Bearer token is accepted too.
+    pub(super) fn check(&self, headers: &HeaderMap, peer: IpAddr, api: bool) -> Result<(), Denied> {
+        if self.users.is_none() && self.tokens.is_none() {
+            return Ok(());
+        }
+        let Some(value) = headers
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return Err(Denied::Missing);
+        };
+        let (scheme, credentials) = value.trim().split_once(' ').unwrap_or((value, ""));
+        let credentials = credentials.trim();
+        let accepted = if scheme.eq_ignore_ascii_case("basic") && self.users.is_some() {
+            self.waiting(peer)?;
+            self.basic(credentials)
+        } else if scheme.eq_ignore_ascii_case("bearer") && api && self.tokens.is_some() {
+            self.waiting(peer)?;
+            self.bearer(credentials)
+        } else {
+            return Err(Denied::Missing);
+        };
+        if accepted {
+            return Ok(());
+        }
+        self.failed(peer);
+        metrics::global().inc(
+            "modelmirror_web_auth_failures_total",
+            &[("reason", "wrong")],
+            1.0,
+        );
+        Err(Denied::Wrong)
+    }
+
+    /// `Err(TooMany)` while `peer` has spent its wrong attempts of the window.
+    fn waiting(&self, peer: IpAddr) -> Result<(), Denied> {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match failures.get(&peer) {
+            Some((since, n)) if *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW => {
+                metrics::global().inc(
+                    "modelmirror_web_auth_failures_total",
+                    &[("reason", "rate_limited")],
+                    1.0,
+                );
+                Err(Denied::TooMany)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn failed(&self, peer: IpAddr) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if failures.len() >= MAX_TRACKED && !failures.contains_key(&peer) {
+            failures.retain(|_, (since, _)| since.elapsed() < FAILURE_WINDOW);
+            if failures.len() >= MAX_TRACKED
+                && let Some(oldest) = failures
+                    .iter()
+                    .min_by_key(|(_, (s, _))| *s)
+                    .map(|(a, _)| *a)
+            {
+                failures.remove(&oldest);
+            }
+        }
+        let entry = failures.entry(peer).or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= FAILURE_WINDOW {
+            *entry = (Instant::now(), 0);
+        }
+        entry.1 += 1;
+    }
+
+    /// `user:password` (base64) against the users file.
+    fn basic(&self, credentials: &str) -> bool {
+        let Some(users) = self.users.as_ref().map(Watched::get) else {
+            return false;
+        };
+        let Some(decoded) = BASE64
+            .decode(credentials)
+            .ok()
+            .and_then(|d| String::from_utf8(d).ok())
+        else {
+            return false;
+        };
+        let Some((user, password)) = decoded.split_once(':') else {
+            return false;
+        };
+        let Some(hash) = users.0.get(user) else {
+            return false;
+        };
+        let digest = sha256(decoded.as_bytes());
+        {
+            let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            // Remembered only against the same users file: a changed file verifies again.
+            if verified
+                .get(&digest)
+                .is_some_and(|u| Arc::ptr_eq(u, &users))
+            {
+                return true;
+            }
+        }
+        if !bcrypt::verify(password, hash).unwrap_or(false) {
+            return false;
+        }
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= MAX_VERIFIED {
+            verified.clear();
+        }
+        verified.insert(digest, users);
+        true
+    }
+
+    /// A token against the tokens file, in constant time per token.
+    fn bearer(&self, token: &str) -> bool {
+        let Some(tokens) = self.tokens.as_ref().map(Watched::get) else {
+            return false;
+        };
+        !token.is_empty()
+            && tokens.0.iter().any(|t| {
+                t.len() == token.len() && openssl::memcmp::eq(t.as_bytes(), token.as_bytes())
+            })
+    }
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let digest = openssl::sha::sha256(data);
+    out.copy_from_slice(&digest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn web(users: Option<&Path>, tokens: Option<&Path>) -> WebConfig {
+        WebConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            users_file: users.map(Path::to_path_buf),
+            tokens_file: tokens.map(Path::to_path_buf),
+            allow_anonymous: false,
+            public_url: None,
+        }
+    }
+
+    fn basic(user: &str, pass: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let v = format!("Basic {}", BASE64.encode(format!("{user}:{pass}")));
+        h.insert(hyper::header::AUTHORIZATION, v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn bcrypt_users_tokens_and_the_failure_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = dir.path().join("users");
+        let hash = bcrypt::hash_with_salt("s3cret pass", 4, [7u8; 16])
+            .unwrap()
+            .format_for_version(bcrypt::Version::TwoY);
+        std::fs::write(&users, format!("# comment\nann:{hash}\n")).unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, "tok-123\n\n").unwrap();
+        let auth = Auth::new(&web(Some(&users), Some(&tokens))).unwrap();
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        assert_eq!(
+            auth.check(&HeaderMap::new(), ip, false),
+            Err(Denied::Missing)
+        );
+        assert_eq!(auth.check(&basic("ann", "s3cret pass"), ip, false), Ok(()));
+        assert_eq!(
+            auth.check(&basic("ann", "s3cret pass"), ip, false),
+            Ok(()),
+            "remembered"
+        );
+        assert_eq!(
+            auth.check(&basic("ann", "wrong"), ip, false),
+            Err(Denied::Wrong)
+        );
+        assert_eq!(
+            auth.check(&basic("bob", "s3cret pass"), ip, false),
+            Err(Denied::Wrong)
+        );
+        let mut bearer = HeaderMap::new();
+        bearer.insert(
+            hyper::header::AUTHORIZATION,
+            "Bearer tok-123".parse().unwrap(),
+        );
+        assert_eq!(auth.check(&bearer, ip, true), Ok(()));
+        assert_eq!(
+            auth.check(&bearer, ip, false),
+            Err(Denied::Missing),
+            "tokens are for the API"
+        );
+        // A rotated tokens file applies at once.
+        std::fs::write(&tokens, "tok-456-longer\n").unwrap();
+        assert_eq!(auth.check(&bearer, ip, true), Err(Denied::Wrong));
+        // Past the limit the address waits, even with the right password; another address does not.
+        for _ in 0..MAX_FAILURES {
+            let _ = auth.check(&basic("ann", "guess"), ip, false);
+        }
+        assert_eq!(
+            auth.check(&basic("ann", "s3cret pass"), ip, false),
+            Err(Denied::TooMany)
+        );
+        let other: IpAddr = "127.0.0.10".parse().unwrap();
+        assert_eq!(
+            auth.check(&basic("ann", "s3cret pass"), other, false),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn other_hash_kinds_are_refused_saying_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = dir.path().join("users");
+        for (line, kind) in [
+            ("ann:$apr1$abc$def", "MD5"),
+            ("ann:{SHA}abc=", "SHA-1"),
+            ("ann:$6$salt$hash", "SHA-crypt"),
+            ("ann:plain", "plain text"),
+        ] {
+            std::fs::write(&users, format!("{line}\n")).unwrap();
+            let e = check_files(&web(Some(&users), None))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(kind) && e.contains("htpasswd -B") && e.contains("line 1"),
+                "{e}"
+            );
+        }
+        std::fs::write(&users, "no colon here\n").unwrap();
+        assert!(matches!(
+            check_files(&web(Some(&users), None)),
+            Err(AuthFileError::Malformed { line: 1, .. })
+        ));
+        assert!(matches!(
+            check_files(&web(Some(&dir.path().join("missing")), None)),
+            Err(AuthFileError::Read { .. })
+        ));
+    }
+}

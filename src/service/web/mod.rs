@@ -1,0 +1,399 @@
+//! The web catalog (`[web] listen`): read-only pages for people and a JSON API for programs, served on a
+//! listener of its own by `modelmirror run` and by `modelmirror serve` (the catalog alone, no polling).
+//!
+//! Every request passes [`auth`] first (static assets excepted), then runs its queries on a blocking thread
+//! with one of a few reading connections to the database, so a long import never holds a page up. Nothing
+//! here writes to the catalog or starts a poll. Every answer carries the security headers (a
+//! Content-Security-Policy without inline script, no framing, no sniffing, no referrer).
+
+mod api;
+pub(crate) mod auth;
+mod diagram;
+mod html;
+mod pages;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, StatusCode};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::ServiceError;
+use super::http::{self, Answer};
+use super::state::{ConfigHandle, current};
+use crate::query::Catalog;
+use crate::store::Store;
+use auth::{Auth, Denied};
+
+/// Reading connections to the database: queries of concurrent requests run side by side on them.
+const READERS: usize = 4;
+/// Clients served at once; more are closed as they arrive.
+const LIMITS: http::Limits = http::Limits {
+    max_connections: 512,
+    header_timeout: Duration::from_secs(10),
+};
+
+const STYLE: &str = include_str!("assets/style.css");
+const SCRIPT: &str = include_str!("assets/app.js");
+
+/// The web catalog's shared state.
+pub(crate) struct Web {
+    config: ConfigHandle,
+    readers: Vec<Store>,
+    next_reader: AtomicUsize,
+    auth: Auth,
+}
+
+impl Web {
+    /// Open the reading connections to `database` and read the credential files of `[web]`.
+    pub(crate) fn new(config: ConfigHandle, database: &Path) -> Result<Web, ServiceError> {
+        let settings = current(&config).web.clone();
+        let auth = match &settings {
+            Some(w) => Auth::new(w).map_err(ServiceError::WebAuth)?,
+            None => Auth::new(&crate::config::WebConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                users_file: None,
+                tokens_file: None,
+                allow_anonymous: false,
+                public_url: None,
+            })
+            .map_err(ServiceError::WebAuth)?,
+        };
+        let readers = (0..READERS)
+            .map(|_| Store::open(database))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ServiceError::Store)?;
+        Ok(Web {
+            config,
+            readers,
+            next_reader: AtomicUsize::new(0),
+            auth,
+        })
+    }
+
+    fn reader(&self) -> &Store {
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        &self.readers[i]
+    }
+}
+
+/// `modelmirror serve`: the web catalog alone (no polling, nothing written), until SIGTERM or SIGINT.
+pub(crate) async fn serve_alone(config: crate::config::Config) -> Result<(), ServiceError> {
+    let Some(settings) = config.web.clone() else {
+        return Err(ServiceError::NoWeb);
+    };
+    let database = config.database.clone();
+    let handle: ConfigHandle = Arc::new(std::sync::RwLock::new(Arc::new(config)));
+    let listener = http::bind(settings.listen, "the web catalog", "[web] listen").await?;
+    let web = Arc::new(Web::new(handle, &database)?);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let serving = tokio::spawn(serve(listener, web, stop_rx));
+    super::shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let _ = serving.await;
+    Ok(())
+}
+
+/// Serve the web catalog on `listener` until `stop`.
+pub(crate) async fn serve(listener: TcpListener, web: Arc<Web>, stop: watch::Receiver<bool>) {
+    http::serve(listener, "web catalog", LIMITS, stop, move |req, peer| {
+        handle(web.clone(), req, peer)
+    })
+    .await;
+}
+
+/// A request's query parameters (the first value of each).
+pub(super) struct Params(HashMap<String, String>);
+
+impl Params {
+    fn parse(query: Option<&str>) -> Params {
+        let mut map = HashMap::new();
+        for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            map.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+        }
+        Params(map)
+    }
+
+    /// A parameter, when given and not empty.
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    fn required(&self, key: &str) -> Result<&str, api::ApiError> {
+        self.get(key).ok_or_else(|| {
+            api::ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("the `{key}` parameter is required"),
+            )
+        })
+    }
+}
+
+/// What a handler needs of a request.
+pub(super) struct Request<'a> {
+    path: &'a str,
+    params: Params,
+    /// Where users reach the catalog (`[web] public_url`), for links that leave the page.
+    public_url: Option<&'a str>,
+    raw_query: &'a str,
+}
+
+impl Request<'_> {
+    /// This request's URL (below `public_url` when set) with `key` set to `value`.
+    fn with_param(&self, key: &str, value: &str) -> String {
+        let mut pairs: Vec<(String, String)> =
+            url::form_urlencoded::parse(self.raw_query.as_bytes())
+                .filter(|(k, _)| k != key)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+        pairs.push((key.to_string(), value.to_string()));
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        format!(
+            "{}{}?{query}",
+            self.public_url.unwrap_or(""),
+            self.path_prefix()
+        )
+    }
+
+    fn path_prefix(&self) -> String {
+        format!("/api/v1{}", self.path)
+    }
+}
+
+/// An answer before the common headers go on.
+pub(super) struct Reply {
+    status: StatusCode,
+    body: Vec<u8>,
+    content_type: &'static str,
+    /// The next page of a list.
+    link_next: Option<String>,
+    etag: Option<String>,
+}
+
+impl Reply {
+    fn bytes(status: StatusCode, body: Vec<u8>, content_type: &'static str) -> Reply {
+        Reply {
+            status,
+            body,
+            content_type,
+            link_next: None,
+            etag: None,
+        }
+    }
+
+    fn html(status: StatusCode, html: String) -> Reply {
+        Reply::bytes(status, html.into_bytes(), "text/html; charset=utf-8")
+    }
+
+    fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
+        match serde_json::to_vec_pretty(value) {
+            Ok(body) => Reply::bytes(status, body, "application/json"),
+            Err(e) => Reply::bytes(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{{\"error\": \"cannot write the answer: {e}\", \"status\": 500}}")
+                    .into_bytes(),
+                "application/json",
+            ),
+        }
+    }
+
+    fn into_answer(self) -> Answer {
+        let mut answer = http::answer(self.status, Bytes::from(self.body), self.content_type);
+        let headers = answer.headers_mut();
+        if let Some(next) = self.link_next
+            && let Ok(v) = HeaderValue::from_str(&format!("<{next}>; rel=\"next\""))
+        {
+            headers.insert(hyper::header::LINK, v);
+        }
+        if let Some(etag) = self.etag
+            && let Ok(v) = HeaderValue::from_str(&etag)
+        {
+            headers.insert(hyper::header::ETAG, v);
+        }
+        answer
+    }
+}
+
+/// The headers every answer carries.
+fn secure(answer: &mut Answer, cache: &'static str) {
+    let headers = answer.headers_mut();
+    for (name, value) in [
+        (
+            "content-security-policy",
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+        ),
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", cache),
+    ] {
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+}
+
+async fn handle(web: Arc<Web>, req: hyper::Request<Incoming>, peer: SocketAddr) -> Answer {
+    let mut answer = route(web, req, peer).await;
+    let cache = if answer.headers().contains_key(hyper::header::ETAG) {
+        "no-cache"
+    } else {
+        "no-store"
+    };
+    secure(&mut answer, cache);
+    answer
+}
+
+async fn route(web: Arc<Web>, req: hyper::Request<Incoming>, peer: SocketAddr) -> Answer {
+    let path = req.uri().path().to_string();
+    let is_api = path.starts_with("/api/");
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut a = http::answer(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "the catalog is read only: use GET\n",
+            "text/plain; charset=utf-8",
+        );
+        a.headers_mut()
+            .insert(hyper::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return a;
+    }
+    match path.as_str() {
+        "/static/style.css" => {
+            return http::answer(StatusCode::OK, STYLE, "text/css; charset=utf-8");
+        }
+        "/static/app.js" => {
+            return http::answer(StatusCode::OK, SCRIPT, "text/javascript; charset=utf-8");
+        }
+        _ => {}
+    }
+    if let Err(denied) = web.auth.check(req.headers(), peer.ip(), is_api) {
+        return refuse(denied, is_api);
+    }
+    let query = req.uri().query().unwrap_or("").to_string();
+    let if_none_match = req
+        .headers()
+        .get(hyper::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let worker = web.clone();
+    let reply = tokio::task::spawn_blocking(move || {
+        let config = current(&worker.config);
+        let store = worker.reader();
+        let catalog = Catalog {
+            config: &config,
+            store,
+        };
+        let public_url = config.web.as_ref().and_then(|w| w.public_url.as_deref());
+        if let Some(api_path) = path.strip_prefix("/api/v1") {
+            let etag = match store.catalog_version() {
+                Ok(v) => format!("W/\"{v}.{}\"", config.generation),
+                Err(e) => return api::error(&crate::query::QueryError::from(e).into()),
+            };
+            if if_none_match
+                .as_deref()
+                .is_some_and(|m| m.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+            {
+                let mut r = Reply::bytes(StatusCode::NOT_MODIFIED, Vec::new(), "application/json");
+                r.etag = Some(etag);
+                return r;
+            }
+            let request = Request {
+                path: api_path,
+                params: Params::parse(Some(&query)),
+                public_url,
+                raw_query: &query,
+            };
+            let mut reply = api::answer(&request, &catalog, api_path);
+            if reply.status.is_success() {
+                reply.etag = Some(etag);
+            }
+            reply
+        } else if is_api {
+            api::error(&api::ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such API version: use /api/v1 (/api/v1/openapi.json describes it)",
+            ))
+        } else {
+            let request = Request {
+                path: &path,
+                params: Params::parse(Some(&query)),
+                public_url,
+                raw_query: &query,
+            };
+            pages::answer(&request, &catalog)
+        }
+    })
+    .await;
+    match reply {
+        Ok(reply) => reply.into_answer(),
+        Err(e) => {
+            tracing::error!("web catalog: a request failed unexpectedly: {e}");
+            http::answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error\n",
+                "text/plain; charset=utf-8",
+            )
+        }
+    }
+}
+
+/// The answer to a request that is not let in.
+fn refuse(denied: Denied, is_api: bool) -> Answer {
+    let (status, message) = match denied {
+        Denied::Missing => (
+            StatusCode::UNAUTHORIZED,
+            "sign in: this catalog needs credentials",
+        ),
+        Denied::Wrong => (
+            StatusCode::UNAUTHORIZED,
+            "wrong user name, password or token",
+        ),
+        Denied::TooMany => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many wrong credentials from this address: wait a minute",
+        ),
+    };
+    let reply = if is_api {
+        api::error(&api::ApiError::new(status, message))
+    } else {
+        Reply::html(
+            status,
+            html::page(
+                "Sign in",
+                &[],
+                "",
+                &format!(
+                    "<h1>Sign in</h1><p class=\"error\">{}</p>",
+                    html::esc(message)
+                ),
+            ),
+        )
+    };
+    let mut answer = reply.into_answer();
+    let headers = answer.headers_mut();
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"modelmirror\", charset=\"UTF-8\""),
+        );
+    } else {
+        headers.insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("60"));
+    }
+    answer
+}
