@@ -9,9 +9,9 @@
 //!    masked in text), [`schedule`] (cron), [`hubignore`] (`.hubignore` rules), [`model`] (format parsers
 //!    into one neutral model type, and which files they read) and [`metrics`] (the counters' registry).
 //! 2. [`git`]: libgit2 and nothing else: mirrors, fetching, history, tree diffs, blobs.
-//! 3. [`forge`]: everything that differs per Git host: URLs, git auth, REST discovery, webhooks.
-//! 4. [`config`] (the TOML files, validated with what [`forge`] knows of each host) and [`store`] (the
-//!    database: the only module with SQL).
+//! 3. [`forge`] (everything that differs per Git host: URLs, git auth, REST discovery, webhooks) and
+//!    [`store`] (the database: the only module with SQL).
+//! 4. [`config`]: the TOML files, validated with what [`forge`] knows of each host.
 //! 5. [`poll`] (one poll of one repository: list refs → fetch → diff → parse → one transaction per commit)
 //!    and [`query`] (the one query layer that the command line and the web catalog both answer from).
 //! 6. [`service`]: the daemon: supervisor, repository and discovery loops, listeners, signals, systemd.

@@ -118,6 +118,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "gauge",
         "Polls with no sign of life for longer than 5 x the longest git timeout + 60 s.",
     ),
+    (
+        "modelmirror_web_auth_failures_total",
+        "counter",
+        "Web catalog requests refused for wrong credentials, by reason (wrong, rate_limited).",
+    ),
     ("modelmirror_up", "gauge", "1 while the service runs."),
 ];
 

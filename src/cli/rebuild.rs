@@ -84,12 +84,7 @@ pub(super) fn rebuild(config: Config, ids: &[String]) -> Result<ExitCode, CliErr
             Ok(_) => format!("{} rebuilt: empty repository", repo.id),
             Err(e) => {
                 ok = false;
-                let msg = e.to_string();
-                format!(
-                    "{} error: {}",
-                    repo.id,
-                    msg.strip_prefix(&format!("{}: ", repo.id)).unwrap_or(&msg)
-                )
+                format!("{} error: {}", repo.id, e.reason())
             }
         };
         println!("{line}");

@@ -133,14 +133,7 @@ pub(super) fn sync(config: Config, ids: &[String]) -> Result<ExitCode, CliError>
         |repo, result| {
             let line = match result {
                 Ok(outcome) => outcome.line(&repo.id),
-                Err(e) => {
-                    let msg = e.to_string();
-                    let msg = msg
-                        .strip_prefix(&format!("{}: ", repo.id))
-                        .unwrap_or(&msg)
-                        .to_string();
-                    format!("{} error: {msg}", repo.id)
-                }
+                Err(e) => format!("{} error: {}", repo.id, e.reason()),
             };
             println!("{line}");
         },

@@ -134,7 +134,7 @@ pub(crate) struct WebhookConfig {
 pub(crate) const MIN_DATABASE_BYTES: u64 = 1 << 20;
 
 /// Default `events_retention_days`.
-pub(crate) const DEFAULT_EVENTS_RETENTION_DAYS: u32 = 30;
+pub(crate) use crate::store::DEFAULT_RETENTION_DAYS as DEFAULT_EVENTS_RETENTION_DAYS;
 /// `[web]`: the read-only web catalog and its JSON API.
 #[derive(Debug, Clone)]
 pub(crate) struct WebConfig {
@@ -335,6 +335,15 @@ fn file_mode(path: &Path) -> Option<u32> {
     std::fs::metadata(path).ok().map(|m| m.permissions().mode())
 }
 
+/// A glob of `include` / `exclude` that does not compile.
+#[derive(Debug, thiserror::Error)]
+#[error("{key} {}: {error}", pattern.as_ref().map_or_else(|| "globs".to_string(), |p| format!("glob `{p}`")))]
+pub(crate) struct RepoFilterError {
+    key: &'static str,
+    pattern: Option<String>,
+    error: globset::Error,
+}
+
 /// `include` / `exclude` globs on repository paths (for discovered repositories).
 #[derive(Debug, Clone)]
 pub(crate) struct RepoFilter {
@@ -343,16 +352,24 @@ pub(crate) struct RepoFilter {
 }
 
 impl RepoFilter {
-    fn new(include: &[String], exclude: &[String]) -> Result<RepoFilter, String> {
-        let build = |patterns: &[String], key: &str| -> Result<Option<GlobSet>, String> {
+    fn new(include: &[String], exclude: &[String]) -> Result<RepoFilter, RepoFilterError> {
+        let build = |patterns: &[String], key: &'static str| {
             if patterns.is_empty() {
                 return Ok(None);
             }
             let mut b = GlobSetBuilder::new();
             for p in patterns {
-                b.add(Glob::new(p).map_err(|e| format!("{key} glob `{p}`: {e}"))?);
+                b.add(Glob::new(p).map_err(|error| RepoFilterError {
+                    key,
+                    pattern: Some(p.clone()),
+                    error,
+                })?);
             }
-            b.build().map(Some).map_err(|e| format!("{key} globs: {e}"))
+            b.build().map(Some).map_err(|error| RepoFilterError {
+                key,
+                pattern: None,
+                error,
+            })
         };
         Ok(RepoFilter {
             include: build(include, "include")?,

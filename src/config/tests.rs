@@ -24,7 +24,7 @@ fn every_key_is_documented_in_the_example_and_the_reference() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let example = std::fs::read_to_string(root.join("config.example.toml")).unwrap();
     let reference = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
-    // The example's text per table: "" (top level), "webhook", "metrics", "providers".
+    // The example's text per table: "" (top level), "webhook", "metrics", "web", "providers".
     let mut sections: BTreeMap<String, String> = BTreeMap::new();
     let mut current = String::new();
     for line in example.lines() {
@@ -60,6 +60,7 @@ fn every_key_is_documented_in_the_example_and_the_reference() {
             "metrics",
             "[metrics]\nlisten = \"127.0.0.1:0\"\nzz_unknown = 1\n",
         ),
+        ("web", "[web]\nlisten = \"127.0.0.1:0\"\nzz_unknown = 1\n"),
         (
             "providers",
             "[providers.x]\nkind = \"git\"\nzz_unknown = 1\n",
@@ -75,7 +76,8 @@ fn every_key_is_documented_in_the_example_and_the_reference() {
             .1;
         let section = sections.get(table).map(String::as_str).unwrap_or_default();
         for key in expected.split(',').filter_map(|k| k.split('`').nth(1)) {
-            let is_table = ["webhook", "metrics", "providers"].contains(&key) && table.is_empty();
+            let is_table =
+                ["webhook", "metrics", "web", "providers"].contains(&key) && table.is_empty();
             let in_example = if is_table {
                 sections.contains_key(key)
             } else {

@@ -190,17 +190,16 @@ pub(super) fn validate(
     let mut repos: Vec<RepoConfig> = Vec::new();
     let mut seen_ids: BTreeMap<String, String> = BTreeMap::new();
     for (name, raw, file) in std::mem::take(&mut m.providers) {
-        let (provider, entries) = provider(&name, raw, &file, base, &defaults, &mut warnings)?;
-        for repo in entries {
-            if let Some(first) = seen_ids.insert(repo.id.clone(), name.clone()) {
-                return Err(ConfigError::DuplicateRepo {
-                    id: repo.id,
-                    first,
-                    second: name.clone(),
-                });
-            }
-            repos.push(repo);
-        }
+        let (provider, entries) = provider(
+            &name,
+            raw,
+            &file,
+            base,
+            &defaults,
+            &mut warnings,
+            &mut seen_ids,
+        )?;
+        repos.extend(entries);
         providers.push(provider);
     }
 
@@ -364,6 +363,7 @@ fn provider(
     base: &Path,
     defaults: &Defaults,
     warnings: &mut Vec<String>,
+    seen_ids: &mut BTreeMap<String, String>,
 ) -> Result<(ProviderConfig, Vec<RepoConfig>), ConfigError> {
     let fail = |message: String| invalid(file, format!("[providers.{name}]{message}"));
     if name.is_empty()
@@ -389,12 +389,6 @@ fn provider(
         fail(format!(" url {shown:?}: {e}"))
     })?;
     let credentials = credentials(name, &raw, file, base, warnings)?;
-    if credentials.token.is_some() && base_url.starts_with("http://") {
-        warnings.push(format!(
-            "{}: [providers.{name}] url is http://: the token travels unencrypted; use https",
-            file.display()
-        ));
-    }
     let schedule = match &raw.schedule {
         Some(s) => parse_schedule(s, file, &format!("[providers.{name}] schedule"))?,
         None => defaults.schedule.clone(),
@@ -457,6 +451,12 @@ fn provider(
     }
     let (webhook_secrets, allow_unsigned_webhooks) =
         webhook_secrets(name, &raw, forge, file, base, defaults)?;
+    if credentials.token.is_some() && base_url.starts_with("http://") {
+        warnings.push(format!(
+            "{}: [providers.{name}] url is http://: the token travels unencrypted; use https",
+            file.display()
+        ));
+    }
     let provider = ProviderConfig {
         name: name.to_string(),
         kind,
@@ -478,11 +478,19 @@ fn provider(
         webhook_secrets,
         allow_unsigned_webhooks,
     };
-    let repos = raw
-        .repos
-        .iter()
-        .map(|entry| repo_entry(&provider, entry))
-        .collect::<Result<_, _>>()?;
+    let mut repos = Vec::new();
+    for entry in &raw.repos {
+        let repo = repo_entry(&provider, entry)?;
+        // Each entry is checked as it is read: the first problem in file order is the one reported.
+        if let Some(first) = seen_ids.insert(repo.id.clone(), name.to_string()) {
+            return Err(ConfigError::DuplicateRepo {
+                id: repo.id,
+                first,
+                second: name.to_string(),
+            });
+        }
+        repos.push(repo);
+    }
     Ok((provider, repos))
 }
 

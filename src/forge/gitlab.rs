@@ -3,9 +3,7 @@
 //! token; discovery lists a group's projects including all subgroups.
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{
-    STANDARD as BASE64, STANDARD_PAD_INDIFFERENT as BASE64_ANY_PAD,
-};
+use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::api::{self, ApiClient, ApiError, BoxFuture};
 use super::webhook::{self, Delivery, EventKind, HookError, RefUpdate, RepoKey, header};
@@ -163,7 +161,7 @@ impl Forge for Gitlab {
             signed.extend_from_slice(body);
             for secret in secrets {
                 let key = match secret.expose().strip_prefix("whsec_") {
-                    Some(b64) => match BASE64_ANY_PAD.decode(b64).ok().filter(|k| !k.is_empty()) {
+                    Some(b64) => match webhook::base64_lenient(b64).filter(|k| !k.is_empty()) {
                         Some(k) => k,
                         None => {
                             tracing::error!(
@@ -189,7 +187,10 @@ impl Forge for Gitlab {
             return Err(HookError::Mismatch("webhook-signature"));
         }
         let Some(token) = header(headers, "x-gitlab-token") else {
-            return Err(HookError::MissingSignature("X-Gitlab-Token"));
+            return Err(HookError::MissingSignature(
+                "X-Gitlab-Token",
+                "set the webhook's secret token on GitLab",
+            ));
         };
         if secrets
             .iter()

@@ -77,8 +77,9 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// Why a delivery is refused or cannot be read. Says what is wrong with the delivery, never a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HookError {
-    #[error("missing {0} header (is the webhook's secret set on the host?)")]
-    MissingSignature(&'static str),
+    /// The header, and what to do on the host.
+    #[error("missing {0} header ({1})")]
+    MissingSignature(&'static str, &'static str),
     #[error("{0} is not a sha256= signature")]
     NotSha256(&'static str),
     #[error("{0} does not match any configured webhook secret")]
@@ -103,7 +104,10 @@ pub(crate) fn verify_hub_signature(
     secrets: &[Secret],
 ) -> Result<(), HookError> {
     let Some(value) = header(headers, name) else {
-        return Err(HookError::MissingSignature(name));
+        return Err(HookError::MissingSignature(
+            name,
+            "is the webhook's secret set on the host?",
+        ));
     };
     let Some(given) = value.strip_prefix("sha256=") else {
         return Err(HookError::NotSha256(name));
@@ -117,6 +121,29 @@ pub(crate) fn verify_hub_signature(
         }
     }
     Err(HookError::Mismatch(name))
+}
+
+/// Base64 as Standard Webhooks secrets are written, read leniently: the standard or the URL-safe alphabet,
+/// padding or none (a last lone character, which encodes no whole byte, is dropped). `None` on anything else.
+pub fn base64_lenient(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    const ENGINE: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::general_purpose::NO_PAD.with_decode_allow_trailing_bits(true),
+    );
+    let mut normal: String = s
+        .trim_end_matches('=')
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    if normal.len() % 4 == 1 {
+        normal.pop();
+    }
+    ENGINE.decode(normal).ok()
 }
 
 /// A clone URL reduced for comparison: lower-case scheme and host, no user, no default port, no trailing `/`
@@ -185,5 +212,18 @@ mod tests {
             normalize_url("http://dc:7990/scm/prj/r.git"),
             "http://dc:7990/scm/prj/r"
         );
+        // Secrets as hosts and people write them: both alphabets, any padding.
+        for (text, bytes) in [
+            ("aGVsbG8=", &b"hello"[..]),
+            ("aGVsbG8", b"hello"),
+            ("aGVsbG8===", b"hello"),
+            ("-_-_", &[0xfb, 0xff, 0xbf]),
+            ("+/+/", &[0xfb, 0xff, 0xbf]),
+            ("QR==", b"A"),
+            ("abcde", &[0x69, 0xb7, 0x1d]),
+        ] {
+            assert_eq!(base64_lenient(text).as_deref(), Some(bytes), "{text}");
+        }
+        assert_eq!(base64_lenient("***"), None);
     }
 }

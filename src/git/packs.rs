@@ -160,6 +160,7 @@ mod tests {
             .unwrap();
         let listing = std::process::Command::new("git")
             .arg("show-index")
+            .current_dir(&bare)
             .stdin(std::fs::File::open(&idx).unwrap())
             .output()
             .unwrap();

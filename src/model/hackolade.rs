@@ -1,6 +1,6 @@
 //! Hackolade model files (`*.hck.json`, `*.hackolade.json`, older plain `*.json`) → [`Model`].
 //!
-//! Follows `docs/hackolade-format.md`; its "Counting" section is implemented exactly:
+//! Follows `../shared/docs/hackolade-format.md` (beside this repository); its "Counting" section is implemented exactly:
 //!
 //! - entities = every entry of `collections[]` (a non-object entry still counts, as an entity
 //!   named `""` without attributes);

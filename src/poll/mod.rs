@@ -65,6 +65,33 @@ pub(crate) enum PollError {
 }
 
 impl PollError {
+    /// The repository the poll was of.
+    pub(crate) fn repo(&self) -> &str {
+        match self {
+            PollError::Git { repo, .. }
+            | PollError::Store { repo, .. }
+            | PollError::Secret { repo, .. }
+            | PollError::ProviderGone { repo, .. }
+            | PollError::NoMirror { repo, .. }
+            | PollError::NoBranch { repo, .. }
+            | PollError::Emptied { repo, .. }
+            | PollError::Cancelled { repo }
+            | PollError::Internal { repo, .. } => repo,
+        }
+    }
+
+    /// The message without the repository id it starts with, for a line that names the repository first.
+    pub(crate) fn reason(&self) -> String {
+        let text = self.to_string();
+        match text
+            .strip_prefix(self.repo())
+            .and_then(|t| t.strip_prefix(": "))
+        {
+            Some(reason) => reason.to_string(),
+            None => text,
+        }
+    }
+
     /// No connection to the git server could be made at all (it is down or cut off), as opposed to a
     /// server that answered with an error.
     pub(crate) fn is_unreachable(&self) -> bool {

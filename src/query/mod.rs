@@ -205,9 +205,18 @@ impl Catalog<'_> {
                 "no versions of {path} in {repo_id}: `modelmirror history` shows what there is"
             )));
         }
-        let mirror = Versions::open(self.config, &repo)?;
+        // The mirror is opened only where it is needed, so the catalog's own answers come first.
+        let lookup = match from.is_some() || to.is_some() {
+            true => Some(Versions::open(self.config, &repo)?),
+            false => None,
+        };
         // The version in force at a commit: the newest version made at that commit or before it.
         let version_at = |rev: &str| -> Result<usize, QueryError> {
+            let Some(mirror) = &lookup else {
+                return Err(QueryError::NotFound(format!(
+                    "{path}: no version at commit {rev}"
+                )));
+            };
             let full = mirror.resolve(rev)?;
             versions
                 .iter()
@@ -246,6 +255,10 @@ impl Catalog<'_> {
                     )));
                 }
             },
+        };
+        let mirror = match lookup {
+            Some(m) => m,
+            None => Versions::open(self.config, &repo)?,
         };
         let (old, old_commit, old_blob) = load_model(&mirror, &repo, &from_v.0, &from_v.1)?;
         let (new, new_commit, new_blob) = load_model(&mirror, &repo, &to_v.0, &to_v.1)?;

@@ -84,6 +84,7 @@ pub(super) async fn serve<H, F>(
             continue;
         };
         let handler = handler.clone();
+        let mut stopping = stop.clone();
         conns.spawn(async move {
             let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
@@ -94,7 +95,16 @@ pub(super) async fn serve<H, F>(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
+            let mut conn = std::pin::pin!(conn);
+            let served = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stopping.changed() => {
+                    // An idle keep-alive connection closes at once; a request in flight is answered first.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!("{what} connection: {e}");
             }
         });

@@ -14,9 +14,9 @@ use super::http::{self, Answer, answer};
 use crate::metrics::{Labels, global};
 use crate::store::Store;
 
-/// Scrapers are few; a handful of connections at once is plenty.
+/// Scrapers and health checks are few; this many connections at once is plenty.
 const LIMITS: http::Limits = http::Limits {
-    max_connections: 32,
+    max_connections: 64,
     header_timeout: Duration::from_secs(10),
 };
 

@@ -196,6 +196,16 @@ impl Refusal {
         }
     }
 
+    /// A delivery that failed verification: 401 saying why.
+    fn rejected(reason: impl Into<String>) -> Refusal {
+        let reason = reason.into();
+        Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            format!("rejected: {reason}"),
+            reason,
+        )
+    }
+
     /// A refusal whose answer says `reason` as it is recorded.
     fn saying(status: StatusCode, reason: impl Into<String>) -> Refusal {
         let reason = reason.into();
@@ -252,12 +262,7 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Answer {
     let index = match verify(&config, &candidates, headers, &body) {
         Ok(index) => index,
         Err(reason) => {
-            let refusal = Refusal::new(
-                StatusCode::UNAUTHORIZED,
-                format!("rejected: {reason}"),
-                reason,
-            );
-            return arrival.refuse(&state, &first_name, refusal);
+            return arrival.refuse(&state, &first_name, Refusal::rejected(reason));
         }
     };
     let provider = config.providers[index].name.clone();
@@ -284,7 +289,8 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Answer {
     accept(&state, provider, arrival, delivery)
 }
 
-/// The event name a delivery's headers give, whichever host sent it (cut to `MAX_EVENT_LEN`).
+/// The event name a delivery's headers give, whichever host sent it (cut to `MAX_EVENT_LEN`; a delivery
+/// that carries the headers of several hosts gives the first in `ProviderKind::ALL`'s order).
 fn event_name(headers: &HeaderMap) -> String {
     ProviderKind::ALL
         .iter()
@@ -345,11 +351,7 @@ fn precheck(
     });
     if !signed_ok {
         let reason = "missing signature header (is the webhook's secret set on the host?)";
-        return Err(Refusal::new(
-            StatusCode::UNAUTHORIZED,
-            format!("rejected: {reason}"),
-            reason,
-        ));
+        return Err(Refusal::rejected(reason));
     }
     let too_big = headers
         .get(hyper::header::CONTENT_LENGTH)

@@ -71,36 +71,36 @@ pub(crate) struct ModelRow {
 /// A search hit.
 #[derive(Debug, Clone, Serialize)]
 pub struct SearchHit {
-    pub repo: String,
-    pub path: String,
-    pub model: Option<String>,
-    pub entity: Option<String>,
+    pub(crate) repo: String,
+    pub(crate) path: String,
+    pub(crate) model: Option<String>,
+    pub(crate) entity: Option<String>,
     /// The attribute's path, or null for model and entity hits.
-    pub attribute: Option<String>,
+    pub(crate) attribute: Option<String>,
     /// model | entity | attribute
-    pub kind: String,
-    pub snippet: String,
+    pub(crate) kind: String,
+    pub(crate) snippet: String,
 }
 
 /// One version of a model (`history`).
 #[derive(Debug, Clone, Serialize)]
 pub struct VersionRow {
     #[serde(skip)]
-    pub seq: i64,
-    pub path: String,
-    pub commit: String,
+    pub(crate) seq: i64,
+    pub(crate) path: String,
+    pub(crate) commit: String,
     /// added | modified | renamed | deleted
-    pub change: String,
-    pub old_path: Option<String>,
-    pub blob: Option<String>,
-    pub model: Option<String>,
-    pub entities: Option<i64>,
-    pub attributes: Option<i64>,
-    pub error: Option<String>,
-    pub author: Option<String>,
-    pub author_email: Option<String>,
-    pub time: Option<String>,
-    pub message: Option<String>,
+    pub(crate) change: String,
+    pub(crate) old_path: Option<String>,
+    pub(crate) blob: Option<String>,
+    pub(crate) model: Option<String>,
+    pub(crate) entities: Option<i64>,
+    pub(crate) attributes: Option<i64>,
+    pub(crate) error: Option<String>,
+    pub(crate) author: Option<String>,
+    pub(crate) author_email: Option<String>,
+    pub(crate) time: Option<String>,
+    pub(crate) message: Option<String>,
 }
 
 impl Store {

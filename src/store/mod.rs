@@ -98,12 +98,14 @@ impl<T> Doing<T> for Result<T, rusqlite::Error> {
     }
 }
 
+/// How many days polls and deliveries are kept unless `events_retention_days` says otherwise.
+pub(crate) const DEFAULT_RETENTION_DAYS: u32 = 30;
+
 /// The database handle shared by the daemon's tasks.
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
-    /// How many days polls and deliveries are kept (`events_retention_days`); 0 until the caller says, which
-    /// keeps everything (only the service and `sync` record events, and both set it).
+    /// How many days polls and deliveries are kept (`events_retention_days`).
     retention_days: std::sync::atomic::AtomicU32,
     /// Whose turn it is to use `conn`. Turns are served first come, first served: `std`'s mutex lets the
     /// thread that just unlocked take it straight back, so a history replay (a commit per transaction,
@@ -200,7 +202,7 @@ impl Store {
             conn: Mutex::new(conn),
             turns: Mutex::new(Turns::default()),
             turn_ended: std::sync::Condvar::new(),
-            retention_days: std::sync::atomic::AtomicU32::new(0),
+            retention_days: std::sync::atomic::AtomicU32::new(DEFAULT_RETENTION_DAYS),
         })
     }
 
@@ -266,16 +268,14 @@ impl Store {
         Ok(())
     }
 
-    /// Polls and deliveries older than this are pruned; `None` (NULL in SQL: nothing compares below it) until
-    /// a retention is set.
-    fn retention_cutoff(&self) -> Option<String> {
-        let days = self
-            .retention_days
-            .load(std::sync::atomic::Ordering::Relaxed);
-        (days > 0).then(|| {
-            (chrono::Utc::now() - chrono::Duration::days(i64::from(days)))
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-        })
+    /// Polls and deliveries older than this are pruned.
+    fn retention_cutoff(&self) -> String {
+        let days = i64::from(
+            self.retention_days
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        (chrono::Utc::now() - chrono::Duration::days(days))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     }
 
     /// The writer connection, when its turn comes (first come, first served).

@@ -89,9 +89,9 @@ impl StepWriter<'_, '_> {
 /// What a step did to the catalog.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
-    pub added: u32,
-    pub modified: u32,
-    pub deleted: u32,
+    pub(crate) added: u32,
+    pub(crate) modified: u32,
+    pub(crate) deleted: u32,
 }
 
 impl Counts {

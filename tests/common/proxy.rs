@@ -124,8 +124,8 @@ impl TestProxy {
         match &self.credentials {
             Some((user, pass)) => format!(
                 "http://{}:{}@{}",
-                percent_encode(user),
-                percent_encode(pass),
+                crate::git_http::percent_encode(user),
+                crate::git_http::percent_encode(pass),
                 self.addr
             ),
             None => self.url(),
@@ -463,16 +463,4 @@ fn relay_down(from: &mut TcpStream, to: &mut TcpStream, shared: &Shared, index: 
             break;
         }
     }
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
