@@ -227,13 +227,11 @@ pub(crate) fn blob_at(
     commit: &str,
     path: &str,
 ) -> Result<Option<(Oid, Oid)>, GitError> {
-    let object = repo.revparse_single(commit).map_err(read_err(
-        repo,
-        format!("commit {commit} (not in the mirror?)"),
-    ))?;
-    let commit = object
-        .peel_to_commit()
-        .map_err(read_err(repo, format!("commit {commit}")))?;
+    // A commit the mirror does not have is the caller's mistake, not damage to the mirror.
+    let id = super::resolve_commit(repo, commit)?;
+    let commit = repo
+        .find_commit(id)
+        .map_err(read_err(repo, format!("commit {id}")))?;
     let tree = commit
         .tree()
         .map_err(read_err(repo, format!("tree of commit {}", commit.id())))?;

@@ -6,6 +6,8 @@
 mod forges;
 #[path = "../common/git_http.rs"]
 mod git_http;
+#[path = "../common/http_client.rs"]
+mod http_client;
 #[path = "../common/proxy.rs"]
 mod proxy;
 #[path = "../common/tls.rs"]
@@ -24,4 +26,5 @@ mod providers;
 mod service;
 mod ssh;
 mod support;
+mod web;
 mod webhooks;

@@ -1,0 +1,770 @@
+//! The web catalog over real HTTP to a running `modelmirror serve` (and `run`), on the real books history:
+//! the API answers exactly what the command line's `--json` prints; every API answer the tests receive
+//! validates against `openapi.json`; credentials (bcrypt users, tokens, the failure limit); hostile model
+//! content rendered inert; paths with spaces, unicode and `%`; pagination; ETag and 304; 404s.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::process::Stdio;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::git_http::Auth;
+use crate::http_client::{Response, get, request};
+use crate::support::*;
+
+const YEARLY: &str = "0 0 1 1 *";
+/// The hostile model's path: a folder with a space, unicode, `%`, and markup.
+const ODD_PATH: &str = "odd dir/ünïcødé 100% <b>.hck.json";
+const BOOKS: &str = "g/shelf/books";
+const ODD: &str = "g/odd/repo";
+/// A repository whose one model parsed at its first commit and does not at its second.
+const BROKEN: &str = "g/broken/one";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `value` percent-encoded for a query string.
+fn enc(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+/// A catalog of the books history and one hostile model, served by `modelmirror serve` (or `run`).
+struct Site {
+    env: Env,
+    addr: SocketAddr,
+    _process: Running,
+    /// What the process wrote on stderr.
+    log: std::path::PathBuf,
+}
+
+/// The hostile model: a name and descriptions made of markup, an entity name with quotes.
+fn hostile_model() -> Vec<u8> {
+    let mut m: Value = serde_json::from_slice(&std::fs::read(small_model()).unwrap()).unwrap();
+    m["modelName"] = json!("<script>alert(1)</script>");
+    m["collections"][0]["collectionName"] = json!("Acc\"ount' <i>&amp;");
+    m["collections"][0]["properties"][0]["description"] = json!("<img src=x onerror=alert(1)>");
+    serde_json::to_vec_pretty(&m).unwrap()
+}
+
+impl Site {
+    /// A site whose `[web]` table is `web` (after `listen`), served by `command` (`serve` or `run`).
+    fn start(command: &str, web: &str, top: &str) -> Site {
+        let env = Env::new(Auth::None);
+        env.repo_from_bundle("shelf/books.git", "books");
+        let (_, work) = env.new_repo("odd/repo.git");
+        let file = work.join(ODD_PATH);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, hostile_model()).unwrap();
+        commit_all(&work, "a hostile model");
+        let (_, work) = env.new_repo("broken/one.git");
+        std::fs::copy(small_model(), work.join("m.hck.json")).unwrap();
+        commit_all(&work, "good");
+        std::fs::write(
+            work.join("m.hck.json"),
+            "{\n  \"modelName\": \"x\",\n  \"collections\": [\n",
+        )
+        .unwrap();
+        commit_all(&work, "broken");
+        let port = free_port();
+        env.write_config(&format!(
+            "schedule = {YEARLY:?}\n{top}\n[web]\nlisten = \"127.0.0.1:{port}\"\n{web}\n\
+             [providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"shelf/books.git\", \"odd/repo.git\", \"broken/one.git\"]\n",
+            env.server.url()
+        ));
+        env.run(&["sync"]).ok();
+        let log = env.path().join(format!("{command}.log"));
+        let process = bin()
+            .args([
+                "--config",
+                &env.path().join("config.toml").to_string_lossy(),
+                command,
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_for("the web catalog to listen", 20, || {
+            std::net::TcpStream::connect(addr).is_ok()
+        });
+        Site {
+            env,
+            addr,
+            _process: Running(process),
+            log,
+        }
+    }
+
+    fn get(&self, path: &str) -> Response {
+        get(self.addr, path, &[])
+    }
+
+    fn cli(&self, args: &[&str]) -> Value {
+        self.env.run(args).ok().json()
+    }
+}
+
+/// The OpenAPI document, and which of its paths the tests' answers were checked against.
+struct Api {
+    doc: Value,
+    checked: RefCell<BTreeSet<String>>,
+}
+
+impl Api {
+    fn new(site: &Site) -> Api {
+        let r = site.get("/api/v1/openapi.json");
+        assert_eq!(r.status, 200);
+        let doc = r.json();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let api = Api {
+            doc,
+            checked: RefCell::new(BTreeSet::new()),
+        };
+        api.check("/openapi.json", &r);
+        api
+    }
+
+    /// `GET /api/v1{path}` with `headers`; the answer must validate against the document.
+    fn get(&self, site: &Site, path: &str, headers: &[(&str, &str)]) -> Response {
+        let r = get(site.addr, &format!("/api/v1{path}"), headers);
+        let route = path.split('?').next().unwrap_or(path);
+        self.check(route, &r);
+        r
+    }
+
+    fn check(&self, route: &str, r: &Response) {
+        if r.status == 304 {
+            assert!(r.body.is_empty(), "304 with a body");
+            return;
+        }
+        let op = &self.doc["paths"][route]["get"];
+        let schema = match op["responses"][r.status.to_string()]["content"]["application/json"]["schema"]
+        {
+            Value::Null if op.is_null() => &self.doc["components"]["schemas"]["Error"],
+            Value::Null => panic!("{route}: status {} is not documented", r.status),
+            ref s => s,
+        };
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/json"),
+            "{route}"
+        );
+        if let Err(e) = validate(&self.doc, schema, &r.json(), "$") {
+            panic!(
+                "{route} ({}): the answer does not match openapi.json: {e}",
+                r.status
+            );
+        }
+        self.checked.borrow_mut().insert(route.to_string());
+    }
+}
+
+/// Check `value` against `schema` (the subset of JSON Schema that openapi.json uses; anything else is an
+/// error, so the document cannot use a keyword this check would ignore).
+fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    let Some(schema) = schema.as_object() else {
+        return Err(format!("{at}: the schema is not an object"));
+    };
+    for key in schema.keys() {
+        let known = [
+            "$ref",
+            "type",
+            "properties",
+            "required",
+            "additionalProperties",
+            "items",
+            "enum",
+            "description",
+            "minimum",
+            "maximum",
+        ];
+        if !known.contains(&key.as_str()) {
+            return Err(format!("{at}: keyword {key} is not checked by this test"));
+        }
+    }
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .ok_or(format!("{at}: $ref {r}"))?;
+        return validate(doc, &doc["components"]["schemas"][name], value, at);
+    }
+    if let Some(types) = schema.get("type") {
+        let allowed: Vec<&str> = match types {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => return Err(format!("{at}: bad type")),
+        };
+        let actual = match value {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        };
+        let ok = allowed.contains(&actual) || (actual == "integer" && allowed.contains(&"number"));
+        if !ok {
+            return Err(format!("{at}: {actual}, expected {allowed:?}"));
+        }
+    }
+    if let Some(options) = schema.get("enum").and_then(Value::as_array)
+        && !options.contains(value)
+    {
+        return Err(format!("{at}: {value} is not one of {options:?}"));
+    }
+    if let Some(n) = value.as_f64() {
+        if schema
+            .get("minimum")
+            .and_then(Value::as_f64)
+            .is_some_and(|m| n < m)
+        {
+            return Err(format!("{at}: {n} below the minimum"));
+        }
+        if schema
+            .get("maximum")
+            .and_then(Value::as_f64)
+            .is_some_and(|m| n > m)
+        {
+            return Err(format!("{at}: {n} above the maximum"));
+        }
+    }
+    if let Value::Object(map) = value {
+        let props = schema.get("properties").and_then(Value::as_object);
+        for req in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = req.as_str().unwrap_or_default();
+            if !map.contains_key(name) {
+                return Err(format!("{at}: the required {name} is missing"));
+            }
+        }
+        for (k, v) in map {
+            match props.and_then(|p| p.get(k)) {
+                Some(s) => validate(doc, s, v, &format!("{at}.{k}"))?,
+                None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                    return Err(format!("{at}: {k} is not in the schema"));
+                }
+                None => {}
+            }
+        }
+    }
+    if let (Value::Array(items), Some(s)) = (value, schema.get("items")) {
+        for (i, item) in items.iter().enumerate() {
+            validate(doc, s, item, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every page of a list, following its `Link: <…>; rel="next"` headers.
+fn all_pages(api: &Api, site: &Site, first: &str) -> (Vec<Value>, usize) {
+    let (mut items, mut pages, mut next) = (Vec::new(), 0, Some(first.to_string()));
+    while let Some(path) = next.take() {
+        let r = api.get(site, &path, &[]);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        items.extend(r.json().as_array().unwrap().iter().cloned());
+        pages += 1;
+        next = r.header("link").map(|l| {
+            let url = l.trim_start_matches('<').split('>').next().unwrap();
+            url.strip_prefix("/api/v1").unwrap_or(url).to_string()
+        });
+        assert!(pages < 100, "the pages do not end");
+    }
+    (items, pages)
+}
+
+/// A model path of the books history with at least two versions.
+fn model_with_history(site: &Site) -> String {
+    for m in site
+        .cli(&["models", "--repo", BOOKS, "--json"])
+        .as_array()
+        .unwrap()
+    {
+        let path = m["path"].as_str().unwrap();
+        let history = site.cli(&["history", BOOKS, path, "--json"]);
+        let versions = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["blob"].is_string())
+            .count();
+        if versions >= 2 {
+            return path.to_string();
+        }
+    }
+    panic!("no model of the books history has two versions");
+}
+
+#[test]
+fn the_api_answers_what_the_cli_prints_paginated_with_etags() {
+    let site = Site::start("serve", "", "");
+    let api = Api::new(&site);
+    // Repositories: = status --json.
+    let r = api.get(&site, "/repos", &[]);
+    assert_eq!(r.json(), site.cli(&["status", "--json"]));
+    // Models: = models --json, over several pages.
+    let models = site.cli(&["models", "--json"]);
+    let (paged, pages) = all_pages(&api, &site, "/models?limit=40");
+    assert!(pages >= 4, "{pages} pages of 40 for {} models", paged.len());
+    assert_eq!(Value::Array(paged), models);
+    let (one_repo, _) = all_pages(&api, &site, &format!("/models?repo={}", enc(BOOKS)));
+    assert_eq!(
+        Value::Array(one_repo),
+        site.cli(&["models", "--repo", BOOKS, "--json"])
+    );
+    // A model, its history and its changes.
+    let path = model_with_history(&site);
+    let q = format!("repo={}&path={}", enc(BOOKS), enc(&path));
+    assert_eq!(
+        api.get(&site, &format!("/model?{q}"), &[]).json(),
+        site.cli(&["show", BOOKS, &path, "--json"])
+    );
+    let (history, _) = all_pages(&api, &site, &format!("/history?{q}"));
+    assert_eq!(
+        Value::Array(history.clone()),
+        site.cli(&["history", BOOKS, &path, "--json"])
+    );
+    assert_eq!(
+        api.get(&site, &format!("/changes?{q}"), &[]).json(),
+        site.cli(&["changes", BOOKS, &path, "--json"])
+    );
+    let oldest = history.last().unwrap()["commit"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let at_oldest = api.get(&site, &format!("/model?{q}&commit={oldest}"), &[]);
+    assert_eq!(at_oldest.json()["commit"], json!(oldest));
+    // Search and events.
+    let hits = api.get(&site, "/search?q=pet%20name&limit=15", &[]);
+    assert_eq!(
+        hits.json(),
+        site.cli(&["search", "pet name", "--limit", "15", "--json"])
+    );
+    let kind = api.get(&site, "/search?q=pet&kind=attribute&limit=5", &[]);
+    assert!(
+        kind.json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["kind"] == "attribute")
+    );
+    let (events, _) = all_pages(&api, &site, "/events?limit=1");
+    assert_eq!(
+        Value::Array(events),
+        site.cli(&["events", "--limit", "1000", "--json"])
+    );
+    // ETag: the same answer is not sent twice; a new commit changes it.
+    let first = api.get(&site, "/models", &[]);
+    let etag = first.header("etag").expect("an ETag").to_string();
+    let again = api.get(&site, "/models", &[("If-None-Match", &etag)]);
+    assert_eq!(again.status, 304);
+    site.env.run(&["sync", BOOKS]).ok();
+    // A poll was recorded: the events (and so the catalog's version) changed.
+    let after = api.get(&site, "/models", &[("If-None-Match", &etag)]);
+    assert_eq!(after.status, 200, "the ETag changed after a poll");
+    assert_ne!(after.header("etag"), Some(etag.as_str()));
+    // Every documented endpoint was checked against the document.
+    let documented: BTreeSet<String> = api.doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(*api.checked.borrow(), documented);
+}
+
+#[test]
+fn bad_requests_and_unknown_things_get_their_status() {
+    let site = Site::start("serve", "", "");
+    let api = Api::new(&site);
+    for (path, status) in [
+        ("/model?repo=g%2Fnope&path=x.json", 404),
+        ("/model?path=x.json", 400),
+        (
+            &format!("/model?repo={}&path=no%2Fsuch.json", enc(BOOKS)) as &str,
+            404,
+        ),
+        (
+            &format!("/history?repo={}&path=no%2Fsuch.json", enc(BOOKS)),
+            404,
+        ),
+        ("/models?limit=0", 400),
+        ("/models?limit=abc", 400),
+        ("/models?cursor=-1", 400),
+        ("/search?q=", 400),
+        ("/search?q=%22unclosed", 400),
+        ("/search?q=x&kind=table", 400),
+        (
+            &format!("/model?repo={}&path=x.json&commit=0000000", enc(BOOKS)),
+            404,
+        ),
+    ] {
+        let r = api.get(&site, path, &[]);
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+        assert_eq!(r.json()["status"], json!(status), "{path}");
+        assert!(!r.json()["error"].as_str().unwrap().is_empty());
+    }
+    let unknown = get(site.addr, "/api/v1/nothing", &[]);
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.json()["status"], 404);
+    assert_eq!(get(site.addr, "/api/v2/repos", &[]).status, 404);
+    let post = request(site.addr, "POST", "/api/v1/repos", &[], b"{}");
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    // Pages: a 404 page with a way back.
+    for path in [
+        "/nowhere",
+        "/models?repo=g%2Fnope",
+        &format!("/model?repo={}&path=no%2Fsuch.json", enc(BOOKS)),
+    ] {
+        let r = site.get(path);
+        assert_eq!(r.status, 404, "{path}");
+        assert!(r.text().contains("href=\"/\""), "{path}: a way back");
+        assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    }
+    assert_eq!(site.get("/model?repo=g%2Fodd%2Frepo").status, 400);
+    // Security headers on pages and API alike.
+    for r in [site.get("/"), api.get(&site, "/repos", &[])] {
+        let csp = r.header("content-security-policy").unwrap();
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+            "{csp}"
+        );
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
+    }
+}
+
+#[test]
+fn hostile_content_is_inert_and_odd_paths_work() {
+    let site = Site::start("serve", "", "");
+    let api = Api::new(&site);
+    // The models page lists the hostile model; its link leads to it.
+    let list = site.get(&format!("/models?repo={}", enc(ODD))).text();
+    assert!(
+        !list.contains("<script>alert"),
+        "raw markup on the models page"
+    );
+    assert!(
+        list.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{list}"
+    );
+    let href = list
+        .split("href=\"")
+        .map(|s| s.split('"').next().unwrap())
+        .find(|h| h.starts_with("/model?"))
+        .expect("a link to the model")
+        .replace("&amp;", "&");
+    let page = site.get(&href);
+    assert_eq!(page.status, 200, "{href}");
+    let html = page.text();
+    for raw in ["<script>alert", "<img src=x", "<i>&amp;", "Acc\"ount'"] {
+        assert!(!html.contains(raw), "{raw} reached the page raw");
+    }
+    for escaped in [
+        "&lt;script&gt;alert(1)&lt;/script&gt;",
+        "&lt;img src=x onerror=alert(1)&gt;",
+        "Acc&quot;ount&#39; &lt;i&gt;&amp;amp;",
+        "ünïcødé 100% &lt;b&gt;.hck.json",
+    ] {
+        assert!(html.contains(escaped), "{escaped} is not on the page");
+    }
+    // The only scripts are the site's own file.
+    assert_eq!(html.matches("<script").count(), 1, "{html}");
+    assert!(html.contains("<script src=\"/static/app.js\" defer></script>"));
+    // The API has the model at its odd path, and so does the command line.
+    let q = format!("repo={}&path={}", enc(ODD), enc(ODD_PATH));
+    let shown = api.get(&site, &format!("/model?{q}"), &[]).json();
+    assert_eq!(shown["path"], json!(ODD_PATH));
+    assert_eq!(shown["model"]["name"], json!("<script>alert(1)</script>"));
+    assert_eq!(shown, site.cli(&["show", ODD, ODD_PATH, "--json"]));
+    let history = site.get(&format!("/history?{q}"));
+    assert_eq!(history.status, 200);
+    // A search for the hostile text finds it and shows it inert.
+    let found = site.get("/search?q=alert").text();
+    assert!(found.contains("&lt;script&gt;"), "{found}");
+    assert!(!found.contains("<script>alert"));
+}
+
+#[test]
+fn a_model_that_does_not_parse_shows_its_error_and_its_last_good_version() {
+    let site = Site::start("serve", "", "");
+    let history = site.cli(&["history", BROKEN, "m.hck.json", "--json"]);
+    let good = history[1]["commit"].as_str().unwrap().to_string();
+    let page = site.get(&format!("/model?repo={}&path=m.hck.json", enc(BROKEN)));
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    assert!(html.contains("could not be read"), "{html}");
+    assert!(
+        html.contains("line 4, column"),
+        "the error with its line and column: {html}"
+    );
+    assert!(
+        html.contains(&format!("commit={good}")),
+        "a link to the last good version: {html}"
+    );
+    let last_good = site.get(&format!(
+        "/model?repo={}&path=m.hck.json&commit={good}",
+        enc(BROKEN)
+    ));
+    assert_eq!(last_good.status, 200);
+    assert!(last_good.text().contains("Supertype and subtypes"));
+    // The models page lists it with its error.
+    let list = site.get(&format!("/models?repo={}", enc(BROKEN))).text();
+    assert!(list.contains("error: line 4, column"), "{list}");
+}
+
+/// An htpasswd line for `user` with a bcrypt hash of `password` (as `htpasswd -B` writes it).
+fn htpasswd(user: &str, password: &str) -> String {
+    let hash = bcrypt::hash_with_salt(password, 5, [9u8; 16])
+        .unwrap()
+        .format_for_version(bcrypt::Version::TwoY);
+    format!("{user}:{hash}\n")
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+#[test]
+fn credentials_guard_pages_and_api_and_wrong_ones_are_limited_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, htpasswd("ann", "correct horse")).unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "# API tokens\nreport-bot-0123456789\n").unwrap();
+    let metrics_port = free_port();
+    let site = Site::start(
+        "run",
+        &format!(
+            "users_file = {:?}\ntokens_file = {:?}\n",
+            users.to_string_lossy(),
+            tokens.to_string_lossy()
+        ),
+        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
+    );
+    let api = Api::new_authorized(&site, &basic("ann", "correct horse"));
+    let good = basic("ann", "correct horse");
+    // No credentials: 401 and a Basic challenge, for pages and API.
+    let page = site.get("/");
+    assert_eq!(page.status, 401);
+    assert!(
+        page.header("www-authenticate")
+            .unwrap()
+            .starts_with("Basic realm=\"modelmirror\"")
+    );
+    let r = api.get(&site, "/repos", &[]);
+    assert_eq!(r.status, 401);
+    // The right user, on pages and API; a token on the API only.
+    assert_eq!(get(site.addr, "/", &[("Authorization", &good)]).status, 200);
+    assert_eq!(
+        api.get(&site, "/repos", &[("Authorization", &good)]).status,
+        200
+    );
+    let token = "Bearer report-bot-0123456789";
+    assert_eq!(
+        api.get(&site, "/models?limit=1", &[("Authorization", token)])
+            .status,
+        200
+    );
+    assert_eq!(get(site.addr, "/", &[("Authorization", token)]).status, 401);
+    // Static files need nothing.
+    assert_eq!(site.get("/static/style.css").status, 200);
+    // Wrong ones: 401, then 429 for this address once it has sent too many.
+    let wrong = basic("ann", "wrong-password-31337");
+    assert_eq!(
+        get(site.addr, "/", &[("Authorization", &wrong)]).status,
+        401
+    );
+    assert_eq!(
+        api.get(&site, "/repos", &[("Authorization", "Bearer not-a-token")])
+            .status,
+        401
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(get(site.addr, "/", &[("Authorization", &wrong)]).status);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let limited = api.get(&site, "/repos", &[("Authorization", &good)]);
+    assert_eq!(limited.status, 429, "even right credentials wait");
+    assert_eq!(limited.header("retry-after"), Some("60"));
+    // A rotated tokens file applies at once.
+    std::fs::write(&tokens, "rotated-token-987654321\n").unwrap();
+    let other = request_from(
+        site.addr,
+        "/api/v1/models?limit=1",
+        "Bearer rotated-token-987654321",
+    );
+    assert_eq!(other.status, 200, "{}", other.text());
+    // Counted in the metrics; the passwords never logged.
+    let metrics = get(
+        format!("127.0.0.1:{metrics_port}").parse().unwrap(),
+        "/metrics",
+        &[],
+    )
+    .text();
+    let wrong_count: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("modelmirror_web_auth_failures_total{reason=\"wrong\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(wrong_count >= 10.0, "{metrics}");
+    assert!(metrics.contains("modelmirror_web_auth_failures_total{reason=\"rate_limited\"}"));
+    let log = std::fs::read_to_string(&site.log).unwrap();
+    for secret in [
+        "wrong-password-31337",
+        "correct horse",
+        "report-bot-0123456789",
+        "rotated-token",
+    ] {
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+}
+
+/// A GET from another loopback address (the failure limit is per address).
+fn request_from(addr: SocketAddr, path: &str, authorization: &str) -> Response {
+    use std::io::{Read, Write};
+    let mut s = socket2_connect(addr);
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: {authorization}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.as_bytes().to_vec())
+        .unwrap_or_default();
+    Response {
+        status,
+        headers: Default::default(),
+        body,
+    }
+}
+
+/// A TCP connection to `addr` from 127.0.0.2.
+fn socket2_connect(addr: SocketAddr) -> std::net::TcpStream {
+    // SAFETY: plain socket calls on a descriptor this function owns until it is wrapped.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket");
+        let mut local: libc::sockaddr_in = std::mem::zeroed();
+        local.sin_family = libc::AF_INET as libc::sa_family_t;
+        local.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 2]);
+        assert_eq!(
+            libc::bind(
+                fd,
+                (&raw const local).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32
+            ),
+            0,
+            "bind 127.0.0.2"
+        );
+        let SocketAddr::V4(v4) = addr else {
+            panic!("IPv4 only")
+        };
+        let mut remote: libc::sockaddr_in = std::mem::zeroed();
+        remote.sin_family = libc::AF_INET as libc::sa_family_t;
+        remote.sin_port = v4.port().to_be();
+        remote.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+        assert_eq!(
+            libc::connect(
+                fd,
+                (&raw const remote).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32
+            ),
+            0,
+            "connect"
+        );
+        <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    }
+}
+
+impl Api {
+    /// The document read with credentials (a guarded site).
+    fn new_authorized(site: &Site, authorization: &str) -> Api {
+        let r = get(
+            site.addr,
+            "/api/v1/openapi.json",
+            &[("Authorization", authorization)],
+        );
+        assert_eq!(r.status, 200);
+        Api {
+            doc: r.json(),
+            checked: RefCell::new(BTreeSet::new()),
+        }
+    }
+}
+
+#[test]
+fn unsafe_web_settings_are_refused_at_start() {
+    let env = Env::new(Auth::None);
+    let port = free_port();
+    let cases = [
+        (
+            format!("[web]\nlisten = \"0.0.0.0:{port}\"\n"),
+            "reachable from other hosts",
+        ),
+        (
+            format!(
+                "[web]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"https://u:p@models.example.com\"\n"
+            ),
+            "holds credentials",
+        ),
+    ];
+    for (text, needle) in cases {
+        env.write_config(&text);
+        let out = env.run(&["serve"]);
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(out.stderr.contains(needle), "{out:?}");
+        assert!(!out.stderr.contains("u:p@"), "{out:?}");
+    }
+    // Anyone may read when the configuration says so.
+    env.write_config(&format!(
+        "[web]\nlisten = \"0.0.0.0:{port}\"\nallow_anonymous = true\n"
+    ));
+    let check = env.run(&["check"]);
+    assert!(check.stdout.contains("open to anyone"), "{check:?}");
+    // A users file with other hash kinds is refused, saying which and what to do.
+    let users = env.path().join("users");
+    std::fs::write(&users, "ann:$apr1$Qq1e3.Nz$0.VKpfLZ4gJhQ1XjzV6mB/\n").unwrap();
+    env.write_config(&format!(
+        "[web]\nlisten = \"127.0.0.1:{port}\"\nusers_file = {:?}\n",
+        users.to_string_lossy()
+    ));
+    let out = env.run(&["serve"]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("MD5") && out.stderr.contains("htpasswd -B"),
+        "{out:?}"
+    );
+    let check = env.run(&["check"]);
+    assert!(
+        check.stdout.contains("error   web") && check.stdout.contains("MD5"),
+        "{check:?}"
+    );
+    // Without [web], serve says what is missing.
+    env.write_config("");
+    let out = env.run(&["serve"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("[web] listen is not set"), "{out:?}");
+}
