@@ -7,7 +7,9 @@ set -euo pipefail
 # gcc, make, pkg-config, libssl-dev, zlib1g-dev: libgit2, libssh2 and SQLite are built from their crates.
 # openssh-server, openssh-client: the ssh tests start a real sshd on 127.0.0.1.
 # systemd: systemd-analyze scores the unit's hardening.
-packages=(git gcc make pkg-config libssl-dev zlib1g-dev openssh-server openssh-client systemd)
+# chromium, chromium-driver: the web catalog is checked in headless Chromium over WebDriver.
+packages=(git gcc make pkg-config libssl-dev zlib1g-dev openssh-server openssh-client systemd chromium
+  chromium-driver)
 
 missing=()
 for pkg in "${packages[@]}"; do

@@ -136,7 +136,7 @@ pub(crate) const MIN_DATABASE_BYTES: u64 = 1 << 20;
 /// Default `events_retention_days`.
 pub(crate) use crate::store::DEFAULT_RETENTION_DAYS as DEFAULT_EVENTS_RETENTION_DAYS;
 /// `[web]`: the read-only web catalog and its JSON API.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct WebConfig {
     pub(crate) listen: std::net::SocketAddr,
     /// Apache htpasswd file with bcrypt entries: HTTP Basic authentication for pages and API.
@@ -148,6 +148,10 @@ pub(crate) struct WebConfig {
     /// The address users reach the catalog at (behind a TLS proxy), without a trailing slash: used for
     /// links that leave the page (the API's `next` links).
     pub(crate) public_url: Option<String>,
+    /// Reverse proxies in front of the catalog. A request from one of them is counted against the client
+    /// its `X-Forwarded-For` names (for the limit on failed sign-ins), and the proxy itself may hold any
+    /// number of connections: behind a proxy every client arrives from the proxy's address.
+    pub(crate) trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl WebConfig {

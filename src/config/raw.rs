@@ -52,6 +52,7 @@ pub(super) struct RawWeb {
     pub(super) tokens_file: Option<String>,
     pub(super) allow_anonymous: Option<bool>,
     pub(super) public_url: Option<String>,
+    pub(super) trusted_proxies: Option<Vec<String>>,
 }
 
 /// A single value or a list of them (`webhook_secret_file = "a"` or `= ["a", "b"]`).

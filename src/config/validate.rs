@@ -336,12 +336,27 @@ fn web(raw: RawWeb, file: &Path, base: &Path) -> Result<WebConfig, ConfigError> 
             }
         }
     };
+    let mut trusted_proxies = Vec::new();
+    for a in raw.trusted_proxies.iter().flatten() {
+        match a.trim().parse::<std::net::IpAddr>() {
+            Ok(ip) => trusted_proxies.push(ip),
+            Err(_) => {
+                return Err(invalid(
+                    file,
+                    format!(
+                        "[web] trusted_proxies: {a:?} is not an IP address: list the addresses your proxies connect from, e.g. [\"127.0.0.1\"]"
+                    ),
+                ));
+            }
+        }
+    }
     let web = WebConfig {
         listen,
         users_file: path(&raw.users_file, "users_file")?,
         tokens_file: path(&raw.tokens_file, "tokens_file")?,
         allow_anonymous: raw.allow_anonymous.unwrap_or(false),
         public_url,
+        trusted_proxies,
     };
     if web.anonymous() && !web.allow_anonymous && !listen.ip().is_loopback() {
         return Err(invalid(

@@ -108,6 +108,11 @@ impl Catalog<'_> {
         Ok(self.store.models(repo)?)
     }
 
+    /// One model's current row (its status and error included), when the catalog has it.
+    pub(crate) fn model_row(&self, repo: &str, path: &str) -> Result<Option<ModelRow>, QueryError> {
+        Ok(self.store.model_row(repo, path)?)
+    }
+
     /// Full-text search (`search`): plain words, or FTS5 syntax.
     pub(crate) fn search(
         &self,
@@ -162,9 +167,7 @@ impl Catalog<'_> {
             Some(c) => c.to_string(),
             None => self
                 .store
-                .models(Some(repo_id))?
-                .into_iter()
-                .find(|m| m.path == path)
+                .model_row(repo_id, path)?
                 .map(|m| m.commit)
                 .ok_or_else(|| {
                     QueryError::NotFound(format!(

@@ -17,6 +17,8 @@ use crate::store::Store;
 /// Scrapers and health checks are few; this many connections at once is plenty.
 const LIMITS: http::Limits = http::Limits {
     max_connections: 64,
+    max_per_client: 64,
+    proxies: Vec::new(),
     header_timeout: Duration::from_secs(10),
 };
 

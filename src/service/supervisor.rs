@@ -64,6 +64,8 @@ struct Supervisor {
     found: mpsc::Sender<Found>,
     /// The webhook listener's address at start: a reload cannot move it.
     webhook_listen: Option<SocketAddr>,
+    /// `[web]` at start: the web catalog reads it once (its address, credential files, proxies).
+    web: Option<crate::config::WebConfig>,
     /// Repositories found by each provider's discovery, as last reported.
     discovered: HashMap<String, Vec<RepoConfig>>,
     discovery: HashMap<String, Task>,
@@ -119,6 +121,7 @@ pub(crate) async fn run(
         notifier,
         found,
         webhook_listen: config.webhook.as_ref().map(|w| w.listen),
+        web: config.web.clone(),
         discovered: HashMap::new(),
         discovery: HashMap::new(),
         repos: HashMap::new(),
@@ -208,6 +211,11 @@ impl Supervisor {
                 );
                 if new.webhook.as_ref().map(|w| w.listen) != self.webhook_listen {
                     tracing::warn!("[webhook] listen changed: restart the service to apply it");
+                }
+                if new.web != self.web {
+                    tracing::warn!(
+                        "[web] changed: restart the service to apply it (the files it names are read again without one)"
+                    );
                 }
                 let discovered = &mut self.discovered;
                 self.discovery.retain(|name, t| {

@@ -38,6 +38,8 @@ const MAX_EVENT_LEN: usize = 64;
 /// How many connections are served at once; more are closed at once.
 const LIMITS: http::Limits = http::Limits {
     max_connections: 128,
+    max_per_client: 128,
+    proxies: Vec::new(),
     header_timeout: Duration::from_secs(10),
 };
 

@@ -113,7 +113,8 @@ impl Store {
                     (SELECT COALESCE(MAX(id), 0) FROM polls) || '.' ||
                     (SELECT COALESCE(MAX(id), 0) FROM deliveries) || '.' ||
                     (SELECT COUNT(*) FROM repos) || '.' ||
-                    (SELECT COALESCE(MAX(value), '') FROM service)",
+                    (SELECT COALESCE(MAX(value), '') FROM service
+                     WHERE key IN ('started_at', 'last_reload_at'))",
             [],
             |r| r.get(0),
         )
@@ -206,15 +207,29 @@ impl Store {
     }
 
     pub(crate) fn models(&self, repo: Option<&str>) -> Result<Vec<ModelRow>, StoreError> {
+        self.model_rows(repo, None)
+    }
+
+    /// The current row of one model, when the catalog has it.
+    pub(crate) fn model_row(&self, repo: &str, path: &str) -> Result<Option<ModelRow>, StoreError> {
+        Ok(self.model_rows(Some(repo), Some(path))?.pop())
+    }
+
+    fn model_rows(
+        &self,
+        repo: Option<&str>,
+        path: Option<&str>,
+    ) -> Result<Vec<ModelRow>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare(
+            .prepare_cached(
                 "SELECT repo_id, path, name, db_vendor, entity_count, attribute_count, commit_id, blob, status, error
-                 FROM models WHERE (?1 IS NULL OR repo_id = ?1) ORDER BY repo_id, path",
+                 FROM models WHERE (?1 IS NULL OR repo_id = ?1) AND (?2 IS NULL OR path = ?2)
+                 ORDER BY repo_id, path",
             )
             .doing("listing models")?;
         let rows = stmt
-            .query_map([repo], |r| {
+            .query_map(params![repo, path], |r| {
                 Ok(ModelRow {
                     repo: r.get(0)?,
                     path: r.get(1)?,

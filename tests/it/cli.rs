@@ -179,7 +179,19 @@ fn the_bundled_demo_works() {
             "repos/books.git",
         ],
     );
-    std::fs::copy(demo.join("config.toml"), dir.path().join("config.toml")).unwrap();
+    // The demo's web catalog, on a free port for the test.
+    let shipped = std::fs::read_to_string(demo.join("config.toml")).unwrap();
+    assert!(shipped.contains("listen = \"127.0.0.1:8090\""), "{shipped}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        shipped.replace("127.0.0.1:8090", &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
     let cfg = dir
         .path()
         .join("config.toml")
@@ -198,6 +210,22 @@ fn the_bundled_demo_works() {
         .unwrap();
     let models: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(models.as_array().unwrap().len(), 141);
+    // The README's next step: browse it.
+    let _serving = Running(
+        bin()
+            .args(["--config", &cfg, "serve"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_for("modelmirror serve to listen", 20, || {
+        std::net::TcpStream::connect(addr).is_ok()
+    });
+    let page = crate::http_client::get(addr, "/", &[]);
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("demo/books"), "{}", page.text());
 }
 
 /// `token_file = "${CREDENTIALS_DIRECTORY}/NAME"`, as with systemd's `LoadCredential=`.

@@ -14,6 +14,7 @@ mod proxy;
 mod tls;
 
 mod architecture;
+mod browser;
 mod catalog;
 mod cli;
 mod counting;

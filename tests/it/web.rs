@@ -12,13 +12,13 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::git_http::Auth;
-use crate::http_client::{Response, get, request};
+use crate::http_client::{Response, connect_from, get, get_from, request};
 use crate::support::*;
 
 const YEARLY: &str = "0 0 1 1 *";
 /// The hostile model's path: a folder with a space, unicode, `%`, and markup.
 const ODD_PATH: &str = "odd dir/ünïcødé 100% <b>.hck.json";
-const BOOKS: &str = "g/shelf/books";
+pub(crate) const BOOKS: &str = "g/shelf/books";
 const ODD: &str = "g/odd/repo";
 /// A repository whose one model parsed at its first commit and does not at its second.
 const BROKEN: &str = "g/broken/one";
@@ -32,14 +32,14 @@ fn free_port() -> u16 {
 }
 
 /// `value` percent-encoded for a query string.
-fn enc(value: &str) -> String {
+pub(crate) fn enc(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
 /// A catalog of the books history and one hostile model, served by `modelmirror serve` (or `run`).
-struct Site {
-    env: Env,
-    addr: SocketAddr,
+pub(crate) struct Site {
+    pub(crate) env: Env,
+    pub(crate) addr: SocketAddr,
     _process: Running,
     /// What the process wrote on stderr.
     log: std::path::PathBuf,
@@ -56,7 +56,7 @@ fn hostile_model() -> Vec<u8> {
 
 impl Site {
     /// A site whose `[web]` table is `web` (after `listen`), served by `command` (`serve` or `run`).
-    fn start(command: &str, web: &str, top: &str) -> Site {
+    pub(crate) fn start(command: &str, web: &str, top: &str) -> Site {
         let env = Env::new(Auth::None);
         env.repo_from_bundle("shelf/books.git", "books");
         let (_, work) = env.new_repo("odd/repo.git");
@@ -107,7 +107,7 @@ impl Site {
         get(self.addr, path, &[])
     }
 
-    fn cli(&self, args: &[&str]) -> Value {
+    pub(crate) fn cli(&self, args: &[&str]) -> Value {
         self.env.run(args).ok().json()
     }
 }
@@ -528,7 +528,7 @@ fn a_model_that_does_not_parse_shows_its_error_and_its_last_good_version() {
 }
 
 /// An htpasswd line for `user` with a bcrypt hash of `password` (as `htpasswd -B` writes it).
-fn htpasswd(user: &str, password: &str) -> String {
+pub(crate) fn htpasswd(user: &str, password: &str) -> String {
     let hash = bcrypt::hash_with_salt(password, 5, [9u8; 16])
         .unwrap()
         .format_for_version(bcrypt::Version::TwoY);
@@ -640,63 +640,12 @@ fn credentials_guard_pages_and_api_and_wrong_ones_are_limited_and_counted() {
 
 /// A GET from another loopback address (the failure limit is per address).
 fn request_from(addr: SocketAddr, path: &str, authorization: &str) -> Response {
-    use std::io::{Read, Write};
-    let mut s = socket2_connect(addr);
-    let head = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: {authorization}\r\n\r\n"
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw);
-    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.as_bytes().to_vec())
-        .unwrap_or_default();
-    Response {
-        status,
-        headers: Default::default(),
-        body,
-    }
-}
-
-/// A TCP connection to `addr` from 127.0.0.2.
-fn socket2_connect(addr: SocketAddr) -> std::net::TcpStream {
-    // SAFETY: plain socket calls on a descriptor this function owns until it is wrapped.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        assert!(fd >= 0, "socket");
-        let mut local: libc::sockaddr_in = std::mem::zeroed();
-        local.sin_family = libc::AF_INET as libc::sa_family_t;
-        local.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 2]);
-        assert_eq!(
-            libc::bind(
-                fd,
-                (&raw const local).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as u32
-            ),
-            0,
-            "bind 127.0.0.2"
-        );
-        let SocketAddr::V4(v4) = addr else {
-            panic!("IPv4 only")
-        };
-        let mut remote: libc::sockaddr_in = std::mem::zeroed();
-        remote.sin_family = libc::AF_INET as libc::sa_family_t;
-        remote.sin_port = v4.port().to_be();
-        remote.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
-        assert_eq!(
-            libc::connect(
-                fd,
-                (&raw const remote).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as u32
-            ),
-            0,
-            "connect"
-        );
-        <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd)
-    }
+    get_from(
+        [127, 0, 0, 2].into(),
+        addr,
+        path,
+        &[("Authorization", authorization)],
+    )
 }
 
 impl Api {
@@ -713,6 +662,104 @@ impl Api {
             checked: RefCell::new(BTreeSet::new()),
         }
     }
+}
+
+/// Whether the server closes a connection from `from` without answering a request on it.
+fn refused_from(from: std::net::IpAddr, addr: SocketAddr, authorization: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = connect_from(from, addr) else {
+        return true;
+    };
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let head = format!(
+        "GET /api/v1/repos HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n"
+    );
+    let _ = s.write_all(head.as_bytes());
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    raw.is_empty()
+}
+
+#[test]
+fn one_client_cannot_take_every_connection_and_a_proxy_speaks_for_its_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, htpasswd("ann", "correct horse")).unwrap();
+    let site = Site::start(
+        "serve",
+        &format!(
+            "users_file = {:?}\ntrusted_proxies = [\"127.0.0.3\"]\n",
+            users.to_string_lossy()
+        ),
+        "",
+    );
+    let good = basic("ann", "correct horse");
+    let wrong = basic("ann", "wrong-password-31337");
+    let ip = |last: u8| std::net::IpAddr::from([127, 0, 0, last]);
+
+    // 127.0.0.1 opens its 64 connections and holds them idle; its next one is closed unanswered.
+    let held: Vec<_> = (0..64)
+        .map(|_| connect_from(ip(1), site.addr).unwrap())
+        .collect();
+    wait_for("the held connections to be accepted", 10, || {
+        refused_from(ip(1), site.addr, &good)
+    });
+    // Another client is served all the while.
+    let other = get_from(
+        ip(2),
+        site.addr,
+        "/api/v1/repos",
+        &[("Authorization", &good)],
+    );
+    assert_eq!(other.status, 200, "{}", other.text());
+    drop(held);
+    wait_for("127.0.0.1 to be served again", 10, || {
+        !refused_from(ip(1), site.addr, &good)
+    });
+
+    // The proxy 127.0.0.3 may hold more than 64.
+    let proxied: Vec<_> = (0..80)
+        .map(|_| connect_from(ip(3), site.addr).unwrap())
+        .collect();
+    let through = get_from(
+        ip(3),
+        site.addr,
+        "/api/v1/repos",
+        &[("Authorization", &good)],
+    );
+    assert_eq!(through.status, 200, "{}", through.text());
+    drop(proxied);
+
+    // Wrong passwords through the proxy count against the client it names, not against the proxy.
+    let via = |client: &str, authorization: &str| {
+        get_from(
+            ip(3),
+            site.addr,
+            "/api/v1/repos",
+            &[
+                ("Authorization", authorization),
+                ("X-Forwarded-For", &format!("203.0.113.9, {client}")),
+            ],
+        )
+        .status
+    };
+    let statuses: Vec<u16> = (0..12).map(|_| via("10.1.1.1", &wrong)).collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert_eq!(via("10.1.1.1", &good), 429, "that client waits");
+    assert_eq!(
+        via("10.2.2.2", &good),
+        200,
+        "the proxy's other clients do not"
+    );
+    // A client that is not a trusted proxy cannot choose whom it is counted as.
+    let spoofed = get_from(
+        ip(4),
+        site.addr,
+        "/api/v1/repos",
+        &[("Authorization", &good), ("X-Forwarded-For", "10.1.1.1")],
+    );
+    assert_eq!(spoofed.status, 200, "{}", spoofed.text());
 }
 
 #[test]

@@ -223,6 +223,11 @@ impl Auth {
         })
     }
 
+    /// Whether requests need credentials at all.
+    pub(super) fn required(&self) -> bool {
+        self.users.is_some() || self.tokens.is_some()
+    }
+
     /// Whether a request from `peer` with `headers` may read; `api`: the request is for `/api/`, where a
     /// Bearer token is accepted too.
     pub(super) fn check(&self, headers: &HeaderMap, peer: IpAddr, api: bool) -> Result<(), Denied> {
@@ -310,6 +315,10 @@ impl Auth {
             return false;
         };
         let Some(hash) = users.0.get(user) else {
+            // As slow as a known user's wrong password, so the answer's time does not tell which users exist.
+            if let Some(any) = users.0.values().next() {
+                let _ = bcrypt::verify(password, any);
+            }
             return false;
         };
         let digest = sha256(decoded.as_bytes());
@@ -364,6 +373,7 @@ mod tests {
             tokens_file: tokens.map(Path::to_path_buf),
             allow_anonymous: false,
             public_url: None,
+            trusted_proxies: Vec::new(),
         }
     }
 

@@ -63,7 +63,7 @@ pub(super) fn page(title: &str, crumbs: &[(&str, String)], search: &str, body: &
         html,
         "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>{} · modelmirror</title>\n\
+         <title>{} · modelmirror</title>\n<link rel=\"icon\" href=\"data:,\">\n\
          <link rel=\"stylesheet\" href=\"/static/style.css\">\n\
          <script src=\"/static/app.js\" defer></script>\n</head>\n<body>\n\
          <header class=\"top\"><a class=\"brand\" href=\"/\">modelmirror</a>\

@@ -13,10 +13,9 @@ mod html;
 mod pages;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,11 +33,15 @@ use crate::query::Catalog;
 use crate::store::Store;
 use auth::{Auth, Denied};
 
-/// Reading connections to the database: queries of concurrent requests run side by side on them.
+/// Reading connections to the database: queries of concurrent requests run side by side on them, and
+/// requests wait their turn for one in the order they came.
 const READERS: usize = 4;
-/// Clients served at once; more are closed as they arrive.
+/// Connections served at once, and per client address (a browser opens about six), so that no client can
+/// take every slot; more are closed as they arrive. `[web] trusted_proxies` hold any number.
 const LIMITS: http::Limits = http::Limits {
     max_connections: 512,
+    max_per_client: 64,
+    proxies: Vec::new(),
     header_timeout: Duration::from_secs(10),
 };
 
@@ -48,9 +51,14 @@ const SCRIPT: &str = include_str!("assets/app.js");
 /// The web catalog's shared state.
 pub(crate) struct Web {
     config: ConfigHandle,
-    readers: Vec<Store>,
-    next_reader: AtomicUsize,
+    /// The idle reading connections; `turns` has as many permits as there are connections here.
+    readers: std::sync::Mutex<Vec<Store>>,
+    /// A request holds a permit while it uses a reading connection; waiting requests queue in order (tokio's
+    /// semaphore is fair), so a client sending many requests cannot push another's ahead of it forever.
+    turns: tokio::sync::Semaphore,
     auth: Auth,
+    /// `[web] trusted_proxies` at start.
+    proxies: Vec<IpAddr>,
 }
 
 impl Web {
@@ -65,6 +73,7 @@ impl Web {
                 tokens_file: None,
                 allow_anonymous: false,
                 public_url: None,
+                trusted_proxies: Vec::new(),
             })
             .map_err(ServiceError::WebAuth)?,
         };
@@ -74,15 +83,62 @@ impl Web {
             .map_err(ServiceError::Store)?;
         Ok(Web {
             config,
-            readers,
-            next_reader: AtomicUsize::new(0),
+            turns: tokio::sync::Semaphore::new(readers.len()),
+            readers: std::sync::Mutex::new(readers),
             auth,
+            proxies: settings.map(|w| w.trusted_proxies).unwrap_or_default(),
         })
     }
 
-    fn reader(&self) -> &Store {
-        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
-        &self.readers[i]
+    /// Run `work` on a blocking thread with a reading connection, once one is free.
+    async fn with_reader<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> Option<T> {
+        let _turn = self.turns.acquire().await.ok()?;
+        let web = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let store = web
+                .readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop()?;
+            // Back to the idle ones even when `work` panics.
+            struct Return<'a>(&'a Web, Option<Store>);
+            impl Drop for Return<'_> {
+                fn drop(&mut self) {
+                    if let Some(s) = self.1.take() {
+                        self.0
+                            .readers
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(s);
+                    }
+                }
+            }
+            let held = Return(&web, Some(store));
+            held.1.as_ref().map(work)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// The client behind `peer`: the address a trusted proxy forwarded for (the last one in
+    /// `X-Forwarded-For` that is not itself a trusted proxy), else `peer`.
+    fn client(&self, peer: IpAddr, headers: &hyper::HeaderMap) -> IpAddr {
+        if !self.proxies.contains(&peer) {
+            return peer;
+        }
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .rev()
+            .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+            .find(|a| !self.proxies.contains(a))
+            .unwrap_or(peer)
     }
 }
 
@@ -105,7 +161,11 @@ pub(crate) async fn serve_alone(config: crate::config::Config) -> Result<(), Ser
 
 /// Serve the web catalog on `listener` until `stop`.
 pub(crate) async fn serve(listener: TcpListener, web: Arc<Web>, stop: watch::Receiver<bool>) {
-    http::serve(listener, "web catalog", LIMITS, stop, move |req, peer| {
+    let limits = http::Limits {
+        proxies: web.proxies.clone(),
+        ..LIMITS
+    };
+    http::serve(listener, "web catalog", limits, stop, move |req, peer| {
         handle(web.clone(), req, peer)
     })
     .await;
@@ -250,7 +310,18 @@ fn secure(answer: &mut Answer, cache: &'static str) {
 }
 
 async fn handle(web: Arc<Web>, req: hyper::Request<Incoming>, peer: SocketAddr) -> Answer {
+    let started = std::time::Instant::now();
     let mut answer = route(web, req, peer).await;
+    // How long the server took (waiting for a reading connection included), for the browser's developer
+    // tools and the benchmark.
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "app;dur={:.1}",
+        started.elapsed().as_secs_f64() * 1000.0
+    )) {
+        answer
+            .headers_mut()
+            .insert(HeaderName::from_static("server-timing"), v);
+    }
     let cache = if answer.headers().contains_key(hyper::header::ETAG) {
         "no-cache"
     } else {
@@ -282,8 +353,18 @@ async fn route(web: Arc<Web>, req: hyper::Request<Incoming>, peer: SocketAddr) -
         }
         _ => {}
     }
-    if let Err(denied) = web.auth.check(req.headers(), peer.ip(), is_api) {
-        return refuse(denied, is_api);
+    if web.auth.required() {
+        // On a blocking thread: a password is checked with bcrypt, which takes tens of milliseconds.
+        let client = web.client(peer.ip(), req.headers());
+        let headers = req.headers().clone();
+        let checker = web.clone();
+        match tokio::task::spawn_blocking(move || checker.auth.check(&headers, client, is_api))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(denied)) => return refuse(denied, is_api),
+            Err(e) => return failed(&e.to_string()),
+        }
     }
     let query = req.uri().query().unwrap_or("").to_string();
     let if_none_match = req
@@ -291,66 +372,77 @@ async fn route(web: Arc<Web>, req: hyper::Request<Incoming>, peer: SocketAddr) -
         .get(hyper::header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let worker = web.clone();
-    let reply = tokio::task::spawn_blocking(move || {
-        let config = current(&worker.config);
-        let store = worker.reader();
-        let catalog = Catalog {
-            config: &config,
-            store,
-        };
-        let public_url = config.web.as_ref().and_then(|w| w.public_url.as_deref());
-        if let Some(api_path) = path.strip_prefix("/api/v1") {
-            let etag = match store.catalog_version() {
-                Ok(v) => format!("W/\"{v}.{}\"", config.generation),
-                Err(e) => return api::error(&crate::query::QueryError::from(e).into()),
+    let config_handle = web.config.clone();
+    let reply = web
+        .with_reader(move |store| {
+            let config = current(&config_handle);
+            let catalog = Catalog {
+                config: &config,
+                store,
             };
-            if if_none_match
-                .as_deref()
-                .is_some_and(|m| m.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-            {
-                let mut r = Reply::bytes(StatusCode::NOT_MODIFIED, Vec::new(), "application/json");
-                r.etag = Some(etag);
-                return r;
+            let public_url = config.web.as_ref().and_then(|w| w.public_url.as_deref());
+            if let Some(api_path) = path.strip_prefix("/api/v1") {
+                let etag = match store.catalog_version() {
+                    Ok(v) => etag(&format!("{v}.{}", config.generation)),
+                    Err(e) => return api::error(&crate::query::QueryError::from(e).into()),
+                };
+                if if_none_match
+                    .as_deref()
+                    .is_some_and(|m| m.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+                {
+                    let mut r =
+                        Reply::bytes(StatusCode::NOT_MODIFIED, Vec::new(), "application/json");
+                    r.etag = Some(etag);
+                    return r;
+                }
+                let request = Request {
+                    path: api_path,
+                    params: Params::parse(Some(&query)),
+                    public_url,
+                    raw_query: &query,
+                };
+                let mut reply = api::answer(&request, &catalog, api_path);
+                if reply.status.is_success() {
+                    reply.etag = Some(etag);
+                }
+                reply
+            } else if is_api {
+                api::error(&api::ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "no such API version: use /api/v1 (/api/v1/openapi.json describes it)",
+                ))
+            } else {
+                let request = Request {
+                    path: &path,
+                    params: Params::parse(Some(&query)),
+                    public_url,
+                    raw_query: &query,
+                };
+                pages::answer(&request, &catalog)
             }
-            let request = Request {
-                path: api_path,
-                params: Params::parse(Some(&query)),
-                public_url,
-                raw_query: &query,
-            };
-            let mut reply = api::answer(&request, &catalog, api_path);
-            if reply.status.is_success() {
-                reply.etag = Some(etag);
-            }
-            reply
-        } else if is_api {
-            api::error(&api::ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no such API version: use /api/v1 (/api/v1/openapi.json describes it)",
-            ))
-        } else {
-            let request = Request {
-                path: &path,
-                params: Params::parse(Some(&query)),
-                public_url,
-                raw_query: &query,
-            };
-            pages::answer(&request, &catalog)
-        }
-    })
-    .await;
+        })
+        .await;
     match reply {
-        Ok(reply) => reply.into_answer(),
-        Err(e) => {
-            tracing::error!("web catalog: a request failed unexpectedly: {e}");
-            http::answer(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error\n",
-                "text/plain; charset=utf-8",
-            )
-        }
+        Some(reply) => reply.into_answer(),
+        None => failed("the request's work ended early"),
     }
+}
+
+/// A weak entity tag for the catalog's state `version`: opaque, the first 16 hex digits of its SHA-256.
+fn etag(version: &str) -> String {
+    let digest = openssl::sha::sha256(version.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("W/\"{hex}\"")
+}
+
+/// The answer when a request's work failed unexpectedly (a bug): logged, and a plain 500.
+fn failed(why: &str) -> Answer {
+    tracing::error!("web catalog: a request failed unexpectedly: {why}");
+    http::answer(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error\n",
+        "text/plain; charset=utf-8",
+    )
 }
 
 /// The answer to a request that is not let in.

@@ -330,10 +330,7 @@ fn model(req: &Request<'_>, catalog: &Catalog<'_>) -> Page {
     let crumbs = model_crumbs(repo, path);
     // A model that does not parse at its newest version: its error, and its last good version.
     if commit.is_none()
-        && let Some(row) = catalog
-            .models(Some(repo))?
-            .into_iter()
-            .find(|m| m.path == path)
+        && let Some(row) = catalog.model_row(repo, path)?
         && row.status != "ok"
     {
         let mut b = format!(
