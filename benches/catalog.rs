@@ -2,6 +2,8 @@
 //! 1,000 versions, and `changes` between two versions of a 3 MB model. Run with `cargo bench --bench catalog`;
 //! prints one table. Data is built from the real fixture models (`../shared/fixtures/models`).
 
+mod support;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -102,16 +104,7 @@ fn main() {
     ));
 
     // 2. Search.
-    let queries = [
-        "pet name",
-        "vaccin",
-        "customer",
-        "order line",
-        "account number",
-        "breed",
-        "date",
-        "zzzz",
-    ];
+    let queries = support::QUERIES;
     let mut times = Vec::new();
     let mut hits = 0;
     for _ in 0..20 {

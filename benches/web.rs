@@ -114,16 +114,7 @@ fn main() {
 
     let model_page = |path: &str| format!("/model?repo={}&path={}", q(&repo), q(path));
     let api_model = |path: &str| format!("/api/v1/model?repo={}&path={}", q(&repo), q(path));
-    let queries = [
-        "pet name",
-        "vaccin",
-        "customer",
-        "order line",
-        "account number",
-        "breed",
-        "date",
-        "zzzz",
-    ];
+    let queries = support::QUERIES;
     let search_pages: Vec<String> = queries
         .iter()
         .map(|s| format!("/search?q={}", q(s)))

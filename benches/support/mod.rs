@@ -7,6 +7,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// The search benchmarks' queries: common words, prefixes, two words, and one that finds nothing.
+pub const QUERIES: [&str; 8] = [
+    "pet name",
+    "vaccin",
+    "customer",
+    "order line",
+    "account number",
+    "breed",
+    "date",
+    "zzzz",
+];
+
 /// `modelmirror --config CONFIG ARGS…`, run to its end: how long it took. Panics with its stderr when it fails.
 pub fn timed_modelmirror(config: &Path, args: &[&str]) -> Duration {
     let started = std::time::Instant::now();

@@ -43,11 +43,7 @@ impl Browser {
                 "{path} is missing: install the {package} package (scripts/test.sh does)"
             );
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         // Its own process group: dropping the browser kills chromedriver and every Chromium process it started,
         // even when no session was made.
         let driver = Command::new(CHROMEDRIVER)

@@ -182,11 +182,7 @@ fn the_bundled_demo_works() {
     // The demo's web catalog, on a free port for the test.
     let shipped = std::fs::read_to_string(demo.join("config.toml")).unwrap();
     assert!(shipped.contains("listen = \"127.0.0.1:8090\""), "{shipped}");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     std::fs::write(
         dir.path().join("config.toml"),
         shipped.replace("127.0.0.1:8090", &format!("127.0.0.1:{port}")),

@@ -568,3 +568,12 @@ pub fn bytes_written(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

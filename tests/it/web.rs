@@ -23,14 +23,6 @@ const ODD: &str = "g/odd/repo";
 /// A repository whose one model parsed at its first commit and does not at its second.
 const BROKEN: &str = "g/broken/one";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `value` percent-encoded for a query string.
 pub(crate) fn enc(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()

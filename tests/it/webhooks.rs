@@ -65,14 +65,6 @@ fn post(port: u16, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16,
     (status, body)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A running daemon with four providers (one per kind), each with one repository holding one model.
 struct Hub {
     env: Env,

@@ -722,87 +722,116 @@ fn compare(req: &Request<'_>, catalog: &Catalog<'_>) -> Page {
         "<div class=\"scroll\"><table class=\"list compare\"><thead><tr><th>Change</th><th>What</th><th>Before</th>\
          <th>After</th></tr></thead><tbody>\n",
     );
-    let mut row = |class: &str, change: &str, what: String, before: String, after: String| {
-        let _ = write!(
-            b,
-            "<tr class=\"{class}\"><td>{}</td><td>{what}</td><td>{before}</td><td>{after}</td></tr>",
-            esc(change)
-        );
-    };
-    let none = || "<span class=\"muted\">–</span>".to_string();
-    for e in &d.entities_added {
-        row("added", "entity added", esc(e), none(), esc(e));
-    }
-    for e in &d.entities_removed {
-        row("removed", "entity removed", esc(e), esc(e), none());
-    }
+    // Entities, then attributes, then relationships: added, removed, renamed, changed.
+    let mut rows = Rows::default();
+    rows.names("entity added", &d.entities_added, true);
+    rows.names("entity removed", &d.entities_removed, false);
     for r in &d.entities_renamed {
-        row(
+        rows.push(
             "renamed",
             "entity renamed",
-            esc(&r.to),
-            esc(&r.from),
-            esc(&r.to),
+            &r.to,
+            Some(&r.from),
+            Some(&r.to),
         );
     }
-    for a in &d.attributes_added {
-        let name = format!("{}.{}", a.entity, a.attribute);
-        row("added", "attribute added", esc(&name), none(), esc(&name));
-    }
-    for a in &d.attributes_removed {
-        let name = format!("{}.{}", a.entity, a.attribute);
-        row(
-            "removed",
-            "attribute removed",
-            esc(&name),
-            esc(&name),
-            none(),
-        );
-    }
+    let dotted = |e: &str, a: &str| format!("{e}.{a}");
+    let attributes_added: Vec<String> = d
+        .attributes_added
+        .iter()
+        .map(|a| dotted(&a.entity, &a.attribute))
+        .collect();
+    rows.names("attribute added", &attributes_added, true);
+    let attributes_removed: Vec<String> = d
+        .attributes_removed
+        .iter()
+        .map(|a| dotted(&a.entity, &a.attribute))
+        .collect();
+    rows.names("attribute removed", &attributes_removed, false);
     for a in &d.attributes_renamed {
-        row(
+        rows.push(
             "renamed",
             "attribute renamed",
-            esc(&a.entity),
-            esc(&a.from),
-            esc(&a.to),
+            &a.entity,
+            Some(&a.from),
+            Some(&a.to),
         );
     }
     for a in &d.attributes_changed {
-        row(
+        let change = format!("{} changed", a.field);
+        rows.push(
             "changed",
-            &format!("{} changed", a.field),
-            esc(&format!("{}.{}", a.entity, a.attribute)),
-            a.from.as_deref().map_or_else(none, esc),
-            a.to.as_deref().map_or_else(none, esc),
+            &change,
+            &dotted(&a.entity, &a.attribute),
+            a.from.as_deref(),
+            a.to.as_deref(),
         );
     }
-    for r in &d.relationships_added {
-        row("added", "relationship added", esc(r), none(), esc(r));
-    }
-    for r in &d.relationships_removed {
-        row("removed", "relationship removed", esc(r), esc(r), none());
-    }
+    rows.names("relationship added", &d.relationships_added, true);
+    rows.names("relationship removed", &d.relationships_removed, false);
     for r in &d.relationships_renamed {
-        row(
+        rows.push(
             "renamed",
             "relationship renamed",
-            esc(&r.to),
-            esc(&r.from),
-            esc(&r.to),
+            &r.to,
+            Some(&r.from),
+            Some(&r.to),
         );
     }
     for r in &d.relationships_changed {
-        row(
+        let change = format!("{} changed", r.field);
+        rows.push(
             "changed",
-            &format!("{} changed", r.field),
-            esc(&r.relationship),
-            r.from.as_deref().map_or_else(none, esc),
-            r.to.as_deref().map_or_else(none, esc),
+            &change,
+            &r.relationship,
+            r.from.as_deref(),
+            r.to.as_deref(),
         );
     }
+    b.push_str(&rows.0);
     b.push_str("</tbody></table></div>\n");
     Ok(page(&format!("Changes to {path}"), &crumbs, "", &b))
+}
+
+/// The rows of the comparison table, as HTML.
+#[derive(Default)]
+struct Rows(String);
+
+impl Rows {
+    /// One row: its class (`added`, `removed`, `renamed`, `changed`), the change, what changed, and the
+    /// values before and after (a dash when there is none).
+    fn push(
+        &mut self,
+        class: &str,
+        change: &str,
+        what: &str,
+        before: Option<&str>,
+        after: Option<&str>,
+    ) {
+        let cell =
+            |v: Option<&str>| v.map_or_else(|| "<span class=\"muted\">–</span>".to_string(), esc);
+        let _ = write!(
+            self.0,
+            "<tr class=\"{class}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(change),
+            esc(what),
+            cell(before),
+            cell(after)
+        );
+    }
+
+    /// A row per name that was added (`added`) or removed.
+    fn names(&mut self, change: &str, names: &[String], added: bool) {
+        let class = if added { "added" } else { "removed" };
+        for n in names {
+            let (before, after) = if added {
+                (None, Some(n.as_str()))
+            } else {
+                (Some(n.as_str()), None)
+            };
+            self.push(class, change, n, before, after);
+        }
+    }
 }
 
 fn search(req: &Request<'_>, catalog: &Catalog<'_>) -> Page {
