@@ -147,9 +147,12 @@ fn read_answer(s: &mut TcpStream, head_only: bool) -> std::io::Result<Vec<u8>> {
                 return Ok(raw);
             }
         }
-        match s.read(&mut buf)? {
-            0 => return Ok(raw),
-            n => raw.extend_from_slice(&buf[..n]),
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(raw),
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            // A signal arrived (the tests signal their daemons): read again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }
