@@ -3,8 +3,8 @@
 //! 99 relationships) and the largest fixture model. For each request: the server's time (its
 //! `Server-Timing` header) and the client's (to the last byte, over loopback), p50 and p95, beside the
 //! baseline of the same run: a static file through the same listener. Then 200 clients at once, spread over
-//! 127.0.0.1–127.0.0.8, each sending 10 requests. Run with `cargo bench --bench web`; `REQUESTS=N` changes
-//! the number of requests per row (default 200).
+//! 127.0.0.1–127.0.0.8, each sending 10 requests; then one greedy client beside a polite one. Run with
+//! `cargo bench --bench web`; `REQUESTS=N` changes the number of requests per row (default 200).
 
 #[path = "../tests/common/http_client.rs"]
 mod http_client;
@@ -260,6 +260,47 @@ fn main() {
     for e in errors.iter().take(5) {
         eprintln!("error: {e}");
     }
+
+    // One greedy client: 32 requests for the 5,000-attribute page at once, again and again, from 127.0.0.1;
+    // meanwhile another client (127.0.0.2) asks for the repositories, one request after another.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let greedy_page = Arc::new(model_page(BIG));
+    let greedy: Vec<_> = (0..32)
+        .map(|_| {
+            let stop = stop.clone();
+            let page = greedy_page.clone();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = try_get_from(IpAddr::from([127, 0, 0, 1]), addr, &page, &[]);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut polite = Vec::new();
+    let mut polite_errors = 0;
+    for _ in 0..50 {
+        let t = Instant::now();
+        match try_get_from(IpAddr::from([127, 0, 0, 2]), addr, "/api/v1/repos", &[]) {
+            Ok(r) if r.status == 200 => polite.push(t.elapsed().as_secs_f64() * 1000.0),
+            _ => polite_errors += 1,
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let greedy_answers: usize = greedy.into_iter().map(|g| g.join().unwrap_or(0)).sum();
+    println!(
+        "\n| fairness | greedy client's answers | other client: answers, errors | p50 | p95 | target |\n|---|---|---|---|---|---|"
+    );
+    let p95 = percentile(&polite, 0.95);
+    println!(
+        "| 127.0.0.1 sends 32 requests for the 5,000-attribute page at once, over and over; 127.0.0.2 asks for /api/v1/repos 50 times | {greedy_answers} | {}, {polite_errors} | {:.1} ms | {p95:.1} ms | p95 < 250 ms, no error: {} |",
+        polite.len(),
+        percentile(&polite, 0.5),
+        verdict(p95 < 250.0 && polite_errors == 0)
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(server.id() as libc::pid_t, libc::SIGTERM) };
     let _ = server.wait();

@@ -103,8 +103,22 @@ impl Catalog<'_> {
         repos(self.store, Some(self.config))
     }
 
+    /// A repository named as a filter must be one the configuration or the catalog knows: a typo is an
+    /// error, not an empty answer.
+    fn known(&self, repo: Option<&str>) -> Result<(), QueryError> {
+        match repo {
+            Some(id)
+                if !self.store.has_repo(id)? && !self.config.repos.iter().any(|r| r.id == id) =>
+            {
+                Err(QueryError::UnknownRepo(id.to_string()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The models in the catalog, of one repository or all (`models`).
     pub(crate) fn models(&self, repo: Option<&str>) -> Result<Vec<ModelRow>, QueryError> {
+        self.known(repo)?;
         Ok(self.store.models(repo)?)
     }
 
@@ -113,7 +127,8 @@ impl Catalog<'_> {
         Ok(self.store.model_row(repo, path)?)
     }
 
-    /// Full-text search (`search`): plain words, or FTS5 syntax.
+    /// Full-text search (`search`): plain words, or FTS5 syntax. Matched words in the snippets are between
+    /// `[` and `]`.
     pub(crate) fn search(
         &self,
         query: &str,
@@ -121,14 +136,28 @@ impl Catalog<'_> {
         kind: Option<&str>,
         limit: usize,
     ) -> Result<Vec<SearchHit>, QueryError> {
+        self.search_marked(query, repo, kind, limit, ("[", "]"))
+    }
+
+    /// [`Catalog::search`] with the matched words between `marks` (for a renderer whose marks cannot be
+    /// confused with the text).
+    pub(crate) fn search_marked(
+        &self,
+        query: &str,
+        repo: Option<&str>,
+        kind: Option<&str>,
+        limit: usize,
+        marks: (&str, &str),
+    ) -> Result<Vec<SearchHit>, QueryError> {
         let q = fts_query(query);
         if q.trim().is_empty() {
             return Err(QueryError::BadRequest(
                 "search: give some words to look for".into(),
             ));
         }
+        self.known(repo)?;
         self.store
-            .search(&q, repo, kind, limit)
+            .search_marked(&q, repo, kind, limit, marks)
             .map_err(|e| match e {
                 StoreError::Query(m) => QueryError::BadRequest(format!("search: {m}")),
                 other => QueryError::Store(other),
@@ -152,6 +181,7 @@ impl Catalog<'_> {
         repo: Option<&str>,
         limit: usize,
     ) -> Result<Vec<EventRow>, QueryError> {
+        self.known(repo)?;
         Ok(self.store.events(repo, limit)?)
     }
 

@@ -22,6 +22,20 @@ pub(crate) enum VersionError {
         path: String,
         commit: String,
     },
+    #[error(
+        "{repo}: {path} is not a file the catalog reads (see `include`, `exclude` and `formats`)"
+    )]
+    NotIncluded { repo: String, path: String },
+    #[error(
+        "{repo}: {path} at commit {commit} is {size} bytes, over max_model_bytes ({max}); not read. Raise max_model_bytes to read it"
+    )]
+    TooLarge {
+        repo: String,
+        path: String,
+        commit: String,
+        size: u64,
+        max: u64,
+    },
 }
 
 /// A repository's mirror, opened once to read versions of its models.
@@ -89,6 +103,13 @@ impl<'a> Versions<'a> {
         commit: &str,
         path: &str,
     ) -> Result<(Parsed, String, String), VersionError> {
+        // What the catalog would not read is not read here either.
+        if !self.filter.matches(path) {
+            return Err(VersionError::NotIncluded {
+                repo: self.repo.id.clone(),
+                path: path.to_string(),
+            });
+        }
         let (commit_id, blob) = git::blob_at(&self.mirror, commit, path)
             .map_err(|e| self.git_err(e))?
             .ok_or_else(|| VersionError::NoFile {
@@ -96,6 +117,17 @@ impl<'a> Versions<'a> {
                 path: path.to_string(),
                 commit: commit.to_string(),
             })?;
+        let size = git::blob_size(&self.mirror, blob).map_err(|e| self.git_err(e))?;
+        let max = self.filter.max_model_bytes;
+        if size > max {
+            return Err(VersionError::TooLarge {
+                repo: self.repo.id.clone(),
+                path: path.to_string(),
+                commit: commit_id.to_string(),
+                size,
+                max,
+            });
+        }
         let parsed = git::with_blob(&self.mirror, blob, |bytes| self.filter.parse(path, bytes))
             .map_err(|e| self.git_err(e))?;
         Ok((parsed, commit_id.to_string(), blob.to_string()))

@@ -212,9 +212,16 @@ impl Supervisor {
                 if new.webhook.as_ref().map(|w| w.listen) != self.webhook_listen {
                     tracing::warn!("[webhook] listen changed: restart the service to apply it");
                 }
-                if new.web != self.web {
+                // `public_url` is read on each request; the rest of `[web]` at start.
+                let at_start = |w: &Option<crate::config::WebConfig>| {
+                    w.clone().map(|mut w| {
+                        w.public_url = None;
+                        w
+                    })
+                };
+                if at_start(&new.web) != at_start(&self.web) {
                     tracing::warn!(
-                        "[web] changed: restart the service to apply it (the files it names are read again without one)"
+                        "[web] changed: restart the service to apply it (public_url and the credential files' contents apply without one)"
                     );
                 }
                 let discovered = &mut self.discovered;

@@ -104,18 +104,15 @@ pub struct VersionRow {
 }
 
 impl Store {
-    /// A token that changes whenever what the catalog answers may change: a commit processed, a poll or a
-    /// delivery recorded, the service's state written. For HTTP `ETag`s.
+    /// A token that changes whenever what the catalog answers may change: every write to the tables behind
+    /// the answers bumps a counter (triggers, so no write path can forget it), and a provider's hold that
+    /// ends changes the repositories' answer without a write. For HTTP `ETag`s.
     pub(crate) fn catalog_version(&self) -> Result<String, StoreError> {
         let conn = self.lock();
         conn.query_row(
-            "SELECT (SELECT COALESCE(MAX(id), 0) FROM sync_steps) || '.' ||
-                    (SELECT COALESCE(MAX(id), 0) FROM polls) || '.' ||
-                    (SELECT COALESCE(MAX(id), 0) FROM deliveries) || '.' ||
-                    (SELECT COUNT(*) FROM repos) || '.' ||
-                    (SELECT COALESCE(MAX(value), '') FROM service
-                     WHERE key IN ('started_at', 'last_reload_at'))",
-            [],
+            "SELECT (SELECT n FROM catalog_generation WHERE id = 1) || '.' ||
+                    (SELECT COUNT(*) FROM providers WHERE held_until > ?1)",
+            [now_rfc3339()],
             |r| r.get(0),
         )
         .doing("reading the catalog's version")
@@ -247,7 +244,8 @@ impl Store {
         rows.collect::<Result<_, _>>().doing("listing models")
     }
 
-    /// Full-text search. `query` is FTS5 syntax (see [`fts_query`] for turning plain words into it).
+    /// Full-text search. `query` is FTS5 syntax (see [`fts_query`] for turning plain words into it). The
+    /// snippets mark matched words with `[` and `]`.
     pub fn search(
         &self,
         query: &str,
@@ -255,11 +253,23 @@ impl Store {
         kind: Option<&str>,
         limit: usize,
     ) -> Result<Vec<SearchHit>, StoreError> {
+        self.search_marked(query, repo, kind, limit, ("[", "]"))
+    }
+
+    /// [`Store::search`] with the snippets' matched words between `marks`.
+    pub(crate) fn search_marked(
+        &self,
+        query: &str,
+        repo: Option<&str>,
+        kind: Option<&str>,
+        limit: usize,
+        marks: (&str, &str),
+    ) -> Result<Vec<SearchHit>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare(
+            .prepare_cached(
                 "SELECT s.kind, m.repo_id, m.path, m.name, e.name, a.path,
-                        snippet(search, -1, '[', ']', '…', 12)
+                        snippet(search, -1, ?5, ?6, '…', 12)
                  FROM search s
                  JOIN models m ON m.id = s.model_id
                  LEFT JOIN attributes a ON s.kind = 'attribute' AND a.id = s.rowid / 4
@@ -269,17 +279,27 @@ impl Store {
                  ORDER BY bm25(search, 10.0, 6.0, 3.0, 1.0) LIMIT ?4",
             )
             .doing("searching")?;
-        let rows = stmt.query_map(params![query, repo, kind, limit as i64], |r| {
-            Ok(SearchHit {
-                kind: r.get(0)?,
-                repo: r.get(1)?,
-                path: r.get(2)?,
-                model: r.get(3)?,
-                entity: r.get(4)?,
-                attribute: r.get(5)?,
-                snippet: r.get(6)?,
-            })
-        });
+        let rows = stmt.query_map(
+            params![
+                query,
+                repo,
+                kind,
+                i64::try_from(limit).unwrap_or(i64::MAX),
+                marks.0,
+                marks.1
+            ],
+            |r| {
+                Ok(SearchHit {
+                    kind: r.get(0)?,
+                    repo: r.get(1)?,
+                    path: r.get(2)?,
+                    model: r.get(3)?,
+                    entity: r.get(4)?,
+                    attribute: r.get(5)?,
+                    snippet: r.get(6)?,
+                })
+            },
+        );
         let rows = match rows {
             Ok(rows) => rows.collect::<Result<Vec<_>, _>>(),
             Err(e) => Err(e),

@@ -152,7 +152,9 @@ impl Store {
             )
             .doing("reading recent deliveries")?;
         let rows = stmt
-            .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .doing("reading recent deliveries")?;
         rows.collect::<Result<_, _>>()
             .doing("reading recent deliveries")
@@ -178,29 +180,32 @@ impl Store {
             )
             .doing("reading events")?;
         let rows = stmt
-            .query_map(params![repo, limit as i64], |r| {
-                Ok(EventRow {
-                    kind: r.get(0)?,
-                    time: r.get(1)?,
-                    repo: r.get(2)?,
-                    provider: r.get(3)?,
-                    event: r.get(4)?,
-                    delivery_id: r.get(5)?,
-                    ref_name: r.get(6)?,
-                    outcome: r.get(7)?,
-                    reason: r.get(8)?,
-                    poll_id: r.get(9)?,
-                    trigger: r.get(10)?,
-                    duration_ms: r.get(11)?,
-                    result: r.get(12)?,
-                    commits: r.get(13)?,
-                    models_added: r.get(14)?,
-                    models_modified: r.get(15)?,
-                    models_deleted: r.get(16)?,
-                    error: r.get(17)?,
-                    id: r.get(18)?,
-                })
-            })
+            .query_map(
+                params![repo, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |r| {
+                    Ok(EventRow {
+                        kind: r.get(0)?,
+                        time: r.get(1)?,
+                        repo: r.get(2)?,
+                        provider: r.get(3)?,
+                        event: r.get(4)?,
+                        delivery_id: r.get(5)?,
+                        ref_name: r.get(6)?,
+                        outcome: r.get(7)?,
+                        reason: r.get(8)?,
+                        poll_id: r.get(9)?,
+                        trigger: r.get(10)?,
+                        duration_ms: r.get(11)?,
+                        result: r.get(12)?,
+                        commits: r.get(13)?,
+                        models_added: r.get(14)?,
+                        models_modified: r.get(15)?,
+                        models_deleted: r.get(16)?,
+                        error: r.get(17)?,
+                        id: r.get(18)?,
+                    })
+                },
+            )
             .doing("reading events")?;
         rows.collect::<Result<_, _>>().doing("reading events")
     }

@@ -50,6 +50,18 @@ pub enum StoreError {
         supported: i64,
     },
     #[error(
+        "no catalog at {path}: run `modelmirror sync` (or the service) first, or point `database` / `state_dir` at the catalog to serve"
+    )]
+    Missing { path: PathBuf },
+    #[error(
+        "database {path} has schema version {found}, older than this modelmirror ({supported}); run `modelmirror sync` once with write access to it, which upgrades it"
+    )]
+    TooOld {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error(
         "repository {repo} was updated by another modelmirror process meanwhile (it is at {found}, this poll started at {expected}); the next poll continues from there"
     )]
     Conflict {
@@ -197,6 +209,40 @@ impl Store {
             .map_err(open_err)?;
         configure(&conn).map_err(open_err)?;
         schema::migrate(&mut conn, path)?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+            turns: Mutex::new(Turns::default()),
+            turn_ended: std::sync::Condvar::new(),
+            retention_days: std::sync::atomic::AtomicU32::new(DEFAULT_RETENTION_DAYS),
+        })
+    }
+
+    /// Open an existing database to read only: nothing is created, migrated or written, so a copy on a
+    /// read-only disk serves as well as the live file. Its schema must be this version's.
+    pub(crate) fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        let open_err = |error| StoreError::Open {
+            path: path.to_path_buf(),
+            error,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(30))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "query_only", "ON")
+            .map_err(open_err)?;
+        let found: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err)?;
+        schema::check_version(path, found)?;
         Ok(Store {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),

@@ -77,6 +77,15 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the catalog has a repository of this id (polled or discovered, configured or not).
+    pub(crate) fn has_repo(&self, id: &str) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        conn.query_row("SELECT 1 FROM repos WHERE id = ?1", [id], |_| Ok(()))
+            .optional()
+            .doing("looking for the repository")
+            .map(|r| r.is_some())
+    }
+
     pub(crate) fn repo_state(&self, id: &str) -> Result<RepoState, StoreError> {
         let conn = self.lock();
         let state = conn

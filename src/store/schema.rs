@@ -244,10 +244,61 @@ DELETE FROM search WHERE model_id NOT IN (SELECT id FROM models);
 ALTER TABLE repos ADD COLUMN last_success_at TEXT;
 UPDATE repos SET last_success_at = last_check_at WHERE last_error IS NULL;
 "#,
+    r#"
+-- A number that grows with every change to what the catalog answers (repositories, models, history,
+-- polls, deliveries, providers, the service's state), however it is made: the web catalog's ETags.
+CREATE TABLE catalog_generation (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL);
+INSERT INTO catalog_generation (id, n) VALUES (1, 0);
+CREATE TRIGGER repos_insert_generation AFTER INSERT ON repos BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER repos_update_generation AFTER UPDATE ON repos BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER repos_delete_generation AFTER DELETE ON repos BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER commits_insert_generation AFTER INSERT ON commits BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER commits_update_generation AFTER UPDATE ON commits BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER commits_delete_generation AFTER DELETE ON commits BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER sync_steps_insert_generation AFTER INSERT ON sync_steps BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER sync_steps_update_generation AFTER UPDATE ON sync_steps BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER sync_steps_delete_generation AFTER DELETE ON sync_steps BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER models_insert_generation AFTER INSERT ON models BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER models_update_generation AFTER UPDATE ON models BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER models_delete_generation AFTER DELETE ON models BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER model_versions_insert_generation AFTER INSERT ON model_versions BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER model_versions_update_generation AFTER UPDATE ON model_versions BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER model_versions_delete_generation AFTER DELETE ON model_versions BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER polls_insert_generation AFTER INSERT ON polls BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER polls_update_generation AFTER UPDATE ON polls BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER polls_delete_generation AFTER DELETE ON polls BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER providers_insert_generation AFTER INSERT ON providers BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER providers_update_generation AFTER UPDATE ON providers BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER providers_delete_generation AFTER DELETE ON providers BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER deliveries_insert_generation AFTER INSERT ON deliveries BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER deliveries_update_generation AFTER UPDATE ON deliveries BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER deliveries_delete_generation AFTER DELETE ON deliveries BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER service_insert_generation AFTER INSERT ON service BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER service_update_generation AFTER UPDATE ON service BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER service_delete_generation AFTER DELETE ON service BEGIN UPDATE catalog_generation SET n = n + 1; END;
+"#,
 ];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// A database opened read only must be of this version exactly.
+pub(super) fn check_version(path: &Path, found: i64) -> Result<(), StoreError> {
+    let path = path.to_path_buf();
+    match found.cmp(&SCHEMA_VERSION) {
+        std::cmp::Ordering::Equal => Ok(()),
+        std::cmp::Ordering::Greater => Err(StoreError::TooNew {
+            path,
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+        std::cmp::Ordering::Less => Err(StoreError::TooOld {
+            path,
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+    }
+}
 
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let version: i64 = conn

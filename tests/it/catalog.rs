@@ -100,7 +100,9 @@ fn search_finds_entities_and_attributes_as_people_type_them() {
         human.starts_with("KIND") && human.contains("[Pet] [Name]"),
         "{human}"
     );
-    assert_eq!(count("pet", &["--repo", "g/other"]), 0);
+    let unknown = env.run(&["search", "pet", "--repo", "g/other"]);
+    assert_eq!(unknown.code, 2, "{unknown:?}");
+    assert!(unknown.stderr.contains("unknown repository `g/other`"));
 }
 
 /// The index follows every transaction: at the end of a replayed history it holds exactly the catalog.

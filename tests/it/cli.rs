@@ -104,11 +104,14 @@ fn json_output_has_the_documented_keys() {
     assert_eq!(m["path"], "m.hck.json");
     assert_eq!(m["target"], "Polyglot");
     assert!(m["error"].is_null());
-    let other = env
-        .run(&["models", "--json", "--repo", "g/other"])
-        .ok()
-        .json();
-    assert_eq!(other, serde_json::json!([]));
+    // A repository nobody configured is a typo, not an empty list.
+    let other = env.run(&["models", "--json", "--repo", "g/other"]);
+    assert_eq!(other.code, 2, "{other:?}");
+    assert!(
+        other.stderr.contains("unknown repository `g/other`"),
+        "{}",
+        other.stderr
+    );
 }
 
 #[test]

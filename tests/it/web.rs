@@ -22,6 +22,8 @@ pub(crate) const BOOKS: &str = "g/shelf/books";
 const ODD: &str = "g/odd/repo";
 /// A repository whose one model parsed at its first commit and does not at its second.
 const BROKEN: &str = "g/broken/one";
+/// A repository with one model of 210 entities and 21,000 attributes.
+const BIG: &str = "g/big/one";
 
 /// `value` percent-encoded for a query string.
 pub(crate) fn enc(value: &str) -> String {
@@ -37,13 +39,38 @@ pub(crate) struct Site {
     log: std::path::PathBuf,
 }
 
-/// The hostile model: a name and descriptions made of markup, an entity name with quotes.
+/// The hostile model: a name and descriptions made of markup, an entity name with quotes, a container named
+/// with markup, and a second entity of the same name in another container.
 fn hostile_model() -> Vec<u8> {
     let mut m: Value = serde_json::from_slice(&std::fs::read(small_model()).unwrap()).unwrap();
     m["modelName"] = json!("<script>alert(1)</script>");
     m["collections"][0]["collectionName"] = json!("Acc\"ount' <i>&amp;");
     m["collections"][0]["properties"][0]["description"] = json!("<img src=x onerror=alert(1)>");
+    let first = m["collections"][0]["GUID"].clone();
+    let mut twin = m["collections"][0].clone();
+    twin["GUID"] = json!("twin-of-the-first");
+    m["collections"].as_array_mut().unwrap().push(twin);
+    m["buckets"] = json!([
+        {"GUID": "b-1", "name": "<svg onload=alert(3)>", "collectionIds": [first]},
+        {"GUID": "b-2", "name": "second", "collectionIds": ["twin-of-the-first"]}
+    ]);
     serde_json::to_vec_pretty(&m).unwrap()
+}
+
+/// A generated model of `entities` entities of `attributes` attributes each.
+fn generated_model(entities: usize, attributes: usize) -> Vec<u8> {
+    let collections: Vec<Value> = (0..entities)
+        .map(|e| {
+            let properties: Vec<Value> = (0..attributes)
+                .map(|a| json!({"GUID": format!("a-{e}-{a}"), "name": format!("field_{a}"), "type": "string"}))
+                .collect();
+            json!({"GUID": format!("e-{e}"), "collectionName": format!("Entity {e}"), "properties": properties})
+        })
+        .collect();
+    serde_json::to_vec(
+        &json!({"modelName": "Generated", "dbVendor": "MongoDB", "collections": collections}),
+    )
+    .unwrap()
 }
 
 impl Site {
@@ -55,7 +82,24 @@ impl Site {
         let file = work.join(ODD_PATH);
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(&file, hostile_model()).unwrap();
-        commit_all(&work, "a hostile model");
+        // Its commit's author and message are markup too.
+        git(&work, &["add", "-A"]);
+        git(
+            &work,
+            &[
+                "commit",
+                "-q",
+                "--author",
+                "Mallory \"&' x=alert(4) <m@example.com>",
+                "-m",
+                "<script>alert(5)</script> a hostile model",
+            ],
+        );
+        git(&work, &["push", "-q", "-f", "origin", "HEAD:main"]);
+        // A model too large to show every attribute tree (21,000 attributes) or every entity in a diagram.
+        let (_, work) = env.new_repo("big/one.git");
+        std::fs::write(work.join("big.hck.json"), generated_model(210, 100)).unwrap();
+        commit_all(&work, "a big model");
         let (_, work) = env.new_repo("broken/one.git");
         std::fs::copy(small_model(), work.join("m.hck.json")).unwrap();
         commit_all(&work, "good");
@@ -68,7 +112,7 @@ impl Site {
         let port = free_port();
         env.write_config(&format!(
             "schedule = {YEARLY:?}\n{top}\n[web]\nlisten = \"127.0.0.1:{port}\"\n{web}\n\
-             [providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"shelf/books.git\", \"odd/repo.git\", \"broken/one.git\"]\n",
+             [providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"shelf/books.git\", \"odd/repo.git\", \"broken/one.git\", \"big/one.git\"]\n",
             env.server.url()
         ));
         env.run(&["sync"]).ok();
@@ -402,6 +446,25 @@ fn bad_requests_and_unknown_things_get_their_status() {
             &format!("/model?repo={}&path=x.json&commit=0000000", enc(BOOKS)),
             404,
         ),
+        ("/models?limit=1001", 400),
+        ("/search?q=pet&cursor=100001", 400),
+        ("/events?cursor=18446744073709551615", 400),
+        ("/models?repo=g%2Fnope", 404),
+        ("/events?repo=g%2Fnope", 404),
+        ("/search?q=pet&repo=g%2Fnope", 404),
+        // Only commit ids: git's revision syntax would let a request search the history.
+        (
+            &format!("/model?repo={}&path=x.json&commit=%3A%2Fmany", enc(BOOKS)),
+            400,
+        ),
+        (
+            &format!("/model?repo={}&path=x.json&commit=HEAD~1", enc(BOOKS)),
+            400,
+        ),
+        (
+            &format!("/changes?repo={}&path=x.json&from=main", enc(BOOKS)),
+            400,
+        ),
     ] {
         let r = api.get(&site, path, &[]);
         assert_eq!(r.status, status, "{path}: {}", r.text());
@@ -411,6 +474,39 @@ fn bad_requests_and_unknown_things_get_their_status() {
     let unknown = get(site.addr, "/api/v1/nothing", &[]);
     assert_eq!(unknown.status, 404);
     assert_eq!(unknown.json()["status"], 404);
+    // `If-None-Match: *` matches what exists, and only that.
+    let star = [("If-None-Match", "*")];
+    assert_eq!(get(site.addr, "/api/v1/nothing", &star).status, 404);
+    assert_eq!(get(site.addr, "/api/v1/models?limit=0", &star).status, 400);
+    assert_eq!(get(site.addr, "/api/v1/repos", &star).status, 304);
+    // HEAD: the headers of GET, no body.
+    let head = request(site.addr, "HEAD", "/api/v1/repos", &[], b"");
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert!(head.header("etag").is_some());
+    assert_eq!(request(site.addr, "HEAD", "/", &[], b"").status, 200);
+    // What the catalog would not read is not read for the web either.
+    let commit = site
+        .cli(&["status", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["repo"] == BOOKS)
+        .unwrap()["commit"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let not_a_model = api.get(
+        &site,
+        &format!("/model?repo={}&path=README.md&commit={commit}", enc(BOOKS)),
+        &[],
+    );
+    assert_eq!(not_a_model.status, 404, "{}", not_a_model.text());
+    assert!(
+        not_a_model.text().contains("not a file the catalog reads"),
+        "{}",
+        not_a_model.text()
+    );
     assert_eq!(get(site.addr, "/api/v2/repos", &[]).status, 404);
     let post = request(site.addr, "POST", "/api/v1/repos", &[], b"{}");
     assert_eq!(post.status, 405);
@@ -474,9 +570,30 @@ fn hostile_content_is_inert_and_odd_paths_work() {
     ] {
         assert!(html.contains(escaped), "{escaped} is not on the page");
     }
+    // The container and the commit's author and message are escaped too.
+    for raw in ["<svg onload", "Mallory \"&'", "<script>alert(5)"] {
+        assert!(!html.contains(raw), "{raw} reached the page raw");
+    }
+    for escaped in [
+        "&lt;svg onload=alert(3)&gt;",
+        "Mallory &quot;&amp;&#39; x=alert(4)",
+        "&lt;script&gt;alert(5)&lt;/script&gt;",
+    ] {
+        assert!(html.contains(escaped), "{escaped} is not on the page");
+    }
+    // Two entities share a name (in two containers): both are drawn and listed, every id stays unique.
+    let ids: Vec<&str> = html
+        .split(" id=\"")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap())
+        .collect();
+    let unique: BTreeSet<&str> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), unique.len(), "duplicate ids: {ids:?}");
+    assert_eq!(html.matches("<g class=\"entity\"").count(), 5);
+    assert_eq!(html.matches("<section class=\"entity\"").count(), 5);
     // The only scripts are the site's own file.
     assert_eq!(html.matches("<script").count(), 1, "{html}");
-    assert!(html.contains("<script src=\"/static/app.js\" defer></script>"));
+    assert!(html.contains("<script src=\"/static/app.js?v="), "{html}");
     // The API has the model at its odd path, and so does the command line.
     let q = format!("repo={}&path={}", enc(ODD), enc(ODD_PATH));
     let shown = api.get(&site, &format!("/model?{q}"), &[]).json();
@@ -485,6 +602,10 @@ fn hostile_content_is_inert_and_odd_paths_work() {
     assert_eq!(shown, site.cli(&["show", ODD, ODD_PATH, "--json"]));
     let history = site.get(&format!("/history?{q}"));
     assert_eq!(history.status, 200);
+    let history = history.text();
+    assert!(history.contains("&lt;script&gt;alert(5)&lt;/script&gt;"));
+    assert!(history.contains("Mallory &quot;&amp;&#39; x=alert(4)"));
+    assert!(!history.contains("<script>alert(5)") && !history.contains("Mallory \"&'"));
     // A search for the hostile text finds it and shows it inert.
     let found = site.get("/search?q=alert").text();
     assert!(found.contains("&lt;script&gt;"), "{found}");
@@ -517,6 +638,189 @@ fn a_model_that_does_not_parse_shows_its_error_and_its_last_good_version() {
     // The models page lists it with its error.
     let list = site.get(&format!("/models?repo={}", enc(BROKEN))).text();
     assert!(list.contains("error: line 4, column"), "{list}");
+}
+
+#[test]
+fn a_large_model_shows_one_entity_at_a_time_and_draws_the_first_200() {
+    let site = Site::start("serve", "", "max_model_bytes = 500000");
+    let model = format!("/model?repo={}&path=big.hck.json", enc(BIG));
+    // Over max_model_bytes (500 kB; the file is about 1.3 MB): recorded as skipped, and not read for the web.
+    let skipped = site.get(&model).text();
+    assert!(skipped.contains("max_model_bytes"), "{skipped}");
+    let commit = site.cli(&["history", BIG, "big.hck.json", "--json"])[0]["commit"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let api = get(
+        site.addr,
+        &format!(
+            "/api/v1/model?repo={}&path=big.hck.json&commit={commit}",
+            enc(BIG)
+        ),
+        &[],
+    );
+    assert_eq!(api.status, 400, "{}", api.text());
+    assert!(
+        api.text().contains("over max_model_bytes"),
+        "{}",
+        api.text()
+    );
+    drop(site);
+
+    let site = Site::start("serve", "", "");
+    let page = site.get(&model);
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    // 210 entities: 200 drawn, and the page says so.
+    assert_eq!(html.matches("<g class=\"entity\"").count(), 200);
+    assert!(
+        html.contains("The first 200 of 210 entities are drawn"),
+        "no note"
+    );
+    // 21,000 attributes: a list of the entities, no trees.
+    assert!(html.contains("This model has 21000 attributes"), "no note");
+    assert_eq!(html.matches("<section class=\"entity\"").count(), 0);
+    let table = html
+        .split("<table class=\"list entities\"")
+        .nth(1)
+        .expect("the table of entities");
+    let table = table.split("</table>").next().unwrap();
+    assert_eq!(
+        table.matches("entity=Entity+").count(),
+        210,
+        "a link per entity"
+    );
+    // The diagram's boxes lead there too.
+    assert!(html.contains("entity=Entity+3#e-"), "a box's link");
+    // One entity's tree.
+    let one = site.get(&format!("{model}&entity=Entity+7")).text();
+    assert_eq!(one.matches("<section class=\"entity\"").count(), 1);
+    assert!(one.contains(">Entity 7<"), "the entity's heading");
+    assert_eq!(one.matches("<span class=\"attr\"").count(), 100);
+    // A search hit in it leads to its tree.
+    let found = site
+        .get(&format!("/search?q=field_42&repo={}", enc(BIG)))
+        .text();
+    assert!(found.contains("entity=Entity+"), "{found}");
+}
+
+#[test]
+fn etags_change_with_every_change_to_the_catalog() {
+    let site = Site::start("serve", "", "");
+    let etag = |path: &str| {
+        let r = get(site.addr, path, &[]);
+        assert_eq!(r.status, 200);
+        r.header("etag").unwrap().to_string()
+    };
+    let before = etag("/api/v1/repos");
+    assert_eq!(
+        get(site.addr, "/api/v1/repos", &[("If-None-Match", &before)]).status,
+        304
+    );
+    // A rebuild writes the same models again: answers may have changed, so the tag does.
+    site.env.run(&["rebuild", BOOKS]).ok();
+    let rebuilt = etag("/api/v1/repos");
+    assert_ne!(rebuilt, before);
+    // A change made by no poll at all (here by hand, as discovery would mark a repository archived).
+    site.env
+        .db()
+        .execute(
+            "UPDATE repos SET state_reason = 'archived on the host' WHERE id = ?1",
+            [BOOKS],
+        )
+        .unwrap();
+    let changed = get(site.addr, "/api/v1/repos", &[("If-None-Match", &rebuilt)]);
+    assert_eq!(changed.status, 200, "a stale ETag matched");
+    assert!(changed.text().contains("archived on the host"));
+}
+
+#[test]
+fn serve_reads_a_catalog_and_creates_nothing() {
+    let env = Env::new(Auth::None);
+    let port = free_port();
+    env.write_config(&format!(
+        "[web]\nlisten = \"127.0.0.1:{port}\"\n\
+         [providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"x.git\"]\n",
+        env.server.url()
+    ));
+    // Never synced: nothing to serve, and serve makes nothing up.
+    let out = env.run(&["serve"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("no catalog at"), "{}", out.stderr);
+    assert!(out.stderr.contains("modelmirror sync"), "{}", out.stderr);
+    assert!(
+        !env.path().join("state").exists(),
+        "serve created the state folder"
+    );
+}
+
+#[test]
+fn wrong_passwords_sent_at_once_meet_the_limit_and_a_deleted_users_file_revokes() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, htpasswd("ann", "correct horse")).unwrap();
+    let site = Site::start(
+        "serve",
+        &format!("users_file = {:?}\n", users.to_string_lossy()),
+        "",
+    );
+    let ip = |last: u8| std::net::IpAddr::from([127, 0, 0, last]);
+    let wrong = basic("ann", "wrong-password-31337");
+    // 40 guesses at once from one address: 10 are checked, the rest wait.
+    let addr = site.addr;
+    let guesses: Vec<_> = (0..40)
+        .map(|_| {
+            let wrong = wrong.clone();
+            std::thread::spawn(move || {
+                get_from(ip(5), addr, "/api/v1/repos", &[("Authorization", &wrong)]).status
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = guesses.into_iter().map(|g| g.join().unwrap()).collect();
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    let waited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(checked + waited, 40, "{statuses:?}");
+    assert!(checked <= 10, "{checked} guesses checked: {statuses:?}");
+    // Deleting the users file lets nobody in, even a user signed in a moment ago; it back, they are.
+    let good = basic("ann", "correct horse");
+    let status = || get_from(ip(6), addr, "/", &[("Authorization", &good)]).status;
+    assert_eq!(status(), 200);
+    std::fs::remove_file(&users).unwrap();
+    assert_eq!(status(), 401, "a deleted users file still let a user in");
+    std::fs::write(&users, htpasswd("ann", "correct horse")).unwrap();
+    assert_eq!(status(), 200);
+    let log = std::fs::read_to_string(&site.log).unwrap();
+    assert!(log.contains("is gone"), "{log}");
+}
+
+#[test]
+fn with_tokens_only_pages_say_so_and_the_api_takes_the_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "report-bot-0123456789\n").unwrap();
+    let site = Site::start(
+        "serve",
+        &format!("tokens_file = {:?}\n", tokens.to_string_lossy()),
+        "",
+    );
+    let page = site.get("/");
+    assert_eq!(page.status, 401);
+    assert!(page.text().contains("API tokens only"), "{}", page.text());
+    // No password prompt a browser could never satisfy.
+    assert!(
+        !page
+            .header("www-authenticate")
+            .unwrap()
+            .starts_with("Basic"),
+        "{:?}",
+        page.header("www-authenticate")
+    );
+    let api = get(
+        site.addr,
+        "/api/v1/repos",
+        &[("Authorization", "Bearer report-bot-0123456789")],
+    );
+    assert_eq!(api.status, 200);
 }
 
 /// An htpasswd line for `user` with a bcrypt hash of `password` (as `htpasswd -B` writes it).

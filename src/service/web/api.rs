@@ -15,11 +15,14 @@ const OPENAPI: &str = include_str!("openapi.json");
 /// Items per page unless `limit` says otherwise, and the most a page may hold.
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
+/// How far into a list a page may start: a search or the events are read from their start to the page, so
+/// this bounds the work of one request.
+const MAX_CURSOR: usize = 100_000;
 
 /// An API error: its status and message.
 pub(super) struct ApiError {
     status: StatusCode,
-    message: String,
+    pub(super) message: String,
 }
 
 impl ApiError {
@@ -51,15 +54,27 @@ impl From<QueryError> for ApiError {
                     error: GitError::UnknownCommit { .. },
                     ..
                 } => StatusCode::NOT_FOUND,
-                VersionError::EmptyCommit { .. } => StatusCode::BAD_REQUEST,
+                VersionError::NotIncluded { .. } => StatusCode::NOT_FOUND,
+                VersionError::EmptyCommit { .. } | VersionError::TooLarge { .. } => {
+                    StatusCode::BAD_REQUEST
+                }
                 VersionError::Git { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             },
             QueryError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!("web catalog: {e}");
-        }
-        ApiError::new(status, e.to_string())
+        // What the server's files are called is for its log, not for whoever asks.
+        let message = match &e {
+            _ if status == StatusCode::INTERNAL_SERVER_ERROR => {
+                tracing::error!("web catalog: {e}");
+                "an internal error; the service's log says what happened".to_string()
+            }
+            QueryError::Version(VersionError::NoMirror { repo, .. }) => {
+                tracing::warn!("web catalog: {e}");
+                format!("{repo}: its local mirror is missing; the next poll fetches it again")
+            }
+            _ => e.to_string(),
+        };
+        ApiError::new(status, message)
     }
 }
 
@@ -150,24 +165,24 @@ fn route(req: &Request<'_>, catalog: &Catalog<'_>, path: &str) -> Result<Reply, 
 
 /// `cursor` (where the page starts) and `limit` (how many), checked.
 fn window(p: &Params) -> Result<(usize, usize), ApiError> {
-    let number = |key: &str, default: usize, max: usize| -> Result<usize, ApiError> {
+    let number = |key: &str, default: usize, min: usize, max: usize| -> Result<usize, ApiError> {
         match p.get(key) {
             None => Ok(default),
             Some(v) => v
                 .parse::<usize>()
                 .ok()
-                .filter(|n| *n <= max && (key != "limit" || *n >= 1))
+                .filter(|n| (min..=max).contains(n))
                 .ok_or_else(|| {
                     ApiError::new(
                         StatusCode::BAD_REQUEST,
-                        format!("{key} = {v:?}: give a whole number (limit: 1 to {MAX_LIMIT})"),
+                        format!("{key} = {v:?}: give a whole number from {min} to {max}"),
                     )
                 }),
         }
     };
     Ok((
-        number("cursor", 0, usize::MAX / 2)?,
-        number("limit", DEFAULT_LIMIT, MAX_LIMIT)?,
+        number("cursor", 0, 0, MAX_CURSOR)?,
+        number("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)?,
     ))
 }
 

@@ -69,15 +69,18 @@ pub(super) enum Denied {
 }
 
 /// The users of `users_file`: name → bcrypt hash.
+#[derive(Default)]
 struct Users(HashMap<String, String>);
 
 /// The tokens of `tokens_file`.
+#[derive(Default)]
 struct Tokens(Vec<String>);
 
-/// A file's modification time and size: when either changes, the file is read again.
-type Stamp = Option<(SystemTime, u64)>;
+/// A file's modification time, size and inode: when any changes, the file is read again (an editor or
+/// `htpasswd` that replaces the file gives it a new inode even within the same second).
+type Stamp = Option<(SystemTime, u64, u64)>;
 
-/// A file read again when it changes (its modification time or size).
+/// A file read again when it changes.
 struct Watched<T> {
     key: &'static str,
     path: PathBuf,
@@ -86,7 +89,7 @@ struct Watched<T> {
     current: Mutex<(Stamp, Arc<T>)>,
 }
 
-impl<T> Watched<T> {
+impl<T: Default> Watched<T> {
     fn load(
         key: &'static str,
         path: &Path,
@@ -101,26 +104,39 @@ impl<T> Watched<T> {
         })
     }
 
-    /// What the file holds now (read again if it changed since; the last good content if it cannot be used).
+    /// What the file holds now: read again if it changed; the last good content if it changed into something
+    /// that cannot be used; nothing (nobody is let in) while it is gone, so deleting the file revokes.
     fn get(&self) -> Arc<T> {
         let stamp = stamp(&self.path);
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if stamp.is_some() && stamp != current.0 {
-            match read(self.key, &self.path, self.parse) {
+        if stamp == current.0 {
+            return current.1.clone();
+        }
+        match stamp {
+            None => {
+                tracing::error!(
+                    "{} {} is gone: the web catalog lets nobody in with it until it is back",
+                    self.key,
+                    self.path.display()
+                );
+                *current = (None, Arc::new(T::default()));
+            }
+            Some(_) => match read(self.key, &self.path, self.parse) {
                 Ok((stamp, value)) => *current = (stamp, Arc::new(value)),
                 Err(e) => {
                     tracing::error!("{e}; the web catalog keeps the {} it read before", self.key);
                     current.0 = stamp;
                 }
-            }
+            },
         }
         current.1.clone()
     }
 }
 
 fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+    Some((meta.modified().ok()?, meta.len(), meta.ino()))
 }
 
 fn read<T>(
@@ -198,10 +214,31 @@ pub(crate) fn check_files(web: &WebConfig) -> Result<(), AuthFileError> {
 pub(super) struct Auth {
     users: Option<Watched<Users>>,
     tokens: Option<Watched<Tokens>>,
-    /// Wrong credentials per address: when the window started, and how many.
+    /// Attempts with credentials per client: when the window started, and how many were (or may still turn
+    /// out) wrong.
     failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
     /// SHA-256 of `user:password` of credentials verified against the users' current hashes.
     verified: Mutex<HashMap<[u8; 32], Arc<Users>>>,
+}
+
+/// What [`Auth::start`] found.
+pub(super) enum Check {
+    Allowed,
+    Denied(Denied),
+    /// A password to verify with bcrypt (slow: on a blocking thread, a few at a time) by [`Auth::verify`].
+    /// The attempt already counts against the client; a right password takes it back.
+    Verify(Pending),
+}
+
+/// A password waiting for bcrypt.
+pub(super) struct Pending {
+    client: IpAddr,
+    password: String,
+    /// The user's hash; for an unknown user another user's, so that the answer takes as long.
+    hash: String,
+    known: bool,
+    digest: [u8; 32],
+    users: Arc<Users>,
 }
 
 impl Auth {
@@ -228,60 +265,150 @@ impl Auth {
         self.users.is_some() || self.tokens.is_some()
     }
 
-    /// Whether a request from `peer` with `headers` may read; `api`: the request is for `/api/`, where a
-    /// Bearer token is accepted too.
-    pub(super) fn check(&self, headers: &HeaderMap, peer: IpAddr, api: bool) -> Result<(), Denied> {
-        if self.users.is_none() && self.tokens.is_none() {
-            return Ok(());
+    /// Whether pages (not only the API) can be signed in to: there are users.
+    pub(super) fn has_users(&self) -> bool {
+        self.users.is_some()
+    }
+
+    /// Whether a request from `client` with `headers` may read, as far as that can be told at once;
+    /// `api`: the request is for `/api/`, where a Bearer token is accepted too.
+    pub(super) fn start(&self, headers: &HeaderMap, client: IpAddr, api: bool) -> Check {
+        if !self.required() {
+            return Check::Allowed;
         }
         let Some(value) = headers
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
         else {
-            return Err(Denied::Missing);
+            return Check::Denied(Denied::Missing);
         };
         let (scheme, credentials) = value.trim().split_once(' ').unwrap_or((value, ""));
         let credentials = credentials.trim();
-        let accepted = if scheme.eq_ignore_ascii_case("basic") && self.users.is_some() {
-            self.waiting(peer)?;
-            self.basic(credentials)
-        } else if scheme.eq_ignore_ascii_case("bearer") && api && self.tokens.is_some() {
-            self.waiting(peer)?;
-            self.bearer(credentials)
-        } else {
-            return Err(Denied::Missing);
-        };
-        if accepted {
-            return Ok(());
+        if scheme.eq_ignore_ascii_case("bearer") && api && self.tokens.is_some() {
+            if let Err(d) = self.reserve(client) {
+                return Check::Denied(d);
+            }
+            return match self.bearer(credentials) {
+                true => {
+                    self.refund(client);
+                    Check::Allowed
+                }
+                false => Check::Denied(self.wrong()),
+            };
         }
-        self.failed(peer);
+        let Some(users) = self
+            .users
+            .as_ref()
+            .map(Watched::get)
+            .filter(|_| scheme.eq_ignore_ascii_case("basic"))
+        else {
+            return Check::Denied(Denied::Missing);
+        };
+        let Some((user, password)) = BASE64
+            .decode(credentials)
+            .ok()
+            .and_then(|d| String::from_utf8(d).ok())
+            .and_then(|d| {
+                d.split_once(':')
+                    .map(|(u, p)| (u.to_string(), p.to_string()))
+            })
+        else {
+            if let Err(d) = self.reserve(client) {
+                return Check::Denied(d);
+            }
+            return Check::Denied(self.wrong());
+        };
+        let digest = sha256(format!("{user}:{password}").as_bytes());
+        let remembered = {
+            let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            // Remembered only against the same users file: a changed file verifies again.
+            verified
+                .get(&digest)
+                .is_some_and(|u| Arc::ptr_eq(u, &users))
+        };
+        if remembered {
+            // Right credentials still wait while the client is over its limit.
+            return match self.over_limit(client) {
+                true => Check::Denied(self.too_many()),
+                false => Check::Allowed,
+            };
+        }
+        if let Err(d) = self.reserve(client) {
+            return Check::Denied(d);
+        }
+        let (hash, known) = match users.0.get(&user) {
+            Some(h) => (h.clone(), true),
+            None => match users.0.values().next() {
+                Some(h) => (h.clone(), false),
+                None => return Check::Denied(self.wrong()),
+            },
+        };
+        Check::Verify(Pending {
+            client,
+            password,
+            hash,
+            known,
+            digest,
+            users,
+        })
+    }
+
+    /// Verify a password with bcrypt (slow: call it on a blocking thread).
+    pub(super) fn verify(&self, p: Pending) -> Result<(), Denied> {
+        let right = bcrypt::verify(&p.password, &p.hash).unwrap_or(false) && p.known;
+        if !right {
+            return Err(self.wrong());
+        }
+        self.refund(p.client);
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= MAX_VERIFIED {
+            verified.clear();
+        }
+        verified.insert(p.digest, p.users);
+        Ok(())
+    }
+
+    /// [`Auth::start`] and, when needed, [`Auth::verify`], on this thread.
+    #[cfg(test)]
+    fn check(&self, headers: &HeaderMap, client: IpAddr, api: bool) -> Result<(), Denied> {
+        match self.start(headers, client, api) {
+            Check::Allowed => Ok(()),
+            Check::Denied(d) => Err(d),
+            Check::Verify(p) => self.verify(p),
+        }
+    }
+
+    fn wrong(&self) -> Denied {
         metrics::global().inc(
             "modelmirror_web_auth_failures_total",
             &[("reason", "wrong")],
             1.0,
         );
-        Err(Denied::Wrong)
+        Denied::Wrong
     }
 
-    /// `Err(TooMany)` while `peer` has spent its wrong attempts of the window.
-    fn waiting(&self, peer: IpAddr) -> Result<(), Denied> {
+    fn too_many(&self) -> Denied {
+        metrics::global().inc(
+            "modelmirror_web_auth_failures_total",
+            &[("reason", "rate_limited")],
+            1.0,
+        );
+        Denied::TooMany
+    }
+
+    /// Whether `client` has spent its attempts of the window.
+    fn over_limit(&self, client: IpAddr) -> bool {
         let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        match failures.get(&peer) {
-            Some((since, n)) if *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW => {
-                metrics::global().inc(
-                    "modelmirror_web_auth_failures_total",
-                    &[("reason", "rate_limited")],
-                    1.0,
-                );
-                Err(Denied::TooMany)
-            }
-            _ => Ok(()),
-        }
+        failures
+            .get(&client)
+            .is_some_and(|(since, n)| *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW)
     }
 
-    fn failed(&self, peer: IpAddr) {
+    /// Count an attempt against `client` before its credentials are checked, so that attempts sent at once
+    /// cannot pass the limit together; `Err(TooMany)` when it has none left.
+    fn reserve(&self, client: IpAddr) -> Result<(), Denied> {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.len() >= MAX_TRACKED && !failures.contains_key(&peer) {
+        if failures.len() >= MAX_TRACKED && !failures.contains_key(&client) {
             failures.retain(|_, (since, _)| since.elapsed() < FAILURE_WINDOW);
             if failures.len() >= MAX_TRACKED
                 && let Some(oldest) = failures
@@ -292,55 +419,24 @@ impl Auth {
                 failures.remove(&oldest);
             }
         }
-        let entry = failures.entry(peer).or_insert((Instant::now(), 0));
+        let entry = failures.entry(client).or_insert((Instant::now(), 0));
         if entry.0.elapsed() >= FAILURE_WINDOW {
             *entry = (Instant::now(), 0);
         }
+        if entry.1 >= MAX_FAILURES {
+            drop(failures);
+            return Err(self.too_many());
+        }
         entry.1 += 1;
+        Ok(())
     }
 
-    /// `user:password` (base64) against the users file.
-    fn basic(&self, credentials: &str) -> bool {
-        let Some(users) = self.users.as_ref().map(Watched::get) else {
-            return false;
-        };
-        let Some(decoded) = BASE64
-            .decode(credentials)
-            .ok()
-            .and_then(|d| String::from_utf8(d).ok())
-        else {
-            return false;
-        };
-        let Some((user, password)) = decoded.split_once(':') else {
-            return false;
-        };
-        let Some(hash) = users.0.get(user) else {
-            // As slow as a known user's wrong password, so the answer's time does not tell which users exist.
-            if let Some(any) = users.0.values().next() {
-                let _ = bcrypt::verify(password, any);
-            }
-            return false;
-        };
-        let digest = sha256(decoded.as_bytes());
-        {
-            let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-            // Remembered only against the same users file: a changed file verifies again.
-            if verified
-                .get(&digest)
-                .is_some_and(|u| Arc::ptr_eq(u, &users))
-            {
-                return true;
-            }
+    /// Take back an attempt that turned out right.
+    fn refund(&self, client: IpAddr) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = failures.get_mut(&client) {
+            entry.1 = entry.1.saturating_sub(1);
         }
-        if !bcrypt::verify(password, hash).unwrap_or(false) {
-            return false;
-        }
-        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        if verified.len() >= MAX_VERIFIED {
-            verified.clear();
-        }
-        verified.insert(digest, users);
-        true
     }
 
     /// A token against the tokens file, in constant time per token.
@@ -440,6 +536,34 @@ mod tests {
         assert_eq!(
             auth.check(&basic("ann", "s3cret pass"), other, false),
             Ok(())
+        );
+        // Right credentials do not use up attempts: 9 wrong, any number right, then the 10th wrong.
+        let third: IpAddr = "127.0.0.11".parse().unwrap();
+        for _ in 0..MAX_FAILURES - 1 {
+            assert_eq!(
+                auth.check(&basic("ann", "guess"), third, false),
+                Err(Denied::Wrong)
+            );
+        }
+        std::fs::write(&tokens, "tok-789\n").unwrap();
+        let mut good_token = HeaderMap::new();
+        good_token.insert(
+            hyper::header::AUTHORIZATION,
+            "Bearer tok-789".parse().unwrap(),
+        );
+        for _ in 0..5 {
+            assert_eq!(auth.check(&good_token, third, true), Ok(()));
+        }
+        assert_eq!(
+            auth.check(&basic("ann", "guess"), third, false),
+            Err(Denied::Wrong)
+        );
+        assert_eq!(auth.check(&good_token, third, true), Err(Denied::TooMany));
+        // A deleted users file lets nobody in.
+        std::fs::remove_file(&users).unwrap();
+        assert_eq!(
+            auth.check(&basic("ann", "s3cret pass"), other, false),
+            Err(Denied::Wrong)
         );
     }
 

@@ -1,12 +1,13 @@
 //! The entity-relationship diagram of a model, drawn as SVG on the server: entities as boxes with their key
 //! attributes, relationships as lines between them with their cardinalities at each end. Boxes are laid out
-//! on a grid, grouped by container; a model of a hundred entities stays legible because the SVG scales to the
-//! page, the page's script pans and zooms it, and the diagram can show one container at a time.
+//! on a grid, grouped by container. The SVG keeps its natural size (12-pixel text) in a frame that scrolls,
+//! so a model of a hundred entities stays legible, on a phone too; the page's script adds zoom; the diagram
+//! can show one container at a time, and draws `MAX_BOXES` entities at most.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use super::html::{anchor, esc};
+use super::html::{entity_keys, esc};
 use crate::model::{Entity, Model};
 
 const BOX_WIDTH: i64 = 220;
@@ -18,17 +19,40 @@ const GAP_Y: i64 = 60;
 const ROWS_SHOWN: usize = 8;
 /// Characters of a name shown in a box before it is cut.
 const NAME_CHARS: usize = 28;
+/// Entities drawn at most: past this a diagram is a wall of boxes, and the page's size grows with it.
+pub(super) const MAX_BOXES: usize = 200;
 
 /// The diagram of `model`, of the entities of `container` only when given.
-pub(super) fn svg(model: &Model, container: Option<&str>) -> String {
-    let entities: Vec<&Entity> = model
+/// `href` gives the link of an entity's box from the entity and its anchor key.
+pub(super) fn svg(
+    model: &Model,
+    container: Option<&str>,
+    href: &dyn Fn(&Entity, &str) -> String,
+) -> String {
+    let keys = entity_keys(&model.entities);
+    let chosen: Vec<(&Entity, &str)> = model
         .entities
         .iter()
-        .filter(|e| container.is_none_or(|c| e.container.as_deref() == Some(c)))
+        .zip(keys.iter().map(String::as_str))
+        .filter(|(e, _)| container.is_none_or(|c| e.container.as_deref() == Some(c)))
         .collect();
-    if entities.is_empty() {
+    if chosen.is_empty() {
         return "<p class=\"muted\">No entities to draw.</p>".to_string();
     }
+    let mut out = String::new();
+    if chosen.len() > MAX_BOXES {
+        let _ = write!(
+            out,
+            "<p class=\"muted\">The first {MAX_BOXES} of {} entities are drawn{}.</p>",
+            chosen.len(),
+            if container.is_none() && several_containers(model) {
+                "; choose a container to draw its entities"
+            } else {
+                ""
+            }
+        );
+    }
+    let (entities, keys): (Vec<&Entity>, Vec<&str>) = chosen.into_iter().take(MAX_BOXES).unzip();
     let mut order: Vec<usize> = (0..entities.len()).collect();
     // Grouped by container, then in the model's order.
     order.sort_by_key(|&i| (entities[i].container.clone().unwrap_or_default(), i));
@@ -53,12 +77,11 @@ pub(super) fn svg(model: &Model, container: Option<&str>) -> String {
     }
     let width = 20 + columns as i64 * (BOX_WIDTH + GAP_X);
     let height = y;
-    let by_name: HashMap<&str, usize> = entities
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.name.as_str(), i))
-        .collect();
-    let mut out = String::new();
+    // A relationship names its entities: the first of a name is the one it joins.
+    let mut by_name: HashMap<&str, usize> = HashMap::new();
+    for (i, e) in entities.iter().enumerate() {
+        by_name.entry(e.name.as_str()).or_insert(i);
+    }
     let _ = write!(
         out,
         "<svg class=\"diagram\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {width} {height}\" \
@@ -107,11 +130,11 @@ pub(super) fn svg(model: &Model, container: Option<&str>) -> String {
         let h = heights[i];
         let _ = write!(
             out,
-            "<a href=\"#{}\"><g class=\"entity\" data-name=\"{}\"><title>{}</title>\
+            "<a href=\"{}\"><g class=\"entity\" data-name=\"{}\"><title>{}</title>\
              <rect x=\"{x}\" y=\"{y}\" width=\"{BOX_WIDTH}\" height=\"{h}\" rx=\"4\"/>\
              <rect class=\"head\" x=\"{x}\" y=\"{y}\" width=\"{BOX_WIDTH}\" height=\"{TITLE_HEIGHT}\" rx=\"4\"/>\
              <text class=\"name\" x=\"{}\" y=\"{}\">{}</text>",
-            anchor("e", &[&e.name]),
+            href(e, keys[i]),
             esc(&e.name),
             esc(&e.name),
             x + 8,
@@ -148,6 +171,13 @@ pub(super) fn svg(model: &Model, container: Option<&str>) -> String {
     }
     out.push_str("</svg>");
     out
+}
+
+fn several_containers(model: &Model) -> bool {
+    let mut names = model.entities.iter().filter_map(|e| e.container.as_deref());
+    names
+        .next()
+        .is_some_and(|first| names.any(|other| other != first))
 }
 
 /// The top-level attributes a box shows (primary keys, then required ones, then the rest, up to

@@ -64,15 +64,16 @@ pub(super) fn page(title: &str, crumbs: &[(&str, String)], search: &str, body: &
         "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
          <title>{} · modelmirror</title>\n<link rel=\"icon\" href=\"data:,\">\n\
-         <link rel=\"stylesheet\" href=\"/static/style.css\">\n\
-         <script src=\"/static/app.js\" defer></script>\n</head>\n<body>\n\
+         <link rel=\"stylesheet\" href=\"/static/style.css?v={tag}\">\n\
+         <script src=\"/static/app.js?v={tag}\" defer></script>\n</head>\n<body>\n\
          <header class=\"top\"><a class=\"brand\" href=\"/\">modelmirror</a>\
          <nav><a href=\"/\">Repositories</a><a href=\"/models\">Models</a><a href=\"/events\">Events</a></nav>\
          <form class=\"search\" action=\"/search\" method=\"get\" role=\"search\">\
          <input type=\"search\" name=\"q\" value=\"{}\" placeholder=\"Search models, entities, attributes\" aria-label=\"Search\">\
          <button type=\"submit\">Search</button></form></header>\n<main>\n",
         esc(title),
-        esc(search)
+        esc(search),
+        tag = super::asset_tag(),
     );
     if !crumbs.is_empty() {
         html.push_str("<nav class=\"crumbs\" aria-label=\"Breadcrumbs\">");
@@ -93,20 +94,25 @@ pub(super) fn page(title: &str, crumbs: &[(&str, String)], search: &str, body: &
     html
 }
 
-/// `text` with the `[`…`]` marks of a search snippet turned into `<mark>`, everything else escaped.
+/// The marks around matched words in the snippets the pages ask for: private-use characters, which model
+/// text has no business holding (`[` and `]`, the command line's marks, are common in names like `List[Int]`).
+pub(super) const MARKS: (&str, &str) = ("\u{E000}", "\u{E001}");
+
+/// A search snippet with its [`MARKS`] turned into `<mark>`, everything else escaped.
 pub(super) fn highlight(snippet: &str) -> String {
     let mut out = String::new();
     let mut open = false;
     for c in snippet.chars() {
         match c {
-            '[' if !open => {
+            '\u{E000}' if !open => {
                 out.push_str("<mark>");
                 open = true;
             }
-            ']' if open => {
+            '\u{E001}' if open => {
                 out.push_str("</mark>");
                 open = false;
             }
+            '\u{E000}' | '\u{E001}' => {}
             c => out.push_str(&esc(c.encode_utf8(&mut [0; 4]))),
         }
     }
@@ -114,6 +120,21 @@ pub(super) fn highlight(snippet: &str) -> String {
         out.push_str("</mark>");
     }
     out
+}
+
+/// What each entity of a model is called in anchors (`#e-…`, `#a-…`): its name, and for a second entity
+/// of the same name (in another container) its name and place, so that every anchor is unique and a link by
+/// name lands on the first.
+pub(super) fn entity_keys(entities: &[crate::model::Entity]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    entities
+        .iter()
+        .enumerate()
+        .map(|(i, e)| match seen.insert(e.name.as_str()) {
+            true => e.name.clone(),
+            false => format!("{}\u{1}{i}", e.name),
+        })
+        .collect()
 }
 
 /// An optional value, or a dash.
@@ -140,9 +161,10 @@ mod tests {
             "/model?repo=g%2Fr&amp;path=a+b%2F%25%26%22x.json"
         );
         assert_eq!(
-            highlight("the [<b>pet</b>] name"),
-            "the <mark>&lt;b&gt;pet&lt;/b&gt;</mark> name"
+            highlight("the \u{E000}<b>pet</b>\u{E001} name List[Int]"),
+            "the <mark>&lt;b&gt;pet&lt;/b&gt;</mark> name List[Int]"
         );
+        assert_eq!(highlight("\u{E001}x\u{E000}y"), "x<mark>y</mark>");
         let id = anchor("a", &["Pet", "owner.\"name\" <x>"]);
         assert!(
             id.chars()

@@ -31,11 +31,18 @@ use super::http::{self, Answer};
 use super::state::{ConfigHandle, current};
 use crate::query::Catalog;
 use crate::store::Store;
-use auth::{Auth, Denied};
+use auth::{Auth, Check, Denied};
 
 /// Reading connections to the database: queries of concurrent requests run side by side on them, and
 /// requests wait their turn for one in the order they came.
 const READERS: usize = 4;
+/// Requests of one client (address) at the readers at once: a client sending many requests at once waits
+/// for its own, and cannot take every reader from the others.
+const READERS_PER_CLIENT: usize = 2;
+/// Passwords verified with bcrypt at once (it takes tens of milliseconds of CPU each).
+const VERIFYING: usize = 2;
+/// How long a request may wait and work before it is answered 503 (its work, if started, still ends).
+const DEADLINE: Duration = Duration::from_secs(30);
 /// Connections served at once, and per client address (a browser opens about six), so that no client can
 /// take every slot; more are closed as they arrive. `[web] trusted_proxies` hold any number.
 const LIMITS: http::Limits = http::Limits {
@@ -48,14 +55,28 @@ const LIMITS: http::Limits = http::Limits {
 const STYLE: &str = include_str!("assets/style.css");
 const SCRIPT: &str = include_str!("assets/app.js");
 
+/// A short hash of the stylesheet and the script: pages link them with it (`?v=`), so browsers may keep
+/// them for a day and still get new ones after an upgrade.
+fn asset_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let digest = openssl::sha::sha256(format!("{STYLE}\u{0}{SCRIPT}").as_bytes());
+        digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+    })
+}
+
 /// The web catalog's shared state.
 pub(crate) struct Web {
     config: ConfigHandle,
     /// The idle reading connections; `turns` has as many permits as there are connections here.
     readers: std::sync::Mutex<Vec<Store>>,
     /// A request holds a permit while it uses a reading connection; waiting requests queue in order (tokio's
-    /// semaphore is fair), so a client sending many requests cannot push another's ahead of it forever.
-    turns: tokio::sync::Semaphore,
+    /// semaphore is fair).
+    turns: Arc<tokio::sync::Semaphore>,
+    /// Each client's share of the readers (`READERS_PER_CLIENT`), kept while it has requests in flight.
+    clients: std::sync::Mutex<HashMap<IpAddr, Arc<tokio::sync::Semaphore>>>,
+    /// Turns at bcrypt.
+    verifying: Arc<tokio::sync::Semaphore>,
     auth: Auth,
     /// `[web] trusted_proxies` at start.
     proxies: Vec<IpAddr>,
@@ -78,26 +99,58 @@ impl Web {
             .map_err(ServiceError::WebAuth)?,
         };
         let readers = (0..READERS)
-            .map(|_| Store::open(database))
+            .map(|_| Store::open_read_only(database))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ServiceError::Store)?;
         Ok(Web {
             config,
-            turns: tokio::sync::Semaphore::new(readers.len()),
+            turns: Arc::new(tokio::sync::Semaphore::new(readers.len())),
             readers: std::sync::Mutex::new(readers),
+            clients: std::sync::Mutex::new(HashMap::new()),
+            verifying: Arc::new(tokio::sync::Semaphore::new(VERIFYING)),
             auth,
             proxies: settings.map(|w| w.trusted_proxies).unwrap_or_default(),
         })
     }
 
-    /// Run `work` on a blocking thread with a reading connection, once one is free.
+    /// Run `work` for `client` on a blocking thread with a reading connection, once the client's share and
+    /// a reader are free. `None` when the work failed unexpectedly.
     async fn with_reader<T: Send + 'static>(
         self: &Arc<Self>,
+        client: IpAddr,
         work: impl FnOnce(&Store) -> T + Send + 'static,
     ) -> Option<T> {
-        let _turn = self.turns.acquire().await.ok()?;
+        let key = http::client_key(client);
+        let share = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(READERS_PER_CLIENT)))
+            .clone();
+        // Forget the client's share when nothing of it is in flight any more (counted under the lock that
+        // hands shares out, so no request can be between the two).
+        struct Leave<'a>(&'a Web, IpAddr, Option<Arc<tokio::sync::Semaphore>>);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                let mut clients = self.0.clients.lock().unwrap_or_else(|p| p.into_inner());
+                drop(self.2.take());
+                if clients
+                    .get(&self.1)
+                    .is_some_and(|s| Arc::strong_count(s) == 1)
+                {
+                    clients.remove(&self.1);
+                }
+            }
+        }
+        let leave = Leave(self, key, Some(share.clone()));
+        let mine = share.acquire_owned().await.ok()?;
+        let turn = self.turns.clone().acquire_owned().await.ok()?;
         let web = self.clone();
-        tokio::task::spawn_blocking(move || {
+        // The permits go with the work: when a request gives up waiting, its reader is not handed on
+        // until the work has ended.
+        let result = tokio::task::spawn_blocking(move || {
+            let _permits = (mine, turn);
             let store = web
                 .readers
                 .lock()
@@ -121,7 +174,9 @@ impl Web {
         })
         .await
         .ok()
-        .flatten()
+        .flatten();
+        drop(leave);
+        result
     }
 
     /// The client behind `peer`: the address a trusted proxy forwarded for (the last one in
@@ -189,6 +244,25 @@ impl Params {
             .get(key)
             .map(String::as_str)
             .filter(|v| !v.is_empty())
+    }
+
+    /// The commits asked for (`commit`, `from`, `to`) must be commit ids (4 to 40 hex digits): git's other
+    /// revision syntax (`:/regex`, `HEAD~100000`) would let a request search the whole history.
+    fn commits(&self) -> Result<(), api::ApiError> {
+        for key in ["commit", "from", "to"] {
+            if let Some(v) = self.get(key)
+                && !((4..=40).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(api::ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "{key} = {:?}: give a commit id (4 to 40 hexadecimal digits)",
+                        v.chars().take(64).collect::<String>()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn required(&self, key: &str) -> Result<&str, api::ApiError> {
@@ -302,6 +376,10 @@ fn secure(answer: &mut Answer, cache: &'static str) {
         ("referrer-policy", "no-referrer"),
         ("cache-control", cache),
     ] {
+        // An answer that says how it may be kept (the static files) keeps that.
+        if name == "cache-control" && headers.contains_key(hyper::header::CACHE_CONTROL) {
+            continue;
+        }
         headers.insert(
             HeaderName::from_static(name),
             HeaderValue::from_static(value),
@@ -345,25 +423,40 @@ async fn route(web: Arc<Web>, req: hyper::Request<Incoming>, peer: SocketAddr) -
         return a;
     }
     match path.as_str() {
-        "/static/style.css" => {
-            return http::answer(StatusCode::OK, STYLE, "text/css; charset=utf-8");
-        }
-        "/static/app.js" => {
-            return http::answer(StatusCode::OK, SCRIPT, "text/javascript; charset=utf-8");
+        "/static/style.css" | "/static/app.js" => {
+            let (body, kind) = match path.as_str() {
+                "/static/style.css" => (STYLE, "text/css; charset=utf-8"),
+                _ => (SCRIPT, "text/javascript; charset=utf-8"),
+            };
+            let mut a = http::answer(StatusCode::OK, body, kind);
+            a.headers_mut().insert(
+                hyper::header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=86400"),
+            );
+            return a;
         }
         _ => {}
     }
-    if web.auth.required() {
-        // On a blocking thread: a password is checked with bcrypt, which takes tens of milliseconds.
-        let client = web.client(peer.ip(), req.headers());
-        let headers = req.headers().clone();
-        let checker = web.clone();
-        match tokio::task::spawn_blocking(move || checker.auth.check(&headers, client, is_api))
+    let client = http::client_key(web.client(peer.ip(), req.headers()));
+    match web.auth.start(req.headers(), client, is_api) {
+        Check::Allowed => {}
+        Check::Denied(denied) => return refuse(denied, is_api, web.auth.has_users()),
+        Check::Verify(pending) => {
+            // bcrypt on a blocking thread, a few at a time.
+            let Ok(turn) = web.verifying.clone().acquire_owned().await else {
+                return failed("the password check stopped");
+            };
+            let checker = web.clone();
+            match tokio::task::spawn_blocking(move || {
+                let _turn = turn;
+                checker.auth.verify(pending)
+            })
             .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(denied)) => return refuse(denied, is_api),
-            Err(e) => return failed(&e.to_string()),
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(denied)) => return refuse(denied, is_api, web.auth.has_users()),
+                Err(e) => return failed(&e.to_string()),
+            }
         }
     }
     let query = req.uri().query().unwrap_or("").to_string();
@@ -373,58 +466,80 @@ async fn route(web: Arc<Web>, req: hyper::Request<Incoming>, peer: SocketAddr) -
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let config_handle = web.config.clone();
-    let reply = web
-        .with_reader(move |store| {
-            let config = current(&config_handle);
-            let catalog = Catalog {
-                config: &config,
-                store,
+    let work = web.with_reader(client, move |store| {
+        let config = current(&config_handle);
+        let catalog = Catalog {
+            config: &config,
+            store,
+        };
+        let public_url = config.web.as_ref().and_then(|w| w.public_url.as_deref());
+        if let Some(api_path) = path.strip_prefix("/api/v1") {
+            let etag = match store.catalog_version() {
+                Ok(v) => etag(&format!("{v}.{}", config.generation)),
+                Err(e) => return api::error(&crate::query::QueryError::from(e).into()),
             };
-            let public_url = config.web.as_ref().and_then(|w| w.public_url.as_deref());
-            if let Some(api_path) = path.strip_prefix("/api/v1") {
-                let etag = match store.catalog_version() {
-                    Ok(v) => etag(&format!("{v}.{}", config.generation)),
-                    Err(e) => return api::error(&crate::query::QueryError::from(e).into()),
-                };
-                if if_none_match
+            let request = Request {
+                path: api_path,
+                params: Params::parse(Some(&query)),
+                public_url,
+                raw_query: &query,
+            };
+            if let Err(e) = request.params.commits() {
+                return api::error(&e);
+            }
+            let mut reply = api::answer(&request, &catalog, api_path);
+            // Only an answer that exists can be not modified (RFC 9110: `*` matches any current one).
+            if reply.status.is_success()
+                && if_none_match
                     .as_deref()
                     .is_some_and(|m| m.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-                {
-                    let mut r =
-                        Reply::bytes(StatusCode::NOT_MODIFIED, Vec::new(), "application/json");
-                    r.etag = Some(etag);
-                    return r;
-                }
-                let request = Request {
-                    path: api_path,
-                    params: Params::parse(Some(&query)),
-                    public_url,
-                    raw_query: &query,
-                };
-                let mut reply = api::answer(&request, &catalog, api_path);
-                if reply.status.is_success() {
-                    reply.etag = Some(etag);
-                }
-                reply
-            } else if is_api {
-                api::error(&api::ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "no such API version: use /api/v1 (/api/v1/openapi.json describes it)",
-                ))
-            } else {
-                let request = Request {
-                    path: &path,
-                    params: Params::parse(Some(&query)),
-                    public_url,
-                    raw_query: &query,
-                };
-                pages::answer(&request, &catalog)
+            {
+                reply = Reply::bytes(StatusCode::NOT_MODIFIED, Vec::new(), "application/json");
             }
-        })
-        .await;
-    match reply {
-        Some(reply) => reply.into_answer(),
-        None => failed("the request's work ended early"),
+            if reply.status.is_success() || reply.status == StatusCode::NOT_MODIFIED {
+                reply.etag = Some(etag);
+            }
+            reply
+        } else if is_api {
+            api::error(&api::ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such API version: use /api/v1 (/api/v1/openapi.json describes it)",
+            ))
+        } else {
+            let request = Request {
+                path: &path,
+                params: Params::parse(Some(&query)),
+                public_url,
+                raw_query: &query,
+            };
+            if let Err(e) = request.params.commits() {
+                return pages::bad_request(e.message);
+            }
+            pages::answer(&request, &catalog)
+        }
+    });
+    match tokio::time::timeout(DEADLINE, work).await {
+        Ok(Some(reply)) => reply.into_answer(),
+        Ok(None) => failed("the request's work ended early"),
+        Err(_) => {
+            let message = "the catalog is busy: try again in a moment";
+            let mut busy = if is_api {
+                api::error(&api::ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    message,
+                ))
+                .into_answer()
+            } else {
+                http::answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{message}\n"),
+                    "text/plain; charset=utf-8",
+                )
+            };
+            busy.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
+            busy
+        }
     }
 }
 
@@ -446,8 +561,12 @@ fn failed(why: &str) -> Answer {
 }
 
 /// The answer to a request that is not let in.
-fn refuse(denied: Denied, is_api: bool) -> Answer {
+fn refuse(denied: Denied, is_api: bool, users: bool) -> Answer {
     let (status, message) = match denied {
+        Denied::Missing if !users && !is_api => (
+            StatusCode::UNAUTHORIZED,
+            "this catalog has API tokens only (tokens_file), no users to sign in with: ask its operator for a user (users_file)",
+        ),
         Denied::Missing => (
             StatusCode::UNAUTHORIZED,
             "sign in: this catalog needs credentials",
@@ -480,9 +599,15 @@ fn refuse(denied: Denied, is_api: bool) -> Answer {
     let mut answer = reply.into_answer();
     let headers = answer.headers_mut();
     if status == StatusCode::UNAUTHORIZED {
+        // The browser asks for a password only where there are users to sign in as.
+        let challenge = if users {
+            "Basic realm=\"modelmirror\", charset=\"UTF-8\""
+        } else {
+            "Bearer realm=\"modelmirror\""
+        };
         headers.insert(
             hyper::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"modelmirror\", charset=\"UTF-8\""),
+            HeaderValue::from_static(challenge),
         );
     } else {
         headers.insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("60"));

@@ -7,9 +7,9 @@ use std::fmt::Write as _;
 
 use hyper::StatusCode;
 
-use super::html::{anchor, esc, highlight, link, or_dash, page, short};
+use super::html::{MARKS, anchor, entity_keys, esc, highlight, link, or_dash, page, short};
 use super::{Reply, Request, diagram};
-use crate::model::{Attribute, Model};
+use crate::model::{Attribute, Entity, Model};
 use crate::query::{Catalog, HistoryRow, QueryError};
 use crate::store::EventRow;
 
@@ -43,11 +43,11 @@ enum PageError {
 
 impl From<QueryError> for PageError {
     fn from(e: QueryError) -> PageError {
-        let message = e.to_string();
-        match super::api::ApiError::from(e).status() {
-            StatusCode::NOT_FOUND => PageError::NotFound(message),
-            StatusCode::BAD_REQUEST => PageError::BadRequest(message),
-            _ => PageError::Internal(message),
+        let e = super::api::ApiError::from(e);
+        match e.status() {
+            StatusCode::NOT_FOUND => PageError::NotFound(e.message),
+            StatusCode::BAD_REQUEST => PageError::BadRequest(e.message),
+            _ => PageError::Internal(e.message),
         }
     }
 }
@@ -68,6 +68,11 @@ fn error_page(e: &PageError) -> Reply {
         status,
         page(title, &[("Repositories", "/".into())], "", &body),
     )
+}
+
+/// The page for a request that cannot be answered as asked.
+pub(super) fn bad_request(message: String) -> Reply {
+    error_page(&PageError::BadRequest(message))
 }
 
 type Page = Result<String, PageError>;
@@ -422,8 +427,9 @@ fn model(req: &Request<'_>, catalog: &Catalog<'_>) -> Page {
             &[("repo", repo), ("path", path), ("to", commit.unwrap_or(""))]
         ),
     );
-    diagram_section(&mut b, m, repo, path, commit, container);
-    entities_section(&mut b, m);
+    let here = Here { repo, path, commit };
+    diagram_section(&mut b, m, &here, container);
+    entities_section(&mut b, m, &here, req.params.get("entity"));
     relationships_section(&mut b, m);
     if !m.views.is_empty() {
         b.push_str("<h2>Views</h2>\n<ul class=\"views\">");
@@ -448,14 +454,8 @@ fn model(req: &Request<'_>, catalog: &Catalog<'_>) -> Page {
     Ok(page(&m.name, &crumbs, "", &b))
 }
 
-fn diagram_section(
-    b: &mut String,
-    m: &Model,
-    repo: &str,
-    path: &str,
-    commit: Option<&str>,
-    container: Option<&str>,
-) {
+fn diagram_section(b: &mut String, m: &Model, here: &Here<'_>, container: Option<&str>) {
+    let (repo, path, commit) = (here.repo, here.path, here.commit);
     let containers: BTreeSet<&str> = m
         .entities
         .iter()
@@ -491,23 +491,86 @@ fn diagram_section(
         b.push_str("</select></label> <button type=\"submit\">Show</button></form>\n");
     }
     b.push_str("<div class=\"diagram-frame\" data-zoom>");
-    b.push_str(&diagram::svg(m, container));
-    b.push_str("</div>\n<p class=\"muted hint\">Scroll to zoom, drag to move; select an entity to go to it.</p>\n");
+    // A box links to its entity's attributes: further down, or on the entity's own page for a large model.
+    let large = m.attribute_count() > MAX_TREE_ATTRIBUTES;
+    let href = |e: &Entity, key: &str| {
+        let fragment = anchor("e", &[key]);
+        match large {
+            true => format!("{}#{fragment}", here.link(&[("entity", &e.name)])),
+            false => format!("#{fragment}"),
+        }
+    };
+    b.push_str(&diagram::svg(m, container, &href));
+    b.push_str("</div>\n<p class=\"muted hint\">Scroll the frame to move around (or drag it with the mouse); Ctrl and the wheel, or the buttons, zoom; select an entity to go to its attributes.</p>\n");
 }
 
-fn entities_section(b: &mut String, m: &Model) {
-    let _ = write!(
+/// The model a page shows: for its links.
+struct Here<'a> {
+    repo: &'a str,
+    path: &'a str,
+    commit: Option<&'a str>,
+}
+
+impl Here<'_> {
+    /// This model's page with `extra` parameters.
+    fn link(&self, extra: &[(&str, &str)]) -> String {
+        let mut params = vec![("repo", self.repo), ("path", self.path)];
+        if let Some(c) = self.commit {
+            params.push(("commit", c));
+        }
+        params.extend_from_slice(extra);
+        link("/model", &params)
+    }
+}
+
+/// Attributes a model page shows as trees: past this the page lists the entities and shows the tree of the
+/// one asked for (`entity=NAME`), so that a huge model does not make a page of hundreds of megabytes.
+const MAX_TREE_ATTRIBUTES: usize = 20_000;
+
+fn entities_section(b: &mut String, m: &Model, here: &Here<'_>, focus: Option<&str>) {
+    let keys = entity_keys(&m.entities);
+    let large = m.attribute_count() > MAX_TREE_ATTRIBUTES;
+    let _ = writeln!(
         b,
-        "<h2>Entities <span class=\"muted\">({})</span></h2>\n<p class=\"tree-tools\">\
-         <button type=\"button\" data-tree=\"open\">Expand all</button> \
-         <button type=\"button\" data-tree=\"close\">Collapse all</button></p>",
+        "<h2>Entities <span class=\"muted\">({})</span></h2>",
         m.entities.len()
     );
-    for e in &m.entities {
+    if large {
+        let _ = write!(
+            b,
+            "<p class=\"muted\">This model has {} attributes: choose an entity to see its attribute tree.</p>\n\
+             <div class=\"scroll\"><table class=\"list entities\"><thead><tr><th>Entity</th><th>Container</th>\
+             <th class=\"num\">Attributes</th></tr></thead><tbody>",
+            m.attribute_count()
+        );
+        for e in &m.entities {
+            let _ = write!(
+                b,
+                "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td class=\"num\">{}</td></tr>",
+                here.link(&[("entity", &e.name)]),
+                esc(&e.name),
+                or_dash(e.container.as_deref()),
+                e.attributes.len()
+            );
+        }
+        b.push_str("</tbody></table></div>\n");
+    }
+    let shown: Vec<usize> = (0..m.entities.len())
+        .filter(|&i| !large || focus == Some(m.entities[i].name.as_str()))
+        .collect();
+    if shown.is_empty() {
+        return;
+    }
+    b.push_str(
+        "<p class=\"tree-tools\" hidden><button type=\"button\" data-tree=\"open\">Expand all</button> \
+         <button type=\"button\" data-tree=\"close\">Collapse all</button></p>",
+    );
+    for i in shown {
+        let e = &m.entities[i];
         let _ = write!(
             b,
             "<section class=\"entity\" id=\"{}\"><h3>{}{}{}</h3>",
-            anchor("e", &[&e.name]),
+            anchor("e", &[&keys[i]]),
             esc(&e.name),
             e.code
                 .as_deref()
@@ -520,7 +583,7 @@ fn entities_section(b: &mut String, m: &Model) {
         if let Some(d) = e.description.as_deref().filter(|d| !d.is_empty()) {
             let _ = write!(b, "<p class=\"description\">{}</p>", esc(d));
         }
-        tree(b, &e.attributes, &e.name, "a");
+        tree(b, &e.attributes, &keys[i], "a");
         b.push_str("</section>\n");
     }
 }
@@ -846,7 +909,7 @@ fn search(req: &Request<'_>, catalog: &Catalog<'_>) -> Page {
         .params
         .get("kind")
         .filter(|k| ["model", "entity", "attribute"].contains(k));
-    let hits = catalog.search(q, req.params.get("repo"), kind, 200)?;
+    let hits = catalog.search_marked(q, req.params.get("repo"), kind, 200, MARKS)?;
     // Grouped by model, in the order of each model's best hit.
     let mut groups: Vec<((&str, &str), Vec<&crate::store::SearchHit>)> = Vec::new();
     for h in &hits {
@@ -884,7 +947,11 @@ fn search(req: &Request<'_>, catalog: &Catalog<'_>) -> Page {
                     ("entity", Some(e), _) => (e.to_string(), anchor("e", &[e])),
                     _ => (model_name.to_string(), String::new()),
                 };
-            let href = link("/model", &[("repo", repo), ("path", path)]);
+            // The entity goes along: on a model too large for every tree, the page shows its tree.
+            let href = match h.entity.as_deref() {
+                Some(e) => link("/model", &[("repo", repo), ("path", path), ("entity", e)]),
+                None => link("/model", &[("repo", repo), ("path", path)]),
+            };
             let target = if fragment.is_empty() {
                 href
             } else {

@@ -1,45 +1,68 @@
 // modelmirror web catalog: small enhancements only. Every page works without this script.
 "use strict";
 
-// Diagrams: scroll to zoom, drag to move (the SVG's viewBox changes; the page does not reload).
+// Diagrams: without this script a diagram is drawn at its natural size in a frame that scrolls (on a phone
+// too, where the browser's own pinch zoom works). This adds zoom buttons, Ctrl+wheel zoom, and dragging
+// with the mouse to move around.
 function zoomable(frame) {
   const svg = frame.querySelector("svg.diagram");
   if (!svg) return;
-  const base = svg.viewBox.baseVal;
-  const full = { x: base.x, y: base.y, w: base.width, h: base.height };
-  let view = { ...full };
-  const apply = () => svg.setAttribute("viewBox", `${view.x} ${view.y} ${view.w} ${view.h}`);
+  const natural = svg.viewBox.baseVal.width || svg.getBoundingClientRect().width;
+  let scale = 1;
+  const apply = (next, fx, fy) => {
+    const before = { w: frame.scrollWidth, h: frame.scrollHeight };
+    const ax = frame.scrollLeft + frame.clientWidth * fx;
+    const ay = frame.scrollTop + frame.clientHeight * fy;
+    scale = Math.min(Math.max(next, 0.1), 3);
+    svg.style.width = `${natural * scale}px`;
+    svg.style.height = "auto";
+    frame.scrollLeft = ax * (frame.scrollWidth / before.w) - frame.clientWidth * fx;
+    frame.scrollTop = ay * (frame.scrollHeight / before.h) - frame.clientHeight * fy;
+  };
+  const fit = () => apply(Math.min(1, frame.clientWidth / natural), 0, 0);
+  const tools = document.createElement("p");
+  tools.className = "zoom-tools";
+  for (const [label, title, act] of [
+    ["−", "Zoom out", () => apply(scale / 1.25, 0.5, 0.5)],
+    ["+", "Zoom in", () => apply(scale * 1.25, 0.5, 0.5)],
+    ["Fit", "Fit the width", fit],
+    ["100%", "Natural size", () => apply(1, 0, 0)],
+  ]) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = label;
+    b.title = title;
+    b.addEventListener("click", act);
+    tools.appendChild(b);
+  }
+  frame.before(tools);
   frame.addEventListener("wheel", (e) => {
+    if (!e.ctrlKey) return;
     e.preventDefault();
-    const rect = svg.getBoundingClientRect();
-    const fx = (e.clientX - rect.left) / rect.width;
-    const fy = (e.clientY - rect.top) / rect.height;
-    const k = e.deltaY < 0 ? 0.85 : 1 / 0.85;
-    const w = Math.min(Math.max(view.w * k, full.w / 20), full.w * 2);
-    const h = w * (full.h / full.w);
-    view = { x: view.x + (view.w - w) * fx, y: view.y + (view.h - h) * fy, w, h };
-    apply();
+    const rect = frame.getBoundingClientRect();
+    apply(scale * (e.deltaY < 0 ? 1.15 : 1 / 1.15), (e.clientX - rect.left) / rect.width, (e.clientY - rect.top) / rect.height);
   }, { passive: false });
   let drag = null;
   frame.addEventListener("pointerdown", (e) => {
-    if (e.target.closest("a")) return;
-    drag = { x: e.clientX, y: e.clientY, view: { ...view } };
-    frame.setPointerCapture(e.pointerId);
+    if (e.pointerType !== "mouse" || e.button !== 0 || e.target.closest("a")) return;
+    drag = { x: e.clientX, y: e.clientY, left: frame.scrollLeft, top: frame.scrollTop };
+    frame.classList.add("dragging");
   });
-  frame.addEventListener("pointermove", (e) => {
+  window.addEventListener("pointermove", (e) => {
     if (!drag) return;
-    const rect = svg.getBoundingClientRect();
-    view.x = drag.view.x - (e.clientX - drag.x) * (view.w / rect.width);
-    view.y = drag.view.y - (e.clientY - drag.y) * (view.h / rect.height);
-    apply();
+    frame.scrollLeft = drag.left - (e.clientX - drag.x);
+    frame.scrollTop = drag.top - (e.clientY - drag.y);
   });
-  frame.addEventListener("pointerup", () => { drag = null; });
-  frame.addEventListener("dblclick", () => { view = { ...full }; apply(); });
+  window.addEventListener("pointerup", () => {
+    drag = null;
+    frame.classList.remove("dragging");
+  });
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-zoom]").forEach(zoomable);
   // Expand or collapse every attribute tree.
+  document.querySelectorAll("p.tree-tools").forEach((p) => { p.hidden = false; });
   document.querySelectorAll("button[data-tree]").forEach((button) => {
     button.addEventListener("click", () => {
       const open = button.dataset.tree === "open";
@@ -47,7 +70,13 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   });
   // A link to an attribute inside a closed subtree opens the subtree.
-  const target = location.hash && document.getElementById(decodeURIComponent(location.hash.slice(1)));
+  let id = "";
+  try {
+    id = decodeURIComponent(location.hash.slice(1));
+  } catch (_) {
+    id = location.hash.slice(1);
+  }
+  const target = id && document.getElementById(id);
   if (target) {
     for (let d = target.closest("details"); d; d = d.parentElement.closest("details")) d.open = true;
     target.scrollIntoView();
