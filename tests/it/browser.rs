@@ -356,6 +356,21 @@ fn a_modeler_browses_searches_and_compares_in_a_real_browser() {
     ));
     let boxes = b.all("svg.diagram g.entity").len();
     assert!(boxes >= 20, "{boxes} entities drawn");
+    // Drawn at its natural size, the diagram scrolls in its frame; "Fit" shrinks it to the frame's width.
+    let wider = "const f = document.querySelector('.diagram-frame'); \
+                 return f.scrollWidth > f.clientWidth;";
+    assert_eq!(
+        b.script(wider),
+        json!(true),
+        "the diagram was shrunk to fit"
+    );
+    let fit = b
+        .all(".zoom-tools button")
+        .into_iter()
+        .find(|e| b.text(e) == "Fit")
+        .expect("a Fit button");
+    b.click(&fit);
+    assert_eq!(b.script(wider), json!(false), "Fit did not fit");
     b.screenshot("model-diagram");
     check_console(&b, "model-diagram");
     b.click(&b.find("p.actions a[href^='/history']"));
