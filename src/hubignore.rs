@@ -17,6 +17,9 @@
 //! One deliberate difference: git matches bytes, this module matches characters, so `?` and `[...]` take one
 //! whole non-ASCII character (git needs `??` for an `é`). Everything ASCII is byte-for-byte git's behaviour.
 
+/// The file at a repository's root that lists models and folders to leave out.
+pub(crate) const FILE: &str = ".hubignore";
+
 /// Compiled `.hubignore` rules, in file order.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct HubIgnore {

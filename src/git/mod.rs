@@ -24,7 +24,7 @@ pub(crate) use mirror::{delete_mirror, open_mirror, open_mirror_to_read};
 pub(crate) use packs::PackIndexes;
 pub(crate) use remote::{RemoteHead, RemoteSpec, endpoint, fetch_head, list_remote};
 pub(crate) use tree::{
-    Change, blob_at, blob_size, diff_commits, mirror_head, read_blob, root_blob, tree_files,
+    Change, blob_at, blob_size, diff_commits, hubignore, mirror_head, root_blob, tree_files,
     with_blob,
 };
 

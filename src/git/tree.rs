@@ -6,6 +6,7 @@ use std::path::Path;
 use git2::{Delta, DiffFile, DiffFindOptions, DiffOptions, Oid, Repository};
 
 use super::{GitError, read_err};
+use crate::hubignore::HubIgnore;
 use crate::model::FileFilter;
 
 /// One file change between two trees, limited to the files the filter considers.
@@ -255,6 +256,18 @@ pub(crate) fn blob_size(repo: &Repository, blob: Oid) -> Result<u64, GitError> {
 /// A blob's content.
 pub(crate) fn read_blob(repo: &Repository, blob: Oid) -> Result<Vec<u8>, GitError> {
     with_blob(repo, blob, <[u8]>::to_vec)
+}
+
+/// The `.hubignore` rules of a `.hubignore` blob (none without one), and the warnings its lines gave.
+pub(crate) fn hubignore(
+    repo: &Repository,
+    blob: Option<Oid>,
+) -> Result<(HubIgnore, Vec<String>), GitError> {
+    let Some(blob) = blob else {
+        return Ok((HubIgnore::none(), Vec::new()));
+    };
+    let bytes = read_blob(repo, blob)?;
+    Ok(HubIgnore::parse(&String::from_utf8_lossy(&bytes)))
 }
 
 /// `f` applied to a blob's content, without copying it (a large model is then held once, not twice).

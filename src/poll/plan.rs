@@ -78,7 +78,7 @@ pub(super) fn diff_plan(mirror: &Repository, chain: Vec<Oid>, mut parent: Option
 }
 
 /// The file at a repository's root that lists models and folders to leave out (gitignore syntax).
-pub(super) const HUBIGNORE: &str = ".hubignore";
+pub(super) const HUBIGNORE: &str = crate::hubignore::FILE;
 
 /// The paths a change touches.
 pub(super) fn change_paths(c: &Change) -> Vec<String> {
@@ -92,12 +92,8 @@ pub(super) fn change_paths(c: &Change) -> Vec<String> {
 
 /// The rules of a `.hubignore` blob (none when absent or unreadable).
 pub(super) fn hubignore(mirror: &Repository, blob: Option<Oid>, repo_id: &str) -> HubIgnore {
-    let Some(blob) = blob else {
-        return HubIgnore::none();
-    };
-    match git::read_blob(mirror, blob) {
-        Ok(bytes) => {
-            let (rules, warnings) = HubIgnore::parse(&String::from_utf8_lossy(&bytes));
+    match git::hubignore(mirror, blob) {
+        Ok((rules, warnings)) => {
             for w in warnings {
                 tracing::warn!(repo = %repo_id, "{w}");
             }

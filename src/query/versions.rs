@@ -23,7 +23,7 @@ pub(crate) enum VersionError {
         commit: String,
     },
     #[error(
-        "{repo}: {path} is not a file the catalog reads (see `include`, `exclude` and `formats`)"
+        "{repo}: {path} is not a file the catalog reads (see `include` and `formats`, and the repository's .hubignore)"
     )]
     NotIncluded { repo: String, path: String },
     #[error(
@@ -117,6 +117,16 @@ impl<'a> Versions<'a> {
                 path: path.to_string(),
                 commit: commit.to_string(),
             })?;
+        // Nor what the repository's `.hubignore` leaves out at that commit.
+        let rules = git::root_blob(&self.mirror, commit_id, crate::hubignore::FILE)
+            .and_then(|b| git::hubignore(&self.mirror, b))
+            .map_err(|e| self.git_err(e))?;
+        if rules.0.is_ignored(path) {
+            return Err(VersionError::NotIncluded {
+                repo: self.repo.id.clone(),
+                path: path.to_string(),
+            });
+        }
         let size = git::blob_size(&self.mirror, blob).map_err(|e| self.git_err(e))?;
         let max = self.filter.max_model_bytes;
         if size > max {

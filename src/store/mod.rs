@@ -54,6 +54,13 @@ pub enum StoreError {
     )]
     Missing { path: PathBuf },
     #[error(
+        "cannot read the catalog {path}: {error}. modelmirror serve reads it as the user it runs as: give that user read access to the file (and, for the live database, run it as the service's user, `sudo -u modelmirror modelmirror serve`)"
+    )]
+    ReadOnly {
+        path: PathBuf,
+        error: rusqlite::Error,
+    },
+    #[error(
         "database {path} has schema version {found}, older than this modelmirror ({supported}); run `modelmirror sync` once with write access to it, which upgrades it"
     )]
     TooOld {
@@ -188,6 +195,26 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// A read-only connection to `path` that has read its schema (so that a database it cannot use fails here);
+/// `immutable`: the file is taken not to change while open (for a copy no writer touches).
+fn read_only(path: &Path, immutable: bool) -> rusqlite::Result<Connection> {
+    use rusqlite::OpenFlags;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = match immutable {
+        false => Connection::open_with_flags(path, flags)?,
+        true => {
+            let mut uri = url::Url::from_file_path(path)
+                .map_err(|()| rusqlite::Error::InvalidPath(path.to_path_buf()))?;
+            uri.set_query(Some("immutable=1"));
+            Connection::open_with_flags(uri.as_str(), flags | OpenFlags::SQLITE_OPEN_URI)?
+        }
+    };
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.pragma_update(None, "query_only", "ON")?;
+    conn.query_row("SELECT COUNT(*) FROM sqlite_schema", [], |_| Ok(()))?;
+    Ok(conn)
+}
+
 /// What the write-ahead log (`<database>-wal`) is cut back to after a checkpoint.
 const WAL_KEPT_BYTES: i64 = 16 << 20;
 
@@ -218,30 +245,37 @@ impl Store {
         })
     }
 
-    /// Open an existing database to read only: nothing is created, migrated or written, so a copy on a
-    /// read-only disk serves as well as the live file. Its schema must be this version's.
+    /// Open an existing database to read only: nothing in it is created, migrated or written (SQLite may
+    /// add the `-wal`/`-shm` files a WAL database is read with, as any reader does). A database on a disk or
+    /// in a folder this user cannot write, with no write-ahead log beside it (a copy), is read as immutable.
+    /// Its schema must be this version's.
     pub(crate) fn open_read_only(path: &Path) -> Result<Store, StoreError> {
         if !path.is_file() {
             return Err(StoreError::Missing {
                 path: path.to_path_buf(),
             });
         }
-        let open_err = |error| StoreError::Open {
-            path: path.to_path_buf(),
-            error,
+        let conn = match read_only(path, false) {
+            Ok(conn) => conn,
+            Err(error) => {
+                let mut wal = path.as_os_str().to_owned();
+                wal.push("-wal");
+                match Path::new(&wal).exists() {
+                    true => Err(error),
+                    false => read_only(path, true),
+                }
+                .map_err(|error| StoreError::ReadOnly {
+                    path: path.to_path_buf(),
+                    error,
+                })?
+            }
         };
-        let conn = Connection::open_with_flags(
-            path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(open_err)?;
-        conn.busy_timeout(Duration::from_secs(30))
-            .map_err(open_err)?;
-        conn.pragma_update(None, "query_only", "ON")
-            .map_err(open_err)?;
         let found: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(open_err)?;
+            .map_err(|error| StoreError::ReadOnly {
+                path: path.to_path_buf(),
+                error,
+            })?;
         schema::check_version(path, found)?;
         Ok(Store {
             path: path.to_path_buf(),

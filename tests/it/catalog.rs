@@ -633,6 +633,18 @@ fn json_schema_and_avro_models() {
 fn views_for_users_own_sql() {
     let (env, _) = books();
     let db = env.db();
+    // The schema version the document gives is the database's.
+    let version: i64 = db
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schema.md"),
+    )
+    .unwrap();
+    assert!(
+        doc.contains(&format!("`PRAGMA user_version` (now {version})")),
+        "docs/schema.md gives another schema version than {version}"
+    );
     for (view, columns) in [
         (
             "v_models",

@@ -226,32 +226,6 @@ fn a_long_foreign_read_transaction_does_not_stop_the_writer() {
     assert_integrity(&db);
 }
 
-/// A size-limited filesystem (tmpfs) mounted for one test, unmounted however the test ends.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    /// `None` where this process may not mount (not root, no mount namespace rights).
-    fn mount(at: &std::path::Path, size: &str) -> Option<SmallDisk> {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| SmallDisk(at.to_path_buf()))
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// The disk holding the database fills during an import (a 6 MB tmpfs, where this process may mount one):
 /// the sync fails with a clear error, the database keeps the last commit's catalog intact, and once space
 /// returns the next sync imports the new commit.

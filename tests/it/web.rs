@@ -82,6 +82,10 @@ impl Site {
         let file = work.join(ODD_PATH);
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(&file, hostile_model()).unwrap();
+        // A model its .hubignore leaves out.
+        std::fs::create_dir_all(work.join("ignored")).unwrap();
+        std::fs::copy(small_model(), work.join("ignored/secret.hck.json")).unwrap();
+        std::fs::write(work.join(".hubignore"), "ignored/\n").unwrap();
         // Its commit's author and message are markup too.
         git(&work, &["add", "-A"]);
         git(
@@ -507,6 +511,21 @@ fn bad_requests_and_unknown_things_get_their_status() {
         "{}",
         not_a_model.text()
     );
+    // Nor what a repository's .hubignore leaves out.
+    let odd_commit = site.cli(&["history", ODD, ODD_PATH, "--json"])[0]["commit"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ignored = api.get(
+        &site,
+        &format!(
+            "/model?repo={}&path=ignored%2Fsecret.hck.json&commit={odd_commit}",
+            enc(ODD)
+        ),
+        &[],
+    );
+    assert_eq!(ignored.status, 404, "{}", ignored.text());
+    assert!(ignored.text().contains(".hubignore"), "{}", ignored.text());
     assert_eq!(get(site.addr, "/api/v2/repos", &[]).status, 404);
     let post = request(site.addr, "POST", "/api/v1/repos", &[], b"{}");
     assert_eq!(post.status, 405);
@@ -765,24 +784,34 @@ fn wrong_passwords_sent_at_once_meet_the_limit_and_a_deleted_users_file_revokes(
         "",
     );
     let ip = |last: u8| std::net::IpAddr::from([127, 0, 0, last]);
-    let wrong = basic("ann", "wrong-password-31337");
-    // 40 guesses at once from one address: 10 are checked, the rest wait.
+    // 16 requests at once with the right password (a client with many workers): all let in.
     let addr = site.addr;
-    let guesses: Vec<_> = (0..40)
-        .map(|_| {
-            let wrong = wrong.clone();
-            std::thread::spawn(move || {
-                get_from(ip(5), addr, "/api/v1/repos", &[("Authorization", &wrong)]).status
+    let good = basic("ann", "correct horse");
+    let at_once = |client: u8, authorization: Vec<String>| -> Vec<u16> {
+        let threads: Vec<_> = authorization
+            .into_iter()
+            .map(|a| {
+                std::thread::spawn(move || {
+                    get_from(ip(client), addr, "/api/v1/repos", &[("Authorization", &a)]).status
+                })
             })
-        })
-        .collect();
-    let statuses: Vec<u16> = guesses.into_iter().map(|g| g.join().unwrap()).collect();
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    };
+    let right = at_once(7, vec![good.clone(); 16]);
+    assert!(right.iter().all(|s| *s == 200), "{right:?}");
+    // 40 different guesses at once from one address: 10 are checked, the rest wait.
+    let statuses = at_once(
+        5,
+        (0..40)
+            .map(|i| basic("ann", &format!("guess-{i}")))
+            .collect(),
+    );
     let checked = statuses.iter().filter(|s| **s == 401).count();
     let waited = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!(checked + waited, 40, "{statuses:?}");
     assert!(checked <= 10, "{checked} guesses checked: {statuses:?}");
     // Deleting the users file lets nobody in, even a user signed in a moment ago; it back, they are.
-    let good = basic("ann", "correct horse");
     let status = || get_from(ip(6), addr, "/", &[("Authorization", &good)]).status;
     assert_eq!(status(), 200);
     std::fs::remove_file(&users).unwrap();
@@ -821,6 +850,69 @@ fn with_tokens_only_pages_say_so_and_the_api_takes_the_tokens() {
         &[("Authorization", "Bearer report-bot-0123456789")],
     );
     assert_eq!(api.status, 200);
+}
+
+#[test]
+fn serve_reads_a_copy_on_a_read_only_disk() {
+    let site = Site::start("serve", "", "");
+    // A copy of the catalog, in WAL mode like the live one, alone on a disk then made read only.
+    let disk = SmallDisk::mount(&site.env.path().join("copy"), "64m").expect(
+        "cannot mount a tmpfs: this test needs root with the right to mount (run scripts/test.sh as root)",
+    );
+    let copy = site.env.path().join("copy/modelmirror.db");
+    site.env
+        .db()
+        .execute("VACUUM INTO ?1", [copy.to_string_lossy()])
+        .unwrap();
+    {
+        let c = rusqlite::Connection::open(&copy).unwrap();
+        let mode: String = c
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+    assert!(!site.env.path().join("copy/modelmirror.db-wal").exists());
+    disk.read_only();
+    // A second catalog server on that copy.
+    let port = free_port();
+    let config = std::fs::read_to_string(site.env.path().join("config.toml")).unwrap();
+    let (first, rest) = config.split_once('\n').unwrap();
+    let listen = format!("listen = \"127.0.0.1:{}\"", site.addr.port());
+    assert!(rest.contains(&listen));
+    let second = site.env.path().join("second.toml");
+    std::fs::write(
+        &second,
+        format!(
+            "{first}\ndatabase = {:?}\n{}",
+            copy.to_string_lossy(),
+            rest.replace(&listen, &format!("listen = \"127.0.0.1:{port}\""))
+        ),
+    )
+    .unwrap();
+    let log = site.env.path().join("second.log");
+    let _serving = Running(
+        bin()
+            .args(["--config", &second.to_string_lossy(), "serve"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_for("the second catalog to listen", 20, || {
+        std::net::TcpStream::connect(addr).is_ok()
+    });
+    let repos = get(addr, "/api/v1/repos", &[]);
+    assert_eq!(
+        repos.status,
+        200,
+        "{} {}",
+        repos.text(),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(repos.json(), get(site.addr, "/api/v1/repos", &[]).json());
+    let page = get(addr, &format!("/models?repo={}", enc(BOOKS)), &[]);
+    assert_eq!(page.status, 200);
 }
 
 /// An htpasswd line for `user` with a bcrypt hash of `password` (as `htpasswd -B` writes it).

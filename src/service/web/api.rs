@@ -15,9 +15,11 @@ const OPENAPI: &str = include_str!("openapi.json");
 /// Items per page unless `limit` says otherwise, and the most a page may hold.
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
-/// How far into a list a page may start: a search or the events are read from their start to the page, so
-/// this bounds the work of one request.
+/// How far into the search hits or the events a page may start: they are read from their start to the
+/// page, so this bounds the work of one request. (The other lists are read whole anyway.)
 const MAX_CURSOR: usize = 100_000;
+/// The cursor's bound for the lists read whole.
+const NO_CURSOR_BOUND: usize = usize::MAX / 2;
 
 /// An API error: its status and message.
 pub(super) struct ApiError {
@@ -110,8 +112,8 @@ fn route(req: &Request<'_>, catalog: &Catalog<'_>, path: &str) -> Result<Reply, 
             OPENAPI.as_bytes().to_vec(),
             "application/json",
         )),
-        "/repos" => list(req, catalog.repos()?),
-        "/models" => list(req, catalog.models(p.get("repo"))?),
+        "/repos" => list(req, catalog.repos()?, NO_CURSOR_BOUND),
+        "/models" => list(req, catalog.models(p.get("repo"))?, NO_CURSOR_BOUND),
         "/model" => {
             let model = catalog.model(p.required("repo")?, p.required("path")?, p.get("commit"))?;
             Ok(Reply::json(StatusCode::OK, &model))
@@ -119,6 +121,7 @@ fn route(req: &Request<'_>, catalog: &Catalog<'_>, path: &str) -> Result<Reply, 
         "/history" => list(
             req,
             catalog.history(p.required("repo")?, p.required("path")?)?,
+            NO_CURSOR_BOUND,
         ),
         "/changes" => {
             let changes = catalog.changes(
@@ -139,22 +142,22 @@ fn route(req: &Request<'_>, catalog: &Catalog<'_>, path: &str) -> Result<Reply, 
                     format!("kind {k:?}: use model, entity or attribute"),
                 ));
             }
-            let (offset, limit) = window(p)?;
+            let (offset, limit) = window(p, MAX_CURSOR)?;
             let hits = catalog.search(
                 p.required("q")?,
                 p.get("repo"),
                 kind,
                 offset.saturating_add(limit).saturating_add(1),
             )?;
-            list(req, hits)
+            list(req, hits, MAX_CURSOR)
         }
         "/events" => {
-            let (offset, limit) = window(p)?;
+            let (offset, limit) = window(p, MAX_CURSOR)?;
             let events = catalog.events(
                 p.get("repo"),
                 offset.saturating_add(limit).saturating_add(1),
             )?;
-            list(req, events)
+            list(req, events, MAX_CURSOR)
         }
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -163,8 +166,8 @@ fn route(req: &Request<'_>, catalog: &Catalog<'_>, path: &str) -> Result<Reply, 
     }
 }
 
-/// `cursor` (where the page starts) and `limit` (how many), checked.
-fn window(p: &Params) -> Result<(usize, usize), ApiError> {
+/// `cursor` (where the page starts, at most `max_cursor`) and `limit` (how many), checked.
+fn window(p: &Params, max_cursor: usize) -> Result<(usize, usize), ApiError> {
     let number = |key: &str, default: usize, min: usize, max: usize| -> Result<usize, ApiError> {
         match p.get(key) {
             None => Ok(default),
@@ -181,15 +184,19 @@ fn window(p: &Params) -> Result<(usize, usize), ApiError> {
         }
     };
     Ok((
-        number("cursor", 0, 0, MAX_CURSOR)?,
+        number("cursor", 0, 0, max_cursor)?,
         number("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)?,
     ))
 }
 
-/// One page of `items`, with a `Link` to the next when there is more.
-fn list<T: Serialize>(req: &Request<'_>, items: Vec<T>) -> Result<Reply, ApiError> {
-    let (offset, limit) = window(&req.params)?;
-    let more = items.len() > offset.saturating_add(limit);
+/// One page of `items`, with a `Link` to the next when there is more (and the next may start there).
+fn list<T: Serialize>(
+    req: &Request<'_>,
+    items: Vec<T>,
+    max_cursor: usize,
+) -> Result<Reply, ApiError> {
+    let (offset, limit) = window(&req.params, max_cursor)?;
+    let more = items.len() > offset.saturating_add(limit) && offset + limit <= max_cursor;
     let page: Vec<T> = items.into_iter().skip(offset).take(limit).collect();
     let mut reply = Reply::json(StatusCode::OK, &page);
     if more {

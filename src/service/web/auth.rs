@@ -70,7 +70,29 @@ pub(super) enum Denied {
 
 /// The users of `users_file`: name → bcrypt hash.
 #[derive(Default)]
-struct Users(HashMap<String, String>);
+struct Users {
+    hashes: HashMap<String, String>,
+    /// A hash of no one's password at the file's highest cost, made when first needed: an unknown user is
+    /// checked against it, so that refusing one takes as long as a wrong password.
+    dummy: std::sync::OnceLock<String>,
+}
+
+impl Users {
+    fn dummy(&self) -> &str {
+        self.dummy.get_or_init(|| {
+            let cost = self
+                .hashes
+                .values()
+                .filter_map(|h| h.get(4..6)?.parse::<u32>().ok())
+                .max()
+                .unwrap_or(bcrypt::DEFAULT_COST)
+                .clamp(4, 31);
+            bcrypt::hash_with_salt("no one's password", cost, [0x5a; 16])
+                .map(|h| h.format_for_version(bcrypt::Version::TwoY))
+                .unwrap_or_default()
+        })
+    }
+}
 
 /// The tokens of `tokens_file`.
 #[derive(Default)]
@@ -191,7 +213,10 @@ fn parse_users(path: &Path, text: &str) -> Result<Users, AuthFileError> {
         }
         users.insert(user.to_string(), hash.to_string());
     }
-    Ok(Users(users))
+    Ok(Users {
+        hashes: users,
+        dummy: std::sync::OnceLock::new(),
+    })
 }
 
 /// One token per line; blank lines and `#` comments skipped.
@@ -214,11 +239,43 @@ pub(crate) fn check_files(web: &WebConfig) -> Result<(), AuthFileError> {
 pub(super) struct Auth {
     users: Option<Watched<Users>>,
     tokens: Option<Watched<Tokens>>,
-    /// Attempts with credentials per client: when the window started, and how many were (or may still turn
-    /// out) wrong.
-    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// Per client: wrong credentials in the current window, and the distinct passwords being verified now.
+    attempts: Arc<Mutex<HashMap<IpAddr, Attempts>>>,
     /// SHA-256 of `user:password` of credentials verified against the users' current hashes.
     verified: Mutex<HashMap<[u8; 32], Arc<Users>>>,
+}
+
+/// One client's attempts.
+struct Attempts {
+    /// When the window started, and how many wrong credentials came in it.
+    since: Instant,
+    wrong: u32,
+    /// The credentials (by SHA-256) being verified now: each counts as an attempt until it is known to be
+    /// right, so that many guesses sent at once cannot pass the limit together, while the same right
+    /// password sent by many requests at once counts once.
+    checking: HashMap<[u8; 32], usize>,
+}
+
+impl Attempts {
+    fn new() -> Attempts {
+        Attempts {
+            since: Instant::now(),
+            wrong: 0,
+            checking: HashMap::new(),
+        }
+    }
+
+    /// Start a new window when the last one is over.
+    fn roll(&mut self) {
+        if self.since.elapsed() >= FAILURE_WINDOW {
+            self.since = Instant::now();
+            self.wrong = 0;
+        }
+    }
+
+    fn spent(&self) -> bool {
+        self.wrong as usize + self.checking.len() >= MAX_FAILURES as usize
+    }
 }
 
 /// What [`Auth::start`] found.
@@ -226,19 +283,33 @@ pub(super) enum Check {
     Allowed,
     Denied(Denied),
     /// A password to verify with bcrypt (slow: on a blocking thread, a few at a time) by [`Auth::verify`].
-    /// The attempt already counts against the client; a right password takes it back.
     Verify(Pending),
 }
 
-/// A password waiting for bcrypt.
+/// A password waiting for bcrypt. It counts against its client until verified; dropped unverified (the
+/// client went away), it counts no more.
 pub(super) struct Pending {
     client: IpAddr,
     password: String,
-    /// The user's hash; for an unknown user another user's, so that the answer takes as long.
-    hash: String,
-    known: bool,
+    /// The user's hash; `None` for an unknown user (checked against the dummy hash).
+    hash: Option<String>,
     digest: [u8; 32],
     users: Arc<Users>,
+    attempts: Arc<Mutex<HashMap<IpAddr, Attempts>>>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = attempts.get_mut(&self.client)
+            && let Some(n) = a.checking.get_mut(&self.digest)
+        {
+            *n -= 1;
+            if *n == 0 {
+                a.checking.remove(&self.digest);
+            }
+        }
+    }
 }
 
 impl Auth {
@@ -255,7 +326,7 @@ impl Auth {
                 .as_deref()
                 .map(|p| Watched::load("tokens_file", p, parse_tokens))
                 .transpose()?,
-            failures: Mutex::new(HashMap::new()),
+            attempts: Arc::new(Mutex::new(HashMap::new())),
             verified: Mutex::new(HashMap::new()),
         })
     }
@@ -285,15 +356,12 @@ impl Auth {
         let (scheme, credentials) = value.trim().split_once(' ').unwrap_or((value, ""));
         let credentials = credentials.trim();
         if scheme.eq_ignore_ascii_case("bearer") && api && self.tokens.is_some() {
-            if let Err(d) = self.reserve(client) {
-                return Check::Denied(d);
+            if self.over_limit(client) {
+                return Check::Denied(self.too_many());
             }
             return match self.bearer(credentials) {
-                true => {
-                    self.refund(client);
-                    Check::Allowed
-                }
-                false => Check::Denied(self.wrong()),
+                true => Check::Allowed,
+                false => Check::Denied(self.wrong(client)),
             };
         }
         let Some(users) = self
@@ -304,6 +372,10 @@ impl Auth {
         else {
             return Check::Denied(Denied::Missing);
         };
+        if self.over_limit(client) {
+            // Right credentials too wait while the client is over its limit.
+            return Check::Denied(self.too_many());
+        }
         let Some((user, password)) = BASE64
             .decode(credentials)
             .ok()
@@ -313,10 +385,7 @@ impl Auth {
                     .map(|(u, p)| (u.to_string(), p.to_string()))
             })
         else {
-            if let Err(d) = self.reserve(client) {
-                return Check::Denied(d);
-            }
-            return Check::Denied(self.wrong());
+            return Check::Denied(self.wrong(client));
         };
         let digest = sha256(format!("{user}:{password}").as_bytes());
         let remembered = {
@@ -327,44 +396,50 @@ impl Auth {
                 .is_some_and(|u| Arc::ptr_eq(u, &users))
         };
         if remembered {
-            // Right credentials still wait while the client is over its limit.
-            return match self.over_limit(client) {
-                true => Check::Denied(self.too_many()),
-                false => Check::Allowed,
-            };
+            return Check::Allowed;
         }
-        if let Err(d) = self.reserve(client) {
-            return Check::Denied(d);
+        {
+            let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+            forget_old(&mut attempts, client);
+            let a = attempts.entry(client).or_insert_with(Attempts::new);
+            a.roll();
+            if !a.checking.contains_key(&digest) && a.spent() {
+                drop(attempts);
+                return Check::Denied(self.too_many());
+            }
+            *a.checking.entry(digest).or_insert(0) += 1;
         }
-        let (hash, known) = match users.0.get(&user) {
-            Some(h) => (h.clone(), true),
-            None => match users.0.values().next() {
-                Some(h) => (h.clone(), false),
-                None => return Check::Denied(self.wrong()),
-            },
-        };
         Check::Verify(Pending {
             client,
             password,
-            hash,
-            known,
+            hash: users.hashes.get(&user).cloned(),
             digest,
             users,
+            attempts: self.attempts.clone(),
         })
     }
 
     /// Verify a password with bcrypt (slow: call it on a blocking thread).
     pub(super) fn verify(&self, p: Pending) -> Result<(), Denied> {
-        let right = bcrypt::verify(&p.password, &p.hash).unwrap_or(false) && p.known;
+        let right = match &p.hash {
+            Some(hash) => bcrypt::verify(&p.password, hash).unwrap_or(false),
+            None => {
+                let _ = bcrypt::verify(&p.password, p.users.dummy());
+                false
+            }
+        };
+        let client = p.client;
+        let digest = p.digest;
+        let users = p.users.clone();
+        drop(p);
         if !right {
-            return Err(self.wrong());
+            return Err(self.wrong(client));
         }
-        self.refund(p.client);
         let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
         if verified.len() >= MAX_VERIFIED {
             verified.clear();
         }
-        verified.insert(p.digest, p.users);
+        verified.insert(digest, users);
         Ok(())
     }
 
@@ -378,7 +453,15 @@ impl Auth {
         }
     }
 
-    fn wrong(&self) -> Denied {
+    /// Count wrong credentials from `client`.
+    fn wrong(&self, client: IpAddr) -> Denied {
+        {
+            let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+            forget_old(&mut attempts, client);
+            let a = attempts.entry(client).or_insert_with(Attempts::new);
+            a.roll();
+            a.wrong += 1;
+        }
         metrics::global().inc(
             "modelmirror_web_auth_failures_total",
             &[("reason", "wrong")],
@@ -396,47 +479,12 @@ impl Auth {
         Denied::TooMany
     }
 
-    /// Whether `client` has spent its attempts of the window.
+    /// Whether `client` has spent its attempts of the window on wrong credentials.
     fn over_limit(&self, client: IpAddr) -> bool {
-        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        failures
+        let attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        attempts
             .get(&client)
-            .is_some_and(|(since, n)| *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW)
-    }
-
-    /// Count an attempt against `client` before its credentials are checked, so that attempts sent at once
-    /// cannot pass the limit together; `Err(TooMany)` when it has none left.
-    fn reserve(&self, client: IpAddr) -> Result<(), Denied> {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.len() >= MAX_TRACKED && !failures.contains_key(&client) {
-            failures.retain(|_, (since, _)| since.elapsed() < FAILURE_WINDOW);
-            if failures.len() >= MAX_TRACKED
-                && let Some(oldest) = failures
-                    .iter()
-                    .min_by_key(|(_, (s, _))| *s)
-                    .map(|(a, _)| *a)
-            {
-                failures.remove(&oldest);
-            }
-        }
-        let entry = failures.entry(client).or_insert((Instant::now(), 0));
-        if entry.0.elapsed() >= FAILURE_WINDOW {
-            *entry = (Instant::now(), 0);
-        }
-        if entry.1 >= MAX_FAILURES {
-            drop(failures);
-            return Err(self.too_many());
-        }
-        entry.1 += 1;
-        Ok(())
-    }
-
-    /// Take back an attempt that turned out right.
-    fn refund(&self, client: IpAddr) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(entry) = failures.get_mut(&client) {
-            entry.1 = entry.1.saturating_sub(1);
-        }
+            .is_some_and(|a| a.wrong >= MAX_FAILURES && a.since.elapsed() < FAILURE_WINDOW)
     }
 
     /// A token against the tokens file, in constant time per token.
@@ -448,6 +496,24 @@ impl Auth {
             && tokens.0.iter().any(|t| {
                 t.len() == token.len() && openssl::memcmp::eq(t.as_bytes(), token.as_bytes())
             })
+    }
+}
+
+/// Keep the table of clients bounded: past `MAX_TRACKED`, forget the clients whose window is over and who
+/// have nothing in flight, then the oldest.
+fn forget_old(attempts: &mut HashMap<IpAddr, Attempts>, client: IpAddr) {
+    if attempts.len() < MAX_TRACKED || attempts.contains_key(&client) {
+        return;
+    }
+    attempts.retain(|_, a| a.since.elapsed() < FAILURE_WINDOW || !a.checking.is_empty());
+    if attempts.len() >= MAX_TRACKED
+        && let Some(oldest) = attempts
+            .iter()
+            .filter(|(_, a)| a.checking.is_empty())
+            .min_by_key(|(_, a)| a.since)
+            .map(|(ip, _)| *ip)
+    {
+        attempts.remove(&oldest);
     }
 }
 

@@ -39,8 +39,10 @@ const READERS: usize = 4;
 /// Requests of one client (address) at the readers at once: a client sending many requests at once waits
 /// for its own, and cannot take every reader from the others.
 const READERS_PER_CLIENT: usize = 2;
-/// Passwords verified with bcrypt at once (it takes tens of milliseconds of CPU each).
+/// Passwords verified with bcrypt at once (it takes tens of milliseconds of CPU each), and how many may
+/// wait for their turn (more get 503).
 const VERIFYING: usize = 2;
+const MAX_VERIFY_QUEUE: usize = 64;
 /// How long a request may wait and work before it is answered 503 (its work, if started, still ends).
 const DEADLINE: Duration = Duration::from_secs(30);
 /// Connections served at once, and per client address (a browser opens about six), so that no client can
@@ -75,8 +77,9 @@ pub(crate) struct Web {
     turns: Arc<tokio::sync::Semaphore>,
     /// Each client's share of the readers (`READERS_PER_CLIENT`), kept while it has requests in flight.
     clients: std::sync::Mutex<HashMap<IpAddr, Arc<tokio::sync::Semaphore>>>,
-    /// Turns at bcrypt.
+    /// Turns at bcrypt, and how many requests are waiting for one or using one.
     verifying: Arc<tokio::sync::Semaphore>,
+    verify_queue: std::sync::atomic::AtomicUsize,
     auth: Auth,
     /// `[web] trusted_proxies` at start.
     proxies: Vec<IpAddr>,
@@ -108,6 +111,7 @@ impl Web {
             readers: std::sync::Mutex::new(readers),
             clients: std::sync::Mutex::new(HashMap::new()),
             verifying: Arc::new(tokio::sync::Semaphore::new(VERIFYING)),
+            verify_queue: std::sync::atomic::AtomicUsize::new(0),
             auth,
             proxies: settings.map(|w| w.trusted_proxies).unwrap_or_default(),
         })
@@ -130,8 +134,8 @@ impl Web {
             .clone();
         // Forget the client's share when nothing of it is in flight any more (counted under the lock that
         // hands shares out, so no request can be between the two).
-        struct Leave<'a>(&'a Web, IpAddr, Option<Arc<tokio::sync::Semaphore>>);
-        impl Drop for Leave<'_> {
+        struct Leave(Arc<Web>, IpAddr, Option<Arc<tokio::sync::Semaphore>>);
+        impl Drop for Leave {
             fn drop(&mut self) {
                 let mut clients = self.0.clients.lock().unwrap_or_else(|p| p.into_inner());
                 drop(self.2.take());
@@ -143,14 +147,15 @@ impl Web {
                 }
             }
         }
-        let leave = Leave(self, key, Some(share.clone()));
+        let leave = Leave(self.clone(), key, Some(share.clone()));
         let mine = share.acquire_owned().await.ok()?;
         let turn = self.turns.clone().acquire_owned().await.ok()?;
         let web = self.clone();
         // The permits go with the work: when a request gives up waiting, its reader is not handed on
         // until the work has ended.
-        let result = tokio::task::spawn_blocking(move || {
-            let _permits = (mine, turn);
+        tokio::task::spawn_blocking(move || {
+            // Dropped when the work ends, however the request fared meanwhile.
+            let _permits = (mine, turn, leave);
             let store = web
                 .readers
                 .lock()
@@ -174,9 +179,7 @@ impl Web {
         })
         .await
         .ok()
-        .flatten();
-        drop(leave);
-        result
+        .flatten()
     }
 
     /// The client behind `peer`: the address a trusted proxy forwarded for (the last one in
@@ -442,20 +445,26 @@ async fn route(web: Arc<Web>, req: hyper::Request<Incoming>, peer: SocketAddr) -
         Check::Allowed => {}
         Check::Denied(denied) => return refuse(denied, is_api, web.auth.has_users()),
         Check::Verify(pending) => {
-            // bcrypt on a blocking thread, a few at a time.
-            let Ok(turn) = web.verifying.clone().acquire_owned().await else {
-                return failed("the password check stopped");
+            // bcrypt on a blocking thread, a few at a time, a bounded queue waiting, under the deadline.
+            let Some(_waiting) = Waiting::enter(&web.verify_queue, MAX_VERIFY_QUEUE) else {
+                return busy(is_api);
             };
             let checker = web.clone();
-            match tokio::task::spawn_blocking(move || {
-                let _turn = turn;
-                checker.auth.verify(pending)
+            let verified = tokio::time::timeout(DEADLINE, async move {
+                let turn = checker.verifying.clone().acquire_owned().await.ok()?;
+                tokio::task::spawn_blocking(move || {
+                    let _turn = turn;
+                    checker.auth.verify(pending)
+                })
+                .await
+                .ok()
             })
-            .await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(denied)) => return refuse(denied, is_api, web.auth.has_users()),
-                Err(e) => return failed(&e.to_string()),
+            .await;
+            match verified {
+                Ok(Some(Ok(()))) => {}
+                Ok(Some(Err(denied))) => return refuse(denied, is_api, web.auth.has_users()),
+                Ok(None) => return failed("the password check ended early"),
+                Err(_) => return busy(is_api),
             }
         }
     }
@@ -490,9 +499,12 @@ async fn route(web: Arc<Web>, req: hyper::Request<Incoming>, peer: SocketAddr) -
             let mut reply = api::answer(&request, &catalog, api_path);
             // Only an answer that exists can be not modified (RFC 9110: `*` matches any current one).
             if reply.status.is_success()
-                && if_none_match
-                    .as_deref()
-                    .is_some_and(|m| m.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+                && if_none_match.as_deref().is_some_and(|m| {
+                    // Compared weakly (RFC 9110): `W/"x"` and `"x"` are the same tag.
+                    let weak = |t: &str| t.trim().trim_start_matches("W/").to_string();
+                    m.split(',')
+                        .any(|t| t.trim() == "*" || weak(t) == weak(&etag))
+                })
             {
                 reply = Reply::bytes(StatusCode::NOT_MODIFIED, Vec::new(), "application/json");
             }
@@ -521,25 +533,46 @@ async fn route(web: Arc<Web>, req: hyper::Request<Incoming>, peer: SocketAddr) -
     match tokio::time::timeout(DEADLINE, work).await {
         Ok(Some(reply)) => reply.into_answer(),
         Ok(None) => failed("the request's work ended early"),
-        Err(_) => {
-            let message = "the catalog is busy: try again in a moment";
-            let mut busy = if is_api {
-                api::error(&api::ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    message,
-                ))
-                .into_answer()
-            } else {
-                http::answer(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("{message}\n"),
-                    "text/plain; charset=utf-8",
-                )
-            };
-            busy.headers_mut()
-                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
-            busy
-        }
+        Err(_) => busy(is_api),
+    }
+}
+
+/// 503 with `Retry-After`: the catalog could not answer in time.
+fn busy(is_api: bool) -> Answer {
+    let message = "the catalog is busy: try again in a moment";
+    let mut busy = if is_api {
+        api::error(&api::ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            message,
+        ))
+        .into_answer()
+    } else {
+        http::answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{message}\n"),
+            "text/plain; charset=utf-8",
+        )
+    };
+    busy.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
+    busy
+}
+
+/// One place in a bounded queue, left when dropped.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(queue: &'a std::sync::atomic::AtomicUsize, max: usize) -> Option<Waiting<'a>> {
+        use std::sync::atomic::Ordering;
+        let before = queue.fetch_add(1, Ordering::AcqRel);
+        let place = Waiting(queue);
+        (before < max).then_some(place)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

@@ -427,7 +427,12 @@ fn model(req: &Request<'_>, catalog: &Catalog<'_>) -> Page {
             &[("repo", repo), ("path", path), ("to", commit.unwrap_or(""))]
         ),
     );
-    let here = Here { repo, path, commit };
+    let here = Here {
+        repo,
+        path,
+        commit,
+        container,
+    };
     diagram_section(&mut b, m, &here, container);
     entities_section(&mut b, m, &here, req.params.get("entity"));
     relationships_section(&mut b, m);
@@ -449,7 +454,8 @@ fn model(req: &Request<'_>, catalog: &Catalog<'_>) -> Page {
             "<h2>Definitions <span class=\"muted\">({})</span></h2>",
             m.definitions.len()
         );
-        tree(&mut b, &m.definitions, "", "d");
+        let mut budget = MAX_TREE_ATTRIBUTES;
+        tree(&mut b, &m.definitions, "", "d", &mut budget);
     }
     Ok(page(&m.name, &crumbs, "", &b))
 }
@@ -509,6 +515,7 @@ struct Here<'a> {
     repo: &'a str,
     path: &'a str,
     commit: Option<&'a str>,
+    container: Option<&'a str>,
 }
 
 impl Here<'_> {
@@ -518,6 +525,9 @@ impl Here<'_> {
         if let Some(c) = self.commit {
             params.push(("commit", c));
         }
+        if let Some(c) = self.container {
+            params.push(("container", c));
+        }
         params.extend_from_slice(extra);
         link("/model", &params)
     }
@@ -526,6 +536,8 @@ impl Here<'_> {
 /// Attributes a model page shows as trees: past this the page lists the entities and shows the tree of the
 /// one asked for (`entity=NAME`), so that a huge model does not make a page of hundreds of megabytes.
 const MAX_TREE_ATTRIBUTES: usize = 20_000;
+/// Entities listed at most on the page of a large model.
+const MAX_LISTED_ENTITIES: usize = 5_000;
 
 fn entities_section(b: &mut String, m: &Model, here: &Here<'_>, focus: Option<&str>) {
     let keys = entity_keys(&m.entities);
@@ -543,17 +555,30 @@ fn entities_section(b: &mut String, m: &Model, here: &Here<'_>, focus: Option<&s
              <th class=\"num\">Attributes</th></tr></thead><tbody>",
             m.attribute_count()
         );
-        for e in &m.entities {
+        for e in m.entities.iter().take(MAX_LISTED_ENTITIES) {
+            let name = match e.name.is_empty() {
+                true => "<span class=\"muted\">(no name)</span>".to_string(),
+                false => format!(
+                    "<a href=\"{}\">{}</a>",
+                    here.link(&[("entity", &e.name)]),
+                    esc(&e.name)
+                ),
+            };
             let _ = write!(
                 b,
-                "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td class=\"num\">{}</td></tr>",
-                here.link(&[("entity", &e.name)]),
-                esc(&e.name),
+                "<tr><td>{name}</td><td>{}</td><td class=\"num\">{}</td></tr>",
                 or_dash(e.container.as_deref()),
                 e.attributes.len()
             );
         }
         b.push_str("</tbody></table></div>\n");
+        if m.entities.len() > MAX_LISTED_ENTITIES {
+            let _ = writeln!(
+                b,
+                "<p class=\"muted\">The first {MAX_LISTED_ENTITIES} of {} entities are listed; search finds the others.</p>",
+                m.entities.len()
+            );
+        }
     }
     let shown: Vec<usize> = (0..m.entities.len())
         .filter(|&i| !large || focus == Some(m.entities[i].name.as_str()))
@@ -565,6 +590,8 @@ fn entities_section(b: &mut String, m: &Model, here: &Here<'_>, focus: Option<&s
         "<p class=\"tree-tools\" hidden><button type=\"button\" data-tree=\"open\">Expand all</button> \
          <button type=\"button\" data-tree=\"close\">Collapse all</button></p>",
     );
+    // However an entity is asked for, one page shows `MAX_TREE_ATTRIBUTES` attributes at most.
+    let mut budget = MAX_TREE_ATTRIBUTES;
     for i in shown {
         let e = &m.entities[i];
         let _ = write!(
@@ -583,13 +610,14 @@ fn entities_section(b: &mut String, m: &Model, here: &Here<'_>, focus: Option<&s
         if let Some(d) = e.description.as_deref().filter(|d| !d.is_empty()) {
             let _ = write!(b, "<p class=\"description\">{}</p>", esc(d));
         }
-        tree(b, &e.attributes, &keys[i], "a");
+        tree(b, &e.attributes, &keys[i], "a", &mut budget);
         b.push_str("</section>\n");
     }
 }
 
 /// A flattened attribute tree as nested lists: an attribute with children is a collapsible `<details>`.
-fn tree(b: &mut String, attrs: &[Attribute], entity: &str, prefix: &str) {
+/// `budget`: attributes the page may still show; past it the tree says how many it leaves out.
+fn tree(b: &mut String, attrs: &[Attribute], entity: &str, prefix: &str, budget: &mut usize) {
     let mut children: Vec<Vec<usize>> = vec![Vec::new(); attrs.len()];
     let mut roots = Vec::new();
     for (i, a) in attrs.iter().enumerate() {
@@ -605,11 +633,17 @@ fn tree(b: &mut String, attrs: &[Attribute], entity: &str, prefix: &str) {
     b.push_str("<ul class=\"tree\">");
     // Depth-first without recursion: a hostile model may nest deeply.
     let mut stack: Vec<(usize, bool)> = roots.iter().rev().map(|&i| (i, false)).collect();
+    let mut shown = 0;
     while let Some((i, closing)) = stack.pop() {
         if closing {
             b.push_str("</ul></details></li>");
             continue;
         }
+        if *budget == 0 {
+            continue;
+        }
+        *budget -= 1;
+        shown += 1;
         let a = &attrs[i];
         let row = attribute_row(a, entity, prefix);
         if children[i].is_empty() {
@@ -621,6 +655,13 @@ fn tree(b: &mut String, attrs: &[Attribute], entity: &str, prefix: &str) {
         }
     }
     b.push_str("</ul>\n");
+    if shown < attrs.len() {
+        let _ = writeln!(
+            b,
+            "<p class=\"muted\">{} more attributes are not shown on this page; the API (<code>/api/v1/model</code>) has them all.</p>",
+            attrs.len() - shown
+        );
+    }
 }
 
 fn attribute_row(a: &Attribute, entity: &str, prefix: &str) -> String {
