@@ -236,13 +236,7 @@ impl Store {
             .map_err(open_err)?;
         configure(&conn).map_err(open_err)?;
         schema::migrate(&mut conn, path)?;
-        Ok(Store {
-            path: path.to_path_buf(),
-            conn: Mutex::new(conn),
-            turns: Mutex::new(Turns::default()),
-            turn_ended: std::sync::Condvar::new(),
-            retention_days: std::sync::atomic::AtomicU32::new(DEFAULT_RETENTION_DAYS),
-        })
+        Ok(Store::with(path, conn))
     }
 
     /// Open an existing database to read only: nothing in it is created, migrated or written (SQLite may
@@ -277,13 +271,17 @@ impl Store {
                 error,
             })?;
         schema::check_version(path, found)?;
-        Ok(Store {
+        Ok(Store::with(path, conn))
+    }
+
+    fn with(path: &Path, conn: Connection) -> Store {
+        Store {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             turns: Mutex::new(Turns::default()),
             turn_ended: std::sync::Condvar::new(),
             retention_days: std::sync::atomic::AtomicU32::new(DEFAULT_RETENTION_DAYS),
-        })
+        }
     }
 
     pub(crate) fn path(&self) -> &Path {
