@@ -123,6 +123,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "counter",
         "Web catalog requests refused for wrong credentials, by reason (wrong, rate_limited).",
     ),
+    (
+        "modelmirror_commit_statuses_total",
+        "counter",
+        "Commit statuses sent to the Git host, by provider and outcome (posted, unchanged, retried, failed).",
+    ),
     ("modelmirror_up", "gauge", "1 while the service runs."),
 ];
 

@@ -14,6 +14,7 @@ use super::output::print_json;
 use super::run::{prepare_git, runtime};
 use crate::config::{Config, ProviderConfig, RepoConfig};
 use crate::forge::api::{ApiClient, Limits};
+use crate::forge::status::ScopeCheck;
 use crate::git;
 use crate::store::Store;
 
@@ -183,6 +184,16 @@ async fn check_providers_and_discover(config: &Config, results: &mut Results) ->
                 Ok(who) => results.add("token", &p.name, "ok", who),
                 Err(e) => results.add("token", &p.name, "error", e.to_string()),
             }
+            if p.commit_status {
+                check_status_scope(p, &api, results).await;
+            }
+        } else if p.commit_status {
+            results.add(
+                "statuses",
+                &p.name,
+                "error",
+                "commit_status = true needs a token that may post commit statuses: set token_file (or token_env)".into(),
+            );
         } else {
             results.add(
                 "token",
@@ -198,6 +209,21 @@ async fn check_providers_and_discover(config: &Config, results: &mut Results) ->
         }
     }
     repos
+}
+
+/// Whether `p`'s token may post commit statuses, as far as its host tells: an error when it says no, a
+/// warning when it cannot say.
+async fn check_status_scope(p: &ProviderConfig, api: &ApiClient, results: &mut Results) {
+    let (level, message) = match p.kind.forge().status_scope(api).await {
+        Ok(ScopeCheck::Allowed(m)) => ("ok", m),
+        Ok(ScopeCheck::Missing(m)) => ("error", m),
+        Ok(ScopeCheck::Unknown(m)) => ("warning", m),
+        Err(e) => (
+            "error",
+            format!("cannot tell whether the token may post commit statuses: {e}"),
+        ),
+    };
+    results.add("statuses", &p.name, level, message);
 }
 
 /// List each discovery scope of `p`: what it finds, and the repositories it would mirror.

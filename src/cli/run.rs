@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use super::CliError;
 use crate::config::{Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, ProviderConfig};
-use crate::forge::api::Limits;
 use crate::store::Store;
 use crate::{git, service};
 
@@ -84,11 +83,12 @@ pub(super) fn sync(config: Config, ids: &[String]) -> Result<ExitCode, CliError>
     // Discovery first, so `sync` also polls repositories found in groups, workspaces, projects and orgs.
     let mut discovery_ok = true;
     let mut all = config.repos.clone();
+    let budgets = Arc::new(service::Budgets::default());
     for (index, provider) in config.providers.iter().enumerate() {
         if provider.discover.is_empty() {
             continue;
         }
-        let limits = Limits::new(provider.max_requests_per_hour);
+        let limits = budgets.get(provider);
         match rt.block_on(service::discover(&config, index, &store, limits)) {
             Err(e) => {
                 discovery_ok = false;
@@ -125,9 +125,11 @@ pub(super) fn sync(config: Config, ids: &[String]) -> Result<ExitCode, CliError>
         service::shutdown_signal().await;
         cancel_on_signal.store(true, std::sync::atomic::Ordering::Relaxed);
     });
+    let statuses = service::Statuses::new(store.clone(), store.clone(), budgets);
     let ok = rt.block_on(service::sync_once(
         Arc::new(config),
         store,
+        statuses,
         repos,
         cancel,
         |repo, result| {

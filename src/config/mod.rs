@@ -39,6 +39,8 @@ pub(crate) const DEFAULT_DISCOVER_SCHEDULE: &str = "0 * * * *";
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: u64 = 15;
 /// Default read timeout for a provider, in seconds.
 pub(crate) const DEFAULT_READ_TIMEOUT: u64 = 60;
+/// The name commit statuses are posted under unless `status_context` says otherwise.
+pub(crate) const DEFAULT_STATUS_CONTEXT: &str = "modelmirror";
 
 /// Everything that can be wrong with a configuration. Each message names the file (and line where the TOML
 /// parser knows it) and says what to change.
@@ -201,6 +203,12 @@ pub(crate) struct ProviderConfig {
     pub(crate) webhook_secrets: Vec<TokenSource>,
     /// Accept webhooks without a signature (only when no secret is configured).
     pub(crate) allow_unsigned_webhooks: bool,
+    /// Post a commit status on each new head a poll processes (the token then needs write access to
+    /// statuses).
+    pub(crate) commit_status: bool,
+    /// The statuses' name (GitHub `context`, GitLab `name`, Bitbucket `key`): a later status under the same
+    /// name replaces the earlier one on the host.
+    pub(crate) status_context: String,
 }
 
 impl ProviderConfig {

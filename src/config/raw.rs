@@ -106,6 +106,8 @@ pub(super) struct RawProvider {
     pub(super) webhook_secret_file: Option<OneOrMany>,
     pub(super) webhook_secret_env: Option<OneOrMany>,
     pub(super) allow_unsigned_webhooks: Option<bool>,
+    pub(super) commit_status: Option<bool>,
+    pub(super) status_context: Option<String>,
 }
 
 pub(super) fn parse_file(path: &Path, text: &str) -> Result<RawFile, ConfigError> {

@@ -244,6 +244,14 @@ fn bad_values_are_clear_errors() {
             "token_file",
         ),
         ("include = [\"[\"]\n", "include"),
+        (
+            "[providers.g]\nkind = \"git\"\nrepos = [\"https://h/x.git\"]\ncommit_status = true\n",
+            "kind git has no commit status API",
+        ),
+        (
+            "[providers.g]\nkind = \"gitlab\"\ncommit_status = true\nstatus_context = \"\"\n",
+            "status_context",
+        ),
         ("state_dir = 3\n", "config.toml:1:"),
         ("this is not toml", "config.toml:1:"),
     ];

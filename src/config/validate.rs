@@ -10,9 +10,9 @@ use super::raw::{OneOrMany, RawFile, RawMetrics, RawProvider, RawWeb, RawWebhook
 use super::{
     Config, ConfigError, Credentials, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DISCOVER_SCHEDULE, DEFAULT_EVENTS_RETENTION_DAYS, DEFAULT_MAX_MODEL_BYTES,
-    DEFAULT_READ_TIMEOUT, DEFAULT_SCHEDULE, DEFAULT_STATE_DIR, DEFAULT_WEBHOOK_MAX_BODY,
-    DEFAULT_WEBHOOK_QUEUE, MIN_DATABASE_BYTES, ProviderConfig, RepoConfig, RepoFilter, WebConfig,
-    WebhookConfig,
+    DEFAULT_READ_TIMEOUT, DEFAULT_SCHEDULE, DEFAULT_STATE_DIR, DEFAULT_STATUS_CONTEXT,
+    DEFAULT_WEBHOOK_MAX_BODY, DEFAULT_WEBHOOK_QUEUE, MIN_DATABASE_BYTES, ProviderConfig,
+    RepoConfig, RepoFilter, WebConfig, WebhookConfig,
 };
 use crate::forge::{self, Forge, ProviderKind};
 use crate::model::{DEFAULT_FORMATS, FileFilter, FilterError};
@@ -472,6 +472,27 @@ fn provider(
             file.display()
         ));
     }
+    let commit_status = raw.commit_status.unwrap_or(false);
+    if commit_status && !forge.has_statuses() {
+        return Err(fail(format!(
+            " commit_status = true: kind {} has no commit status API; remove commit_status",
+            kind.as_str()
+        )));
+    }
+    if commit_status && api_url.is_none() {
+        return Err(fail(
+            " commit_status = true needs a REST API (api_url)".into(),
+        ));
+    }
+    let status_context = match raw.status_context.as_deref().map(str::trim) {
+        None => DEFAULT_STATUS_CONTEXT.to_string(),
+        Some(c) if c.is_empty() || c.chars().count() > 100 || c.chars().any(char::is_control) => {
+            return Err(fail(format!(
+                " status_context = {c:?}: give a short name (1 to 100 characters, no control characters), e.g. \"modelmirror\""
+            )));
+        }
+        Some(c) => c.to_string(),
+    };
     let provider = ProviderConfig {
         name: name.to_string(),
         kind,
@@ -492,6 +513,8 @@ fn provider(
         proxy,
         webhook_secrets,
         allow_unsigned_webhooks,
+        commit_status,
+        status_context,
     };
     let mut repos = Vec::new();
     for entry in &raw.repos {

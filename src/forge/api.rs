@@ -71,6 +71,25 @@ pub(crate) enum ApiError {
     },
     #[error("provider {provider}: {message}")]
     Setup { provider: String, message: String },
+    #[error("403 from provider {provider}: {message} — {need}")]
+    Forbidden {
+        provider: String,
+        message: String,
+        /// What the token needs for the call.
+        need: String,
+    },
+}
+
+impl ApiError {
+    /// Whether trying the same request later may succeed: the network, a rate limit, a server error, or a
+    /// conflict (GitLab's concurrent status updates).
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            ApiError::Network { .. } | ApiError::RateLimited { .. } => true,
+            ApiError::Status { status, .. } => *status >= 500 || *status == 409 || *status == 408,
+            _ => false,
+        }
+    }
 }
 
 /// The request budget and rate-limit hold of one provider, shared by all its REST calls in this process.
@@ -291,12 +310,39 @@ impl ApiClient {
 
     /// GET `url`, waiting out short rate limits; any status is returned except rate limiting.
     pub(crate) async fn get(&self, url: &str) -> Result<Response, ApiError> {
+        self.send(reqwest::Method::GET, url, None).await
+    }
+
+    /// POST `body` as JSON to `url`, like [`ApiClient::get`]: from the same budget, waiting out short rate
+    /// limits; any status is returned except rate limiting.
+    pub(crate) async fn post_json(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+    ) -> Result<Response, ApiError> {
+        self.send(reqwest::Method::POST, url, Some(body)).await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Response, ApiError> {
         for _attempt in 0..MAX_ATTEMPTS {
             if let Err((wait, reason)) = self.limits.take() {
                 self.wait_or_fail(wait, reason).await?;
                 continue;
             }
-            let mut req = self.http.get(url).header("accept", "application/json");
+            let mut req = self
+                .http
+                .request(method.clone(), url)
+                .header("accept", "application/json");
+            if let Some(body) = body {
+                req = req
+                    .header("content-type", "application/json")
+                    .body(body.to_string());
+            }
             if let Some(a) = &self.auth
                 && let (Ok(name), Ok(value)) = (
                     HeaderName::from_bytes(a.header.as_bytes()),

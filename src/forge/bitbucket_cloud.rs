@@ -3,6 +3,7 @@
 //! REST at `api.bitbucket.org/2.0`; discovery lists a workspace's repositories, or one project's.
 
 use super::api::{self, ApiClient, ApiError, BoxFuture};
+use super::status::{self, CommitStatus, Posted, ScopeCheck, StatusState};
 use super::webhook::{Delivery, EventKind, HookError, RefUpdate, RepoKey, header};
 use super::{DiscoveredRepo, Forge, json_body, s};
 use crate::git::GitAuth;
@@ -139,6 +140,50 @@ impl Forge for BitbucketCloud {
             })
             .await?;
             Ok(out)
+        })
+    }
+    fn has_statuses(&self) -> bool {
+        true
+    }
+    /// `POST /repositories/{workspace}/{repo}/commit/{sha}/statuses/build`; 201. The same `key` replaces the
+    /// earlier status (only its creator may: post with one identity). `url` must be a valid URL.
+    fn post_status<'a>(
+        &'a self,
+        api: &'a ApiClient,
+        st: &'a CommitStatus,
+    ) -> BoxFuture<'a, Result<Posted, ApiError>> {
+        Box::pin(async move {
+            let url = api.url(&format!(
+                "/repositories/{}/commit/{}/statuses/build",
+                super::encode_path(st.repo_path.trim_end_matches(".git")),
+                api::encode(&st.sha)
+            ));
+            let body = serde_json::json!({
+                "key": st.context,
+                "state": match st.state {
+                    StatusState::Success => "SUCCESSFUL",
+                    StatusState::Failure => "FAILED",
+                },
+                "name": st.context,
+                "description": st.description(255),
+                "url": st.some_url(),
+                "refname": st.branch,
+            });
+            let r = api.post_json(&url, &body).await?;
+            status::answer(
+                api,
+                &r,
+                st,
+                "the token needs the repository (read) scope, and only the status's creator or an admin may replace it",
+            )
+        })
+    }
+    fn status_scope<'a>(
+        &'a self,
+        _api: &'a ApiClient,
+    ) -> BoxFuture<'a, Result<ScopeCheck, ApiError>> {
+        Box::pin(async move {
+            Ok(ScopeCheck::Unknown("Bitbucket Cloud cannot be asked in advance; posting a commit status needs only the repository (read) scope, which mirroring needs too".into()))
         })
     }
     fn event_header(&self) -> Option<&'static str> {

@@ -3,6 +3,7 @@
 //! `<url>/api/v3`) with a Bearer token; discovery lists an organisation's or a user's repositories.
 
 use super::api::{self, ApiClient, ApiError, BoxFuture};
+use super::status::{self, CommitStatus, Posted, ScopeCheck};
 use super::webhook::{self, Delivery, EventKind, HookError, RefUpdate, RepoKey, header};
 use super::{DiscoveredRepo, Forge, json_body, json_id, s};
 use crate::git::GitAuth;
@@ -92,6 +93,73 @@ impl Forge for Github {
                 }
                 other => other,
             }
+        })
+    }
+    fn has_statuses(&self) -> bool {
+        true
+    }
+    /// `POST /repos/{owner}/{repo}/statuses/{sha}`; 201. Descriptions longer than 140 characters are refused.
+    fn post_status<'a>(
+        &'a self,
+        api: &'a ApiClient,
+        st: &'a CommitStatus,
+    ) -> BoxFuture<'a, Result<Posted, ApiError>> {
+        Box::pin(async move {
+            let url = api.url(&format!(
+                "/repos/{}/statuses/{}",
+                super::encode_path(st.repo_path.trim_end_matches(".git")),
+                api::encode(&st.sha)
+            ));
+            let body = serde_json::json!({
+                "state": st.state.as_str(),
+                "context": st.context,
+                "description": st.description(140),
+                "target_url": st.target_url,
+            });
+            let r = api.post_json(&url, &body).await?;
+            status::answer(
+                api,
+                &r,
+                st,
+                "a classic token needs the repo or repo:status scope; a fine-grained token needs Commit statuses: write",
+            )
+        })
+    }
+    /// Classic tokens list their scopes in `X-OAuth-Scopes`; fine-grained ones cannot be asked.
+    fn status_scope<'a>(
+        &'a self,
+        api: &'a ApiClient,
+    ) -> BoxFuture<'a, Result<ScopeCheck, ApiError>> {
+        Box::pin(async move {
+            let (_, r) = api.get_json(&api.url("/user"), "the token's user").await?;
+            let Some(header) = r.header("x-oauth-scopes") else {
+                return Ok(ScopeCheck::Unknown(
+                    "a fine-grained token or an app cannot be asked for its permissions: give it Commit statuses: write".into(),
+                ));
+            };
+            let scopes: Vec<&str> = header
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
+            Ok(
+                if scopes.iter().any(|s| *s == "repo" || *s == "repo:status") {
+                    ScopeCheck::Allowed("the token has the repo or repo:status scope".into())
+                } else if scopes.contains(&"public_repo") {
+                    ScopeCheck::Unknown(
+                    "the token has public_repo: commit statuses work on public repositories only (give it repo:status for private ones)".into(),
+                )
+                } else {
+                    ScopeCheck::Missing(format!(
+                        "commit_status = true needs the repo:status (or repo) scope, and the token has {}: add it (or set commit_status = false)",
+                        if scopes.is_empty() {
+                            "none".to_string()
+                        } else {
+                            scopes.join(", ")
+                        }
+                    ))
+                },
+            )
         })
     }
     fn event_header(&self) -> Option<&'static str> {

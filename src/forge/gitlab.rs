@@ -6,6 +6,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::api::{self, ApiClient, ApiError, BoxFuture};
+use super::status::{self, CommitStatus, Posted, ScopeCheck, StatusState};
 use super::webhook::{self, Delivery, EventKind, HookError, RefUpdate, RepoKey, header};
 use super::{DiscoveredRepo, Forge, json_body, json_id, s};
 use crate::git::GitAuth;
@@ -125,6 +126,81 @@ impl Forge for Gitlab {
         })
     }
 
+    fn has_statuses(&self) -> bool {
+        true
+    }
+    /// `POST /projects/:id/statuses/:sha` (`:id` the URL-encoded path); 201. A state the commit already has
+    /// is refused with 400 "Cannot transition status": that is done, not failed.
+    fn post_status<'a>(
+        &'a self,
+        api: &'a ApiClient,
+        st: &'a CommitStatus,
+    ) -> BoxFuture<'a, Result<Posted, ApiError>> {
+        Box::pin(async move {
+            let url = api.url(&format!(
+                "/projects/{}/statuses/{}",
+                api::encode(st.repo_path.trim_end_matches(".git")),
+                api::encode(&st.sha)
+            ));
+            let mut body = serde_json::json!({
+                "state": match st.state {
+                    StatusState::Success => "success",
+                    StatusState::Failure => "failed",
+                },
+                "name": st.context,
+                "ref": st.branch,
+                "description": st.description(255),
+            });
+            // Only http(s) links are accepted, of 255 characters at most.
+            if let Some(u) = st.target_url.as_deref().filter(|u| u.len() <= 255) {
+                body["target_url"] = u.into();
+            }
+            let r = api.post_json(&url, &body).await?;
+            if r.status == 400 && api::body_message(&r.body).contains("Cannot transition status") {
+                return Ok(Posted::Unchanged);
+            }
+            status::answer(
+                api,
+                &r,
+                st,
+                "the token needs the api scope, and its user the Developer role (Maintainer on a protected branch)",
+            )
+        })
+    }
+    /// `GET /personal_access_tokens/self` lists a token's scopes (personal, group and project tokens).
+    fn status_scope<'a>(
+        &'a self,
+        api: &'a ApiClient,
+    ) -> BoxFuture<'a, Result<ScopeCheck, ApiError>> {
+        Box::pin(async move {
+            let Ok((tok, _)) = api
+                .get_json(&api.url("/personal_access_tokens/self"), "the token")
+                .await
+            else {
+                return Ok(ScopeCheck::Unknown(
+                    "GitLab does not list this token's scopes (an OAuth token?): posting commit statuses needs the api scope".into(),
+                ));
+            };
+            let scopes: Vec<&str> = tok["scopes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str())
+                .collect();
+            Ok(if scopes.contains(&"api") {
+                ScopeCheck::Allowed("the token has the api scope".into())
+            } else {
+                ScopeCheck::Missing(format!(
+                    "commit_status = true needs the api scope, and the token has {}: create a token with api (or set commit_status = false)",
+                    if scopes.is_empty() {
+                        "none".to_string()
+                    } else {
+                        scopes.join(", ")
+                    }
+                ))
+            })
+        })
+    }
     fn event_header(&self) -> Option<&'static str> {
         Some("X-Gitlab-Event")
     }

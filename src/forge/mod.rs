@@ -9,6 +9,7 @@ mod bitbucket_datacenter;
 mod github;
 mod gitlab;
 mod plain;
+pub(crate) mod status;
 mod urls;
 pub mod webhook;
 
@@ -16,6 +17,7 @@ use crate::git::GitAuth;
 use crate::secret::Secret;
 use api::{ApiClient, ApiError, BoxFuture, RestAuth};
 use reqwest::header::HeaderMap;
+use status::{CommitStatus, Posted, ScopeCheck};
 pub(crate) use urls::{UrlError, base_url, resolve_repo};
 use webhook::{Delivery, HookError};
 
@@ -159,6 +161,37 @@ pub(crate) trait Forge: Sync {
                 provider: api.provider.clone(),
                 message: "this kind has no discovery".into(),
             })
+        })
+    }
+
+    // --- Commit statuses; the defaults are for hosts without them. ---
+
+    /// Whether this kind takes commit statuses (`commit_status = true` is refused otherwise).
+    fn has_statuses(&self) -> bool {
+        false
+    }
+    /// Post `status` on its commit.
+    fn post_status<'a>(
+        &'a self,
+        api: &'a ApiClient,
+        _status: &'a CommitStatus,
+    ) -> BoxFuture<'a, Result<Posted, ApiError>> {
+        Box::pin(async move {
+            Err(ApiError::Setup {
+                provider: api.provider.clone(),
+                message: "this kind has no commit statuses".into(),
+            })
+        })
+    }
+    /// Whether the token may write commit statuses, as far as the host tells (for `check`).
+    fn status_scope<'a>(
+        &'a self,
+        _api: &'a ApiClient,
+    ) -> BoxFuture<'a, Result<ScopeCheck, ApiError>> {
+        Box::pin(async move {
+            Ok(ScopeCheck::Unknown(
+                "the host cannot tell in advance whether the token may post commit statuses".into(),
+            ))
         })
     }
 

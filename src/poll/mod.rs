@@ -193,6 +193,8 @@ pub(crate) enum PollOutcome {
     /// New commits were processed.
     Updated {
         commit: String,
+        /// The default branch the commit is the head of.
+        branch: String,
         commits: u32,
         counts: Counts,
     },
@@ -478,6 +480,7 @@ fn catch_up(
     );
     Ok(PollOutcome::Updated {
         commit: head_str,
+        branch: branch.to_string(),
         commits: done,
         counts,
     })

@@ -424,6 +424,26 @@ fn load_model(
 
 /// One line saying what a delivery or a poll was and what came of it (`events`).
 pub(crate) fn event_detail(e: &EventRow) -> String {
+    if e.kind == "status" {
+        let commit = e.commit.as_deref().unwrap_or("?");
+        let mut d = format!(
+            "{} status {} on {} → {}",
+            e.provider.as_deref().unwrap_or("?"),
+            e.state.as_deref().unwrap_or("?"),
+            commit.get(..12).unwrap_or(commit),
+            e.outcome.as_deref().unwrap_or("?")
+        );
+        if let Some(n) = e.attempts.filter(|n| *n > 1) {
+            d.push_str(&format!(" after {n} attempts"));
+        }
+        if let Some(text) = &e.description {
+            d.push_str(&format!(": {text}"));
+        }
+        if let Some(err) = &e.error {
+            d.push_str(&format!(" — {err}"));
+        }
+        return d;
+    }
     if e.kind == "delivery" {
         let mut d = format!(
             "{} {}{} → {}",

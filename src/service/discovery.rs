@@ -199,16 +199,13 @@ pub(super) async fn discovery_loop(
     found: mpsc::Sender<(String, Vec<RepoConfig>)>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut limits = None;
     loop {
         let config = shared.config();
         let Some(index) = config.providers.iter().position(|p| p.name == name) else {
             return;
         };
         let provider = &config.providers[index];
-        let limits = limits
-            .get_or_insert_with(|| Limits::new(provider.max_requests_per_hour))
-            .clone();
+        let limits = shared.budgets.get(provider);
         // Shutdown must not wait for a discovery (it may be waiting out a rate limit).
         let run = tokio::select! {
             r = discover(&config, index, &shared.store, limits.clone()) => r,

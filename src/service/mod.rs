@@ -9,6 +9,7 @@
 //!   schedule period, and never affects the others; when its server could not be reached at all, each regular
 //!   firing checks whether the server accepts a TCP connection again and polls at once if it does.
 //! - [`discovery`]: one discovery run of a provider, and its loop.
+//! - [`status`]: commit statuses posted to the Git host after a poll, and the providers' REST budgets.
 //! - [`state`]: what the parts share (the configuration in force, the targets of webhook nudges).
 //! - [`http`]: the one small HTTP server of the [`webhook`] and [`metrics`] listeners.
 //! - [`signals`] and [`systemd`]: what the service hears from and tells the system.
@@ -19,6 +20,7 @@ mod metrics;
 mod repos;
 mod signals;
 mod state;
+mod status;
 mod supervisor;
 mod systemd;
 mod web;
@@ -27,6 +29,7 @@ mod webhook;
 pub(crate) use discovery::discover;
 pub(crate) use repos::sync_once;
 pub(crate) use signals::{shutdown_signal, signals, watch_config};
+pub(crate) use status::{Budgets, Statuses};
 pub(crate) use supervisor::run;
 pub(crate) use web::auth::check_files as check_web_files;
 pub(crate) use web::serve_alone as serve_web;

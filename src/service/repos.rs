@@ -208,6 +208,9 @@ impl RepoLoop {
                 if let PollOutcome::Updated { .. } = outcome {
                     tracing::info!("{}", outcome.line(&self.repo.id));
                 }
+                shared
+                    .statuses
+                    .after_poll(&shared.config(), &self.repo, &outcome);
                 0
             }
             Ok((Err(PollError::Cancelled { .. }), _)) => return None,
@@ -246,10 +249,12 @@ fn next_wait(repo: &RepoConfig, offset: Duration) -> Duration {
 }
 
 /// Poll the given repositories once each (at most `concurrency` at a time) and report every outcome as it
-/// completes through `report`. Returns whether all succeeded.
+/// completes through `report`; then wait for the commit statuses those polls post (a few minutes at most).
+/// Returns whether all polls succeeded.
 pub(crate) async fn sync_once(
     config: Arc<Config>,
     store: Arc<Store>,
+    statuses: Arc<super::Statuses>,
     repos: Vec<RepoConfig>,
     cancel: Arc<AtomicBool>,
     mut report: impl FnMut(&RepoConfig, &Result<PollOutcome, PollError>),
@@ -293,6 +298,9 @@ pub(crate) async fn sync_once(
         match joined {
             Ok((repo, result)) => {
                 ok &= result.is_ok();
+                if let Ok(outcome) = &result {
+                    statuses.after_poll(&config, &repo, outcome);
+                }
                 report(&repo, &result);
             }
             Err(e) => {
@@ -301,8 +309,12 @@ pub(crate) async fn sync_once(
             }
         }
     }
+    statuses.finish(SYNC_STATUS_WAIT).await;
     ok
 }
+
+/// How long a one-shot `sync` waits for its commit statuses before it exits (their retries included).
+const SYNC_STATUS_WAIT: Duration = Duration::from_secs(120);
 
 #[cfg(test)]
 mod tests {

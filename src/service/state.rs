@@ -92,6 +92,10 @@ pub(super) struct Shared {
     /// a time however many of its repositories back off (resolving a host name takes a blocking thread
     /// while it lasts).
     pub(super) probing: Mutex<HashSet<(String, u16)>>,
+    /// Each provider's REST budget, shared by discovery and commit statuses.
+    pub(super) budgets: Arc<super::Budgets>,
+    /// The commit statuses being posted.
+    pub(super) statuses: Arc<super::Statuses>,
 }
 
 impl Shared {

@@ -98,7 +98,10 @@ pub(crate) async fn run(
     if let Err(e) = store.record_start() {
         tracing::error!("cannot record the start: {e}");
     }
+    let budgets = Arc::new(super::Budgets::default());
     let shared = Arc::new(Shared {
+        statuses: super::Statuses::new(store.clone(), reader.clone(), budgets.clone()),
+        budgets,
         reader: reader.clone(),
         permits: Semaphore::new(config.concurrency),
         permit_count: Mutex::new(config.concurrency),

@@ -34,10 +34,25 @@ pub(crate) struct DeliveryRecord<'a> {
     pub(crate) reason: Option<&'a str>,
 }
 
-/// One line of `modelmirror events`: a delivery or a poll.
+/// A commit status, posted or given up on, for the `statuses` table.
+pub(crate) struct StatusRecord<'a> {
+    pub(crate) repo_id: &'a str,
+    pub(crate) provider: &'a str,
+    pub(crate) commit: &'a str,
+    /// success | failure
+    pub(crate) state: &'a str,
+    pub(crate) description: &'a str,
+    pub(crate) target_url: Option<&'a str>,
+    /// posted | unchanged | failed
+    pub(crate) outcome: &'a str,
+    pub(crate) attempts: u32,
+    pub(crate) error: Option<&'a str>,
+}
+
+/// One line of `modelmirror events`: a delivery, a poll or a commit status.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct EventRow {
-    /// delivery | poll
+    /// delivery | poll | status
     #[serde(rename = "type")]
     pub(crate) kind: String,
     pub(crate) time: String,
@@ -47,7 +62,7 @@ pub(crate) struct EventRow {
     pub(crate) delivery_id: Option<String>,
     #[serde(rename = "ref")]
     pub(crate) ref_name: Option<String>,
-    /// polled | ignored | rejected (deliveries)
+    /// polled | ignored | rejected (deliveries); posted | unchanged | failed (statuses)
     pub(crate) outcome: Option<String>,
     pub(crate) reason: Option<String>,
     /// The poll a delivery caused.
@@ -62,6 +77,14 @@ pub(crate) struct EventRow {
     pub(crate) models_modified: Option<i64>,
     pub(crate) models_deleted: Option<i64>,
     pub(crate) error: Option<String>,
+    /// The commit a status was posted on (statuses).
+    pub(crate) commit: Option<String>,
+    /// success | failure (statuses)
+    pub(crate) state: Option<String>,
+    /// What a status said (statuses).
+    pub(crate) description: Option<String>,
+    /// How many times a status was sent (statuses).
+    pub(crate) attempts: Option<i64>,
     /// The row id (a poll's id is what deliveries' `poll_id` points at).
     pub(crate) id: i64,
 }
@@ -95,6 +118,35 @@ impl Store {
         conn.execute("DELETE FROM deliveries WHERE received_at < ?1", [&cutoff])
             .doing("pruning old deliveries")?;
         Ok(id)
+    }
+
+    /// Record a commit status and what came of it (pruning old ones).
+    pub(crate) fn record_status(&self, st: &StatusRecord<'_>) -> Result<i64, StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "DELETE FROM statuses WHERE posted_at < ?1",
+            [self.retention_cutoff()],
+        )
+        .doing("pruning old commit statuses")?;
+        conn.execute(
+            "INSERT INTO statuses (repo_id, provider, commit_id, posted_at, state, description, target_url,
+                 outcome, attempts, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                st.repo_id,
+                st.provider,
+                st.commit,
+                now_rfc3339(),
+                st.state,
+                st.description,
+                st.target_url,
+                st.outcome,
+                st.attempts,
+                st.error
+            ],
+        )
+        .doing("recording the commit status")?;
+        Ok(conn.last_insert_rowid())
     }
 
     /// Record a webhook delivery and what came of it (pruning old ones now and then).
@@ -170,12 +222,17 @@ impl Store {
         let mut stmt = conn
             .prepare(
                 "SELECT 'delivery', received_at, repo_id, provider, event, delivery_id, ref, outcome, reason, poll_id,
-                        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, id
+                        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, id, NULL, NULL, NULL, NULL
                  FROM deliveries WHERE (?1 IS NULL OR repo_id = ?1)
                  UNION ALL
                  SELECT 'poll', started_at, repo_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                        trigger, duration_ms, result, commits, models_added, models_modified, models_deleted, error, id
+                        trigger, duration_ms, result, commits, models_added, models_modified, models_deleted, error, id,
+                        NULL, NULL, NULL, NULL
                  FROM polls WHERE (?1 IS NULL OR repo_id = ?1)
+                 UNION ALL
+                 SELECT 'status', posted_at, repo_id, provider, NULL, NULL, NULL, outcome, NULL, NULL,
+                        NULL, NULL, NULL, NULL, NULL, NULL, NULL, error, id, commit_id, state, description, attempts
+                 FROM statuses WHERE (?1 IS NULL OR repo_id = ?1)
                  ORDER BY 2 DESC, 19 DESC LIMIT ?2",
             )
             .doing("reading events")?;
@@ -203,6 +260,10 @@ impl Store {
                         models_deleted: r.get(16)?,
                         error: r.get(17)?,
                         id: r.get(18)?,
+                        commit: r.get(19)?,
+                        state: r.get(20)?,
+                        description: r.get(21)?,
+                        attempts: r.get(22)?,
                     })
                 },
             )

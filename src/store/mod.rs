@@ -25,7 +25,7 @@ use rusqlite::Connection;
 
 pub(crate) use catalog::{ModelRow, RepoStatus};
 pub use catalog::{SearchHit, VersionRow, fts_query};
-pub(crate) use events::{DeliveryRecord, EventRow, PollRecord};
+pub(crate) use events::{DeliveryRecord, EventRow, PollRecord, StatusRecord};
 pub(crate) use repos::{Discovery, FoundRepo, RepoKeyRow, RepoState};
 pub use step::{Content, Counts, StepMeta, StepWriter};
 

@@ -272,7 +272,7 @@ impl Store {
         Ok(changes)
     }
 
-    /// Delete a repository's catalog, history, polls and deliveries (`prune_removed`).
+    /// Delete a repository's catalog, history, polls, deliveries and statuses (`prune_removed`).
     pub(crate) fn prune_repo(&self, id: &str) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn
@@ -281,6 +281,8 @@ impl Store {
         tx.execute("DELETE FROM polls WHERE repo_id = ?1", [id])
             .doing("pruning a repository")?;
         tx.execute("DELETE FROM deliveries WHERE repo_id = ?1", [id])
+            .doing("pruning a repository")?;
+        tx.execute("DELETE FROM statuses WHERE repo_id = ?1", [id])
             .doing("pruning a repository")?;
         tx.execute("DELETE FROM repos WHERE id = ?1", [id])
             .doing("pruning a repository")?;

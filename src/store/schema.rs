@@ -277,6 +277,27 @@ CREATE TRIGGER service_insert_generation AFTER INSERT ON service BEGIN UPDATE ca
 CREATE TRIGGER service_update_generation AFTER UPDATE ON service BEGIN UPDATE catalog_generation SET n = n + 1; END;
 CREATE TRIGGER service_delete_generation AFTER DELETE ON service BEGIN UPDATE catalog_generation SET n = n + 1; END;
 "#,
+    r#"
+-- Commit statuses posted to the Git host (`commit_status = true`): one row per status, once it is posted
+-- or has failed for good.
+CREATE TABLE statuses (
+    id INTEGER PRIMARY KEY,
+    repo_id TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    commit_id TEXT NOT NULL,
+    posted_at TEXT NOT NULL,
+    state TEXT NOT NULL,          -- success | failure
+    description TEXT NOT NULL,
+    target_url TEXT,
+    outcome TEXT NOT NULL,        -- posted | unchanged | failed
+    attempts INTEGER NOT NULL,
+    error TEXT
+);
+CREATE INDEX statuses_repo ON statuses (repo_id, posted_at);
+CREATE TRIGGER statuses_insert_generation AFTER INSERT ON statuses BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER statuses_update_generation AFTER UPDATE ON statuses BEGIN UPDATE catalog_generation SET n = n + 1; END;
+CREATE TRIGGER statuses_delete_generation AFTER DELETE ON statuses BEGIN UPDATE catalog_generation SET n = n + 1; END;
+"#,
 ];
 
 /// The schema version this build writes.

@@ -27,6 +27,12 @@
 //! - Without `retry_after`, reset times are one second ahead.
 //! - Bitbucket Cloud `/user` with a Bearer (access) token: 403.
 //! - Bitbucket DC `/branches/default` of an empty repository: 404.
+//! - Commit statuses (`shared/docs/providers-status-graphql.md` part D): a token without write access
+//!   ([`Forge::set_status_write`]) gets GitLab's `insufficient_scope` 403, GitHub's "Resource not
+//!   accessible" 403, Bitbucket Cloud's missing-scope 403 and Bitbucket DC's 401; an unknown commit 404;
+//!   GitLab answers a repeated state with 400 "Cannot transition status"; GitHub refuses a description over
+//!   140 characters (422), GitLab over 255 (400), Bitbucket DC a `url` over 450 (400), Bitbucket Cloud a
+//!   `url` that is not one (400). [`Forge::fail_statuses_next`] makes the next posts answer a server error.
 //!
 //! Repository paths ([`FakeRepo::path`]): GitLab `group/sub/project`, GitHub
 //! `owner/name` (owners starting with `user-`, [`GITHUB_LOGIN`] and those given to
@@ -186,6 +192,21 @@ struct State {
     bb_project_keys: HashMap<String, String>,
     external_url: Option<String>,
     server_url: String,
+    /// Whether the token may write commit statuses.
+    status_write: bool,
+    /// Statuses (HTTP codes) the next status posts answer with instead.
+    status_failures: Vec<u16>,
+    statuses: Vec<PostedStatus>,
+}
+
+/// A commit status the fake accepted.
+#[derive(Clone, Debug)]
+pub struct PostedStatus {
+    /// The repository path as the host names it (`group/sub/project`, `owner/repo`, `ws/slug`, `KEY/slug`).
+    pub path: String,
+    pub sha: String,
+    /// The request body as sent.
+    pub body: Value,
 }
 
 struct Inner {
@@ -236,6 +257,9 @@ impl Forge {
                 bb_project_keys: HashMap::new(),
                 external_url: None,
                 server_url: String::new(),
+                status_write: true,
+                status_failures: Vec::new(),
+                statuses: Vec::new(),
             }),
         });
         let hook_inner = Arc::clone(&inner);
@@ -370,6 +394,21 @@ impl Forge {
             .insert(path.to_string(), key.to_string());
     }
 
+    /// Whether the token may write commit statuses (default true).
+    pub fn set_status_write(&self, allowed: bool) {
+        lock(&self.inner.state).status_write = allowed;
+    }
+
+    /// The next status posts answer with these HTTP statuses (the kind's error body), one each.
+    pub fn fail_statuses_next(&self, statuses: &[u16]) {
+        lock(&self.inner.state).status_failures = statuses.to_vec();
+    }
+
+    /// The commit statuses accepted so far, oldest first.
+    pub fn statuses(&self) -> Vec<PostedStatus> {
+        lock(&self.inner.state).statuses.clone()
+    }
+
     /// The base URL used in links and clone URLs the API returns (default:
     /// `http://` + the request's `Host`). Set it to `TlsTerminator::https_url()`
     /// when the API is reached through TLS.
@@ -446,7 +485,21 @@ impl Inner {
         if let Some(rl) = limited {
             return Some(ctx.rate_limited(rl));
         }
-        let resp = if req.method != "GET" && req.method != "HEAD" {
+        let resp = if req.method == "POST" {
+            let failure = {
+                let mut st = lock(&self.state);
+                (!st.status_failures.is_empty()).then(|| st.status_failures.remove(0))
+            };
+            match ctx.post_status(failure) {
+                Some((resp, posted)) => {
+                    if let Some(posted) = posted {
+                        lock(&self.state).statuses.push(posted);
+                    }
+                    resp
+                }
+                None => ctx.error(405, "Method Not Allowed"),
+            }
+        } else if req.method != "GET" && req.method != "HEAD" {
             ctx.error(405, "Method Not Allowed")
         } else {
             match self.kind {
@@ -1711,6 +1764,394 @@ fn parse_bbql_project_key(q: &str) -> Option<String> {
     let rest = rest.strip_prefix('=')?.trim();
     let key = rest.strip_prefix('"')?.strip_suffix('"')?;
     (!key.contains('"')).then(|| key.to_string())
+}
+
+// ---------------------------------------------------------------------------
+// Commit statuses
+
+impl Ctx<'_> {
+    /// A status post to the kind's endpoint: the answer, and the status when it was accepted. `None`: not a
+    /// status endpoint. `failure`: answer with this server error instead (after authentication).
+    fn post_status(&self, failure: Option<u16>) -> Option<(ApiResponse, Option<PostedStatus>)> {
+        let segs = self.segs();
+        let (path, sha) = match (self.kind, segs.as_slice()) {
+            (Kind::Gitlab, ["projects", id, "statuses", sha]) => {
+                let repo = self
+                    .st
+                    .repos
+                    .iter()
+                    .find(|r| r.id.to_string() == *id || r.path.eq_ignore_ascii_case(id));
+                (repo.map(|r| r.path.clone()), sha.to_string())
+            }
+            (Kind::Github, ["repos", owner, name, "statuses", sha]) => (
+                self.github_repo(owner, name).map(|r| r.path.clone()),
+                sha.to_string(),
+            ),
+            (
+                Kind::BitbucketCloud,
+                ["repositories", ws, slug, "commit", sha, "statuses", "build"],
+            ) => {
+                let path = format!("{ws}/{slug}");
+                let repo = self
+                    .st
+                    .repos
+                    .iter()
+                    .find(|r| r.path.eq_ignore_ascii_case(&path));
+                (repo.map(|r| r.path.clone()), sha.to_string())
+            }
+            (
+                Kind::BitbucketDatacenter,
+                ["projects", key, "repos", slug, "commits", sha, "builds"],
+            ) => {
+                let path = format!("{key}/{slug}");
+                let repo = self
+                    .st
+                    .repos
+                    .iter()
+                    .find(|r| r.path.eq_ignore_ascii_case(&path));
+                (repo.map(|r| r.path.clone()), sha.to_string())
+            }
+            _ => return None,
+        };
+        Some(self.status_answer(path, sha, failure))
+    }
+
+    fn status_answer(
+        &self,
+        path: Option<String>,
+        sha: String,
+        failure: Option<u16>,
+    ) -> (ApiResponse, Option<PostedStatus>) {
+        if let Some(denied) = self.status_auth() {
+            return (denied, None);
+        }
+        if let Some(code) = failure {
+            return (self.error(code, "Internal Server Error"), None);
+        }
+        let not_found = match self.kind {
+            Kind::Gitlab => self.error(404, "404 Project Not Found"),
+            Kind::Github => self.error(404, "Not Found"),
+            Kind::BitbucketCloud => self.error(404, "Repository not found"),
+            Kind::BitbucketDatacenter => dc_error(
+                404,
+                "Repository does not exist.",
+                Some("com.atlassian.bitbucket.repository.NoSuchRepositoryException"),
+            ),
+        };
+        let Some(path) = path else {
+            return (not_found, None);
+        };
+        if !self.st.status_write {
+            return (self.status_forbidden(), None);
+        }
+        let dir = self.root.join(self.kind.git_dir(&path));
+        let exists = Command::new("git")
+            .arg("-c")
+            .arg("safe.directory=*")
+            .arg("--git-dir")
+            .arg(&dir)
+            .args(["cat-file", "-e"])
+            .arg(format!("{sha}^{{commit}}"))
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !exists {
+            let resp = match self.kind {
+                Kind::Gitlab => self.error(404, "404 Commit Not Found"),
+                Kind::Github => self.error(422, &format!("No commit found for SHA: {sha}")),
+                Kind::BitbucketCloud => self.error(404, &format!("Commit not found: {sha}")),
+                Kind::BitbucketDatacenter => dc_error(
+                    400,
+                    &format!("Commit '{sha}' does not exist in repository"),
+                    Some("com.atlassian.bitbucket.commit.NoSuchCommitException"),
+                ),
+            };
+            return (resp, None);
+        }
+        let body: Value = match serde_json::from_slice(&self.req.body) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => return (self.error(400, "Problems parsing JSON"), None),
+        };
+        let text = |k: &str| body[k].as_str().unwrap_or("").to_string();
+        let posted = PostedStatus {
+            path: path.clone(),
+            sha: sha.clone(),
+            body: body.clone(),
+        };
+        let resp = match self.kind {
+            Kind::Gitlab => {
+                let state = text("state");
+                if ![
+                    "pending", "running", "success", "failed", "canceled", "skipped",
+                ]
+                .contains(&state.as_str())
+                {
+                    return (
+                        ApiResponse::json(
+                            400,
+                            &json!({ "error": "state does not have a valid value" }),
+                        ),
+                        None,
+                    );
+                }
+                if text("description").chars().count() > 255 {
+                    return (
+                        ApiResponse::json(
+                            400,
+                            &json!({ "message": { "description": ["is too long (maximum is 255 characters)"] } }),
+                        ),
+                        None,
+                    );
+                }
+                let name = body["name"]
+                    .as_str()
+                    .or(body["context"].as_str())
+                    .unwrap_or("default")
+                    .to_string();
+                let same = self.st.statuses.iter().rev().find(|p| {
+                    p.path == path
+                        && p.sha == sha
+                        && p.body["name"].as_str().unwrap_or("default") == name
+                        && p.body["ref"] == body["ref"]
+                });
+                if let Some(prev) = same
+                    && prev.body["state"] == body["state"]
+                {
+                    let event = match state.as_str() {
+                        "success" => "succeed",
+                        "failed" => "drop",
+                        "running" => "run",
+                        other => other,
+                    };
+                    return (
+                        self.error(
+                            400,
+                            &format!("Cannot transition status via :{event} from :{state}"),
+                        ),
+                        None,
+                    );
+                }
+                ApiResponse::json(
+                    201,
+                    &json!({
+                        "id": self.st.statuses.len() + 93,
+                        "sha": sha,
+                        "ref": body["ref"],
+                        "status": state,
+                        "name": name,
+                        "target_url": body["target_url"],
+                        "description": body["description"],
+                        "created_at": iso_ms(self.now),
+                        "started_at": null,
+                        "finished_at": iso_ms(self.now),
+                        "allow_failure": false,
+                        "coverage": null,
+                        "pipeline_id": 101,
+                        "author": { "id": 1, "username": GITLAB_USERNAME, "name": "Alice Example", "state": "active" },
+                    }),
+                )
+            }
+            Kind::Github => {
+                if !["error", "failure", "pending", "success"].contains(&text("state").as_str()) {
+                    return (self.github_invalid("state", "invalid"), None);
+                }
+                if text("description").chars().count() > 140 {
+                    return (
+                        self.github_invalid(
+                            "description",
+                            "description is too long (maximum is 140 characters)",
+                        ),
+                        None,
+                    );
+                }
+                let id = self.st.statuses.len() + 1;
+                let url = format!("{}/repos/{path}/statuses/{sha}", self.api_base());
+                ApiResponse::json(
+                    201,
+                    &json!({
+                        "url": url,
+                        "id": id,
+                        "node_id": "SC_kwDOAAAAAA",
+                        "state": body["state"],
+                        "description": body["description"],
+                        "target_url": body["target_url"],
+                        "context": body["context"].as_str().unwrap_or("default"),
+                        "created_at": iso_ms(self.now),
+                        "updated_at": iso_ms(self.now),
+                        "creator": { "login": GITHUB_LOGIN, "id": 1, "type": "User" },
+                    }),
+                )
+                .with_header("Location", &url)
+            }
+            Kind::BitbucketCloud => {
+                if !["INPROGRESS", "FAILED", "STOPPED", "SUCCESSFUL"]
+                    .contains(&text("state").as_str())
+                {
+                    return (
+                        self.bb_cloud_field_error("state", "Select a valid choice."),
+                        None,
+                    );
+                }
+                if !text("url").starts_with("http") {
+                    return (self.bb_cloud_field_error("url", "Enter a valid URL."), None);
+                }
+                ApiResponse::json(
+                    201,
+                    &json!({
+                        "type": "build",
+                        "key": body["key"],
+                        "refname": body["refname"],
+                        "url": body["url"],
+                        "state": body["state"],
+                        "name": body["name"],
+                        "description": body["description"],
+                        "created_on": iso_ms(self.now),
+                        "updated_on": iso_ms(self.now),
+                        "links": { "commit": { "href": format!("{}/repositories/{path}/commit/{sha}", self.api_base()) } },
+                    }),
+                )
+            }
+            Kind::BitbucketDatacenter => {
+                let bad = |m: &str| {
+                    dc_error(
+                        400,
+                        m,
+                        Some("com.atlassian.bitbucket.validation.ArgumentValidationException"),
+                    )
+                };
+                if !["INPROGRESS", "SUCCESSFUL", "FAILED", "CANCELLED", "UNKNOWN"]
+                    .contains(&text("state").as_str())
+                {
+                    return (
+                        bad(
+                            "state must be one of INPROGRESS, SUCCESSFUL, FAILED, CANCELLED, UNKNOWN",
+                        ),
+                        None,
+                    );
+                }
+                let key = text("key");
+                if key.trim().is_empty() || key.chars().count() > 255 {
+                    return (
+                        bad("key must not be blank and at most 255 characters"),
+                        None,
+                    );
+                }
+                let url = text("url");
+                if url.trim().is_empty() || url.chars().count() > 450 {
+                    return (
+                        bad("url must not be blank and at most 450 characters"),
+                        None,
+                    );
+                }
+                if text("description").chars().count() > 255 {
+                    return (bad("description must be at most 255 characters"), None);
+                }
+                ApiResponse {
+                    status: 204,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                }
+            }
+        };
+        (resp, Some(posted))
+    }
+
+    /// The kind's answer to missing or wrong credentials on a status post, if they are.
+    fn status_auth(&self) -> Option<ApiResponse> {
+        let token = self.st.token.as_str();
+        let ok = match self.kind {
+            Kind::Gitlab => {
+                self.req.header("private-token").map(str::trim) == Some(token)
+                    || self.bearer() == Some(token)
+            }
+            Kind::Github => self.req.header("authorization").is_some_and(|h| {
+                h.trim().split_once(' ').is_some_and(|(scheme, value)| {
+                    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token"))
+                        && value.trim() == token
+                })
+            }),
+            Kind::BitbucketCloud => {
+                self.bearer() == Some(token)
+                    || self.basic().is_some_and(|(user, pass)| {
+                        pass == token
+                            && (user == BB_CLOUD_USERNAME
+                                || user.eq_ignore_ascii_case(BB_CLOUD_EMAIL))
+                    })
+            }
+            Kind::BitbucketDatacenter => {
+                self.bearer() == Some(token)
+                    || self
+                        .basic()
+                        .is_some_and(|(user, pass)| user == BB_DC_USERNAME && pass == token)
+            }
+        };
+        (!ok).then(|| match self.kind {
+            Kind::Gitlab => self.error(401, "401 Unauthorized"),
+            Kind::Github => self.error(401, "Bad credentials"),
+            Kind::BitbucketCloud => self.error(
+                401,
+                "Token is invalid, expired, or not supported for this endpoint.",
+            ),
+            Kind::BitbucketDatacenter => dc_error(
+                401,
+                "Authentication failed. Please check your credentials and try again.",
+                Some("com.atlassian.bitbucket.auth.IncorrectPasswordAuthenticationException"),
+            ),
+        })
+    }
+
+    /// The kind's answer to a token that may read but not write statuses.
+    fn status_forbidden(&self) -> ApiResponse {
+        match self.kind {
+            Kind::Gitlab => ApiResponse::json(
+                403,
+                &json!({
+                    "error": "insufficient_scope",
+                    "error_description": "The request requires higher privileges than provided by the access token.",
+                    "scope": "api",
+                }),
+            ),
+            Kind::Github => self.error(403, "Resource not accessible by personal access token"),
+            Kind::BitbucketCloud => ApiResponse::json(
+                403,
+                &json!({
+                    "type": "error",
+                    "error": {
+                        "message": "Your credentials lack one or more required privilege scopes.",
+                        "detail": { "granted": [], "required": ["repository"] },
+                    },
+                }),
+            ),
+            Kind::BitbucketDatacenter => dc_error(
+                401,
+                "You are not permitted to access this resource",
+                Some("com.atlassian.bitbucket.AuthorisationException"),
+            ),
+        }
+    }
+
+    fn github_invalid(&self, field: &str, message: &str) -> ApiResponse {
+        ApiResponse::json(
+            422,
+            &json!({
+                "message": "Validation Failed",
+                "errors": [{ "resource": "Status", "code": "custom", "field": field, "message": message }],
+                "documentation_url": "https://docs.github.com/rest/commits/statuses#create-a-commit-status",
+                "status": "422",
+            }),
+        )
+    }
+
+    fn bb_cloud_field_error(&self, field: &str, message: &str) -> ApiResponse {
+        ApiResponse::json(
+            400,
+            &json!({
+                "type": "error",
+                "error": { "message": format!("{field}: {message}"), "fields": { field: [message] } },
+            }),
+        )
+    }
 }
 
 // ---------------------------------------------------------------------------

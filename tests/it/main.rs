@@ -26,6 +26,7 @@ mod property;
 mod providers;
 mod service;
 mod ssh;
+mod statuses;
 mod support;
 mod web;
 mod webhooks;

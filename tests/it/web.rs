@@ -209,7 +209,7 @@ impl Api {
 
 /// Check `value` against `schema` (the subset of JSON Schema that openapi.json uses; anything else is an
 /// error, so the document cannot use a keyword this check would ignore).
-fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+pub(crate) fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
     let Some(schema) = schema.as_object() else {
         return Err(format!("{at}: the schema is not an object"));
     };

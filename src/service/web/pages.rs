@@ -226,6 +226,31 @@ fn models(req: &Request<'_>, catalog: &Catalog<'_>) -> Page {
     let mut b = String::new();
     let title = repo.map_or_else(|| "All models".to_string(), |r| format!("Models of {r}"));
     let _ = write!(b, "<h1>{}</h1>", esc(&title));
+    // A commit status links here with the commit it was posted on; the catalog may have moved on since.
+    if let (Some(r), Some(asked)) = (repo, req.params.get("commit")) {
+        let head = catalog
+            .store
+            .repo_state(r)
+            .map_err(crate::query::QueryError::from)?
+            .commit
+            .unwrap_or_default();
+        let short = |c: &str| c.get(..12).unwrap_or(c).to_string();
+        if head.starts_with(asked) {
+            let _ = write!(
+                b,
+                "<p class=\"summary\">The models at commit <code>{}</code>, the newest the catalog has read.</p>",
+                esc(&short(&head))
+            );
+        } else {
+            let _ = write!(
+                b,
+                "<p class=\"summary\">You asked for commit <code>{}</code>; the catalog has read a newer one since, \
+                 <code>{}</code>, and these are its models. Each model's history shows its earlier versions.</p>",
+                esc(&short(asked)),
+                esc(&short(&head))
+            );
+        }
+    }
     let _ = write!(
         b,
         "<form class=\"filters\" action=\"/models\" method=\"get\">{}\
@@ -1043,7 +1068,7 @@ fn events(req: &Request<'_>, catalog: &Catalog<'_>) -> Page {
          <input type=\"text\" name=\"repo\" value=\"{}\"></label> <label>Type {}</label> <label>Outcome {}</label> \
          <button type=\"submit\">Filter</button></form>",
         esc(repo.unwrap_or("")),
-        select("type", kind, &["delivery", "poll"]),
+        select("type", kind, &["delivery", "poll", "status"]),
         select(
             "outcome",
             outcome,
@@ -1054,7 +1079,9 @@ fn events(req: &Request<'_>, catalog: &Catalog<'_>) -> Page {
                 "updated",
                 "unchanged",
                 "empty",
-                "error"
+                "error",
+                "posted",
+                "failed"
             ]
         ),
     );
@@ -1068,7 +1095,8 @@ fn events(req: &Request<'_>, catalog: &Catalog<'_>) -> Page {
          <th>Detail</th></tr></thead><tbody>\n",
     );
     for e in &rows {
-        let bad = e.outcome.as_deref() == Some("rejected") || e.result.as_deref() == Some("error");
+        let bad = matches!(e.outcome.as_deref(), Some("rejected" | "failed"))
+            || e.result.as_deref() == Some("error");
         let _ = write!(
             b,
             "<tr{}><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
