@@ -89,8 +89,7 @@ impl Format for Avro {
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 const SUFFIXES: &[&str] = &[".avsc", ".avpr"];
-const NOT_A_SCHEMA: &str =
-    "not an Avro schema: expected a type name, an object with a type, an array of types or a protocol";
+const NOT_A_SCHEMA: &str = "not an Avro schema: expected a type name, an object with a type, an array of types or a protocol";
 /// Bound on `{"type": {"type": …}}` wrappers followed when naming a type.
 const MAX_WRAPPERS: usize = 64;
 
@@ -242,9 +241,7 @@ fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.split('.').all(|part| {
             let mut chars = part.chars();
-            chars
-                .next()
-                .is_some_and(|c| c == '_' || c.is_alphabetic())
+            chars.next().is_some_and(|c| c == '_' || c.is_alphabetic())
                 && chars.all(|c| c == '_' || c.is_alphanumeric())
         })
 }
@@ -668,7 +665,12 @@ mod tests {
                     Some("com.example.crm"),
                     2
                 ),
-                ("MD5", Some("com.example.crm.MD5"), Some("com.example.crm"), 0),
+                (
+                    "MD5",
+                    Some("com.example.crm.MD5"),
+                    Some("com.example.crm"),
+                    0
+                ),
             ]
         );
         assert_eq!(

@@ -503,16 +503,16 @@ impl<'a> Walk<'a, '_> {
                     out.push((task, expanded));
                 }
                 ("$ref", Node::String(reference)) if parent.is_none() => {
-                    if let Some(target) = resolve(self.root, reference) {
-                        if self.expanded.insert(std::ptr::from_ref(target)) {
-                            let task = Task::Contents {
-                                schema: target,
-                                parent,
-                                depth,
-                                required: required.clone(),
-                            };
-                            out.push((task, true));
-                        }
+                    if let Some(target) = resolve(self.root, reference)
+                        && self.expanded.insert(std::ptr::from_ref(target))
+                    {
+                        let task = Task::Contents {
+                            schema: target,
+                            parent,
+                            depth,
+                            required: required.clone(),
+                        };
+                        out.push((task, true));
                     }
                 }
                 ("items" | "prefixItems", _) => {
@@ -544,7 +544,11 @@ fn resolve<'a>(root: &'a Obj, reference: &str) -> Option<&'a Obj> {
     let (table, name) = reference
         .strip_prefix("#/definitions/")
         .map(|name| ("definitions", name))
-        .or_else(|| reference.strip_prefix("#/$defs/").map(|name| ("$defs", name)))?;
+        .or_else(|| {
+            reference
+                .strip_prefix("#/$defs/")
+                .map(|name| ("$defs", name))
+        })?;
     if name.contains('/') {
         return None;
     }
@@ -1169,7 +1173,13 @@ mod tests {
         // entities stop early, keeping their own attributes.
         assert!(model.attribute_count() < (n + 1) * n);
         assert!(model.attribute_count() > MAX_EXPANDED_STEPS / (2 * n + 2));
-        assert!(model.entities.iter().skip(1).all(|e| !e.attributes.is_empty()));
+        assert!(
+            model
+                .entities
+                .iter()
+                .skip(1)
+                .all(|e| !e.attributes.is_empty())
+        );
         assert_eq!(model.entities[n].attributes.len(), 1);
     }
 
