@@ -2,32 +2,48 @@
 //!
 //! Recognition is by name only: a path ending with `.avsc` or `.avpr` (ASCII case-insensitive)
 //! claims to be Avro, anything else is [`Parsed::NotModel`] without being read. A claimed file
-//! that is not valid JSON is [`Parsed::Invalid`] with `serde_json`'s line and column. Its top level
-//! must be one of:
+//! that is not valid JSON is [`Parsed::Invalid`] with `serde_json`'s line and column. Every Avro
+//! schema and protocol is accepted; its top level must be one of:
 //!
-//! - a named type object: a `record` (or protocol `error`), or an `enum` / `fixed`;
-//! - a JSON array (a union of types, the usual way to put several named types in one file);
+//! - a type name: a primitive (`"string"`) or a named type's (full) name, as a JSON string;
+//! - an object with a `type`: a named type (`record`, protocol `error`, `enum`, `fixed`), an
+//!   `array` / `map` schema, a primitive with attributes (`{"type": "long", "logicalType": …}`),
+//!   a type name, or a schema object / union wrapped as `{"type": {…}}`;
+//! - a JSON array: a union of types (the usual way to put several named types in one file);
+//!   members that are not schemas (numbers, …) are skipped;
 //! - a protocol: an object with a string `protocol`, or without `type` but with a `types` array.
 //!
-//! Anything else (a primitive, an `array` / `map` schema, other JSON) is [`Parsed::Invalid`]: "an
-//! Avro schema must be a record, an array of types or a protocol".
+//! Anything else (a number, `true`, `null`, `""`, a string that is not a name such as `"a b"`, an
+//! object with neither a `type` nor a protocol's keys, such as `{"foo": 1}`) is
+//! [`Parsed::Invalid`]: "not an Avro schema: expected a type name, an object with a type, an
+//! array of types or a protocol". Names must be `[A-Za-z_][A-Za-z0-9_]*` parts joined by `.`
+//! (letters and digits of other scripts are allowed). Referenced names are not resolved, so a
+//! schema that uses types defined in another file is accepted. A schema without named types (a
+//! primitive, an array of strings) is a model with no entities.
 //!
 //! Mapping (the Hackolade conventions of `hackolade.rs` apply: pre-order flattening, paths joined
 //! with `.`, `depth`, `parent` index; empty strings count as absent):
 //!
-//! - Model: `name` = the full name (`namespace.name`) of a single top-level named type, or of the
-//!   protocol; the file name without `.avsc` / `.avpr` for a top-level array (or when the name is
-//!   missing). `description` = the top-level `doc`; `db_vendor` = `"Avro"`; no GUID, app target,
-//!   version, relationships, views or definitions. `containers` = the entities' namespaces, each
-//!   once, in order.
-//! - Entities: each named type at the top level (the schema itself, the array's members, the
-//!   protocol's `types`). A `record` / `error` is an entity with its fields as attributes; an
-//!   `enum` or `fixed` is an entity without attributes (so the types other records refer to by
-//!   name are listed too). `name` = the short name, `code` = the full name, `container` = the
-//!   namespace (its own `namespace`, the dotted part of a full `name`, else the protocol's
-//!   namespace), `description` = `doc`. Other top-level members (primitives, references by name,
-//!   `array` / `map` schemas) are skipped. Named types defined inside fields are walked as nested
-//!   attributes, not entities.
+//! - Model: `name` = the full name (`namespace.name`) of a top-level named type (also when
+//!   wrapped as `{"type": {…}}`), or of the protocol; else (a union, an `array` / `map`, a
+//!   primitive, a missing name) the file name without `.avsc` / `.avpr`. `description` = the
+//!   top-level `doc` (of the wrapper, else of the named type inside); `db_vendor` = `"Avro"`; no
+//!   GUID, app target, version, relationships, views or definitions. `containers` = the
+//!   entities' namespaces, each once, in order.
+//! - Entities: every named type *declared* anywhere in the file, in document order (pre-order):
+//!   the top-level schema, a union's members, an array's `items`, a map's `values`, a record's
+//!   fields' types, at any depth; in a protocol, its `types` and then, message by message (in
+//!   name order), the types of the `request` parameters, the `response` and the `errors`. A
+//!   `record` / `error` is an entity with its fields as attributes; an `enum` or `fixed` is an
+//!   entity without attributes (so the types other records refer to by name are listed too).
+//!   `name` = the short name, `code` = the full name, `container` = the namespace (its own
+//!   `namespace`, the dotted part of a full `name`, else the namespace of the most tightly
+//!   enclosing named type, else the protocol's namespace), `description` = `doc`. A named type
+//!   is declared once in valid Avro; a later declaration of a full name already seen is not
+//!   listed again, and a reference by name (`"type": "com.example.Address"`) is not a
+//!   declaration. Nameless (invalid) declarations are listed, each one. A record declared inline
+//!   in a field is *both* an entity of its own and, as before, the nested attribute tree of the
+//!   field (`address`, `address.street`), so its fields count in both places.
 //! - Attributes: one per field, named by `name` (`?` when missing), `description` = `doc`.
 //!   - `data_type`: the primitive or referenced type's name (`long`, `com.example.Address`), the
 //!     complex kind (`record`, `enum`, `array`, `map`, `fixed`) of an inline type, or for a union
@@ -46,6 +62,8 @@
 //!
 //! The walk uses an explicit stack (no recursion); `serde_json`'s recursion limit (128) bounds the
 //! parsed tree, so deeply nested input cannot overflow the stack.
+
+use std::collections::HashSet;
 
 use serde_json::{Map, Value};
 
@@ -71,7 +89,7 @@ impl Format for Avro {
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 const SUFFIXES: &[&str] = &[".avsc", ".avpr"];
-const NOT_A_SCHEMA: &str = "an Avro schema must be a record, an array of types or a protocol";
+const NOT_A_SCHEMA: &str = "not an Avro schema: expected a type name, an object with a type, an array of types or a protocol";
 /// Bound on `{"type": {"type": …}}` wrappers followed when naming a type.
 const MAX_WRAPPERS: usize = 64;
 
@@ -163,9 +181,8 @@ fn names<'a>(obj: &'a Object, enclosing: Option<&'a str>) -> (&'a str, Option<&'
 // Model.
 
 fn build_model(stem: &str, value: &Value) -> Option<Model> {
-    let (name, description, types, enclosing): (String, Option<String>, &[Value], Option<&str>) =
+    let (name, description, roots, enclosing): (String, Option<String>, Vec<&Value>, Option<&str>) =
         match value {
-            Value::Array(types) => (stem.to_string(), None, types, None),
             Value::Object(obj) if is_protocol(obj) => {
                 let namespace = text(obj, "namespace");
                 let name = match text(obj, "protocol") {
@@ -173,26 +190,25 @@ fn build_model(stem: &str, value: &Value) -> Option<Model> {
                     Some(p) => namespace.map_or_else(|| p.to_string(), |ns| format!("{ns}.{p}")),
                     None => stem.to_string(),
                 };
-                (name, owned(obj, "doc"), array(obj, "types"), namespace)
+                (name, owned(obj, "doc"), protocol_schemas(obj), namespace)
             }
-            Value::Object(obj) if text(obj, "type").is_some_and(is_named_kind) => {
-                let (_, _, full) = names(obj, None);
-                let name = if full.is_empty() {
-                    stem.to_string()
-                } else {
-                    full
-                };
-                (name, owned(obj, "doc"), std::slice::from_ref(value), None)
+            _ if is_schema(value) => {
+                let top = unwrap(value).as_object();
+                let named = top.filter(|t| text(t, "type").is_some_and(is_named_kind));
+                let name = named
+                    .map(|t| names(t, None).2)
+                    .filter(|full| !full.is_empty())
+                    .unwrap_or_else(|| stem.to_string());
+                let description = value
+                    .as_object()
+                    .and_then(|o| owned(o, "doc"))
+                    .or_else(|| top.and_then(|t| owned(t, "doc")));
+                (name, description, vec![value], None)
             }
             _ => return None,
         };
 
-    let entities: Vec<Entity> = types
-        .iter()
-        .filter_map(Value::as_object)
-        .filter(|t| text(t, "type").is_some_and(is_named_kind))
-        .map(|t| build_entity(t, enclosing))
-        .collect();
+    let entities = declarations(&roots, enclosing);
 
     let mut containers: Vec<Container> = Vec::new();
     for namespace in entities.iter().filter_map(|e| e.container.as_deref()) {
@@ -217,6 +233,100 @@ fn build_model(stem: &str, value: &Value) -> Option<Model> {
         views: Vec::new(),
         definitions: Vec::new(),
     })
+}
+
+/// A valid Avro name, or a full name of dot-separated names (`[A-Za-z_][A-Za-z0-9_]*`, letters
+/// and digits of other scripts allowed as some implementations do).
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|part| {
+            let mut chars = part.chars();
+            chars.next().is_some_and(|c| c == '_' || c.is_alphabetic())
+                && chars.all(|c| c == '_' || c.is_alphanumeric())
+        })
+}
+
+/// A top-level value that is a schema: a type name (a primitive or a named type's name), an
+/// object whose `type` is a type name or a schema, or an array (a union; members that are not
+/// schemas are skipped by the walk).
+fn is_schema(value: &Value) -> bool {
+    match value {
+        Value::String(s) => is_name(s),
+        Value::Array(_) => true,
+        Value::Object(obj) => match obj.get("type") {
+            Some(Value::String(s)) => is_name(s),
+            Some(Value::Object(_) | Value::Array(_)) => true,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// The schemas a protocol declares types in: its `types`, then for each message (in name
+/// order) its request parameters' types, its `response` and its `errors`.
+fn protocol_schemas(obj: &Object) -> Vec<&Value> {
+    let mut roots: Vec<&Value> = array(obj, "types").iter().collect();
+    if let Some(Value::Object(messages)) = obj.get("messages") {
+        for message in messages.values().filter_map(Value::as_object) {
+            roots.extend(
+                array(message, "request")
+                    .iter()
+                    .filter_map(Value::as_object)
+                    .filter_map(|parameter| parameter.get("type")),
+            );
+            roots.extend(message.get("response"));
+            roots.extend(message.get("errors"));
+        }
+    }
+    roots
+}
+
+/// Every named type declared in `roots`, in document order (pre-order): the named types
+/// themselves, union members, array items, map values and record fields' types, at any depth.
+/// A declaration whose full name was already declared is not listed again (references by name
+/// are not declarations); nameless ones are all listed. A nested type's enclosing namespace is
+/// the namespace of the named type around it.
+fn declarations(roots: &[&Value], enclosing: Option<&str>) -> Vec<Entity> {
+    let mut entities: Vec<Entity> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut stack: Vec<(&Value, Option<&str>)> =
+        roots.iter().rev().map(|root| (*root, enclosing)).collect();
+    let mut children: Vec<(&Value, Option<&str>)> = Vec::new();
+    while let Some((ty, enclosing)) = stack.pop() {
+        match ty {
+            Value::Array(members) => children.extend(members.iter().map(|m| (m, enclosing))),
+            Value::Object(obj) => match obj.get("type") {
+                Some(Value::String(kind)) => match kind.as_str() {
+                    "record" | "error" | "enum" | "fixed" => {
+                        let (_, namespace, full) = names(obj, enclosing);
+                        if full.is_empty() || seen.insert(full) {
+                            entities.push(build_entity(obj, enclosing));
+                        }
+                        if matches!(kind.as_str(), "record" | "error") {
+                            children.extend(
+                                array(obj, "fields")
+                                    .iter()
+                                    .filter_map(Value::as_object)
+                                    .filter_map(|field| field.get("type"))
+                                    .map(|t| (t, namespace)),
+                            );
+                        }
+                    }
+                    "array" => children.extend(obj.get("items").map(|t| (t, enclosing))),
+                    "map" => children.extend(obj.get("values").map(|t| (t, enclosing))),
+                    _ => {}
+                },
+                Some(inner @ (Value::Object(_) | Value::Array(_))) => {
+                    children.push((inner, enclosing));
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+        // Children in document order: push them reversed so the first is popped first.
+        stack.extend(children.drain(..).rev());
+    }
+    entities
 }
 
 fn build_entity(obj: &Object, enclosing: Option<&str>) -> Entity {
@@ -499,7 +609,7 @@ mod tests {
     }"#;
 
     #[test]
-    fn a_realistic_record_maps_to_one_entity() {
+    fn a_realistic_record_maps_to_its_named_types() {
         let model = parse_model("schemas/customer.avsc", CUSTOMER.as_bytes());
         assert_eq!(model.name, "com.example.crm.Customer");
         assert_eq!(model.db_vendor.as_deref(), Some("Avro"));
@@ -515,7 +625,65 @@ mod tests {
                 name: "com.example.crm".into()
             }]
         );
-        assert_eq!(model.entity_count(), 1);
+        // The record, then the named types declared inline in its fields, in document order.
+        let entities: Vec<(&str, Option<&str>, Option<&str>, usize)> = model
+            .entities
+            .iter()
+            .map(|e| {
+                (
+                    e.name.as_str(),
+                    e.code.as_deref(),
+                    e.container.as_deref(),
+                    e.attributes.len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            entities,
+            [
+                (
+                    "Customer",
+                    Some("com.example.crm.Customer"),
+                    Some("com.example.crm"),
+                    18
+                ),
+                (
+                    "Address",
+                    Some("com.example.crm.Address"),
+                    Some("com.example.crm"),
+                    2
+                ),
+                (
+                    "Status",
+                    Some("com.example.crm.Status"),
+                    Some("com.example.crm"),
+                    0
+                ),
+                (
+                    "Order",
+                    Some("com.example.crm.Order"),
+                    Some("com.example.crm"),
+                    2
+                ),
+                (
+                    "MD5",
+                    Some("com.example.crm.MD5"),
+                    Some("com.example.crm"),
+                    0
+                ),
+            ]
+        );
+        assert_eq!(
+            model.entities[1].description.as_deref(),
+            Some("Postal address")
+        );
+        assert_eq!(
+            summary(&model.entities[3].attributes),
+            [
+                ("orderId", Some("string"), None, true, 0),
+                ("total", Some("bytes"), Some("decimal"), true, 0),
+            ]
+        );
         let customer = &model.entities[0];
         assert_eq!(customer.name, "Customer");
         assert_eq!(customer.code.as_deref(), Some("com.example.crm.Customer"));
@@ -548,7 +716,8 @@ mod tests {
                 ("fingerprint", Some("fixed"), Some("MD5"), true, 0),
             ]
         );
-        assert_eq!(model.attribute_count(), 18);
+        assert_eq!(customer.attributes.len(), 18);
+        assert_eq!(model.attribute_count(), 22);
         assert_eq!(
             customer.attributes[0].description.as_deref(),
             Some("Customer id")
@@ -605,6 +774,7 @@ mod tests {
                 ("Suit", Some("cards.Suit"), Some("cards"), 0),
                 ("Card", Some("cards.Card"), Some("cards"), 2),
                 ("Hand", Some("Hand"), None, 6),
+                ("Inner", Some("Inner"), None, 1),
             ]
         );
         assert_eq!(model.entities[0].description.as_deref(), Some("A suit"));
@@ -630,7 +800,7 @@ mod tests {
                 ("odd.{}.deep", Some("int|null"), None, false, 2),
             ]
         );
-        assert_eq!(model.attribute_count(), 8);
+        assert_eq!(model.attribute_count(), 9);
     }
 
     #[test]
@@ -680,6 +850,167 @@ mod tests {
         assert_eq!(model.attribute_count(), 0);
     }
 
+    fn entity_codes(model: &Model) -> Vec<(&str, usize)> {
+        model
+            .entities
+            .iter()
+            .map(|e| (e.code.as_deref().unwrap_or(""), e.attributes.len()))
+            .collect()
+    }
+
+    #[test]
+    fn every_kind_of_top_level_schema_is_accepted() {
+        // No named types: a model without entities, named after the file.
+        for input in [
+            r#""string""#,
+            r#""com.example.Defined.Elsewhere""#,
+            r#"{"type": "string"}"#,
+            r#"{"type": "long", "logicalType": "timestamp-millis"}"#,
+            r#"{"type": "com.example.Address"}"#,
+            r#"{"type": "map", "values": "long"}"#,
+            r#"{"type": "array", "items": {"type": "array", "items": "int"}}"#,
+            r#"["null", "string"]"#,
+            "[]",
+            r#"[1, true, null, {}]"#,
+        ] {
+            let model = parse_model("dir/plain.avsc", input.as_bytes());
+            assert_eq!(
+                (model.name.as_str(), model.entity_count()),
+                ("plain", 0),
+                "{input}"
+            );
+            assert_eq!(model.db_vendor.as_deref(), Some("Avro"));
+        }
+
+        // An array of records: the items are the entity.
+        let json = r#"{"type": "array", "doc": "Many", "items": {"type": "record",
+            "name": "Line", "namespace": "shop", "fields": [
+                {"name": "sku", "type": "string"},
+                {"name": "tags", "type": {"type": "array", "items": "string"}}
+            ]}}"#;
+        let model = parse_model("lines.avsc", json.as_bytes());
+        assert_eq!(model.name, "lines");
+        assert_eq!(model.description.as_deref(), Some("Many"));
+        assert_eq!(entity_codes(&model), [("shop.Line", 3)]);
+        assert_eq!(
+            summary(&model.entities[0].attributes),
+            [
+                ("sku", Some("string"), None, true, 0),
+                ("tags", Some("array"), None, true, 0),
+                ("tags.[]", Some("string"), None, true, 1),
+            ]
+        );
+        let names: Vec<&str> = model.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["shop"]);
+
+        // A map whose values are a union of records, each declaring another type inside.
+        let json = r#"{"type": "map", "values": ["null",
+            {"type": "record", "name": "a.Cat", "fields": [
+                {"name": "toy", "type": {"type": "enum", "name": "Toy", "symbols": ["BALL"]}}]},
+            {"type": "record", "name": "Dog", "namespace": "b", "fields": [
+                {"name": "bone", "type": {"type": "fixed", "name": "c.Bone", "size": 4}},
+                {"name": "friend", "type": ["null", "a.Cat"]}]}
+        ]}"#;
+        let model = parse_model("pets.avsc", json.as_bytes());
+        assert_eq!(model.name, "pets");
+        assert_eq!(
+            entity_codes(&model),
+            [("a.Cat", 1), ("a.Toy", 0), ("b.Dog", 2), ("c.Bone", 0)]
+        );
+        let names: Vec<&str> = model.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+
+        // A named type wrapped in `{"type": …}` names the model.
+        let json = r#"{"type": {"type": "record", "name": "W", "namespace": "n", "doc": "In",
+            "fields": []}}"#;
+        let model = parse_model("w.avsc", json.as_bytes());
+        assert_eq!(model.name, "n.W");
+        assert_eq!(model.description.as_deref(), Some("In"));
+        assert_eq!(entity_codes(&model), [("n.W", 0)]);
+    }
+
+    #[test]
+    fn a_named_type_is_listed_once_where_it_is_declared() {
+        let json = r#"[
+            {"type": "record", "name": "Outer", "namespace": "x.y", "fields": [
+                {"name": "inner", "type": {"type": "record", "name": "Inner", "fields": [
+                    {"name": "deeper", "type": {"type": "record", "name": "Deeper",
+                        "namespace": "", "fields": [
+                        {"name": "leaf", "type": {"type": "enum", "name": "Leaf",
+                                                  "symbols": ["A"]}}]}}]}},
+                {"name": "again", "type": "Inner"},
+                {"name": "listed", "type": {"type": "array", "items": "x.y.Inner"}}
+            ]},
+            {"type": "record", "name": "x.y.Inner", "fields": []},
+            "x.y.Outer",
+            {"type": "record", "fields": [{"name": "a", "type": "int"}]},
+            {"type": "record", "name": "", "fields": []}
+        ]"#;
+        let model = parse_model("dups.avsc", json.as_bytes());
+        // Deeper is in the null namespace, and so is Leaf inside it; the second declaration of
+        // x.y.Inner is not listed again; nameless records are listed each time.
+        assert_eq!(
+            entity_codes(&model),
+            [
+                ("x.y.Outer", 6),
+                ("x.y.Inner", 2),
+                ("Deeper", 1),
+                ("Leaf", 0),
+                ("", 1),
+                ("", 0)
+            ]
+        );
+        let containers: Vec<Option<&str>> = model
+            .entities
+            .iter()
+            .map(|e| e.container.as_deref())
+            .collect();
+        assert_eq!(
+            containers,
+            [Some("x.y"), Some("x.y"), None, None, None, None]
+        );
+    }
+
+    #[test]
+    fn a_protocol_declares_types_in_its_messages_too() {
+        let json = r#"{
+            "protocol": "Shop", "namespace": "shop",
+            "types": [{"type": "record", "name": "Item", "fields": [
+                {"name": "id", "type": "long"}]}],
+            "messages": {
+                "order": {
+                    "request": [
+                        {"name": "item", "type": "Item"},
+                        {"name": "note", "type": {"type": "record", "name": "Note",
+                                                  "fields": [{"name": "text", "type": "string"}]}}
+                    ],
+                    "response": {"type": "array", "items": {"type": "record",
+                        "name": "other.Receipt", "fields": [{"name": "n", "type": "int"}]}},
+                    "errors": [{"type": "error", "name": "SoldOut", "fields": []}, "Item"]
+                },
+                "ping": {"request": [], "response": "null", "one-way": true},
+                "broken": {"request": "x", "response": 3, "errors": {"type": "fixed",
+                    "name": "Odd", "size": 1}},
+                "notAMessage": 7
+            }
+        }"#;
+        let model = parse_model("shop.avpr", json.as_bytes());
+        assert_eq!(model.name, "shop.Shop");
+        // Messages come in name order: broken, order, ping.
+        assert_eq!(
+            entity_codes(&model),
+            [
+                ("shop.Item", 1),
+                ("shop.Odd", 0),
+                ("shop.Note", 1),
+                ("other.Receipt", 1),
+                ("shop.SoldOut", 0)
+            ]
+        );
+        let names: Vec<&str> = model.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["shop", "other"]);
+    }
+
     #[test]
     fn invalid_avro_files_are_reported() {
         let bytes = b"\xEF\xBB\xBF{\n  \"type\": \"record\",\n  \"fields\": [,]\n}";
@@ -698,13 +1029,20 @@ mod tests {
         assert_eq!(err.line, Some(1));
 
         for input in [
-            r#""string""#,
-            r#"{"type": "map", "values": "long"}"#,
-            r#"{"type": "string"}"#,
             r#"{"name": "pkg", "version": "1.0.0"}"#,
             r#"{"modelName": "m", "collections": []}"#,
+            r#"{"foo": 1}"#,
+            r#"{"type": 3, "name": "R"}"#,
+            r#"{"type": "", "fields": []}"#,
+            r#"{"type": "not a name"}"#,
+            r#""""#,
+            r#""two words""#,
+            r#""1abc""#,
+            r#""a..b""#,
             "null",
+            "true",
             "17",
+            "-0.5",
         ] {
             match parse("x.avsc", input.as_bytes()) {
                 Parsed::Invalid(err) => {
@@ -777,6 +1115,8 @@ mod tests {
             );
         }
         let model = parse_model("deep.avsc", nested.as_bytes());
+        assert_eq!(model.entity_count(), levels);
+        assert_eq!(model.entities[39].attributes.len(), 1);
         let attrs = &model.entities[0].attributes;
         assert_eq!(attrs.len(), levels);
         check_tree_invariants(attrs, "deep");

@@ -26,19 +26,35 @@
 //!   has a `draft-NN` segment or a `draft/YYYY-MM` pair, else `None`. No containers,
 //!   relationships, views or `Model::definitions`.
 //! - Entities: first the root schema, when it has a `properties` object, a `type` that includes
-//!   `object`, or composition alternatives that yield attributes (name = `title`, else the file
-//!   stem; `guid` = `$id`); then every entry of the top-level `definitions` and `$defs`, in the
-//!   order the keys appear (name = `code` = the key; `guid` = its `$id`), even when the entry is
-//!   not an object schema (it then has no attributes). Nested `$defs` are not entities.
+//!   `object`, or anything else that yields attributes (compositions, a local `$ref`, array
+//!   `items`) (name = `title`, else the file stem; `guid` = `$id`); then every entry of the
+//!   top-level `definitions` and `$defs`, in the order the keys appear (name = `code` = the key;
+//!   `guid` = its `$id`), even when the entry is not an object schema (it then has no
+//!   attributes). Nested `$defs` are not entities.
 //! - Attributes of a schema, in document order:
 //!   - every entry of `properties` is an attribute named by its key;
 //!   - `allOf` / `anyOf` / `oneOf` alternatives and `then` / `else` are structure: their contents
-//!     are walked at the same depth, under the same parent, with no node of their own;
-//!   - below an attribute, its own `properties` (whatever its `type`), its compositions, and its
-//!     array items: `items` (an object schema, or draft-04…07 tuple lists) and `prefixItems` give
-//!     one nameless attribute each, named `[]`, whose properties follow (`lines`, `lines.[]`,
-//!     `lines.[].sku`). Item nodes are counted like Hackolade's array items, scalar items too
-//!     (`tags.[]` of type `string`). The entity level walks no `items`.
+//!     are walked at the same depth, under the same parent, with no node of their own (so a root
+//!     `allOf` merges its subschemas' properties, in order, duplicates kept);
+//!   - at the entity level only (the entity's schema and the compositions directly in it, not
+//!     below an attribute), a `$ref` to a definition of the same file (`#/definitions/NAME` or
+//!     `#/$defs/NAME`, `~1` / `~0` unescaped) is structure too: the definition's contents are
+//!     walked in its place, with the `required` names around it. So `{"allOf": [{"$ref":
+//!     "#/definitions/Base"}, {"properties": …}]}` gives Base's properties and then its own, and
+//!     a root that is only `{"$ref": "#/definitions/Config"}` has Config's attributes. Each
+//!     definition is expanded once per entity (the entity's own schema counts as expanded, so
+//!     cycles end); other references (other files, deeper pointers, `#`) are not followed. The
+//!     steps walked through references are bounded per file (1,000,000 schemas and attributes;
+//!     past that, the rest of the expanded contents is left out, so the work stays bounded on
+//!     files made of references to references);
+//!   - array items, at every level: `items` (an object schema, or draft-04…07 tuple lists) and
+//!     `prefixItems` give one nameless attribute each, named `[]`, whose properties follow
+//!     (`lines`, `lines.[]`, `lines.[].sku`). Item nodes are counted like Hackolade's array
+//!     items, scalar items too (`tags.[]` of type `string`). At the entity level this gives a
+//!     root `"type": "array"` schema (or an array definition) the attribute `[]` at depth 0, its
+//!     items' properties below it (`[].name`, depth 1);
+//!   - below an attribute, its own `properties` (whatever its `type`), its compositions and its
+//!     items, as above; its `$ref` is kept as its type, never followed.
 //!   - `additionalProperties`, `patternProperties`, `not`, `if` and nested `$defs` are not walked.
 //! - An attribute's `data_type` is `"reference"` when it has a string `$ref` (with `mode` = the ref,
 //!   never resolved, so cycles cannot arise); else `type`, or a `type` list joined with `|`; else,
@@ -58,7 +74,7 @@
 //! The walk uses an explicit stack (no recursion); `serde_json`'s recursion limit (128) bounds the
 //! parsed tree, so deeply nested input cannot overflow the stack.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -253,7 +269,8 @@ fn build_model(path: &str, root: &Obj) -> Model {
     let root_id = root.text("$id").or_else(|| root.text("id"));
 
     let mut entities = Vec::new();
-    let root_attributes = flatten(root, false);
+    let mut budget = MAX_EXPANDED_STEPS;
+    let root_attributes = flatten(root, root, &mut budget);
     let object_type = root
         .get("type")
         .is_some_and(|t| type_names(t).contains(&"object"));
@@ -275,7 +292,7 @@ fn build_model(path: &str, root: &Obj) -> Model {
             && let Node::Object(defs) = value
         {
             for (def_name, def) in &defs.entries {
-                entities.push(definition_entity(def_name, def));
+                entities.push(definition_entity(def_name, def, root, &mut budget));
             }
         }
     }
@@ -295,7 +312,7 @@ fn build_model(path: &str, root: &Obj) -> Model {
     }
 }
 
-fn definition_entity(name: &str, def: &Node) -> Entity {
+fn definition_entity(name: &str, def: &Node, root: &Obj, budget: &mut usize) -> Entity {
     let obj = def.as_object();
     Entity {
         guid: obj.and_then(|o| o.owned("$id")),
@@ -304,7 +321,7 @@ fn definition_entity(name: &str, def: &Node) -> Entity {
         container: None,
         description: obj.and_then(|o| o.owned("description")),
         derived_from: None,
-        attributes: obj.map(|o| flatten(o, false)).unwrap_or_default(),
+        attributes: obj.map(|o| flatten(o, root, budget)).unwrap_or_default(),
     }
 }
 
@@ -325,35 +342,50 @@ enum Task<'a> {
         depth: u32,
         /// `required` names from the structure levels above, up to the enclosing attribute.
         required: Vec<&'a str>,
-        items: bool,
     },
 }
 
 const ITEM_NAME: &str = "[]";
 
-/// Pre-order flattening of the attributes below `schema` (the schema itself is not counted).
-/// `items`: also walk the schema's array items (attribute level) or not (entity level).
-fn flatten(schema: &Obj, items: bool) -> Vec<Attribute> {
+/// Pre-order flattening of the attributes below an entity's `schema` (the schema itself is not
+/// counted). `root` holds the definitions that local `$ref`s at the entity level name; `budget`
+/// is what is left of the file's [`MAX_EXPANDED_STEPS`].
+fn flatten<'a>(schema: &'a Obj, root: &'a Obj, budget: &mut usize) -> Vec<Attribute> {
     let mut out: Vec<Attribute> = Vec::new();
-    let mut stack: Vec<Task<'_>> = vec![Task::Contents {
-        schema,
-        parent: None,
-        depth: 0,
-        required: Vec::new(),
-        items,
-    }];
-    let mut children: Vec<Task<'_>> = Vec::new();
+    let mut walk = Walk {
+        root,
+        expanded: HashSet::from([std::ptr::from_ref(schema)]),
+        budget,
+    };
+    // Each task with whether it comes from an expanded reference.
+    let mut stack: Vec<(Task<'_>, bool)> = vec![(
+        Task::Contents {
+            schema,
+            parent: None,
+            depth: 0,
+            required: Vec::new(),
+        },
+        false,
+    )];
+    let mut children: Vec<(Task<'_>, bool)> = Vec::new();
 
-    while let Some(task) = stack.pop() {
+    while let Some((task, expanded)) = stack.pop() {
+        if expanded {
+            // Steps through references share the file's budget: once it is spent, what is left
+            // of the expanded contents is dropped.
+            if *walk.budget == 0 {
+                continue;
+            }
+            *walk.budget -= 1;
+        }
         match task {
             Task::Contents {
                 schema,
                 parent,
                 depth,
                 required,
-                items,
             } => {
-                push_contents(&mut children, schema, parent, depth, required, items);
+                walk.push_contents(&mut children, schema, parent, depth, required, expanded);
             }
             Task::Attribute {
                 name,
@@ -383,16 +415,19 @@ fn flatten(schema: &Obj, items: bool) -> Vec<Attribute> {
                     parent,
                 });
                 if let Some(obj) = obj {
-                    push_contents(
+                    walk.push_contents(
                         &mut children,
                         obj,
                         Some(index),
                         depth.saturating_add(1),
                         Vec::new(),
-                        true,
+                        expanded,
                     );
                 }
             }
+        }
+        if expanded {
+            *walk.budget = walk.budget.saturating_sub(children.len());
         }
         // Children in document order: push them reversed so the first is popped first.
         stack.extend(children.drain(..).rev());
@@ -400,68 +435,125 @@ fn flatten(schema: &Obj, items: bool) -> Vec<Attribute> {
     out
 }
 
-/// The tasks for one schema's contents, in document order.
-fn push_contents<'a>(
-    out: &mut Vec<Task<'a>>,
-    schema: &'a Obj,
-    parent: Option<usize>,
-    depth: u32,
-    mut required: Vec<&'a str>,
-    items: bool,
-) {
-    if let Some(Node::Array(names)) = schema.get("required") {
-        required.extend(names.iter().filter_map(Node::as_str));
-    }
-    for (key, value) in &schema.entries {
-        match (key.as_str(), value) {
-            ("properties", Node::Object(props)) => {
-                for (name, node) in &props.entries {
-                    out.push(Task::Attribute {
-                        name,
-                        node,
-                        parent,
-                        depth,
-                        required: required.contains(&name.as_str()),
-                    });
+/// How many steps (schemas and attributes) one file's entities walk through expanded local
+/// references, at most: each expansion walks a definition again, so this bounds the work on
+/// files made of references to references.
+const MAX_EXPANDED_STEPS: usize = 1_000_000;
+
+/// What one entity's walk knows beyond its tasks.
+struct Walk<'a, 'b> {
+    /// The document, whose `definitions` / `$defs` local references name.
+    root: &'a Obj,
+    /// The schemas already walked at the entity level (the entity's own first): each definition
+    /// is expanded once per entity, so reference cycles end.
+    expanded: HashSet<*const Obj>,
+    /// Steps through expanded references left for the file.
+    budget: &'b mut usize,
+}
+
+impl<'a> Walk<'a, '_> {
+    /// The tasks for one schema's contents, in document order. At the entity level (no
+    /// `parent`), a local `$ref` to a definition is structure too: the definition's contents
+    /// are walked in its place, once per entity. `expanded`: `schema` was reached through such a
+    /// reference (and so are the tasks it gives).
+    fn push_contents(
+        &mut self,
+        out: &mut Vec<(Task<'a>, bool)>,
+        schema: &'a Obj,
+        parent: Option<usize>,
+        depth: u32,
+        mut required: Vec<&'a str>,
+        expanded: bool,
+    ) {
+        if let Some(Node::Array(names)) = schema.get("required") {
+            required.extend(names.iter().filter_map(Node::as_str));
+        }
+        for (key, value) in &schema.entries {
+            match (key.as_str(), value) {
+                ("properties", Node::Object(props)) => {
+                    for (name, node) in &props.entries {
+                        let task = Task::Attribute {
+                            name,
+                            node,
+                            parent,
+                            depth,
+                            required: required.contains(&name.as_str()),
+                        };
+                        out.push((task, expanded));
+                    }
                 }
-            }
-            ("allOf" | "anyOf" | "oneOf", Node::Array(alternatives)) => {
-                for alternative in alternatives.iter().filter_map(Node::as_object) {
-                    out.push(Task::Contents {
-                        schema: alternative,
+                ("allOf" | "anyOf" | "oneOf", Node::Array(alternatives)) => {
+                    for alternative in alternatives.iter().filter_map(Node::as_object) {
+                        let task = Task::Contents {
+                            schema: alternative,
+                            parent,
+                            depth,
+                            required: required.clone(),
+                        };
+                        out.push((task, expanded));
+                    }
+                }
+                ("then" | "else", Node::Object(branch)) => {
+                    let task = Task::Contents {
+                        schema: branch,
                         parent,
                         depth,
                         required: required.clone(),
-                        items,
-                    });
+                    };
+                    out.push((task, expanded));
                 }
-            }
-            ("then" | "else", Node::Object(branch)) => out.push(Task::Contents {
-                schema: branch,
-                parent,
-                depth,
-                required: required.clone(),
-                items,
-            }),
-            ("items" | "prefixItems", _) if items => {
-                let list: &[Node] = match value {
-                    Node::Array(list) => list,
-                    single @ Node::Object(_) => std::slice::from_ref(single),
-                    _ => &[],
-                };
-                for item in list.iter().filter(|i| matches!(i, Node::Object(_))) {
-                    out.push(Task::Attribute {
-                        name: ITEM_NAME,
-                        node: item,
-                        parent,
-                        depth,
-                        required: false,
-                    });
+                ("$ref", Node::String(reference)) if parent.is_none() => {
+                    if let Some(target) = resolve(self.root, reference)
+                        && self.expanded.insert(std::ptr::from_ref(target))
+                    {
+                        let task = Task::Contents {
+                            schema: target,
+                            parent,
+                            depth,
+                            required: required.clone(),
+                        };
+                        out.push((task, true));
+                    }
                 }
+                ("items" | "prefixItems", _) => {
+                    let list: &[Node] = match value {
+                        Node::Array(list) => list,
+                        single @ Node::Object(_) => std::slice::from_ref(single),
+                        _ => &[],
+                    };
+                    for item in list.iter().filter(|i| matches!(i, Node::Object(_))) {
+                        let task = Task::Attribute {
+                            name: ITEM_NAME,
+                            node: item,
+                            parent,
+                            depth,
+                            required: false,
+                        };
+                        out.push((task, expanded));
+                    }
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
+}
+
+/// The definition a local reference names: `#/definitions/NAME` or `#/$defs/NAME` of the
+/// document (`~1` and `~0` unescaped as in a JSON pointer; no deeper paths, no other files).
+fn resolve<'a>(root: &'a Obj, reference: &str) -> Option<&'a Obj> {
+    let (table, name) = reference
+        .strip_prefix("#/definitions/")
+        .map(|name| ("definitions", name))
+        .or_else(|| {
+            reference
+                .strip_prefix("#/$defs/")
+                .map(|name| ("$defs", name))
+        })?;
+    if name.contains('/') {
+        return None;
+    }
+    let name = name.replace("~1", "/").replace("~0", "~");
+    root.get(table)?.as_object()?.get(&name)?.as_object()
 }
 
 /// A schema's own type name: `reference` for a `$ref`, else its `type` (list joined with `|`).
@@ -891,6 +983,204 @@ mod tests {
             Some("#/definitions/person")
         );
         assert!(model.entities[3].attributes.is_empty());
+    }
+
+    #[test]
+    fn a_root_all_of_merges_its_subschemas_and_local_references() {
+        let json = r##"{
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "title": "Dog",
+            "required": ["name", "bark"],
+            "allOf": [
+                {"$ref": "#/definitions/Animal"},
+                {"$ref": "#/$defs/a~1b"},
+                {"properties": {"bark": {"type": "boolean"}}},
+                {"$ref": "#/definitions/Animal"},
+                {"$ref": "other.json#/definitions/Animal"},
+                {"$ref": "#/definitions/Animal/properties/name"},
+                {"$ref": "#/definitions/Missing"},
+                {"$ref": "#"}
+            ],
+            "definitions": {
+                "Animal": {"allOf": [{"$ref": "#/definitions/Living"}],
+                           "properties": {"name": {"type": "string"},
+                                          "mother": {"$ref": "#/definitions/Animal"}}},
+                "Living": {"required": ["born"], "properties": {"born": {"type": "string"}},
+                           "oneOf": [{"$ref": "#/definitions/Animal"}]},
+                "Alias": {"$ref": "#/definitions/Living"},
+                "Self": {"anyOf": [{"$ref": "#/definitions/Self"}],
+                         "properties": {"x": {}}}
+            },
+            "$defs": {"a/b": {"properties": {"slash": {"type": "integer"}}}}
+        }"##;
+        let model = parse_model("dog.json", json.as_bytes());
+        let names: Vec<(&str, usize)> = model
+            .entities
+            .iter()
+            .map(|e| (e.name.as_str(), e.attributes.len()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("Dog", 5),
+                ("Animal", 3),
+                ("Living", 3),
+                ("Alias", 3),
+                ("Self", 1),
+                ("a/b", 1)
+            ]
+        );
+        let dog = &model.entities[0];
+        check_tree_invariants(&dog.attributes, "dog");
+        // Animal's own required list is its own; the root's applies to everything merged.
+        assert_eq!(
+            summary(&dog.attributes),
+            [
+                ("born", Some("string"), true, 0),
+                ("name", Some("string"), true, 0),
+                ("mother", Some("reference"), false, 0),
+                ("slash", Some("integer"), false, 0),
+                ("bark", Some("boolean"), true, 0),
+            ]
+        );
+        // A nested `$ref` stays a reference; a definition that refers back to itself stops.
+        assert_eq!(
+            summary(&model.entities[1].attributes),
+            [
+                ("born", Some("string"), true, 0),
+                ("name", Some("string"), false, 0),
+                ("mother", Some("reference"), false, 0),
+            ]
+        );
+        assert_eq!(
+            summary(&model.entities[2].attributes),
+            [
+                ("born", Some("string"), true, 0),
+                ("name", Some("string"), false, 0),
+                ("mother", Some("reference"), false, 0),
+            ]
+        );
+
+        // A root that is only a reference takes the definition's attributes.
+        let json = r##"{"$schema": "http://json-schema.org/draft-07/schema#",
+            "$ref": "#/definitions/Config",
+            "definitions": {"Config": {"type": "object", "properties": {"a": {}, "b": {}}}}}"##;
+        let model = parse_model("config.json", json.as_bytes());
+        let names: Vec<(&str, usize)> = model
+            .entities
+            .iter()
+            .map(|e| (e.name.as_str(), e.attributes.len()))
+            .collect();
+        assert_eq!(names, [("config", 2), ("Config", 2)]);
+
+        // References to nothing give no root entity.
+        let json = r##"{"$schema": "http://json-schema.org/draft-07/schema#",
+            "$ref": "#/definitions/Nothing", "definitions": {"Empty": {}}}"##;
+        let model = parse_model("nothing.json", json.as_bytes());
+        assert_eq!(model.entity_count(), 1);
+    }
+
+    #[test]
+    fn items_at_the_entity_level_are_walked() {
+        let json = r##"{
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "Rules",
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["id"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "tags": {"type": "array", "items": {"type": "string"}}
+                }
+            },
+            "$defs": {
+                "Pair": {"type": "array", "prefixItems": [{"type": "string"},
+                         {"$ref": "#/$defs/Point"}], "items": false},
+                "Points": {"type": "array", "items": {"$ref": "#/$defs/Point"}},
+                "Point": {"properties": {"x": {"type": "number"}}}
+            }
+        }"##;
+        let model = parse_model("rules.json", json.as_bytes());
+        let rules = &model.entities[0];
+        assert_eq!(rules.name, "Rules");
+        check_tree_invariants(&rules.attributes, "rules");
+        assert_eq!(
+            summary(&rules.attributes),
+            [
+                ("[]", Some("object"), false, 0),
+                ("[].id", Some("string"), true, 1),
+                ("[].tags", Some("array"), false, 1),
+                ("[].tags.[]", Some("string"), false, 2),
+            ]
+        );
+        assert_eq!(
+            summary(&model.entities[1].attributes),
+            [
+                ("[]", Some("string"), false, 0),
+                ("[]", Some("reference"), false, 0),
+            ]
+        );
+        assert_eq!(
+            model.entities[2].attributes[0].mode.as_deref(),
+            Some("#/$defs/Point")
+        );
+        assert_eq!(model.attribute_count(), 4 + 2 + 1 + 1);
+
+        // Draft-04 tuple items at the root, and a root array of scalars.
+        let json = br#"{"$schema": "http://json-schema.org/draft-04/schema#", "type": "array",
+            "items": [{"type": "string"}, {"type": "object", "properties": {"n": {}}}, 3]}"#;
+        let model = parse_model("tuple.json", json);
+        assert_eq!(
+            summary(&model.entities[0].attributes),
+            [
+                ("[]", Some("string"), false, 0),
+                ("[]", Some("object"), false, 0),
+                ("[].n", None, false, 1),
+            ]
+        );
+        let json = br#"{"$schema": "http://json-schema.org/draft-07/schema#", "type": "array",
+            "items": {"type": "string"}}"#;
+        let model = parse_model("names.json", json);
+        assert_eq!(
+            summary(&model.entities[0].attributes),
+            [("[]", Some("string"), false, 0)]
+        );
+    }
+
+    #[test]
+    fn references_to_references_are_bounded() {
+        // Every definition refers to every other: each entity expands each once, and the file
+        // as a whole walks at most MAX_EXPANDED_STEPS steps through references.
+        let n = 150;
+        let refs: Vec<String> = (0..n)
+            .map(|i| format!(r##"{{"$ref": "#/definitions/d{i}"}}"##))
+            .collect();
+        let refs = refs.join(",");
+        let defs: Vec<String> = (0..n)
+            .map(|i| format!(r#""d{i}": {{"properties": {{"p{i}": {{}}}}, "allOf": [{refs}]}}"#))
+            .collect();
+        let json = format!(
+            r#"{{"$schema": "http://json-schema.org/draft-07/schema#", "allOf": [{refs}],
+                "definitions": {{{}}}}}"#,
+            defs.join(",")
+        );
+        let model = parse_model("mesh.json", json.as_bytes());
+        assert_eq!(model.entity_count(), n + 1);
+        assert_eq!(model.entities[0].attributes.len(), n);
+        assert_eq!(model.entities[1].attributes.len(), n);
+        // (n + 1) entities × n expansions of 2n + 2 steps each exceed the budget: the later
+        // entities stop early, keeping their own attributes.
+        assert!(model.attribute_count() < (n + 1) * n);
+        assert!(model.attribute_count() > MAX_EXPANDED_STEPS / (2 * n + 2));
+        assert!(
+            model
+                .entities
+                .iter()
+                .skip(1)
+                .all(|e| !e.attributes.is_empty())
+        );
+        assert_eq!(model.entities[n].attributes.len(), 1);
     }
 
     #[test]

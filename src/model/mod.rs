@@ -14,6 +14,8 @@
 use std::fmt;
 
 pub(crate) mod avro;
+#[cfg(test)]
+mod corpus_tests;
 pub mod diff;
 mod filter;
 pub(crate) mod hackolade;
@@ -56,7 +58,7 @@ pub fn parse_with(formats: &[&'static dyn Format], path: &str, bytes: &[u8]) -> 
 
 /// The version of what the parsers extract. Raise it when a change makes the same file parse differently:
 /// the next poll of every repository then reads all its models again (`settings-changed`).
-pub(crate) const PARSER_VERSION: u32 = 1;
+pub(crate) const PARSER_VERSION: u32 = 2;
 
 /// A parsed data model, independent of the tool that wrote it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
