@@ -22,6 +22,8 @@ struct Host {
     path: &'static str,
     /// A working clone to push commits from.
     work: PathBuf,
+    /// The web catalog's port.
+    port: u16,
 }
 
 fn kind_name(kind: Kind) -> &'static str {
@@ -42,6 +44,11 @@ const KINDS: [Kind; 4] = [
 
 impl Host {
     fn new(kind: Kind) -> Host {
+        Host::listening(kind, 0)
+    }
+
+    /// A host whose configuration has the web catalog listen on `port` (0: any).
+    fn listening(kind: Kind, port: u16) -> Host {
         let env = Env::new(Auth::None);
         let root = env.path().join("forge");
         std::fs::create_dir_all(&root).unwrap();
@@ -73,6 +80,7 @@ impl Host {
             forge,
             path,
             work,
+            port,
         };
         host.configure("");
         host
@@ -81,8 +89,9 @@ impl Host {
     /// The configuration, with `top` lines at its top level.
     fn configure(&self, top: &str) {
         self.env.write_config(&format!(
-            "schedule = \"* * * * * *\"\n{top}\n[web]\nlisten = \"127.0.0.1:0\"\npublic_url = \"{PUBLIC_URL}\"\n\
+            "schedule = \"* * * * * *\"\n{top}\n[web]\nlisten = \"127.0.0.1:{}\"\npublic_url = \"{PUBLIC_URL}\"\n\
              [providers.p]\nkind = {:?}\nurl = {:?}\ntoken_file = {:?}\nrepos = [{:?}]\ncommit_status = true\n",
+            self.port,
             kind_name(self.forge.kind()),
             self.forge.url(),
             self.env.path().join("token").to_string_lossy(),
@@ -380,7 +389,8 @@ fn check_says_whether_the_token_may_post_statuses() {
 
 #[test]
 fn the_service_posts_after_each_poll_that_moves_the_head() {
-    let h = Host::new(Kind::Github);
+    let port = free_port();
+    let h = Host::listening(Kind::Github, port);
     let mut child = bin()
         .args([
             "--config",
@@ -414,6 +424,26 @@ fn the_service_posts_after_each_poll_that_moves_the_head() {
             .next(),
         Some("2 models")
     );
+    // The statuses' links answer, and say whether their commit is still the newest.
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for (p, newest) in [(&posted[0], false), (&posted[1], true)] {
+        let link = p.body["target_url"].as_str().unwrap();
+        let path = link.strip_prefix(PUBLIC_URL).unwrap();
+        let page = crate::http_client::get(addr, path, &[]);
+        assert_eq!(page.status, 200, "{link}");
+        let html = String::from_utf8_lossy(&page.body).to_string();
+        assert!(html.contains(&second[..12]), "{html}");
+        assert_eq!(
+            html.contains("the newest the catalog has read"),
+            newest,
+            "{html}"
+        );
+        assert_eq!(
+            html.contains("has read a newer one since"),
+            !newest,
+            "{html}"
+        );
+    }
     signal(&child, libc::SIGTERM);
     wait_with_deadline(&mut child, 20);
     assert_eq!(h.status_events().len(), 2);
