@@ -36,6 +36,19 @@ where
     }
 }
 
+/// What is wrong with `RUST_LOG`, if it is set: a bad filter would silence the log instead of failing.
+fn rust_log_problem() -> Option<String> {
+    let value = std::env::var("RUST_LOG").ok()?;
+    if value.trim().is_empty() {
+        return None;
+    }
+    let problem = modelmirror::config::log_filter_problem(&value)?;
+    Some(format!(
+        "RUST_LOG = {value:?}: {problem}; {} (or unset RUST_LOG)",
+        modelmirror::config::LOG_FILTER_HELP
+    ))
+}
+
 fn init_logging(cli: &modelmirror::cli::Cli) {
     let settings = cli.log_settings();
     let default_level = if cli.is_service() { "info" } else { "warn" };
@@ -74,12 +87,19 @@ fn init_logging(cli: &modelmirror::cli::Cli) {
 
 fn main() -> ExitCode {
     let cli = modelmirror::cli::Cli::parse();
+    if let Some(problem) = rust_log_problem() {
+        eprintln!("error: {}", modelmirror::cli::terminal(&problem));
+        return ExitCode::from(2);
+    }
     init_logging(&cli);
     match cli.execute() {
         Ok(code) => code,
         Err(e) => {
             let e = anyhow::Error::from(e);
-            eprintln!("error: {e:#}");
+            eprintln!(
+                "error: {}",
+                modelmirror::cli::terminal_lines(&format!("{e:#}"))
+            );
             ExitCode::from(2)
         }
     }

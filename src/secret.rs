@@ -43,6 +43,8 @@ pub(crate) enum SecretError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error("token_file {} is a folder: point token_file at the file that holds the token", path.display())]
+    IsFolder { path: PathBuf },
     #[error("environment variable {0} (token_env) is not set")]
     EnvUnset(String),
     #[error("{0} is empty")]
@@ -125,6 +127,9 @@ impl TokenSource {
             ),
             TokenSource::File(file) => {
                 let path = file.path()?;
+                if path.is_dir() {
+                    return Err(SecretError::IsFolder { path });
+                }
                 match std::fs::read_to_string(&path) {
                     Ok(text) => (
                         text.trim().to_string(),

@@ -1,11 +1,9 @@
 //! The catalog commands: `models`, `search`, `history`, `changes` and `show`.
 
-use std::fmt::Write as _;
-use std::io::Write as _;
 use std::process::ExitCode;
 
 use super::CliError;
-use super::output::{or_dash, print_json, print_table};
+use super::output::{or_dash, print_json, print_lines, print_table};
 use crate::config::Config;
 use crate::model::Model;
 use crate::query::{Catalog, Changes};
@@ -113,11 +111,7 @@ pub(super) fn changes(
         print_json(&out)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let lines = changes_text(&out);
-    let mut stdout = std::io::stdout().lock();
-    for l in lines {
-        writeln!(stdout, "{l}").map_err(CliError::Output)?;
-    }
+    print_lines(changes_text(&out))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -191,25 +185,23 @@ fn changes_text(out: &Changes) -> Vec<String> {
 
 /// The human form of `show`: the model's header, then its containers, entities with their attribute trees,
 /// relationships, views and definitions.
-fn show_text(repo_id: &str, path: &str, commit: &str, model: &Model) -> String {
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
+fn show_text(repo_id: &str, path: &str, commit: &str, model: &Model) -> Vec<String> {
+    let mut o = Vec::new();
+    o.push(format!(
         "{} ({}) — {repo_id} {path} at {}",
         model.name,
         model.db_vendor.as_deref().unwrap_or("?"),
         crate::query::short(commit)
-    );
+    ));
     if let Some(d) = &model.description {
-        let _ = writeln!(o, "  {d}");
+        o.push(format!("  {d}"));
     }
     if !model.containers.is_empty() {
         let names: Vec<&str> = model.containers.iter().map(|c| c.name.as_str()).collect();
-        let _ = writeln!(o, "containers: {}", names.join(", "));
+        o.push(format!("containers: {}", names.join(", ")));
     }
     for e in &model.entities {
-        let _ = writeln!(
-            o,
+        o.push(format!(
             "entity {}{}{} ({} attributes)",
             e.name,
             e.code
@@ -221,7 +213,7 @@ fn show_text(repo_id: &str, path: &str, commit: &str, model: &Model) -> String {
                 .map(|c| format!(" in {c}"))
                 .unwrap_or_default(),
             e.attributes.len()
-        );
+        ));
         for a in &e.attributes {
             let mut flags = Vec::new();
             if a.primary_key {
@@ -236,43 +228,39 @@ fn show_text(repo_id: &str, path: &str, commit: &str, model: &Model) -> String {
                 format!(" ({})", flags.join(", "))
             };
             let indent = "  ".repeat(a.depth as usize);
-            let _ = writeln!(
-                o,
+            o.push(format!(
                 "  {indent}{}: {}{flags}",
                 a.name,
                 a.data_type.as_deref().unwrap_or("?")
-            );
+            ));
         }
     }
     for r in &model.relationships {
-        let _ = writeln!(
-            o,
+        o.push(format!(
             "relationship {}: {} ({}) → {} ({})",
             r.name.as_deref().unwrap_or("-"),
             r.parent_entity.as_deref().unwrap_or("?"),
             r.parent_cardinality.as_deref().unwrap_or("?"),
             r.child_entity.as_deref().unwrap_or("?"),
             r.child_cardinality.as_deref().unwrap_or("?")
-        );
+        ));
     }
     for v in &model.views {
-        let _ = writeln!(
-            o,
+        o.push(format!(
             "view {} on {}",
             v.name,
             v.view_on.as_deref().unwrap_or("?")
-        );
+        ));
     }
     if !model.definitions.is_empty() {
-        let _ = writeln!(o, "definitions ({}):", model.definitions.len());
+        o.push(format!("definitions ({}):", model.definitions.len()));
         for d in &model.definitions {
             let indent = "  ".repeat(d.depth as usize);
-            let _ = writeln!(
-                o,
+            o.push(format!(
                 "  {indent}{}: {}",
                 d.name,
                 d.data_type.as_deref().unwrap_or("?")
-            );
+            ));
         }
     }
     o
@@ -290,11 +278,7 @@ pub(super) fn show(
         print_json(&shown)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let o = show_text(repo_id, path, &shown.commit, &shown.model);
-    std::io::stdout()
-        .lock()
-        .write_all(o.as_bytes())
-        .map_err(CliError::Output)?;
+    print_lines(show_text(repo_id, path, &shown.commit, &shown.model))?;
     Ok(ExitCode::SUCCESS)
 }
 

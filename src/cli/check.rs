@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::CliError;
 use super::output::print_json;
+use super::output::terminal;
 use super::run::{prepare_git, runtime};
 use crate::config::{Config, ProviderConfig, RepoConfig};
 use crate::forge::api::{ApiClient, Limits};
@@ -74,13 +75,20 @@ pub(super) fn check(path: &Path, json: bool) -> Result<ExitCode, CliError> {
             } else {
                 format!("{}: ", r.target)
             };
-            writeln!(out, "{:<7} {:<9} {target}{}", r.status, r.check, r.message)
-                .map_err(CliError::Output)?;
+            writeln!(
+                out,
+                "{:<7} {:<9} {}",
+                r.status,
+                r.check,
+                terminal(&format!("{target}{}", r.message))
+            )
+            .map_err(CliError::Output)?;
         }
-        let summary = if failed {
-            "some checks failed"
-        } else {
-            "all checks passed"
+        let warnings = results.0.iter().filter(|r| r.status == "warning").count();
+        let summary = match (failed, warnings) {
+            (true, _) => "some checks failed".to_string(),
+            (false, 0) => "all checks passed".to_string(),
+            (false, n) => format!("all checks passed, with {n} warning(s)"),
         };
         writeln!(out, "{summary}").map_err(CliError::Output)?;
     }
@@ -106,6 +114,14 @@ fn check_local(config: &Config, results: &mut Results) {
             config.repos.len()
         ),
     );
+    if config.providers.is_empty() {
+        results.add(
+            "config",
+            &shown,
+            "warning",
+            "no provider is configured, so nothing is mirrored: add a [providers.NAME] table (see config.example.toml)".into(),
+        );
+    }
     for w in &config.warnings {
         results.add("config", &shown, "warning", w.clone());
     }

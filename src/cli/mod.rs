@@ -8,6 +8,8 @@ mod rebuild;
 mod run;
 mod status;
 
+pub use output::{terminal, terminal_lines};
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -214,7 +216,8 @@ impl Cli {
                 Command::Status { json } if database_hint(&self.config).exists() => {
                     let database = database_hint(&self.config);
                     eprintln!(
-                        "error: {e}\n(showing the state recorded in {}; the running service keeps the configuration it loaded last)",
+                        "error: {}\n(showing the state recorded in {}; the running service keeps the configuration it loaded last)",
+                        output::terminal_lines(&e.to_string()),
                         database.display()
                     );
                     status::status(&database, None, json)?;

@@ -1,5 +1,8 @@
-//! What the commands print: `--json` as one pretty JSON document, tables as aligned columns.
+//! What the commands print: `--json` as one pretty JSON document, tables as aligned columns. Human output
+//! goes through [`terminal`]: names, paths and messages come from model files and hosts, and must not be
+//! able to drive the terminal.
 
+use std::borrow::Cow;
 use std::io::Write;
 
 use serde::Serialize;
@@ -13,8 +16,53 @@ pub(super) fn print_json<T: Serialize>(rows: &T) -> Result<(), CliError> {
     writeln!(out).map_err(CliError::Output)
 }
 
+/// `text` fit for a terminal: control characters (escape sequences, carriage returns, line breaks, tabs)
+/// shown as escapes (`\u{1b}`, `\n`), so a file named with them can neither recolour the terminal, set its
+/// title, nor split a line or a table row. `--json` needs none of this: JSON escapes them itself.
+pub fn terminal(text: &str) -> Cow<'_, str> {
+    terminal_keeping(text, false)
+}
+
+/// Like [`terminal`], but keeping line breaks: for messages that are several lines by design.
+pub fn terminal_lines(text: &str) -> Cow<'_, str> {
+    terminal_keeping(text, true)
+}
+
+fn terminal_keeping(text: &str, newlines: bool) -> Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && !(newlines && c == '\n');
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' if !newlines => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Print lines of human output, each made fit for a terminal.
+pub(super) fn print_lines<S: AsRef<str>>(
+    lines: impl IntoIterator<Item = S>,
+) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    for l in lines {
+        writeln!(out, "{}", terminal(l.as_ref())).map_err(CliError::Output)?;
+    }
+    Ok(())
+}
+
 /// Print rows as aligned columns.
 pub(super) fn print_table(header: &[&str], rows: Vec<Vec<String>>) -> Result<(), CliError> {
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|r| r.into_iter().map(|c| terminal(&c).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {
@@ -46,4 +94,19 @@ pub(super) fn print_table(header: &[&str], rows: Vec<Vec<String>>) -> Result<(),
 
 pub(super) fn or_dash(v: &Option<String>) -> String {
     v.clone().unwrap_or_else(|| "-".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(terminal("plain – text"), "plain – text");
+        assert_eq!(
+            terminal("a\u{1b}]0;owned\u{7}b\nc\rd\te\u{9b}"),
+            "a\\u{1b}]0;owned\\u{7}b\\nc\\rd\\te\\u{9b}"
+        );
+        assert_eq!(terminal_lines("one\ntwo\u{1b}[2J"), "one\ntwo\\u{1b}[2J");
+    }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use super::CliError;
+use super::output::terminal;
 use crate::config::Config;
 use crate::poll::{self, PollOutcome};
 use crate::store::Store;
@@ -87,7 +88,7 @@ pub(super) fn rebuild(config: Config, ids: &[String]) -> Result<ExitCode, CliErr
                 format!("{} error: {}", repo.id, e.reason())
             }
         };
-        println!("{line}");
+        println!("{}", terminal(&line));
     }
     Ok(if ok {
         ExitCode::SUCCESS

@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use super::CliError;
+use super::output::terminal;
 use crate::config::{Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, ProviderConfig};
 use crate::store::Store;
 use crate::{git, service};
@@ -92,12 +93,18 @@ pub(super) fn sync(config: Config, ids: &[String]) -> Result<ExitCode, CliError>
         match rt.block_on(service::discover(&config, index, &store, limits)) {
             Err(e) => {
                 discovery_ok = false;
-                println!("{} discovery error: {e}", provider.name);
+                println!(
+                    "{}",
+                    terminal(&format!("{} discovery error: {e}", provider.name))
+                );
             }
             Ok(d) => {
                 for e in &d.errors {
                     discovery_ok = false;
-                    println!("{} discovery error: {e}", provider.name);
+                    println!(
+                        "{}",
+                        terminal(&format!("{} discovery error: {e}", provider.name))
+                    );
                 }
             }
         }
@@ -137,7 +144,7 @@ pub(super) fn sync(config: Config, ids: &[String]) -> Result<ExitCode, CliError>
                 Ok(outcome) => outcome.line(&repo.id),
                 Err(e) => format!("{} error: {}", repo.id, e.reason()),
             };
-            println!("{line}");
+            println!("{}", terminal(&line));
         },
     ));
     Ok(if ok && discovery_ok {

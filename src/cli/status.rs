@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use super::CliError;
-use super::output::{or_dash, print_json, print_table};
+use super::output::{or_dash, print_json, print_table, terminal};
 use crate::config::Config;
 use crate::store::Store;
 
@@ -74,7 +74,7 @@ fn print_service_and_providers(store: &Store) -> Result<(), CliError> {
             ),
             _ => format!("service: configuration reloaded at {at}"),
         };
-        writeln!(out, "{line}").map_err(CliError::Output)?;
+        writeln!(out, "{}", terminal(&line)).map_err(CliError::Output)?;
     }
     for p in providers {
         let mut line = format!("provider {}:", p.provider);
@@ -92,7 +92,7 @@ fn print_service_and_providers(store: &Store) -> Result<(), CliError> {
                 p.held_reason.as_deref().unwrap_or("rate limit")
             ));
         }
-        writeln!(out, "{line}").map_err(CliError::Output)?;
+        writeln!(out, "{}", terminal(&line)).map_err(CliError::Output)?;
     }
     Ok(())
 }

@@ -294,6 +294,7 @@ impl ProviderConfig {
             }
             if let TokenSource::File(file) = t
                 && let Ok(path) = file.path()
+                && path.is_file()
                 && let Some(mode) = file_mode(&path)
                 && mode & 0o077 != 0
             {
@@ -526,3 +527,40 @@ pub(crate) fn database_hint(path: &Path) -> PathBuf {
             .join("modelmirror.db")
     })
 }
+
+/// What is wrong with a logging filter (`log_level`, `RUST_LOG`), if anything. A filter is a level
+/// (`error`, `warn`, `info`, `debug`, `trace`, `off`) or directives like `info,modelmirror=debug`. A word
+/// that is no level (`degub`) would be read by the logging library as a module name and silence every other
+/// line, warnings included: it is refused instead.
+pub fn log_filter_problem(filter: &str) -> Option<String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |s: &str| {
+        let s = s.trim();
+        LEVELS.iter().any(|l| l.eq_ignore_ascii_case(s))
+            || matches!(s, "0" | "1" | "2" | "3" | "4" | "5")
+    };
+    let directives: Vec<&str> = filter
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return Some("it is empty".into());
+    }
+    for d in directives {
+        let level = match d.rsplit_once('=') {
+            Some((target, level)) if !target.trim().is_empty() => level,
+            Some(_) => return Some(format!("{d:?} has no module before `=`")),
+            None => d,
+        };
+        if !is_level(level) {
+            return Some(format!(
+                "{level:?} is not a level (a module without `=LEVEL` would silence every other log line)"
+            ));
+        }
+    }
+    None
+}
+
+/// The advice that follows a bad logging filter.
+pub const LOG_FILTER_HELP: &str = "use one of error, warn, info, debug, trace, off, or directives like \"info,modelmirror=debug\"";

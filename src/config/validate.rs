@@ -150,6 +150,21 @@ pub(super) fn validate(
             "127.0.0.1:9464",
         )?),
     };
+    let log_level = match m.log_level.take() {
+        Some((level, file)) => match super::log_filter_problem(&level) {
+            Some(problem) => {
+                return Err(invalid(
+                    &file,
+                    format!(
+                        "log_level = {level:?}: {problem}; {}",
+                        super::LOG_FILTER_HELP
+                    ),
+                ));
+            }
+            None => Some(level),
+        },
+        None => None,
+    };
     let log_json = match m.log_format.take() {
         None => false,
         Some((f, _)) if f == "text" => false,
@@ -165,13 +180,12 @@ pub(super) fn validate(
         None => None,
         Some((w, f)) => Some(WebhookConfig {
             listen: listen_address(&w.listen, &f, "[webhook] listen", "0.0.0.0:8080")?,
-            max_body_bytes: w
-                .max_body_bytes
-                .filter(|n| *n > 0)
-                .unwrap_or(DEFAULT_WEBHOOK_MAX_BODY),
-            queue_size: w
-                .queue_size
-                .filter(|n| *n > 0)
+            max_body_bytes: at_least_one(
+                w.max_body_bytes.map(|n| (n, f.clone())),
+                "[webhook] max_body_bytes",
+            )?
+            .unwrap_or(DEFAULT_WEBHOOK_MAX_BODY),
+            queue_size: at_least_one(w.queue_size.map(|n| (n, f.clone())), "[webhook] queue_size")?
                 .unwrap_or(DEFAULT_WEBHOOK_QUEUE),
         }),
     };
@@ -227,7 +241,7 @@ pub(super) fn validate(
         web,
         generation: LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
         metrics_listen,
-        log_level: m.log_level.take().map(|(l, _)| l),
+        log_level,
         log_json,
     })
 }

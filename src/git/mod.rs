@@ -91,6 +91,10 @@ pub(crate) enum GitError {
         "repository not found at {url}: check the path in `repos`, and that the token may see the repository"
     )]
     NotFound { url: String },
+    #[error(
+        "the repository at {url} exists, but it lacks an object it refers to (git said: {message}): the upstream is damaged; ask its owner to run `git fsck` there. The catalog keeps what it has"
+    )]
+    Damaged { url: String, message: String },
     #[error("cannot fetch from {url}: {message}")]
     Remote { url: String, message: String },
     /// No connection could be made at all (refused, timed out, name not resolved): the server is down or

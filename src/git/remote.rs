@@ -351,6 +351,16 @@ fn classify(url: &str, e: &git2::Error) -> GitError {
             };
         }
     }
+    // An object the repository refers to is missing: the repository was found, and it is damaged.
+    if lower.contains("object not found")
+        || lower.contains("no match for id")
+        || lower.contains("missing object")
+    {
+        return GitError::Damaged {
+            url: url.into(),
+            message,
+        };
+    }
     if lower.contains("404")
         || lower.contains("not found")
         || lower.contains("does not appear to be a git repository")

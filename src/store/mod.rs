@@ -36,6 +36,10 @@ pub enum StoreError {
         path: PathBuf,
         error: rusqlite::Error,
     },
+    #[error(
+        "database {path} is a folder: point `database` at a file in it (e.g. {path}/modelmirror.db), or leave `database` out to use <state_dir>/modelmirror.db"
+    )]
+    IsFolder { path: PathBuf },
     #[error("cannot create the folder for database {path}: {error}")]
     Dir {
         path: PathBuf,
@@ -221,6 +225,11 @@ const WAL_KEPT_BYTES: i64 = 16 << 20;
 impl Store {
     /// Open (creating when missing) and migrate the database.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if path.is_dir() {
+            return Err(StoreError::IsFolder {
+                path: path.to_path_buf(),
+            });
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|error| StoreError::Dir {
                 path: path.to_path_buf(),
@@ -244,6 +253,11 @@ impl Store {
     /// in a folder this user cannot write, with no write-ahead log beside it (a copy), is read as immutable.
     /// Its schema must be this version's.
     pub(crate) fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        if path.is_dir() {
+            return Err(StoreError::IsFolder {
+                path: path.to_path_buf(),
+            });
+        }
         if !path.is_file() {
             return Err(StoreError::Missing {
                 path: path.to_path_buf(),

@@ -160,7 +160,9 @@ fn check_validates_and_warns_about_a_literal_token() {
         run.stdout
     );
     assert!(
-        run.stdout.trim_end().ends_with("all checks passed"),
+        run.stdout
+            .trim_end()
+            .ends_with("all checks passed, with 2 warning(s)"),
         "{}",
         run.stdout
     );

@@ -20,6 +20,7 @@ mod cli;
 mod counting;
 mod edges;
 mod failures;
+mod hardening;
 mod operations;
 mod pipeline;
 mod property;
