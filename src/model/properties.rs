@@ -185,6 +185,58 @@ pub fn properties_changed(
 }
 
 // ---------------------------------------------------------------------------------------------
+// For people
+
+/// The changes grouped for people: the model first, then each container, entity (its attributes with it),
+/// relationship and view, then the definitions, in the order they were found. Each group has a heading.
+pub(crate) fn grouped(changes: &[PropertyChanged]) -> Vec<(String, Vec<&PropertyChanged>)> {
+    let mut groups: Vec<(String, Vec<&PropertyChanged>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for c in changes {
+        let heading = match c.level {
+            Level::Model => "model".to_string(),
+            Level::Entity | Level::Attribute => {
+                format!("entity {}", c.entity.as_deref().unwrap_or_default())
+            }
+            Level::Definition => "definitions".to_string(),
+            other => format!(
+                "{} {}",
+                other.as_str(),
+                c.name.as_deref().unwrap_or_default()
+            ),
+        };
+        let i = *index.entry(heading.clone()).or_insert_with(|| {
+            groups.push((heading, Vec::new()));
+            groups.len() - 1
+        });
+        groups[i].1.push(c);
+    }
+    groups
+}
+
+/// What changed, for people: the attribute's path or the definition's before the property
+/// (`attribute email.format`, `definition money type`), the property alone otherwise.
+pub(crate) fn what(c: &PropertyChanged) -> String {
+    match (c.level, &c.attribute, &c.name) {
+        (Level::Attribute, Some(a), _) => format!("attribute {a} {}", c.property),
+        (Level::Definition, _, Some(n)) => format!("definition {n} {}", c.property),
+        _ => c.property.clone(),
+    }
+}
+
+/// A value for people: compact JSON, cut after `max` characters with an ellipsis; `-` when absent.
+pub(crate) fn shown(v: Option<&serde_json::Value>, max: usize) -> String {
+    let Some(v) = v else {
+        return "-".to_string();
+    };
+    let text = v.to_string();
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Values
 
 /// Where the changes being found belong.
@@ -1159,6 +1211,25 @@ mod tests {
                 Some(json!("y"))
             )]
         );
+    }
+
+    #[test]
+    fn values_for_people_are_bounded() {
+        let long = json!("é".repeat(500));
+        let s = shown(Some(&long), 10);
+        assert_eq!(s.chars().count(), 11);
+        assert!(s.ends_with('…'));
+        assert_eq!(shown(None, 10), "-");
+        assert_eq!(shown(Some(&json!(true)), 10), "true");
+        let c = changes(
+            "hackolade",
+            OLD,
+            OLD.replace("\"author\": \"a\"", "\"author\": \"b\"")
+                .as_str(),
+        );
+        let g = grouped(&c);
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].0, "model");
     }
 
     fn fixture(folder: &str) -> Vec<std::path::PathBuf> {
