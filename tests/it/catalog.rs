@@ -1125,8 +1125,7 @@ fn plain_diff(a: Option<&Value>, b: Option<&Value>, at: &Owner, n: &Names, out: 
                     && both_arrays
                     && ["collections", "buckets", "relationships", "views"].contains(&k.as_str())
                 {
-                    let (Some(xs), Some(ys)) = (by_guid(&va.unwrap()), by_guid(&vb.unwrap()))
-                    else {
+                    let (Some(xs), Some(ys)) = (by_guid(va.unwrap()), by_guid(vb.unwrap())) else {
                         panic!("{k}: a level list without GUIDs");
                     };
                     for (g, xa) in &xs {
@@ -1182,8 +1181,7 @@ fn plain_diff(a: Option<&Value>, b: Option<&Value>, at: &Owner, n: &Names, out: 
                     continue;
                 }
                 if children {
-                    let (Some(xs), Some(ys)) = (by_guid(&va.unwrap()), by_guid(&vb.unwrap()))
-                    else {
+                    let (Some(xs), Some(ys)) = (by_guid(va.unwrap()), by_guid(vb.unwrap())) else {
                         panic!("{}: a properties list without GUIDs", at.property);
                     };
                     let base = at.key(k);
