@@ -1,5 +1,6 @@
 //! Catalog benchmarks: full-text search over a catalog of 100,000+ attributes, the history of a model with
-//! 1,000 versions, and `changes` between two versions of a 3 MB model. Run with `cargo bench --bench catalog`;
+//! 1,000 versions, `changes` between two versions of a 3 MB model, and every property changed between the
+//! last two versions of the largest fixture model. Run with `cargo bench --bench catalog`;
 //! prints one table. Data is built from the real fixture models (`../shared/fixtures/models`).
 
 mod support;
@@ -182,7 +183,8 @@ fn main() {
     let big2 = synthetic_model(3 * 1024 * 1024, 7);
     let mut parse_times = Vec::new();
     let mut diff_times = Vec::new();
-    let mut changed = 0;
+    let mut property_times = Vec::new();
+    let (mut changed, mut properties) = (0, 0);
     for _ in 0..5 {
         let t = Instant::now();
         let (Parsed::Model(a), Parsed::Model(b)) =
@@ -194,27 +196,137 @@ fn main() {
         let t = Instant::now();
         let d = model::diff::diff(&a, &b);
         diff_times.push(t.elapsed());
+        let t = Instant::now();
+        properties = model::properties::properties_changed(
+            "hackolade",
+            model::properties::Version {
+                model: &a,
+                bytes: &big,
+            },
+            model::properties::Version {
+                model: &b,
+                bytes: &big2,
+            },
+        )
+        .expect("compare")
+        .len();
+        property_times.push(t.elapsed());
         changed =
             d.attributes_changed.len() + d.attributes_added.len() + d.attributes_removed.len();
     }
     rows.push((
         "changes, 3 MB model",
         format!(
-            "{} + {} bytes, {changed} attribute changes",
+            "{} + {} bytes, {changed} attribute changes, {properties} property changes",
             big.len(),
             big2.len()
         ),
         format!(
-            "parse both {}, compare {}",
+            "parse both {}, compare {}, every property {}",
             ms(percentile(parse_times, 0.5)),
-            ms(percentile(diff_times, 0.5))
+            ms(percentile(diff_times, 0.5)),
+            ms(percentile(property_times, 0.5))
         ),
+    ));
+
+    // 5. Every property changed between the last two versions of the largest fixture model (from the books
+    //    history): parse both files, compare the models and the files.
+    let (path, old, new) = largest_fixture_versions();
+    let mut times = Vec::new();
+    let mut found = 0;
+    for _ in 0..20 {
+        let t = Instant::now();
+        let (Parsed::Model(a), Parsed::Model(b)) =
+            (model::parse_hackolade(&old), model::parse_hackolade(&new))
+        else {
+            panic!("{path} does not parse");
+        };
+        let mut d = model::diff::diff(&a, &b);
+        d.properties_changed = model::properties::properties_changed(
+            "hackolade",
+            model::properties::Version {
+                model: &a,
+                bytes: &old,
+            },
+            model::properties::Version {
+                model: &b,
+                bytes: &new,
+            },
+        )
+        .expect("compare");
+        found = d.properties_changed.len();
+        times.push(t.elapsed());
+    }
+    rows.push((
+        "changes with every property, largest fixture model",
+        format!(
+            "{path}: {} + {} bytes, {found} property changes",
+            old.len(),
+            new.len()
+        ),
+        format!("median {} (target < 100 ms)", ms(percentile(times, 0.5))),
     ));
 
     println!("| benchmark | size | time |\n|---|---|---|");
     for (name, size, time) in rows {
         println!("| {name} | {size} | {time} |");
     }
+}
+
+/// The largest model of the books history that has two versions, at its last two versions (read with git
+/// from the fixture bundle).
+fn largest_fixture_versions() -> (String, Vec<u8>, Vec<u8>) {
+    let bundle =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/repos/books.bundle");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let git = |args: &[&str]| -> Vec<u8> {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}");
+        out.stdout
+    };
+    git(&["clone", "-q", "--bare", &bundle.to_string_lossy(), "r.git"]);
+    let r = dir.path().join("r.git");
+    let r = r.to_string_lossy();
+    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
+    let mut best: Option<(u64, String, Vec<String>)> = None;
+    for path in text(git(&[
+        "--git-dir",
+        &r,
+        "ls-tree",
+        "-r",
+        "--name-only",
+        "HEAD",
+    ]))
+    .lines()
+    {
+        if !path.ends_with(".json") {
+            continue;
+        }
+        let size: u64 = text(git(&[
+            "--git-dir",
+            &r,
+            "cat-file",
+            "-s",
+            &format!("HEAD:{path}"),
+        ]))
+        .trim()
+        .parse()
+        .expect("size");
+        let commits: Vec<String> = text(git(&["--git-dir", &r, "log", "--format=%H", "--", path]))
+            .lines()
+            .map(str::to_string)
+            .collect();
+        if commits.len() >= 2 && best.as_ref().is_none_or(|b| size > b.0) {
+            best = Some((size, path.to_string(), commits));
+        }
+    }
+    let (_, path, commits) = best.expect("a model with two versions");
+    let at = |c: &str| git(&["--git-dir", &r, "show", &format!("{c}:{path}")]);
+    (path.clone(), at(&commits[1]), at(&commits[0]))
 }
 
 /// A Hackolade model of about `bytes` bytes; `variant` changes every 10th attribute's type and description.

@@ -177,11 +177,31 @@ fn changes_text(out: &Changes) -> Vec<String> {
             opt(&r.to)
         )
     }));
+    // Every property that differs, grouped: the model first, then by container, entity, relationship, view.
+    for (heading, changes) in crate::model::properties::grouped(&d.properties_changed) {
+        lines.push(format!("properties of {heading}:"));
+        for c in changes {
+            let mark = match (&c.from, &c.to) {
+                (None, _) => '+',
+                (_, None) => '-',
+                _ => '~',
+            };
+            lines.push(format!(
+                "  {mark} {}: {} → {}",
+                crate::model::properties::what(c),
+                crate::model::properties::shown(c.from.as_ref(), SHOWN_MAX),
+                crate::model::properties::shown(c.to.as_ref(), SHOWN_MAX)
+            ));
+        }
+    }
     if d.is_empty() {
         lines.push("no changes to entities, attributes or relationships".into());
     }
     lines
 }
+
+/// The longest value `changes` prints (in characters; `--json` has it whole).
+const SHOWN_MAX: usize = 200;
 
 /// The human form of `show`: the model's header, then its containers, entities with their attribute trees,
 /// relationships, views and definitions.

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+use super::properties::PropertyChanged;
 use super::{Attribute, Entity, Model, Relationship};
 
 /// The differences between two versions of one model.
@@ -24,6 +25,9 @@ pub struct ModelDiff {
     pub relationships_removed: Vec<String>,
     pub relationships_renamed: Vec<Renamed>,
     pub relationships_changed: Vec<RelationshipChanged>,
+    /// Every property that differs, found in the files ([`super::properties`]); [`diff`] leaves it empty, the
+    /// caller that has the files fills it.
+    pub properties_changed: Vec<PropertyChanged>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -73,7 +77,7 @@ impl ModelDiff {
 
 /// Pairs each old item with a new one: same GUID first, then the same key among items where a GUID is
 /// missing on either side. Returns, for each old item, the index of its new match.
-fn pair<T>(
+pub(crate) fn pair<T>(
     old: &[T],
     new: &[T],
     guid: fn(&T) -> Option<&str>,
@@ -238,7 +242,7 @@ fn diff_attributes(d: &mut ModelDiff, oe: &Entity, ne: &Entity) {
 }
 
 /// A relationship's identity for people: its name, else its ends.
-fn rel_label(r: &Relationship) -> String {
+pub(crate) fn rel_label(r: &Relationship) -> String {
     match &r.name {
         Some(n) if !n.is_empty() => n.clone(),
         _ => format!(

@@ -89,6 +89,17 @@ impl FileFilter {
         super::parse_with(&self.formats, path, bytes)
     }
 
+    /// [`FileFilter::parse`], with the name of the format that decided (`None` when none did).
+    pub(crate) fn parse_named(&self, path: &str, bytes: &[u8]) -> (Parsed, Option<&'static str>) {
+        for f in &self.formats {
+            match f.parse(path, bytes) {
+                Parsed::NotModel => continue,
+                other => return (other, Some(f.name())),
+            }
+        }
+        (Parsed::NotModel, None)
+    }
+
     fn format_names(&self) -> Vec<&'static str> {
         self.formats.iter().map(|f| f.name()).collect()
     }

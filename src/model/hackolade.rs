@@ -173,7 +173,7 @@ fn model_root<'a>(value: &'a Value<'a>) -> Result<&'a Object<'a>, &'static str> 
 // ---------------------------------------------------------------------------------------------
 // Small accessors: tolerate any type, treat "" as absent.
 
-fn text<'a>(obj: &'a Object<'a>, key: &str) -> Option<&'a str> {
+pub(super) fn text<'a>(obj: &'a Object<'a>, key: &str) -> Option<&'a str> {
     match obj.get(key) {
         Some(Value::String(s)) if !s.is_empty() => Some(s.as_ref()),
         _ => None,
@@ -202,7 +202,7 @@ fn is_true(obj: &Object<'_>, key: &str) -> bool {
     matches!(obj.get(key), Some(Value::Bool(true)))
 }
 
-fn array<'a>(obj: &'a Object<'a>, key: &str) -> &'a [Value<'a>] {
+pub(super) fn array<'a>(obj: &'a Object<'a>, key: &str) -> &'a [Value<'a>] {
     match obj.get(key) {
         Some(Value::Array(items)) => items,
         _ => &[],
@@ -210,7 +210,7 @@ fn array<'a>(obj: &'a Object<'a>, key: &str) -> &'a [Value<'a>] {
 }
 
 /// `obj[key].properties` as a list (empty when anything is missing or of the wrong type).
-fn nested_properties<'a>(obj: &'a Object<'a>, key: &str) -> &'a [Value<'a>] {
+pub(super) fn nested_properties<'a>(obj: &'a Object<'a>, key: &str) -> &'a [Value<'a>] {
     match obj.get(key) {
         Some(Value::Object(inner)) => array(inner, "properties"),
         _ => &[],
@@ -356,7 +356,7 @@ fn build_entity(
 
 /// For a `type: "reference"` stub with a `ref` GUID: the definition node it points to, and
 /// whether it was found among the polyglot or the external definitions.
-fn resolve_reference<'a>(
+pub(super) fn resolve_reference<'a>(
     obj: &Object<'_>,
     polyglot: &'a [Value<'a>],
     external: &'a [Value<'a>],
@@ -392,7 +392,7 @@ fn collect_composite_key_ids<'a>(obj: &'a Object<'a>, out: &mut HashSet<&'a str>
     }
 }
 
-fn is_structure_node(node: &Object<'_>) -> bool {
+pub(super) fn is_structure_node(node: &Object<'_>) -> bool {
     matches!(
         text(node, "type"),
         Some("choice" | "conditional" | "conditionalItem")
@@ -400,7 +400,7 @@ fn is_structure_node(node: &Object<'_>) -> bool {
 }
 
 /// This node's path segment: its name, `[]` for a nameless array item, else code, GUID or `?`.
-fn segment(node: &Object<'_>) -> String {
+pub(super) fn segment(node: &Object<'_>) -> String {
     if let Some(name) = text(node, "name") {
         return name.to_string();
     }

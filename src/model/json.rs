@@ -83,8 +83,8 @@ pub(crate) fn parse<'a>(bytes: &'a [u8], keys: Keys) -> Result<Value<'a>, serde_
     Ok(value)
 }
 
-/// Parses `bytes` keeping every key (for tests that check a key list against the whole file).
-#[cfg(test)]
+/// Parses `bytes` keeping every key (for the property comparison, and for tests that check a key list
+/// against the whole file).
 pub(crate) fn parse_whole(bytes: &[u8]) -> Result<Value<'_>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = Seed {

@@ -21,6 +21,7 @@ mod filter;
 pub(crate) mod hackolade;
 pub(crate) mod json;
 pub(crate) mod jsonschema;
+pub mod properties;
 
 pub(crate) use filter::{DEFAULT_FORMATS, FileFilter, FilterError};
 pub use hackolade::parse as parse_hackolade;

@@ -8,11 +8,12 @@ use serde::Serialize;
 
 use crate::config::{Config, ProviderConfig, RepoConfig};
 use crate::model::diff::{self, ModelDiff};
+use crate::model::properties;
 use crate::model::{Model, Parsed};
 use crate::store::{
     EventRow, ModelRow, RepoStatus, SearchHit, Store, StoreError, VersionRow, fts_query,
 };
-pub(crate) use versions::{VersionError, Versions};
+pub(crate) use versions::{ModelFile, VersionError, Versions};
 
 /// Why a question about the catalog has no answer. Every message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -293,8 +294,32 @@ impl Catalog<'_> {
             Some(m) => m,
             None => Versions::open(self.config, &repo)?,
         };
-        let (old, old_commit, old_blob) = load_model(&mirror, &repo, &from_v.0, &from_v.1)?;
-        let (new, new_commit, new_blob) = load_model(&mirror, &repo, &to_v.0, &to_v.1)?;
+        let (old, old_file, old_commit, old_blob) =
+            load_model_file(&mirror, &repo, &from_v.0, &from_v.1)?;
+        let (new, new_file, new_commit, new_blob) =
+            load_model_file(&mirror, &repo, &to_v.0, &to_v.1)?;
+        let mut diff = diff::diff(&old, &new);
+        // Compared property by property as the newer version's format reads files.
+        if let (Some(format), Some(a), Some(b)) =
+            (new_file.format, &old_file.bytes, &new_file.bytes)
+        {
+            diff.properties_changed = properties::properties_changed(
+                format,
+                properties::Version {
+                    model: &old,
+                    bytes: a,
+                },
+                properties::Version {
+                    model: &new,
+                    bytes: b,
+                },
+            )
+            .map_err(|e| {
+                QueryError::BadRequest(format!(
+                    "{repo_id}: {path} cannot be compared property by property: {e}"
+                ))
+            })?;
+        }
         Ok(Changes {
             repo: repo_id.to_string(),
             from: Version {
@@ -307,7 +332,7 @@ impl Catalog<'_> {
                 blob: new_blob,
                 path: to_v.1,
             },
-            diff: diff::diff(&old, &new),
+            diff,
         })
     }
 }
@@ -409,6 +434,29 @@ fn load_model(
     path: &str,
 ) -> Result<(Model, String, String), QueryError> {
     let (parsed, commit, blob) = versions.model_at(commit, path)?;
+    model_or_error(parsed, repo, commit, blob, path)
+}
+
+/// [`load_model`], with the file's format and bytes.
+fn load_model_file(
+    versions: &Versions<'_>,
+    repo: &RepoConfig,
+    commit: &str,
+    path: &str,
+) -> Result<(Model, ModelFile, String, String), QueryError> {
+    let (mut file, commit, blob) = versions.file_at(commit, path, true)?;
+    let parsed = std::mem::replace(&mut file.parsed, Parsed::NotModel);
+    let (model, commit, blob) = model_or_error(parsed, repo, commit, blob, path)?;
+    Ok((model, file, commit, blob))
+}
+
+fn model_or_error(
+    parsed: Parsed,
+    repo: &RepoConfig,
+    commit: String,
+    blob: String,
+    path: &str,
+) -> Result<(Model, String, String), QueryError> {
     match parsed {
         Parsed::Model(m) => Ok((m, commit, blob)),
         Parsed::Invalid(e) => Err(QueryError::BadRequest(format!(

@@ -38,6 +38,13 @@ pub(crate) enum VersionError {
     },
 }
 
+/// A file read at a version: parsed, the format that read it, and its bytes when asked for.
+pub(crate) struct ModelFile {
+    pub(crate) parsed: Parsed,
+    pub(crate) format: Option<&'static str>,
+    pub(crate) bytes: Option<Vec<u8>>,
+}
+
 /// A repository's mirror, opened once to read versions of its models.
 pub(crate) struct Versions<'a> {
     repo: &'a RepoConfig,
@@ -103,6 +110,17 @@ impl<'a> Versions<'a> {
         commit: &str,
         path: &str,
     ) -> Result<(Parsed, String, String), VersionError> {
+        let (file, commit, blob) = self.file_at(commit, path, false)?;
+        Ok((file.parsed, commit, blob))
+    }
+
+    /// [`Versions::model_at`], with the format that read the file and, when `keep_bytes`, the file's bytes.
+    pub(crate) fn file_at(
+        &self,
+        commit: &str,
+        path: &str,
+        keep_bytes: bool,
+    ) -> Result<(ModelFile, String, String), VersionError> {
         // What the catalog would not read is not read here either.
         if !self.filter.matches(path) {
             return Err(VersionError::NotIncluded {
@@ -138,8 +156,15 @@ impl<'a> Versions<'a> {
                 max,
             });
         }
-        let parsed = git::with_blob(&self.mirror, blob, |bytes| self.filter.parse(path, bytes))
-            .map_err(|e| self.git_err(e))?;
-        Ok((parsed, commit_id.to_string(), blob.to_string()))
+        let file = git::with_blob(&self.mirror, blob, |bytes| {
+            let (parsed, format) = self.filter.parse_named(path, bytes);
+            ModelFile {
+                parsed,
+                format,
+                bytes: keep_bytes.then(|| bytes.to_vec()),
+            }
+        })
+        .map_err(|e| self.git_err(e))?;
+        Ok((file, commit_id.to_string(), blob.to_string()))
     }
 }

@@ -847,10 +847,6 @@ fn compare(req: &Request<'_>, catalog: &Catalog<'_>) -> Page {
         b.push_str("<p>No changes to entities, attributes or relationships.</p>\n");
         return Ok(page(&format!("Changes to {path}"), &crumbs, "", &b));
     }
-    b.push_str(
-        "<div class=\"scroll\"><table class=\"list compare\"><thead><tr><th>Change</th><th>What</th><th>Before</th>\
-         <th>After</th></tr></thead><tbody>\n",
-    );
     // Entities, then attributes, then relationships: added, removed, renamed, changed.
     let mut rows = Rows::default();
     rows.names("entity added", &d.entities_added, true);
@@ -917,9 +913,56 @@ fn compare(req: &Request<'_>, catalog: &Catalog<'_>) -> Page {
             r.to.as_deref(),
         );
     }
-    b.push_str(&rows.0);
-    b.push_str("</tbody></table></div>\n");
+    if !rows.0.is_empty() {
+        b.push_str(
+            "<div class=\"scroll\"><table class=\"list compare\"><thead><tr><th>Change</th><th>What</th><th>Before</th>\
+             <th>After</th></tr></thead><tbody>\n",
+        );
+        b.push_str(&rows.0);
+        b.push_str("</tbody></table></div>\n");
+    }
+    properties_changed(&mut b, &d.properties_changed);
     Ok(page(&format!("Changes to {path}"), &crumbs, "", &b))
+}
+
+/// The longest value the compare page shows (in characters; the API has it whole).
+const SHOWN_MAX: usize = 300;
+
+/// "Properties changed": one table per group (the model, then each container, entity, relationship, view,
+/// the definitions), a row per property.
+fn properties_changed(b: &mut String, changes: &[crate::model::properties::PropertyChanged]) {
+    use crate::model::properties::{grouped, shown, what};
+    if changes.is_empty() {
+        return;
+    }
+    let _ = write!(
+        b,
+        "<h2>Properties changed</h2>\n<p class=\"summary\">{} properties</p>\n",
+        changes.len()
+    );
+    for (heading, group) in grouped(changes) {
+        let _ = write!(
+            b,
+            "<h3>{}</h3>\n<div class=\"scroll\"><table class=\"list compare\"><thead><tr><th>Change</th>\
+             <th>Property</th><th>Before</th><th>After</th></tr></thead><tbody>\n",
+            esc(&heading)
+        );
+        let mut rows = Rows::default();
+        for c in group {
+            let (class, change) = match (&c.from, &c.to) {
+                (None, _) => ("added", "added"),
+                (_, None) => ("removed", "removed"),
+                _ => ("changed", "changed"),
+            };
+            let (before, after) = (
+                c.from.as_ref().map(|v| shown(Some(v), SHOWN_MAX)),
+                c.to.as_ref().map(|v| shown(Some(v), SHOWN_MAX)),
+            );
+            rows.push(class, change, &what(c), before.as_deref(), after.as_deref());
+        }
+        b.push_str(&rows.0);
+        b.push_str("</tbody></table></div>\n");
+    }
 }
 
 /// The rows of the comparison table, as HTML.
