@@ -289,18 +289,22 @@ fn protocol_schemas(obj: &Object) -> Vec<&Value> {
 fn declarations(roots: &[&Value], enclosing: Option<&str>) -> Vec<Entity> {
     let mut entities: Vec<Entity> = Vec::new();
     let mut seen: HashSet<String> = HashSet::new();
-    let mut stack: Vec<(&Value, Option<&str>)> =
-        roots.iter().rev().map(|root| (*root, enclosing)).collect();
-    let mut children: Vec<(&Value, Option<&str>)> = Vec::new();
-    while let Some((ty, enclosing)) = stack.pop() {
+    // Each type with its enclosing namespace, and whether it is declared at the top (not inside a record).
+    let mut stack: Vec<(&Value, Option<&str>, bool)> = roots
+        .iter()
+        .rev()
+        .map(|root| (*root, enclosing, true))
+        .collect();
+    let mut children: Vec<(&Value, Option<&str>, bool)> = Vec::new();
+    while let Some((ty, enclosing, top)) = stack.pop() {
         match ty {
-            Value::Array(members) => children.extend(members.iter().map(|m| (m, enclosing))),
+            Value::Array(members) => children.extend(members.iter().map(|m| (m, enclosing, top))),
             Value::Object(obj) => match obj.get("type") {
                 Some(Value::String(kind)) => match kind.as_str() {
                     "record" | "error" | "enum" | "fixed" => {
                         let (_, namespace, full) = names(obj, enclosing);
                         if full.is_empty() || seen.insert(full) {
-                            entities.push(build_entity(obj, enclosing));
+                            entities.push(build_entity(obj, enclosing, top));
                         }
                         if matches!(kind.as_str(), "record" | "error") {
                             children.extend(
@@ -308,16 +312,16 @@ fn declarations(roots: &[&Value], enclosing: Option<&str>) -> Vec<Entity> {
                                     .iter()
                                     .filter_map(Value::as_object)
                                     .filter_map(|field| field.get("type"))
-                                    .map(|t| (t, namespace)),
+                                    .map(|t| (t, namespace, false)),
                             );
                         }
                     }
-                    "array" => children.extend(obj.get("items").map(|t| (t, enclosing))),
-                    "map" => children.extend(obj.get("values").map(|t| (t, enclosing))),
+                    "array" => children.extend(obj.get("items").map(|t| (t, enclosing, top))),
+                    "map" => children.extend(obj.get("values").map(|t| (t, enclosing, top))),
                     _ => {}
                 },
                 Some(inner @ (Value::Object(_) | Value::Array(_))) => {
-                    children.push((inner, enclosing));
+                    children.push((inner, enclosing, top));
                 }
                 _ => {}
             },
@@ -329,10 +333,13 @@ fn declarations(roots: &[&Value], enclosing: Option<&str>) -> Vec<Entity> {
     entities
 }
 
-fn build_entity(obj: &Object, enclosing: Option<&str>) -> Entity {
+/// The entity of a named type. A record declared at the top keeps its whole tree, records declared in it
+/// included; one declared inside a record lists down to the records declared in it (their fields are under
+/// their own entities), so every field is listed at most twice however deep records nest.
+fn build_entity(obj: &Object, enclosing: Option<&str>, top: bool) -> Entity {
     let (short, namespace, full) = names(obj, enclosing);
     let attributes = if matches!(text(obj, "type"), Some("record" | "error")) {
-        flatten(array(obj, "fields"))
+        flatten(array(obj, "fields"), top)
     } else {
         Vec::new()
     };
@@ -456,7 +463,7 @@ fn push_fields<'a>(
 }
 
 /// Pre-order flattening of a record's fields.
-fn flatten(fields: &[Value]) -> Vec<Attribute> {
+fn flatten(fields: &[Value], whole: bool) -> Vec<Attribute> {
     let mut out: Vec<Attribute> = Vec::new();
     let mut stack: Vec<Task<'_>> = Vec::new();
     let mut children: Vec<Task<'_>> = Vec::new();
@@ -472,10 +479,10 @@ fn flatten(fields: &[Value]) -> Vec<Attribute> {
                 parent,
                 depth,
             } => {
-                let path = match parent.and_then(|p| out.get(p)) {
-                    Some(p) => format!("{}.{}", p.path, name),
-                    None => name.to_string(),
-                };
+                let path = super::child_path(
+                    parent.and_then(|p| out.get(p)).map(|p| p.path.as_str()),
+                    name,
+                );
                 let default_null =
                     field.is_some_and(|f| matches!(f.get("default"), Some(Value::Null)));
                 let index = out.len();
@@ -509,7 +516,9 @@ fn flatten(fields: &[Value]) -> Vec<Attribute> {
                     }
                 }
                 Value::Object(obj) => match text(obj, "type") {
-                    Some("record" | "error") => {
+                    // Below a field, a record is a declaration with an entity of its own: walked here
+                    // only in a top-level entity's whole tree.
+                    Some("record" | "error") if whole || parent.is_none() => {
                         push_fields(&mut children, array(obj, "fields"), parent, depth);
                     }
                     Some("array") => {
@@ -930,6 +939,36 @@ mod tests {
     }
 
     #[test]
+    fn deeply_nested_records_list_each_field_at_most_twice() {
+        // 40 records, each inside the one before, with 50 fields each.
+        let mut schema = String::from(r#"{"type": "record", "name": "R40", "fields": []}"#);
+        for level in (0..40).rev() {
+            let fields: Vec<String> = (0..50)
+                .map(|i| format!(r#"{{"name": "f{i}", "type": "string"}}"#))
+                .collect();
+            schema = format!(
+                r#"{{"type": "record", "name": "R{level}", "fields": [{}, {{"name": "next", "type": {schema}}}]}}"#,
+                fields.join(", ")
+            );
+        }
+        let model = parse_model("deep.avsc", schema.as_bytes());
+        assert_eq!(model.entities.len(), 41);
+        let nodes = 40 * 51;
+        assert_eq!(
+            model.entities[0].attributes.len(),
+            nodes,
+            "the top keeps its whole tree"
+        );
+        let total: usize = model.entities.iter().map(|e| e.attributes.len()).sum();
+        assert_eq!(
+            total,
+            nodes + 39 * 51,
+            "R1 to R39 list their own 51 fields, R40 none"
+        );
+        assert!(total <= 2 * nodes);
+    }
+
+    #[test]
     fn a_named_type_is_listed_once_where_it_is_declared() {
         let json = r#"[
             {"type": "record", "name": "Outer", "namespace": "x.y", "fields": [
@@ -948,12 +987,13 @@ mod tests {
         ]"#;
         let model = parse_model("dups.avsc", json.as_bytes());
         // Deeper is in the null namespace, and so is Leaf inside it; the second declaration of
-        // x.y.Inner is not listed again; nameless records are listed each time.
+        // x.y.Inner is not listed again; nameless records are listed each time. Outer keeps its
+        // whole tree; Inner, declared inside it, lists its field `deeper` but not Deeper's fields.
         assert_eq!(
             entity_codes(&model),
             [
                 ("x.y.Outer", 6),
-                ("x.y.Inner", 2),
+                ("x.y.Inner", 1),
                 ("Deeper", 1),
                 ("Leaf", 0),
                 ("", 1),

@@ -90,45 +90,48 @@ fn avro_full_name(schema: &Value, enclosing: &str) -> (String, String) {
 }
 
 /// Attribute nodes below a type: record fields (one each), array items and map values (one
-/// node each), union members and `{"type": …}` wrappers adding none of their own.
-fn avro_nodes(ty: &Value) -> usize {
+/// node each), union members and `{"type": …}` wrappers adding none of their own. With `whole`
+/// false, records declared below add nothing (they are entities of their own).
+fn avro_nodes(ty: &Value, whole: bool) -> usize {
     match ty {
-        Value::Array(members) => members.iter().map(avro_nodes).sum(),
+        Value::Array(members) => members.iter().map(|m| avro_nodes(m, whole)).sum(),
         Value::Object(obj) => match obj.get("type") {
             Some(Value::String(kind)) => match kind.as_str() {
-                "record" | "error" => avro_fields(ty),
-                "array" => 1 + obj.get("items").map_or(0, avro_nodes),
-                "map" => 1 + obj.get("values").map_or(0, avro_nodes),
+                "record" | "error" if whole => avro_fields(ty, whole),
+                "array" => 1 + obj.get("items").map_or(0, |t| avro_nodes(t, whole)),
+                "map" => 1 + obj.get("values").map_or(0, |t| avro_nodes(t, whole)),
                 _ => 0,
             },
-            Some(inner @ (Value::Object(_) | Value::Array(_))) => avro_nodes(inner),
+            Some(inner @ (Value::Object(_) | Value::Array(_))) => avro_nodes(inner, whole),
             _ => 0,
         },
         _ => 0,
     }
 }
 
-fn avro_fields(record: &Value) -> usize {
+fn avro_fields(record: &Value, whole: bool) -> usize {
     let Some(Value::Array(fields)) = record.get("fields") else {
         return 0;
     };
     fields
         .iter()
         .filter(|f| f.is_object())
-        .map(|f| 1 + f.get("type").map_or(0, avro_nodes))
+        .map(|f| 1 + f.get("type").map_or(0, |t| avro_nodes(t, whole)))
         .sum()
 }
 
+/// `top`: declared outside any record (its entity keeps the whole tree).
 fn avro_declarations(
     ty: &Value,
     enclosing: &str,
+    top: bool,
     seen: &mut HashSet<String>,
     out: &mut Vec<(String, usize)>,
 ) {
     match ty {
         Value::Array(members) => {
             for member in members {
-                avro_declarations(member, enclosing, seen, out);
+                avro_declarations(member, enclosing, top, seen, out);
             }
         }
         Value::Object(obj) => match obj.get("type") {
@@ -139,28 +142,28 @@ fn avro_declarations(
                     if full.is_empty() || seen.insert(full.clone()) {
                         let short = full.rsplit('.').next().unwrap_or("").to_string();
                         let key = if full.is_empty() { short } else { full };
-                        out.push((key, if is_record { avro_fields(ty) } else { 0 }));
+                        out.push((key, if is_record { avro_fields(ty, top) } else { 0 }));
                     }
                     if is_record && let Some(Value::Array(fields)) = obj.get("fields") {
                         for field_type in fields.iter().filter_map(|f| f.get("type")) {
-                            avro_declarations(field_type, &namespace, seen, out);
+                            avro_declarations(field_type, &namespace, false, seen, out);
                         }
                     }
                 }
                 "array" => {
                     if let Some(items) = obj.get("items") {
-                        avro_declarations(items, enclosing, seen, out);
+                        avro_declarations(items, enclosing, top, seen, out);
                     }
                 }
                 "map" => {
                     if let Some(values) = obj.get("values") {
-                        avro_declarations(values, enclosing, seen, out);
+                        avro_declarations(values, enclosing, top, seen, out);
                     }
                 }
                 _ => {}
             },
             Some(inner @ (Value::Object(_) | Value::Array(_))) => {
-                avro_declarations(inner, enclosing, seen, out);
+                avro_declarations(inner, enclosing, top, seen, out);
             }
             _ => {}
         },
@@ -178,25 +181,25 @@ fn avro_independent(file: &Value) -> Vec<(String, usize)> {
         let namespace = string(file, "namespace").unwrap_or("");
         if let Some(Value::Array(types)) = file.get("types") {
             for ty in types {
-                avro_declarations(ty, namespace, &mut seen, &mut out);
+                avro_declarations(ty, namespace, true, &mut seen, &mut out);
             }
         }
         if let Some(Value::Object(messages)) = file.get("messages") {
             for message in messages.values() {
                 if let Some(Value::Array(request)) = message.get("request") {
                     for parameter_type in request.iter().filter_map(|p| p.get("type")) {
-                        avro_declarations(parameter_type, namespace, &mut seen, &mut out);
+                        avro_declarations(parameter_type, namespace, true, &mut seen, &mut out);
                     }
                 }
                 for key in ["response", "errors"] {
                     if let Some(ty) = message.get(key) {
-                        avro_declarations(ty, namespace, &mut seen, &mut out);
+                        avro_declarations(ty, namespace, true, &mut seen, &mut out);
                     }
                 }
             }
         }
     } else {
-        avro_declarations(file, "", &mut seen, &mut out);
+        avro_declarations(file, "", true, &mut seen, &mut out);
     }
     out.sort();
     out

@@ -478,10 +478,13 @@ fn flatten(root: &Object<'_>, key_ids: &HashSet<&str>) -> Vec<Attribute> {
             continue;
         }
         let name = segment(node);
-        let path = match frame.parent.and_then(|p| out.get(p)) {
-            Some(parent) => format!("{}.{}", parent.path, name),
-            None => name.clone(),
-        };
+        let path = super::child_path(
+            frame
+                .parent
+                .and_then(|p| out.get(p))
+                .map(|p| p.path.as_str()),
+            &name,
+        );
         let guid = owned(node, "GUID");
         let primary_key = is_true(node, "primaryKey")
             || is_true(node, "compositePrimaryKey")

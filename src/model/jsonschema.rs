@@ -341,8 +341,44 @@ enum Task<'a> {
         parent: Option<usize>,
         depth: u32,
         /// `required` names from the structure levels above, up to the enclosing attribute.
-        required: Vec<&'a str>,
+        required: Required<'a>,
     },
+}
+
+/// The `required` names of the structure levels above a schema, up to the enclosing attribute: each
+/// level's own names, linked to the level above. Shared, not copied: a level with thousands of names and
+/// thousands of sub-schemas costs its names once (a copy per sub-schema would grow with their product).
+#[derive(Clone, Default)]
+struct Required<'a>(Option<std::rc::Rc<RequiredLevel<'a>>>);
+
+struct RequiredLevel<'a> {
+    names: HashSet<&'a str>,
+    up: Required<'a>,
+}
+
+impl<'a> Required<'a> {
+    /// These names added below the levels so far.
+    fn with(&self, names: impl Iterator<Item = &'a str>) -> Required<'a> {
+        let names: HashSet<&'a str> = names.collect();
+        if names.is_empty() {
+            return self.clone();
+        }
+        Required(Some(std::rc::Rc::new(RequiredLevel {
+            names,
+            up: self.clone(),
+        })))
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        let mut level = self.0.as_deref();
+        while let Some(l) = level {
+            if l.names.contains(name) {
+                return true;
+            }
+            level = l.up.0.as_deref();
+        }
+        false
+    }
 }
 
 const ITEM_NAME: &str = "[]";
@@ -363,7 +399,7 @@ fn flatten<'a>(schema: &'a Obj, root: &'a Obj, budget: &mut usize) -> Vec<Attrib
             schema,
             parent: None,
             depth: 0,
-            required: Vec::new(),
+            required: Required::default(),
         },
         false,
     )];
@@ -394,10 +430,10 @@ fn flatten<'a>(schema: &'a Obj, root: &'a Obj, budget: &mut usize) -> Vec<Attrib
                 depth,
                 required,
             } => {
-                let path = match parent.and_then(|p| out.get(p)) {
-                    Some(p) => format!("{}.{}", p.path, name),
-                    None => name.to_string(),
-                };
+                let path = super::child_path(
+                    parent.and_then(|p| out.get(p)).map(|p| p.path.as_str()),
+                    name,
+                );
                 let obj = node.as_object();
                 let (data_type, mode) = obj.map(data_type_and_mode).unwrap_or_default();
                 let index = out.len();
@@ -420,7 +456,7 @@ fn flatten<'a>(schema: &'a Obj, root: &'a Obj, budget: &mut usize) -> Vec<Attrib
                         obj,
                         Some(index),
                         depth.saturating_add(1),
-                        Vec::new(),
+                        Required::default(),
                         expanded,
                     );
                 }
@@ -462,12 +498,13 @@ impl<'a> Walk<'a, '_> {
         schema: &'a Obj,
         parent: Option<usize>,
         depth: u32,
-        mut required: Vec<&'a str>,
+        required: Required<'a>,
         expanded: bool,
     ) {
-        if let Some(Node::Array(names)) = schema.get("required") {
-            required.extend(names.iter().filter_map(Node::as_str));
-        }
+        let required = match schema.get("required") {
+            Some(Node::Array(names)) => required.with(names.iter().filter_map(Node::as_str)),
+            _ => required,
+        };
         for (key, value) in &schema.entries {
             match (key.as_str(), value) {
                 ("properties", Node::Object(props)) => {
@@ -477,7 +514,7 @@ impl<'a> Walk<'a, '_> {
                             node,
                             parent,
                             depth,
-                            required: required.contains(&name.as_str()),
+                            required: required.contains(name.as_str()),
                         };
                         out.push((task, expanded));
                     }
@@ -1465,5 +1502,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn wide_required_lists_over_many_subschemas_are_shared_not_copied() {
+        let names: Vec<String> = (0..5_000).map(|i| format!("\"p{i}\"")).collect();
+        let empties = vec!["{}"; 5_000].join(",");
+        let json = format!(
+            r#"{{"$schema": "http://json-schema.org/draft-07/schema#", "required": [{}],
+                "properties": {{"p1": {{"type": "string"}}, "q": {{"type": "string"}}}},
+                "allOf": [{empties}, {{"properties": {{"p2": {{"type": "integer"}}}}}}]}}"#,
+            names.join(",")
+        );
+        let model = parse_model("wide.schema.json", json.as_bytes());
+        let attrs = &model.entities[0].attributes;
+        let required: Vec<(&str, bool)> = attrs
+            .iter()
+            .map(|a| (a.path.as_str(), a.required))
+            .collect();
+        assert_eq!(required, [("p1", true), ("q", false), ("p2", true)]);
     }
 }

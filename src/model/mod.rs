@@ -79,6 +79,38 @@ pub struct Model {
     pub definitions: Vec<Attribute>,
 }
 
+/// The longest name a path segment holds, in characters; a longer one is cut and ends in `…`.
+const MAX_SEGMENT_CHARS: usize = 128;
+/// The longest attribute path, in bytes; a longer one is cut and ends in `…` and a hash of the whole.
+const MAX_PATH_BYTES: usize = 512;
+
+/// The path of an attribute named `name` below the attribute at `parent` (`None`: at the top). Names are
+/// joined with `.`; a segment is cut at [`MAX_SEGMENT_CHARS`] and a path at [`MAX_PATH_BYTES`], so a
+/// model file with long names over many nested attributes cannot multiply its size in the catalog (the
+/// attribute's `name` keeps the whole name).
+pub(crate) fn child_path(parent: Option<&str>, name: &str) -> String {
+    let segment = match name.char_indices().nth(MAX_SEGMENT_CHARS) {
+        Some((cut, _)) => format!("{}…", &name[..cut]),
+        None => name.to_string(),
+    };
+    let path = match parent {
+        Some(p) => format!("{p}.{segment}"),
+        None => segment,
+    };
+    if path.len() <= MAX_PATH_BYTES {
+        return path;
+    }
+    // FNV-1a of the whole path: stable across runs and versions, so a cut path names the same attribute.
+    let hash = path.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    let mut cut = MAX_PATH_BYTES - 16;
+    while !path.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…{hash:08x}", &path[..cut])
+}
+
 impl Model {
     /// Number of entities (every entry of the model's entity list).
     #[must_use]
@@ -246,14 +278,43 @@ pub(crate) mod testutil {
             match a.parent {
                 None => {
                     assert_eq!(a.depth, 0, "{context}: {}", a.path);
-                    assert_eq!(a.path, a.name, "{context}");
+                    assert_eq!(a.path, crate::model::child_path(None, &a.name), "{context}");
                 }
                 Some(p) => {
                     assert!(p < i, "{context}: parent after child");
                     assert_eq!(a.depth, attrs[p].depth + 1, "{context}: {}", a.path);
-                    assert_eq!(a.path, format!("{}.{}", attrs[p].path, a.name), "{context}");
+                    assert_eq!(
+                        a.path,
+                        crate::model::child_path(Some(&attrs[p].path), &a.name),
+                        "{context}"
+                    );
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_bounded_however_long_the_names() {
+        assert_eq!(child_path(None, "a"), "a");
+        assert_eq!(child_path(Some("a"), "b"), "a.b");
+        let long = "é".repeat(1000);
+        let segment = child_path(None, &long);
+        assert_eq!(segment.chars().count(), MAX_SEGMENT_CHARS + 1);
+        assert!(segment.ends_with('…'));
+        let mut path = String::from("root");
+        for i in 0..20 {
+            path = child_path(Some(&path), &format!("{long}{i}"));
+            assert!(path.len() <= MAX_PATH_BYTES, "{}", path.len());
+        }
+        // Two paths cut at the same place stay apart.
+        let a = child_path(Some(&"x".repeat(600)), "a");
+        let b = child_path(Some(&"x".repeat(600)), "b");
+        assert_ne!(a, b);
+        assert!(a.len() <= MAX_PATH_BYTES);
     }
 }

@@ -597,8 +597,8 @@ fn nodes<'v>(root: &'v Object<'v>, prefix: &str, skip: &HashSet<&str>) -> Vec<No
         }
         let name = segment(node);
         let path = match parent.and_then(|p| out.get(p)) {
-            Some(p) => format!("{}.{name}", p.path),
-            None => format!("{prefix}{name}"),
+            Some(p) => super::child_path(Some(&p.path), &name),
+            None => format!("{prefix}{}", super::child_path(None, &name)),
         };
         let index = out.len();
         out.push(Node {
