@@ -105,7 +105,7 @@ pub(crate) enum Command {
     },
     /// Rebuild the catalog of every (or each named) repository from its local mirror, with no network.
     Rebuild { repos: Vec<String> },
-    /// Recent webhook deliveries and polls, newest first: what arrived, what it did, what the poll found.
+    /// Recent webhook deliveries, polls and commit statuses, newest first: what arrived, what it did, what the poll found, what the host was told.
     Events {
         /// Only this repository.
         #[arg(long)]

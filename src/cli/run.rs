@@ -132,7 +132,7 @@ pub(super) fn sync(config: Config, ids: &[String]) -> Result<ExitCode, CliError>
         service::shutdown_signal().await;
         cancel_on_signal.store(true, std::sync::atomic::Ordering::Relaxed);
     });
-    let statuses = service::Statuses::new(store.clone(), store.clone(), budgets);
+    let statuses = service::Statuses::new(store.clone(), store.clone(), budgets, None);
     let ok = rt.block_on(service::sync_once(
         Arc::new(config),
         store,

@@ -1,5 +1,5 @@
 //! `status` (each repository's state, the providers' discovery and the service's reloads) and `events`
-//! (recent deliveries and polls).
+//! (recent deliveries, polls and commit statuses).
 
 use std::io::Write;
 use std::process::ExitCode;

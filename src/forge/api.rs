@@ -120,6 +120,11 @@ impl Limits {
         })
     }
 
+    /// The budget this was made with.
+    pub(crate) fn max_per_hour(&self) -> u32 {
+        self.max_per_hour
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, LimitState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

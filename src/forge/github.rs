@@ -131,7 +131,13 @@ impl Forge for Github {
         api: &'a ApiClient,
     ) -> BoxFuture<'a, Result<ScopeCheck, ApiError>> {
         Box::pin(async move {
-            let (_, r) = api.get_json(&api.url("/user"), "the token's user").await?;
+            let r = api.get(&api.url("/user")).await?;
+            if r.status == 403 {
+                return Ok(ScopeCheck::Unknown(
+                    "this token (a GitHub App's?) cannot be asked for its permissions: give it Commit statuses: write".into(),
+                ));
+            }
+            api.check(&r, "the token's user")?;
             let Some(header) = r.header("x-oauth-scopes") else {
                 return Ok(ScopeCheck::Unknown(
                     "a fine-grained token or an app cannot be asked for its permissions: give it Commit statuses: write".into(),

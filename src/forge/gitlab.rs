@@ -173,14 +173,27 @@ impl Forge for Gitlab {
         api: &'a ApiClient,
     ) -> BoxFuture<'a, Result<ScopeCheck, ApiError>> {
         Box::pin(async move {
-            let Ok((tok, _)) = api
-                .get_json(&api.url("/personal_access_tokens/self"), "the token")
-                .await
-            else {
-                return Ok(ScopeCheck::Unknown(
-                    "GitLab does not list this token's scopes (an OAuth token?): posting commit statuses needs the api scope".into(),
-                ));
-            };
+            let r = api.get(&api.url("/personal_access_tokens/self")).await?;
+            match r.status {
+                200..=299 => {}
+                // A token with neither api nor read_api may not ask: it lacks api.
+                403 if api::body_message(&r.body).contains("insufficient_scope")
+                    || String::from_utf8_lossy(&r.body).contains("insufficient_scope") =>
+                {
+                    return Ok(ScopeCheck::Missing(
+                        "commit_status = true needs the api scope, and GitLab says this token's scopes are insufficient: create a token with api (or set commit_status = false)".into(),
+                    ));
+                }
+                // GitLab before 15.5, or a token that is no access token (OAuth).
+                404 => {
+                    return Ok(ScopeCheck::Unknown(
+                        "GitLab does not list this token's scopes (GitLab before 15.5, or an OAuth token): posting commit statuses needs the api scope".into(),
+                    ));
+                }
+                _ => api.check(&r, "the token")?,
+            }
+            let tok: serde_json::Value = serde_json::from_slice(&r.body)
+                .map_err(|e| api.malformed(&r.url, format!("not JSON: {e}")))?;
             let scopes: Vec<&str> = tok["scopes"]
                 .as_array()
                 .into_iter()

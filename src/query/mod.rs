@@ -176,7 +176,7 @@ impl Catalog<'_> {
         Ok(versions.into_iter().map(history_row).collect())
     }
 
-    /// Recent deliveries and polls, newest first (`events`).
+    /// Recent deliveries, polls and commit statuses, newest first (`events`).
     pub(crate) fn events(
         &self,
         repo: Option<&str>,

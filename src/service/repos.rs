@@ -210,7 +210,8 @@ impl RepoLoop {
                 }
                 shared
                     .statuses
-                    .after_poll(&shared.config(), &self.repo, &outcome);
+                    .after_poll(&shared.config(), &self.repo, &outcome)
+                    .await;
                 0
             }
             Ok((Err(PollError::Cancelled { .. }), _)) => return None,
@@ -299,7 +300,7 @@ pub(crate) async fn sync_once(
             Ok((repo, result)) => {
                 ok &= result.is_ok();
                 if let Ok(outcome) = &result {
-                    statuses.after_poll(&config, &repo, outcome);
+                    statuses.after_poll(&config, &repo, outcome).await;
                 }
                 report(&repo, &result);
             }
@@ -309,7 +310,21 @@ pub(crate) async fn sync_once(
             }
         }
     }
-    statuses.finish(SYNC_STATUS_WAIT).await;
+    // Wait for the statuses; an interrupt (the `cancel` flag) ends the wait, and they record so.
+    let interrupted = async {
+        while !cancel.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let finish = statuses.finish(SYNC_STATUS_WAIT);
+    tokio::pin!(finish);
+    tokio::select! {
+        _ = &mut finish => {}
+        _ = interrupted => {
+            statuses.signal_stop();
+            finish.await;
+        }
+    }
     ok
 }
 

@@ -8,7 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+use super::state::ConfigHandle;
 
 use crate::config::{Config, ProviderConfig, RepoConfig};
 use crate::forge::api::{ApiClient, ApiError, Limits};
@@ -25,6 +28,9 @@ const RETRY_DELAYS: [Duration; 4] = [
 ];
 /// The longest a rate-limit hold is waited out before the next attempt.
 const MAX_HOLD_WAIT: Duration = Duration::from_secs(3600);
+/// What a post that the process's end cut short records.
+const STOPPED: &str =
+    "not posted: modelmirror stopped before the host answered (the next new commit gets a status)";
 /// How many failed models a status names (the host cuts the description anyway).
 const MAX_NAMED: usize = 5;
 
@@ -36,13 +42,24 @@ pub(crate) struct Budgets {
 }
 
 impl Budgets {
+    /// The provider's budget; a new one when its `max_requests_per_hour` changed.
     pub(crate) fn get(&self, provider: &ProviderConfig) -> Arc<Limits> {
+        let mut all = self.by_provider.lock().unwrap_or_else(|p| p.into_inner());
+        let limits = all
+            .entry(provider.name.clone())
+            .or_insert_with(|| Limits::new(provider.max_requests_per_hour));
+        if limits.max_per_hour() != provider.max_requests_per_hour {
+            *limits = Limits::new(provider.max_requests_per_hour);
+        }
+        limits.clone()
+    }
+
+    /// Start the provider's budget afresh (its settings changed in a reload).
+    pub(crate) fn reset(&self, provider: &str) {
         self.by_provider
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(provider.name.clone())
-            .or_insert_with(|| Limits::new(provider.max_requests_per_hour))
-            .clone()
+            .remove(provider);
     }
 }
 
@@ -53,27 +70,39 @@ pub(crate) struct Statuses {
     /// Where the models of a head are read (a reader that never waits for the writer, in the service).
     reader: Arc<Store>,
     budgets: Arc<Budgets>,
+    /// The configuration in force (the service's, which a reload swaps): a retry after a reload uses the
+    /// provider's new settings, and stops when `commit_status` was turned off. `None`: the one given (sync).
+    live: Option<ConfigHandle>,
+    /// Set when the process stops: posts still waiting give up and say so.
+    stop: watch::Sender<bool>,
     /// The posts in flight, so a one-shot `sync` can wait for them before it exits.
     tasks: Mutex<JoinSet<()>>,
 }
+
+/// How long posts that are told to stop may take to record that they did.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 impl Statuses {
     pub(crate) fn new(
         store: Arc<Store>,
         reader: Arc<Store>,
         budgets: Arc<Budgets>,
+        live: Option<ConfigHandle>,
     ) -> Arc<Statuses> {
         Arc::new(Statuses {
             store,
             reader,
             budgets,
+            live,
+            stop: watch::channel(false).0,
             tasks: Mutex::new(JoinSet::new()),
         })
     }
 
-    /// After a poll of `repo` that ended with `outcome`: post a status on the new head, in the background,
-    /// when the repository's provider asks for them.
-    pub(crate) fn after_poll(
+    /// After a poll of `repo` that ended with `outcome`: when the repository's provider asks for commit
+    /// statuses, describe the new head now (before the repository's next poll can change its catalog) and
+    /// post it in the background.
+    pub(crate) async fn after_poll(
         self: &Arc<Self>,
         config: &Config,
         repo: &RepoConfig,
@@ -85,43 +114,55 @@ impl Statuses {
         let Some(provider) = config.provider(repo).filter(|p| p.commit_status).cloned() else {
             return;
         };
-        let public_url = config.web.as_ref().and_then(|w| w.public_url.clone());
-        let (this, repo, commit, branch) =
-            (self.clone(), repo.clone(), commit.clone(), branch.clone());
+        let (reader, id) = (self.reader.clone(), repo.id.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>((
+                reader.repo_state(&id)?.commit,
+                reader.models(Some(&id))?,
+            ))
+        })
+        .await;
+        let models = match read {
+            // Another process (a `sync` beside the service) moved the repository on meanwhile: its own
+            // poll posts for the newer head.
+            Ok(Ok((head, _))) if head.as_deref() != Some(commit.as_str()) => {
+                tracing::info!(repo = %repo.id, commit = %commit, "no commit status: the repository has moved on meanwhile");
+                return;
+            }
+            Ok(Ok((_, models))) => models,
+            Ok(Err(e)) => {
+                tracing::error!(repo = %repo.id, "cannot read the models for the commit status: {e}");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(repo = %repo.id, "commit status task failed: {e}");
+                return;
+            }
+        };
+        let (state, description) = describe(&models);
+        let public_url = config.web.as_ref().and_then(|w| w.public_url.as_deref());
+        let status = CommitStatus {
+            repo_path: repo.path.clone(),
+            sha: commit.clone(),
+            branch: branch.clone(),
+            state,
+            context: provider.status_context.clone(),
+            description,
+            target_url: public_url.map(|u| catalog_link(u, &repo.id, commit)),
+            repo_page: provider
+                .kind
+                .forge()
+                .repo_page(&provider.base_url, &repo.path),
+        };
+        let (this, repo) = (self.clone(), repo.clone());
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         // Forget the posts that ended.
         while tasks.try_join_next().is_some() {}
-        tasks.spawn(async move {
-            let reader = this.reader.clone();
-            let id = repo.id.clone();
-            let models = tokio::task::spawn_blocking(move || reader.models(Some(&id))).await;
-            let models = match models {
-                Ok(Ok(models)) => models,
-                Ok(Err(e)) => {
-                    tracing::error!(repo = %repo.id, "cannot read the models for the commit status: {e}");
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(repo = %repo.id, "commit status task failed: {e}");
-                    return;
-                }
-            };
-            let (state, description) = describe(&models);
-            let status = CommitStatus {
-                repo_path: repo.path.clone(),
-                sha: commit.clone(),
-                branch,
-                state,
-                context: provider.status_context.clone(),
-                description,
-                target_url: public_url.map(|u| catalog_link(&u, &repo.id, &commit)),
-                repo_page: provider.kind.forge().repo_page(&provider.base_url, &repo.path),
-            };
-            this.post(&provider, &repo, status).await;
-        });
+        tasks.spawn(async move { this.post(provider, &repo, status).await });
     }
 
-    /// Wait for the posts in flight, `within` at most (a one-shot `sync` before it exits).
+    /// Wait for the posts in flight, `within` at most; then tell those left to stop, and let them record
+    /// that they did (a one-shot `sync` before it exits).
     pub(crate) async fn finish(&self, within: Duration) {
         let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         let all = async { while tasks.join_next().await.is_some() {} };
@@ -130,16 +171,52 @@ impl Statuses {
                 "gave up waiting for commit statuses after {}s",
                 within.as_secs()
             );
+            self.stop.send_replace(true);
+            let _ = tokio::time::timeout(STOP_GRACE, async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
+        }
+    }
+
+    /// Tell the posts in flight to stop, and let them record that they did (the service's shutdown).
+    pub(crate) async fn stop(&self) {
+        self.signal_stop();
+        self.finish(STOP_GRACE).await;
+    }
+
+    /// Tell the posts in flight to stop; they record that they did as they end.
+    pub(crate) fn signal_stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// The provider's settings in force now; `None` when it no longer posts statuses.
+    fn current(&self, provider: &ProviderConfig) -> Option<ProviderConfig> {
+        match &self.live {
+            None => Some(provider.clone()),
+            Some(handle) => super::state::current(handle)
+                .providers
+                .iter()
+                .find(|p| p.name == provider.name && p.commit_status)
+                .cloned(),
         }
     }
 
     /// Post `status`, trying again after passing failures, and record what came of it.
-    async fn post(&self, provider: &ProviderConfig, repo: &RepoConfig, status: CommitStatus) {
-        let forge = provider.kind.forge();
-        let limits = self.budgets.get(provider);
+    async fn post(&self, provider: ProviderConfig, repo: &RepoConfig, status: CommitStatus) {
         let metrics = crate::metrics::global();
+        let mut stop = self.stop.subscribe();
         let mut attempts = 0u32;
         let result = loop {
+            let Some(provider) = self.current(&provider) else {
+                break Err(
+                    "not posted: commit_status was turned off (or the provider removed) meanwhile"
+                        .to_string(),
+                );
+            };
+            if *stop.borrow() {
+                break Err(STOPPED.to_string());
+            }
             attempts += 1;
             // The token is read for each attempt, so a rotated one applies at once.
             let token = match provider
@@ -152,12 +229,16 @@ impl Statuses {
                 Ok(t) => t,
                 Err(e) => break Err(e.to_string()),
             };
-            let api = match ApiClient::new(&provider.api_settings(), token.as_ref(), limits.clone())
-            {
+            let limits = self.budgets.get(&provider);
+            let api = match ApiClient::new(&provider.api_settings(), token.as_ref(), limits) {
                 Ok(api) => api,
                 Err(e) => break Err(e.to_string()),
             };
-            let error = match forge.post_status(&api, &status).await {
+            let posted = tokio::select! {
+                r = provider.kind.forge().post_status(&api, &status) => r,
+                _ = stop.wait_for(|s| *s) => break Err(STOPPED.to_string()),
+            };
+            let error = match posted {
                 Ok(posted) => break Ok(posted),
                 Err(e) => e,
             };
@@ -180,7 +261,10 @@ impl Statuses {
                 &[("provider", &provider.name), ("outcome", "retried")],
                 1.0,
             );
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|s| *s) => break Err(format!("{STOPPED} (after: {error})")),
+            }
         };
         let (outcome, error) = match &result {
             Ok(posted) => (posted.as_str(), None),

@@ -100,7 +100,12 @@ pub(crate) async fn run(
     }
     let budgets = Arc::new(super::Budgets::default());
     let shared = Arc::new(Shared {
-        statuses: super::Statuses::new(store.clone(), reader.clone(), budgets.clone()),
+        statuses: super::Statuses::new(
+            store.clone(),
+            reader.clone(),
+            budgets.clone(),
+            Some(handle.clone()),
+        ),
         budgets,
         reader: reader.clone(),
         permits: Semaphore::new(config.concurrency),
@@ -309,10 +314,12 @@ impl Supervisor {
             }
             while listeners.join_next().await.is_some() {}
         };
-        if tokio::time::timeout(SHUTDOWN_GRACE, wait_all)
+        let timed_out = tokio::time::timeout(SHUTDOWN_GRACE, wait_all)
             .await
-            .is_err()
-        {
+            .is_err();
+        // Commit statuses still waiting for their host give up, and say so in the events.
+        self.shared.statuses.stop().await;
+        if timed_out {
             tracing::warn!(
                 "polls in progress did not finish within {}s; leaving now (the database keeps its last committed commit)",
                 SHUTDOWN_GRACE.as_secs()
@@ -346,6 +353,8 @@ impl Supervisor {
                     tracing::error!(provider = %provider.name, "cannot read known repositories: {e}")
                 }
             }
+            // A provider whose settings changed starts with a fresh request budget.
+            shared.budgets.reset(&provider.name);
             let (stop, stop_rx) = watch::channel(false);
             let handle = tokio::spawn(discovery_loop(
                 shared.clone(),

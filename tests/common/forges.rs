@@ -30,7 +30,8 @@
 //! - Commit statuses (`shared/docs/providers-status-graphql.md` part D): a token without write access
 //!   ([`Forge::set_status_write`]) gets GitLab's `insufficient_scope` 403, GitHub's "Resource not
 //!   accessible" 403, Bitbucket Cloud's missing-scope 403 and Bitbucket DC's 401; an unknown commit 404;
-//!   GitLab answers a repeated state with 400 "Cannot transition status"; GitHub refuses a description over
+//!   GitLab answers a repeated `pending`/`running` state with 400 "Cannot transition status" (a finished
+//!   one is a new job); GitHub refuses a description over
 //!   140 characters (422), GitLab over 255 (400), Bitbucket DC a `url` over 450 (400), Bitbucket Cloud a
 //!   `url` that is not one (400). [`Forge::fail_statuses_next`] makes the next posts answer a server error.
 //!
@@ -194,8 +195,8 @@ struct State {
     server_url: String,
     /// Whether the token may write commit statuses.
     status_write: bool,
-    /// Statuses (HTTP codes) the next status posts answer with instead.
-    status_failures: Vec<u16>,
+    /// Answers (HTTP code, message) the next status posts get instead.
+    status_failures: Vec<(u16, String)>,
     statuses: Vec<PostedStatus>,
 }
 
@@ -399,9 +400,11 @@ impl Forge {
         lock(&self.inner.state).status_write = allowed;
     }
 
-    /// The next status posts answer with these HTTP statuses (the kind's error body), one each.
-    pub fn fail_statuses_next(&self, statuses: &[u16]) {
-        lock(&self.inner.state).status_failures = statuses.to_vec();
+    /// The next status posts answer with these HTTP statuses and messages (in the kind's error body), one
+    /// each.
+    pub fn fail_statuses_next(&self, answers: &[(u16, &str)]) {
+        lock(&self.inner.state).status_failures =
+            answers.iter().map(|(c, m)| (*c, m.to_string())).collect();
     }
 
     /// The commit statuses accepted so far, oldest first.
@@ -1772,7 +1775,10 @@ fn parse_bbql_project_key(q: &str) -> Option<String> {
 impl Ctx<'_> {
     /// A status post to the kind's endpoint: the answer, and the status when it was accepted. `None`: not a
     /// status endpoint. `failure`: answer with this server error instead (after authentication).
-    fn post_status(&self, failure: Option<u16>) -> Option<(ApiResponse, Option<PostedStatus>)> {
+    fn post_status(
+        &self,
+        failure: Option<(u16, String)>,
+    ) -> Option<(ApiResponse, Option<PostedStatus>)> {
         let segs = self.segs();
         let (path, sha) = match (self.kind, segs.as_slice()) {
             (Kind::Gitlab, ["projects", id, "statuses", sha]) => {
@@ -1820,13 +1826,13 @@ impl Ctx<'_> {
         &self,
         path: Option<String>,
         sha: String,
-        failure: Option<u16>,
+        failure: Option<(u16, String)>,
     ) -> (ApiResponse, Option<PostedStatus>) {
         if let Some(denied) = self.status_auth() {
             return (denied, None);
         }
-        if let Some(code) = failure {
-            return (self.error(code, "Internal Server Error"), None);
+        if let Some((code, message)) = failure {
+            return (self.error(code, &message), None);
         }
         let not_found = match self.kind {
             Kind::Gitlab => self.error(404, "404 Project Not Found"),
@@ -1915,8 +1921,10 @@ impl Ctx<'_> {
                         && p.body["name"].as_str().unwrap_or("default") == name
                         && p.body["ref"] == body["ref"]
                 });
+                // A status still pending or running cannot move to the state it has.
                 if let Some(prev) = same
                     && prev.body["state"] == body["state"]
+                    && matches!(state.as_str(), "pending" | "running")
                 {
                     let event = match state.as_str() {
                         "success" => "succeed",

@@ -281,7 +281,7 @@ fn a_429_is_waited_out_and_a_server_error_is_tried_again() {
     }
     // A server error is not the end: the post is sent again after a short back-off.
     let h = Host::new(Kind::Github);
-    h.forge.fail_statuses_next(&[502]);
+    h.forge.fail_statuses_next(&[(502, "Bad Gateway")]);
     h.sync().ok();
     assert_eq!(h.forge.statuses().len(), 1);
     let events = h.status_events();
@@ -317,18 +317,39 @@ fn a_token_that_may_not_write_statuses_says_what_to_fix_and_the_poll_goes_on() {
 }
 
 #[test]
-fn gitlab_refusing_a_repeated_state_is_done_not_failed() {
+fn a_reread_head_is_posted_again_and_gitlab_refusing_a_repeat_is_done_not_failed() {
     let h = Host::new(Kind::Gitlab);
     h.sync().ok();
-    // Changed settings make the next poll read the same head again, and post its status again.
+    // Changed settings make the next poll read the same head again, and post its status again: a
+    // finished status of the same name is replaced (a new job on GitLab).
     h.configure("max_model_bytes = 10000000");
     h.sync().ok();
-    assert_eq!(h.status_posts(), 2);
-    assert_eq!(h.forge.statuses().len(), 1, "the fake refused the repeat");
+    assert_eq!(h.forge.statuses().len(), 2);
+    // GitLab refuses to move a status to the state it has while it is pending or running: that is done.
+    h.forge
+        .fail_statuses_next(&[(400, "Cannot transition status via :run from :running")]);
+    h.configure("max_model_bytes = 20000000");
+    h.sync().ok();
     let events = h.status_events();
-    assert_eq!(events.len(), 2);
-    assert_eq!(events[1]["outcome"], "unchanged");
-    assert!(events[1]["error"].is_null());
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[1]["outcome"], "posted");
+    assert_eq!(events[2]["outcome"], "unchanged");
+    assert_eq!(events[2]["attempts"], 1);
+    assert!(events[2]["error"].is_null());
+    // Any other 400 is a failure, not retried, with the host's words.
+    h.forge.fail_statuses_next(&[(400, "ref is missing")]);
+    h.configure("max_model_bytes = 30000000");
+    h.sync().ok();
+    let events = h.status_events();
+    assert_eq!(events[3]["outcome"], "failed");
+    assert!(
+        events[3]["error"]
+            .as_str()
+            .unwrap()
+            .contains("ref is missing"),
+        "{}",
+        events[3]
+    );
 }
 
 #[test]
@@ -447,4 +468,37 @@ fn the_service_posts_after_each_poll_that_moves_the_head() {
     signal(&child, libc::SIGTERM);
     wait_with_deadline(&mut child, 20);
     assert_eq!(h.status_events().len(), 2);
+}
+
+#[test]
+fn a_status_still_waiting_when_the_service_stops_is_recorded_as_not_posted() {
+    let h = Host::new(Kind::Gitlab);
+    // Two server errors: the post waits 2 s, then 10 s, to try again.
+    h.forge
+        .fail_statuses_next(&[(503, "Service Unavailable"), (503, "Service Unavailable")]);
+    let mut child = bin()
+        .args([
+            "--config",
+            &h.env.path().join("config.toml").to_string_lossy(),
+            "run",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("two attempts", 30, || h.status_posts() >= 2);
+    signal(&child, libc::SIGTERM);
+    let exit = wait_with_deadline(&mut child, 20);
+    assert!(exit.success(), "{exit:?}");
+    let events = h.status_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["outcome"], "failed");
+    assert_eq!(events[0]["attempts"], 2);
+    let error = events[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("modelmirror stopped before the host answered"),
+        "{error}"
+    );
+    assert!(error.contains("503"), "{error}");
+    assert!(h.forge.statuses().is_empty());
 }

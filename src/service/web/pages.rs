@@ -235,7 +235,11 @@ fn models(req: &Request<'_>, catalog: &Catalog<'_>) -> Page {
             .commit
             .unwrap_or_default();
         let short = |c: &str| c.get(..12).unwrap_or(c).to_string();
-        if head.starts_with(asked) {
+        if head.is_empty() {
+            b.push_str(
+                "<p class=\"summary\">The catalog has read no commit of this repository yet.</p>",
+            );
+        } else if head.starts_with(&asked.to_ascii_lowercase()) {
             let _ = write!(
                 b,
                 "<p class=\"summary\">The models at commit <code>{}</code>, the newest the catalog has read.</p>",
