@@ -1313,4 +1313,16 @@ mod tests {
         }
         assert!(compared > 0);
     }
+
+    #[test]
+    fn the_readme_lists_every_exclusion() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        for key in EXCLUDED {
+            assert!(
+                readme.contains(&format!("`{key}`")),
+                "README.md does not list `{key}`"
+            );
+        }
+    }
 }
