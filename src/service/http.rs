@@ -39,6 +39,14 @@ pub(super) struct Limits {
     pub(super) header_timeout: Duration,
 }
 
+/// While the listener is busy (fewer than half its slots free), a connection that has moved no bytes for this
+/// long with no request in progress is closed: idle and slow clients give way to the ones with something to
+/// say.
+const PRESSED_IDLE: Duration = Duration::from_secs(1);
+/// The header timeout of a connection accepted while the listener is busy.
+const PRESSED_HEADER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often an idle connection checks whether the listener has become busy.
+const RECHECK: Duration = Duration::from_secs(1);
 /// How long connections in flight may finish after the listener is told to stop.
 const DRAIN: Duration = Duration::from_secs(2);
 /// How long a client may leave an answer unread before its connection is closed: one that stops reading
@@ -103,18 +111,33 @@ pub(super) async fn serve<H, F>(
             continue;
         };
         let handler = handler.clone();
-        let header_timeout = limits.header_timeout;
+        let busy_below = limits.max_connections / 2;
+        let header_timeout = if slots.available_permits() < busy_below {
+            limits.header_timeout.min(PRESSED_HEADER_TIMEOUT)
+        } else {
+            limits.header_timeout
+        };
+        let idle = Idle::new(slots.clone(), busy_below);
+        let in_flight = idle.in_flight.clone();
         let mut stopping = stop.clone();
         conns.spawn(async move {
             let _slot = (slot, client);
             let service = hyper::service::service_fn(move |req| {
+                let answering = InFlight::enter(&in_flight);
                 let answer = handler(req, peer);
-                async move { Ok::<_, std::convert::Infallible>(answer.await) }
+                async move {
+                    let answer = answer.await;
+                    drop(answering);
+                    Ok::<_, std::convert::Infallible>(answer)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(Stalls::new(stream, WRITE_STALL)), service);
+                .serve_connection(
+                    TokioIo::new(Stalls::new(stream, WRITE_STALL, idle)),
+                    service,
+                );
             let mut conn = std::pin::pin!(conn);
             let served = tokio::select! {
                 r = conn.as_mut() => r,
@@ -150,20 +173,100 @@ pub(super) fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// A connection whose writes fail once they have made no progress for `limit`.
+/// Requests of one connection being answered.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    fn enter(count: &Arc<std::sync::atomic::AtomicUsize>) -> InFlight {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// When a connection is idle while its listener is busy (see [`PRESSED_IDLE`]).
+struct Idle {
+    /// The listener's free slots; fewer than `busy_below` free is busy.
+    slots: Arc<tokio::sync::Semaphore>,
+    busy_below: usize,
+    /// Requests of this connection being answered (a connection answering one is not idle).
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// When bytes last moved either way.
+    last: std::time::Instant,
+    /// The next look at whether to cut the connection.
+    check: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Idle {
+    fn new(slots: Arc<tokio::sync::Semaphore>, busy_below: usize) -> Idle {
+        Idle {
+            slots,
+            busy_below,
+            in_flight: Arc::default(),
+            last: std::time::Instant::now(),
+            check: None,
+        }
+    }
+
+    fn moved(&mut self) {
+        self.last = std::time::Instant::now();
+        self.check = None;
+    }
+
+    /// After a read that could not proceed: `Err` when the listener is busy and this connection has been
+    /// idle for [`PRESSED_IDLE`]; otherwise wait, looking again now and then.
+    fn poll_cut(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        loop {
+            let busy = self.slots.available_permits() < self.busy_below;
+            let idle = self.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0;
+            let idle_for = self.last.elapsed();
+            let wait = if busy && idle {
+                if idle_for >= PRESSED_IDLE {
+                    return std::task::Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "idle while the listener is busy",
+                    )));
+                }
+                PRESSED_IDLE - idle_for
+            } else {
+                RECHECK
+            };
+            let check = self
+                .check
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
+            match check.as_mut().poll(cx) {
+                std::task::Poll::Ready(()) => self.check = None,
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            }
+        }
+    }
+}
+
+/// A connection whose writes fail once they have made no progress for `limit`, and whose reads fail once
+/// it is idle while the listener is busy ([`Idle`]).
 struct Stalls<T> {
     io: T,
     limit: Duration,
     /// Since when a write has been waiting.
     stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    idle: Idle,
 }
 
 impl<T> Stalls<T> {
-    fn new(io: T, limit: Duration) -> Self {
+    fn new(io: T, limit: Duration, idle: Idle) -> Self {
         Stalls {
             io,
             limit,
             stalled: None,
+            idle,
         }
     }
 
@@ -192,7 +295,14 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Stalls<T> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.io).poll_read(cx, buf) {
+            std::task::Poll::Pending => this.idle.poll_cut(cx),
+            done => {
+                this.idle.moved();
+                done
+            }
+        }
     }
 }
 
@@ -207,6 +317,7 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Stalls<T> {
             std::task::Poll::Pending => this.waited(cx),
             done => {
                 this.stalled = None;
+                this.idle.moved();
                 done
             }
         }
@@ -222,6 +333,7 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Stalls<T> {
             std::task::Poll::Pending => this.waited(cx),
             done => {
                 this.stalled = None;
+                this.idle.moved();
                 done
             }
         }
@@ -324,18 +436,58 @@ mod tests {
         assert!(clients.enter(v4, 2).is_some(), "a slot came free");
     }
 
+    /// An idle tracker over a listener of 8 slots with `free` of them free (busy below 4).
+    fn idle(free: usize) -> Idle {
+        let slots = Arc::new(tokio::sync::Semaphore::new(8));
+        slots.forget_permits(8 - free);
+        Idle::new(slots, 4)
+    }
+
+    #[tokio::test]
+    async fn idle_connections_give_way_only_while_the_listener_is_busy() {
+        use tokio::io::AsyncReadExt as _;
+        let read_for = |free: usize, answering: bool, wait: Duration| async move {
+            let (io, _peer) = tokio::io::duplex(64);
+            let idle = idle(free);
+            let _answering = answering.then(|| InFlight::enter(&idle.in_flight));
+            let mut conn = Stalls::new(io, WRITE_STALL, idle);
+            let mut buf = [0u8; 8];
+            tokio::time::timeout(wait, conn.read(&mut buf)).await
+        };
+        // Busy (2 of 8 free) and idle: cut after PRESSED_IDLE.
+        let cut = read_for(2, false, Duration::from_secs(5)).await;
+        assert_eq!(
+            cut.expect("cut before the timeout").unwrap_err().kind(),
+            std::io::ErrorKind::TimedOut
+        );
+        // Not busy: it waits as long as the client likes (the header timeout is hyper's).
+        assert!(
+            read_for(6, false, Duration::from_millis(2500))
+                .await
+                .is_err(),
+            "still waiting"
+        );
+        // Busy, but answering a request: not idle.
+        assert!(
+            read_for(2, true, Duration::from_millis(2500))
+                .await
+                .is_err(),
+            "still waiting"
+        );
+    }
+
     #[tokio::test]
     async fn a_client_that_stops_reading_is_cut_off() {
         // The other end never reads: the pipe's buffer fills, then writes wait, then fail.
         let (io, _unread) = tokio::io::duplex(64);
-        let mut stalls = Stalls::new(io, Duration::from_millis(200));
+        let mut stalls = Stalls::new(io, Duration::from_millis(200), idle(8));
         let started = std::time::Instant::now();
         let err = stalls.write_all(&[0u8; 4096]).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
         assert!(started.elapsed() >= Duration::from_millis(200));
         // A reader that keeps up is never cut off.
         let (io, mut reader) = tokio::io::duplex(64);
-        let mut stalls = Stalls::new(io, Duration::from_millis(200));
+        let mut stalls = Stalls::new(io, Duration::from_millis(200), idle(8));
         let drain = tokio::spawn(async move {
             let mut sink = Vec::new();
             tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut sink)

@@ -14,10 +14,11 @@ use super::http::{self, Answer, answer};
 use crate::metrics::{Labels, global};
 use crate::store::Store;
 
-/// Scrapers and health checks are few; this many connections at once is plenty.
+/// Scrapers and health checks are few; this many connections at once is plenty, and one address holds at
+/// most an eighth of them.
 const LIMITS: http::Limits = http::Limits {
     max_connections: 64,
-    max_per_client: 64,
+    max_per_client: 8,
     proxies: Vec::new(),
     header_timeout: Duration::from_secs(10),
 };

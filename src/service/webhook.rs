@@ -7,6 +7,7 @@
 //! so an import in progress never slows an answer down.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,10 +36,12 @@ const REJECTED_PER_MINUTE: u32 = 30;
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Event names are the host's short words; anything longer is cut before it is stored.
 const MAX_EVENT_LEN: usize = 64;
-/// How many connections are served at once; more are closed at once.
+/// How many connections are served at once, and per client address: a host sends a delivery at a time per
+/// hook and is answered in milliseconds, so 16 is plenty for one address, and one address (a flood of idle
+/// or slow connections) can hold no more than a sixteenth of the listener. More are closed as they arrive.
 const LIMITS: http::Limits = http::Limits {
-    max_connections: 128,
-    max_per_client: 128,
+    max_connections: 256,
+    max_per_client: 16,
     proxies: Vec::new(),
     header_timeout: Duration::from_secs(10),
 };
@@ -71,8 +74,69 @@ struct HandlerState {
     /// own, so a flood of junk can never crowd out real deliveries.
     records: mpsc::Sender<Item>,
     seen: Mutex<Seen>,
-    /// Rejected records allowed this minute, per provider (a flood is counted, not stored row by row).
-    rejected_budget: Mutex<(std::time::Instant, HashMap<String, u32>)>,
+    /// Rejected deliveries this minute: recorded one by one up to a budget, then summed up per address.
+    rejects: Mutex<Rejects>,
+}
+
+/// How many client addresses a minute's summary of rejected deliveries tells apart per provider; the rest
+/// are summed up as "other addresses".
+const MAX_REJECT_SOURCES: usize = 64;
+
+/// Rejected deliveries of the current minute.
+struct Rejects {
+    since: std::time::Instant,
+    /// Rows recorded this minute, per provider.
+    recorded: HashMap<String, u32>,
+    /// The rejections beyond the budget, per provider and client address (`None`: other addresses).
+    beyond: HashMap<(String, Option<IpAddr>), Beyond>,
+}
+
+/// Rejected deliveries not recorded one by one: how many, when, and why.
+struct Beyond {
+    count: u64,
+    first: String,
+    last: String,
+    event: String,
+    /// The reasons given, the first few.
+    reasons: Vec<String>,
+}
+
+impl Rejects {
+    fn new() -> Rejects {
+        Rejects {
+            since: std::time::Instant::now(),
+            recorded: HashMap::new(),
+            beyond: HashMap::new(),
+        }
+    }
+
+    /// The minute's summaries when it has passed (or `now`), and a new minute.
+    fn take_summaries(&mut self, now: bool) -> Vec<Item> {
+        if !now && self.since.elapsed() < Duration::from_secs(60) {
+            return Vec::new();
+        }
+        let old = std::mem::replace(self, Rejects::new());
+        old.beyond
+            .into_iter()
+            .map(|((provider, from), b)| {
+                let from = from.map_or_else(|| "other addresses".to_string(), |ip| ip.to_string());
+                Item::Answered {
+                    provider,
+                    received_at: b.last.clone(),
+                    event: b.event,
+                    delivery_id: None,
+                    outcome: "rejected",
+                    reason: format!(
+                        "{} more rejected deliveries from {from} between {} and {}: {}",
+                        b.count,
+                        b.first,
+                        b.last,
+                        b.reasons.join("; ")
+                    ),
+                }
+            })
+            .collect()
+    }
 }
 
 /// Recent (provider, delivery id) pairs of processed deliveries.
@@ -131,7 +195,7 @@ pub(super) async fn serve(
         queue: tx,
         records: records_tx,
         seen: Mutex::new(seen),
-        rejected_budget: Mutex::new((std::time::Instant::now(), HashMap::new())),
+        rejects: Mutex::new(Rejects::new()),
     });
     let spawn = |name: &str, rx: mpsc::Receiver<Item>| {
         let (config, store, targets) = (config.clone(), store.clone(), targets.clone());
@@ -147,10 +211,22 @@ pub(super) async fn serve(
         return;
     };
     let handler_state = state.clone();
-    http::serve(listener, "webhook", LIMITS, stop, move |req, _| {
-        handle(handler_state.clone(), req)
+    // A minute's summary of rejected deliveries is recorded when the minute has passed, deliveries or not.
+    let summarizer = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                record_summaries(&state, false);
+            }
+        })
+    };
+    http::serve(listener, "webhook", LIMITS, stop, move |req, peer| {
+        handle(handler_state.clone(), req, peer)
     })
     .await;
+    summarizer.abort();
+    record_summaries(&state, true);
     // Close the queues; the dispatchers drain them and end.
     drop(state);
     let deadline = std::time::Instant::now() + Duration::from_secs(4);
@@ -165,9 +241,11 @@ fn text(status: StatusCode, text: &str) -> Answer {
     http::answer(status, format!("{text}\n"), "text/plain; charset=utf-8")
 }
 
-/// A delivery as it arrived: when, and the event its headers name (for the records of refusals).
+/// A delivery as it arrived: when, from where, and the event its headers name (for the records of
+/// refusals).
 struct Arrival {
     received_at: String,
+    from: IpAddr,
     event: String,
 }
 
@@ -175,7 +253,7 @@ impl Arrival {
     /// Record a refusal under `provider` (when it has a reason) and answer it.
     fn refuse(&self, state: &HandlerState, provider: &str, refusal: Refusal) -> Answer {
         if let Some(reason) = refusal.reason {
-            record_rejected(state, provider, &self.received_at, &self.event, reason);
+            record_rejected(state, provider, self, reason);
         }
         text(refusal.status, &refusal.text)
     }
@@ -215,7 +293,7 @@ impl Refusal {
     }
 }
 
-async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Answer {
+async fn handle(state: Arc<HandlerState>, req: Request<Incoming>, peer: SocketAddr) -> Answer {
     let path = req.uri().path().to_string();
     if path == "/healthz" {
         return if req.method() == Method::GET {
@@ -226,6 +304,7 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>) -> Answer {
     }
     let arrival = Arrival {
         received_at: now_rfc3339_millis(),
+        from: http::client_key(peer.ip()),
         event: event_name(req.headers()),
     };
     let named = match path.strip_prefix("/hooks") {
@@ -339,14 +418,27 @@ fn candidates(
     Ok(found)
 }
 
-/// What can be refused before the body is read: no candidate could verify it (its signature header is
-/// missing), or it says it is over `max_body_bytes`.
+/// What can be refused before the body is read: a signature header given twice (400), no candidate could
+/// verify it (its signature header is missing), or it says it is over `max_body_bytes`.
 fn precheck(
     config: &Config,
     candidates: &[usize],
     headers: &HeaderMap,
     settings: &WebhookConfig,
 ) -> Result<(), Refusal> {
+    // A delivery carries one signature: two (the same or not) leave which one counts to chance.
+    for &i in candidates {
+        for name in config.providers[i].kind.forge().signature_headers() {
+            if headers.get_all(*name).iter().count() > 1 {
+                return Err(Refusal::saying(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "the {name} header is given more than once: a delivery carries one signature"
+                    ),
+                ));
+            }
+        }
+    }
     let signed_ok = candidates.iter().any(|&i| {
         let p = &config.providers[i];
         p.webhook_secrets.is_empty() || signature_present(p.kind, headers)
@@ -507,34 +599,48 @@ fn signature_present(kind: ProviderKind, headers: &HeaderMap) -> bool {
         .any(|h| headers.contains_key(*h))
 }
 
-/// Record a rejected delivery, at most `REJECTED_PER_MINUTE` per provider and minute (the rest are only
-/// counted in the metrics), so a flood of junk cannot fill the disk or the log.
-fn record_rejected(
-    state: &HandlerState,
-    provider: &str,
-    received_at: &str,
-    event: &str,
-    reason: String,
-) {
-    let allowed = {
-        let mut b = state
-            .rejected_budget
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if b.0.elapsed() > Duration::from_secs(60) {
-            *b = (std::time::Instant::now(), HashMap::new());
+/// Record a rejected delivery: one row each for the first `REJECTED_PER_MINUTE` per provider and minute, and
+/// for the rest one row per client address and minute that sums them up ("N more rejected deliveries from
+/// ADDRESS between T1 and T2: reasons"), so a flood of junk cannot fill the disk or the log, and nothing
+/// goes unsaid.
+fn record_rejected(state: &HandlerState, provider: &str, arrival: &Arrival, reason: String) {
+    let (allowed, summaries) = {
+        let mut r = state.rejects.lock().unwrap_or_else(|p| p.into_inner());
+        let summaries = r.take_summaries(false);
+        let n = r.recorded.entry(provider.to_string()).or_insert(0);
+        let allowed = *n < REJECTED_PER_MINUTE;
+        if allowed {
+            *n += 1;
+        } else {
+            let sources = r.beyond.keys().filter(|(p, _)| p == provider).count();
+            let mut key = (provider.to_string(), Some(arrival.from));
+            if !r.beyond.contains_key(&key) && sources >= MAX_REJECT_SOURCES {
+                key.1 = None;
+            }
+            let b = r.beyond.entry(key).or_insert_with(|| Beyond {
+                count: 0,
+                first: arrival.received_at.clone(),
+                last: arrival.received_at.clone(),
+                event: String::new(),
+                reasons: Vec::new(),
+            });
+            b.count += 1;
+            b.last = arrival.received_at.clone();
+            b.event = arrival.event.chars().take(MAX_EVENT_LEN).collect();
+            if b.reasons.len() < 3 && !b.reasons.contains(&reason) {
+                b.reasons.push(reason.clone());
+            }
         }
-        let n = b.1.entry(provider.to_string()).or_insert(0);
-        *n += 1;
-        *n <= REJECTED_PER_MINUTE
+        (allowed, summaries)
     };
+    send_summaries(state, summaries);
     if allowed {
         tracing::warn!(provider = %provider, "webhook rejected: {reason}");
         record_answered(
             state,
             provider,
-            received_at,
-            event,
+            &arrival.received_at,
+            &arrival.event,
             None,
             "rejected",
             reason,
@@ -545,6 +651,32 @@ fn record_rejected(
             &[("provider", provider), ("outcome", "rejected")],
             1.0,
         );
+    }
+}
+
+/// Record the summaries of a minute of rejected deliveries that has passed (`now`: whatever is there).
+fn record_summaries(state: &HandlerState, now: bool) {
+    let summaries = state
+        .rejects
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take_summaries(now);
+    send_summaries(state, summaries);
+}
+
+fn send_summaries(state: &HandlerState, summaries: Vec<Item>) {
+    for item in summaries {
+        if let Item::Answered {
+            provider, reason, ..
+        } = &item
+        {
+            tracing::warn!(provider = %provider, "webhook rejected: {reason}");
+        }
+        if let Err(e) = state.records.try_send(item) {
+            tracing::warn!(
+                "webhook record queue full: a summary of rejected deliveries was not recorded ({e})"
+            );
+        }
     }
 }
 

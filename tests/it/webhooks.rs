@@ -65,6 +65,42 @@ fn post(port: u16, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16,
     (status, body)
 }
 
+/// Like [`post`], from the loopback address `from` (the listener counts connections per client address),
+/// with a read timeout of `secs`.
+fn post_from(
+    from: &str,
+    port: u16,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+    secs: u64,
+) -> (u16, String) {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let Ok(mut s) = crate::http_client::connect_from(from.parse().unwrap(), addr) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(secs))).unwrap();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    if s.write_all(req.as_bytes()).is_err() || s.write_all(body).is_err() {
+        return (0, String::new());
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
 /// A running daemon with four providers (one per kind), each with one repository holding one model.
 struct Hub {
     env: Env,
@@ -202,9 +238,15 @@ impl Hub {
     }
 
     fn stop(self) {
+        self.stop_keeping(|_| {});
+    }
+
+    /// Stop the daemon, then look at what it left in `env` (before the environment is removed).
+    fn stop_keeping(self, then: impl FnOnce(&Env)) {
         let mut me = self;
         signal(&me.child, libc::SIGTERM);
         assert!(wait_with_deadline(&mut me.child, 15).success());
+        then(&me.env);
     }
 }
 
@@ -758,4 +800,154 @@ fn matching_stays_within_the_provider_and_unsigned_needs_no_secret() {
         "{}",
         run.stderr
     );
+}
+
+/// Idle connections from `from` while `until` is not set: as many as the listener lets it keep (each one
+/// reopened when the listener closes it). Returns how many times the listener closed one.
+fn hold_idle_connections(
+    from: &str,
+    port: u16,
+    count: usize,
+    until: &std::sync::atomic::AtomicBool,
+) -> usize {
+    use std::sync::atomic::Ordering;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut open: Vec<TcpStream> = Vec::new();
+    let mut closed = 0;
+    while !until.load(Ordering::Relaxed) {
+        // Drop the connections the listener closed.
+        open.retain(|c| {
+            c.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 1];
+            match (&*c).read(&mut b) {
+                Ok(0) => {
+                    closed += 1;
+                    false
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+                _ => {
+                    closed += 1;
+                    false
+                }
+            }
+        });
+        while open.len() < count {
+            match crate::http_client::connect_from(from.parse().unwrap(), addr) {
+                Ok(c) => open.push(c),
+                Err(_) => break,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    closed
+}
+
+#[test]
+fn a_flood_of_idle_connections_starves_no_one() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let hub = Hub::start(YEARLY, "");
+    let body = body_for("gh", "refs/heads/other");
+    let stop = AtomicBool::new(false);
+    let (answered, sent, closed_one, closed_many) = std::thread::scope(|s| {
+        // One address opens 128 connections and sends nothing, again and again.
+        let one = s.spawn(|| hold_idle_connections("127.0.0.1", hub.port, 128, &stop));
+        std::thread::sleep(Duration::from_secs(1));
+        // Signed deliveries from another address meanwhile.
+        let mut answered = 0;
+        let sent = 30;
+        for i in 0..sent {
+            let headers = signed("gh", "gh-secret", &body, &format!("flood-ok-{i}"));
+            let (status, _) = post_from("127.0.0.2", hub.port, "/hooks/gh", &headers, &body, 5);
+            answered += usize::from(status == 202);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Twelve more addresses make the listener busy (over half its slots held): idle connections are
+        // closed after a second, and deliveries still get through.
+        let many: Vec<_> = (3..15)
+            .map(|n| {
+                let stop = &stop;
+                let port = hub.port;
+                s.spawn(move || hold_idle_connections(&format!("127.0.0.{n}"), port, 16, stop))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(3));
+        for i in 0..sent {
+            let headers = signed("gh", "gh-secret", &body, &format!("flood-busy-{i}"));
+            let (status, _) = post_from("127.0.0.2", hub.port, "/hooks/gh", &headers, &body, 5);
+            answered += usize::from(status == 202);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let closed_many: usize = many.into_iter().map(|h| h.join().unwrap()).sum();
+        (answered, 2 * sent, one.join().unwrap(), closed_many)
+    });
+    assert!(
+        answered * 100 >= sent * 95,
+        "{answered} of {sent} deliveries answered during the flood"
+    );
+    assert!(
+        closed_one > 100,
+        "the listener refused the flood's connections beyond its share: {closed_one}"
+    );
+    assert!(
+        closed_many > 0,
+        "idle connections were closed while the listener was busy"
+    );
+    hub.stop();
+}
+
+#[test]
+fn rejected_deliveries_beyond_the_budget_are_summed_up_not_lost() {
+    let hub = Hub::start(YEARLY, "");
+    let body = body_for("gh", "refs/heads/main");
+    for i in 0..45 {
+        let headers = signed("gh", "wrong-secret", &body, &format!("bad-{i}"));
+        assert_eq!(post(hub.port, "/hooks/gh", &headers, &body).0, 401);
+    }
+    hub.wait(10, "30 rejected rows", |h| {
+        h.count("SELECT COUNT(*) FROM deliveries WHERE outcome = 'rejected'") == 30
+    });
+    let env_db = hub.env.db_path();
+    // The summary is written when its minute has passed, or when the service stops.
+    hub.stop_keeping(|env| {
+        let db = env.db_at(&env_db);
+        let (n, reason): (i64, String) = db
+            .query_row(
+                "SELECT COUNT(*), MAX(reason) FROM deliveries WHERE outcome = 'rejected' AND reason LIKE '% more rejected%'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(n, 1, "one summary row");
+        assert!(
+            reason.starts_with("15 more rejected deliveries from 127.0.0.1 between "),
+            "{reason}"
+        );
+        assert!(reason.ends_with(": X-Hub-Signature-256 does not match any configured webhook secret"), "{reason}");
+    });
+}
+
+#[test]
+fn a_second_signature_header_is_refused_and_hex_case_does_not_matter() {
+    let hub = Hub::start(YEARLY, "");
+    let body = body_for("gh", "refs/heads/other");
+    let good = format!("sha256={}", hmac_hex("gh-secret", &body));
+    let mut headers = signed("gh", "gh-secret", &body, "twice-1");
+    headers.push(("X-Hub-Signature-256", "sha256=00".into()));
+    let (status, answer) = post(hub.port, "/hooks/gh", &headers, &body);
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("given more than once"), "{answer}");
+    // The same signature twice is refused too: one header, one signature.
+    let mut headers = signed("gh", "gh-secret", &body, "twice-2");
+    headers.push(("X-Hub-Signature-256", good.clone()));
+    assert_eq!(post(hub.port, "/hooks/gh", &headers, &body).0, 400);
+    // Hex digits are case-insensitive: an upper-case signature is the same signature.
+    let mut headers = signed("gh", "gh-secret", &body, "upper");
+    headers.retain(|(k, _)| *k != "X-Hub-Signature-256");
+    headers.push((
+        "X-Hub-Signature-256",
+        format!("sha256={}", hmac_hex("gh-secret", &body).to_uppercase()),
+    ));
+    assert_eq!(post(hub.port, "/hooks/gh", &headers, &body).0, 202);
+    hub.stop();
 }
