@@ -99,9 +99,25 @@ pub(crate) fn open_mirror(path: &Path) -> Result<Mirror, GitError> {
     let repo = if path.join("HEAD").exists() {
         Repository::open_bare(path).map_err(mirror_err)?
     } else {
-        Repository::init_bare(path).map_err(mirror_err)?
+        init_bare(path).map_err(mirror_err)?
     };
     Ok(Mirror { repo, _lock: lock })
+}
+
+/// A new bare repository without templates: git's sample hooks, `description` and `info/exclude` are about
+/// 100 KB a mirror on disk, which no mirror uses (with 10,000 repositories, a gigabyte).
+pub(crate) fn init_bare(path: &Path) -> Result<Repository, git2::Error> {
+    let mut opts = git2::RepositoryInitOptions::new();
+    opts.bare(true).external_template(false);
+    let repo = Repository::init_opts(path, &opts)?;
+    // libgit2's own minimal template still writes these; nothing reads them.
+    let _ = std::fs::remove_file(path.join("description"));
+    let _ = std::fs::remove_dir_all(path.join("hooks"));
+    let _ = std::fs::remove_dir_all(path.join("info"));
+    // Empty folders git makes when it needs them.
+    let _ = std::fs::remove_dir(path.join("objects/info"));
+    let _ = std::fs::remove_dir(path.join("refs/tags"));
+    Ok(repo)
 }
 
 /// Open an existing mirror only to read it (`rebuild`): no lock, nothing changed in it. Objects are only

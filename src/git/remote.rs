@@ -102,7 +102,7 @@ pub(crate) fn list_remote(spec: &RemoteSpec<'_>) -> Result<Option<(String, Oid)>
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    let result = Repository::init_bare(&dir)
+    let result = super::mirror::init_bare(&dir)
         .map_err(|e| GitError::Mirror {
             path: dir.clone(),
             message: e.message().to_string(),

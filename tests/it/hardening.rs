@@ -232,3 +232,40 @@ fn a_damaged_upstream_is_not_a_missing_repository() {
         run.stdout
     );
 }
+
+#[test]
+fn a_mirror_of_a_one_file_repository_stays_small() {
+    let env = Env::new(Auth::None);
+    let (_bare, work) = env.new_repo("t/r.git");
+    std::fs::write(work.join("a.txt"), "{}").unwrap();
+    commit_all(&work, "one file");
+    config(&env, "\"t/r.git\"", "");
+    env.run(&["sync"]).ok();
+    let mirror = env.path().join("state/mirrors/g/t/r.git");
+    assert!(mirror.join("HEAD").exists(), "{}", mirror.display());
+    assert!(!mirror.join("hooks").exists(), "no sample hooks");
+    // The size as `du --apparent-size` counts it: every file and folder.
+    let mut bytes = 0;
+    let mut stack = vec![mirror.clone()];
+    while let Some(d) = stack.pop() {
+        bytes += std::fs::metadata(&d).unwrap().len();
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                bytes += std::fs::metadata(&p).unwrap().len();
+            }
+        }
+    }
+    assert!(bytes < 30 * 1024, "{bytes} bytes");
+    // And it still works: the next commit arrives.
+    std::fs::write(work.join("a.txt"), "{\"b\": 1}").unwrap();
+    let head = commit_all(&work, "more");
+    env.run(&["sync"]).ok();
+    assert_eq!(
+        current_commit(&env, "g/t/r").as_deref(),
+        Some(head.as_str())
+    );
+    git(&mirror, &["fsck", "--no-progress"]);
+}
