@@ -143,6 +143,20 @@ impl Browser {
     }
 
     /// The first element matching `css`, waiting a few seconds for it.
+    /// Wait (10 s at most) until the page's address holds `part`: a click that navigates returns before the
+    /// new page has replaced the old one.
+    fn wait_for_url(&self, part: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.url().contains(part) {
+            assert!(
+                Instant::now() < deadline,
+                "never reached {part}: at {}",
+                self.url()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn find(&self, css: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -292,7 +306,7 @@ fn a_modeler_browses_searches_and_compares_in_a_real_browser() {
         "table.repos a[href='/models?repo={}']",
         enc(BOOKS)
     )));
-    assert!(b.url().contains("/models?repo="), "{}", b.url());
+    b.wait_for_url("/models?repo=");
     b.screenshot("models");
     check_console(&b, "models");
     let model_link = format!(
@@ -301,7 +315,7 @@ fn a_modeler_browses_searches_and_compares_in_a_real_browser() {
         enc(MODEL)
     );
     b.click(&b.find(&model_link));
-    assert!(b.url().contains("/model?"), "{}", b.url());
+    b.wait_for_url("/model?");
 
     // A nested attribute, closed, opens when clicked.
     let nested = b.find("ul.tree details");
@@ -324,8 +338,8 @@ fn a_modeler_browses_searches_and_compares_in_a_real_browser() {
     // Search for an attribute from the box on the page, and land on it.
     let search = b.find("form.search input[name=q]");
     b.type_into(&search, "gender code\u{E007}"); // Enter submits
+    b.wait_for_url("/search?q=");
     let first = b.find("a.result");
-    assert!(b.url().contains("/search?q="), "{}", b.url());
     assert!(
         !b.all("section.hit mark").is_empty(),
         "matched words are highlighted"
@@ -333,6 +347,7 @@ fn a_modeler_browses_searches_and_compares_in_a_real_browser() {
     b.screenshot("search");
     check_console(&b, "search");
     b.click(&first);
+    b.wait_for_url("#");
     let landed = b.url();
     assert!(
         landed.contains("/model?") && landed.contains('#'),
@@ -374,13 +389,15 @@ fn a_modeler_browses_searches_and_compares_in_a_real_browser() {
     b.screenshot("model-diagram");
     check_console(&b, "model-diagram");
     b.click(&b.find("p.actions a[href^='/history']"));
+    b.wait_for_url("/history?");
+    b.find("table.history tbody tr");
     let rows = b.all("table.history tbody tr");
     assert_eq!(rows.len(), 3, "three versions");
     b.click(&b.find("table.history tbody tr:last-child input[name=from]"));
     b.screenshot("history");
     check_console(&b, "history");
     b.click(&b.find("form[action='/compare'] button[type=submit]"));
-    assert!(b.url().contains("/compare?"), "{}", b.url());
+    b.wait_for_url("/compare?");
     let heading = b.text(&b.find("h1"));
     assert!(heading.starts_with("Changes to"), "{heading}");
     let added = b.all("table.compare tr.added");
