@@ -124,6 +124,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "Web catalog requests refused for wrong credentials, by reason (wrong, rate_limited).",
     ),
     (
+        "modelmirror_head_checks_total",
+        "counter",
+        "Batches of default-branch heads asked over GraphQL (head_check = \"graphql\"), by provider.",
+    ),
+    (
         "modelmirror_commit_statuses_total",
         "counter",
         "Commit statuses sent to the Git host, by provider and outcome (posted, unchanged, retried, failed).",

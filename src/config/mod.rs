@@ -39,6 +39,8 @@ pub(crate) const DEFAULT_DISCOVER_SCHEDULE: &str = "0 * * * *";
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: u64 = 15;
 /// Default read timeout for a provider, in seconds.
 pub(crate) const DEFAULT_READ_TIMEOUT: u64 = 60;
+/// How often a repository whose heads are checked over GraphQL lists its refs over git anyway.
+pub(crate) const DEFAULT_HEAD_CHECK_FULL_EVERY: u32 = 12;
 /// The name commit statuses are posted under unless `status_context` says otherwise.
 pub(crate) const DEFAULT_STATUS_CONTEXT: &str = "modelmirror";
 
@@ -209,6 +211,12 @@ pub(crate) struct ProviderConfig {
     /// The statuses' name (GitHub `context`, GitLab `name`, Bitbucket `key`): a later status under the same
     /// name replaces the earlier one on the host.
     pub(crate) status_context: String,
+    /// Check the default-branch heads of this provider's repositories in batches over the host's GraphQL
+    /// API before polling (`head_check = "graphql"`), so only repositories whose head moved are fetched.
+    pub(crate) head_check_graphql: bool,
+    /// With `head_check_graphql`: every this many scheduled polls, a repository lists its refs over git
+    /// anyway, so an API that lags never hides a change for long.
+    pub(crate) head_check_full_every: u32,
 }
 
 impl ProviderConfig {

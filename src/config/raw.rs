@@ -108,6 +108,8 @@ pub(super) struct RawProvider {
     pub(super) allow_unsigned_webhooks: Option<bool>,
     pub(super) commit_status: Option<bool>,
     pub(super) status_context: Option<String>,
+    pub(super) head_check: Option<String>,
+    pub(super) head_check_full_every: Option<u32>,
 }
 
 pub(super) fn parse_file(path: &Path, text: &str) -> Result<RawFile, ConfigError> {

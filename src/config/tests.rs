@@ -252,6 +252,19 @@ fn bad_values_are_clear_errors() {
             "[providers.g]\nkind = \"gitlab\"\ncommit_status = true\nstatus_context = \"\"\n",
             "status_context",
         ),
+        (
+            "[providers.b]\nkind = \"bitbucket-cloud\"\nhead_check = \"graphql\"\n",
+            "kind bitbucket-cloud has no GraphQL API",
+        ),
+        (
+            "[providers.g]\nkind = \"github\"\nhead_check = \"rest\"\n",
+            "head_check = \"rest\"",
+        ),
+        (
+            "[providers.g]\nkind = \"github\"\nhead_check = \"graphql\"\nhead_check_full_every = 0\n",
+            "head_check_full_every must be at least 1",
+        ),
+        ("log_level = \"degub\"\n", "log_level = \"degub\""),
         ("state_dir = 3\n", "config.toml:1:"),
         ("this is not toml", "config.toml:1:"),
     ];

@@ -9,10 +9,10 @@ use std::time::Duration;
 use super::raw::{OneOrMany, RawFile, RawMetrics, RawProvider, RawWeb, RawWebhook};
 use super::{
     Config, ConfigError, Credentials, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DISCOVER_SCHEDULE, DEFAULT_EVENTS_RETENTION_DAYS, DEFAULT_MAX_MODEL_BYTES,
-    DEFAULT_READ_TIMEOUT, DEFAULT_SCHEDULE, DEFAULT_STATE_DIR, DEFAULT_STATUS_CONTEXT,
-    DEFAULT_WEBHOOK_MAX_BODY, DEFAULT_WEBHOOK_QUEUE, MIN_DATABASE_BYTES, ProviderConfig,
-    RepoConfig, RepoFilter, WebConfig, WebhookConfig,
+    DEFAULT_DISCOVER_SCHEDULE, DEFAULT_EVENTS_RETENTION_DAYS, DEFAULT_HEAD_CHECK_FULL_EVERY,
+    DEFAULT_MAX_MODEL_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_SCHEDULE, DEFAULT_STATE_DIR,
+    DEFAULT_STATUS_CONTEXT, DEFAULT_WEBHOOK_MAX_BODY, DEFAULT_WEBHOOK_QUEUE, MIN_DATABASE_BYTES,
+    ProviderConfig, RepoConfig, RepoFilter, WebConfig, WebhookConfig,
 };
 use crate::forge::{self, Forge, ProviderKind};
 use crate::model::{DEFAULT_FORMATS, FileFilter, FilterError};
@@ -507,6 +507,26 @@ fn provider(
         }
         Some(c) => c.to_string(),
     };
+    let head_check_graphql = match raw.head_check.as_deref() {
+        None | Some("git") => false,
+        Some("graphql") if forge.has_graphql_heads() => true,
+        Some("graphql") => {
+            return Err(fail(format!(
+                " head_check = \"graphql\": kind {} has no GraphQL API for default-branch heads (only gitlab and github); use \"git\"",
+                kind.as_str()
+            )));
+        }
+        Some(other) => {
+            return Err(fail(format!(
+                " head_check = {other:?}: use \"git\" (list each repository's refs) or \"graphql\" (gitlab and github: many heads per request)"
+            )));
+        }
+    };
+    let head_check_full_every = match raw.head_check_full_every {
+        Some(0) => return Err(fail(" head_check_full_every must be at least 1".into())),
+        Some(n) => n,
+        None => DEFAULT_HEAD_CHECK_FULL_EVERY,
+    };
     let provider = ProviderConfig {
         name: name.to_string(),
         kind,
@@ -529,6 +549,8 @@ fn provider(
         allow_unsigned_webhooks,
         commit_status,
         status_context,
+        head_check_graphql,
+        head_check_full_every,
     };
     let mut repos = Vec::new();
     for entry in &raw.repos {

@@ -126,6 +126,16 @@ impl Forge for Gitlab {
         })
     }
 
+    fn has_graphql_heads(&self) -> bool {
+        true
+    }
+    fn graphql_heads<'a>(
+        &'a self,
+        api: &'a ApiClient,
+        paths: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Option<super::graphql::Head>>, ApiError>> {
+        Box::pin(super::graphql::gitlab_heads(api, paths))
+    }
     fn has_statuses(&self) -> bool {
         true
     }

@@ -8,6 +8,7 @@ mod bitbucket_cloud;
 mod bitbucket_datacenter;
 mod github;
 mod gitlab;
+pub(crate) mod graphql;
 mod plain;
 pub(crate) mod status;
 mod urls;
@@ -160,6 +161,26 @@ pub(crate) trait Forge: Sync {
             Err(ApiError::Setup {
                 provider: api.provider.clone(),
                 message: "this kind has no discovery".into(),
+            })
+        })
+    }
+
+    // --- Batched default-branch heads (GraphQL); the defaults are for hosts without them. ---
+
+    /// Whether this kind reports many repositories' default-branch heads per request.
+    fn has_graphql_heads(&self) -> bool {
+        false
+    }
+    /// The default-branch heads of `paths`, in order; `None` where the host gave none.
+    fn graphql_heads<'a>(
+        &'a self,
+        api: &'a ApiClient,
+        _paths: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Option<graphql::Head>>, ApiError>> {
+        Box::pin(async move {
+            Err(ApiError::Setup {
+                provider: api.provider.clone(),
+                message: "this kind has no GraphQL head check".into(),
             })
         })
     }

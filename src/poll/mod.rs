@@ -18,6 +18,7 @@ use plan::plan;
 use step::{StepContext, process_step};
 
 use crate::config::{Config, RepoConfig};
+use crate::forge::graphql::Head;
 use crate::git::{self, GitError, Oid, RemoteHead, Repository};
 use crate::secret::SecretError;
 use crate::store::{
@@ -248,6 +249,7 @@ pub(crate) fn run_poll(
     repo: &RepoConfig,
     store: &Store,
     trigger: Trigger,
+    known: Option<&Head>,
     cancel: &Arc<AtomicBool>,
     progress: &Progress,
 ) -> (Result<PollOutcome, PollError>, u32) {
@@ -256,7 +258,10 @@ pub(crate) fn run_poll(
     progress.started_on(std::thread::current().id());
     // A bug must not take the service down silently: a panic in a poll becomes that poll's recorded error.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        poll(config, repo, store, cancel, progress)
+        match known.and_then(|head| still_at(config, repo, store, head).transpose()) {
+            Some(done) => done,
+            None => poll(config, repo, store, cancel, progress),
+        }
     }))
     .unwrap_or_else(|panic| {
         let what = panic
@@ -324,6 +329,32 @@ pub(crate) fn run_poll(
         Err(e) => tracing::error!(repo = %repo.id, "cannot record the poll: {e}"),
     }
     (result, failures)
+}
+
+/// When the host's API says the default branch is still at the commit the catalog has processed, with the
+/// same settings: the poll's outcome, with nothing fetched (`None`: poll over git).
+fn still_at(
+    config: &Config,
+    repo: &RepoConfig,
+    store: &Store,
+    head: &Head,
+) -> Result<Option<PollOutcome>, PollError> {
+    let store_err = |error| PollError::Store {
+        repo: repo.id.clone(),
+        error,
+    };
+    let state = store.repo_state(&repo.id).map_err(store_err)?;
+    if state.commit.as_deref() != Some(head.commit.as_str())
+        || state.settings.as_deref() != Some(config.filter.fingerprint().as_str())
+    {
+        return Ok(None);
+    }
+    store
+        .record_check(&repo.id, Some(&head.branch), &now_rfc3339())
+        .map_err(store_err)?;
+    Ok(Some(PollOutcome::Unchanged {
+        commit: head.commit.clone(),
+    }))
 }
 
 /// One poll, without the bookkeeping of [`run_poll`].

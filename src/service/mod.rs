@@ -9,12 +9,14 @@
 //!   schedule period, and never affects the others; when its server could not be reached at all, each regular
 //!   firing checks whether the server accepts a TCP connection again and polls at once if it does.
 //! - [`discovery`]: one discovery run of a provider, and its loop.
+//! - [`heads`]: default-branch heads checked in batches over GraphQL (`head_check = "graphql"`).
 //! - [`status`]: commit statuses posted to the Git host after a poll, and the providers' REST budgets.
 //! - [`state`]: what the parts share (the configuration in force, the targets of webhook nudges).
 //! - [`http`]: the one small HTTP server of the [`webhook`] and [`metrics`] listeners.
 //! - [`signals`] and [`systemd`]: what the service hears from and tells the system.
 
 mod discovery;
+mod heads;
 mod http;
 mod metrics;
 mod repos;

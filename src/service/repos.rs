@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 
 use super::state::{Nudge, PollWatch, Shared};
 use crate::config::{Config, RepoConfig};
+use crate::forge::graphql::Head;
 use crate::poll::{self, PollError, PollOutcome, Progress, Trigger};
 use crate::store::Store;
 
@@ -59,6 +60,7 @@ pub(super) async fn repo_loop(
         nudge,
         stop,
         offset,
+        since_full: 0,
     };
     // The startup poll is spread too, but over a few seconds at most.
     let mut wait = offset.min(Duration::from_secs(5));
@@ -104,6 +106,8 @@ struct RepoLoop {
     stop: watch::Receiver<bool>,
     /// The repository's fixed offset from its schedule's firings.
     offset: Duration,
+    /// Scheduled polls since the last that listed refs over git (with `head_check = "graphql"`).
+    since_full: u32,
 }
 
 /// How a wait ended.
@@ -162,6 +166,12 @@ impl RepoLoop {
             g = repo_lock.lock_owned() => g,
             _ = self.stop.changed() => return None,
         };
+        let mut stop = self.stop.clone();
+        let known = tokio::select! {
+            k = self.known_head(trigger) => k,
+            _ = stop.changed() => return None,
+        };
+        let shared = &self.shared;
         let permit = tokio::select! {
             p = shared.permits.acquire() => p.ok()?,
             _ = self.stop.changed() => return None,
@@ -185,6 +195,7 @@ impl RepoLoop {
                 &task_repo,
                 &task_shared.store,
                 trigger,
+                known.as_ref(),
                 &task_shared.cancel,
                 &task_watch.progress,
             )
@@ -222,6 +233,44 @@ impl RepoLoop {
             }
         };
         Some((failures, probe))
+    }
+
+    /// With `head_check = "graphql"`, for a scheduled poll that need not list refs over git this time: the
+    /// head the host's API reports (`None`: list them).
+    async fn known_head(&mut self, trigger: Trigger) -> Option<Head> {
+        let config = self.shared.config();
+        let provider = config.provider(&self.repo)?.clone();
+        if !provider.head_check_graphql {
+            return None;
+        }
+        if trigger != Trigger::Schedule {
+            self.since_full = 0;
+            return None;
+        }
+        self.since_full += 1;
+        if self.since_full >= provider.head_check_full_every {
+            self.since_full = 0;
+            return None;
+        }
+        let (targets, name) = (self.shared.targets.clone(), provider.name.clone());
+        let repos = move || {
+            let mut paths: Vec<String> = targets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .repos
+                .values()
+                .filter(|(r, _)| r.provider == name)
+                .map(|(r, _)| r.path.clone())
+                .collect();
+            paths.sort();
+            paths
+        };
+        // Fresh for the rest of this firing's spread (repositories poll up to a quarter period apart).
+        let fresh = (self.repo.schedule.period() / 2).max(Duration::from_secs(1));
+        self.shared
+            .heads
+            .head(&provider, &self.repo, repos, &self.shared.budgets, fresh)
+            .await
     }
 
     /// Let a burst of nudges pause (`NUDGE_QUIET`, at most `NUDGE_MAX_DELAY`), then clear them. False: stop.
@@ -279,6 +328,7 @@ pub(crate) async fn sync_once(
                     &r,
                     &store,
                     Trigger::Manual,
+                    None,
                     &cancel,
                     &Progress::default(),
                 )

@@ -96,6 +96,8 @@ pub(super) struct Shared {
     pub(super) budgets: Arc<super::Budgets>,
     /// The commit statuses being posted.
     pub(super) statuses: Arc<super::Statuses>,
+    /// The latest GraphQL head checks of each provider.
+    pub(super) heads: super::heads::HeadChecks,
 }
 
 impl Shared {

@@ -107,6 +107,7 @@ pub(crate) async fn run(
             Some(handle.clone()),
         ),
         budgets,
+        heads: Default::default(),
         reader: reader.clone(),
         permits: Semaphore::new(config.concurrency),
         permit_count: Mutex::new(config.concurrency),

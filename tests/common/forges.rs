@@ -438,7 +438,10 @@ struct Ctx<'a> {
 impl Inner {
     fn handle(&self, req: &ApiRequest) -> Option<ApiResponse> {
         let prefix = self.kind.api_prefix();
+        let graphql =
+            matches!(self.kind, Kind::Gitlab | Kind::Github) && req.path == "/api/graphql";
         let rest = match strip_prefix_segment(&req.path, prefix) {
+            _ if graphql => "/graphql",
             Some(rest) => rest,
             None if self.kind == Kind::BitbucketDatacenter => {
                 match strip_prefix_segment(&req.path, "/rest/api/latest") {
@@ -488,7 +491,13 @@ impl Inner {
         if let Some(rl) = limited {
             return Some(ctx.rate_limited(rl));
         }
-        let resp = if req.method == "POST" {
+        let resp = if graphql {
+            if req.method == "POST" {
+                ctx.graphql()
+            } else {
+                ctx.error(405, "Method Not Allowed")
+            }
+        } else if req.method == "POST" {
             let failure = {
                 let mut st = lock(&self.state);
                 (!st.status_failures.is_empty()).then(|| st.status_failures.remove(0))
@@ -1767,6 +1776,154 @@ fn parse_bbql_project_key(q: &str) -> Option<String> {
     let rest = rest.strip_prefix('=')?.trim();
     let key = rest.strip_prefix('"')?.strip_suffix('"')?;
     (!key.contains('"')).then(|| key.to_string())
+}
+
+// ---------------------------------------------------------------------------
+// GraphQL: default-branch heads (`shared/docs/providers-status-graphql.md` part E)
+
+/// Each `ALIAS: FIELD(arg: $var, ...)` of `query`, with its arguments' variable names.
+fn aliased_calls<'q>(query: &'q str, field: &str) -> Vec<(&'q str, Vec<(&'q str, &'q str)>)> {
+    let marker = format!(": {field}(");
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(i) = query[at..].find(&marker) {
+        let start = at + i;
+        let alias = query[..start]
+            .rsplit(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or("");
+        let args_start = start + marker.len();
+        let args_end = query[args_start..]
+            .find(')')
+            .map_or(query.len(), |e| args_start + e);
+        let args = query[args_start..args_end]
+            .split(',')
+            .filter_map(|a| {
+                let (name, var) = a.split_once(':')?;
+                Some((name.trim(), var.trim().trim_start_matches('$')))
+            })
+            .collect();
+        out.push((alias, args));
+        at = args_end;
+    }
+    out
+}
+
+impl Ctx<'_> {
+    /// `POST /api/graphql`: the head queries modelmirror sends, answered as the hosts do.
+    fn graphql(&self) -> ApiResponse {
+        let token = self.st.token.as_str();
+        let authed = match self.kind {
+            Kind::Gitlab => {
+                self.req.header("private-token").map(str::trim) == Some(token)
+                    || self.bearer() == Some(token)
+            }
+            _ => self.bearer() == Some(token),
+        };
+        if !authed {
+            return match self.kind {
+                Kind::Gitlab => {
+                    ApiResponse::json(401, &json!({ "errors": [{ "message": "Invalid token" }] }))
+                }
+                _ => self.error(401, "Bad credentials"),
+            };
+        }
+        let body: Value = serde_json::from_slice(&self.req.body).unwrap_or(Value::Null);
+        let (Some(query), variables) = (body["query"].as_str(), &body["variables"]) else {
+            return ApiResponse::json(
+                200,
+                &json!({ "errors": [{ "message": "No query string was present" }] }),
+            );
+        };
+        let var = |name: &str| variables[name].as_str().unwrap_or("").to_string();
+        let mut data = serde_json::Map::new();
+        let mut errors = Vec::new();
+        match self.kind {
+            Kind::Github => {
+                for (alias, args) in aliased_calls(query, "repository") {
+                    let arg = |n: &str| {
+                        args.iter()
+                            .find(|(a, _)| *a == n)
+                            .map(|(_, v)| var(v))
+                            .unwrap_or_default()
+                    };
+                    let (owner, name) = (arg("owner"), arg("name"));
+                    match self.github_repo(&owner, &name) {
+                        Some(repo) if repo.empty => {
+                            data.insert(alias.into(), json!({ "defaultBranchRef": null }));
+                        }
+                        Some(repo) => {
+                            data.insert(
+                                alias.into(),
+                                json!({ "defaultBranchRef": { "name": repo.default_branch, "target": { "oid": self.head_sha(repo) } } }),
+                            );
+                        }
+                        None => {
+                            data.insert(alias.into(), Value::Null);
+                            errors.push(json!({
+                                "type": "NOT_FOUND",
+                                "path": [alias],
+                                "locations": [{ "line": 1, "column": 1 }],
+                                "message": format!("Could not resolve to a Repository with the name '{owner}/{name}'."),
+                            }));
+                        }
+                    }
+                }
+                if query.contains("rateLimit") {
+                    let used = self.st.api_calls.min(4999);
+                    data.insert(
+                        "rateLimit".into(),
+                        json!({ "cost": 1, "remaining": 5000 - used }),
+                    );
+                }
+                let mut answer = json!({ "data": data });
+                if !errors.is_empty() {
+                    answer["errors"] = Value::Array(errors);
+                }
+                ApiResponse::json(200, &answer).with_header("x-ratelimit-resource", "graphql")
+            }
+            _ => {
+                let calls = aliased_calls(query, "project");
+                // `queryComplexity { score limit }` 3, and per project: project, repository, rootRef, tree,
+                // sha 1 each, lastCommit 10.
+                let score = 3 + 15 * calls.len();
+                if score > 250 {
+                    return ApiResponse::json(
+                        200,
+                        &json!({ "errors": [{ "message": format!("Query has complexity of {score}, which exceeds max complexity of 250") }] }),
+                    );
+                }
+                for (alias, args) in calls {
+                    let path = args.first().map(|(_, v)| var(v)).unwrap_or_default();
+                    let repo = self
+                        .st
+                        .repos
+                        .iter()
+                        .find(|r| r.path.eq_ignore_ascii_case(&path));
+                    let value = match repo {
+                        None => Value::Null,
+                        Some(repo) if repo.empty => {
+                            json!({ "repository": { "rootRef": null, "tree": null } })
+                        }
+                        Some(repo) => json!({
+                            "repository": {
+                                "rootRef": repo.default_branch,
+                                "tree": { "lastCommit": { "sha": self.head_sha(repo) } },
+                            }
+                        }),
+                    };
+                    data.insert(alias.into(), value);
+                }
+                if query.contains("queryComplexity") {
+                    data.insert(
+                        "queryComplexity".into(),
+                        json!({ "score": score, "limit": 250 }),
+                    );
+                }
+                ApiResponse::json(200, &json!({ "data": data }))
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------

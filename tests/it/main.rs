@@ -21,6 +21,7 @@ mod counting;
 mod edges;
 mod failures;
 mod hardening;
+mod heads;
 mod operations;
 mod pipeline;
 mod property;
