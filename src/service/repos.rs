@@ -39,7 +39,7 @@ pub(super) fn backoff(period: Duration, failures: u32) -> Duration {
 }
 
 /// How long nudges must pause before the poll that follows a burst of them.
-const NUDGE_QUIET: Duration = Duration::from_millis(150);
+const NUDGE_QUIET: Duration = Duration::from_millis(400);
 /// The longest a continuous stream of nudges delays that poll.
 const NUDGE_MAX_DELAY: Duration = Duration::from_secs(2);
 
