@@ -53,8 +53,13 @@ fn init_logging(cli: &modelmirror::cli::Cli) {
     let settings = cli.log_settings();
     let default_level = if cli.is_service() { "info" } else { "warn" };
     // RUST_LOG wins over log_level, which wins over the default.
-    let filter = EnvFilter::try_from_default_env()
+    // A blank RUST_LOG (`Environment=RUST_LOG=` in a drop-in) is as good as none: parsed, it would turn
+    // every line off.
+    let from_env = std::env::var("RUST_LOG")
         .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| EnvFilter::try_new(v).ok());
+    let filter = from_env
         .or_else(|| {
             settings
                 .level

@@ -28,8 +28,14 @@ pub fn terminal_lines(text: &str) -> Cow<'_, str> {
     terminal_keeping(text, true)
 }
 
+/// Characters that change how the text around them is shown without being visible themselves: bidirectional
+/// overrides and isolates (which can reorder a row, "Trojan Source"), zero-width characters, the BOM.
+fn invisible_format(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
 fn terminal_keeping(text: &str, newlines: bool) -> Cow<'_, str> {
-    let unsafe_char = |c: char| c.is_control() && !(newlines && c == '\n');
+    let unsafe_char = |c: char| (c.is_control() && !(newlines && c == '\n')) || invisible_format(c);
     if !text.chars().any(unsafe_char) {
         return Cow::Borrowed(text);
     }
@@ -108,5 +114,9 @@ mod tests {
             "a\\u{1b}]0;owned\\u{7}b\\nc\\rd\\te\\u{9b}"
         );
         assert_eq!(terminal_lines("one\ntwo\u{1b}[2J"), "one\ntwo\\u{1b}[2J");
+        assert_eq!(
+            terminal("abc\u{202e}fed\u{200b}"),
+            "abc\\u{202e}fed\\u{200b}"
+        );
     }
 }

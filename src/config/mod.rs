@@ -132,6 +132,9 @@ pub(crate) struct WebhookConfig {
     pub(crate) max_body_bytes: u64,
     /// Deliveries waiting to be dispatched; when full, 503 with `Retry-After`.
     pub(crate) queue_size: usize,
+    /// Reverse proxies in front of the listener: not held to one client's share of connections, and
+    /// deliveries through them are counted against the client `X-Forwarded-For` names.
+    pub(crate) trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// The smallest `database_max_bytes` accepted: below it not even the schema fits.
@@ -537,35 +540,41 @@ pub(crate) fn database_hint(path: &Path) -> PathBuf {
 }
 
 /// What is wrong with a logging filter (`log_level`, `RUST_LOG`), if anything. A filter is a level
-/// (`error`, `warn`, `info`, `debug`, `trace`, `off`) or directives like `info,modelmirror=debug`. A word
-/// that is no level (`degub`) would be read by the logging library as a module name and silence every other
-/// line, warnings included: it is refused instead.
+/// (`error`, `warn`, `info`, `debug`, `trace`, `off`) or directives like `info,modelmirror=debug`. It must
+/// parse, and it must give modelmirror's own lines a level: a bare level for everything, or a directive for a
+/// `modelmirror` target. A word that is no level (`degub`), or a misspelt target (`modelmirorr=debug`), would
+/// otherwise be read as another module's filter and silence every line, warnings included.
 pub fn log_filter_problem(filter: &str) -> Option<String> {
+    if filter.trim().is_empty() {
+        return Some("it is empty".into());
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(filter) {
+        return Some(format!("it does not parse ({e})"));
+    }
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-    let is_level = |s: &str| {
-        let s = s.trim();
-        LEVELS.iter().any(|l| l.eq_ignore_ascii_case(s))
-            || matches!(s, "0" | "1" | "2" | "3" | "4" | "5")
-    };
     let directives: Vec<&str> = filter
         .split(',')
         .map(str::trim)
         .filter(|d| !d.is_empty())
         .collect();
-    if directives.is_empty() {
-        return Some("it is empty".into());
-    }
-    for d in directives {
-        let level = match d.rsplit_once('=') {
-            Some((target, level)) if !target.trim().is_empty() => level,
-            Some(_) => return Some(format!("{d:?} has no module before `=`")),
-            None => d,
-        };
-        if !is_level(level) {
-            return Some(format!(
-                "{level:?} is not a level (a module without `=LEVEL` would silence every other log line)"
-            ));
-        }
+    let default_level = directives.iter().any(|d| {
+        LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d))
+            || matches!(*d, "0" | "1" | "2" | "3" | "4" | "5")
+    });
+    let ours = directives.iter().any(|d| d.starts_with("modelmirror"));
+    if !default_level && !ours {
+        let words: Vec<&str> = directives
+            .iter()
+            .map(|d| d.split(['=', '[']).next().unwrap_or(d))
+            .collect();
+        return Some(format!(
+            "it gives no level to modelmirror's own lines: {} is no level and no modelmirror module, so every line would be silenced",
+            words
+                .iter()
+                .map(|w| format!("{w:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     None
 }

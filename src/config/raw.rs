@@ -42,6 +42,7 @@ pub(super) struct RawWebhook {
     pub(super) listen: String,
     pub(super) max_body_bytes: Option<u64>,
     pub(super) queue_size: Option<usize>,
+    pub(super) trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -343,3 +343,22 @@ fn discovery_keys_belong_to_their_kind() {
         "the proxy password is redacted"
     );
 }
+
+#[test]
+fn log_filters_must_parse_and_give_modelmirror_a_level() {
+    for good in [
+        "info",
+        "WARN",
+        "warn,hyper=off",
+        "warn,modelmirror=debug",
+        "modelmirror=debug",
+        "modelmirror",
+        "info,target[span{field=value}]=debug",
+    ] {
+        assert_eq!(log_filter_problem(good), None, "{good}");
+    }
+    for bad in ["degub", "modelmirorr=debug", "", "  ", "hyper=debug"] {
+        assert!(log_filter_problem(bad).is_some(), "{bad:?} was accepted");
+    }
+    assert!(log_filter_problem("degub").unwrap().contains("\"degub\""));
+}

@@ -187,6 +187,7 @@ pub(super) fn validate(
             .unwrap_or(DEFAULT_WEBHOOK_MAX_BODY),
             queue_size: at_least_one(w.queue_size.map(|n| (n, f.clone())), "[webhook] queue_size")?
                 .unwrap_or(DEFAULT_WEBHOOK_QUEUE),
+            trusted_proxies: proxies(w.trusted_proxies.as_deref(), &f, "[webhook]")?,
         }),
     };
     let web = match m.web.take() {
@@ -350,20 +351,7 @@ fn web(raw: RawWeb, file: &Path, base: &Path) -> Result<WebConfig, ConfigError> 
             }
         }
     };
-    let mut trusted_proxies = Vec::new();
-    for a in raw.trusted_proxies.iter().flatten() {
-        match a.trim().parse::<std::net::IpAddr>() {
-            Ok(ip) => trusted_proxies.push(ip),
-            Err(_) => {
-                return Err(invalid(
-                    file,
-                    format!(
-                        "[web] trusted_proxies: {a:?} is not an IP address: list the addresses your proxies connect from, e.g. [\"127.0.0.1\"]"
-                    ),
-                ));
-            }
-        }
-    }
+    let trusted_proxies = proxies(raw.trusted_proxies.as_deref(), file, "[web]")?;
     let web = WebConfig {
         listen,
         users_file: path(&raw.users_file, "users_file")?,
@@ -382,6 +370,27 @@ fn web(raw: RawWeb, file: &Path, base: &Path) -> Result<WebConfig, ConfigError> 
         ));
     }
     Ok(web)
+}
+
+/// `trusted_proxies` of the table `table`: IP addresses.
+fn proxies(
+    list: Option<&[String]>,
+    file: &Path,
+    table: &str,
+) -> Result<Vec<std::net::IpAddr>, ConfigError> {
+    list.unwrap_or_default()
+        .iter()
+        .map(|a| {
+            a.trim().parse::<std::net::IpAddr>().map_err(|_| {
+                invalid(
+                    file,
+                    format!(
+                        "{table} trusted_proxies: {a:?} is not an IP address: list the addresses your proxies connect from, e.g. [\"127.0.0.1\"]"
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 /// One `[providers.NAME]` table: the provider, and the repositories its `repos` lists.

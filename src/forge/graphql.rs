@@ -65,7 +65,11 @@ pub(crate) async fn github_heads(
 ) -> Result<Vec<Option<Head>>, ApiError> {
     let url = github_endpoint(&api.base);
     let mut out = Vec::with_capacity(paths.len());
-    for chunk in paths.chunks(GITHUB_BATCH) {
+    let mut first_error = None;
+    let mut batch = GITHUB_BATCH;
+    let mut rest = paths;
+    while !rest.is_empty() {
+        let chunk = &rest[..batch.min(rest.len())];
         let mut declared = Vec::new();
         let mut fields = String::new();
         let mut variables = Map::new();
@@ -85,7 +89,24 @@ pub(crate) async fn github_heads(
             "query Heads({}) {{ rateLimit {{ cost remaining }}{fields} }}",
             declared.join(", ")
         );
-        let answer = run(api, &url, query, variables).await?;
+        let answer = match run(api, &url, query, variables).await {
+            Ok(answer) => answer,
+            // Requests over 10 s are killed (502/504): try a smaller batch.
+            Err(ApiError::Status {
+                status: 502 | 504, ..
+            }) if chunk.len() > 10 => {
+                batch = chunk.len() / 2;
+                continue;
+            }
+            // This batch's repositories are polled over git; the next batch may still answer.
+            Err(e) => {
+                out.extend(chunk.iter().map(|_| None));
+                first_error.get_or_insert(e);
+                rest = &rest[chunk.len()..];
+                continue;
+            }
+        };
+        warn_unanswered(api, &answer);
         out.extend((0..chunk.len()).map(|i| {
             let r = &answer["data"][format!("r{i}")]["defaultBranchRef"];
             Some(Head {
@@ -93,8 +114,27 @@ pub(crate) async fn github_heads(
                 commit: r["target"]["oid"].as_str()?.to_string(),
             })
         }));
+        rest = &rest[chunk.len()..];
     }
-    Ok(out)
+    match first_error {
+        Some(e) if out.iter().all(Option::is_none) => Err(e),
+        Some(e) => {
+            tracing::warn!(provider = %api.provider, "part of the GraphQL head check failed (those repositories poll over git): {e}");
+            Ok(out)
+        }
+        None => Ok(out),
+    }
+}
+
+/// An answer without data (a rate limit, a timeout, a query refused) says so in the log: its repositories
+/// poll over git.
+fn warn_unanswered(api: &ApiClient, answer: &Value) {
+    if answer["data"].is_null() {
+        let why = answer["errors"][0]["message"]
+            .as_str()
+            .unwrap_or("no data and no error");
+        tracing::warn!(provider = %api.provider, "the GraphQL head check got no data (those repositories poll over git): {why}");
+    }
 }
 
 /// GitLab: the heads of `paths` (full paths), `None` where the answer has none (`null` means missing or
@@ -117,7 +157,7 @@ pub(crate) async fn gitlab_heads(
         for (i, path) in chunk.iter().enumerate() {
             declared.push(format!("$p{i}: ID!"));
             fields.push_str(&format!(
-                " p{i}: project(fullPath: $p{i}) {{ repository {{ rootRef tree {{ lastCommit {{ sha }} }} }} }}"
+                " p{i}: project(fullPath: $p{i}) {{ repository {{ rootRef tree(path: \"/\") {{ lastCommit {{ sha }} }} }} }}"
             ));
             variables.insert(format!("p{i}"), path.trim_end_matches(".git").into());
         }
@@ -125,7 +165,16 @@ pub(crate) async fn gitlab_heads(
             "query Heads({}) {{ queryComplexity {{ score limit }}{fields} }}",
             declared.join(", ")
         );
-        let answer = run(api, &url, query, variables).await?;
+        let answer = match run(api, &url, query, variables).await {
+            Ok(answer) => answer,
+            Err(e) if out.is_empty() => return Err(e),
+            // What was asked so far stands; the rest poll over git.
+            Err(e) => {
+                tracing::warn!(provider = %api.provider, "part of the GraphQL head check failed (those repositories poll over git): {e}");
+                out.extend(rest.iter().map(|_| None));
+                return Ok(out);
+            }
+        };
         let too_complex = answer["data"].is_null()
             && answer["errors"].as_array().is_some_and(|errors| {
                 errors.iter().any(|e| {
@@ -139,6 +188,7 @@ pub(crate) async fn gitlab_heads(
             batch = (chunk.len() / 2).max(1);
             continue;
         }
+        warn_unanswered(api, &answer);
         out.extend((0..chunk.len()).map(|i| {
             let repo = &answer["data"][format!("p{i}")]["repository"];
             Some(Head {

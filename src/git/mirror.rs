@@ -97,11 +97,30 @@ pub(crate) fn open_mirror(path: &Path) -> Result<Mirror, GitError> {
         remove_leftovers(path);
     }
     let repo = if path.join("HEAD").exists() {
+        if lock.is_some() {
+            prune_templates(path);
+        }
         Repository::open_bare(path).map_err(mirror_err)?
     } else {
         init_bare(path).map_err(mirror_err)?
     };
     Ok(Mirror { repo, _lock: lock })
+}
+
+/// What a mirror made before modelmirror left templates out still holds of them: git's sample hooks,
+/// `description`, `info/exclude`. Nothing reads them; removed once, when the mirror is next polled.
+fn prune_templates(path: &Path) {
+    if let Ok(hooks) = std::fs::read_dir(path.join("hooks")) {
+        for hook in hooks.flatten() {
+            if hook.file_name().to_string_lossy().ends_with(".sample") {
+                let _ = std::fs::remove_file(hook.path());
+            }
+        }
+        let _ = std::fs::remove_dir(path.join("hooks"));
+    }
+    let _ = std::fs::remove_file(path.join("description"));
+    let _ = std::fs::remove_file(path.join("info/exclude"));
+    let _ = std::fs::remove_dir(path.join("info"));
 }
 
 /// A new bare repository without templates: git's sample hooks, `description` and `info/exclude` are about

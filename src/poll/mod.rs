@@ -344,7 +344,10 @@ fn still_at(
         error,
     };
     let state = store.repo_state(&repo.id).map_err(store_err)?;
-    if state.commit.as_deref() != Some(head.commit.as_str())
+    // A repository whose last poll failed polls over git: only git working again clears its error (the API
+    // may well answer while git cannot: a token without git access, a blocked port).
+    if state.failing
+        || state.commit.as_deref() != Some(head.commit.as_str())
         || state.settings.as_deref() != Some(config.filter.fingerprint().as_str())
     {
         return Ok(None);

@@ -97,7 +97,7 @@ pub(super) async fn serve<H, F>(
         let Ok((stream, peer)) = accepted else {
             continue;
         };
-        let share = if limits.proxies.contains(&peer.ip()) {
+        let share = if limits.proxies.contains(&unmapped(peer.ip())) {
             limits.max_connections
         } else {
             limits.max_per_client
@@ -158,6 +158,37 @@ pub(super) async fn serve<H, F>(
     conns.abort_all();
 }
 
+/// An IPv4 address mapped into IPv6 (a dual-stack listener's view of an IPv4 client) as that IPv4 address.
+pub(super) fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The client behind `peer`: when `peer` is one of the trusted `proxies`, the address it forwarded for (the
+/// last one in `X-Forwarded-For` that is not itself a trusted proxy), else `peer`.
+pub(super) fn forwarded_client(
+    proxies: &[IpAddr],
+    peer: IpAddr,
+    headers: &hyper::HeaderMap,
+) -> IpAddr {
+    let peer = unmapped(peer);
+    if !proxies.contains(&peer) {
+        return peer;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .rev()
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .map(unmapped)
+        .find(|a| !proxies.contains(a))
+        .unwrap_or(peer)
+}
+
 /// The address a client is counted as: itself for IPv4; its /64 network for IPv6, where one host easily
 /// has many addresses (an IPv4 address mapped into IPv6 counts as that IPv4 address).
 pub(super) fn client_key(ip: IpAddr) -> IpAddr {
@@ -173,19 +204,41 @@ pub(super) fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Requests of one connection being answered.
-struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+/// What a connection's requests being answered tell its [`Idle`]: how many are in progress, and when the
+/// last one was answered (milliseconds since [`epoch`]), so time spent answering never counts as idle.
+#[derive(Default)]
+struct Answering {
+    count: std::sync::atomic::AtomicUsize,
+    done_ms: std::sync::atomic::AtomicU64,
+}
+
+/// The moment the process's connection clocks count from.
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+/// One request of a connection being answered.
+struct InFlight(Arc<Answering>);
 
 impl InFlight {
-    fn enter(count: &Arc<std::sync::atomic::AtomicUsize>) -> InFlight {
-        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        InFlight(count.clone())
+    fn enter(answering: &Arc<Answering>) -> InFlight {
+        answering
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight(answering.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        let now = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0
+            .done_ms
+            .store(now, std::sync::atomic::Ordering::SeqCst);
+        self.0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -195,7 +248,7 @@ struct Idle {
     slots: Arc<tokio::sync::Semaphore>,
     busy_below: usize,
     /// Requests of this connection being answered (a connection answering one is not idle).
-    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    in_flight: Arc<Answering>,
     /// When bytes last moved either way.
     last: std::time::Instant,
     /// The next look at whether to cut the connection.
@@ -226,8 +279,18 @@ impl Idle {
     ) -> std::task::Poll<std::io::Result<()>> {
         loop {
             let busy = self.slots.available_permits() < self.busy_below;
-            let idle = self.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0;
-            let idle_for = self.last.elapsed();
+            let idle = self
+                .in_flight
+                .count
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == 0;
+            let answered = Duration::from_millis(
+                self.in_flight
+                    .done_ms
+                    .load(std::sync::atomic::Ordering::SeqCst),
+            );
+            let since_answer = epoch().elapsed().saturating_sub(answered);
+            let idle_for = self.last.elapsed().min(since_answer);
             let wait = if busy && idle {
                 if idle_for >= PRESSED_IDLE {
                     return std::task::Poll::Ready(Err(std::io::Error::new(
@@ -415,6 +478,26 @@ pub(super) fn answer(
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt as _;
+
+    #[test]
+    fn a_trusted_proxy_names_its_client_and_others_cannot() {
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("x-forwarded-for", "203.0.113.9, 127.0.0.1".parse().unwrap());
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(
+            forwarded_client(&[proxy], mapped, &headers),
+            "203.0.113.9".parse::<IpAddr>().unwrap(),
+            "a dual-stack listener sees the proxy as a mapped address"
+        );
+        let other: IpAddr = "198.51.100.4".parse().unwrap();
+        assert_eq!(
+            forwarded_client(&[proxy], other, &headers),
+            other,
+            "only proxies may say"
+        );
+        assert_eq!(forwarded_client(&[], proxy, &headers), proxy);
+    }
 
     #[test]
     fn clients_are_counted_by_address_and_ipv6_by_network() {

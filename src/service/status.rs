@@ -49,18 +49,28 @@ impl Budgets {
             .entry(provider.name.clone())
             .or_insert_with(|| Limits::new(provider.max_requests_per_hour));
         if limits.max_per_hour() != provider.max_requests_per_hour {
-            *limits = Limits::new(provider.max_requests_per_hour);
+            *limits = renewed(limits, provider.max_requests_per_hour);
         }
         limits.clone()
     }
 
-    /// Start the provider's budget afresh (its settings changed in a reload).
+    /// Start the provider's budget afresh (its settings changed in a reload); a rate-limit hold the host
+    /// imposed stays.
     pub(crate) fn reset(&self, provider: &str) {
-        self.by_provider
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(provider);
+        let mut all = self.by_provider.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(limits) = all.get_mut(provider) {
+            *limits = renewed(limits, limits.max_per_hour());
+        }
     }
+}
+
+/// A fresh budget of `max_per_hour` that keeps `old`'s hold, if any.
+fn renewed(old: &Limits, max_per_hour: u32) -> Arc<Limits> {
+    let new = Limits::new(max_per_hour);
+    if let Some(hold) = old.hold() {
+        new.hold_until(hold.until, hold.reason);
+    }
+    new
 }
 
 /// The statuses being posted.

@@ -221,7 +221,11 @@ pub(super) async fn serve(
             }
         })
     };
-    http::serve(listener, "webhook", LIMITS, stop, move |req, peer| {
+    let limits = http::Limits {
+        proxies: settings.trusted_proxies.clone(),
+        ..LIMITS
+    };
+    http::serve(listener, "webhook", limits, stop, move |req, peer| {
         handle(handler_state.clone(), req, peer)
     })
     .await;
@@ -302,9 +306,14 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>, peer: SocketAd
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET")
         };
     }
+    let proxies = current(&state.config)
+        .webhook
+        .as_ref()
+        .map(|w| w.trusted_proxies.clone())
+        .unwrap_or_default();
     let arrival = Arrival {
         received_at: now_rfc3339_millis(),
-        from: http::client_key(peer.ip()),
+        from: http::client_key(http::forwarded_client(&proxies, peer.ip(), req.headers())),
         event: event_name(req.headers()),
     };
     let named = match path.strip_prefix("/hooks") {

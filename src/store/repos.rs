@@ -15,6 +15,8 @@ pub(crate) struct RepoState {
     pub(crate) commit: Option<String>,
     /// The filter fingerprint the catalog was built with.
     pub(crate) settings: Option<String>,
+    /// The last poll failed (its error is recorded and not yet cleared by a poll that worked).
+    pub(crate) failing: bool,
 }
 
 /// A repository as webhook matching sees it.
@@ -90,12 +92,13 @@ impl Store {
         let conn = self.lock();
         let state = conn
             .query_row(
-                "SELECT commit_id, settings FROM repos WHERE id = ?1",
+                "SELECT commit_id, settings, failures > 0 OR last_error IS NOT NULL FROM repos WHERE id = ?1",
                 [id],
                 |r| {
                     Ok(RepoState {
                         commit: r.get(0)?,
                         settings: r.get(1)?,
+                        failing: r.get(2)?,
                     })
                 },
             )

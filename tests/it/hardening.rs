@@ -114,6 +114,40 @@ fn a_bad_log_level_or_rust_log_is_an_error_not_silence() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("RUST_LOG = \"degub\""), "{err}");
+    // A blank one is no filter: the default (and log_level) apply, and warnings get through.
+    config(&env, "\"t/r.git\"", "");
+    std::fs::write(
+        env.path().join("config.toml"),
+        format!(
+            "state_dir = {:?}\n[providers.g]\nkind = \"git\"\nurl = {:?}\nusername = \"u\"\ntoken_file = {:?}\nrepos = [\"t/r.git\"]\n",
+            env.path().join("state").to_string_lossy(),
+            env.server.url(),
+            env.path().join("open-token").to_string_lossy()
+        ),
+    )
+    .unwrap();
+    // Readable by others: `sync` warns about it.
+    std::fs::write(env.path().join("open-token"), "tok").unwrap();
+    std::fs::set_permissions(
+        env.path().join("open-token"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let out = bin()
+        .args([
+            "--config",
+            &env.path().join("config.toml").to_string_lossy(),
+            "sync",
+        ])
+        .env("RUST_LOG", "")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WARN") && err.contains("readable by group or others"),
+        "a blank RUST_LOG silenced the warning: {err}"
+    );
+    config(&env, "\"t/r.git\"", "");
     // A valid one lets warnings through.
     let out = bin()
         .args([

@@ -209,3 +209,39 @@ fn gitlab_heads_in_batches_its_complexity_limit_allows() {
     let paths = (0..21).map(|i| format!("grp/sub/r{i}")).collect();
     heads_are_batched_and_git_is_used_only_where_needed(Kind::Gitlab, paths);
 }
+
+#[test]
+fn an_answering_api_does_not_hide_a_git_that_fails() {
+    let paths: Vec<String> = (0..2).map(|i| format!("acme/r{i}")).collect();
+    let mut site = Site::new(Kind::Github, &paths, 2, 2);
+    site.run();
+    wait_for("the startup polls", 30, || {
+        paths
+            .iter()
+            .all(|p| site.commit(&format!("p/{p}")).is_some())
+    });
+    // Git now refuses the token; the GraphQL API still answers that nothing moved.
+    site.forge
+        .server
+        .set_auth(Auth::basic("git", "another-token"));
+    let error = |site: &Site| {
+        let status = site.env.run(&["status", "--json"]).ok().json();
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["repo"] == "p/acme/r0")
+            .map(|r| r["last_error"].clone())
+            .unwrap_or_default()
+    };
+    wait_for("the full sweep's error", 15, || !error(&site).is_null());
+    // From then on every poll goes over git (and fails) until git works again: the error stays.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let e = error(&site);
+        assert!(!e.is_null(), "the error was cleared while git still fails");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    site.forge.server.set_auth(Auth::None);
+    wait_for("git working again clears it", 20, || error(&site).is_null());
+}

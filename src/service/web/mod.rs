@@ -185,18 +185,7 @@ impl Web {
     /// The client behind `peer`: the address a trusted proxy forwarded for (the last one in
     /// `X-Forwarded-For` that is not itself a trusted proxy), else `peer`.
     fn client(&self, peer: IpAddr, headers: &hyper::HeaderMap) -> IpAddr {
-        if !self.proxies.contains(&peer) {
-            return peer;
-        }
-        headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .rev()
-            .filter_map(|a| a.trim().parse::<IpAddr>().ok())
-            .find(|a| !self.proxies.contains(a))
-            .unwrap_or(peer)
+        http::forwarded_client(&self.proxies, peer, headers)
     }
 }
 
