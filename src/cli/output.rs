@@ -31,7 +31,16 @@ pub fn terminal_lines(text: &str) -> Cow<'_, str> {
 /// Characters that change how the text around them is shown without being visible themselves: bidirectional
 /// overrides and isolates (which can reorder a row, "Trojan Source"), zero-width characters, the BOM.
 fn invisible_format(c: char) -> bool {
-    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{FEFF}'
+            | '\u{E0000}'..='\u{E007F}'
+    )
 }
 
 fn terminal_keeping(text: &str, newlines: bool) -> Cow<'_, str> {

@@ -561,7 +561,10 @@ pub fn log_filter_problem(filter: &str) -> Option<String> {
         LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d))
             || matches!(*d, "0" | "1" | "2" | "3" | "4" | "5")
     });
-    let ours = directives.iter().any(|d| d.starts_with("modelmirror"));
+    // The logging library matches targets by prefix: only `modelmirror` itself covers all of its lines.
+    let ours = directives
+        .iter()
+        .any(|d| d.split(['=', '[']).next().map(str::trim) == Some("modelmirror"));
     if !default_level && !ours {
         let words: Vec<&str> = directives
             .iter()

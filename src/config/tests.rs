@@ -357,7 +357,15 @@ fn log_filters_must_parse_and_give_modelmirror_a_level() {
     ] {
         assert_eq!(log_filter_problem(good), None, "{good}");
     }
-    for bad in ["degub", "modelmirorr=debug", "", "  ", "hyper=debug"] {
+    for bad in [
+        "degub",
+        "modelmirorr=debug",
+        "modelmirrorr=debug",
+        "modelmirror::poll=debug",
+        "",
+        "  ",
+        "hyper=debug",
+    ] {
         assert!(log_filter_problem(bad).is_some(), "{bad:?} was accepted");
     }
     assert!(log_filter_problem("degub").unwrap().contains("\"degub\""));

@@ -381,7 +381,10 @@ fn proxies(
     list.unwrap_or_default()
         .iter()
         .map(|a| {
-            a.trim().parse::<std::net::IpAddr>().map_err(|_| {
+            a.trim()
+                .parse::<std::net::IpAddr>()
+                .map(|ip| ip.to_canonical())
+                .map_err(|_| {
                 invalid(
                     file,
                     format!(

@@ -98,14 +98,16 @@ pub(crate) async fn github_heads(
                 batch = chunk.len() / 2;
                 continue;
             }
-            // This batch's repositories are polled over git; the next batch may still answer.
+            // Anything else (or a small batch still too slow) is the host's, not this batch's: what was
+            // asked so far stands, the rest poll over git.
             Err(e) => {
-                out.extend(chunk.iter().map(|_| None));
-                first_error.get_or_insert(e);
-                rest = &rest[chunk.len()..];
-                continue;
+                out.extend(rest.iter().map(|_| None));
+                first_error = Some(e);
+                break;
             }
         };
+        // A smaller batch went through: grow back towards the full size.
+        batch = (batch * 2).min(GITHUB_BATCH);
         warn_unanswered(api, &answer);
         out.extend((0..chunk.len()).map(|i| {
             let r = &answer["data"][format!("r{i}")]["defaultBranchRef"];
@@ -214,6 +216,82 @@ pub(crate) async fn gitlab_heads(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A host whose every answer is `status`, on 127.0.0.1; counts the requests it answered.
+    fn answering(status: u16) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/api/v3", listener.local_addr().unwrap());
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = count.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 65536];
+                // Read the head, then as much body as it announces.
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&seen).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if seen.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = "{\"message\":\"Server Error\"}";
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (url, count)
+    }
+
+    #[tokio::test]
+    async fn a_failing_host_costs_a_few_requests_not_one_per_batch() {
+        let (url, count) = answering(502);
+        let settings = crate::forge::api::ApiSettings {
+            provider: "gh",
+            kind: crate::forge::ProviderKind::Github,
+            api_url: Some(&url),
+            username: None,
+            connect_timeout: std::time::Duration::from_secs(5),
+            read_timeout: std::time::Duration::from_secs(5),
+            ca_file: None,
+            proxy: None,
+        };
+        let api = ApiClient::new(&settings, None, crate::forge::api::Limits::new(10_000)).unwrap();
+        let paths: Vec<String> = (0..1000).map(|i| format!("acme/r{i}")).collect();
+        let result = github_heads(&api, &paths).await;
+        assert!(result.is_err(), "nothing answered: an error");
+        // 100, 50, 25 and 12 repositories each timed out (502): halved; then 6 failed too, and the rest
+        // were not asked.
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 5);
+        // Any other failure stops at once.
+        let (url, count) = answering(500);
+        let settings = crate::forge::api::ApiSettings {
+            api_url: Some(&url),
+            ..settings
+        };
+        let api = ApiClient::new(&settings, None, crate::forge::api::Limits::new(10_000)).unwrap();
+        assert!(github_heads(&api, &paths).await.is_err());
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn endpoints_follow_the_rest_base() {

@@ -177,16 +177,22 @@ pub(super) fn forwarded_client(
     if !proxies.contains(&peer) {
         return peer;
     }
-    headers
+    // From the right, the entries the trusted proxies added; the first that is no trusted proxy is the client.
+    // An entry that cannot be read there (`ip:port`, `unknown`) ends the walk: what comes before it was
+    // written by the client and may be anything.
+    let values: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .rev()
-        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
-        .map(unmapped)
-        .find(|a| !proxies.contains(a))
-        .unwrap_or(peer)
+        .map(|v| v.to_str().unwrap_or(""))
+        .collect();
+    for entry in values.iter().flat_map(|v| v.split(',')).rev() {
+        match entry.trim().parse::<IpAddr>().map(unmapped) {
+            Ok(a) if proxies.contains(&a) => continue,
+            Ok(a) => return a,
+            Err(_) => return peer,
+        }
+    }
+    peer
 }
 
 /// The address a client is counted as: itself for IPv4; its /64 network for IPv6, where one host easily
@@ -489,6 +495,13 @@ mod tests {
             forwarded_client(&[proxy], mapped, &headers),
             "203.0.113.9".parse::<IpAddr>().unwrap(),
             "a dual-stack listener sees the proxy as a mapped address"
+        );
+        let mut spoofed = hyper::HeaderMap::new();
+        spoofed.insert("x-forwarded-for", "10.9.9.9, unknown".parse().unwrap());
+        assert_eq!(
+            forwarded_client(&[proxy], proxy, &spoofed),
+            proxy,
+            "an entry the proxy wrote that cannot be read ends the walk"
         );
         let other: IpAddr = "198.51.100.4".parse().unwrap();
         assert_eq!(

@@ -279,7 +279,13 @@ impl RepoLoop {
         loop {
             tokio::select! {
                 _ = self.nudge.wait() => {}
-                _ = tokio::time::sleep(NUDGE_QUIET) => break,
+                // Quiet, and no delivery left to dispatch (a busy database can pause the dispatcher while
+                // more of the burst waits in its queue).
+                _ = tokio::time::sleep(NUDGE_QUIET) => {
+                    if self.shared.webhook_backlog.load(Ordering::SeqCst) == 0 {
+                        break;
+                    }
+                }
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = self.stop.changed() => return false,
             }

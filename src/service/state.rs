@@ -98,6 +98,9 @@ pub(super) struct Shared {
     pub(super) statuses: Arc<super::Statuses>,
     /// The latest GraphQL head checks of each provider.
     pub(super) heads: super::heads::HeadChecks,
+    /// Verified webhook deliveries accepted and not yet dispatched: a burst's nudges are still to come
+    /// while there are any, so the poll after a burst waits for them (see `repos::settle_nudges`).
+    pub(super) webhook_backlog: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Shared {

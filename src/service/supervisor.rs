@@ -75,7 +75,8 @@ struct Supervisor {
     /// Where discovery loops send what they found.
     found: mpsc::Sender<Found>,
     /// The webhook listener's address at start: a reload cannot move it.
-    webhook_listen: Option<SocketAddr>,
+    /// `[webhook] listen` and `trusted_proxies` as the listener started with them.
+    webhook_listen: Option<(SocketAddr, Vec<std::net::IpAddr>)>,
     /// `[web]` at start: the web catalog reads it once (its address, credential files, proxies).
     web: Option<crate::config::WebConfig>,
     /// Repositories found by each provider's discovery, as last reported.
@@ -120,6 +121,7 @@ pub(crate) async fn run(
         ),
         budgets,
         heads: Default::default(),
+        webhook_backlog: Arc::default(),
         reader: reader.clone(),
         permits: Semaphore::new(config.concurrency),
         permit_count: Mutex::new(config.concurrency),
@@ -141,7 +143,10 @@ pub(crate) async fn run(
         health,
         notifier,
         found,
-        webhook_listen: config.webhook.as_ref().map(|w| w.listen),
+        webhook_listen: config
+            .webhook
+            .as_ref()
+            .map(|w| (w.listen, w.trusted_proxies.clone())),
         web: config.web.clone(),
         discovered: HashMap::new(),
         discovery: HashMap::new(),
@@ -203,6 +208,7 @@ async fn start_listeners(
             shared.config.clone(),
             shared.store.clone(),
             shared.targets.clone(),
+            shared.webhook_backlog.clone(),
             stop.clone(),
         ));
     }
@@ -230,8 +236,15 @@ impl Supervisor {
                     "configuration reloaded ({why}): {} repositories configured",
                     new.repos.len()
                 );
-                if new.webhook.as_ref().map(|w| w.listen) != self.webhook_listen {
-                    tracing::warn!("[webhook] listen changed: restart the service to apply it");
+                if new
+                    .webhook
+                    .as_ref()
+                    .map(|w| (w.listen, w.trusted_proxies.clone()))
+                    != self.webhook_listen
+                {
+                    tracing::warn!(
+                        "[webhook] listen or trusted_proxies changed: restart the service to apply it"
+                    );
                 }
                 // `public_url` is read on each request; the rest of `[web]` at start.
                 let at_start = |w: &Option<crate::config::WebConfig>| {

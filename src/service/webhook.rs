@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,6 +77,10 @@ struct HandlerState {
     seen: Mutex<Seen>,
     /// Rejected deliveries this minute: recorded one by one up to a budget, then summed up per address.
     rejects: Mutex<Rejects>,
+    /// `[webhook] trusted_proxies` as the listener started with them.
+    proxies: Vec<IpAddr>,
+    /// Deliveries in `queue` not yet dispatched.
+    backlog: Arc<AtomicUsize>,
 }
 
 /// How many client addresses a minute's summary of rejected deliveries tells apart per provider; the rest
@@ -174,6 +179,7 @@ pub(super) async fn serve(
     config: ConfigHandle,
     store: Arc<Store>,
     targets: Arc<Mutex<Targets>>,
+    backlog: Arc<AtomicUsize>,
     stop: watch::Receiver<bool>,
 ) {
     let Some(settings) = current(&config).webhook.clone() else {
@@ -196,12 +202,19 @@ pub(super) async fn serve(
         records: records_tx,
         seen: Mutex::new(seen),
         rejects: Mutex::new(Rejects::new()),
+        proxies: settings.trusted_proxies.clone(),
+        backlog: backlog.clone(),
     });
     let spawn = |name: &str, rx: mpsc::Receiver<Item>| {
-        let (config, store, targets) = (config.clone(), store.clone(), targets.clone());
+        let (config, store, targets, backlog) = (
+            config.clone(),
+            store.clone(),
+            targets.clone(),
+            backlog.clone(),
+        );
         std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || dispatch_loop(rx, &config, &store, &targets))
+            .spawn(move || dispatch_loop(rx, &config, &store, &targets, &backlog))
     };
     let (Ok(dispatcher), Ok(recorder)) = (
         spawn("webhook-dispatch", rx),
@@ -306,14 +319,13 @@ async fn handle(state: Arc<HandlerState>, req: Request<Incoming>, peer: SocketAd
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET")
         };
     }
-    let proxies = current(&state.config)
-        .webhook
-        .as_ref()
-        .map(|w| w.trusted_proxies.clone())
-        .unwrap_or_default();
     let arrival = Arrival {
         received_at: now_rfc3339_millis(),
-        from: http::client_key(http::forwarded_client(&proxies, peer.ip(), req.headers())),
+        from: http::client_key(http::forwarded_client(
+            &state.proxies,
+            peer.ip(),
+            req.headers(),
+        )),
         event: event_name(req.headers()),
     };
     let named = match path.strip_prefix("/hooks") {
@@ -580,9 +592,11 @@ fn accept(state: &HandlerState, provider: String, arrival: Arrival, delivery: De
         received_at: arrival.received_at.clone(),
         delivery,
     };
+    state.backlog.fetch_add(1, Ordering::SeqCst);
     if state.queue.try_send(item).is_ok() {
         return text(StatusCode::ACCEPTED, "accepted");
     }
+    state.backlog.fetch_sub(1, Ordering::SeqCst);
     if let (Some(key), Ok(mut seen)) = (&seen_key, state.seen.lock()) {
         // Not processed: a redelivery must be accepted.
         seen.forget(key);
@@ -722,9 +736,12 @@ fn dispatch_loop(
     config: &ConfigHandle,
     store: &Store,
     targets: &Mutex<Targets>,
+    backlog: &AtomicUsize,
 ) {
     while let Some(item) = rx.blocking_recv() {
         let config = current(config);
+        // Counted out once dispatched (its nudge given), whatever became of it.
+        let _dispatched = matches!(item, Item::Delivery { .. }).then(|| Dispatched(backlog));
         let result = match item {
             Item::Answered {
                 provider,
@@ -775,6 +792,15 @@ fn dispatch_loop(
         if let Err(e) = result {
             tracing::error!("cannot record a webhook delivery: {e}");
         }
+    }
+}
+
+/// A queued delivery, counted out of the backlog when dropped.
+struct Dispatched<'a>(&'a AtomicUsize);
+
+impl Drop for Dispatched<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

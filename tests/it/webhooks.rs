@@ -176,7 +176,7 @@ impl Hub {
             work,
         };
         // Ready: the listener answers and every repository has had its startup poll.
-        hub.wait(20, "startup", |h| {
+        hub.wait(60, "startup", |h| {
             TcpStream::connect(("127.0.0.1", h.port)).is_ok()
                 && h.count("SELECT COUNT(*) FROM models") == 4
         });
