@@ -150,12 +150,17 @@ fn main() {
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
     let _ = daemon.wait();
 
+    let most_open = server.most_busy();
     println!("| benchmark | measured | target |");
     println!("|---|---|---|");
     println!(
         "| `modelmirror run`, {repos} repositories, at rest after their startup polls | {rest:.1} MiB RSS ({anon:.1} anonymous, {file:.1} files; peak during the startup polls {daemon_peak:.1} MiB) | under {} MB: {} |",
         if repos > 1000 { 150 } else { 100 },
         verdict(rest * 1024.0 * 1024.0 < if repos > 1000 { 150e6 } else { 100e6 })
+    );
+    println!(
+        "| the startup wave of {repos} repositories (`concurrency` 4) | at most {most_open} requests processed at once by the git server | no more than `concurrency`: {} |",
+        verdict(most_open <= 4)
     );
     println!(
         "| `modelmirror sync` importing one {big_mib:.1} MiB model | peak {peak:.1} MiB RSS ({:.1}x the file) | under 5x the file: {} |",

@@ -3,6 +3,8 @@
 //! last sync; one full cycle of `modelmirror sync` against `git ls-remote` of every repository at the same
 //! concurrency. Also counts the server's requests: modelmirror must make exactly one ref listing per
 //! repository and no fetch. Run with `cargo bench --bench poll_cycle` (set `REPOS=N` for another size).
+//! With `SCALE=1000,5000,10000` it then shows how the no-change cycle grows with the number of repositories:
+//! the same cycle at each size, in one run, per repository.
 
 #[path = "../tests/common/git_http.rs"]
 mod git_http;
@@ -18,6 +20,69 @@ use support::{env_or, median, small_repos, timed_modelmirror, verdict};
 const CONCURRENCY: usize = 4;
 
 fn main() {
+    comparison();
+    if let Ok(sizes) = std::env::var("SCALE") {
+        let sizes: Vec<usize> = sizes
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect();
+        scale(&sizes);
+    }
+}
+
+/// The no-change cycle at each of `sizes` repositories (one server, the first N of the largest set).
+fn scale(sizes: &[usize]) {
+    let Some(&largest) = sizes.iter().max() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = dir.path().join("srv");
+    small_repos(dir.path(), &srv, largest);
+    let server = GitHttpServer::start(&srv, Auth::basic("git", "bench-token"));
+    println!();
+    println!(
+        "| no-change cycle | time (median of 3) | per repository | per repository / at {} |",
+        sizes[0]
+    );
+    println!("|---|---|---|---|");
+    let mut first = None;
+    let mut worst: f64 = 1.0;
+    for &n in sizes {
+        let list: Vec<String> = (0..n).map(|i| format!("\"r{i}.git\"")).collect();
+        let config = dir.path().join(format!("scale-{n}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {:?}\nconcurrency = {CONCURRENCY}\nlog_level = \"warn\"\n[providers.b]\nkind = \"git\"\nurl = {:?}\ntoken = \"bench-token\"\nrepos = [{}]\n",
+                dir.path().join(format!("state-{n}")),
+                server.url(),
+                list.join(", ")
+            ),
+        )
+        .expect("config");
+        timed_modelmirror(&config, &["sync"]);
+        let cycle = median(
+            (0..3)
+                .map(|_| timed_modelmirror(&config, &["sync"]))
+                .collect(),
+        );
+        let per = cycle.as_secs_f64() * 1000.0 / n as f64;
+        let base = *first.get_or_insert(per);
+        worst = worst.max(per / base);
+        println!(
+            "| {n} repositories | {:.2} s | {per:.2} ms | {:.2} |",
+            cycle.as_secs_f64(),
+            per / base
+        );
+    }
+    println!(
+        "linear: the cost per repository at the largest size is within 1.5x of the smallest's: {}",
+        verdict(worst <= 1.5)
+    );
+}
+
+/// The no-change cycle against `git ls-remote` of every repository.
+fn comparison() {
     let repos = env_or("REPOS", 500);
     let dir = tempfile::tempdir().expect("tempdir");
     let srv = dir.path().join("srv");

@@ -45,7 +45,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -312,6 +312,9 @@ struct Shared {
     /// after `bytes` of its body, and the connection stays open, silent, until the stall is lifted (a server
     /// that hangs mid-transfer).
     stall: Mutex<Option<(String, usize)>>,
+    /// Requests being processed now (read, not yet answered), and the most there have been at once.
+    open: AtomicUsize,
+    most_open: AtomicUsize,
 }
 
 /// A git smart-HTTP server that stops when dropped.
@@ -391,6 +394,8 @@ impl GitHttpServer {
             stop: AtomicBool::new(false),
             throttle: Mutex::new(None),
             stall: Mutex::new(None),
+            open: AtomicUsize::new(0),
+            most_open: AtomicUsize::new(0),
         });
         let accept_shared = Arc::clone(&shared);
         let accept_thread = thread::Builder::new()
@@ -472,6 +477,12 @@ impl GitHttpServer {
 
     pub fn clear_log(&self) {
         lock(&self.shared.log).clear();
+    }
+
+    /// The most requests processed at once so far (from their head read to their answer ready: the work the
+    /// server does for them).
+    pub fn most_busy(&self) -> usize {
+        self.shared.most_open.load(Ordering::SeqCst)
     }
 
     /// Change the required credentials at runtime (e.g. to test a rotated/wrong token).
@@ -589,6 +600,15 @@ impl Response {
 const IO_TIMEOUT: Duration = Duration::from_mins(2);
 const MAX_HEAD_LINES: usize = 200;
 
+/// One request being processed, counted until dropped.
+struct Open<'a>(&'a Shared);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn handle_connection(shared: &Shared, stream: TcpStream) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
@@ -637,10 +657,14 @@ fn handle_connection(shared: &Shared, stream: TcpStream) {
             .collect(),
     };
 
+    let now = shared.open.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.most_open.fetch_max(now, Ordering::SeqCst);
+    let busy = Open(shared);
     let response = match process(shared, &head, &mut reader, &mut writer, peer, &mut entry) {
         Ok(resp) => resp,
         Err(e) => Response::simple(500, &format!("git_http: {e}")),
     };
+    drop(busy);
     entry.status = response.status;
     // Log before answering, so the entry is visible once the client has the response.
     lock(&shared.log).push(entry);
