@@ -714,89 +714,93 @@ fn hackolade(d: &mut Differ<'_>, old: (&Model, &Object<'_>), new: (&Model, &Obje
     let model = Place::at(Level::Model);
     d.object(&model, &mut String::new(), o.root, n.root, &mut model_keys);
 
-    let pairs = pair(
-        &o.model.containers,
-        &n.model.containers,
+    named_items(
+        d,
+        Level::Container,
+        (&o.model.containers, &n.model.containers),
+        (&o.containers, &n.containers),
         |c| c.guid.as_deref(),
         |c| c.name.clone(),
     );
-    for (i, p) in pairs.iter().enumerate() {
-        if let (Some(j), Some(a)) = (*p, o.containers.get(i))
-            && let (Some(b), Some(c)) = (n.containers.get(j), n.model.containers.get(j))
-        {
-            let place = Place {
-                name: Some(c.name.clone()),
-                ..Place::at(Level::Container)
-            };
-            d.object(&place, &mut String::new(), a, b, &mut plain);
-        }
-    }
 
-    let pairs = pair(
+    for (i, j) in matched(
         &o.model.entities,
         &n.model.entities,
         |e| e.guid.as_deref(),
         |e| e.name.clone(),
-    );
-    for (i, p) in pairs.iter().enumerate() {
-        if let (Some(j), Some(oe)) = (*p, o.entities.get(i))
-            && let (Some(ne), Some(e)) = (n.entities.get(j), n.model.entities.get(j))
-        {
+    ) {
+        if let (Some(oe), Some(ne), Some(e)) = (
+            o.entities.get(i),
+            n.entities.get(j),
+            n.model.entities.get(j),
+        ) {
             entity(d, &e.name, oe, ne);
         }
     }
 
-    let pairs = pair(
-        &o.model.relationships,
-        &n.model.relationships,
+    named_items(
+        d,
+        Level::Relationship,
+        (&o.model.relationships, &n.model.relationships),
+        (&o.relationships, &n.relationships),
         |r| r.guid.as_deref(),
         rel_label,
     );
-    for (i, p) in pairs.iter().enumerate() {
-        if let (Some(j), Some(a)) = (*p, o.relationships.get(i))
-            && let (Some(b), Some(r)) = (n.relationships.get(j), n.model.relationships.get(j))
-        {
-            let place = Place {
-                name: Some(rel_label(r)),
-                ..Place::at(Level::Relationship)
-            };
-            d.object(&place, &mut String::new(), a, b, &mut plain);
-        }
-    }
-
-    let pairs = pair(
-        &o.model.views,
-        &n.model.views,
+    named_items(
+        d,
+        Level::View,
+        (&o.model.views, &n.model.views),
+        (&o.views, &n.views),
         |v| v.guid.as_deref(),
         |v| v.name.clone(),
     );
-    for (i, p) in pairs.iter().enumerate() {
-        if let (Some(j), Some(a)) = (*p, o.views.get(i))
-            && let (Some(b), Some(v)) = (n.views.get(j), n.model.views.get(j))
-        {
-            let place = Place {
-                name: Some(v.name.clone()),
-                ..Place::at(Level::View)
-            };
-            d.object(&place, &mut String::new(), a, b, &mut plain);
-        }
-    }
 
-    let pairs = pair(
+    for (i, j) in matched(
         &o.definitions,
         &n.definitions,
         |a| a.guid,
         |a| a.path.clone(),
-    );
-    for (i, p) in pairs.iter().enumerate() {
-        if let (Some(j), Some(a)) = (*p, o.definitions.get(i))
-            && let Some(b) = n.definitions.get(j)
-        {
+    ) {
+        if let (Some(a), Some(b)) = (o.definitions.get(i), n.definitions.get(j)) {
             let place = Place {
                 name: Some(b.path.clone()),
                 ..Place::at(Level::Definition)
             };
             d.with_children(&place, &mut String::new(), a.obj, b.obj);
+        }
+    }
+}
+
+/// The (old, new) indexes of the items [`pair`] matches.
+fn matched<T>(
+    old: &[T],
+    new: &[T],
+    guid: fn(&T) -> Option<&str>,
+    key: fn(&T) -> String,
+) -> impl Iterator<Item = (usize, usize)> {
+    pair(old, new, guid, key)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, j)| Some((i, j?)))
+}
+
+/// Items of one `level` (containers, relationships, views), matched as the model's lists match them and
+/// compared property by property, each under its name (`key`) in the newer version.
+fn named_items<T>(
+    d: &mut Differ<'_>,
+    level: Level,
+    items: (&[T], &[T]),
+    raw: (&[&Object<'_>], &[&Object<'_>]),
+    guid: fn(&T) -> Option<&str>,
+    key: fn(&T) -> String,
+) {
+    for (i, j) in matched(items.0, items.1, guid, key) {
+        if let (Some(a), Some(b), Some(item)) = (raw.0.get(i), raw.1.get(j), items.1.get(j)) {
+            let place = Place {
+                name: Some(key(item)),
+                ..Place::at(level)
+            };
+            d.object(&place, &mut String::new(), a, b, &mut plain);
         }
     }
 }
@@ -839,16 +843,13 @@ fn entity(d: &mut Differ<'_>, name: &str, oe: &EntitySide<'_>, ne: &EntitySide<'
             }
         }
     }
-    let pairs = pair(
+    for (k, l) in matched(
         &oe.attributes,
         &ne.attributes,
         |a| a.guid,
         |a| a.path.clone(),
-    );
-    for (k, q) in pairs.iter().enumerate() {
-        if let (Some(l), Some(a)) = (*q, oe.attributes.get(k))
-            && let Some(b) = ne.attributes.get(l)
-        {
+    ) {
+        if let (Some(a), Some(b)) = (oe.attributes.get(k), ne.attributes.get(l)) {
             let place = Place {
                 entity: Some(name.to_string()),
                 attribute: Some(b.path.clone()),
