@@ -3,7 +3,7 @@
 //! REST at `api.bitbucket.org/2.0`; discovery lists a workspace's repositories, or one project's.
 
 use super::api::{self, ApiClient, ApiError, BoxFuture};
-use super::status::{self, CommitStatus, Posted, ScopeCheck, StatusState};
+use super::status::{CommitStatus, ScopeCheck, StatusRequest, StatusState};
 use super::webhook::{Delivery, EventKind, HookError, RefUpdate, RepoKey, header};
 use super::{DiscoveredRepo, Forge, json_body, s};
 use crate::git::GitAuth;
@@ -11,6 +11,14 @@ use crate::secret::Secret;
 use reqwest::header::HeaderMap;
 
 pub(crate) struct BitbucketCloud;
+
+/// A status's state as both Bitbucket APIs write it.
+pub(super) fn bitbucket_state(state: StatusState) -> &'static str {
+    match state {
+        StatusState::Success => "SUCCESSFUL",
+        StatusState::Failure => "FAILED",
+    }
+}
 
 impl Forge for BitbucketCloud {
     fn default_url(&self) -> Option<&'static str> {
@@ -147,35 +155,26 @@ impl Forge for BitbucketCloud {
     }
     /// `POST /repositories/{workspace}/{repo}/commit/{sha}/statuses/build`; 201. The same `key` replaces the
     /// earlier status (only its creator may: post with one identity). `url` must be a valid URL.
-    fn post_status<'a>(
-        &'a self,
-        api: &'a ApiClient,
-        st: &'a CommitStatus,
-    ) -> BoxFuture<'a, Result<Posted, ApiError>> {
-        Box::pin(async move {
-            let url = api.url(&format!(
+    fn status_request(
+        &self,
+        api: &ApiClient,
+        st: &CommitStatus,
+    ) -> Result<StatusRequest, ApiError> {
+        Ok(StatusRequest {
+            url: api.url(&format!(
                 "/repositories/{}/commit/{}/statuses/build",
                 super::encode_path(st.repo_path.trim_end_matches(".git")),
                 api::encode(&st.sha)
-            ));
-            let body = serde_json::json!({
+            )),
+            body: serde_json::json!({
                 "key": st.context,
-                "state": match st.state {
-                    StatusState::Success => "SUCCESSFUL",
-                    StatusState::Failure => "FAILED",
-                },
+                "state": bitbucket_state(st.state),
                 "name": st.context,
                 "description": st.description(255),
                 "url": st.some_url(),
                 "refname": st.branch,
-            });
-            let r = api.post_json(&url, &body).await?;
-            status::answer(
-                api,
-                &r,
-                st,
-                "the token needs the repository (read) scope, and only the status's creator or an admin may replace it",
-            )
+            }),
+            need: "the token needs the repository (read) scope, and only the status's creator or an admin may replace it",
         })
     }
     fn status_scope<'a>(

@@ -4,7 +4,7 @@
 //! repositories.
 
 use super::api::{self, ApiClient, ApiError, BoxFuture};
-use super::status::{self, CommitStatus, Posted, ScopeCheck, StatusState};
+use super::status::{self, CommitStatus, ScopeCheck, StatusRequest};
 use super::webhook::{self, Delivery, EventKind, HookError, RefUpdate, RepoKey, header};
 use super::{DiscoveredRepo, Forge, json_body, json_id, s};
 use crate::git::GitAuth;
@@ -127,53 +127,43 @@ impl Forge for BitbucketDatacenter {
     }
     /// `POST /rest/api/latest/projects/{key}/repos/{slug}/commits/{sha}/builds` (Bitbucket 7.4+); 204. `key`,
     /// `state` and `url` (450 characters at most) are required; `ref` shows it on pull requests.
-    fn post_status<'a>(
-        &'a self,
-        api: &'a ApiClient,
-        st: &'a CommitStatus,
-    ) -> BoxFuture<'a, Result<Posted, ApiError>> {
-        Box::pin(async move {
-            let Some((project, slug)) = st.repo_path.trim_end_matches(".git").split_once('/')
-            else {
-                return Err(ApiError::Setup {
-                    provider: api.provider.clone(),
-                    message: format!("{} is not a PROJECT/repo path", st.repo_path),
-                });
-            };
-            // `latest` is the current version of the REST API (1.0 today).
-            let base = api
-                .base
-                .strip_suffix("/rest/api/1.0")
-                .map(|b| format!("{b}/rest/api/latest"))
-                .unwrap_or_else(|| api.base.clone());
-            let url = format!(
+    fn status_request(
+        &self,
+        api: &ApiClient,
+        st: &CommitStatus,
+    ) -> Result<StatusRequest, ApiError> {
+        let Some((project, slug)) = st.repo_path.trim_end_matches(".git").split_once('/') else {
+            return Err(ApiError::Setup {
+                provider: api.provider.clone(),
+                message: format!("{} is not a PROJECT/repo path", st.repo_path),
+            });
+        };
+        // `latest` is the current version of the REST API (1.0 today).
+        let base = api
+            .base
+            .strip_suffix("/rest/api/1.0")
+            .map(|b| format!("{b}/rest/api/latest"))
+            .unwrap_or_else(|| api.base.clone());
+        let mut link = st.some_url();
+        if link.len() > 450 {
+            link = st.repo_page.clone().unwrap_or_default();
+        }
+        Ok(StatusRequest {
+            url: format!(
                 "{base}/projects/{}/repos/{}/commits/{}/builds",
                 api::encode(project),
                 api::encode(slug),
                 api::encode(&st.sha)
-            );
-            let mut link = st.some_url();
-            if link.len() > 450 {
-                link = st.repo_page.clone().unwrap_or_default();
-            }
-            let body = serde_json::json!({
+            ),
+            body: serde_json::json!({
                 "key": status::shorten(&st.context, 255),
-                "state": match st.state {
-                    StatusState::Success => "SUCCESSFUL",
-                    StatusState::Failure => "FAILED",
-                },
+                "state": super::bitbucket_cloud::bitbucket_state(st.state),
                 "url": link,
                 "name": status::shorten(&st.context, 255),
                 "description": st.description(255),
                 "ref": format!("refs/heads/{}", st.branch),
-            });
-            let r = api.post_json(&url, &body).await?;
-            status::answer(
-                api,
-                &r,
-                st,
-                "the token needs Repository read (REPO_READ) permission",
-            )
+            }),
+            need: "the token needs Repository read (REPO_READ) permission",
         })
     }
     fn status_scope<'a>(

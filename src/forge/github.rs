@@ -3,7 +3,7 @@
 //! `<url>/api/v3`) with a Bearer token; discovery lists an organisation's or a user's repositories.
 
 use super::api::{self, ApiClient, ApiError, BoxFuture};
-use super::status::{self, CommitStatus, Posted, ScopeCheck};
+use super::status::{CommitStatus, ScopeCheck, StatusRequest};
 use super::webhook::{self, Delivery, EventKind, HookError, RefUpdate, RepoKey, header};
 use super::{DiscoveredRepo, Forge, json_body, json_id, s};
 use crate::git::GitAuth;
@@ -109,30 +109,24 @@ impl Forge for Github {
         true
     }
     /// `POST /repos/{owner}/{repo}/statuses/{sha}`; 201. Descriptions longer than 140 characters are refused.
-    fn post_status<'a>(
-        &'a self,
-        api: &'a ApiClient,
-        st: &'a CommitStatus,
-    ) -> BoxFuture<'a, Result<Posted, ApiError>> {
-        Box::pin(async move {
-            let url = api.url(&format!(
+    fn status_request(
+        &self,
+        api: &ApiClient,
+        st: &CommitStatus,
+    ) -> Result<StatusRequest, ApiError> {
+        Ok(StatusRequest {
+            url: api.url(&format!(
                 "/repos/{}/statuses/{}",
                 super::encode_path(st.repo_path.trim_end_matches(".git")),
                 api::encode(&st.sha)
-            ));
-            let body = serde_json::json!({
+            )),
+            body: serde_json::json!({
                 "state": st.state.as_str(),
                 "context": st.context,
                 "description": st.description(140),
                 "target_url": st.target_url,
-            });
-            let r = api.post_json(&url, &body).await?;
-            status::answer(
-                api,
-                &r,
-                st,
-                "a classic token needs the repo or repo:status scope; a fine-grained token needs Commit statuses: write",
-            )
+            }),
+            need: "a classic token needs the repo or repo:status scope; a fine-grained token needs Commit statuses: write",
         })
     }
     /// Classic tokens list their scopes in `X-OAuth-Scopes`; fine-grained ones cannot be asked.

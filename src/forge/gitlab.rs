@@ -6,7 +6,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::api::{self, ApiClient, ApiError, BoxFuture};
-use super::status::{self, CommitStatus, Posted, ScopeCheck, StatusState};
+use super::status::{self, CommitStatus, Posted, ScopeCheck, StatusRequest, StatusState};
 use super::webhook::{self, Delivery, EventKind, HookError, RefUpdate, RepoKey, header};
 use super::{DiscoveredRepo, Forge, json_body, json_id, s};
 use crate::git::GitAuth;
@@ -139,43 +139,48 @@ impl Forge for Gitlab {
     fn has_statuses(&self) -> bool {
         true
     }
-    /// `POST /projects/:id/statuses/:sha` (`:id` the URL-encoded path); 201. A state the commit already has
-    /// is refused with 400 "Cannot transition status": that is done, not failed.
-    fn post_status<'a>(
-        &'a self,
-        api: &'a ApiClient,
-        st: &'a CommitStatus,
-    ) -> BoxFuture<'a, Result<Posted, ApiError>> {
-        Box::pin(async move {
-            let url = api.url(&format!(
+    /// `POST /projects/:id/statuses/:sha` (`:id` the URL-encoded path); 201.
+    fn status_request(
+        &self,
+        api: &ApiClient,
+        st: &CommitStatus,
+    ) -> Result<StatusRequest, ApiError> {
+        let mut body = serde_json::json!({
+            "state": match st.state {
+                StatusState::Success => "success",
+                StatusState::Failure => "failed",
+            },
+            "name": st.context,
+            "ref": st.branch,
+            "description": st.description(255),
+        });
+        // Only http(s) links are accepted, of 255 characters at most.
+        if let Some(u) = st.target_url.as_deref().filter(|u| u.len() <= 255) {
+            body["target_url"] = u.into();
+        }
+        Ok(StatusRequest {
+            url: api.url(&format!(
                 "/projects/{}/statuses/{}",
                 api::encode(st.repo_path.trim_end_matches(".git")),
                 api::encode(&st.sha)
-            ));
-            let mut body = serde_json::json!({
-                "state": match st.state {
-                    StatusState::Success => "success",
-                    StatusState::Failure => "failed",
-                },
-                "name": st.context,
-                "ref": st.branch,
-                "description": st.description(255),
-            });
-            // Only http(s) links are accepted, of 255 characters at most.
-            if let Some(u) = st.target_url.as_deref().filter(|u| u.len() <= 255) {
-                body["target_url"] = u.into();
-            }
-            let r = api.post_json(&url, &body).await?;
-            if r.status == 400 && api::body_message(&r.body).contains("Cannot transition status") {
-                return Ok(Posted::Unchanged);
-            }
-            status::answer(
-                api,
-                &r,
-                st,
-                "the token needs the api scope, and its user the Developer role (Maintainer on a protected branch)",
-            )
+            )),
+            body,
+            need: "the token needs the api scope, and its user the Developer role (Maintainer on a protected branch)",
         })
+    }
+    /// A status still pending or running in the state posted is refused with 400 "Cannot transition status":
+    /// that is done, not failed.
+    fn status_answer(
+        &self,
+        api: &ApiClient,
+        r: &api::Response,
+        st: &CommitStatus,
+        need: &str,
+    ) -> Result<Posted, ApiError> {
+        if r.status == 400 && api::body_message(&r.body).contains("Cannot transition status") {
+            return Ok(Posted::Unchanged);
+        }
+        status::answer(api, r, st, need)
     }
     /// `GET /personal_access_tokens/self` lists a token's scopes (personal, group and project tokens).
     fn status_scope<'a>(

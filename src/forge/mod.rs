@@ -18,7 +18,7 @@ use crate::git::GitAuth;
 use crate::secret::Secret;
 use api::{ApiClient, ApiError, BoxFuture, RestAuth};
 use reqwest::header::HeaderMap;
-use status::{CommitStatus, Posted, ScopeCheck};
+use status::{CommitStatus, Posted, ScopeCheck, StatusRequest};
 pub(crate) use urls::{UrlError, base_url, resolve_repo};
 use webhook::{Delivery, HookError};
 
@@ -191,18 +191,27 @@ pub(crate) trait Forge: Sync {
     fn has_statuses(&self) -> bool {
         false
     }
-    /// Post `status` on its commit.
-    fn post_status<'a>(
-        &'a self,
-        api: &'a ApiClient,
-        _status: &'a CommitStatus,
-    ) -> BoxFuture<'a, Result<Posted, ApiError>> {
-        Box::pin(async move {
-            Err(ApiError::Setup {
-                provider: api.provider.clone(),
-                message: "this kind has no commit statuses".into(),
-            })
+    /// The request that posts `status` on its commit: where, what, and what the token needs for it. The
+    /// posting itself is [`status::post`].
+    fn status_request(
+        &self,
+        api: &ApiClient,
+        _status: &CommitStatus,
+    ) -> Result<StatusRequest, ApiError> {
+        Err(ApiError::Setup {
+            provider: api.provider.clone(),
+            message: "this kind has no commit statuses".into(),
         })
+    }
+    /// What an answer to a status post means (most hosts: [`status::answer`]).
+    fn status_answer(
+        &self,
+        api: &ApiClient,
+        r: &api::Response,
+        status: &CommitStatus,
+        need: &str,
+    ) -> Result<Posted, ApiError> {
+        status::answer(api, r, status, need)
     }
     /// Whether the token may write commit statuses, as far as the host tells (for `check`).
     fn status_scope<'a>(

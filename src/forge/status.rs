@@ -72,6 +72,25 @@ impl Posted {
     }
 }
 
+/// A status post as one host takes it.
+pub(crate) struct StatusRequest {
+    pub(crate) url: String,
+    pub(crate) body: serde_json::Value,
+    /// What the token needs for it, for the message of a 403.
+    pub(crate) need: &'static str,
+}
+
+/// Post `status` on its commit to the host of `forge`.
+pub(crate) async fn post(
+    forge: &dyn super::Forge,
+    api: &ApiClient,
+    status: &CommitStatus,
+) -> Result<Posted, ApiError> {
+    let request = forge.status_request(api, status)?;
+    let r = api.post_json(&request.url, &request.body).await?;
+    forge.status_answer(api, &r, status, request.need)
+}
+
 /// Whether a token may write commit statuses, as far as the host tells.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ScopeCheck {

@@ -245,7 +245,7 @@ impl Statuses {
                 Err(e) => break Err(e.to_string()),
             };
             let posted = tokio::select! {
-                r = provider.kind.forge().post_status(&api, &status) => r,
+                r = crate::forge::status::post(provider.kind.forge(), &api, &status) => r,
                 _ = stop.wait_for(|s| *s) => break Err(STOPPED.to_string()),
             };
             let error = match posted {
