@@ -559,6 +559,22 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
+    /// Each entity's name, full name, namespace and attribute count.
+    fn entity_rows(model: &Model) -> Vec<(&str, Option<&str>, Option<&str>, usize)> {
+        model
+            .entities
+            .iter()
+            .map(|e| {
+                (
+                    e.name.as_str(),
+                    e.code.as_deref(),
+                    e.container.as_deref(),
+                    e.attributes.len(),
+                )
+            })
+            .collect()
+    }
+
     fn parse_model(path: &str, bytes: &[u8]) -> Model {
         match parse(path, bytes) {
             Parsed::Model(m) => m,
@@ -635,18 +651,7 @@ mod tests {
             }]
         );
         // The record, then the named types declared inline in its fields, in document order.
-        let entities: Vec<(&str, Option<&str>, Option<&str>, usize)> = model
-            .entities
-            .iter()
-            .map(|e| {
-                (
-                    e.name.as_str(),
-                    e.code.as_deref(),
-                    e.container.as_deref(),
-                    e.attributes.len(),
-                )
-            })
-            .collect();
+        let entities = entity_rows(&model);
         assert_eq!(
             entities,
             [
@@ -765,18 +770,7 @@ mod tests {
         let model = parse_model("cards.AVSC", json.as_bytes());
         assert_eq!(model.name, "cards");
         assert_eq!(model.description, None);
-        let entities: Vec<(&str, Option<&str>, Option<&str>, usize)> = model
-            .entities
-            .iter()
-            .map(|e| {
-                (
-                    e.name.as_str(),
-                    e.code.as_deref(),
-                    e.container.as_deref(),
-                    e.attributes.len(),
-                )
-            })
-            .collect();
+        let entities = entity_rows(&model);
         assert_eq!(
             entities,
             [
