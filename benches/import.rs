@@ -1,6 +1,7 @@
 //! Import costs, side by side with their baselines, on the same local git smart-HTTP server the tests use:
 //! 1. initial import of one repository of 2,000 models (built from the fixture models) vs `git clone --bare`
-//!    of it; 2. incremental cost: one commit changing one model, in repositories of 100 and of 10,000 models
+//!    of it, and through `file://` vs `git clone --bare --no-local`; the real fixture repositories the same
+//!    two ways, without and with their history; 2. incremental cost: one commit changing one model, in repositories of 100 and of 10,000 models
 //!    (the work must follow the change, not the repository); 3. history replay: the real books history and a
 //!    generated 1,000-commit history, commits processed per second. Run with `cargo bench --bench import`.
 
@@ -192,7 +193,39 @@ fn main() {
         secs(clone),
         fetch.as_secs_f64() / clone.as_secs_f64()
     );
+
+    // The same repository through a file:// URL, against `git clone --bare --no-local` (which, like a remote,
+    // goes through git's pack protocol).
+    let local = s.root.join("local.toml");
+    std::fs::write(
+        &local,
+        format!(
+            "state_dir = {:?}\nlog_level = \"warn\"\n[providers.b]\nkind = \"git\"\nurl = {:?}\nrepos = [\"big.git\"]\n",
+            s.root.join("lstate"),
+            s.root.join("srv")
+        ),
+    )
+    .expect("config");
+    let (mut clones, mut imports) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        clones.push(clone_no_local(
+            &s.root.join("srv/big.git"),
+            &s.root.join(format!("nolocal{round}.git")),
+        ));
+        let _ = std::fs::remove_dir_all(s.root.join("lstate"));
+        imports.push(timed_modelmirror(&local, &["sync", "b/big"]));
+    }
+    let (clone, import) = (median(clones), median(imports));
+    println!(
+        "| initial import, {big} models, file:// | {} (complete catalog) | {} (`git clone --bare --no-local`) | {:.2}x | at most 2x: {} |",
+        secs(import),
+        secs(clone),
+        import.as_secs_f64() / clone.as_secs_f64(),
+        verdict(import.as_secs_f64() <= 2.0 * clone.as_secs_f64())
+    );
     drop(s);
+
+    real_repositories();
     if std::env::var("ONLY").is_ok_and(|v| v == "initial") {
         return;
     }
@@ -270,5 +303,122 @@ fn main() {
             secs(took),
             commits / took.as_secs_f64()
         );
+    }
+}
+
+/// `git clone --bare --no-local SOURCE DEST`: how long it took.
+fn clone_no_local(source: &Path, dest: &Path) -> Duration {
+    let started = Instant::now();
+    let ok = Command::new("git")
+        .args(["clone", "-q", "--bare", "--no-local"])
+        .arg(source)
+        .arg(dest)
+        .status()
+        .expect("git clone");
+    assert!(ok.success());
+    started.elapsed()
+}
+
+/// The real fixture histories (public Hackolade repositories), over smart HTTP and through file://: the
+/// import of the default branch alone (`backfill = false`) against the matching `git clone --bare`, and with
+/// its history (`backfill = true`, the default) as a separate figure. Median of three, each from scratch.
+fn real_repositories() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let srv = root.join("srv");
+    std::fs::create_dir_all(&srv).expect("mkdir");
+    let repos = ["books", "playground-models"];
+    for name in repos {
+        let bundle = fixtures_dir().join(format!("repos/{name}.bundle"));
+        git(
+            &srv,
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                &bundle.to_string_lossy(),
+                &format!("{name}.git"),
+            ],
+        );
+    }
+    let server = GitHttpServer::start(&srv, Auth::None);
+    let list: Vec<String> = repos.iter().map(|n| format!("\"{n}.git\"")).collect();
+    let config = |name: &str, url: String, backfill: bool| {
+        let path = root.join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "state_dir = {:?}\nlog_level = \"warn\"\nbackfill = {backfill}\n[providers.b]\nkind = \"git\"\nurl = {url:?}\nrepos = [{}]\n",
+                root.join("state"),
+                list.join(", ")
+            ),
+        )
+        .expect("config");
+        path
+    };
+    let http = server.url();
+    let file = srv.to_string_lossy().into_owned();
+    let configs = [
+        (
+            "smart HTTP",
+            config("http", http.clone(), false),
+            config("http-history", http, true),
+        ),
+        (
+            "file://",
+            config("file", file.clone(), false),
+            config("file-history", file, true),
+        ),
+    ];
+    for name in repos {
+        let models = git(
+            &srv.join(format!("{name}.git")),
+            &["ls-tree", "-r", "--name-only", "HEAD"],
+        )
+        .lines()
+        .filter(|l| l.ends_with(".json"))
+        .count();
+        let commits = git(
+            &srv.join(format!("{name}.git")),
+            &["rev-list", "--first-parent", "--count", "HEAD"],
+        );
+        for (transport, head_only, history) in &configs {
+            let (mut clones, mut heads, mut histories) = (Vec::new(), Vec::new(), Vec::new());
+            for round in 0..3 {
+                let dest = root.join(format!("clone-{round}.git"));
+                let _ = std::fs::remove_dir_all(&dest);
+                clones.push(if *transport == "file://" {
+                    clone_no_local(&srv.join(format!("{name}.git")), &dest)
+                } else {
+                    let started = Instant::now();
+                    let url = server.repo_url(&format!("{name}.git"));
+                    let ok = Command::new("git")
+                        .args(["clone", "-q", "--bare", &url, &dest.to_string_lossy()])
+                        .status()
+                        .expect("git clone");
+                    assert!(ok.success());
+                    started.elapsed()
+                });
+                for (config, into) in [(head_only, &mut heads), (history, &mut histories)] {
+                    let _ = std::fs::remove_dir_all(root.join("state"));
+                    into.push(timed_modelmirror(config, &["sync", &format!("b/{name}")]));
+                }
+            }
+            let (clone, head, history) = (median(clones), median(heads), median(histories));
+            let (baseline, target) = if *transport == "file://" {
+                ("`git clone --bare --no-local`", 2.0)
+            } else {
+                ("`git clone --bare`", 1.5)
+            };
+            println!(
+                "| real repository {name} ({models} JSON files, {commits} first-parent commits), {transport} | {} without history; {} with it (backfill) | {} ({baseline}) | {:.2}x (with history {:.2}x) | at most {target}x: {} |",
+                secs(head),
+                secs(history),
+                secs(clone),
+                head.as_secs_f64() / clone.as_secs_f64(),
+                history.as_secs_f64() / clone.as_secs_f64(),
+                verdict(head.as_secs_f64() <= target * clone.as_secs_f64())
+            );
+        }
     }
 }

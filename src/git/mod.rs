@@ -2,12 +2,14 @@
 //! ([`mirror`]), listing the remote's refs and fetching its default branch in one connection ([`remote`]),
 //! walking first-parent history ([`history`]), diffing trees and reading blobs ([`tree`]). The one thing read
 //! without libgit2 is where objects sit in the pack files ([`packs`]: Git's documented `.idx` format), so that
-//! many blobs can be read in the order they are stored.
+//! many blobs can be read in the order they are stored; and a new mirror of a repository on this machine
+//! starts from the source's object files, as `git clone --local` does ([`local`]).
 //!
 //! All of it is blocking; callers run it on `spawn_blocking`.
 
 mod history;
 mod known_hosts;
+mod local;
 mod mirror;
 mod packs;
 mod remote;

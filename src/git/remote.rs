@@ -54,6 +54,7 @@ pub(crate) enum RemoteHead {
 /// The branch HEAD points to (the symref) is recorded as `refs/heads/<name>` in the mirror, so fetched objects
 /// stay reachable.
 pub(crate) fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<RemoteHead, GitError> {
+    seed_new_mirror(repo, spec.url);
     let listing = connect(repo, spec, &[])?;
     let Some((name, commit)) = listing.head else {
         return Ok(RemoteHead::Empty);
@@ -91,6 +92,37 @@ pub(crate) fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<Rem
         commit,
         bytes: listing.bytes,
     })
+}
+
+/// A mirror with no branch yet, of a repository on this machine, starts from the source's object files (see
+/// [`super::local`]); the fetch that follows then finds the commit it wants already there and downloads
+/// nothing. Anything in the way only means the usual fetch.
+fn seed_new_mirror(repo: &Repository, url: &str) {
+    let Some(source) = super::local::source_path(url) else {
+        return;
+    };
+    let has_branch = repo
+        .references_glob("refs/heads/*")
+        .map(|mut refs| refs.next().is_some())
+        .unwrap_or(true);
+    if has_branch {
+        return;
+    }
+    match super::local::seed(repo, &source) {
+        Ok(Some(seeded)) => tracing::debug!(
+            "{}: the new mirror took {} object files from {} ({} copied, the rest hard links)",
+            repo.path().display(),
+            seeded.files,
+            source.display(),
+            seeded.copied
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::info!(
+            "{}: could not start the new mirror from the files of {} ({e}); fetching it instead",
+            repo.path().display(),
+            source.display()
+        ),
+    }
 }
 
 /// List the remote's refs without fetching anything, and report its default branch and commit

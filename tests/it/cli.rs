@@ -229,6 +229,104 @@ fn the_bundled_demo_works() {
     assert!(page.text().contains("demo/books"), "{}", page.text());
 }
 
+/// A repository on this machine (`file://`, as in the demo): the new mirror takes the source's object files
+/// (hard links here: one filesystem) instead of a pack libgit2 would build by computing deltas; later commits
+/// arrive through the usual fetch. Without the shortcut the mirror's pack is a new one, named after its
+/// different content, and the inode check fails.
+#[test]
+fn a_local_repository_is_mirrored_from_its_own_files() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = dir.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    let bundle = fixtures().join("repos/books.bundle");
+    git(
+        &srv,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &bundle.to_string_lossy(),
+            "books.git",
+        ],
+    );
+    let source = srv.join("books.git");
+    git(&source, &["repack", "-a", "-d", "-q"]);
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = {:?}\n[providers.l]\nkind = \"git\"\nurl = {:?}\nrepos = [\"books.git\"]\n",
+            dir.path().join("state"),
+            srv
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_string_lossy().into_owned();
+    let sync = || {
+        let out = bin().args(["--config", &cfg, "sync"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = sync();
+    assert!(first.starts_with("l/books updated: +"), "{first}");
+    let packs = |repo: &std::path::Path| -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(repo.join("objects/pack"))
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.path()
+                    .extension()
+                    .is_some_and(|x| x == "pack" || x == "idx")
+            })
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().ino(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let mirror = dir.path().join("state/mirrors/l/books.git");
+    assert_eq!(packs(&mirror), packs(&source), "the source's own files");
+    assert_eq!(packs(&mirror).len(), 2);
+    let out = bin()
+        .args(["--config", &cfg, "models", "--json"])
+        .output()
+        .unwrap();
+    let models: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(models.as_array().unwrap().len(), 141);
+
+    // A new commit in the source comes through the fetch, into the same catalog.
+    let work = dir.path().join("work");
+    git(
+        dir.path(),
+        &["clone", "-q", &source.to_string_lossy(), "work"],
+    );
+    std::fs::copy(
+        fixtures().join("models/books/MongoDB__Figure 006 - Subtyping.hck.json"),
+        work.join("added.hck.json"),
+    )
+    .unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "one more"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let second = sync();
+    assert!(second.starts_with("l/books updated: +1 ~0 -0"), "{second}");
+    let out = bin()
+        .args(["--config", &cfg, "models", "--json"])
+        .output()
+        .unwrap();
+    let models: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(models.as_array().unwrap().len(), 142);
+}
+
 /// `token_file = "${CREDENTIALS_DIRECTORY}/NAME"`, as with systemd's `LoadCredential=`.
 #[test]
 fn token_file_from_a_systemd_credential() {
