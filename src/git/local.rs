@@ -1,14 +1,16 @@
 //! A new mirror of a repository on this machine (`file://`) starts from the source's own object files, as
 //! `git clone --local` does: hard links where the filesystem allows, copies elsewhere.
 //!
-//! Why: libgit2's local transport builds a pack in-process, computing deltas (about 60% of a local import's
-//! CPU), only for the mirror to index it again. Git never rewrites an object file (packs, their indexes and
-//! loose objects are only ever added and deleted), so sharing them is safe. Later polls fetch through the
-//! transport as before: only the new objects, a small pack.
+//! Why: libgit2's local transport builds a pack in-process, computing deltas (most of a local import's time),
+//! only for the mirror to index it again. Git never rewrites an object file (packs, their indexes and loose
+//! objects are only ever added and deleted), so sharing them is safe. Later polls fetch through the transport
+//! as before: only the new objects, a small pack.
 //!
 //! Seeding is a shortcut, never a requirement: a source it cannot read whole (alternates, a shallow clone, a
-//! repack racing the copy) is fetched the usual way, and a mirror it seeded is kept only when every object of
-//! the source's history is in it (checked before anything uses the mirror).
+//! folder that vanished under a repack) is fetched the usual way, and a mirror it seeded is kept only when
+//! every object of the history of the source's `HEAD` is in it. Other objects copied with them (other
+//! branches, a push landing meanwhile) are not checked here: whenever a fetch finds a new head already in the
+//! mirror, [`super::remote::fetch_head`] checks that head's new history the same way ([`complete`]).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -16,12 +18,31 @@ use std::path::{Path, PathBuf};
 use git2::{ObjectType, Oid, Repository};
 
 /// What seeding did, for the log.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub(super) struct Seeded {
     /// Files placed in the mirror (a pack and its index count as two).
     pub(super) files: usize,
     /// How many of them are copies (the rest are hard links).
     pub(super) copied: usize,
+    /// The commit whose whole history was checked to be there (the source's `HEAD` when seeding began).
+    pub(super) head: Oid,
+}
+
+/// What a long seeding reports to and hears from its poll: `alive` is called as files are placed and trees
+/// read (the watchdog's sign of life); `cancel` stops it (shutdown).
+pub(super) struct Watch<'a> {
+    pub(super) alive: Option<&'a (dyn Fn() + Sync)>,
+    pub(super) cancel: &'a std::sync::atomic::AtomicBool,
+}
+
+impl Watch<'_> {
+    /// Report life; `false` once cancelled.
+    fn tick(&self) -> bool {
+        if let Some(alive) = self.alive {
+            alive();
+        }
+        !self.cancel.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// The folder of a `file://` URL.
@@ -35,7 +56,11 @@ pub(super) fn source_path(url: &str) -> Option<PathBuf> {
 /// Give the empty mirror `mirror` the object files of the repository at `source`. `Ok(None)` when the source
 /// is not one to seed from (the caller fetches the usual way); an error names what went wrong, and whatever
 /// was placed is removed again.
-pub(super) fn seed(mirror: &Repository, source: &Path) -> Result<Option<Seeded>, String> {
+pub(super) fn seed(
+    mirror: &Repository,
+    source: &Path,
+    watch: &Watch<'_>,
+) -> Result<Option<Seeded>, String> {
     let Ok(src) = Repository::open(source) else {
         return Ok(None);
     };
@@ -53,16 +78,16 @@ pub(super) fn seed(mirror: &Repository, source: &Path) -> Result<Option<Seeded>,
     drop(src);
     let target = mirror.path().join("objects");
     let mut placed = Placed::default();
-    let result = place_all(&objects, &target, &mut placed).and_then(|()| {
+    let result = place_all(&objects, &target, &mut placed, watch).and_then(|()| {
         // Checked through a handle of its own: `mirror`'s object cache must not keep an object this check
         // read should the files be taken back.
         let fresh = Repository::open_bare(mirror.path()).map_err(|e| e.message().to_string())?;
-        if complete(&fresh, head) {
-            Ok(())
-        } else {
-            Err(format!(
+        match complete(&fresh, head, None, watch) {
+            Complete::Yes => Ok(()),
+            Complete::No => Err(format!(
                 "the objects of commit {head} and its history were not all there (was the repository repacked meanwhile?)"
-            ))
+            )),
+            Complete::Stopped => Err("stopped by shutdown".into()),
         }
     });
     match result {
@@ -74,6 +99,7 @@ pub(super) fn seed(mirror: &Repository, source: &Path) -> Result<Option<Seeded>,
             Ok(Some(Seeded {
                 files: placed.files.len(),
                 copied: placed.copied,
+                head,
             }))
         }
         Err(e) => {
@@ -100,7 +126,13 @@ impl Placed {
 
 /// Every pack (with its index) and every loose object of `objects` that `target` lacks. A pack goes in before
 /// its index: libgit2 only looks at packs that have one.
-fn place_all(objects: &Path, target: &Path, placed: &mut Placed) -> Result<(), String> {
+fn place_all(
+    objects: &Path,
+    target: &Path,
+    placed: &mut Placed,
+    watch: &Watch<'_>,
+) -> Result<(), String> {
+    let stopped = || "stopped by shutdown".to_string();
     let pack_dir = objects.join("pack");
     let mut packs: Vec<PathBuf> = list(&pack_dir)?
         .into_iter()
@@ -115,14 +147,21 @@ fn place_all(objects: &Path, target: &Path, placed: &mut Placed) -> Result<(), S
                 continue;
             };
             place(&file, &scratch.join(name), &scratch, placed)?;
+            if !watch.tick() {
+                return Err(stopped());
+            }
         }
     }
     for dir in list(objects)? {
         let Some(fan) = dir.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if fan.len() != 2 || !fan.bytes().all(|b| b.is_ascii_hexdigit()) || !dir.is_dir() {
+        let is_dir = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());
+        if fan.len() != 2 || !fan.bytes().all(|b| b.is_ascii_hexdigit()) || !is_dir {
             continue;
+        }
+        if !watch.tick() {
+            return Err(stopped());
         }
         for file in list(&dir)? {
             let Some(name) = file.file_name().and_then(|n| n.to_str()) else {
@@ -140,13 +179,17 @@ fn place_all(objects: &Path, target: &Path, placed: &mut Placed) -> Result<(), S
     Ok(())
 }
 
-/// The entries of `dir` (none when it does not exist).
+/// The entries of `dir`. A folder that is not there is an error: one listed a moment ago vanished under a
+/// repack, and what it held may now be elsewhere.
 fn list(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    match std::fs::read_dir(dir) {
-        Ok(entries) => Ok(entries.flatten().map(|e| e.path()).collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(format!("cannot list {}: {e}", dir.display())),
-    }
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    entries
+        .map(|e| {
+            e.map(|e| e.path())
+                .map_err(|e| format!("cannot list {}: {e}", dir.display()))
+        })
+        .collect()
 }
 
 /// Put `from` at `to` (unless something is there): a hard link when this process's user owns the file (a file
@@ -158,10 +201,15 @@ fn place(from: &Path, to: &Path, scratch: &Path, placed: &mut Placed) -> Result<
     if to.exists() {
         return Ok(());
     }
+    // Only regular files (never what a symbolic link points to); a file gone meanwhile is an error.
+    let meta = std::fs::symlink_metadata(from)
+        .map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+    if !meta.is_file() {
+        return Ok(());
+    }
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
-    let own = std::fs::symlink_metadata(from).is_ok_and(|m| m.is_file() && m.uid() == me);
-    if own && std::fs::hard_link(from, to).is_ok() {
+    if meta.uid() == me && std::fs::hard_link(from, to).is_ok() {
         placed.files.push(to.to_path_buf());
         return Ok(());
     }
@@ -178,12 +226,30 @@ fn place(from: &Path, to: &Path, scratch: &Path, placed: &mut Placed) -> Result<
     Ok(())
 }
 
-/// Whether `repo` holds every commit, tree and blob reachable from `head` (submodule entries excepted).
-fn complete(repo: &Repository, head: Oid) -> bool {
-    let walk = || -> Result<bool, git2::Error> {
+/// Whether a history is all there.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Complete {
+    Yes,
+    No,
+    /// Cancelled (shutdown) before the answer.
+    Stopped,
+}
+
+/// Whether `repo` holds every commit, tree and blob reachable from `head` and not from `known` (submodule
+/// entries excepted). Trees and blobs are each looked at once.
+pub(super) fn complete(
+    repo: &Repository,
+    head: Oid,
+    known: Option<Oid>,
+    watch: &Watch<'_>,
+) -> Complete {
+    let walk = || -> Result<Complete, git2::Error> {
         let odb = repo.odb()?;
         let mut commits = repo.revwalk()?;
         commits.push(head)?;
+        if let Some(known) = known {
+            commits.hide(known)?;
+        }
         let (mut trees, mut blobs) = (HashSet::new(), HashSet::new());
         for commit in commits {
             let mut stack = vec![repo.find_commit(commit?)?.tree_id()];
@@ -191,22 +257,25 @@ fn complete(repo: &Repository, head: Oid) -> bool {
                 if !trees.insert(id) {
                     continue;
                 }
+                if trees.len() % 256 == 0 && !watch.tick() {
+                    return Ok(Complete::Stopped);
+                }
                 for entry in repo.find_tree(id)?.iter() {
                     match entry.kind() {
                         Some(ObjectType::Tree) => stack.push(entry.id()),
                         Some(ObjectType::Blob)
                             if blobs.insert(entry.id()) && !odb.exists(entry.id()) =>
                         {
-                            return Ok(false);
+                            return Ok(Complete::No);
                         }
                         _ => {}
                     }
                 }
             }
         }
-        Ok(true)
+        Ok(Complete::Yes)
     };
-    walk().unwrap_or(false)
+    walk().unwrap_or(Complete::No)
 }
 
 #[cfg(test)]
@@ -222,6 +291,15 @@ mod tests {
             .expect("git runs");
         assert!(out.status.success(), "git {args:?}: {out:?}");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    static NOT_CANCELLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    fn running() -> Watch<'static> {
+        Watch {
+            alive: None,
+            cancel: &NOT_CANCELLED,
+        }
     }
 
     /// A bare source with two commits: the first packed, the second loose.
@@ -257,17 +335,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let src = source(dir.path());
         let mirror = super::super::mirror::init_bare(&dir.path().join("m.git")).unwrap();
-        let seeded = seed(&mirror, &src).unwrap().unwrap();
+        let seeded = seed(&mirror, &src, &running()).unwrap().unwrap();
+        let head = Oid::from_str(&git(&src, &["rev-parse", "HEAD"])).unwrap();
         // One pack and its index, and the second commit's loose commit, tree and blob.
         assert_eq!(
             seeded,
             Seeded {
                 files: 5,
-                copied: 0
+                copied: 0,
+                head
             }
         );
-        let head = Oid::from_str(&git(&src, &["rev-parse", "HEAD"])).unwrap();
-        assert!(complete(&mirror, head));
+        assert_eq!(complete(&mirror, head, None, &running()), Complete::Yes);
         let pack = std::fs::read_dir(src.join(".git/objects/pack"))
             .unwrap()
             .flatten()
@@ -280,7 +359,7 @@ mod tests {
             "a hard link, not a copy"
         );
         // Seeding again places nothing.
-        assert_eq!(seed(&mirror, &src).unwrap().unwrap().files, 0);
+        assert_eq!(seed(&mirror, &src, &running()).unwrap().unwrap().files, 0);
     }
 
     /// Files another user owns are copied: they could rewrite a shared inode in place. Needs root (to give a
@@ -303,7 +382,7 @@ mod tests {
             .path();
         std::os::unix::fs::chown(&pack, Some(65534), None).unwrap();
         let mirror = super::super::mirror::init_bare(&dir.path().join("m.git")).unwrap();
-        let seeded = seed(&mirror, &src).unwrap().unwrap();
+        let seeded = seed(&mirror, &src, &running()).unwrap().unwrap();
         assert_eq!(seeded.files, 5);
         assert_eq!(seeded.copied, 1, "only the other user's pack");
         let copy = mirror
@@ -316,7 +395,7 @@ mod tests {
         );
         assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&pack).unwrap());
         let head = Oid::from_str(&git(&src, &["rev-parse", "HEAD"])).unwrap();
-        assert!(complete(&mirror, head));
+        assert_eq!(complete(&mirror, head, None, &running()), Complete::Yes);
     }
 
     #[test]
@@ -327,7 +406,7 @@ mod tests {
         let blob = git(&src, &["rev-parse", "HEAD:b.json"]);
         std::fs::remove_file(src.join(".git/objects").join(&blob[..2]).join(&blob[2..])).unwrap();
         let mirror = super::super::mirror::init_bare(&dir.path().join("m.git")).unwrap();
-        let err = seed(&mirror, &src).unwrap_err();
+        let err = seed(&mirror, &src, &running()).unwrap_err();
         assert!(err.contains("were not all there"), "{err}");
         let head = Oid::from_str(&git(&src, &["rev-parse", "HEAD"])).unwrap();
         assert!(mirror.find_commit(head).is_err(), "nothing stays behind");
@@ -339,14 +418,59 @@ mod tests {
     }
 
     #[test]
+    fn shutdown_stops_seeding_and_takes_back_what_was_placed() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = source(dir.path());
+        let mirror = super::super::mirror::init_bare(&dir.path().join("m.git")).unwrap();
+        let cancel = std::sync::atomic::AtomicBool::new(true);
+        let ticks = std::sync::atomic::AtomicUsize::new(0);
+        let alive = || {
+            ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
+        let watch = Watch {
+            alive: Some(&alive),
+            cancel: &cancel,
+        };
+        assert_eq!(
+            seed(&mirror, &src, &watch),
+            Err("stopped by shutdown".to_string())
+        );
+        assert!(ticks.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        let left: Vec<_> = std::fs::read_dir(mirror.path().join("objects/pack"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_history_missing_a_tree_is_not_complete_past_what_is_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = source(dir.path());
+        let repo = Repository::open(&src).unwrap();
+        let head = repo.head().unwrap().target().unwrap();
+        let first = repo.find_commit(head).unwrap().parent_id(0).unwrap();
+        // The second commit's tree is loose: take it away.
+        let tree = git(&src, &["rev-parse", "HEAD^{tree}"]);
+        std::fs::remove_file(src.join(".git/objects").join(&tree[..2]).join(&tree[2..])).unwrap();
+        let repo = Repository::open(&src).unwrap();
+        assert_eq!(complete(&repo, head, None, &running()), Complete::No);
+        assert_eq!(complete(&repo, head, Some(first), &running()), Complete::No);
+        assert_eq!(complete(&repo, first, None, &running()), Complete::Yes);
+    }
+
+    #[test]
     fn sources_whose_files_are_not_all_their_objects_are_not_seeded_from() {
         let dir = tempfile::tempdir().unwrap();
         let src = source(dir.path());
         let mirror = super::super::mirror::init_bare(&dir.path().join("m.git")).unwrap();
         std::fs::create_dir_all(src.join(".git/objects/info")).unwrap();
         std::fs::write(src.join(".git/objects/info/alternates"), "/elsewhere\n").unwrap();
-        assert_eq!(seed(&mirror, &src), Ok(None));
-        assert_eq!(seed(&mirror, &dir.path().join("missing")), Ok(None));
+        assert_eq!(seed(&mirror, &src, &running()), Ok(None));
+        assert_eq!(
+            seed(&mirror, &dir.path().join("missing"), &running()),
+            Ok(None)
+        );
         assert_eq!(
             source_path("file:///srv/r.git"),
             Some(PathBuf::from("/srv/r.git"))

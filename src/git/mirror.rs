@@ -160,6 +160,27 @@ pub(crate) fn delete_mirror(path: &Path) -> Result<(), GitError> {
     })
 }
 
+/// Empty a mirror this process holds (its lock file stays, and holds): the next [`open_mirror`] makes it
+/// anew. For a mirror whose objects cannot be trusted; failures are logged.
+pub(super) fn clear(path: &Path) {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name() == MIRROR_LOCK {
+            continue;
+        }
+        let file = entry.path();
+        let gone = match entry.file_type() {
+            Ok(kind) if kind.is_dir() => std::fs::remove_dir_all(&file),
+            _ => std::fs::remove_file(&file),
+        };
+        if let Err(e) = gone {
+            tracing::warn!("cannot remove {}: {e}", file.display());
+        }
+    }
+}
+
 /// Remove what an update interrupted by a crash or `kill -9` leaves in a mirror: lock files (`config.lock`,
 /// `HEAD.lock`, `packed-refs.lock`, `refs/**/*.lock`, `objects/pack/*.lock`) and libgit2's temporary packs
 /// (`objects/pack/pack_git2_*`). Only called while holding the mirror's lock. Failures are logged, not fatal:

@@ -99,6 +99,12 @@ pub(crate) enum GitError {
     Damaged { url: String, message: String },
     #[error("cannot fetch from {url}: {message}")]
     Remote { url: String, message: String },
+    /// A fetch found its commit already in the mirror but not all of that commit's history (objects copied
+    /// from a local repository that changed meanwhile). The mirror was emptied; the next poll fetches it again.
+    #[error(
+        "the local mirror at {path} had commit {commit} but not every object of its history (it was started from the files of a repository that changed meanwhile): the mirror was emptied and is fetched again at the next poll; the catalog is unchanged"
+    )]
+    Incomplete { path: PathBuf, commit: String },
     /// No connection could be made at all (refused, timed out, name not resolved): the server is down or
     /// cut off. The daemon backs off, and polls again as soon as the server accepts connections.
     #[error(

@@ -54,7 +54,8 @@ pub(crate) enum RemoteHead {
 /// The branch HEAD points to (the symref) is recorded as `refs/heads/<name>` in the mirror, so fetched objects
 /// stay reachable.
 pub(crate) fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<RemoteHead, GitError> {
-    seed_new_mirror(repo, spec.url);
+    let tip = repo.head().ok().and_then(|h| h.target());
+    let checked = seed_new_mirror(repo, spec);
     let listing = connect(repo, spec, &[])?;
     let Some((name, commit)) = listing.head else {
         return Ok(RemoteHead::Empty);
@@ -65,6 +66,30 @@ pub(crate) fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<Rem
             url: url.to_string(),
             message: format!("the remote advertised {commit} for HEAD but it was not received"),
         });
+    }
+    // libgit2 downloads nothing when the wanted commit is already there, whatever else is missing. A new head
+    // found in the mirror (objects a seeding copied beside the history it checked, a push it caught halfway)
+    // must have its new history whole, or no later fetch would bring what lacks.
+    if listing.bytes == 0 && Some(commit) != tip && Some(commit) != checked {
+        let watch = super::local::Watch {
+            alive: spec.alive,
+            cancel: &spec.cancel,
+        };
+        match super::local::complete(repo, commit, tip, &watch) {
+            super::local::Complete::Yes => {}
+            super::local::Complete::Stopped => {
+                return Err(GitError::Cancelled {
+                    url: url.to_string(),
+                });
+            }
+            super::local::Complete::No => {
+                super::mirror::clear(repo.path());
+                return Err(GitError::Incomplete {
+                    path: repo.path().to_path_buf(),
+                    commit: commit.to_string(),
+                });
+            }
+        }
     }
     let mirror_ref = format!("refs/heads/{name}");
     let path = repo.path().to_path_buf();
@@ -96,32 +121,41 @@ pub(crate) fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<Rem
 
 /// A mirror with no branch yet, of a repository on this machine, starts from the source's object files (see
 /// [`super::local`]); the fetch that follows then finds the commit it wants already there and downloads
-/// nothing. Anything in the way only means the usual fetch.
-fn seed_new_mirror(repo: &Repository, url: &str) {
-    let Some(source) = super::local::source_path(url) else {
-        return;
-    };
+/// nothing. Anything in the way only means the usual fetch. The commit whose whole history was checked, if
+/// any.
+fn seed_new_mirror(repo: &Repository, spec: &RemoteSpec<'_>) -> Option<Oid> {
+    let source = super::local::source_path(spec.url)?;
     let has_branch = repo
         .references_glob("refs/heads/*")
         .map(|mut refs| refs.next().is_some())
         .unwrap_or(true);
     if has_branch {
-        return;
+        return None;
     }
-    match super::local::seed(repo, &source) {
-        Ok(Some(seeded)) => tracing::debug!(
-            "{}: the new mirror took {} object files from {} ({} copied, the rest hard links)",
-            repo.path().display(),
-            seeded.files,
-            source.display(),
-            seeded.copied
-        ),
-        Ok(None) => {}
-        Err(e) => tracing::info!(
-            "{}: could not start the new mirror from the files of {} ({e}); fetching it instead",
-            repo.path().display(),
-            source.display()
-        ),
+    let watch = super::local::Watch {
+        alive: spec.alive,
+        cancel: &spec.cancel,
+    };
+    match super::local::seed(repo, &source, &watch) {
+        Ok(Some(seeded)) => {
+            tracing::debug!(
+                "{}: the new mirror took {} object files from {} ({} copied, the rest hard links)",
+                repo.path().display(),
+                seeded.files,
+                source.display(),
+                seeded.copied
+            );
+            Some(seeded.head)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::info!(
+                "{}: could not start the new mirror from the files of {} ({e}); fetching it instead",
+                repo.path().display(),
+                source.display()
+            );
+            None
+        }
     }
 }
 

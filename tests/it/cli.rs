@@ -327,6 +327,82 @@ fn a_local_repository_is_mirrored_from_its_own_files() {
     assert_eq!(models.as_array().unwrap().len(), 142);
 }
 
+/// Seeding copies every object file of the source, also a push it caught halfway (a commit on another branch
+/// whose tree was not yet moved in). When the default branch later moves to that commit, libgit2 finds the
+/// commit in the mirror and downloads nothing: the poll must notice the missing tree, empty the mirror and say
+/// so, and the next poll fetch it whole. Without the check every later poll fails on the missing tree.
+#[test]
+fn a_mirror_never_keeps_a_head_without_its_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let (srv, work) = (dir.path().join("srv"), dir.path().join("work"));
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::create_dir_all(&srv).unwrap();
+    let model = fixtures().join("models/books/MongoDB__Figure 006 - Subtyping.hck.json");
+    git(&work, &["init", "-q", "-b", "main"]);
+    std::fs::copy(&model, work.join("a.hck.json")).unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "one"]);
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &work.to_string_lossy(),
+            "srv/r.git",
+        ],
+    );
+    let source = srv.join("r.git");
+    git(&work, &["checkout", "-q", "-b", "next"]);
+    std::fs::copy(&model, work.join("b.hck.json")).unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "two"]);
+    git(&work, &["push", "-q", &source.to_string_lossy(), "next"]);
+    let two = git(&work, &["rev-parse", "HEAD"]).trim().to_string();
+    let tree = git(&work, &["rev-parse", "HEAD^{tree}"]).trim().to_string();
+    let loose = source.join("objects").join(&tree[..2]).join(&tree[2..]);
+    let aside = dir.path().join("tree.aside");
+    std::fs::rename(&loose, &aside).unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = {:?}\n[providers.l]\nkind = \"git\"\nurl = {:?}\nrepos = [\"r.git\"]\n",
+            dir.path().join("state"),
+            srv
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_string_lossy().into_owned();
+    let sync = || bin().args(["--config", &cfg, "sync"]).output().unwrap();
+    let first = sync();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    // The push completes, and main moves to its commit.
+    std::fs::rename(&aside, &loose).unwrap();
+    git(&source, &["update-ref", "refs/heads/main", &two]);
+    let second = sync();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "had commit {two} but not every object of its history"
+        )) && err.contains("fetched again at the next poll"),
+        "{err}"
+    );
+    let third = sync();
+    assert!(
+        third.status.success(),
+        "{}",
+        String::from_utf8_lossy(&third.stderr)
+    );
+    let out = String::from_utf8_lossy(&third.stdout);
+    assert!(out.starts_with("l/r updated: +1 ~0 -0"), "{out}");
+}
+
 /// `token_file = "${CREDENTIALS_DIRECTORY}/NAME"`, as with systemd's `LoadCredential=`.
 #[test]
 fn token_file_from_a_systemd_credential() {
