@@ -83,11 +83,12 @@ pub(super) fn seed(
         // read should the files be taken back.
         let fresh = Repository::open_bare(mirror.path()).map_err(|e| e.message().to_string())?;
         match complete(&fresh, head, None, watch) {
-            Complete::Yes => Ok(()),
-            Complete::No => Err(format!(
+            Ok(Complete::Yes) => Ok(()),
+            Ok(Complete::No) => Err(format!(
                 "the objects of commit {head} and its history were not all there (was the repository repacked meanwhile?)"
             )),
-            Complete::Stopped => Err("stopped by shutdown".into()),
+            Ok(Complete::Stopped) => Err("stopped by shutdown".into()),
+            Err(e) => Err(e.message().to_string()),
         }
     });
     match result {
@@ -237,12 +238,15 @@ pub(super) enum Complete {
 
 /// Whether `repo` holds every commit, tree and blob reachable from `head` and not from `known` (submodule
 /// entries excepted). Trees and blobs are each looked at once.
+///
+/// An object that is not there is `No`; any other failure to read (an I/O error, too many open files) is
+/// the error, so a mirror is never emptied for a passing problem.
 pub(super) fn complete(
     repo: &Repository,
     head: Oid,
     known: Option<Oid>,
     watch: &Watch<'_>,
-) -> Complete {
+) -> Result<Complete, git2::Error> {
     let walk = || -> Result<Complete, git2::Error> {
         let odb = repo.odb()?;
         let mut commits = repo.revwalk()?;
@@ -275,7 +279,10 @@ pub(super) fn complete(
         }
         Ok(Complete::Yes)
     };
-    walk().unwrap_or(Complete::No)
+    match walk() {
+        Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(Complete::No),
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -346,7 +353,10 @@ mod tests {
                 head
             }
         );
-        assert_eq!(complete(&mirror, head, None, &running()), Complete::Yes);
+        assert_eq!(
+            complete(&mirror, head, None, &running()).unwrap(),
+            Complete::Yes
+        );
         let pack = std::fs::read_dir(src.join(".git/objects/pack"))
             .unwrap()
             .flatten()
@@ -395,7 +405,10 @@ mod tests {
         );
         assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&pack).unwrap());
         let head = Oid::from_str(&git(&src, &["rev-parse", "HEAD"])).unwrap();
-        assert_eq!(complete(&mirror, head, None, &running()), Complete::Yes);
+        assert_eq!(
+            complete(&mirror, head, None, &running()).unwrap(),
+            Complete::Yes
+        );
     }
 
     #[test]
@@ -454,9 +467,18 @@ mod tests {
         let tree = git(&src, &["rev-parse", "HEAD^{tree}"]);
         std::fs::remove_file(src.join(".git/objects").join(&tree[..2]).join(&tree[2..])).unwrap();
         let repo = Repository::open(&src).unwrap();
-        assert_eq!(complete(&repo, head, None, &running()), Complete::No);
-        assert_eq!(complete(&repo, head, Some(first), &running()), Complete::No);
-        assert_eq!(complete(&repo, first, None, &running()), Complete::Yes);
+        assert_eq!(
+            complete(&repo, head, None, &running()).unwrap(),
+            Complete::No
+        );
+        assert_eq!(
+            complete(&repo, head, Some(first), &running()).unwrap(),
+            Complete::No
+        );
+        assert_eq!(
+            complete(&repo, first, None, &running()).unwrap(),
+            Complete::Yes
+        );
     }
 
     #[test]

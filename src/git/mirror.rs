@@ -102,6 +102,10 @@ pub(crate) fn open_mirror(path: &Path) -> Result<Mirror, GitError> {
         }
         Repository::open_bare(path).map_err(mirror_err)?
     } else {
+        // No HEAD: new, or emptied by a `clear` that was cut short; whatever is left goes.
+        if lock.is_some() {
+            clear(path);
+        }
         init_bare(path).map_err(mirror_err)?
     };
     Ok(Mirror { repo, _lock: lock })
@@ -163,6 +167,12 @@ pub(crate) fn delete_mirror(path: &Path) -> Result<(), GitError> {
 /// Empty a mirror this process holds (its lock file stays, and holds): the next [`open_mirror`] makes it
 /// anew. For a mirror whose objects cannot be trusted; failures are logged.
 pub(super) fn clear(path: &Path) {
+    // The branch first: a mirror cut short by a kill keeps no ref to commits whose objects went (a ref makes
+    // libgit2's fetch leave out everything reachable from it).
+    for first in ["HEAD", "packed-refs"] {
+        let _ = std::fs::remove_file(path.join(first));
+    }
+    let _ = std::fs::remove_dir_all(path.join("refs"));
     let Ok(entries) = std::fs::read_dir(path) else {
         return;
     };

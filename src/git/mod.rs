@@ -100,9 +100,9 @@ pub(crate) enum GitError {
     #[error("cannot fetch from {url}: {message}")]
     Remote { url: String, message: String },
     /// A fetch found its commit already in the mirror but not all of that commit's history (objects copied
-    /// from a local repository that changed meanwhile). The mirror was emptied; the next poll fetches it again.
+    /// from a local repository that changed meanwhile). The mirror was emptied; the poll fetches it again.
     #[error(
-        "the local mirror at {path} had commit {commit} but not every object of its history (it was started from the files of a repository that changed meanwhile): the mirror was emptied and is fetched again at the next poll; the catalog is unchanged"
+        "the local mirror at {path} had commit {commit} but not every object of its history (a copy from a repository on this machine that changed meanwhile, or a damaged mirror): the mirror was emptied and is fetched again; the catalog is unchanged"
     )]
     Incomplete { path: PathBuf, commit: String },
     /// No connection could be made at all (refused, timed out, name not resolved): the server is down or

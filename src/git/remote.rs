@@ -56,6 +56,11 @@ pub(crate) enum RemoteHead {
 pub(crate) fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<RemoteHead, GitError> {
     let tip = repo.head().ok().and_then(|h| h.target());
     let checked = seed_new_mirror(repo, spec);
+    if spec.cancel.load(Ordering::Relaxed) {
+        return Err(GitError::Cancelled {
+            url: spec.url.to_string(),
+        });
+    }
     let listing = connect(repo, spec, &[])?;
     let Some((name, commit)) = listing.head else {
         return Ok(RemoteHead::Empty);
@@ -69,13 +74,17 @@ pub(crate) fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<Rem
     }
     // libgit2 downloads nothing when the wanted commit is already there, whatever else is missing. A new head
     // found in the mirror (objects a seeding copied beside the history it checked, a push it caught halfway)
-    // must have its new history whole, or no later fetch would bring what lacks.
+    // must have its new history whole, or no later fetch would bring what lacks. (`bytes` counts every pack
+    // byte received, over any transport, because `callbacks` sets a transfer-progress callback.)
     if listing.bytes == 0 && Some(commit) != tip && Some(commit) != checked {
         let watch = super::local::Watch {
             alive: spec.alive,
             cancel: &spec.cancel,
         };
-        match super::local::complete(repo, commit, tip, &watch) {
+        let path = repo.path().to_path_buf();
+        match super::local::complete(repo, commit, tip.or(checked), &watch)
+            .map_err(|e| mirror_error(&path, e))?
+        {
             super::local::Complete::Yes => {}
             super::local::Complete::Stopped => {
                 return Err(GitError::Cancelled {

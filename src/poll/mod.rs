@@ -390,11 +390,18 @@ pub(crate) fn poll(
     store
         .ensure_repo(&repo.id, &repo.provider, &repo.path, &repo.url)
         .map_err(store_err)?;
-    let mirror = git::open_mirror(&config.mirror_path(repo)).map_err(git_err)?;
+    let mut mirror = git::open_mirror(&config.mirror_path(repo)).map_err(git_err)?;
     let alive = || progress.touch();
     let spec = provider.remote(&repo.url, &auth, cancel.clone(), Some(&alive));
     let fetch_started = Instant::now();
-    let fetched = git::fetch_head(&mirror, &spec);
+    let mut fetched = git::fetch_head(&mirror, &spec);
+    if let Err(e @ GitError::Incomplete { .. }) = &fetched {
+        // The mirror was emptied: made anew, it is fetched whole, once, in this poll.
+        tracing::warn!(repo = %id, "{e}");
+        drop(mirror);
+        mirror = git::open_mirror(&config.mirror_path(repo)).map_err(git_err)?;
+        fetched = git::fetch_head(&mirror, &spec);
+    }
     crate::metrics::global().observe(
         "modelmirror_fetch_duration_seconds",
         &[],
