@@ -106,34 +106,43 @@ fn write_changes(
     if changes.len() < PARALLEL_FROM {
         return write_here(ctx, w, changes, commit);
     }
-    // Many files: one thread reads and parses (with its own handle on the mirror) while this one writes the
-    // file before. The hand-over holds one file (a large model is in memory at most twice: being written,
-    // and parsed and waiting); when writing stops early, the reader stops at its next hand-over.
+    // Many files: one thread reads and parses (with its own handle on the mirror) while this one writes. The
+    // reader runs ahead by up to `AHEAD_BYTES` of files (see `Ahead`); when writing stops early, the reader
+    // stops before its next file.
     let (config, cancel, repo_id) = (ctx.config, ctx.cancel, &ctx.repo.id);
+    let ahead = Ahead::default();
     std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel(0);
+        let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD_FILES);
         let reader_path = ctx.mirror.path().to_path_buf();
+        let ahead = &ahead;
         let reader = std::thread::Builder::new()
             .name("modelmirror-read".into())
             .spawn_scoped(scope, move || {
                 let reader = match git::open_mirror_to_read(&reader_path) {
                     Ok(r) => r,
                     Err(e) => {
-                        let _ = tx.send(Err(e));
+                        let _ = tx.send((0, Err(e)));
                         return;
                     }
                 };
                 for change in changes {
-                    if cancel.load(Ordering::Relaxed) {
+                    // The size decides whether the file may be read now; a blob that cannot be sized fails in
+                    // `prepare`, with its error.
+                    let size = change_blob(change)
+                        .and_then(|b| git::blob_size(&reader, b).ok())
+                        .unwrap_or(0);
+                    if !ahead.reserve(size, cancel) {
                         return;
                     }
                     let prepared = prepare(config, &reader, repo_id, change, commit);
                     let failed = prepared.is_err();
-                    if tx.send(prepared).is_err() || failed {
+                    if tx.send((size, prepared)).is_err() || failed {
                         return;
                     }
                 }
             });
+        // However writing ends, a reader waiting for room stops.
+        let _closed = CloseOnDrop(ahead);
         let Ok(reader) = reader else {
             // No thread to be had: read here.
             return write_here(ctx, w, changes, commit);
@@ -142,10 +151,11 @@ fn write_changes(
             if cancel.load(Ordering::Relaxed) {
                 return Err(StepError::Cancelled);
             }
-            let Ok(prepared) = rx.recv() else {
+            let Ok((size, prepared)) = rx.recv() else {
                 // The reader stopped without a word: shutdown, or it panicked (joined here, so the panic
                 // ends this step, not the process).
                 drop(rx);
+                ahead.close();
                 return Err(match reader.join() {
                     Err(_) if !cancel.load(Ordering::Relaxed) => StepError::Internal(format!(
                         "reading the files of commit {commit} failed unexpectedly (a bug: please report it with this commit); nothing of it was kept, and the next poll retries"
@@ -153,11 +163,92 @@ fn write_changes(
                     _ => StepError::Cancelled,
                 });
             };
+            ahead.release(size);
             ctx.progress.touch();
             write(w, change, prepared?)?;
         }
         Ok(())
     })
+}
+
+/// The blob a change reads (none for a deletion).
+fn change_blob(change: &Change) -> Option<Oid> {
+    match change {
+        Change::Deleted { .. } => None,
+        Change::Added { blob, .. }
+        | Change::Modified { blob, .. }
+        | Change::Renamed { blob, .. } => Some(*blob),
+    }
+}
+
+/// How far the reader may run ahead of the writer: files read and parsed, waiting to be written.
+const AHEAD_BYTES: u64 = 32 << 20;
+/// … and at most this many of them (a commit of many tiny files).
+const AHEAD_FILES: usize = 1024;
+
+/// The bytes of the files read and parsed but not yet taken by the writer.
+///
+/// Why: reading and writing take turns being the slower one (a run of large models to parse, then a run of
+/// models with many attributes to write); handing over one file at a time made each wait for the other about
+/// a third of the time. Bounded by the files' size, so a large model is still in memory at most twice (one
+/// being written, one waiting: a file larger than the whole allowance waits alone).
+#[derive(Default)]
+struct Ahead {
+    /// Bytes waiting, and whether the writer is gone.
+    state: std::sync::Mutex<(u64, bool)>,
+    room: std::sync::Condvar,
+}
+
+impl Ahead {
+    /// Wait until a file of `size` bytes may be read; `false` when the writer is gone or on shutdown.
+    fn reserve(&self, size: u64, cancel: &AtomicBool) -> bool {
+        let Ok(mut state) = self.state.lock() else {
+            return false;
+        };
+        loop {
+            let (waiting, closed) = *state;
+            if closed || cancel.load(Ordering::Relaxed) {
+                return false;
+            }
+            if waiting == 0 || waiting + size <= AHEAD_BYTES {
+                state.0 = waiting + size;
+                return true;
+            }
+            // Woken when the writer takes a file; the timeout only bounds how late a shutdown is seen.
+            state = match self
+                .room
+                .wait_timeout(state, std::time::Duration::from_millis(100))
+            {
+                Ok((s, _)) => s,
+                Err(_) => return false,
+            };
+        }
+    }
+
+    /// The writer took a file of `size` bytes.
+    fn release(&self, size: u64) {
+        if let Ok(mut state) = self.state.lock() {
+            state.0 = state.0.saturating_sub(size);
+        }
+        self.room.notify_all();
+    }
+
+    /// The writer is gone: a waiting reader stops.
+    fn close(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.1 = true;
+        }
+        self.room.notify_all();
+    }
+}
+
+/// Closes an [`Ahead`] when dropped.
+struct CloseOnDrop<'a>(&'a Ahead);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// Read, parse and write the changes one after another on this thread.
@@ -301,4 +392,44 @@ fn write(w: &mut StepWriter<'_, '_>, change: &Change, prepared: Prepared) -> Res
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_reader_runs_ahead_within_its_allowance_and_stops_when_writing_does() {
+        let ahead = Ahead::default();
+        let cancel = AtomicBool::new(false);
+        // A file larger than the whole allowance is read when nothing waits…
+        assert!(ahead.reserve(AHEAD_BYTES * 2, &cancel));
+        // …and then nothing more until the writer takes it.
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| ahead.reserve(1, &cancel));
+            std::thread::sleep(Duration::from_millis(200));
+            assert!(!waiter.is_finished(), "over the allowance: it waits");
+            ahead.release(AHEAD_BYTES * 2);
+            assert!(waiter.join().unwrap());
+        });
+        // Files up to the allowance go ahead; past it the reader waits, and stops when the writer is gone.
+        assert!(ahead.reserve(AHEAD_BYTES - 1, &cancel));
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| ahead.reserve(10, &cancel));
+            std::thread::sleep(Duration::from_millis(200));
+            assert!(!waiter.is_finished());
+            ahead.close();
+            assert!(!waiter.join().unwrap(), "the writer is gone");
+        });
+        // Shutdown stops a waiting reader too.
+        let fresh = Ahead::default();
+        assert!(fresh.reserve(AHEAD_BYTES, &cancel));
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| fresh.reserve(1, &cancel));
+            std::thread::sleep(Duration::from_millis(50));
+            cancel.store(true, Ordering::Relaxed);
+            assert!(!waiter.join().unwrap());
+        });
+    }
 }

@@ -35,6 +35,76 @@ pub struct StepWriter<'t, 'a> {
     tx: &'t Transaction<'t>,
     meta: &'t StepMeta<'a>,
     counts: Counts,
+    /// Search rows not yet written (see [`Search`]).
+    search: Search,
+}
+
+/// Search rows of the step's models, written in batches.
+///
+/// Why: SQLite opens a statement savepoint for most writes inside a transaction (a row with an index or a
+/// constraint may have to be taken back), and at each savepoint FTS5 writes its pending rows to disk. Search
+/// rows written model by model thus became one tiny index segment per model, merged over and over: a fifth
+/// of a large import's writing time. Written in batches, they make few large segments. A batch is bounded
+/// ([`SEARCH_BATCH_BYTES`]), so a huge model is never held twice over in memory.
+#[derive(Default)]
+struct Search {
+    rows: Vec<SearchRow>,
+    bytes: usize,
+}
+
+struct SearchRow {
+    rowid: i64,
+    name: String,
+    code: Option<String>,
+    path: Option<String>,
+    description: Option<String>,
+    kind: &'static str,
+    model_id: i64,
+}
+
+/// Search rows held before they are written (their text).
+const SEARCH_BATCH_BYTES: usize = 256 << 10;
+
+impl Search {
+    /// Hold one row; written with the batch once the batch is large.
+    fn push(&mut self, tx: &Transaction<'_>, row: SearchRow) -> Result<(), StoreError> {
+        let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        self.bytes +=
+            64 + row.name.len() + text(&row.code) + text(&row.path) + text(&row.description);
+        self.rows.push(row);
+        if self.bytes >= SEARCH_BATCH_BYTES {
+            self.write(tx)?;
+        }
+        Ok(())
+    }
+
+    /// Write the rows held.
+    fn write(&mut self, tx: &Transaction<'_>) -> Result<(), StoreError> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO search (rowid, name, code, path, description, kind, model_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .doing("indexing")?;
+        for r in self.rows.drain(..) {
+            insert
+                .execute(params![
+                    r.rowid,
+                    r.name,
+                    r.code,
+                    r.path,
+                    r.description,
+                    r.kind,
+                    r.model_id
+                ])
+                .doing("indexing")?;
+        }
+        self.bytes = 0;
+        Ok(())
+    }
 }
 
 impl StepWriter<'_, '_> {
@@ -54,23 +124,25 @@ impl StepWriter<'_, '_> {
             Some(from) if !existed => delete_model(tx, meta.repo_id, from)?,
             _ => false,
         };
-        let model_id = insert_model(tx, meta, path, blob, size, content)?;
-        if renamed {
-            version(
-                tx,
-                meta,
-                path,
-                "renamed",
-                renamed_from,
-                Some(blob),
-                Some(model_id),
-            )?;
-            self.counts.modified += 1;
+        insert_model(tx, meta, path, blob, size, content, &mut self.search)?;
+        let (change, old_path) = if renamed {
+            ("renamed", renamed_from)
         } else if existed {
-            version(tx, meta, path, "modified", None, Some(blob), Some(model_id))?;
+            ("modified", None)
+        } else {
+            ("added", None)
+        };
+        version(
+            tx,
+            meta,
+            path,
+            change,
+            old_path,
+            Some((blob, Stored::of(content))),
+        )?;
+        if renamed || existed {
             self.counts.modified += 1;
         } else {
-            version(tx, meta, path, "added", None, Some(blob), Some(model_id))?;
             self.counts.added += 1;
         }
         Ok(())
@@ -79,7 +151,7 @@ impl StepWriter<'_, '_> {
     /// Remove the file at `path` from the catalog, if it is there.
     pub(crate) fn remove(&mut self, path: &str) -> Result<(), StoreError> {
         if delete_model(self.tx, self.meta.repo_id, path)? {
-            version(self.tx, self.meta, path, "deleted", None, None, None)?;
+            version(self.tx, self.meta, path, "deleted", None, None)?;
             self.counts.deleted += 1;
         }
         Ok(())
@@ -124,10 +196,12 @@ impl Store {
                 tx: &tx,
                 meta,
                 counts: Counts::default(),
+                search: Search::default(),
             };
             check_pointer(&tx, meta)?;
             record_commit(&tx, meta)?;
             write(&mut writer)?;
+            writer.search.write(&tx)?;
             let counts = writer.counts;
             finish_step(&tx, meta, counts)?;
             counts
@@ -224,21 +298,64 @@ fn delete_model(tx: &Transaction<'_>, repo_id: &str, path: &str) -> Result<bool,
     Ok(true)
 }
 
+/// What a model row says of a file's content, as its history records it.
+struct Stored<'a> {
+    status: &'static str,
+    name: Option<&'a str>,
+    entities: i64,
+    attributes: i64,
+    error: Option<&'a str>,
+}
+
+impl<'a> Stored<'a> {
+    fn of(content: &'a Content<'a>) -> Stored<'a> {
+        match content {
+            Content::Model(m) => Stored {
+                status: "ok",
+                name: Some(m.name.as_str()),
+                entities: m.entity_count() as i64,
+                attributes: m.attribute_count() as i64,
+                error: None,
+            },
+            Content::Error(e) => Stored::failed("error", e),
+            Content::Skipped(r) => Stored::failed("skipped", r),
+        }
+    }
+
+    fn failed(status: &'static str, why: &'a str) -> Stored<'a> {
+        Stored {
+            status,
+            name: None,
+            entities: 0,
+            attributes: 0,
+            error: Some(why),
+        }
+    }
+}
+
+/// One row of a model's history: `stored` is the blob and what the catalog now holds for it (none for a
+/// deletion).
+///
+/// A plain one-row INSERT on purpose: an `INSERT … SELECT` makes SQLite open a statement savepoint, and each
+/// savepoint makes FTS5 write its pending search rows to disk: tiny index segments, merged over and over (a
+/// fifth of a large import's writing time went there).
 fn version(
     tx: &Transaction<'_>,
     step: &StepMeta<'_>,
     path: &str,
     change: &str,
     old_path: Option<&str>,
-    blob: Option<&str>,
-    model_id: Option<i64>,
+    stored: Option<(&str, Stored<'_>)>,
 ) -> Result<(), StoreError> {
+    let (blob, s) = match &stored {
+        Some((blob, s)) => (Some(*blob), Some(s)),
+        None => (None, None),
+    };
     let mut stmt = tx
         .prepare_cached(
             "INSERT INTO model_versions (repo_id, path, commit_id, change, old_path, blob, status, name,
                  entity_count, attribute_count, error)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, m.status, m.name, m.entity_count, m.attribute_count, m.error
-             FROM (SELECT 1) LEFT JOIN models m ON m.id = ?7",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )
         .doing("recording the model's history")?;
     stmt.execute(params![
@@ -248,7 +365,11 @@ fn version(
         change,
         old_path,
         blob,
-        model_id
+        s.map(|s| s.status),
+        s.and_then(|s| s.name),
+        s.map(|s| s.entities),
+        s.map(|s| s.attributes),
+        s.and_then(|s| s.error),
     ])
     .doing("recording the model's history")?;
     Ok(())
@@ -261,11 +382,12 @@ fn insert_model(
     blob: &str,
     size: u64,
     content: &Content<'_>,
-) -> Result<i64, StoreError> {
-    let (status, error, model) = match content {
-        Content::Model(m) => ("ok", None, Some(*m)),
-        Content::Error(e) => ("error", Some(e.as_str()), None),
-        Content::Skipped(r) => ("skipped", Some(r.as_str()), None),
+    search: &mut Search,
+) -> Result<(), StoreError> {
+    let Stored { status, error, .. } = Stored::of(content);
+    let model = match content {
+        Content::Model(m) => Some(*m),
+        Content::Error(_) | Content::Skipped(_) => None,
     };
     tx.prepare_cached(
         "INSERT INTO models (repo_id, path, blob, commit_id, status, error, name, guid, db_vendor, app_target,
@@ -298,18 +420,29 @@ fn insert_model(
     .doing("storing a model")?;
     let model_id = tx.last_insert_rowid();
     if let Some(m) = model {
-        tx.prepare_cached(
-            "INSERT INTO search (rowid, name, code, path, description, kind, model_id)
-             VALUES (?1 * 4, ?2, NULL, ?3, ?4, 'model', ?1)",
-        )
-        .and_then(|mut s| s.execute(params![model_id, m.name, path, m.description]))
-        .doing("indexing a model")?;
-        insert_content(tx, model_id, m)?;
+        search.push(
+            tx,
+            SearchRow {
+                rowid: model_id * 4,
+                name: m.name.clone(),
+                code: None,
+                path: Some(path.to_string()),
+                description: m.description.clone(),
+                kind: "model",
+                model_id,
+            },
+        )?;
+        insert_content(tx, model_id, m, search)?;
     }
-    Ok(model_id)
+    Ok(())
 }
 
-fn insert_content(tx: &Transaction<'_>, model_id: i64, m: &Model) -> Result<(), StoreError> {
+fn insert_content(
+    tx: &Transaction<'_>,
+    model_id: i64,
+    m: &Model,
+    search: &mut Search,
+) -> Result<(), StoreError> {
     let mut containers = tx
         .prepare_cached("INSERT INTO containers (model_id, guid, name) VALUES (?1, ?2, ?3)")
         .doing("storing containers")?;
@@ -330,12 +463,6 @@ fn insert_content(tx: &Transaction<'_>, model_id: i64, m: &Model) -> Result<(), 
                  required, primary_key, description) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )
         .doing("storing attributes")?;
-    let mut search = tx
-        .prepare_cached(
-            "INSERT INTO search (rowid, name, code, path, description, kind, model_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )
-        .doing("indexing")?;
     for (i, e) in m.entities.iter().enumerate() {
         entities
             .execute(params![
@@ -351,17 +478,18 @@ fn insert_content(tx: &Transaction<'_>, model_id: i64, m: &Model) -> Result<(), 
             ])
             .doing("storing entities")?;
         let entity_id = tx.last_insert_rowid();
-        search
-            .execute(params![
-                entity_id * 4 + 1,
-                e.name,
-                e.code,
-                None::<&str>,
-                e.description,
-                "entity",
-                model_id
-            ])
-            .doing("indexing an entity")?;
+        search.push(
+            tx,
+            SearchRow {
+                rowid: entity_id * 4 + 1,
+                name: e.name.clone(),
+                code: e.code.clone(),
+                path: None,
+                description: e.description.clone(),
+                kind: "entity",
+                model_id,
+            },
+        )?;
         for (j, a) in e.attributes.iter().enumerate() {
             let Attribute {
                 guid,
@@ -395,17 +523,18 @@ fn insert_content(tx: &Transaction<'_>, model_id: i64, m: &Model) -> Result<(), 
                 ])
                 .doing("storing attributes")?;
             let attribute_id = tx.last_insert_rowid();
-            search
-                .execute(params![
-                    attribute_id * 4 + 2,
-                    name,
-                    code,
-                    path,
-                    description,
-                    "attribute",
-                    model_id
-                ])
-                .doing("indexing an attribute")?;
+            search.push(
+                tx,
+                SearchRow {
+                    rowid: attribute_id * 4 + 2,
+                    name: name.clone(),
+                    code: code.clone(),
+                    path: Some(path.clone()),
+                    description: description.clone(),
+                    kind: "attribute",
+                    model_id,
+                },
+            )?;
         }
     }
     let mut rels = tx
@@ -453,6 +582,122 @@ mod tests {
             expect_commit: expect,
         }
     }
+    /// A model whose search text spans several batches: every row is found, and the history records
+    /// what the catalog held for each file (written without reading the models table back).
+    #[test]
+    fn search_rows_in_several_batches_and_the_history_of_each_kind_of_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        store.ensure_repo("p/r", "p", "r", "file:///r").unwrap();
+        let attribute = |i: usize| Attribute {
+            guid: None,
+            path: format!("field{i}"),
+            name: format!("field{i}"),
+            code: None,
+            data_type: Some("string".into()),
+            mode: None,
+            required: false,
+            primary_key: false,
+            description: Some(format!("zebra{i} {}", "words ".repeat(60))),
+            depth: 0,
+            parent: None,
+        };
+        let model = Model {
+            name: "Big".into(),
+            guid: None,
+            db_vendor: None,
+            app_target: None,
+            db_version: None,
+            description: None,
+            containers: Vec::new(),
+            entities: vec![crate::model::Entity {
+                guid: None,
+                name: "Orders".into(),
+                code: None,
+                container: None,
+                description: None,
+                derived_from: None,
+                attributes: (0..3000).map(attribute).collect(),
+            }],
+            relationships: Vec::new(),
+            views: Vec::new(),
+            definitions: Vec::new(),
+        };
+        // About 1.1 MB of search text: more than four batches.
+        const { assert!(3000 * 360 > 4 * SEARCH_BATCH_BYTES) };
+        let c1 = commit("c1");
+        store
+            .apply_step(&step(&c1, None), |w: &mut StepWriter<'_, '_>| {
+                w.put("big.json", None, "b1", 10, &Content::Model(&model))?;
+                w.put(
+                    "bad.json",
+                    None,
+                    "b2",
+                    10,
+                    &Content::Error("line 1, column 2: x".into()),
+                )?;
+                w.put(
+                    "skip.json",
+                    None,
+                    "b3",
+                    10,
+                    &Content::Skipped("too big".into()),
+                )
+            })
+            .unwrap();
+        for i in [0, 1500, 2999] {
+            let hits = store
+                .search(
+                    &crate::store::fts_query(&format!("zebra{i}")),
+                    None,
+                    None,
+                    5,
+                )
+                .unwrap();
+            assert_eq!(hits.len(), 1, "zebra{i}: {hits:?}");
+        }
+        let history = |conn: &rusqlite::Connection| -> Vec<String> {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT path || ' ' || change || ' ' || IFNULL(status, '-') || ' ' || IFNULL(name, '-') || ' '
+                         || IFNULL(entity_count, '-') || ' ' || IFNULL(attribute_count, '-') || ' '
+                         || IFNULL(error, '-') FROM model_versions ORDER BY id",
+                )
+                .unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(
+            history(&store.lock()),
+            [
+                "big.json added ok Big 1 3000 -",
+                "bad.json added error - 0 0 line 1, column 2: x",
+                "skip.json added skipped - 0 0 too big",
+            ]
+        );
+        let c2 = commit("c2");
+        store
+            .apply_step(&step(&c2, Some("c1")), |w: &mut StepWriter<'_, '_>| {
+                w.remove("big.json")
+            })
+            .unwrap();
+        let hits = store
+            .search(&crate::store::fts_query("zebra2999"), None, None, 5)
+            .unwrap();
+        assert!(hits.is_empty(), "{hits:?}");
+        let rows: i64 = store
+            .lock()
+            .query_row("SELECT COUNT(*) FROM search", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0, "no search row outlives its model");
+        assert_eq!(
+            history(&store.lock()).last().map(String::as_str),
+            Some("big.json deleted - - - - -")
+        );
+    }
+
     #[test]
     fn a_step_from_a_stale_pointer_is_refused_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
