@@ -107,7 +107,7 @@ fn write_changes(
         return write_here(ctx, w, changes, commit);
     }
     // Many files: one thread reads and parses (with its own handle on the mirror) while this one writes. The
-    // reader runs ahead by up to `AHEAD_BYTES` of files (see `Ahead`); when writing stops early, the reader
+    // reader runs ahead by up to `AHEAD_BYTES` of parsed files (see `Ahead`); when writing stops early, the reader
     // stops before its next file.
     let (config, cancel, repo_id) = (ctx.config, ctx.cancel, &ctx.repo.id);
     let ahead = Ahead::default();
@@ -126,17 +126,14 @@ fn write_changes(
                     }
                 };
                 for change in changes {
-                    // The size decides whether the file may be read now; a blob that cannot be sized fails in
-                    // `prepare`, with its error.
-                    let size = change_blob(change)
-                        .and_then(|b| git::blob_size(&reader, b).ok())
-                        .unwrap_or(0);
-                    if !ahead.reserve(size, cancel) {
+                    if !ahead.wait_for_room(cancel) {
                         return;
                     }
                     let prepared = prepare(config, &reader, repo_id, change, commit);
+                    let held = prepared.as_ref().map_or(0, Prepared::held_bytes);
+                    ahead.add(held);
                     let failed = prepared.is_err();
-                    if tx.send((size, prepared)).is_err() || failed {
+                    if tx.send((held, prepared)).is_err() || failed {
                         return;
                     }
                 }
@@ -171,27 +168,18 @@ fn write_changes(
     })
 }
 
-/// The blob a change reads (none for a deletion).
-fn change_blob(change: &Change) -> Option<Oid> {
-    match change {
-        Change::Deleted { .. } => None,
-        Change::Added { blob, .. }
-        | Change::Modified { blob, .. }
-        | Change::Renamed { blob, .. } => Some(*blob),
-    }
-}
-
-/// How far the reader may run ahead of the writer: files read and parsed, waiting to be written.
+/// How far the reader may run ahead of the writer: parsed files waiting to be written, by the memory they
+/// hold (estimated, [`Prepared::held_bytes`]).
 const AHEAD_BYTES: u64 = 32 << 20;
 /// … and at most this many of them (a commit of many tiny files).
 const AHEAD_FILES: usize = 1024;
 
-/// The bytes of the files read and parsed but not yet taken by the writer.
+/// The memory held by files read and parsed but not yet taken by the writer.
 ///
 /// Why: reading and writing take turns being the slower one (a run of large models to parse, then a run of
 /// models with many attributes to write); handing over one file at a time made each wait for the other about
-/// a third of the time. Bounded by the files' size, so a large model is still in memory at most twice (one
-/// being written, one waiting: a file larger than the whole allowance waits alone).
+/// a third of the time. The reader only starts a file while less than [`AHEAD_BYTES`] wait, so a large model
+/// is still in memory at most twice (one being written, one waiting), and small ones at most that much more.
 #[derive(Default)]
 struct Ahead {
     /// Bytes waiting, and whether the writer is gone.
@@ -200,8 +188,8 @@ struct Ahead {
 }
 
 impl Ahead {
-    /// Wait until a file of `size` bytes may be read; `false` when the writer is gone or on shutdown.
-    fn reserve(&self, size: u64, cancel: &AtomicBool) -> bool {
+    /// Wait until another file may be read; `false` when the writer is gone or on shutdown.
+    fn wait_for_room(&self, cancel: &AtomicBool) -> bool {
         let Ok(mut state) = self.state.lock() else {
             return false;
         };
@@ -210,8 +198,7 @@ impl Ahead {
             if closed || cancel.load(Ordering::Relaxed) {
                 return false;
             }
-            if waiting == 0 || waiting + size <= AHEAD_BYTES {
-                state.0 = waiting + size;
+            if waiting < AHEAD_BYTES {
                 return true;
             }
             // Woken when the writer takes a file; the timeout only bounds how late a shutdown is seen.
@@ -225,10 +212,17 @@ impl Ahead {
         }
     }
 
-    /// The writer took a file of `size` bytes.
-    fn release(&self, size: u64) {
+    /// A parsed file of `bytes` now waits for the writer.
+    fn add(&self, bytes: u64) {
         if let Ok(mut state) = self.state.lock() {
-            state.0 = state.0.saturating_sub(size);
+            state.0 += bytes;
+        }
+    }
+
+    /// The writer took a file of `bytes`.
+    fn release(&self, bytes: u64) {
+        if let Ok(mut state) = self.state.lock() {
+            state.0 = state.0.saturating_sub(bytes);
         }
         self.room.notify_all();
     }
@@ -322,6 +316,48 @@ enum Prepared {
     Put { size: u64, content: Outcome },
 }
 
+impl Prepared {
+    /// About how much memory this holds: the parsed model's rows and their text (a model in memory is many
+    /// times its file when its attributes are short, or when a JSON Schema expands its `$ref`s).
+    fn held_bytes(&self) -> u64 {
+        fn text(s: &Option<String>) -> usize {
+            s.as_ref().map_or(0, String::len)
+        }
+        fn attribute(a: &model::Attribute) -> usize {
+            std::mem::size_of::<model::Attribute>()
+                + a.path.len()
+                + a.name.len()
+                + text(&a.guid)
+                + text(&a.code)
+                + text(&a.data_type)
+                + text(&a.mode)
+                + text(&a.description)
+        }
+        let bytes = match self {
+            Prepared::Remove => 0,
+            Prepared::Put { content, .. } => match content {
+                Outcome::Model(m) => {
+                    std::mem::size_of::<model::Model>()
+                        + m.entities
+                            .iter()
+                            .map(|e| {
+                                std::mem::size_of::<model::Entity>()
+                                    + e.name.len()
+                                    + text(&e.description)
+                                    + e.attributes.iter().map(attribute).sum::<usize>()
+                            })
+                            .sum::<usize>()
+                        + m.definitions.iter().map(attribute).sum::<usize>()
+                        + (m.relationships.len() + m.views.len() + m.containers.len()) * 256
+                }
+                Outcome::Error(e) | Outcome::Skipped(e) => e.len(),
+                Outcome::NotModel => 0,
+            },
+        };
+        bytes as u64
+    }
+}
+
 enum Outcome {
     Model(Box<model::Model>),
     Error(String),
@@ -403,20 +439,24 @@ mod tests {
     fn the_reader_runs_ahead_within_its_allowance_and_stops_when_writing_does() {
         let ahead = Ahead::default();
         let cancel = AtomicBool::new(false);
-        // A file larger than the whole allowance is read when nothing waits…
-        assert!(ahead.reserve(AHEAD_BYTES * 2, &cancel));
+        // A file larger than the whole allowance may be read when nothing waits…
+        assert!(ahead.wait_for_room(&cancel));
+        ahead.add(AHEAD_BYTES * 2);
         // …and then nothing more until the writer takes it.
         std::thread::scope(|s| {
-            let waiter = s.spawn(|| ahead.reserve(1, &cancel));
+            let waiter = s.spawn(|| ahead.wait_for_room(&cancel));
             std::thread::sleep(Duration::from_millis(200));
             assert!(!waiter.is_finished(), "over the allowance: it waits");
             ahead.release(AHEAD_BYTES * 2);
             assert!(waiter.join().unwrap());
         });
-        // Files up to the allowance go ahead; past it the reader waits, and stops when the writer is gone.
-        assert!(ahead.reserve(AHEAD_BYTES - 1, &cancel));
+        // Files go ahead while less than the allowance waits; then the reader waits, and stops when the
+        // writer is gone.
+        ahead.add(AHEAD_BYTES - 1);
+        assert!(ahead.wait_for_room(&cancel));
+        ahead.add(1);
         std::thread::scope(|s| {
-            let waiter = s.spawn(|| ahead.reserve(10, &cancel));
+            let waiter = s.spawn(|| ahead.wait_for_room(&cancel));
             std::thread::sleep(Duration::from_millis(200));
             assert!(!waiter.is_finished());
             ahead.close();
@@ -424,12 +464,40 @@ mod tests {
         });
         // Shutdown stops a waiting reader too.
         let fresh = Ahead::default();
-        assert!(fresh.reserve(AHEAD_BYTES, &cancel));
+        fresh.add(AHEAD_BYTES);
         std::thread::scope(|s| {
-            let waiter = s.spawn(|| fresh.reserve(1, &cancel));
+            let waiter = s.spawn(|| fresh.wait_for_room(&cancel));
             std::thread::sleep(Duration::from_millis(50));
             cancel.store(true, Ordering::Relaxed);
             assert!(!waiter.join().unwrap());
         });
+    }
+
+    /// A parsed model is counted by what it holds, not by its file: many short attributes weigh far more
+    /// than their JSON.
+    #[test]
+    fn a_parsed_model_is_counted_by_its_rows() {
+        let json = format!(
+            r#"{{"modelName": "m", "collections": [{{"collectionName": "e", "properties": [{}]}}]}}"#,
+            (0..2000)
+                .map(|i| format!(r#"{{"name": "a{i}", "type": "string"}}"#))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let model::Parsed::Model(m) = model::parse_hackolade(json.as_bytes()) else {
+            panic!("a model");
+        };
+        assert_eq!(m.attribute_count(), 2000);
+        let prepared = Prepared::Put {
+            size: json.len() as u64,
+            content: Outcome::Model(Box::new(m)),
+        };
+        assert!(
+            prepared.held_bytes() > 5 * json.len() as u64,
+            "{} for {} bytes of JSON",
+            prepared.held_bytes(),
+            json.len()
+        );
+        assert_eq!(Prepared::Remove.held_bytes(), 0);
     }
 }
