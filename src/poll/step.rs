@@ -48,6 +48,8 @@ pub(super) fn process_step(ctx: &StepContext<'_>, step: &StepKind) -> Result<Cou
         expect_commit: ctx.expect_commit,
     };
     ctx.store.apply_step(&meta, |w: &mut StepWriter<'_, '_>| {
+        let paths: Vec<String> = changes.iter().flat_map(change_paths).collect();
+        w.unindex(paths.iter().map(String::as_str))?;
         write_changes(ctx, w, &changes, &info.id)
     })
 }
