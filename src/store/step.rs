@@ -127,10 +127,16 @@ impl StepWriter<'_, '_> {
     ) -> Result<(), StoreError> {
         let (tx, meta) = (self.tx, self.meta);
         let existed = delete_model(tx, meta.repo_id, path, &mut self.search)?;
-        let renamed = match renamed_from {
-            Some(from) if !existed => delete_model(tx, meta.repo_id, from, &mut self.search)?,
-            _ => false,
+        let from_existed = match renamed_from {
+            Some(from) => delete_model(tx, meta.repo_id, from, &mut self.search)?,
+            None => false,
         };
+        // A rename onto a file that was there (the poll never makes one): the old path is gone as well.
+        if let (true, true, Some(from)) = (existed, from_existed, renamed_from) {
+            version(tx, meta, from, "deleted", None, None)?;
+            self.counts.deleted += 1;
+        }
+        let renamed = from_existed && !existed;
         insert_model(tx, meta, path, blob, size, content, &mut self.search)?;
         let (change, old_path) = if renamed {
             ("renamed", renamed_from)
@@ -164,38 +170,26 @@ impl StepWriter<'_, '_> {
         &mut self,
         paths: impl IntoIterator<Item = &'p str>,
     ) -> Result<(), StoreError> {
-        let tx = self.tx;
-        let mut model = tx
-            .prepare_cached("SELECT id FROM models WHERE repo_id = ?1 AND path = ?2")
-            .doing("unindexing")?;
-        let mut parts = tx
-            .prepare_cached(
-                "SELECT id * 4 + 1 FROM entities WHERE model_id = ?1
-                 UNION ALL SELECT id * 4 + 2 FROM attributes WHERE model_id = ?1",
-            )
-            .doing("unindexing")?;
-        let mut rowids: Vec<i64> = Vec::new();
-        for path in paths {
-            let id: Option<i64> = model
-                .query_row(params![self.meta.repo_id, path], |r| r.get(0))
-                .optional()
-                .doing("unindexing")?;
-            let Some(id) = id else {
-                continue;
-            };
-            rowids.push(id * 4);
-            for rowid in parts.query_map([id], |r| r.get(0)).doing("unindexing")? {
-                rowids.push(rowid.doing("unindexing")?);
-            }
-        }
-        if rowids.is_empty() {
+        let paths: Vec<&str> = paths.into_iter().collect();
+        if paths.is_empty() {
             return Ok(());
         }
-        rowids.sort_unstable();
-        rowids.dedup();
-        let list = serde_json::to_string(&rowids).unwrap_or_default();
-        tx.prepare_cached("DELETE FROM search WHERE rowid IN (SELECT value FROM json_each(?1))")
-            .and_then(|mut s| s.execute([list]))
+        // Turning strings into JSON cannot fail; were it to, nothing would be taken here and the triggers
+        // would take the rows as before.
+        let list = serde_json::to_string(&paths).unwrap_or_else(|_| "[]".into());
+        // SQLite finds the rowids and deletes them in order (the IN list is a sorted index): nothing of a
+        // large step is held here.
+        self.tx
+            .prepare_cached(
+                "WITH touched(id) AS (
+                     SELECT id FROM models
+                     WHERE repo_id = ?1 AND path IN (SELECT value FROM json_each(?2)))
+                 DELETE FROM search WHERE rowid IN (
+                     SELECT id * 4 FROM touched
+                     UNION ALL SELECT e.id * 4 + 1 FROM entities e JOIN touched t ON e.model_id = t.id
+                     UNION ALL SELECT a.id * 4 + 2 FROM attributes a JOIN touched t ON a.model_id = t.id)",
+            )
+            .and_then(|mut s| s.execute(params![self.meta.repo_id, list]))
             .doing("unindexing")?;
         Ok(())
     }
@@ -727,6 +721,30 @@ mod tests {
         assert_eq!(hits("alpha1"), 0);
         assert_eq!(hits("gamma1"), 11, "gamma1 and gamma10…gamma19");
         assert_eq!(hits("beta39"), 1);
+        // A rename onto a file that is there (the poll never makes one): the old path goes too, and its
+        // history says so.
+        let c3 = commit("c3");
+        let counts = store
+            .apply_step(&step(&c3, Some("c2")), |w: &mut StepWriter<'_, '_>| {
+                w.unindex(["a.json", "b.json"])?;
+                w.put("b.json", Some("a.json"), "b4", 10, &Content::Model(&a))
+            })
+            .unwrap();
+        assert_eq!((counts.modified, counts.deleted), (1, 1));
+        assert_eq!(
+            store.model_blobs("p/r").unwrap().keys().collect::<Vec<_>>(),
+            ["b.json"]
+        );
+        assert_eq!(search_rows(&store), 52);
+        let changes: Vec<String> = store
+            .lock()
+            .prepare("SELECT path || ' ' || change FROM model_versions WHERE commit_id = 'c3' ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(changes, ["a.json deleted", "b.json modified"]);
     }
 
     /// A model whose search text spans several batches: every row is found, and the history records
