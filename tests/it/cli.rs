@@ -236,43 +236,11 @@ fn the_bundled_demo_works() {
 #[test]
 fn a_local_repository_is_mirrored_from_its_own_files() {
     use std::os::unix::fs::MetadataExt;
-    let dir = tempfile::tempdir().unwrap();
-    let srv = dir.path().join("srv");
-    std::fs::create_dir_all(&srv).unwrap();
-    let bundle = fixtures().join("repos/books.bundle");
-    git(
-        &srv,
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &bundle.to_string_lossy(),
-            "books.git",
-        ],
-    );
-    let source = srv.join("books.git");
+    let env = Env::new(Auth::None);
+    let source = env.repo_from_bundle("books.git", "books");
     git(&source, &["repack", "-a", "-d", "-q"]);
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "state_dir = {:?}\n[providers.l]\nkind = \"git\"\nurl = {:?}\nrepos = [\"books.git\"]\n",
-            dir.path().join("state"),
-            srv
-        ),
-    )
-    .unwrap();
-    let cfg = cfg.to_string_lossy().into_owned();
-    let sync = || {
-        let out = bin().args(["--config", &cfg, "sync"]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let first = sync();
+    local_provider(&env, "books.git");
+    let first = env.run(&["sync"]).ok().stdout;
     assert!(first.starts_with("l/books updated: +"), "{first}");
     let packs = |repo: &std::path::Path| -> Vec<(String, u64)> {
         let mut v: Vec<(String, u64)> = std::fs::read_dir(repo.join("objects/pack"))
@@ -293,38 +261,38 @@ fn a_local_repository_is_mirrored_from_its_own_files() {
         v.sort();
         v
     };
-    let mirror = dir.path().join("state/mirrors/l/books.git");
+    let mirror = env.path().join("state/mirrors/l/books.git");
     assert_eq!(packs(&mirror), packs(&source), "the source's own files");
     assert_eq!(packs(&mirror).len(), 2);
-    let out = bin()
-        .args(["--config", &cfg, "models", "--json"])
-        .output()
-        .unwrap();
-    let models: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(models.as_array().unwrap().len(), 141);
+    let models = || {
+        env.run(&["models", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(models(), 141);
 
     // A new commit in the source comes through the fetch, into the same catalog.
-    let work = dir.path().join("work");
+    let work = env.path().join("work");
     git(
-        dir.path(),
+        env.path(),
         &["clone", "-q", &source.to_string_lossy(), "work"],
     );
-    std::fs::copy(
-        fixtures().join("models/books/MongoDB__Figure 006 - Subtyping.hck.json"),
-        work.join("added.hck.json"),
-    )
-    .unwrap();
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-q", "-m", "one more"]);
-    git(&work, &["push", "-q", "origin", "HEAD:main"]);
-    let second = sync();
+    std::fs::copy(small_model(), work.join("added.hck.json")).unwrap();
+    commit_all(&work, "one more");
+    let second = env.run(&["sync"]).ok().stdout;
     assert!(second.starts_with("l/books updated: +1 ~0 -0"), "{second}");
-    let out = bin()
-        .args(["--config", &cfg, "models", "--json"])
-        .output()
-        .unwrap();
-    let models: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(models.as_array().unwrap().len(), 142);
+    assert_eq!(models(), 142);
+}
+
+/// A `git` provider `l` whose repositories are the server folder's, through `file://`.
+fn local_provider(env: &Env, repo: &str) {
+    env.write_config(&format!(
+        "[providers.l]\nkind = \"git\"\nurl = {:?}\nrepos = [\"{repo}\"]\n",
+        env.path().join("srv")
+    ));
 }
 
 /// Seeding copies every object file of the source, also a push it caught halfway (a commit on another branch
@@ -333,72 +301,40 @@ fn a_local_repository_is_mirrored_from_its_own_files() {
 /// and fetch it whole. Without the check every later poll fails on the missing tree.
 #[test]
 fn a_mirror_never_keeps_a_head_without_its_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let (srv, work) = (dir.path().join("srv"), dir.path().join("work"));
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::create_dir_all(&srv).unwrap();
-    let model = fixtures().join("models/books/MongoDB__Figure 006 - Subtyping.hck.json");
-    git(&work, &["init", "-q", "-b", "main"]);
-    std::fs::copy(&model, work.join("a.hck.json")).unwrap();
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-q", "-m", "one"]);
-    git(
-        dir.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &work.to_string_lossy(),
-            "srv/r.git",
-        ],
-    );
-    let source = srv.join("r.git");
+    let env = Env::new(Auth::None);
+    let (source, work) = env.one_model_repo("r.git");
     git(&work, &["checkout", "-q", "-b", "next"]);
-    std::fs::copy(&model, work.join("b.hck.json")).unwrap();
+    std::fs::copy(small_model(), work.join("b.hck.json")).unwrap();
     git(&work, &["add", "-A"]);
     git(&work, &["commit", "-q", "-m", "two"]);
-    git(&work, &["push", "-q", &source.to_string_lossy(), "next"]);
+    git(&work, &["push", "-q", "origin", "next"]);
     let two = git(&work, &["rev-parse", "HEAD"]).trim().to_string();
     let tree = git(&work, &["rev-parse", "HEAD^{tree}"]).trim().to_string();
     let loose = source.join("objects").join(&tree[..2]).join(&tree[2..]);
-    let aside = dir.path().join("tree.aside");
+    let aside = env.path().join("tree.aside");
     std::fs::rename(&loose, &aside).unwrap();
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "state_dir = {:?}\n[providers.l]\nkind = \"git\"\nurl = {:?}\nrepos = [\"r.git\"]\n",
-            dir.path().join("state"),
-            srv
-        ),
-    )
-    .unwrap();
-    let cfg = cfg.to_string_lossy().into_owned();
-    let sync = || bin().args(["--config", &cfg, "sync"]).output().unwrap();
-    let first = sync();
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    local_provider(&env, "r.git");
+    env.run(&["sync"]).ok();
     // The push completes, and main moves to its commit.
     std::fs::rename(&aside, &loose).unwrap();
     git(&source, &["update-ref", "refs/heads/main", &two]);
-    let second = sync();
-    let err = String::from_utf8_lossy(&second.stderr);
-    assert!(second.status.success(), "{err}");
+    let second = env.run(&["sync"]).ok();
     assert!(
-        err.contains(&format!(
+        second.stderr.contains(&format!(
             "had commit {two} but not every object of its history"
-        )) && err.contains("the mirror was emptied and is fetched again"),
-        "{err}"
+        )) && second
+            .stderr
+            .contains("the mirror was emptied and is fetched again"),
+        "{}",
+        second.stderr
     );
-    let out = String::from_utf8_lossy(&second.stdout);
-    assert!(out.starts_with("l/r updated: +1 ~0 -0"), "{out}");
-    let third = sync();
-    assert!(third.status.success());
-    let out = String::from_utf8_lossy(&third.stdout);
-    assert!(!out.contains("updated"), "nothing left to do: {out}");
+    assert!(
+        second.stdout.starts_with("l/r updated: +1 ~0 -0"),
+        "{}",
+        second.stdout
+    );
+    let third = env.run(&["sync"]).ok().stdout;
+    assert!(!third.contains("updated"), "nothing left to do: {third}");
 }
 
 /// `token_file = "${CREDENTIALS_DIRECTORY}/NAME"`, as with systemd's `LoadCredential=`.
