@@ -290,14 +290,35 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
-    fn git(dir: &Path, args: &[&str]) -> String {
-        let out = std::process::Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("git runs");
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    use crate::git::test_support::git;
+
+    fn head(src: &Path) -> Oid {
+        Oid::from_str(&git(src, &["rev-parse", "HEAD"])).unwrap()
+    }
+
+    /// The source's one pack file.
+    fn source_pack(src: &Path) -> PathBuf {
+        std::fs::read_dir(src.join(".git/objects/pack"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "pack"))
+            .unwrap()
+    }
+
+    /// Take away the loose object `rev` names in the source (as if a repack moved it meanwhile).
+    fn lose(src: &Path, rev: &str) {
+        let id = git(src, &["rev-parse", rev]);
+        std::fs::remove_file(src.join(".git/objects").join(&id[..2]).join(&id[2..])).unwrap();
+    }
+
+    /// What the mirror's pack folder holds (nothing, after an undone seeding).
+    fn mirror_packs(mirror: &Repository) -> Vec<PathBuf> {
+        std::fs::read_dir(mirror.path().join("objects/pack"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect()
     }
 
     static NOT_CANCELLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -343,7 +364,7 @@ mod tests {
         let src = source(dir.path());
         let mirror = super::super::mirror::init_bare(&dir.path().join("m.git")).unwrap();
         let seeded = seed(&mirror, &src, &running()).unwrap().unwrap();
-        let head = Oid::from_str(&git(&src, &["rev-parse", "HEAD"])).unwrap();
+        let head = head(&src);
         // One pack and its index, and the second commit's loose commit, tree and blob.
         assert_eq!(
             seeded,
@@ -357,15 +378,14 @@ mod tests {
             complete(&mirror, head, None, &running()).unwrap(),
             Complete::Yes
         );
-        let pack = std::fs::read_dir(src.join(".git/objects/pack"))
-            .unwrap()
-            .flatten()
-            .find(|e| e.path().extension().is_some_and(|x| x == "pack"))
-            .unwrap();
-        let linked = mirror.path().join("objects/pack").join(pack.file_name());
+        let pack = source_pack(&src);
+        let linked = mirror
+            .path()
+            .join("objects/pack")
+            .join(pack.file_name().unwrap());
         assert_eq!(
             std::fs::metadata(&linked).unwrap().ino(),
-            pack.metadata().unwrap().ino(),
+            std::fs::metadata(&pack).unwrap().ino(),
             "a hard link, not a copy"
         );
         // Seeding again places nothing.
@@ -384,12 +404,7 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         let src = source(dir.path());
-        let pack = std::fs::read_dir(src.join(".git/objects/pack"))
-            .unwrap()
-            .flatten()
-            .find(|e| e.path().extension().is_some_and(|x| x == "pack"))
-            .unwrap()
-            .path();
+        let pack = source_pack(&src);
         std::os::unix::fs::chown(&pack, Some(65534), None).unwrap();
         let mirror = super::super::mirror::init_bare(&dir.path().join("m.git")).unwrap();
         let seeded = seed(&mirror, &src, &running()).unwrap().unwrap();
@@ -404,9 +419,8 @@ mod tests {
             std::fs::metadata(&pack).unwrap().ino()
         );
         assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&pack).unwrap());
-        let head = Oid::from_str(&git(&src, &["rev-parse", "HEAD"])).unwrap();
         assert_eq!(
-            complete(&mirror, head, None, &running()).unwrap(),
+            complete(&mirror, head(&src), None, &running()).unwrap(),
             Complete::Yes
         );
     }
@@ -415,19 +429,15 @@ mod tests {
     fn a_source_missing_an_object_leaves_the_mirror_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
         let src = source(dir.path());
-        // The second commit's blob goes (as if a repack moved it meanwhile).
-        let blob = git(&src, &["rev-parse", "HEAD:b.json"]);
-        std::fs::remove_file(src.join(".git/objects").join(&blob[..2]).join(&blob[2..])).unwrap();
+        lose(&src, "HEAD:b.json");
         let mirror = super::super::mirror::init_bare(&dir.path().join("m.git")).unwrap();
         let err = seed(&mirror, &src, &running()).unwrap_err();
         assert!(err.contains("were not all there"), "{err}");
-        let head = Oid::from_str(&git(&src, &["rev-parse", "HEAD"])).unwrap();
-        assert!(mirror.find_commit(head).is_err(), "nothing stays behind");
-        let left: Vec<_> = std::fs::read_dir(mirror.path().join("objects/pack"))
-            .unwrap()
-            .flatten()
-            .collect();
-        assert!(left.is_empty(), "{left:?}");
+        assert!(
+            mirror.find_commit(head(&src)).is_err(),
+            "nothing stays behind"
+        );
+        assert_eq!(mirror_packs(&mirror), Vec::<PathBuf>::new());
     }
 
     #[test]
@@ -449,11 +459,7 @@ mod tests {
             Err("stopped by shutdown".to_string())
         );
         assert!(ticks.load(std::sync::atomic::Ordering::Relaxed) > 0);
-        let left: Vec<_> = std::fs::read_dir(mirror.path().join("objects/pack"))
-            .unwrap()
-            .flatten()
-            .collect();
-        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(mirror_packs(&mirror), Vec::<PathBuf>::new());
     }
 
     #[test]
@@ -464,8 +470,7 @@ mod tests {
         let head = repo.head().unwrap().target().unwrap();
         let first = repo.find_commit(head).unwrap().parent_id(0).unwrap();
         // The second commit's tree is loose: take it away.
-        let tree = git(&src, &["rev-parse", "HEAD^{tree}"]);
-        std::fs::remove_file(src.join(".git/objects").join(&tree[..2]).join(&tree[2..])).unwrap();
+        lose(&src, "HEAD^{tree}");
         let repo = Repository::open(&src).unwrap();
         assert_eq!(
             complete(&repo, head, None, &running()).unwrap(),

@@ -15,6 +15,21 @@ mod packs;
 mod remote;
 mod tree;
 
+/// What the git module's unit tests share.
+#[cfg(test)]
+mod test_support {
+    /// Run the git CLI in `dir`; its trimmed output. Panics when git fails.
+    pub(super) fn git(dir: &std::path::Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("git runs");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
 use std::path::{Path, PathBuf};
 
 pub(crate) use git2::{Oid, Repository};
