@@ -486,6 +486,41 @@ mod tests {
         );
     }
 
+    /// A long history walk hears a shutdown (every 256 trees) and says it stopped, not that objects lack.
+    #[test]
+    fn a_history_walk_stops_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path().join("r.git")).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        let mut parent: Option<Oid> = None;
+        for i in 0..300 {
+            let blob = repo.blob(format!("{{\"n\": {i}}}").as_bytes()).unwrap();
+            let mut tree = repo.treebuilder(None).unwrap();
+            tree.insert("m.json", blob, 0o100_644).unwrap();
+            let tree = repo.find_tree(tree.write().unwrap()).unwrap();
+            let parents: Vec<git2::Commit<'_>> = parent
+                .iter()
+                .map(|p| repo.find_commit(*p).unwrap())
+                .collect();
+            let refs: Vec<&git2::Commit<'_>> = parents.iter().collect();
+            parent = Some(repo.commit(None, &sig, &sig, "c", &tree, &refs).unwrap());
+        }
+        let head = parent.unwrap();
+        assert_eq!(
+            complete(&repo, head, None, &running()).unwrap(),
+            Complete::Yes
+        );
+        let cancel = std::sync::atomic::AtomicBool::new(true);
+        let stopping = Watch {
+            alive: None,
+            cancel: &cancel,
+        };
+        assert_eq!(
+            complete(&repo, head, None, &stopping).unwrap(),
+            Complete::Stopped
+        );
+    }
+
     #[test]
     fn sources_whose_files_are_not_all_their_objects_are_not_seeded_from() {
         let dir = tempfile::tempdir().unwrap();

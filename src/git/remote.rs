@@ -72,33 +72,8 @@ pub(crate) fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<Rem
             message: format!("the remote advertised {commit} for HEAD but it was not received"),
         });
     }
-    // libgit2 downloads nothing when the wanted commit is already there, whatever else is missing. A new head
-    // found in the mirror (objects a seeding copied beside the history it checked, a push it caught halfway)
-    // must have its new history whole, or no later fetch would bring what lacks. (`bytes` counts every pack
-    // byte received, over any transport, because `callbacks` sets a transfer-progress callback.)
     if listing.bytes == 0 && Some(commit) != tip && Some(commit) != checked {
-        let watch = super::local::Watch {
-            alive: spec.alive,
-            cancel: &spec.cancel,
-        };
-        let path = repo.path().to_path_buf();
-        match super::local::complete(repo, commit, tip.or(checked), &watch)
-            .map_err(|e| mirror_error(&path, e))?
-        {
-            super::local::Complete::Yes => {}
-            super::local::Complete::Stopped => {
-                return Err(GitError::Cancelled {
-                    url: url.to_string(),
-                });
-            }
-            super::local::Complete::No => {
-                super::mirror::clear(repo.path());
-                return Err(GitError::Incomplete {
-                    path: repo.path().to_path_buf(),
-                    commit: commit.to_string(),
-                });
-            }
-        }
+        check_new_history(repo, spec, commit, tip.or(checked))?;
     }
     let mirror_ref = format!("refs/heads/{name}");
     let path = repo.path().to_path_buf();
@@ -128,6 +103,42 @@ pub(crate) fn fetch_head(repo: &Repository, spec: &RemoteSpec<'_>) -> Result<Rem
     })
 }
 
+/// libgit2 downloads nothing when the wanted commit is already there, whatever else is missing. A new head
+/// found in the mirror (objects a seeding copied beside the history it checked, a push it caught halfway)
+/// must have its history since `known` whole, or no later fetch would bring what lacks: when it has not, the
+/// mirror is emptied and [`GitError::Incomplete`] says so. (A fetch that downloaded nothing is told by its
+/// byte count: `callbacks` sets a transfer-progress callback, so every pack byte over any transport counts.)
+fn check_new_history(
+    repo: &Repository,
+    spec: &RemoteSpec<'_>,
+    commit: Oid,
+    known: Option<Oid>,
+) -> Result<(), GitError> {
+    let complete = super::local::complete(repo, commit, known, &watch(spec))
+        .map_err(|e| mirror_error(repo.path(), e))?;
+    match complete {
+        super::local::Complete::Yes => Ok(()),
+        super::local::Complete::Stopped => Err(GitError::Cancelled {
+            url: spec.url.to_string(),
+        }),
+        super::local::Complete::No => {
+            super::mirror::clear(repo.path());
+            Err(GitError::Incomplete {
+                path: repo.path().to_path_buf(),
+                commit: commit.to_string(),
+            })
+        }
+    }
+}
+
+/// What a long local step reports to the poll, and hears from it.
+fn watch<'a>(spec: &'a RemoteSpec<'_>) -> super::local::Watch<'a> {
+    super::local::Watch {
+        alive: spec.alive,
+        cancel: &spec.cancel,
+    }
+}
+
 /// A mirror with no branch yet, of a repository on this machine, starts from the source's object files (see
 /// [`super::local`]); the fetch that follows then finds the commit it wants already there and downloads
 /// nothing. Anything in the way only means the usual fetch. The commit whose whole history was checked, if
@@ -141,11 +152,7 @@ fn seed_new_mirror(repo: &Repository, spec: &RemoteSpec<'_>) -> Option<Oid> {
     if has_branch {
         return None;
     }
-    let watch = super::local::Watch {
-        alive: spec.alive,
-        cancel: &spec.cancel,
-    };
-    match super::local::seed(repo, &source, &watch) {
+    match super::local::seed(repo, &source, &watch(spec)) {
         Ok(Some(seeded)) => {
             tracing::debug!(
                 "{}: the new mirror took {} object files from {} ({} copied, the rest hard links)",

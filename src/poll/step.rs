@@ -109,8 +109,8 @@ fn write_changes(
         return write_here(ctx, w, changes, commit);
     }
     // Many files: one thread reads and parses (with its own handle on the mirror) while this one writes. The
-    // reader runs ahead by up to `AHEAD_BYTES` of parsed files (see `Ahead`); when writing stops early, the reader
-    // stops before its next file.
+    // reader runs ahead by up to `AHEAD_BYTES` of parsed files (see `Ahead`); when writing stops early, the
+    // reader stops before its next file.
     let (config, cancel, repo_id) = (ctx.config, ctx.cancel, &ctx.repo.id);
     let ahead = Ahead::default();
     std::thread::scope(|scope| {
@@ -150,11 +150,10 @@ fn write_changes(
             if cancel.load(Ordering::Relaxed) {
                 return Err(StepError::Cancelled);
             }
-            let Ok((size, prepared)) = rx.recv() else {
+            let Ok((held, prepared)) = rx.recv() else {
                 // The reader stopped without a word: shutdown, or it panicked (joined here, so the panic
                 // ends this step, not the process).
                 drop(rx);
-                ahead.close();
                 return Err(match reader.join() {
                     Err(_) if !cancel.load(Ordering::Relaxed) => StepError::Internal(format!(
                         "reading the files of commit {commit} failed unexpectedly (a bug: please report it with this commit); nothing of it was kept, and the next poll retries"
@@ -162,7 +161,7 @@ fn write_changes(
                     _ => StepError::Cancelled,
                 });
             };
-            ahead.release(size);
+            ahead.release(held);
             ctx.progress.touch();
             write(w, change, prepared?)?;
         }
