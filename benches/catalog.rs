@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use modelmirror::git::CommitInfo;
 use modelmirror::model::{self, Model, Parsed};
-use modelmirror::store::{Content, StepMeta, StepWriter, Store, StoreError, fts_query};
+use modelmirror::store::{Content, Database, StepMeta, StepWriter, Store, StoreError};
 
 fn commit(i: usize) -> CommitInfo {
     CommitInfo {
@@ -52,7 +52,7 @@ fn ms(d: Duration) -> String {
 
 fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&dir.path().join("bench.db")).expect("store");
+    let store = Store::open(&Database::Sqlite(dir.path().join("bench.db"))).expect("store");
     store
         .ensure_repo("b/r", "b", "r", "file:///r")
         .expect("repo");
@@ -111,10 +111,7 @@ fn main() {
     for _ in 0..20 {
         for q in queries {
             let t = Instant::now();
-            hits += store
-                .search(&fts_query(q), None, None, 20)
-                .expect("search")
-                .len();
+            hits += store.search(q, None, None, 20).expect("search").len();
             times.push(t.elapsed());
         }
     }

@@ -8,8 +8,9 @@ set -euo pipefail
 # openssh-server, openssh-client: the ssh tests start a real sshd on 127.0.0.1.
 # systemd: systemd-analyze scores the unit's hardening.
 # chromium, chromium-driver: the web catalog is checked in headless Chromium over WebDriver.
+# postgresql: the PostgreSQL catalog is tested on a real server (scripts/pg.sh starts a throwaway one).
 packages=(git gcc make pkg-config libssl-dev zlib1g-dev openssh-server openssh-client systemd chromium
-  chromium-driver)
+  chromium-driver postgresql)
 
 missing=()
 for pkg in "${packages[@]}"; do

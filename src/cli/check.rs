@@ -125,7 +125,7 @@ fn check_local(config: &Config, results: &mut Results) {
     for w in &config.warnings {
         results.add("config", &shown, "warning", w.clone());
     }
-    let database = config.database.display().to_string();
+    let database = config.database.to_string();
     match Store::open(&config.database) {
         Ok(_) => results.add("database", &database, "ok", "opens and is migrated".into()),
         Err(e) => results.add("database", &database, "error", e.to_string()),

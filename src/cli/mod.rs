@@ -213,12 +213,16 @@ impl Cli {
             // `status` still shows the service's state (and a rejected reload) with a broken file on disk.
             // With no database there is nothing to show: the error alone, printed once by `main`.
             Err(e) => match self.command {
-                Command::Status { json } if database_hint(&self.config).exists() => {
+                Command::Status { json }
+                    if database_hint(&self.config)
+                        .sqlite_path()
+                        .is_none_or(std::path::Path::exists) =>
+                {
                     let database = database_hint(&self.config);
                     eprintln!(
                         "error: {}\n(showing the state recorded in {}; the running service keeps the configuration it loaded last)",
                         output::terminal_lines(&e.to_string()),
-                        database.display()
+                        database
                     );
                     status::status(&database, None, json)?;
                     return Ok(ExitCode::from(2));

@@ -12,7 +12,7 @@ use crate::store::Store;
 /// The state of every repository the database knows, and of configured ones never polled. With the
 /// configuration (`None` when it does not load), a repository it no longer names shows as `unconfigured`.
 pub(super) fn status(
-    database: &std::path::Path,
+    database: &crate::store::Database,
     config: Option<&Config>,
     json: bool,
 ) -> Result<ExitCode, CliError> {

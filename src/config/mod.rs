@@ -22,6 +22,7 @@ use crate::git::{GitAuth, RemoteSpec};
 use crate::model::FileFilter;
 use crate::schedule::Schedule;
 use crate::secret::{Secret, SecretError, TokenSource};
+pub(crate) use crate::store::Database;
 
 /// Where the configuration is looked for when neither `--config` nor `MODELMIRROR_CONFIG` is given.
 pub(crate) const DEFAULT_CONFIG_PATH: &str = "/etc/modelmirror/config.toml";
@@ -95,7 +96,8 @@ pub struct Config {
     pub(crate) files: Vec<PathBuf>,
     /// Mirrors live in `<state_dir>/mirrors`; the database defaults to `<state_dir>/modelmirror.db`.
     pub(crate) state_dir: PathBuf,
-    pub(crate) database: PathBuf,
+    /// The catalog: a SQLite file, or a PostgreSQL database (`database = "postgresql://…"`).
+    pub(crate) database: Database,
     /// A cap on the database's size (`database_max_bytes`): an import that would pass it fails like a full
     /// disk, keeping everything stored before, so the catalog cannot fill a disk other services need.
     pub(crate) database_max_bytes: Option<u64>,
@@ -520,23 +522,27 @@ impl Config {
 /// Where the database most likely is when the configuration does not load (for `status`, which still
 /// shows the service's state then): `database` or `state_dir` read from the main file alone, if that much
 /// parses, else the default.
-pub(crate) fn database_hint(path: &Path) -> PathBuf {
+pub(crate) fn database_hint(path: &Path) -> Database {
     let base = path.parent().unwrap_or(Path::new("."));
     let table = std::fs::read_to_string(path)
         .ok()
         .and_then(|t| t.parse::<toml::Table>().ok())
         .unwrap_or_default();
-    let key = |k: &str| {
+    let raw = |k: &str| {
         table
             .get(k)
             .and_then(|v| v.as_str())
-            .and_then(|raw| validate::resolve_path(raw, base, path, k).ok())
+            .map(|v| (v.to_string(), path.to_path_buf()))
     };
-    key("database").unwrap_or_else(|| {
-        key("state_dir")
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
-            .join("modelmirror.db")
-    })
+    let password = (raw("database_password_file"), raw("database_password_env"));
+    if let Some(Ok(db)) = raw("database").map(|(r, _)| validate::database(&r, password, base, path))
+    {
+        return db;
+    }
+    let state_dir = raw("state_dir")
+        .and_then(|(r, _)| validate::resolve_path(&r, base, path, "state_dir").ok())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    Database::Sqlite(state_dir.join("modelmirror.db"))
 }
 
 /// What is wrong with a logging filter (`log_level`, `RUST_LOG`), if anything. A filter is a level

@@ -12,7 +12,9 @@ use super::ConfigError;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawFile {
     pub(super) state_dir: Option<PathBuf>,
-    pub(super) database: Option<PathBuf>,
+    pub(super) database: Option<String>,
+    pub(super) database_password_file: Option<String>,
+    pub(super) database_password_env: Option<String>,
     pub(super) database_max_bytes: Option<u64>,
     pub(super) schedule: Option<String>,
     pub(super) concurrency: Option<usize>,

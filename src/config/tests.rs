@@ -139,7 +139,7 @@ fn defaults_and_repo_ids() {
     assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
     assert_eq!(
         c.database,
-        PathBuf::from(DEFAULT_STATE_DIR).join("modelmirror.db")
+        crate::store::Database::Sqlite(PathBuf::from(DEFAULT_STATE_DIR).join("modelmirror.db"))
     );
     assert_eq!(c.concurrency, 4);
     assert_eq!(c.filter.max_model_bytes, 64 * 1024 * 1024);
@@ -369,4 +369,66 @@ fn log_filters_must_parse_and_give_modelmirror_a_level() {
         assert!(log_filter_problem(bad).is_some(), "{bad:?} was accepted");
     }
     assert!(log_filter_problem("degub").unwrap().contains("\"degub\""));
+}
+
+/// `database` as a PostgreSQL URL: the password from a file or a variable (never the URL), TLS parameters
+/// checked, and the keys that only fit one engine refused with the other.
+#[test]
+fn a_postgresql_database_and_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "pw", "s3cret-pass\n");
+    let load = |text: &str| {
+        let main = write(dir.path(), "config.toml", text);
+        Config::load(&main).map_err(|e| e.to_string())
+    };
+    let c = load(
+        "database = \"postgresql://mm@db.example:5432/catalog?sslmode=verify-full\"\ndatabase_password_file = \"pw\"\n",
+    )
+    .unwrap();
+    let shown = c.database.to_string();
+    assert_eq!(
+        shown,
+        "postgresql://mm@db.example:5432/catalog?sslmode=verify-full"
+    );
+    assert!(
+        !format!("{:?}", c.database).contains("s3cret"),
+        "{:?}",
+        c.database
+    );
+    for (text, expect) in [
+        (
+            "database = \"postgresql://mm:hunter2@db/catalog\"\n",
+            "holds a password",
+        ),
+        (
+            "database = \"postgres://mm@db/catalog?password=hunter2\"\n",
+            "password parameter",
+        ),
+        (
+            "database = \"postgresql://mm@db/catalog?sslmode=sometimes\"\ndatabase_password_file = \"pw\"\n",
+            "sslmode=sometimes is not one of",
+        ),
+        ("database = \"postgresql://db/catalog\"\n", "names no user"),
+        (
+            "database = \"postgresql://mm@db/catalog\"\ndatabase_password_env = \"MODELMIRROR_TEST_UNSET_VAR\"\n",
+            "MODELMIRROR_TEST_UNSET_VAR (database_password_env) is not set",
+        ),
+        (
+            "database = \"postgresql://mm@db/catalog\"\ndatabase_password_file = \"missing\"\n",
+            "cannot read database_password_file",
+        ),
+        (
+            "database = \"postgresql://mm@db/catalog\"\ndatabase_max_bytes = 10000000\n",
+            "limit the database's size in PostgreSQL itself",
+        ),
+        (
+            "database = \"catalog.db\"\ndatabase_password_file = \"pw\"\n",
+            "this one is a SQLite file",
+        ),
+        ("database_password_file = \"pw\"\n", "none is set"),
+    ] {
+        let err = load(text).unwrap_err();
+        assert!(err.contains(expect), "{text}: {err}");
+        assert!(!err.contains("hunter2"), "{text}: {err}");
+    }
 }

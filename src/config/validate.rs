@@ -19,6 +19,7 @@ use crate::model::{DEFAULT_FORMATS, FileFilter, FilterError};
 use crate::redact::redact_url;
 use crate::schedule::Schedule;
 use crate::secret::{Secret, SecretFile, TokenSource, expand_vars};
+use crate::store::Database;
 
 /// Configurations loaded by this process, for [`Config::generation`].
 static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -30,7 +31,9 @@ type Set<T> = Option<(T, PathBuf)>;
 #[derive(Default)]
 struct Merged {
     state_dir: Set<PathBuf>,
-    database: Set<PathBuf>,
+    database: Set<String>,
+    database_password_file: Set<String>,
+    database_password_env: Set<String>,
     database_max_bytes: Set<u64>,
     schedule: Set<String>,
     concurrency: Set<usize>,
@@ -60,7 +63,7 @@ impl Merged {
         let mut m = Merged::default();
         for (file, raw) in files {
             merge_keys!(m, raw, file;
-                state_dir, database, database_max_bytes, schedule, concurrency, max_model_bytes, include,
+                state_dir, database, database_password_file, database_password_env, database_max_bytes, schedule, concurrency, max_model_bytes, include,
                 backfill, formats, events_retention_days, webhook, web, metrics, log_level, log_format,
             );
             for (name, p) in raw.providers {
@@ -117,10 +120,29 @@ pub(super) fn validate(
         Some((p, f)) => resolve_path(&p.to_string_lossy(), base, &f, "state_dir")?,
         None => PathBuf::from(DEFAULT_STATE_DIR),
     };
+    let password = (
+        m.database_password_file.take(),
+        m.database_password_env.take(),
+    );
     let database = match m.database.take() {
-        Some((p, f)) => resolve_path(&p.to_string_lossy(), base, &f, "database")?,
-        None => state_dir.join("modelmirror.db"),
+        Some((raw, f)) => database(&raw, password, base, &f)?,
+        None => match password {
+            (Some((_, f)), _) | (None, Some((_, f))) => {
+                return Err(invalid(
+                    &f,
+                    "database_password_file / database_password_env are for a PostgreSQL `database`; none is set"
+                        .into(),
+                ));
+            }
+            (None, None) => Database::Sqlite(state_dir.join("modelmirror.db")),
+        },
     };
+    if let (Database::Postgres(_), Some((_, f))) = (&database, &m.database_max_bytes) {
+        return Err(invalid(
+            f,
+            "database_max_bytes caps a SQLite file; for PostgreSQL, limit the database's size in PostgreSQL itself (a tablespace on its own disk or quota) and remove database_max_bytes".into(),
+        ));
+    }
     let database_max_bytes = match m.database_max_bytes.take() {
         Some((n, f)) if n < MIN_DATABASE_BYTES => {
             return Err(invalid(
@@ -767,6 +789,81 @@ pub(super) fn resolve_path(
     let out = expand_vars(raw).map_err(|e| invalid(file, format!("{key} = {raw:?}: {e}")))?;
     let p = PathBuf::from(out);
     Ok(if p.is_absolute() { p } else { base.join(p) })
+}
+
+/// `database`: a PostgreSQL URL (its password from `database_password_file` or `database_password_env`, read
+/// now: every command needs the catalog) or a SQLite file's path.
+pub(super) fn database(
+    raw: &str,
+    password: (Set<String>, Set<String>),
+    base: &Path,
+    file: &Path,
+) -> Result<Database, ConfigError> {
+    if !crate::store::is_database_url(raw) {
+        if let (Some((_, f)), _) | (None, Some((_, f))) = password {
+            return Err(invalid(
+                &f,
+                "database_password_file / database_password_env are for a PostgreSQL `database` (postgresql://…); this one is a SQLite file".into(),
+            ));
+        }
+        return Ok(Database::Sqlite(resolve_path(raw, base, file, "database")?));
+    }
+    let secret = match password {
+        (Some(_), Some((_, f))) => {
+            return Err(invalid(
+                &f,
+                "set only one of database_password_file and database_password_env".into(),
+            ));
+        }
+        (Some((raw_file, f)), None) => {
+            let path = resolve_path(&raw_file, base, &f, "database_password_file")?;
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                invalid(
+                    &f,
+                    format!("cannot read database_password_file {}: {e}", path.display()),
+                )
+            })?;
+            Some(password_value(
+                text,
+                &format!("database_password_file {}", path.display()),
+                &f,
+            )?)
+        }
+        (None, Some((name, f))) => {
+            let value = std::env::var(&name).map_err(|_| {
+                invalid(
+                    &f,
+                    format!("environment variable {name} (database_password_env) is not set"),
+                )
+            })?;
+            Some(password_value(
+                value,
+                &format!("environment variable {name} (database_password_env)"),
+                &f,
+            )?)
+        }
+        (None, None) => None,
+    };
+    crate::store::PgTarget::parse(raw, secret)
+        .map(|t| Database::Postgres(Box::new(t)))
+        .map_err(|e| invalid(file, e.to_string()))
+}
+
+/// A database password as read: trimmed, not empty, one line.
+fn password_value(value: String, from: &str, file: &Path) -> Result<Secret, ConfigError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(invalid(file, format!("{from} is empty")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(
+            file,
+            format!(
+                "{from} holds a line break or other control character; it must hold the password alone"
+            ),
+        ));
+    }
+    Ok(Secret::new(value.to_string()))
 }
 
 fn invalid(file: &Path, message: String) -> ConfigError {

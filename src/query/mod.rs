@@ -150,15 +150,14 @@ impl Catalog<'_> {
         limit: usize,
         marks: (&str, &str),
     ) -> Result<Vec<SearchHit>, QueryError> {
-        let q = fts_query(query);
-        if q.trim().is_empty() {
+        if fts_query(query).trim().is_empty() {
             return Err(QueryError::BadRequest(
                 "search: give some words to look for".into(),
             ));
         }
         self.known(repo)?;
         self.store
-            .search_marked(&q, repo, kind, limit, marks)
+            .search_marked(query, repo, kind, limit, marks)
             .map_err(|e| match e {
                 StoreError::Query(m) => QueryError::BadRequest(format!("search: {m}")),
                 other => QueryError::Store(other),

@@ -99,7 +99,7 @@ pub(crate) async fn run(
     let health = Health::new(tick_every * 3);
     let handle: ConfigHandle = Arc::new(RwLock::new(Arc::new(config)));
     let config = current(&handle);
-    let reader = match Store::open(store.path()) {
+    let reader = match Store::open(store.database()) {
         Ok(r) => Arc::new(r),
         Err(e) => {
             tracing::warn!(
@@ -157,7 +157,7 @@ pub(crate) async fn run(
     tracing::info!(
         repos = sup.repos.len(),
         concurrency = config.concurrency,
-        database = %store.path().display(),
+        database = %store.database(),
         "modelmirror running"
     );
     sup.notifier.ready(&sup.status_line());
@@ -196,7 +196,7 @@ async fn start_listeners(
     let web_listener = match &config.web {
         Some(w) => {
             let listener = http::bind(w.listen, "the web catalog", "[web] listen").await?;
-            let catalog = web::Web::new(shared.config.clone(), shared.store.path())?;
+            let catalog = web::Web::new(shared.config.clone(), shared.store.database())?;
             Some((listener, Arc::new(catalog)))
         }
         None => None,

@@ -1,8 +1,8 @@
 //! Reading the catalog: repository status, models, full-text search, a model's history.
 
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
+use super::db::{Engine, params};
 use super::{Doing, Store, StoreError, now_rfc3339};
 
 /// A processed commit.
@@ -108,11 +108,11 @@ impl Store {
     /// the answers bumps a counter (triggers, so no write path can forget it), and a provider's hold that
     /// ends changes the repositories' answer without a write. For HTTP `ETag`s.
     pub(crate) fn catalog_version(&self) -> Result<String, StoreError> {
-        let conn = self.lock();
-        conn.query_row(
-            "SELECT (SELECT n FROM catalog_generation WHERE id = 1) || '.' ||
-                    (SELECT COUNT(*) FROM providers WHERE held_until > ?1)",
-            [now_rfc3339()],
+        let mut conn = self.lock();
+        conn.query_one(
+            "SELECT CAST((SELECT n FROM catalog_generation WHERE id = 1) AS TEXT) || '.' ||
+                    CAST((SELECT COUNT(*) FROM providers WHERE held_until > ?1) AS TEXT)",
+            params![now_rfc3339()],
             |r| r.get(0),
         )
         .doing("reading the catalog's version")
@@ -120,8 +120,8 @@ impl Store {
 
     /// Who made a processed commit, when, and why.
     pub(crate) fn commit(&self, repo: &str, id: &str) -> Result<Option<CommitRow>, StoreError> {
-        let conn = self.lock();
-        conn.query_row(
+        let mut conn = self.lock();
+        conn.query_opt(
             "SELECT commit_id, author_name, author_email, committed_at, message FROM commits
              WHERE repo_id = ?1 AND commit_id = ?2",
             params![repo, id],
@@ -135,14 +135,12 @@ impl Store {
                 })
             },
         )
-        .optional()
         .doing("reading a commit")
     }
 
     pub(crate) fn status(&self) -> Result<Vec<RepoStatus>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(
+        let mut conn = self.lock();
+        conn.query(
                 "SELECT r.id, r.url, r.default_branch, r.commit_id, r.last_check_at, r.last_change_at,
                         (SELECT COUNT(*) FROM models m WHERE m.repo_id = r.id AND m.status = 'ok'),
                         (SELECT COUNT(*) FROM models m WHERE m.repo_id = r.id AND m.status = 'error'),
@@ -150,10 +148,7 @@ impl Store {
                         CASE WHEN p.held_until > ?1 THEN p.held_until END,
                         CASE WHEN p.held_until > ?1 THEN p.held_reason END, r.last_success_at, r.origin
                  FROM repos r LEFT JOIN providers p ON p.name = r.provider ORDER BY r.id",
-            )
-            .doing("reading the status")?;
-        let rows = stmt
-            .query_map([now_rfc3339()], |r| {
+            params![now_rfc3339()], |r| {
                 Ok(RepoStatus {
                     repo: r.get(0)?,
                     url: r.get(1)?,
@@ -174,22 +169,17 @@ impl Store {
                     last_error: r.get(8)?,
                 })
             })
-            .doing("reading the status")?;
-        rows.collect::<Result<_, _>>().doing("reading the status")
+            .doing("reading the status")
     }
 
     /// What `status` shows about providers: (name, last discovery, its error, repositories found).
     pub(crate) fn provider_status(&self) -> Result<Vec<ProviderStatus>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(
+        let mut conn = self.lock();
+        conn.query(
                 "SELECT name, last_discovery_at, last_discovery_error, repos_found,
                         CASE WHEN held_until > ?1 THEN held_until END, CASE WHEN held_until > ?1 THEN held_reason END
                  FROM providers ORDER BY name",
-            )
-            .doing("reading providers")?;
-        let rows = stmt
-            .query_map([now_rfc3339()], |r| {
+            params![now_rfc3339()], |r| {
                 Ok(ProviderStatus {
                     provider: r.get(0)?,
                     last_discovery_at: r.get(1)?,
@@ -199,8 +189,7 @@ impl Store {
                     held_reason: r.get(5)?,
                 })
             })
-            .doing("reading providers")?;
-        rows.collect::<Result<_, _>>().doing("reading providers")
+            .doing("reading providers")
     }
 
     pub(crate) fn models(&self, repo: Option<&str>) -> Result<Vec<ModelRow>, StoreError> {
@@ -217,16 +206,12 @@ impl Store {
         repo: Option<&str>,
         path: Option<&str>,
     ) -> Result<Vec<ModelRow>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(
+        let mut conn = self.lock();
+        conn.query(
                 "SELECT repo_id, path, name, db_vendor, entity_count, attribute_count, commit_id, blob, status, error
-                 FROM models WHERE (?1 IS NULL OR repo_id = ?1) AND (?2 IS NULL OR path = ?2)
+                 FROM models WHERE (CAST(?1 AS TEXT) IS NULL OR repo_id = ?1) AND (CAST(?2 AS TEXT) IS NULL OR path = ?2)
                  ORDER BY repo_id, path",
-            )
-            .doing("listing models")?;
-        let rows = stmt
-            .query_map(params![repo, path], |r| {
+            params![repo, path], |r| {
                 Ok(ModelRow {
                     repo: r.get(0)?,
                     path: r.get(1)?,
@@ -240,101 +225,132 @@ impl Store {
                     error: r.get(9)?,
                 })
             })
-            .doing("listing models")?;
-        rows.collect::<Result<_, _>>().doing("listing models")
+            .doing("listing models")
     }
 
-    /// Full-text search. `query` is FTS5 syntax (see [`fts_query`] for turning plain words into it). The
-    /// snippets mark matched words with `[` and `]`.
+    /// Full-text search for what a person typed (see [`fts_query`] for how words are read). The snippets mark
+    /// matched words with `[` and `]`.
     pub fn search(
         &self,
-        query: &str,
+        words: &str,
         repo: Option<&str>,
         kind: Option<&str>,
         limit: usize,
     ) -> Result<Vec<SearchHit>, StoreError> {
-        self.search_marked(query, repo, kind, limit, ("[", "]"))
+        self.search_marked(words, repo, kind, limit, ("[", "]"))
     }
 
     /// [`Store::search`] with the snippets' matched words between `marks`.
     pub(crate) fn search_marked(
         &self,
-        query: &str,
+        words: &str,
         repo: Option<&str>,
         kind: Option<&str>,
         limit: usize,
         marks: (&str, &str),
     ) -> Result<Vec<SearchHit>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT s.kind, m.repo_id, m.path, m.name, e.name, a.path,
-                        snippet(search, -1, ?5, ?6, '…', 12)
-                 FROM search s
-                 JOIN models m ON m.id = s.model_id
-                 LEFT JOIN attributes a ON s.kind = 'attribute' AND a.id = s.rowid / 4
-                 LEFT JOIN entities e ON e.id = CASE s.kind WHEN 'entity' THEN s.rowid / 4
-                                                            WHEN 'attribute' THEN a.entity_id END
-                 WHERE search MATCH ?1 AND (?2 IS NULL OR m.repo_id = ?2) AND (?3 IS NULL OR s.kind = ?3)
-                 ORDER BY bm25(search, 10.0, 6.0, 3.0, 1.0) LIMIT ?4",
-            )
-            .doing("searching")?;
-        let rows = stmt.query_map(
-            params![
-                query,
-                repo,
-                kind,
-                i64::try_from(limit).unwrap_or(i64::MAX),
-                marks.0,
-                marks.1
-            ],
-            |r| {
-                Ok(SearchHit {
-                    kind: r.get(0)?,
-                    repo: r.get(1)?,
-                    path: r.get(2)?,
-                    model: r.get(3)?,
-                    entity: r.get(4)?,
-                    attribute: r.get(5)?,
-                    snippet: r.get(6)?,
-                })
-            },
-        );
-        let rows = match rows {
-            Ok(rows) => rows.collect::<Result<Vec<_>, _>>(),
-            Err(e) => Err(e),
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let hit = |r: &super::db::Row<'_>| {
+            Ok(SearchHit {
+                kind: r.get(0)?,
+                repo: r.get(1)?,
+                path: r.get(2)?,
+                model: r.get(3)?,
+                entity: r.get(4)?,
+                attribute: r.get(5)?,
+                snippet: r.get(6)?,
+            })
         };
-        // The statement is fixed; only the query text can make it fail here.
-        rows.map_err(|e| {
-            StoreError::Query(format!(
+        let mut conn = self.lock();
+        let (query, rows) = match conn.engine() {
+            Engine::Sqlite => {
+                let query = fts_query(words);
+                let rows = conn.query(
+                    "SELECT s.kind, m.repo_id, m.path, m.name, e.name, a.path,
+                            snippet(search, -1, ?5, ?6, '…', 12)
+                     FROM search s
+                     JOIN models m ON m.id = s.model_id
+                     LEFT JOIN attributes a ON s.kind = 'attribute' AND a.id = s.rowid / 4
+                     LEFT JOIN entities e ON e.id = CASE s.kind WHEN 'entity' THEN s.rowid / 4
+                                                                WHEN 'attribute' THEN a.entity_id END
+                     WHERE search MATCH ?1 AND (CAST(?2 AS TEXT) IS NULL OR m.repo_id = ?2) AND (CAST(?3 AS TEXT) IS NULL OR s.kind = ?3)
+                     ORDER BY bm25(search, 10.0, 6.0, 3.0, 1.0) LIMIT ?4",
+                    params![query, repo, kind, limit, marks.0, marks.1],
+                    hit,
+                );
+                (query, rows)
+            }
+            Engine::Postgres => {
+                let (query, plain) = ts_query(words);
+                // PostgreSQL's web-search syntax takes anything; a quote left open is refused, as SQLite
+                // refuses it, so a search means the same on both.
+                if !plain && query.matches('"').count() % 2 == 1 {
+                    return Err(StoreError::Query(format!(
+                        "cannot understand the search {:?} (a quote is not closed); use plain words, or search syntax",
+                        query.chars().take(200).collect::<String>()
+                    )));
+                }
+                let options = format!(
+                    "StartSel=\"{}\", StopSel=\"{}\", MaxWords=12, MinWords=4, FragmentDelimiter=\" … \"",
+                    marks.0.replace('"', ""),
+                    marks.1.replace('"', "")
+                );
+                // The 12 best hits first, then their snippets (ts_headline reads the text again: only for
+                // those shown). Weights: description, path, code, name (as SQLite's bm25 weights 1, 3, 6, 10).
+                let rows = conn.query(
+                    "WITH q AS (SELECT CASE WHEN ?6 THEN to_tsquery('simple', modelmirror_fold(?1))
+                                            ELSE websearch_to_tsquery('simple', modelmirror_fold(?1)) END AS q),
+                     hits AS (
+                         SELECT s.id, s.kind, s.model_id, s.name, s.code, s.path, s.description,
+                                ts_rank('{0.1, 0.3, 0.6, 1.0}', s.words, q.q) AS rank
+                         FROM search s JOIN models m ON m.id = s.model_id, q
+                         WHERE s.words @@ q.q AND (CAST(?2 AS TEXT) IS NULL OR m.repo_id = ?2) AND (CAST(?3 AS TEXT) IS NULL OR s.kind = ?3)
+                         ORDER BY rank DESC, s.id LIMIT ?4)
+                     SELECT h.kind, m.repo_id, m.path, m.name, e.name, a.path,
+                            ts_headline('simple', concat_ws(' ', h.name, h.code, h.path, h.description), q.q, ?5)
+                     FROM hits h CROSS JOIN q
+                     JOIN models m ON m.id = h.model_id
+                     LEFT JOIN attributes a ON h.kind = 'attribute' AND a.id = h.id / 4
+                     LEFT JOIN entities e ON e.id = CASE h.kind WHEN 'entity' THEN h.id / 4
+                                                                WHEN 'attribute' THEN a.entity_id END
+                     ORDER BY h.rank DESC, h.id",
+                    params![query, repo, kind, limit, options, plain],
+                    hit,
+                );
+                (query, rows)
+            }
+        };
+        // The statements are fixed; only the query text can make them fail here (or a lost connection).
+        rows.map_err(|e| match e.is_disconnect() {
+            true => StoreError::Sql {
+                doing: "searching".into(),
+                error: e,
+            },
+            false => StoreError::Query(format!(
                 "cannot understand the search {:?} ({e}); use plain words, or FTS5 query syntax",
                 query.chars().take(200).collect::<String>()
-            ))
+            )),
         })
     }
 
     /// Every version of the model at `path`, newest first, following renames back to the first version.
     pub fn history(&self, repo: &str, path: &str) -> Result<Vec<VersionRow>, StoreError> {
-        let conn = self.lock();
+        let mut conn = self.lock();
         // The versions at a path, plus the renames that took a model away from it ("renamed to …").
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT v.id, v.path, v.commit_id, v.change, v.old_path, v.blob, v.name, v.entity_count,
+        let sql = "SELECT v.id, v.path, v.commit_id, v.change, v.old_path, v.blob, v.name, v.entity_count,
                         v.attribute_count, v.error, c.author_name, c.author_email, c.committed_at, c.message,
                         v.path = ?2
                  FROM model_versions v
                  LEFT JOIN commits c ON c.repo_id = v.repo_id AND c.commit_id = v.commit_id
                  WHERE v.repo_id = ?1 AND (v.path = ?2 OR (v.old_path = ?2 AND v.change = 'renamed')) AND v.id < ?3
-                 ORDER BY v.id DESC",
-            )
-            .doing("reading the history")?;
+                 ORDER BY v.id DESC";
         let mut out = Vec::new();
         let mut current = path.to_string();
         let mut before = i64::MAX;
         // Each rename into the path sends the walk to the old path, before the rename.
         for _ in 0..10_000 {
-            let rows = stmt
-                .query_map(params![repo, current, before], |r| {
+            let rows = conn
+                .query(sql, params![repo, current, before], |r| {
                     let here: bool = r.get(14)?;
                     let new_path: String = r.get(1)?;
                     Ok(VersionRow {
@@ -362,8 +378,6 @@ impl Store {
                         message: r.get(13)?,
                     })
                 })
-                .doing("reading the history")?
-                .collect::<Result<Vec<_>, _>>()
                 .doing("reading the history")?;
             let mut next = None;
             for row in rows {
@@ -384,6 +398,28 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// What a person types as a PostgreSQL `tsquery` and whether it is one for `to_tsquery` (plain words: each a
+/// prefix term, all required; a word such as `customer_id` is the phrase `customer <-> id:*`, as SQLite
+/// splits it) or text for `websearch_to_tsquery` (a query using search syntax on purpose, by the same test as
+/// [`fts_query`]: quoted phrases, `OR`, `-word`; FTS5's column filters and `NEAR` have no equivalent there).
+pub(crate) fn ts_query(input: &str) -> (String, bool) {
+    if fts_query(input) == input && !input.trim().is_empty() {
+        return (input.to_string(), false);
+    }
+    let terms: Vec<String> = input
+        .split_whitespace()
+        .filter_map(|w| {
+            let tokens: Vec<String> = w
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|t| !t.is_empty())
+                .map(str::to_lowercase)
+                .collect();
+            (!tokens.is_empty()).then(|| format!("{}:*", tokens.join(" <-> ")))
+        })
+        .collect();
+    (terms.join(" & "), true)
 }
 
 /// Turn what a person types into an FTS5 query: plain words become prefix terms that must all match (case

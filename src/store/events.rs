@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rusqlite::params;
 use serde::Serialize;
 
+use super::db::params;
 use super::{Counts, Doing, Store, StoreError, now_rfc3339};
 
 /// A finished poll, for the `polls` table.
@@ -92,43 +92,46 @@ pub(crate) struct EventRow {
 impl Store {
     /// Record a finished poll; returns its id. Old polls and deliveries are pruned here too.
     pub(crate) fn record_poll(&self, p: &PollRecord<'_>) -> Result<i64, StoreError> {
-        let conn = self.lock();
-        conn.execute(
-            "INSERT INTO polls (repo_id, trigger, started_at, duration_ms, result, commits,
-                 models_added, models_modified, models_deleted, error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                p.repo_id,
-                p.trigger,
-                p.started_at,
-                p.duration.as_millis() as i64,
-                p.result,
-                p.commits,
-                p.counts.added,
-                p.counts.modified,
-                p.counts.deleted,
-                p.error
-            ],
-        )
-        .doing("recording the poll")?;
-        let id = conn.last_insert_rowid();
+        let mut conn = self.lock();
+        let id = conn
+            .insert(
+                "INSERT INTO polls (repo_id, trigger, started_at, duration_ms, result, commits,
+                     models_added, models_modified, models_deleted, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    p.repo_id,
+                    p.trigger,
+                    p.started_at,
+                    p.duration.as_millis() as i64,
+                    p.result,
+                    p.commits,
+                    p.counts.added,
+                    p.counts.modified,
+                    p.counts.deleted,
+                    p.error
+                ],
+            )
+            .doing("recording the poll")?;
         let cutoff = self.retention_cutoff();
-        conn.execute("DELETE FROM polls WHERE started_at < ?1", [&cutoff])
+        conn.execute("DELETE FROM polls WHERE started_at < ?1", params![cutoff])
             .doing("pruning old polls")?;
-        conn.execute("DELETE FROM deliveries WHERE received_at < ?1", [&cutoff])
-            .doing("pruning old deliveries")?;
+        conn.execute(
+            "DELETE FROM deliveries WHERE received_at < ?1",
+            params![cutoff],
+        )
+        .doing("pruning old deliveries")?;
         Ok(id)
     }
 
     /// Record a commit status and what came of it (pruning old ones).
     pub(crate) fn record_status(&self, st: &StatusRecord<'_>) -> Result<i64, StoreError> {
-        let conn = self.lock();
+        let mut conn = self.lock();
         conn.execute(
             "DELETE FROM statuses WHERE posted_at < ?1",
-            [self.retention_cutoff()],
+            params![self.retention_cutoff()],
         )
         .doing("pruning old commit statuses")?;
-        conn.execute(
+        conn.insert(
             "INSERT INTO statuses (repo_id, provider, commit_id, posted_at, state, description, target_url,
                  outcome, attempts, error)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -145,32 +148,32 @@ impl Store {
                 st.error
             ],
         )
-        .doing("recording the commit status")?;
-        Ok(conn.last_insert_rowid())
+        .doing("recording the commit status")
     }
 
     /// Record a webhook delivery and what came of it (pruning old ones now and then).
     pub(crate) fn record_delivery(&self, d: &DeliveryRecord<'_>) -> Result<i64, StoreError> {
-        let conn = self.lock();
+        let mut conn = self.lock();
         let id: i64 = conn
-            .query_row("SELECT COALESCE(MAX(id), 0) FROM deliveries", [], |r| {
-                r.get(0)
-            })
+            .query_one(
+                "SELECT COALESCE(MAX(id), 0) FROM deliveries",
+                params![],
+                |r| r.get(0),
+            )
             .doing("recording the delivery")?;
         if id % 100 == 0 {
             conn.execute(
                 "DELETE FROM deliveries WHERE received_at < ?1",
-                [self.retention_cutoff()],
+                params![self.retention_cutoff()],
             )
             .doing("pruning old deliveries")?;
         }
-        conn.execute(
+        conn.insert(
             "INSERT INTO deliveries (received_at, provider, event, delivery_id, repo_id, ref, outcome, reason)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![d.received_at, d.provider, d.event, d.delivery_id, d.repo_id, d.ref_name, d.outcome, d.reason],
         )
-        .doing("recording the delivery")?;
-        Ok(conn.last_insert_rowid())
+        .doing("recording the delivery")
     }
 
     /// Link the deliveries that asked for a poll of `repo_id`, received before the poll started and not yet
@@ -196,19 +199,13 @@ impl Store {
         &self,
         limit: usize,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(
+        self.lock()
+            .query(
                 "SELECT provider, delivery_id FROM deliveries WHERE delivery_id IS NOT NULL AND outcome = 'polled'
                  ORDER BY id DESC LIMIT ?1",
+                params![limit],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .doing("reading recent deliveries")?;
-        let rows = stmt
-            .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .doing("reading recent deliveries")?;
-        rows.collect::<Result<_, _>>()
             .doing("reading recent deliveries")
     }
 
@@ -218,27 +215,22 @@ impl Store {
         repo: Option<&str>,
         limit: usize,
     ) -> Result<Vec<EventRow>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(
+        self.lock()
+            .query(
                 "SELECT 'delivery', received_at, repo_id, provider, event, delivery_id, ref, outcome, reason, poll_id,
                         NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, id, NULL, NULL, NULL, NULL
-                 FROM deliveries WHERE (?1 IS NULL OR repo_id = ?1)
+                 FROM deliveries WHERE (CAST(?1 AS TEXT) IS NULL OR repo_id = ?1)
                  UNION ALL
                  SELECT 'poll', started_at, repo_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                         trigger, duration_ms, result, commits, models_added, models_modified, models_deleted, error, id,
                         NULL, NULL, NULL, NULL
-                 FROM polls WHERE (?1 IS NULL OR repo_id = ?1)
+                 FROM polls WHERE (CAST(?1 AS TEXT) IS NULL OR repo_id = ?1)
                  UNION ALL
                  SELECT 'status', posted_at, repo_id, provider, NULL, NULL, NULL, outcome, NULL, NULL,
                         NULL, NULL, NULL, NULL, NULL, NULL, NULL, error, id, commit_id, state, description, attempts
-                 FROM statuses WHERE (?1 IS NULL OR repo_id = ?1)
+                 FROM statuses WHERE (CAST(?1 AS TEXT) IS NULL OR repo_id = ?1)
                  ORDER BY 2 DESC, 19 DESC LIMIT ?2",
-            )
-            .doing("reading events")?;
-        let rows = stmt
-            .query_map(
-                params![repo, i64::try_from(limit).unwrap_or(i64::MAX)],
+                params![repo, limit],
                 |r| {
                     Ok(EventRow {
                         kind: r.get(0)?,
@@ -267,13 +259,12 @@ impl Store {
                     })
                 },
             )
-            .doing("reading events")?;
-        rows.collect::<Result<_, _>>().doing("reading events")
+            .doing("reading events")
     }
 
     /// Record the outcome of a configuration reload (`None`: applied; `Some(reason)`: rejected).
     pub(crate) fn record_reload(&self, rejected: Option<&str>) -> Result<(), StoreError> {
-        let conn = self.lock();
+        let mut conn = self.lock();
         let now = now_rfc3339();
         for (k, v) in [
             ("last_reload_at", Some(now.as_str())),
@@ -291,15 +282,15 @@ impl Store {
     /// Record that the service started: a start loads the configuration afresh, so an earlier reload's
     /// outcome no longer describes what runs.
     pub(crate) fn record_start(&self) -> Result<(), StoreError> {
-        let conn = self.lock();
+        let mut conn = self.lock();
         conn.execute(
             "DELETE FROM service WHERE key IN ('last_reload_at', 'last_reload_error')",
-            [],
+            params![],
         )
         .doing("recording the start")?;
         conn.execute(
             "INSERT INTO service (key, value) VALUES ('started_at', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [now_rfc3339()],
+            params![now_rfc3339()],
         )
         .doing("recording the start")?;
         Ok(())
@@ -307,14 +298,12 @@ impl Store {
 
     /// The service's recorded state (`started_at`, `last_reload_at`, `last_reload_error`).
     pub(crate) fn service_state(&self) -> Result<HashMap<String, Option<String>>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare("SELECT key, value FROM service")
+        let rows: Vec<(String, Option<String>)> = self
+            .lock()
+            .query("SELECT key, value FROM service", params![], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .doing("reading the service state")?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .doing("reading the service state")?;
-        rows.collect::<Result<_, _>>()
-            .doing("reading the service state")
+        Ok(rows.into_iter().collect())
     }
 }

@@ -1,4 +1,4 @@
-//! The SQLite database: schema and migrations, the one writer, and the queries behind the CLI. The only module
+//! The catalog database (SQLite, or PostgreSQL): schema and migrations, the one writer, and the queries behind the CLI. The only module
 //! that writes SQL.
 //!
 //! The database is a derived replica of the Git mirrors: every row can be rebuilt from them. Each processed
@@ -12,7 +12,9 @@
 //! (reading the catalog). Each adds its methods to the one [`Store`].
 
 mod catalog;
+mod db;
 mod events;
+mod pg;
 mod repos;
 mod schema;
 mod step;
@@ -25,17 +27,45 @@ use rusqlite::Connection;
 
 pub(crate) use catalog::{ModelRow, RepoStatus};
 pub use catalog::{SearchHit, VersionRow, fts_query};
+pub(crate) use db::Conn;
+pub use db::DbError;
 pub(crate) use events::{DeliveryRecord, EventRow, PollRecord, StatusRecord};
+pub use pg::PgTarget;
+pub(crate) use pg::is_url as is_database_url;
 pub(crate) use repos::{Discovery, FoundRepo, RepoKeyRow, RepoState};
 pub use step::{Content, Counts, StepMeta, StepWriter};
 
+/// Where the catalog lives: a SQLite file (the default) or a PostgreSQL database.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Database {
+    Sqlite(PathBuf),
+    Postgres(Box<PgTarget>),
+}
+
+impl std::fmt::Display for Database {
+    /// The file's path, or the PostgreSQL URL (which never holds a password: one is refused there).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(p) => write!(f, "{}", p.display()),
+            Database::Postgres(t) => write!(f, "{}", t.shown()),
+        }
+    }
+}
+
+impl Database {
+    /// The SQLite file, if the catalog is one.
+    pub(crate) fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            Database::Sqlite(p) => Some(p),
+            Database::Postgres(_) => None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database {path}: {error}{}", hint(error))]
-    Open {
-        path: PathBuf,
-        error: rusqlite::Error,
-    },
+    #[error("database {db}: {error}{}", hint(error))]
+    Open { db: String, error: DbError },
     #[error(
         "database {path} is a folder: point `database` at a file in it (e.g. {path}/modelmirror.db), or leave `database` out to use <state_dir>/modelmirror.db"
     )]
@@ -46,10 +76,10 @@ pub enum StoreError {
         error: std::io::Error,
     },
     #[error(
-        "database {path} has schema version {found}, newer than this modelmirror ({supported}); upgrade modelmirror"
+        "database {db} has schema version {found}, newer than this modelmirror ({supported}); upgrade modelmirror"
     )]
     TooNew {
-        path: PathBuf,
+        db: String,
         found: i64,
         supported: i64,
     },
@@ -65,10 +95,10 @@ pub enum StoreError {
         error: rusqlite::Error,
     },
     #[error(
-        "database {path} has schema version {found}, older than this modelmirror ({supported}); run `modelmirror sync` once with write access to it, which upgrades it"
+        "database {db} has schema version {found}, older than this modelmirror ({supported}); run `modelmirror sync` once with write access to it, which upgrades it"
     )]
     TooOld {
-        path: PathBuf,
+        db: String,
         found: i64,
         supported: i64,
     },
@@ -83,16 +113,25 @@ pub enum StoreError {
     #[error("{0}")]
     Query(String),
     #[error("database error while {doing}: {error}{}", hint(error))]
-    Sql {
-        doing: String,
-        error: rusqlite::Error,
-    },
+    Sql { doing: String, error: DbError },
+    #[error("database {db}: {problem}")]
+    Url { db: String, problem: String },
+    #[error(
+        "database {db}: another `modelmirror run` is using it. This version runs one service per PostgreSQL database (several instances sharing one, with leases, is not built yet): stop the other service, or give this one its own database"
+    )]
+    ServiceRunning { db: String },
+    #[error(
+        "database {db}: PostgreSQL {found} is too old; modelmirror needs PostgreSQL 13 or newer (upgrade the server)"
+    )]
+    ServerTooOld { db: String, found: String },
 }
 
-/// What to do about the SQLite errors an operator can fix.
-fn hint(e: &rusqlite::Error) -> &'static str {
-    let rusqlite::Error::SqliteFailure(f, _) = e else {
-        return "";
+/// What to do about the database errors an operator can fix.
+fn hint(e: &DbError) -> &'static str {
+    let f = match e {
+        DbError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => f,
+        DbError::Pg(e) => return pg::hint(e),
+        _ => return "",
     };
     match f.code {
         rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure => {
@@ -112,11 +151,11 @@ trait Doing<T> {
     fn doing(self, what: &str) -> Result<T, StoreError>;
 }
 
-impl<T> Doing<T> for Result<T, rusqlite::Error> {
+impl<T, E: Into<DbError>> Doing<T> for Result<T, E> {
     fn doing(self, what: &str) -> Result<T, StoreError> {
         self.map_err(|error| StoreError::Sql {
             doing: what.to_string(),
-            error,
+            error: error.into(),
         })
     }
 }
@@ -126,8 +165,8 @@ pub(crate) const DEFAULT_RETENTION_DAYS: u32 = 30;
 
 /// The database handle shared by the daemon's tasks.
 pub struct Store {
-    path: PathBuf,
-    conn: Mutex<Connection>,
+    database: Database,
+    conn: Mutex<Conn>,
     /// How many days polls and deliveries are kept (`events_retention_days`).
     retention_days: std::sync::atomic::AtomicU32,
     /// Whose turn it is to use `conn`. Turns are served first come, first served: `std`'s mutex lets the
@@ -136,6 +175,14 @@ pub struct Store {
     turns: Mutex<Turns>,
     /// Signalled when a turn ends.
     turn_ended: std::sync::Condvar,
+    /// Opened to read only (`serve`, the web catalog's readers): a PostgreSQL connection made again after
+    /// a server restart is read-only too.
+    read_only: bool,
+}
+
+/// Held by a running service: the connection whose session holds the database's service lock.
+pub(crate) struct ServiceGuard {
+    _conn: Conn,
 }
 
 /// The writer connection's queue: tickets handed out, the one being served, and who waits (a poll
@@ -150,7 +197,7 @@ struct Turns {
 /// The writer connection, held for one turn.
 struct Writer<'a> {
     // Fields drop in this order: the connection is free before the next turn is served.
-    conn: std::sync::MutexGuard<'a, Connection>,
+    conn: std::sync::MutexGuard<'a, Conn>,
     _turn: Turn<'a>,
 }
 
@@ -167,14 +214,14 @@ impl Drop for Turn<'_> {
 }
 
 impl std::ops::Deref for Writer<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
         &self.conn
     }
 }
 
 impl std::ops::DerefMut for Writer<'_> {
-    fn deref_mut(&mut self) -> &mut Connection {
+    fn deref_mut(&mut self) -> &mut Conn {
         &mut self.conn
     }
 }
@@ -196,6 +243,7 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // A large import's pages pass through the write-ahead log; after the checkpoint the log file is cut
     // back to this size instead of keeping its largest size for ever.
     conn.pragma_update(None, "journal_size_limit", WAL_KEPT_BYTES)?;
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(())
 }
 
@@ -215,6 +263,7 @@ fn read_only(path: &Path, immutable: bool) -> rusqlite::Result<Connection> {
     };
     conn.busy_timeout(Duration::from_secs(30))?;
     conn.pragma_update(None, "query_only", "ON")?;
+    conn.set_prepared_statement_cache_capacity(64);
     conn.query_row("SELECT COUNT(*) FROM sqlite_schema", [], |_| Ok(()))?;
     Ok(conn)
 }
@@ -224,7 +273,14 @@ const WAL_KEPT_BYTES: i64 = 16 << 20;
 
 impl Store {
     /// Open (creating when missing) and migrate the database.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub fn open(database: &Database) -> Result<Store, StoreError> {
+        let path = match database {
+            Database::Sqlite(path) => path,
+            Database::Postgres(target) => {
+                let conn = pg::open(target, false)?;
+                return Ok(Store::with(database, conn, false));
+            }
+        };
         if path.is_dir() {
             return Err(StoreError::IsFolder {
                 path: path.to_path_buf(),
@@ -236,23 +292,30 @@ impl Store {
                 error,
             })?;
         }
-        let open_err = |error| StoreError::Open {
-            path: path.to_path_buf(),
-            error,
+        let open_err = |error: rusqlite::Error| StoreError::Open {
+            db: path.display().to_string(),
+            error: error.into(),
         };
         let mut conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
         configure(&conn).map_err(open_err)?;
         schema::migrate(&mut conn, path)?;
-        Ok(Store::with(path, conn))
+        Ok(Store::with(database, Conn::Sqlite(conn), false))
     }
 
     /// Open an existing database to read only: nothing in it is created, migrated or written (SQLite may
     /// add the `-wal`/`-shm` files a WAL database is read with, as any reader does). A database on a disk or
     /// in a folder this user cannot write, with no write-ahead log beside it (a copy), is read as immutable.
     /// Its schema must be this version's.
-    pub(crate) fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+    pub(crate) fn open_read_only(database: &Database) -> Result<Store, StoreError> {
+        let path = match database {
+            Database::Sqlite(path) => path,
+            Database::Postgres(target) => {
+                let conn = pg::open(target, true)?;
+                return Ok(Store::with(database, conn, true));
+            }
+        };
         if path.is_dir() {
             return Err(StoreError::IsFolder {
                 path: path.to_path_buf(),
@@ -284,29 +347,36 @@ impl Store {
                 path: path.to_path_buf(),
                 error,
             })?;
-        schema::check_version(path, found)?;
-        Ok(Store::with(path, conn))
+        schema::check_version(&path.display().to_string(), found, schema::SCHEMA_VERSION)?;
+        Ok(Store::with(database, Conn::Sqlite(conn), true))
     }
 
-    fn with(path: &Path, conn: Connection) -> Store {
+    fn with(database: &Database, conn: Conn, read_only: bool) -> Store {
         Store {
-            path: path.to_path_buf(),
+            database: database.clone(),
             conn: Mutex::new(conn),
             turns: Mutex::new(Turns::default()),
             turn_ended: std::sync::Condvar::new(),
             retention_days: std::sync::atomic::AtomicU32::new(DEFAULT_RETENTION_DAYS),
+            read_only,
         }
     }
 
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
+    /// Where the catalog is.
+    pub(crate) fn database(&self) -> &Database {
+        &self.database
     }
 
-    /// Whether the database accepts writes (for `/readyz`): a separate connection takes and drops the write
-    /// lock. A writer holding it (the daemon importing a long commit) is proof enough: busy counts as writable;
-    /// a read-only, full or damaged database does not.
+    /// Whether the database accepts writes (for `/readyz`). SQLite: a separate connection takes and drops
+    /// the write lock; a writer holding it (the daemon importing a long commit) is proof enough: busy counts
+    /// as writable; a read-only, full or damaged database does not. PostgreSQL: a new connection reaches the
+    /// server and may write (not a standby, not read-only).
     pub(crate) fn writable(&self) -> bool {
-        let Ok(conn) = Connection::open(&self.path) else {
+        let path = match &self.database {
+            Database::Sqlite(path) => path,
+            Database::Postgres(target) => return pg::writable(target),
+        };
+        let Ok(conn) = Connection::open(path) else {
             return false;
         };
         let _ = conn.busy_timeout(Duration::from_millis(500));
@@ -332,9 +402,12 @@ impl Store {
     /// that would pass it fails as on a full disk: its transaction rolls back and the error says so. A cap
     /// below the current size only stops growth (and says so in the log). The cap is on the database file;
     /// while a commit is written its pages pass through the `-wal` file beside it, which is cut back to
-    /// 16 MiB after each checkpoint.
+    /// 16 MiB after each checkpoint. PostgreSQL has no such cap (the configuration refuses one there).
     pub(crate) fn set_max_bytes(&self, max_bytes: Option<u64>) -> Result<(), StoreError> {
         let conn = self.lock();
+        let Some(conn) = conn.sqlite() else {
+            return Ok(());
+        };
         let page: i64 = conn
             .query_row("PRAGMA page_size", [], |r| r.get(0))
             .doing("reading the page size")?;
@@ -352,7 +425,7 @@ impl Store {
         if in_force > pages {
             tracing::warn!(
                 "{} is already {} bytes, more than database_max_bytes ({}): it will not grow; raise database_max_bytes to import more",
-                self.path.display(),
+                self.database,
                 in_force.saturating_mul(page),
                 max_bytes.unwrap_or_default()
             );
@@ -370,10 +443,12 @@ impl Store {
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     }
 
-    /// The writer connection, when its turn comes (first come, first served).
+    /// The writer connection, when its turn comes (first come, first served). A PostgreSQL connection lost
+    /// (a server restart, a network cut) is made again here; if that fails, the statements fail and say why,
+    /// and the next turn tries again.
     fn lock(&self) -> Writer<'_> {
-        // A panic while holding the connection cannot leave a transaction open (rusqlite rolls back on
-        // drop), so a poisoned lock is still safe to use.
+        // A panic while holding the connection cannot leave a transaction open (a `Tx` rolls back on drop),
+        // so a poisoned lock is still safe to use.
         let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
         let mine = turns.next;
         turns.next += 1;
@@ -393,9 +468,41 @@ impl Store {
         // Served from here on: whatever happens next, the turn ends with this guard.
         let turn = Turn(self);
         drop(turns);
-        Writer {
-            conn: self.conn.lock().unwrap_or_else(|p| p.into_inner()),
-            _turn: turn,
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if let (true, Database::Postgres(target)) = (conn.is_closed(), &self.database) {
+            match pg::reconnect(target, self.read_only) {
+                Ok(new) => *conn = new,
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        Writer { conn, _turn: turn }
+    }
+
+    /// A connection of its own, for a read that must not wait behind the writer.
+    fn reader(&self) -> Result<Conn, StoreError> {
+        match &self.database {
+            Database::Sqlite(path) => {
+                let conn = Connection::open(path).map_err(|error| StoreError::Open {
+                    db: path.display().to_string(),
+                    error: error.into(),
+                })?;
+                let _ = conn.busy_timeout(Duration::from_secs(5));
+                Ok(Conn::Sqlite(conn))
+            }
+            Database::Postgres(target) => pg::reconnect(target, true),
+        }
+    }
+
+    /// For the service: make sure it is the only one using the database, for as long as the returned guard
+    /// lives. PostgreSQL: a session advisory lock on a connection of its own (another host's service holds
+    /// it too). SQLite: nothing to hold (one host; its mirrors' locks keep two services from updating the
+    /// same mirror at once).
+    pub(crate) fn hold_service(&self) -> Result<Option<ServiceGuard>, StoreError> {
+        match &self.database {
+            Database::Sqlite(_) => Ok(None),
+            Database::Postgres(target) => Ok(Some(ServiceGuard {
+                _conn: pg::hold_service_lock(target)?,
+            })),
         }
     }
 
@@ -417,13 +524,13 @@ mod tests {
     fn the_writer_is_served_first_come_first_served() {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
+        let store = Store::open(&Database::Sqlite(dir.path().join("db"))).unwrap();
         let (store, turns, stop) = (&store, &AtomicU64::new(0), &AtomicBool::new(false));
         std::thread::scope(|s| {
             s.spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    let conn = store.lock();
-                    conn.execute_batch("SELECT 1").unwrap();
+                    let mut conn = store.lock();
+                    conn.batch("SELECT 1").unwrap();
                     turns.fetch_add(1, Ordering::SeqCst);
                     drop(conn);
                 }
@@ -456,5 +563,99 @@ mod tests {
             }
             stop.store(true, Ordering::Relaxed);
         });
+    }
+}
+
+/// Catalogs for the store's own tests: a SQLite file and a fresh PostgreSQL database on the server the test
+/// command starts (`scripts/test.sh` sets `MODELMIRROR_TEST_PG_URL` and `MODELMIRROR_TEST_PG_PASSWORD`).
+#[cfg(test)]
+pub(crate) mod test_db {
+    use super::*;
+
+    /// A database dropped with the test.
+    pub(crate) struct Dropped {
+        _dir: Option<tempfile::TempDir>,
+        admin: Option<(PgTarget, String)>,
+    }
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            if let Some((admin, name)) = self.admin.take()
+                && let Ok(mut conn) = pg::reconnect(&admin, false)
+            {
+                let _ = conn.batch(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        }
+    }
+
+    /// The test server's URL and password; a test that needs it fails (never skips) without it.
+    pub(crate) fn pg_admin() -> PgTarget {
+        let url = std::env::var("MODELMIRROR_TEST_PG_URL").unwrap_or_else(|_| {
+            panic!(
+                "MODELMIRROR_TEST_PG_URL is not set: run the tests with scripts/test.sh, which starts a PostgreSQL server for them"
+            )
+        });
+        let password = std::env::var("MODELMIRROR_TEST_PG_PASSWORD").ok();
+        PgTarget::parse(&url, password.map(crate::secret::Secret::new)).unwrap()
+    }
+
+    /// A new, empty PostgreSQL database.
+    pub(crate) fn postgres() -> (Database, Dropped) {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let admin = pg_admin();
+        let name = format!(
+            "mm_unit_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut conn = pg::reconnect(&admin, false)
+            .unwrap_or_else(|e| panic!("cannot reach the tests' PostgreSQL server: {e}"));
+        conn.batch(&format!("CREATE DATABASE {name}")).unwrap();
+        let mut url = url::Url::parse(&admin.url).unwrap();
+        url.set_path(&format!("/{name}"));
+        let target = PgTarget::parse(url.as_str(), admin.password.clone()).unwrap();
+        (
+            Database::Postgres(Box::new(target)),
+            Dropped {
+                _dir: None,
+                admin: Some((admin, name)),
+            },
+        )
+    }
+
+    /// A new SQLite file.
+    pub(crate) fn sqlite() -> (Database, Dropped) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::Sqlite(dir.path().join("db"));
+        (
+            db,
+            Dropped {
+                _dir: Some(dir),
+                admin: None,
+            },
+        )
+    }
+
+    /// A new store of each engine, opened and migrated.
+    pub(crate) fn stores() -> Vec<(Store, Dropped)> {
+        [sqlite(), postgres()]
+            .into_iter()
+            .map(|(db, dropped)| (Store::open(&db).unwrap(), dropped))
+            .collect()
+    }
+
+    impl Store {
+        /// A number from the catalog, for tests that look inside.
+        pub(crate) fn count(&self, sql: &str) -> i64 {
+            self.lock()
+                .query_one(sql, db::params![], |r| r.get(0))
+                .unwrap()
+        }
+
+        /// Text rows from the catalog, for tests that look inside.
+        pub(crate) fn texts(&self, sql: &str) -> Vec<String> {
+            self.lock().query(sql, db::params![], |r| r.get(0)).unwrap()
+        }
     }
 }

@@ -2,10 +2,8 @@
 //! holds, pruning and resetting.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-
+use super::db::params;
 use super::{Doing, Store, StoreError, now_rfc3339};
 
 /// What the catalog holds for a repository, as the next poll needs it.
@@ -81,19 +79,18 @@ impl Store {
 
     /// Whether the catalog has a repository of this id (polled or discovered, configured or not).
     pub(crate) fn has_repo(&self, id: &str) -> Result<bool, StoreError> {
-        let conn = self.lock();
-        conn.query_row("SELECT 1 FROM repos WHERE id = ?1", [id], |_| Ok(()))
-            .optional()
+        let mut conn = self.lock();
+        conn.query_opt("SELECT 1 FROM repos WHERE id = ?1", params![id], |_| Ok(()))
             .doing("looking for the repository")
             .map(|r| r.is_some())
     }
 
     pub(crate) fn repo_state(&self, id: &str) -> Result<RepoState, StoreError> {
-        let conn = self.lock();
+        let mut conn = self.lock();
         let state = conn
-            .query_row(
+            .query_opt(
                 "SELECT commit_id, settings, failures > 0 OR last_error IS NOT NULL FROM repos WHERE id = ?1",
-                [id],
+                params![id],
                 |r| {
                     Ok(RepoState {
                         commit: r.get(0)?,
@@ -102,24 +99,21 @@ impl Store {
                     })
                 },
             )
-            .optional()
             .doing("reading the repository state")?;
         Ok(state.unwrap_or_default())
     }
 
     /// The catalog's files of a repository: path → blob id.
     pub(crate) fn model_blobs(&self, repo_id: &str) -> Result<HashMap<String, String>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached("SELECT path, blob FROM models WHERE repo_id = ?1")
+        let rows = self
+            .lock()
+            .query(
+                "SELECT path, blob FROM models WHERE repo_id = ?1",
+                params![repo_id],
+                |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
+            )
             .doing("reading the stored models")?;
-        let rows = stmt
-            .query_map([repo_id], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })
-            .doing("reading the stored models")?;
-        rows.collect::<Result<_, _>>()
-            .doing("reading the stored models")
+        Ok(rows.into_iter().collect())
     }
 
     /// A poll that found nothing new: note the check (and the branch name, which may have been renamed).
@@ -133,8 +127,8 @@ impl Store {
             .execute(
                 "UPDATE repos SET last_check_at = ?2, last_success_at = ?2, default_branch = COALESCE(?3, default_branch),
                      last_error = NULL, last_error_at = NULL, failures = 0,
-                     state = CASE WHEN ?3 IS NULL THEN 'empty' WHEN state = 'empty' THEN 'active' ELSE state END,
-                     state_reason = CASE WHEN ?3 IS NULL THEN 'empty repository: polled until the first push'
+                     state = CASE WHEN CAST(?3 AS TEXT) IS NULL THEN 'empty' WHEN state = 'empty' THEN 'active' ELSE state END,
+                     state_reason = CASE WHEN CAST(?3 AS TEXT) IS NULL THEN 'empty repository: polled until the first push'
                                          WHEN state = 'empty' THEN NULL ELSE state_reason END
                  WHERE id = ?1",
                 params![repo_id, at, branch],
@@ -150,7 +144,7 @@ impl Store {
         error: &str,
         at: &str,
     ) -> Result<u32, StoreError> {
-        let conn = self.lock();
+        let mut conn = self.lock();
         conn.execute(
             "UPDATE repos SET last_error = ?2, last_error_at = ?3, last_check_at = ?3, failures = failures + 1
              WHERE id = ?1",
@@ -158,10 +152,11 @@ impl Store {
         )
         .doing("recording the error")?;
         let n: i64 = conn
-            .query_row("SELECT failures FROM repos WHERE id = ?1", [repo_id], |r| {
-                r.get(0)
-            })
-            .optional()
+            .query_opt(
+                "SELECT failures FROM repos WHERE id = ?1",
+                params![repo_id],
+                |r| r.get(0),
+            )
             .doing("recording the error")?
             .unwrap_or(1);
         Ok(n.max(0) as u32)
@@ -177,9 +172,7 @@ impl Store {
         d: &Discovery<'_>,
     ) -> Result<DiscoveryChanges, StoreError> {
         let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .doing("starting a transaction")?;
+        let mut tx = conn.begin().doing("starting a transaction")?;
         let now = now_rfc3339();
         for r in d.found {
             if r.configured {
@@ -194,12 +187,11 @@ impl Store {
                 continue;
             }
             let has_commit: bool = tx
-                .query_row(
+                .query_opt(
                     "SELECT commit_id IS NOT NULL FROM repos WHERE id = ?1",
-                    [&r.id],
+                    params![r.id],
                     |row| row.get(0),
                 )
-                .optional()
                 .doing("reading a repository")?
                 .unwrap_or(false);
             let (state, reason) = if r.archived {
@@ -229,11 +221,11 @@ impl Store {
         let found: std::collections::HashSet<&str> =
             d.found.iter().map(|r| r.id.as_str()).collect();
         let known: Vec<(String, String)> = tx
-            .prepare("SELECT id, state FROM repos WHERE provider = ?1 AND origin = 'discovered'")
-            .and_then(|mut st| {
-                st.query_map([d.provider], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect()
-            })
+            .query(
+                "SELECT id, state FROM repos WHERE provider = ?1 AND origin = 'discovered'",
+                params![d.provider],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .doing("reading discovered repositories")?;
         let missing: Vec<(String, String)> = known
             .into_iter()
@@ -278,17 +270,15 @@ impl Store {
     /// Delete a repository's catalog, history, polls, deliveries and statuses (`prune_removed`).
     pub(crate) fn prune_repo(&self, id: &str) -> Result<(), StoreError> {
         let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .doing("starting a transaction")?;
-        tx.execute("DELETE FROM polls WHERE repo_id = ?1", [id])
-            .doing("pruning a repository")?;
-        tx.execute("DELETE FROM deliveries WHERE repo_id = ?1", [id])
-            .doing("pruning a repository")?;
-        tx.execute("DELETE FROM statuses WHERE repo_id = ?1", [id])
-            .doing("pruning a repository")?;
-        tx.execute("DELETE FROM repos WHERE id = ?1", [id])
-            .doing("pruning a repository")?;
+        let mut tx = conn.begin().doing("starting a transaction")?;
+        for sql in [
+            "DELETE FROM polls WHERE repo_id = ?1",
+            "DELETE FROM deliveries WHERE repo_id = ?1",
+            "DELETE FROM statuses WHERE repo_id = ?1",
+            "DELETE FROM repos WHERE id = ?1",
+        ] {
+            tx.execute(sql, params![id]).doing("pruning a repository")?;
+        }
         tx.commit().doing("pruning a repository")?;
         Ok(())
     }
@@ -298,9 +288,7 @@ impl Store {
     /// and the repository's row (host id, state) stay.
     pub(crate) fn reset_catalog(&self, id: &str) -> Result<(), StoreError> {
         let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .doing("starting a transaction")?;
+        let mut tx = conn.begin().doing("starting a transaction")?;
         for sql in [
             "DELETE FROM models WHERE repo_id = ?1",
             "DELETE FROM model_versions WHERE repo_id = ?1",
@@ -308,7 +296,7 @@ impl Store {
             "DELETE FROM commits WHERE repo_id = ?1",
             "UPDATE repos SET commit_id = NULL, settings = NULL, last_change_at = NULL WHERE id = ?1",
         ] {
-            tx.execute(sql, [id]).doing("clearing the catalog")?;
+            tx.execute(sql, params![id]).doing("clearing the catalog")?;
         }
         tx.commit().doing("clearing the catalog")?;
         Ok(())
@@ -319,14 +307,13 @@ impl Store {
         &self,
         provider: &str,
     ) -> Result<Option<(String, String)>, StoreError> {
-        let conn = self.lock();
-        conn.query_row(
-            "SELECT held_until, COALESCE(held_reason, '') FROM providers WHERE name = ?1 AND held_until > ?2",
-            params![provider, now_rfc3339()],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
-        .doing("reading the rate-limit hold")
+        self.lock()
+            .query_opt(
+                "SELECT held_until, COALESCE(held_reason, '') FROM providers WHERE name = ?1 AND held_until > ?2",
+                params![provider, now_rfc3339()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .doing("reading the rate-limit hold")
     }
 
     /// A failed discovery run: nothing about the repositories changes.
@@ -369,17 +356,13 @@ impl Store {
         &self,
         provider: &str,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(
+        self.lock()
+            .query(
                 "SELECT path, url FROM repos WHERE provider = ?1 AND origin = 'discovered'
                  AND state IN ('active', 'empty') ORDER BY id",
+                params![provider],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .doing("reading discovered repositories")?;
-        let rows = stmt
-            .query_map([provider], |r| Ok((r.get(0)?, r.get(1)?)))
-            .doing("reading discovered repositories")?;
-        rows.collect::<Result<_, _>>()
             .doing("reading discovered repositories")
     }
 
@@ -389,26 +372,19 @@ impl Store {
         &self,
         provider: &str,
     ) -> Result<Vec<RepoKeyRow>, StoreError> {
-        let conn = Connection::open(&self.path).map_err(|error| StoreError::Open {
-            path: self.path.clone(),
-            error,
-        })?;
-        let _ = conn.busy_timeout(Duration::from_secs(5));
-        let mut stmt = conn
-            .prepare(
+        self.reader()?
+            .query(
                 "SELECT id, provider_repo_id, default_branch, state FROM repos WHERE provider = ?1",
+                params![provider],
+                |r| {
+                    Ok(RepoKeyRow {
+                        id: r.get(0)?,
+                        provider_id: r.get(1)?,
+                        default_branch: r.get(2)?,
+                        state: r.get(3)?,
+                    })
+                },
             )
-            .doing("reading repositories")?;
-        let rows = stmt
-            .query_map([provider], |r| {
-                Ok(RepoKeyRow {
-                    id: r.get(0)?,
-                    provider_id: r.get(1)?,
-                    default_branch: r.get(2)?,
-                    state: r.get(3)?,
-                })
-            })
-            .doing("reading repositories")?;
-        rows.collect::<Result<_, _>>().doing("reading repositories")
+            .doing("reading repositories")
     }
 }

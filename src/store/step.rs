@@ -1,8 +1,7 @@
 //! Writing one processed commit: one transaction that records the commit, applies its model changes (with
 //! their history and search rows) and moves the repository's processed-commit pointer.
 
-use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
-
+use super::db::{Conn, Engine, params};
 use super::{Doing, Store, StoreError, now_rfc3339};
 use crate::git::CommitInfo;
 use crate::model::{Attribute, Model};
@@ -32,7 +31,7 @@ pub struct StepMeta<'a> {
 /// Writes the model changes of one step inside its transaction, one model at a time (so memory holds one
 /// parsed model, not a whole commit's worth).
 pub struct StepWriter<'t, 'a> {
-    tx: &'t Transaction<'t>,
+    tx: &'t mut Conn,
     meta: &'t StepMeta<'a>,
     counts: Counts,
     /// Search rows not yet written (see [`Search`]).
@@ -67,7 +66,7 @@ const SEARCH_BATCH_BYTES: usize = 256 << 10;
 
 impl Search {
     /// Hold one row; written with the batch once the batch is large.
-    fn push(&mut self, tx: &Transaction<'_>, row: SearchRow) -> Result<(), StoreError> {
+    fn push(&mut self, tx: &mut Conn, row: SearchRow) -> Result<(), StoreError> {
         let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
         self.bytes +=
             64 + row.name.len() + text(&row.code) + text(&row.path) + text(&row.description);
@@ -85,20 +84,25 @@ impl Search {
 
     /// Write the rows held, in rowid order: FTS5 writes its pending rows to disk whenever a rowid is lower than
     /// the one before (a model's, entities' and attributes' rowids interleave otherwise).
-    fn write(&mut self, tx: &Transaction<'_>) -> Result<(), StoreError> {
+    fn write(&mut self, tx: &mut Conn) -> Result<(), StoreError> {
         if self.rows.is_empty() {
             return Ok(());
         }
         self.rows.sort_unstable_by_key(|r| r.rowid);
-        let mut insert = tx
-            .prepare_cached(
+        let sql = match tx.engine() {
+            Engine::Sqlite => {
                 "INSERT INTO search (rowid, name, code, path, description, kind, model_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .doing("indexing")?;
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            }
+            Engine::Postgres => {
+                "INSERT INTO search (id, name, code, path, description, kind, model_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            }
+        };
         for r in self.rows.drain(..) {
-            insert
-                .execute(params![
+            tx.execute(
+                sql,
+                params![
                     r.rowid,
                     r.name,
                     r.code,
@@ -106,8 +110,9 @@ impl Search {
                     r.description,
                     r.kind,
                     r.model_id
-                ])
-                .doing("indexing")?;
+                ],
+            )
+            .doing("indexing")?;
         }
         self.bytes = 0;
         Ok(())
@@ -125,7 +130,7 @@ impl StepWriter<'_, '_> {
         size: u64,
         content: &Content<'_>,
     ) -> Result<(), StoreError> {
-        let (tx, meta) = (self.tx, self.meta);
+        let (tx, meta) = (&mut *self.tx, self.meta);
         let existed = delete_model(tx, meta.repo_id, path, &mut self.search)?;
         let from_existed = match renamed_from {
             Some(from) => delete_model(tx, meta.repo_id, from, &mut self.search)?,
@@ -179,17 +184,25 @@ impl StepWriter<'_, '_> {
         let list = serde_json::to_string(&paths).unwrap_or_else(|_| "[]".into());
         // SQLite finds the rowids and deletes them in order (the IN list is a sorted index): nothing of a
         // large step is held here.
-        self.tx
-            .prepare_cached(
+        let sql = match self.tx.engine() {
+            Engine::Sqlite => {
                 "WITH touched(id) AS (
                      SELECT id FROM models
                      WHERE repo_id = ?1 AND path IN (SELECT value FROM json_each(?2)))
                  DELETE FROM search WHERE rowid IN (
                      SELECT id * 4 FROM touched
                      UNION ALL SELECT e.id * 4 + 1 FROM entities e JOIN touched t ON e.model_id = t.id
-                     UNION ALL SELECT a.id * 4 + 2 FROM attributes a JOIN touched t ON a.model_id = t.id)",
-            )
-            .and_then(|mut s| s.execute(params![self.meta.repo_id, list]))
+                     UNION ALL SELECT a.id * 4 + 2 FROM attributes a JOIN touched t ON a.model_id = t.id)"
+            }
+            // PostgreSQL's delete triggers cost no more than this; one statement still saves round trips.
+            Engine::Postgres => {
+                "DELETE FROM search WHERE model_id IN (
+                     SELECT id FROM models
+                     WHERE repo_id = ?1 AND path IN (SELECT jsonb_array_elements_text(CAST(CAST(?2 AS TEXT) AS jsonb))))"
+            }
+        };
+        self.tx
+            .execute(sql, params![self.meta.repo_id, list])
             .doing("unindexing")?;
         Ok(())
     }
@@ -232,24 +245,22 @@ impl Store {
         write: impl FnOnce(&mut StepWriter<'_, '_>) -> Result<(), E>,
     ) -> Result<Counts, E> {
         let mut conn = self.lock();
-        // IMMEDIATE: take the write lock up front (waiting out other writers), so the pointer read below
-        // cannot be overtaken by another process.
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .doing("starting a transaction")?;
+        // SQLite takes the write lock up front (waiting out other writers) and PostgreSQL locks the
+        // repository's row, so the pointer read below cannot be overtaken by another process.
+        let mut tx = conn.begin().doing("starting a transaction")?;
         let counts = {
+            check_pointer(&mut tx, meta)?;
+            record_commit(&mut tx, meta)?;
             let mut writer = StepWriter {
-                tx: &tx,
+                tx: &mut tx,
                 meta,
                 counts: Counts::default(),
                 search: Search::default(),
             };
-            check_pointer(&tx, meta)?;
-            record_commit(&tx, meta)?;
             write(&mut writer)?;
-            writer.search.write(&tx)?;
+            writer.search.write(writer.tx)?;
             let counts = writer.counts;
-            finish_step(&tx, meta, counts)?;
+            finish_step(&mut tx, meta, counts)?;
             counts
         };
         tx.commit().doing("committing the transaction")?;
@@ -257,14 +268,13 @@ impl Store {
     }
 }
 
-fn check_pointer(tx: &Transaction<'_>, meta: &StepMeta<'_>) -> Result<(), StoreError> {
+fn check_pointer(tx: &mut Conn, meta: &StepMeta<'_>) -> Result<(), StoreError> {
+    let sql = match tx.engine() {
+        Engine::Sqlite => "SELECT commit_id FROM repos WHERE id = ?1",
+        Engine::Postgres => "SELECT commit_id FROM repos WHERE id = ?1 FOR UPDATE",
+    };
     let found: Option<String> = tx
-        .query_row(
-            "SELECT commit_id FROM repos WHERE id = ?1",
-            [meta.repo_id],
-            |r| r.get(0),
-        )
-        .optional()
+        .query_opt(sql, params![meta.repo_id], |r| r.get(0))
         .doing("reading the processed commit")?
         .flatten();
     if found.as_deref() != meta.expect_commit {
@@ -277,22 +287,18 @@ fn check_pointer(tx: &Transaction<'_>, meta: &StepMeta<'_>) -> Result<(), StoreE
     Ok(())
 }
 
-fn record_commit(tx: &Transaction<'_>, meta: &StepMeta<'_>) -> Result<(), StoreError> {
+fn record_commit(tx: &mut Conn, meta: &StepMeta<'_>) -> Result<(), StoreError> {
     let c = meta.commit;
     tx.execute(
-        "INSERT OR IGNORE INTO commits (repo_id, commit_id, author_name, author_email, authored_at, committed_at, message)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO commits (repo_id, commit_id, author_name, author_email, authored_at, committed_at, message)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
         params![meta.repo_id, c.id, c.author_name, c.author_email, c.authored_at, c.committed_at, c.message],
     )
     .doing("recording the commit")?;
     Ok(())
 }
 
-fn finish_step(
-    tx: &Transaction<'_>,
-    meta: &StepMeta<'_>,
-    counts: Counts,
-) -> Result<(), StoreError> {
+fn finish_step(tx: &mut Conn, meta: &StepMeta<'_>, counts: Counts) -> Result<(), StoreError> {
     let now = now_rfc3339();
     tx.execute(
         "INSERT INTO sync_steps (repo_id, commit_id, processed_at, note, added, modified, deleted)
@@ -330,14 +336,17 @@ fn finish_step(
 }
 
 fn delete_model(
-    tx: &Transaction<'_>,
+    tx: &mut Conn,
     repo_id: &str,
     path: &str,
     search: &mut Search,
 ) -> Result<bool, StoreError> {
     let id: Option<i64> = tx
-        .prepare_cached("SELECT id FROM models WHERE repo_id = ?1 AND path = ?2")
-        .and_then(|mut s| s.query_row(params![repo_id, path], |r| r.get(0)).optional())
+        .query_opt(
+            "SELECT id FROM models WHERE repo_id = ?1 AND path = ?2",
+            params![repo_id, path],
+            |r| r.get(0),
+        )
         .doing("removing a model")?;
     let Some(id) = id else {
         return Ok(false);
@@ -345,8 +354,7 @@ fn delete_model(
     // The search rows go with it: those written by the triggers (none left when the step began with
     // `unindex`), those still held here by hand (a model written earlier in this step; the poll never does
     // that, but nothing here may rely on it).
-    tx.prepare_cached("DELETE FROM models WHERE id = ?1")
-        .and_then(|mut s| s.execute([id]))
+    tx.execute("DELETE FROM models WHERE id = ?1", params![id])
         .doing("removing a model")?;
     search.forget(id);
     Ok(true)
@@ -394,7 +402,7 @@ impl<'a> Stored<'a> {
 /// savepoint makes FTS5 write its pending search rows to disk: tiny index segments, merged over and over (a
 /// fifth of a large import's writing time went there).
 fn version(
-    tx: &Transaction<'_>,
+    tx: &mut Conn,
     step: &StepMeta<'_>,
     path: &str,
     change: &str,
@@ -405,14 +413,11 @@ fn version(
         Some((blob, s)) => (Some(*blob), Some(s)),
         None => (None, None),
     };
-    let mut stmt = tx
-        .prepare_cached(
-            "INSERT INTO model_versions (repo_id, path, commit_id, change, old_path, blob, status, name,
-                 entity_count, attribute_count, error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )
-        .doing("recording the model's history")?;
-    stmt.execute(params![
+    tx.execute(
+        "INSERT INTO model_versions (repo_id, path, commit_id, change, old_path, blob, status, name,
+             entity_count, attribute_count, error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
         step.repo_id,
         path,
         step.commit.id,
@@ -430,7 +435,7 @@ fn version(
 }
 
 fn insert_model(
-    tx: &Transaction<'_>,
+    tx: &mut Conn,
     step: &StepMeta<'_>,
     path: &str,
     blob: &str,
@@ -443,14 +448,13 @@ fn insert_model(
         Content::Model(m) => Some(*m),
         Content::Error(_) | Content::Skipped(_) => None,
     };
-    tx.prepare_cached(
+    let model_id = tx
+        .insert(
         "INSERT INTO models (repo_id, path, blob, commit_id, status, error, name, guid, db_vendor, app_target,
              db_version, description, size_bytes, entity_count, attribute_count, relationship_count, view_count,
              definition_count)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
+        params![
             step.repo_id,
             path,
             blob,
@@ -469,10 +473,9 @@ fn insert_model(
             model.map_or(0, |m| m.relationships.len() as i64),
             model.map_or(0, |m| m.views.len() as i64),
             model.map_or(0, |m| m.definitions.len() as i64),
-        ])
-    })
+        ],
+    )
     .doing("storing a model")?;
-    let model_id = tx.last_insert_rowid();
     if let Some(m) = model {
         search.push(
             tx,
@@ -492,34 +495,24 @@ fn insert_model(
 }
 
 fn insert_content(
-    tx: &Transaction<'_>,
+    tx: &mut Conn,
     model_id: i64,
     m: &Model,
     search: &mut Search,
 ) -> Result<(), StoreError> {
-    let mut containers = tx
-        .prepare_cached("INSERT INTO containers (model_id, guid, name) VALUES (?1, ?2, ?3)")
-        .doing("storing containers")?;
     for c in &m.containers {
-        containers
-            .execute(params![model_id, c.guid, c.name])
-            .doing("storing containers")?;
+        tx.execute(
+            "INSERT INTO containers (model_id, guid, name) VALUES (?1, ?2, ?3)",
+            params![model_id, c.guid, c.name],
+        )
+        .doing("storing containers")?;
     }
-    let mut entities = tx
-        .prepare_cached(
-            "INSERT INTO entities (model_id, ordinal, guid, name, code, container, description, derived_from,
-                 attribute_count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )
-        .doing("storing entities")?;
-    let mut attributes = tx
-        .prepare_cached(
-            "INSERT INTO attributes (entity_id, model_id, ordinal, parent, depth, guid, path, name, code, type, mode,
-                 required, primary_key, description) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        )
-        .doing("storing attributes")?;
     for (i, e) in m.entities.iter().enumerate() {
-        entities
-            .execute(params![
+        let entity_id = tx
+            .insert(
+                "INSERT INTO entities (model_id, ordinal, guid, name, code, container, description, derived_from,
+                     attribute_count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
                 model_id,
                 i as i64,
                 e.guid,
@@ -529,9 +522,9 @@ fn insert_content(
                 e.description,
                 e.derived_from,
                 e.attributes.len() as i64
-            ])
+            ],
+            )
             .doing("storing entities")?;
-        let entity_id = tx.last_insert_rowid();
         search.push(
             tx,
             SearchRow {
@@ -558,8 +551,12 @@ fn insert_content(
                 depth,
                 parent,
             } = a;
-            attributes
-                .execute(params![
+            let attribute_id = tx
+                .insert(
+                    "INSERT INTO attributes (entity_id, model_id, ordinal, parent, depth, guid, path, name, code, type,
+                         mode, required, primary_key, description)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    params![
                     entity_id,
                     model_id,
                     j as i64,
@@ -574,9 +571,9 @@ fn insert_content(
                     required,
                     primary_key,
                     description
-                ])
+                ],
+                )
                 .doing("storing attributes")?;
-            let attribute_id = tx.last_insert_rowid();
             search.push(
                 tx,
                 SearchRow {
@@ -591,14 +588,11 @@ fn insert_content(
             )?;
         }
     }
-    let mut rels = tx
-        .prepare_cached(
+    for r in &m.relationships {
+        tx.execute(
             "INSERT INTO relationships (model_id, name, parent_entity, child_entity, parent_cardinality,
                  child_cardinality, relationship_type) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )
-        .doing("storing relationships")?;
-    for r in &m.relationships {
-        rels.execute(params![
+            params![
             model_id,
             r.name,
             r.parent_entity,
@@ -675,17 +669,18 @@ mod tests {
     }
 
     fn search_rows(store: &Store) -> i64 {
-        store
-            .lock()
-            .query_row("SELECT COUNT(*) FROM search", [], |r| r.get(0))
-            .unwrap()
+        store.count("SELECT COUNT(*) FROM search")
     }
 
     /// `unindex` takes exactly the search rows of the models a step replaces, before they are replaced.
     #[test]
     fn unindex_removes_the_rows_of_the_models_a_step_replaces_and_no_other() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
+        for (store, _db) in crate::store::test_db::stores() {
+            unindex_removes_the_rows_of_the_models_a_step_replaces_and_no_other_on(&store);
+        }
+    }
+
+    fn unindex_removes_the_rows_of_the_models_a_step_replaces_and_no_other_on(store: &Store) {
         store.ensure_repo("p/r", "p", "r", "file:///r").unwrap();
         let (a, b, a2) = (
             model("A", "alpha", 50),
@@ -699,7 +694,7 @@ mod tests {
                 w.put("b.json", None, "b2", 10, &Content::Model(&b))
             })
             .unwrap();
-        assert_eq!(search_rows(&store), 52 + 42);
+        assert_eq!(search_rows(store), 52 + 42);
         let c2 = commit("c2");
         store
             .apply_step(&step(&c2, Some("c1")), |w: &mut StepWriter<'_, '_>| {
@@ -707,17 +702,8 @@ mod tests {
                 w.put("a.json", None, "b3", 10, &Content::Model(&a2))
             })
             .unwrap();
-        assert_eq!(
-            search_rows(&store),
-            32 + 42,
-            "a's old rows went, b's stayed"
-        );
-        let hits = |q: &str| {
-            store
-                .search(&crate::store::fts_query(q), None, None, 100)
-                .unwrap()
-                .len()
-        };
+        assert_eq!(search_rows(store), 32 + 42, "a's old rows went, b's stayed");
+        let hits = |q: &str| store.search(q, None, None, 100).unwrap().len();
         assert_eq!(hits("alpha1"), 0);
         assert_eq!(hits("gamma1"), 11, "gamma1 and gamma10…gamma19");
         assert_eq!(hits("beta39"), 1);
@@ -735,15 +721,10 @@ mod tests {
             store.model_blobs("p/r").unwrap().keys().collect::<Vec<_>>(),
             ["b.json"]
         );
-        assert_eq!(search_rows(&store), 52);
-        let changes: Vec<String> = store
-            .lock()
-            .prepare("SELECT path || ' ' || change FROM model_versions WHERE commit_id = 'c3' ORDER BY id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        assert_eq!(search_rows(store), 52);
+        let changes = store.texts(
+            "SELECT path || ' ' || change FROM model_versions WHERE commit_id = 'c3' ORDER BY id",
+        );
         assert_eq!(changes, ["a.json deleted", "b.json modified"]);
     }
 
@@ -751,8 +732,12 @@ mod tests {
     /// what the catalog held for each file (written without reading the models table back).
     #[test]
     fn search_rows_in_several_batches_and_the_history_of_each_kind_of_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
+        for (store, _db) in crate::store::test_db::stores() {
+            search_rows_in_several_batches_and_the_history_of_each_kind_of_file_on(&store);
+        }
+    }
+
+    fn search_rows_in_several_batches_and_the_history_of_each_kind_of_file_on(store: &Store) {
         store.ensure_repo("p/r", "p", "r", "file:///r").unwrap();
         let model = model("Big", "zebra", 3000);
         // About 1.1 MB of search text: more than four batches.
@@ -778,31 +763,19 @@ mod tests {
             })
             .unwrap();
         for i in [0, 1500, 2999] {
-            let hits = store
-                .search(
-                    &crate::store::fts_query(&format!("zebra{i}")),
-                    None,
-                    None,
-                    5,
-                )
-                .unwrap();
+            let hits = store.search(&format!("zebra{i}"), None, None, 5).unwrap();
             assert_eq!(hits.len(), 1, "zebra{i}: {hits:?}");
         }
-        let history = |conn: &rusqlite::Connection| -> Vec<String> {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT path || ' ' || change || ' ' || IFNULL(status, '-') || ' ' || IFNULL(name, '-') || ' '
-                         || IFNULL(entity_count, '-') || ' ' || IFNULL(attribute_count, '-') || ' '
-                         || IFNULL(error, '-') FROM model_versions ORDER BY id",
-                )
-                .unwrap();
-            stmt.query_map([], |r| r.get(0))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap()
+        let history = |store: &Store| -> Vec<String> {
+            store.texts(
+                "SELECT path || ' ' || change || ' ' || COALESCE(status, '-') || ' ' || COALESCE(name, '-') || ' '
+                     || COALESCE(CAST(entity_count AS TEXT), '-') || ' '
+                     || COALESCE(CAST(attribute_count AS TEXT), '-') || ' '
+                     || COALESCE(error, '-') FROM model_versions ORDER BY id",
+            )
         };
         assert_eq!(
-            history(&store.lock()),
+            history(store),
             [
                 "big.json added ok Big 1 3000 -",
                 "bad.json added error - 0 0 line 1, column 2: x",
@@ -818,10 +791,7 @@ mod tests {
                 w.put("twice.json", None, "b5", 10, &Content::Model(&model))
             })
             .unwrap();
-        let rows: i64 = store
-            .lock()
-            .query_row("SELECT COUNT(*) FROM search", [], |r| r.get(0))
-            .unwrap();
+        let rows = store.count("SELECT COUNT(*) FROM search");
         assert_eq!(rows, 2 * 3002, "big.json and twice.json, once each");
         let c3 = commit("c3");
         store
@@ -830,25 +800,24 @@ mod tests {
                 w.remove("twice.json")
             })
             .unwrap();
-        let hits = store
-            .search(&crate::store::fts_query("zebra2999"), None, None, 5)
-            .unwrap();
+        let hits = store.search("zebra2999", None, None, 5).unwrap();
         assert!(hits.is_empty(), "{hits:?}");
-        let rows: i64 = store
-            .lock()
-            .query_row("SELECT COUNT(*) FROM search", [], |r| r.get(0))
-            .unwrap();
+        let rows = store.count("SELECT COUNT(*) FROM search");
         assert_eq!(rows, 0, "no search row outlives its model");
         assert_eq!(
-            history(&store.lock()).last().map(String::as_str),
+            history(store).last().map(String::as_str),
             Some("twice.json deleted - - - - -")
         );
     }
 
     #[test]
     fn a_step_from_a_stale_pointer_is_refused_and_leaves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
+        for (store, _db) in crate::store::test_db::stores() {
+            a_step_from_a_stale_pointer_is_refused_and_leaves_nothing_on(&store);
+        }
+    }
+
+    fn a_step_from_a_stale_pointer_is_refused_and_leaves_nothing_on(store: &Store) {
         store.ensure_repo("p/r", "p", "r", "file:///r").unwrap();
         let c1 = commit("c1");
         let put = |w: &mut StepWriter<'_, '_>| -> Result<(), StoreError> {
@@ -866,10 +835,7 @@ mod tests {
         let err = store.apply_step(&step(&c1, None), put).unwrap_err();
         assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
         assert!(err.to_string().contains("another modelmirror process"));
-        let versions: i64 = store
-            .lock()
-            .query_row("SELECT COUNT(*) FROM model_versions", [], |r| r.get(0))
-            .unwrap();
+        let versions = store.count("SELECT COUNT(*) FROM model_versions");
         assert_eq!(versions, 1);
         let c2 = commit("c2");
         store

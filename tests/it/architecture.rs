@@ -28,6 +28,8 @@ const LAYERS: &[&[&str]] = &[
 const CONFINED: &[(&str, &str)] = &[
     ("git2", "git"),
     ("rusqlite", "store"),
+    ("postgres", "store"),
+    ("postgres_openssl", "store"),
     ("hyper", "service"),
     ("reqwest", "forge"),
 ];

@@ -10,8 +10,38 @@ use crate::support::*;
 
 const ID: &str = "g/team/books";
 
+/// A test run on both engines, as `name::sqlite` and `name::postgresql`: the catalog answers the same.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use crate::support::Engine;
+            #[test]
+            fn sqlite() {
+                super::$name(Engine::Sqlite)
+            }
+            #[test]
+            fn postgresql() {
+                super::$name(Engine::Postgres)
+            }
+        }
+    )*};
+}
+
+on_both_engines!(
+    search_finds_entities_and_attributes_as_people_type_them,
+    the_search_index_is_kept_in_step_with_the_catalog,
+    history_follows_renames,
+    changes_between_two_real_versions_match_an_independent_comparison,
+    show_prints_one_model_in_full_at_any_version,
+    json_schema_and_avro_models,
+);
+
 fn books() -> (Env, std::path::PathBuf) {
-    let env = Env::new(Auth::None);
+    books_on(Engine::Sqlite)
+}
+
+pub(crate) fn books_on(engine: Engine) -> (Env, std::path::PathBuf) {
+    let env = Env::on(engine, Auth::None);
     let srv = env.repo_from_bundle("team/books.git", "books");
     env.write_config(&format!(
         "[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"team/books.git\"]\n",
@@ -21,9 +51,8 @@ fn books() -> (Env, std::path::PathBuf) {
     (env, srv)
 }
 
-#[test]
-fn search_finds_entities_and_attributes_as_people_type_them() {
-    let (env, _) = books();
+fn search_finds_entities_and_attributes_as_people_type_them(engine: Engine) {
+    let (env, _) = books_on(engine);
     let hits = env
         .run(&["search", "pet name", "--json", "--limit", "200"])
         .ok()
@@ -107,9 +136,8 @@ fn search_finds_entities_and_attributes_as_people_type_them() {
 }
 
 /// The index follows every transaction: at the end of a replayed history it holds exactly the catalog.
-#[test]
-fn the_search_index_is_kept_in_step_with_the_catalog() {
-    let env = Env::new(Auth::None);
+fn the_search_index_is_kept_in_step_with_the_catalog(engine: Engine) {
+    let env = Env::on(engine, Auth::None);
     let srv = env.repo_from_bundle("team/books.git", "books");
     env.write_config(&format!(
         "[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"team/books.git\"]\n",
@@ -123,8 +151,7 @@ fn the_search_index_is_kept_in_step_with_the_catalog() {
     {
         git(&srv, &["update-ref", "refs/heads/main", c]);
         env.run(&["sync"]).ok();
-        let db = env.db();
-        let q = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+        let q = |sql: &str| env.count(sql);
         let indexed = q("SELECT COUNT(*) FROM search");
         let catalog = q(
             "SELECT (SELECT COUNT(*) FROM models WHERE status = 'ok') + (SELECT COUNT(*) FROM entities) + (SELECT COUNT(*) FROM attributes)",
@@ -140,15 +167,15 @@ fn the_search_index_is_kept_in_step_with_the_catalog() {
     // Force-push back: deleted models leave the index too.
     git(&srv, &["update-ref", "refs/heads/main", &history[3]]);
     env.run(&["sync"]).ok();
-    let db = env.db();
-    let n: i64 = db.query_row("SELECT COUNT(*) FROM search s LEFT JOIN models m ON m.id = s.model_id WHERE m.id IS NULL", [], |r| r.get(0)).unwrap();
+    let n = env.count(
+        "SELECT COUNT(*) FROM search s LEFT JOIN models m ON m.id = s.model_id WHERE m.id IS NULL",
+    );
     assert_eq!(n, 0);
 }
 
 /// The history of a renamed model is continuous across the rename, and matches `git log --follow`.
-#[test]
-fn history_follows_renames() {
-    let (env, srv) = books();
+fn history_follows_renames(engine: Engine) {
+    let (env, srv) = books_on(engine);
     // Added, renamed twice, modified twice.
     let path = "MongoDB/Figures 060-106 - Schema Design Patterns section.hck.json";
     let h = env.run(&["history", ID, path, "--json"]).ok().json();
@@ -251,9 +278,8 @@ fn guid_sets(json: &Value) -> Option<Guids> {
     Some(entities)
 }
 
-#[test]
-fn changes_between_two_real_versions_match_an_independent_comparison() {
-    let (env, srv) = books();
+fn changes_between_two_real_versions_match_an_independent_comparison(engine: Engine) {
+    let (env, srv) = books_on(engine);
     // Find a model whose last two versions differ in attributes.
     let models = env.run(&["models", "--json"]).ok().json();
     let mut checked = 0;
@@ -323,9 +349,8 @@ fn changes_between_two_real_versions_match_an_independent_comparison() {
     assert!(checked >= 1, "no model with two differing versions found");
 }
 
-#[test]
-fn show_prints_one_model_in_full_at_any_version() {
-    let (env, srv) = books();
+fn show_prints_one_model_in_full_at_any_version(engine: Engine) {
+    let (env, srv) = books_on(engine);
     let path = "MongoDB/Figure 006 - Subtyping.hck.json";
     let s = env.run(&["show", ID, path, "--json"]).ok().json();
     assert_eq!(s["path"], path);
@@ -509,9 +534,8 @@ fn hubignore_added_changed_and_removed_mid_history() {
 }
 
 /// JSON Schema and Avro files, with `formats` enabling them: valid, invalid, and JSON that is not a schema.
-#[test]
-fn json_schema_and_avro_models() {
-    let env = Env::new(Auth::None);
+fn json_schema_and_avro_models(engine: Engine) {
+    let env = Env::on(engine, Auth::None);
     let (_, work) = env.new_repo("t/s.git");
     std::fs::create_dir_all(work.join("schemas")).unwrap();
     std::fs::write(

@@ -8,6 +8,8 @@ mod forges;
 mod git_http;
 #[path = "../common/http_client.rs"]
 mod http_client;
+#[path = "../common/pg.rs"]
+mod pg;
 #[path = "../common/proxy.rs"]
 mod proxy;
 #[path = "../common/tls.rs"]
@@ -22,6 +24,7 @@ mod edges;
 mod failures;
 mod hardening;
 mod heads;
+mod on_postgresql;
 mod operations;
 mod pipeline;
 mod property;

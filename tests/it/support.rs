@@ -12,6 +12,7 @@ use tempfile::TempDir;
 
 use crate::counting;
 use crate::git_http::{Auth, GitHttpServer};
+use crate::pg::PgDb;
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
@@ -97,14 +98,40 @@ pub fn bin() -> Command {
 pub struct Env {
     pub dir: TempDir,
     pub server: GitHttpServer,
+    /// The catalog's PostgreSQL database, when the environment uses one instead of SQLite.
+    pub pg: Option<PgDb>,
+}
+
+/// Which engine holds an environment's catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
 }
 
 impl Env {
     pub fn new(auth: Auth) -> Env {
+        Env::on(Engine::Sqlite, auth)
+    }
+
+    /// An environment whose catalog is in `engine` (PostgreSQL: a new database of its own).
+    pub fn on(engine: Engine, auth: Auth) -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("srv")).expect("srv");
         let server = GitHttpServer::start(&dir.path().join("srv"), auth);
-        Env { dir, server }
+        let pg = (engine == Engine::Postgres).then(PgDb::new);
+        Env { dir, server, pg }
+    }
+
+    /// One number from the catalog, whichever engine holds it.
+    pub fn count(&self, sql: &str) -> i64 {
+        match &self.pg {
+            Some(pg) => pg.count(sql),
+            None => self
+                .db()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -159,8 +186,15 @@ impl Env {
     /// Write the main config file (with `state_dir` in this environment) plus `extra`.
     pub fn write_config(&self, extra: &str) -> PathBuf {
         let p = self.path().join("config.toml");
+        let database = match &self.pg {
+            Some(pg) => format!(
+                "database = {:?}\ndatabase_password_env = \"MODELMIRROR_TEST_PG_PASSWORD\"\n",
+                pg.url
+            ),
+            None => String::new(),
+        };
         let text = format!(
-            "state_dir = {:?}\n{extra}",
+            "state_dir = {:?}\n{database}{extra}",
             self.path().join("state").to_string_lossy()
         );
         std::fs::write(&p, text).expect("write config");

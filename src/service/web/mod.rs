@@ -14,7 +14,6 @@ mod pages;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,7 +86,10 @@ pub(crate) struct Web {
 
 impl Web {
     /// Open the reading connections to `database` and read the credential files of `[web]`.
-    pub(crate) fn new(config: ConfigHandle, database: &Path) -> Result<Web, ServiceError> {
+    pub(crate) fn new(
+        config: ConfigHandle,
+        database: &crate::store::Database,
+    ) -> Result<Web, ServiceError> {
         let settings = current(&config).web.clone();
         let auth = match &settings {
             Some(w) => Auth::new(w).map_err(ServiceError::WebAuth)?,

@@ -1,0 +1,403 @@
+//! The catalog in PostgreSQL: the same answers as SQLite on the real fixture histories (a differential
+//! test), `check` saying what is wrong, the password kept out of everything, and a server restart under a
+//! running service. (The catalog suite itself runs on both engines: see `catalog.rs`.)
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+
+use serde_json::Value;
+
+use crate::git_http::Auth;
+use crate::pg::PgDb;
+use crate::support::*;
+
+/// An environment of `engine` holding the fixture `bundle` as `team/<bundle>.git`, synced.
+fn synced(engine: Engine, bundle: &str) -> (Env, String) {
+    let env = Env::on(engine, Auth::None);
+    env.repo_from_bundle(&format!("team/{bundle}.git"), bundle);
+    env.write_config(&format!(
+        "[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"team/{bundle}.git\"]\n",
+        env.server.url()
+    ));
+    env.run(&["sync"]).ok();
+    (env, format!("g/team/{bundle}"))
+}
+
+/// What a search finds, as a set (the engines rank differently; they must find the same things).
+fn found(env: &Env, query: &str) -> BTreeSet<String> {
+    env.run(&["search", query, "--json", "--limit", "5000"])
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            format!(
+                "{} {} {} {}",
+                h["kind"], h["path"], h["entity"], h["attribute"]
+            )
+        })
+        .collect()
+}
+
+/// Both fixture histories replayed into SQLite and into PostgreSQL: `models`, `show`, `history`, `changes`
+/// answer the same, and searches find the same hits (the best hit of each engine is among the other's).
+#[test]
+fn sqlite_and_postgresql_answer_the_same_on_the_fixture_histories() {
+    for bundle in ["books", "playground-models"] {
+        let (lite, id) = synced(Engine::Sqlite, bundle);
+        let (pg, _) = synced(Engine::Postgres, bundle);
+        let both = |args: &[&str]| -> (Value, Value) {
+            (lite.run(args).ok().json(), pg.run(args).ok().json())
+        };
+        let (models, pg_models) = both(&["models", "--json"]);
+        assert_eq!(models, pg_models, "{bundle}: models");
+        let models = models.as_array().unwrap();
+        assert!(models.len() > 5, "{bundle}: {} models", models.len());
+        let mut compared_changes = 0;
+        for (i, m) in models.iter().enumerate() {
+            let path = m["path"].as_str().unwrap();
+            let (h, pg_h) = both(&["history", &id, path, "--json"]);
+            assert_eq!(h, pg_h, "{bundle}: history of {path}");
+            if i % 4 == 0 {
+                let (s, pg_s) = both(&["show", &id, path, "--json"]);
+                assert_eq!(s, pg_s, "{bundle}: show {path}");
+            }
+            let versions = h.as_array().unwrap();
+            if versions.len() >= 2 && compared_changes < 15 {
+                let (from, to) = (
+                    versions[1]["commit"].as_str().unwrap(),
+                    versions[0]["commit"].as_str().unwrap(),
+                );
+                let args = ["changes", &id, path, "--from", from, "--to", to, "--json"];
+                let (c, pg_c) = both(&args);
+                assert_eq!(c, pg_c, "{bundle}: changes of {path}");
+                compared_changes += 1;
+            }
+        }
+        assert!(compared_changes > 0, "{bundle}: no model with two versions");
+        for query in [
+            "customer",
+            "pet name",
+            "order_id",
+            "vaccin",
+            "id",
+            "address street",
+        ] {
+            let (a, b) = (found(&lite, query), found(&pg, query));
+            assert!(
+                a == b,
+                "{bundle}: search {query:?}: only SQLite finds {:#?}; only PostgreSQL finds {:#?}",
+                a.difference(&b).collect::<Vec<_>>(),
+                b.difference(&a).collect::<Vec<_>>()
+            );
+            let top = |env: &Env| {
+                env.run(&["search", query, "--json", "--limit", "10"])
+                    .ok()
+                    .json()
+            };
+            let (t, pg_t) = (top(&lite), top(&pg));
+            assert_eq!(
+                t.as_array().unwrap().len(),
+                pg_t.as_array().unwrap().len(),
+                "{bundle}: {query:?}"
+            );
+        }
+    }
+}
+
+/// `check` connects and says what is wrong: a wrong password, a missing database, no server.
+#[test]
+fn check_says_what_is_wrong_with_a_postgresql_database() {
+    let db = PgDb::new();
+    let env = Env::new(Auth::None);
+    let config = |url: &str, password: &str| {
+        std::fs::write(env.path().join("pw"), password).unwrap();
+        env.write_config(&format!(
+            "database = {url:?}\ndatabase_password_file = \"pw\"\n[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = []\n",
+            env.server.url()
+        ));
+    };
+    let check = || env.run(&["check"]);
+    config(&db.url, &db.password);
+    let ok = check();
+    assert!(
+        ok.stdout.contains("opens and is migrated") && ok.code == 0,
+        "{ok:?}"
+    );
+    config(&db.url, "not-the-password");
+    let wrong = check();
+    assert_ne!(wrong.code, 0);
+    assert!(
+        wrong.stdout.contains("password authentication failed")
+            && wrong.stdout.contains("database_password_file"),
+        "{wrong:?}"
+    );
+    assert!(!wrong.stdout.contains("not-the-password"), "{wrong:?}");
+    let missing = db.url.rsplit_once('/').unwrap().0.to_string() + "/no_such_db";
+    config(&missing, &db.password);
+    let gone = check();
+    assert!(
+        gone.stdout.contains("does not exist") && gone.stdout.contains("createdb"),
+        "{gone:?}"
+    );
+    let closed_port = free_port();
+    config(
+        &format!("postgresql://modelmirror@127.0.0.1:{closed_port}/x"),
+        &db.password,
+    );
+    let down = check();
+    assert!(down.stdout.contains("could not be reached"), "{down:?}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The password reaches no output, no file in the state folder and no row of the catalog.
+#[test]
+fn the_database_password_never_leaks() {
+    let (env, id) = synced(Engine::Postgres, "books");
+    let pg = env.pg.as_ref().unwrap();
+    let outputs: Vec<Run> = [
+        vec!["status", "--json"],
+        vec!["status"],
+        vec!["check"],
+        vec!["models", "--json"],
+        vec!["events", "--json"],
+        vec![
+            "history",
+            &id,
+            "MongoDB/Figure 006 - Subtyping.hck.json",
+            "--json",
+        ],
+    ]
+    .iter()
+    .map(|a| env.run(a))
+    .collect();
+    let texts: Vec<&str> = outputs
+        .iter()
+        .flat_map(|r| [r.stdout.as_str(), r.stderr.as_str()])
+        .collect();
+    let hits = find_secret(env.path(), &pg.password, &texts);
+    assert!(hits.is_empty(), "the password is in {hits:?}");
+    let mut client = pg.client();
+    for row in client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+            &[],
+        )
+        .unwrap()
+    {
+        let table: String = row.get(0);
+        let n: i64 = client
+            .query_one(
+                &format!("SELECT COUNT(*) FROM {table} t WHERE t::text LIKE '%' || $1 || '%'"),
+                &[&pg.password],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "the password is in table {table}");
+    }
+}
+
+/// A PostgreSQL restart while the service runs: the failures are logged, the service keeps running, and a
+/// commit pushed while the server was down is in the catalog once it is back.
+#[test]
+fn a_postgresql_restart_under_a_running_service() {
+    let server = tempfile::tempdir().unwrap();
+    let dir = server.path().join("pg");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg.sh");
+    let started = std::process::Command::new(&script)
+        .args(["start", &dir.to_string_lossy()])
+        .output()
+        .unwrap();
+    assert!(
+        started.status.success(),
+        "scripts/pg.sh start: {}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let _stop = Stopper(script.clone(), dir.clone());
+    let vars: std::collections::HashMap<String, String> = String::from_utf8_lossy(&started.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let (url, password) = (
+        vars["MODELMIRROR_TEST_PG_URL"].clone(),
+        vars["MODELMIRROR_TEST_PG_PASSWORD"].clone(),
+    );
+    let env = Env::new(Auth::None);
+    std::fs::write(env.path().join("pw"), &password).unwrap();
+    let (_, work) = env.one_model_repo("t/r.git");
+    env.write_config(&format!(
+        "database = {url:?}\ndatabase_password_file = \"pw\"\nschedule = \"* * * * * *\"\n[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"t/r.git\"]\n",
+        env.server.url()
+    ));
+    let log = env.path().join("service.log");
+    let mut service = Running(
+        bin()
+            .args([
+                "--config",
+                &env.path().join("config.toml").to_string_lossy(),
+                "run",
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let models = || {
+        let mut c = crate::pg::client(&url, &password);
+        c.query_one("SELECT COUNT(*) FROM models", &[])
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(-1)
+    };
+    wait_for("the first import", 30, || models() == 1);
+    let pg_ctl = |action: &str| {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .unwrap()
+            .flatten()
+            .map(|e| e.path().join("bin/pg_ctl"))
+            .max()
+            .unwrap();
+        let data = dir.join("data");
+        let mut cmd = if unsafe { libc::geteuid() } == 0 {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&bin);
+            c
+        } else {
+            std::process::Command::new(&bin)
+        };
+        let out = cmd
+            .args(["-D", &data.to_string_lossy(), "-m", "fast", "-w"])
+            .arg(action)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl {action}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    pg_ctl("stop");
+    std::fs::write(
+        work.join("second.hck.json"),
+        std::fs::read(small_model()).unwrap(),
+    )
+    .unwrap();
+    commit_all(&work, "a second model while the database is down");
+    wait_for("a logged database failure", 30, || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("PostgreSQL server could not be reached")
+    });
+    assert!(
+        service.try_wait().unwrap().is_none(),
+        "the service stopped: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    restart(&dir);
+    wait_for("the catalog after the restart", 60, || models() == 2);
+    assert!(service.try_wait().unwrap().is_none(), "the service stopped");
+}
+
+/// Start the stopped server again with the options it was first started with (port, socket folder).
+fn restart(dir: &std::path::Path) {
+    let opts = std::fs::read_to_string(dir.join("data/postmaster.opts")).unwrap();
+    // postmaster.opts: the server binary, then each option quoted.
+    let args: Vec<String> = opts
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect();
+    let server = opts.split_whitespace().next().unwrap().to_string();
+    let pg_ctl = std::path::Path::new(&server).with_file_name("pg_ctl");
+    let data = dir.join("data");
+    let o = args
+        .iter()
+        .skip_while(|a| *a != "-p")
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut cmd = if unsafe { libc::geteuid() } == 0 {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
+        c
+    } else {
+        std::process::Command::new(&pg_ctl)
+    };
+    let out = cmd
+        .args(["-D", &data.to_string_lossy(), "-w", "-l"])
+        .arg(dir.join("server.log"))
+        .args(["-o", &o, "start"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_ctl start: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Stops the test's own server.
+struct Stopper(std::path::PathBuf, std::path::PathBuf);
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.0)
+            .args(["stop", &self.1.to_string_lossy()])
+            .output();
+    }
+}
+
+/// One service per PostgreSQL database (leases between instances are not built yet): a second `run` on the
+/// same database stops at once and says why, and `sync` beside the service still works.
+#[test]
+fn a_second_service_on_the_same_postgresql_database_is_refused() {
+    let env = Env::on(Engine::Postgres, Auth::None);
+    env.one_model_repo("t/r.git");
+    env.write_config(&format!(
+        "[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"t/r.git\"]\n",
+        env.server.url()
+    ));
+    let config = env.path().join("config.toml");
+    let _first = Running(
+        bin()
+            .args(["--config", &config.to_string_lossy(), "run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the first service's import", 30, || {
+        env.pg
+            .as_ref()
+            .unwrap()
+            .count("SELECT COUNT(*) FROM models")
+            == 1
+    });
+    let mut second = bin()
+        .args(["--config", &config.to_string_lossy(), "run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_with_deadline(&mut second, 30);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("another `modelmirror run` is using it"),
+        "{stderr}"
+    );
+    env.run(&["sync"]).ok();
+}
