@@ -23,7 +23,8 @@ log=$(mktemp)
 pgdir=$(mktemp -d)
 trap 'rm -f "$log"; scripts/pg.sh stop "$pgdir"' EXIT
 # The PostgreSQL tests' server: Debian's postgresql, a throwaway data directory, 127.0.0.1, a free port.
-eval "$(scripts/pg.sh start "$pgdir")"
+pgvars=$(scripts/pg.sh start "$pgdir")
+eval "$pgvars"
 status=0
 cargo test --locked "$@" 2>&1 | tee "$log" || status=$?
 if [ "$status" -ne 0 ]; then

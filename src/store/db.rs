@@ -253,10 +253,18 @@ impl DbError {
     /// Whether the connection itself is gone (server restarted, network cut): the next use reconnects.
     pub(crate) fn is_disconnect(&self) -> bool {
         match self {
-            DbError::Pg(e) => e.is_closed() || (e.as_db_error().is_none() && e.code().is_none()),
+            DbError::Pg(e) => pg_lost(e),
             _ => false,
         }
     }
+}
+
+/// Whether a PostgreSQL error is the connection's: closed, or an I/O error under it (not a server's error,
+/// not a value that did not convert).
+pub(crate) fn pg_lost(e: &postgres::Error) -> bool {
+    e.is_closed()
+        || std::error::Error::source(e)
+            .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
 }
 
 /// A PostgreSQL connection and the statements it has prepared (by their SQL text).
@@ -490,6 +498,20 @@ impl Conn {
         })
     }
 
+    /// Start a transaction that writes the catalog. PostgreSQL: the catalog's generation row is locked first,
+    /// as every write takes it (a trigger bumps it), so transactions take their locks in one order and cannot
+    /// deadlock one another.
+    pub(crate) fn begin_catalog(&mut self) -> Result<Tx<'_>, DbError> {
+        let mut tx = self.begin()?;
+        if tx.engine() == Engine::Postgres {
+            tx.execute(
+                "SELECT n FROM catalog_generation WHERE id = 1 FOR UPDATE",
+                params![],
+            )?;
+        }
+        Ok(tx)
+    }
+
     /// Whether a PostgreSQL connection was lost (a SQLite one never is).
     pub(crate) fn is_closed(&self) -> bool {
         match self {
@@ -506,9 +528,11 @@ pub(crate) struct Tx<'c> {
 }
 
 impl Tx<'_> {
+    /// Commit; if that fails, the transaction is rolled back (when dropped) rather than left open.
     pub(crate) fn commit(mut self) -> Result<(), DbError> {
+        self.conn.batch("COMMIT")?;
         self.open = false;
-        self.conn.batch("COMMIT")
+        Ok(())
     }
 }
 

@@ -217,8 +217,10 @@ impl Store {
     ) -> Result<Vec<EventRow>, StoreError> {
         self.lock()
             .query(
+                // The first SELECT names the types of the columns it has none for (PostgreSQL would take text).
                 "SELECT 'delivery', received_at, repo_id, provider, event, delivery_id, ref, outcome, reason, poll_id,
-                        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, id, NULL, NULL, NULL, NULL
+                        NULL, CAST(NULL AS BIGINT), NULL, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT),
+                        CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), NULL, id, NULL, NULL, NULL, CAST(NULL AS BIGINT)
                  FROM deliveries WHERE (CAST(?1 AS TEXT) IS NULL OR repo_id = ?1)
                  UNION ALL
                  SELECT 'poll', started_at, repo_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL,

@@ -180,9 +180,9 @@ pub struct Store {
     read_only: bool,
 }
 
-/// Held by a running service: the connection whose session holds the database's service lock.
+/// Held by a running service: the database's service lock (PostgreSQL), released when dropped.
 pub(crate) struct ServiceGuard {
-    _conn: Conn,
+    _lock: pg::ServiceLock,
 }
 
 /// The writer connection's queue: tickets handed out, the one being served, and who waits (a poll
@@ -501,7 +501,7 @@ impl Store {
         match &self.database {
             Database::Sqlite(_) => Ok(None),
             Database::Postgres(target) => Ok(Some(ServiceGuard {
-                _conn: pg::hold_service_lock(target)?,
+                _lock: pg::hold_service_lock(target)?,
             })),
         }
     }

@@ -90,8 +90,17 @@ impl PgTarget {
         }
         let mut tls = Tls::Prefer;
         let mut root_cert = None;
-        let mut kept = Vec::new();
-        for (k, v) in url.query_pairs() {
+        // The other parameters are kept as written (re-encoding them would turn `%20` into `+`, which the
+        // client does not read as a space).
+        let mut kept: Vec<String> = Vec::new();
+        let raw_pairs: Vec<String> = url
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect();
+        for (raw_pair, (k, v)) in raw_pairs.iter().zip(url.query_pairs()) {
             match k.as_ref() {
                 "sslmode" => {
                     tls = match v.as_ref() {
@@ -113,7 +122,7 @@ impl PgTarget {
                         "the URL holds a password parameter: remove it, and use database_password_file or database_password_env",
                     ));
                 }
-                _ => kept.push((k.into_owned(), v.into_owned())),
+                _ => kept.push(raw_pair.clone()),
             }
         }
         if let Some(ca) = &root_cert
@@ -124,10 +133,7 @@ impl PgTarget {
                 ca.display()
             )));
         }
-        url.set_query(None);
-        if !kept.is_empty() {
-            url.query_pairs_mut().extend_pairs(kept);
-        }
+        url.set_query((!kept.is_empty()).then(|| kept.join("&")).as_deref());
         let url = url.to_string();
         url.parse::<postgres::Config>()
             .map_err(|e| problem(&format!("{e}")))?;
@@ -282,7 +288,12 @@ pub(super) fn writable(target: &PgTarget) -> bool {
 /// What to do about the PostgreSQL errors an operator can fix.
 pub(super) fn hint(e: &postgres::Error) -> &'static str {
     let Some(code) = e.code() else {
-        return " — the PostgreSQL server could not be reached or closed the connection (is it running, and is `database` right?); nothing of the failed step was kept, and the next poll retries";
+        return match super::db::pg_lost(e) {
+            true => {
+                " — the PostgreSQL server could not be reached or closed the connection (is it running, and is `database` right?); nothing of the failed step was kept, and the next poll retries"
+            }
+            false => "",
+        };
     };
     match code.code() {
         "28P01" | "28000" => {
@@ -310,8 +321,64 @@ pub(super) fn hint(e: &postgres::Error) -> &'static str {
 const SERVICE_LOCK: i64 = 0x6d6d_7365_7276_6963;
 
 /// Hold the one-service lock of the database on a connection of its own, for as long as the returned
-/// connection lives; fails when another `modelmirror run` holds it.
-pub(super) fn hold_service_lock(target: &PgTarget) -> Result<Conn, StoreError> {
+/// watch lives; fails when another `modelmirror run` holds it. The lock lives with its session: a watcher
+/// thread checks the connection every few seconds and, once it is lost (a server restart), takes the lock
+/// again on a new one; if another service took it meanwhile, it says so loudly in the log at each check.
+pub(super) fn hold_service_lock(target: &PgTarget) -> Result<ServiceLock, StoreError> {
+    let conn = take_service_lock(target)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shown = target.shown.clone();
+    let (target, watching) = (target.clone(), stop.clone());
+    let thread = std::thread::Builder::new()
+        .name("pg-service-lock".into())
+        .spawn(move || {
+            let mut conn = Some(conn);
+            while !watching.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::park_timeout(Duration::from_secs(5));
+                let alive = conn.as_mut().is_some_and(|c| {
+                    c.query_one("SELECT 1", super::db::params![], |r| r.get::<i64>(0))
+                        .is_ok()
+                });
+                if alive || watching.load(std::sync::atomic::Ordering::Relaxed) {
+                    continue;
+                }
+                conn = match take_service_lock(&target) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        None
+                    }
+                };
+            }
+        })
+        .map_err(|e| StoreError::Url {
+            db: shown,
+            problem: format!("cannot start the service lock's watcher thread: {e}"),
+        })?;
+    Ok(ServiceLock {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// The one-service lock, held by a watcher thread until dropped.
+pub(crate) struct ServiceLock {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for ServiceLock {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+/// The lock on a new connection, or why not.
+fn take_service_lock(target: &PgTarget) -> Result<Conn, StoreError> {
     let mut conn = reconnect(target, false)?;
     let held = conn
         .query_one(
@@ -328,5 +395,30 @@ pub(super) fn hold_service_lock(target: &PgTarget) -> Result<Conn, StoreError> {
         false => Err(StoreError::ServiceRunning {
             db: target.shown.clone(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The TLS parameters are taken out; the others reach the client as written (`%20` stays a space).
+    #[test]
+    fn the_url_keeps_its_other_parameters_as_written() {
+        let t = PgTarget::parse(
+            "postgresql://u@h:5433/db?application_name=a%20b&sslmode=require&options=-c%20x%3Dy",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            t.url,
+            "postgresql://u@h:5433/db?application_name=a%20b&options=-c%20x%3Dy"
+        );
+        assert_eq!(t.tls, Tls::Require);
+        let config: postgres::Config = t.url.parse().unwrap();
+        assert_eq!(config.get_application_name(), Some("a b"));
+        assert_eq!(config.get_options(), Some("-c x=y"));
+        let t = PgTarget::parse("postgres://u@h/db?sslmode=disable", None).unwrap();
+        assert_eq!((t.url.as_str(), t.tls), ("postgres://u@h/db", Tls::Disable));
     }
 }

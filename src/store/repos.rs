@@ -172,7 +172,7 @@ impl Store {
         d: &Discovery<'_>,
     ) -> Result<DiscoveryChanges, StoreError> {
         let mut conn = self.lock();
-        let mut tx = conn.begin().doing("starting a transaction")?;
+        let mut tx = conn.begin_catalog().doing("starting a transaction")?;
         let now = now_rfc3339();
         for r in d.found {
             if r.configured {
@@ -270,7 +270,7 @@ impl Store {
     /// Delete a repository's catalog, history, polls, deliveries and statuses (`prune_removed`).
     pub(crate) fn prune_repo(&self, id: &str) -> Result<(), StoreError> {
         let mut conn = self.lock();
-        let mut tx = conn.begin().doing("starting a transaction")?;
+        let mut tx = conn.begin_catalog().doing("starting a transaction")?;
         for sql in [
             "DELETE FROM polls WHERE repo_id = ?1",
             "DELETE FROM deliveries WHERE repo_id = ?1",
@@ -288,7 +288,7 @@ impl Store {
     /// and the repository's row (host id, state) stay.
     pub(crate) fn reset_catalog(&self, id: &str) -> Result<(), StoreError> {
         let mut conn = self.lock();
-        let mut tx = conn.begin().doing("starting a transaction")?;
+        let mut tx = conn.begin_catalog().doing("starting a transaction")?;
         for sql in [
             "DELETE FROM models WHERE repo_id = ?1",
             "DELETE FROM model_versions WHERE repo_id = ?1",

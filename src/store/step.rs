@@ -247,7 +247,7 @@ impl Store {
         let mut conn = self.lock();
         // SQLite takes the write lock up front (waiting out other writers) and PostgreSQL locks the
         // repository's row, so the pointer read below cannot be overtaken by another process.
-        let mut tx = conn.begin().doing("starting a transaction")?;
+        let mut tx = conn.begin_catalog().doing("starting a transaction")?;
         let counts = {
             check_pointer(&mut tx, meta)?;
             record_commit(&mut tx, meta)?;
