@@ -134,6 +134,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "Commit statuses sent to the Git host, by provider and outcome (posted, unchanged, retried, failed).",
     ),
     ("modelmirror_up", "gauge", "1 while the service runs."),
+    (
+        "modelmirror_instance",
+        "gauge",
+        "1, labelled with this instance's name (instance_name): each instance sharing one database serves its own metrics.",
+    ),
 ];
 
 impl Metrics {

@@ -56,8 +56,6 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 
 pub(super) fn run(config: Config) -> Result<ExitCode, CliError> {
     let store = Arc::new(Store::open(&config.database)?);
-    // Held until the service ends.
-    let _only_service = store.hold_service()?;
     for w in &config.warnings {
         tracing::warn!("{w}");
     }

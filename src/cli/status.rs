@@ -59,7 +59,37 @@ pub(super) fn status(
         table,
     )?;
     print_service_and_providers(&store)?;
+    print_instances(&store, &rows, config)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Several instances on one PostgreSQL database: each one's heartbeat and leases, and which instance holds
+/// each repository being polled now.
+fn print_instances(
+    store: &Store,
+    rows: &[crate::store::RepoStatus],
+    config: Option<&Config>,
+) -> Result<(), CliError> {
+    let lease = config.map_or(crate::config::DEFAULT_LEASE_SECONDS, |c| c.lease_seconds);
+    let mut out = std::io::stdout().lock();
+    for i in store.instances(lease)? {
+        let line = format!(
+            "instance {}: {}, heartbeat at {}, started at {}, polling {} repositories now",
+            i.name,
+            if i.live { "live" } else { "gone" },
+            i.heartbeat_at,
+            i.started_at,
+            i.leases
+        );
+        writeln!(out, "{}", terminal(&line)).map_err(CliError::Output)?;
+    }
+    for r in rows {
+        if let Some(instance) = &r.instance {
+            let line = format!("{} is being polled by instance {instance}", r.repo);
+            writeln!(out, "{}", terminal(&line)).map_err(CliError::Output)?;
+        }
+    }
+    Ok(())
 }
 
 /// The lines below the table: the last reload, and each provider's discovery and rate-limit hold.

@@ -112,6 +112,11 @@ pub struct Config {
     pub(crate) warnings: Vec<String>,
     /// How long deliveries and polls are kept in the database.
     pub(crate) events_retention_days: u32,
+    /// This instance's name in leases, heartbeats, polls and `status` (`instance_name`; the host name).
+    pub(crate) instance_name: String,
+    /// How long a lease on a repository or a provider's discovery lasts unless renewed (`lease_seconds`):
+    /// an instance that dies loses its work to the others within this time.
+    pub(crate) lease_seconds: u64,
     /// The optional webhook listener.
     pub(crate) webhook: Option<WebhookConfig>,
     /// The optional web catalog.
@@ -141,6 +146,9 @@ pub(crate) struct WebhookConfig {
 
 /// The smallest `database_max_bytes` accepted: below it not even the schema fits.
 pub(crate) const MIN_DATABASE_BYTES: u64 = 1 << 20;
+
+/// Default `lease_seconds`.
+pub(crate) const DEFAULT_LEASE_SECONDS: u64 = 60;
 
 /// Default `events_retention_days`.
 pub(crate) use crate::store::DEFAULT_RETENTION_DAYS as DEFAULT_EVENTS_RETENTION_DAYS;

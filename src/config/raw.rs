@@ -23,6 +23,8 @@ pub(super) struct RawFile {
     pub(super) formats: Option<Vec<String>>,
     pub(super) backfill: Option<bool>,
     pub(super) events_retention_days: Option<u32>,
+    pub(super) instance_name: Option<String>,
+    pub(super) lease_seconds: Option<u64>,
     pub(super) webhook: Option<RawWebhook>,
     pub(super) web: Option<RawWeb>,
     pub(super) metrics: Option<RawMetrics>,

@@ -432,3 +432,25 @@ fn a_postgresql_database_and_its_password() {
         assert!(!err.contains("hunter2"), "{text}: {err}");
     }
 }
+
+/// `instance_name` defaults to the host name and refuses spaces; `lease_seconds` is bounded.
+#[test]
+fn instance_name_and_lease_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |text: &str| {
+        let main = write(dir.path(), "config.toml", text);
+        Config::load(&main).map_err(|e| e.to_string())
+    };
+    let c = load("").unwrap();
+    assert!(!c.instance_name.is_empty() && !c.instance_name.contains(' '));
+    assert_eq!(c.lease_seconds, 60);
+    let c = load("instance_name = \"mirror-2\"\nlease_seconds = 30\n").unwrap();
+    assert_eq!(
+        (c.instance_name.as_str(), c.lease_seconds),
+        ("mirror-2", 30)
+    );
+    let err = load("instance_name = \"two words\"\n").unwrap_err();
+    assert!(err.contains("without spaces"), "{err}");
+    let err = load("lease_seconds = 5\n").unwrap_err();
+    assert!(err.contains("lease_seconds must be 10 to 3600"), "{err}");
+}

@@ -10,9 +10,9 @@ use super::raw::{OneOrMany, RawFile, RawMetrics, RawProvider, RawWeb, RawWebhook
 use super::{
     Config, ConfigError, Credentials, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DISCOVER_SCHEDULE, DEFAULT_EVENTS_RETENTION_DAYS, DEFAULT_HEAD_CHECK_FULL_EVERY,
-    DEFAULT_MAX_MODEL_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_SCHEDULE, DEFAULT_STATE_DIR,
-    DEFAULT_STATUS_CONTEXT, DEFAULT_WEBHOOK_MAX_BODY, DEFAULT_WEBHOOK_QUEUE, MIN_DATABASE_BYTES,
-    ProviderConfig, RepoConfig, RepoFilter, WebConfig, WebhookConfig,
+    DEFAULT_LEASE_SECONDS, DEFAULT_MAX_MODEL_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_SCHEDULE,
+    DEFAULT_STATE_DIR, DEFAULT_STATUS_CONTEXT, DEFAULT_WEBHOOK_MAX_BODY, DEFAULT_WEBHOOK_QUEUE,
+    MIN_DATABASE_BYTES, ProviderConfig, RepoConfig, RepoFilter, WebConfig, WebhookConfig,
 };
 use crate::forge::{self, Forge, ProviderKind};
 use crate::model::{DEFAULT_FORMATS, FileFilter, FilterError};
@@ -42,6 +42,8 @@ struct Merged {
     backfill: Set<bool>,
     formats: Set<Vec<String>>,
     events_retention_days: Set<u32>,
+    instance_name: Set<String>,
+    lease_seconds: Set<u64>,
     webhook: Set<RawWebhook>,
     web: Set<RawWeb>,
     metrics: Set<RawMetrics>,
@@ -64,7 +66,7 @@ impl Merged {
         for (file, raw) in files {
             merge_keys!(m, raw, file;
                 state_dir, database, database_password_file, database_password_env, database_max_bytes, schedule, concurrency, max_model_bytes, include,
-                backfill, formats, events_retention_days, webhook, web, metrics, log_level, log_format,
+                backfill, formats, events_retention_days, instance_name, lease_seconds, webhook, web, metrics, log_level, log_format,
             );
             for (name, p) in raw.providers {
                 if let Some((_, _, first)) = m.providers.iter().find(|(n, _, _)| *n == name) {
@@ -163,6 +165,33 @@ pub(super) fn validate(
     let events_retention_days =
         at_least_one(m.events_retention_days.take(), "events_retention_days")?
             .unwrap_or(DEFAULT_EVENTS_RETENTION_DAYS);
+    let instance_name = match m.instance_name.take() {
+        Some((n, f)) => {
+            if n.is_empty()
+                || n.len() > 64
+                || n.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                return Err(invalid(
+                    &f,
+                    format!(
+                        "instance_name {n:?} must be 1 to 64 characters, without spaces or control characters"
+                    ),
+                ));
+            }
+            n
+        }
+        None => host_name(),
+    };
+    let lease_seconds = match m.lease_seconds.take() {
+        Some((n, f)) if !(10..=3600).contains(&n) => {
+            return Err(invalid(
+                &f,
+                format!("lease_seconds must be 10 to 3600, not {n}"),
+            ));
+        }
+        Some((n, _)) => n,
+        None => DEFAULT_LEASE_SECONDS,
+    };
     let metrics_listen = match m.metrics.take() {
         None => None,
         Some((raw, f)) => Some(listen_address(
@@ -260,6 +289,8 @@ pub(super) fn validate(
         repos,
         warnings,
         events_retention_days,
+        instance_name,
+        lease_seconds,
         webhook,
         web,
         generation: LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
@@ -789,6 +820,29 @@ pub(super) fn resolve_path(
     let out = expand_vars(raw).map_err(|e| invalid(file, format!("{key} = {raw:?}: {e}")))?;
     let p = PathBuf::from(out);
     Ok(if p.is_absolute() { p } else { base.join(p) })
+}
+
+/// This host's name (`instance_name`'s default): the kernel's, else `modelmirror`.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let name = match rc {
+        0 => {
+            let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+            String::from_utf8_lossy(&buf[..end]).into_owned()
+        }
+        _ => String::new(),
+    };
+    match name.trim() {
+        n if !n.is_empty()
+            && n.len() <= 64
+            && !n.chars().any(|c| c.is_control() || c.is_whitespace()) =>
+        {
+            n.to_string()
+        }
+        _ => "modelmirror".to_string(),
+    }
 }
 
 /// `database`: a PostgreSQL URL (its password from `database_password_file` or `database_password_env`, read

@@ -312,6 +312,7 @@ pub(crate) fn run_poll(
     m.observe("modelmirror_poll_duration_seconds", &[], started.elapsed());
     let record = PollRecord {
         repo_id: &repo.id,
+        instance: &config.instance_name,
         trigger: trigger.as_str(),
         started_at: &started_at,
         duration: started.elapsed(),

@@ -391,6 +391,7 @@ pub(crate) fn repos(store: &Store, config: Option<&Config>) -> Result<Vec<RepoSt
                 web_url: None,
                 held_until: None,
                 held_reason: None,
+                instance: None,
                 default_branch: None,
                 commit: None,
                 last_check_at: None,

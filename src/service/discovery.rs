@@ -206,10 +206,19 @@ pub(super) async fn discovery_loop(
         };
         let provider = &config.providers[index];
         let limits = shared.budgets.get(provider);
-        // Shutdown must not wait for a discovery (it may be waiting out a rate limit).
-        let run = tokio::select! {
-            r = discover(&config, index, &shared.store, limits.clone()) => r,
-            _ = stop.changed() => return,
+        // One instance at a time discovers a provider (its leader lease); the others mirror what the
+        // database lists, as the leader records it.
+        let lease = super::leases::take(&shared, &format!("discovery/{name}"), false).await;
+        let run = match lease {
+            // Shutdown must not wait for a discovery (it may be waiting out a rate limit).
+            Some(_lease) => tokio::select! {
+                r = discover(&config, index, &shared.store, limits.clone()) => r,
+                _ = stop.changed() => return,
+            },
+            None => Ok(Discovered {
+                repos: Vec::new(),
+                errors: Vec::new(),
+            }),
         };
         match run {
             Ok(d) => {

@@ -18,6 +18,7 @@
 mod discovery;
 mod heads;
 mod http;
+mod leases;
 mod metrics;
 mod repos;
 mod signals;

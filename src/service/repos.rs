@@ -166,6 +166,12 @@ impl RepoLoop {
             g = repo_lock.lock_owned() => g,
             _ = self.stop.changed() => return None,
         };
+        // Another instance on the same database polls it (or is polling it now): nothing to do here.
+        let Some(_lease) =
+            super::leases::take(&self.shared, &self.repo.id, trigger == Trigger::Webhook).await
+        else {
+            return Some((0, None));
+        };
         let mut stop = self.stop.clone();
         let known = tokio::select! {
             k = self.known_head(trigger) => k,

@@ -101,6 +101,8 @@ pub(super) struct Shared {
     /// Verified webhook deliveries accepted and not yet dispatched: a burst's nudges are still to come
     /// while there are any, so the poll after a burst waits for them (see `repos::settle_nudges`).
     pub(super) webhook_backlog: Arc<std::sync::atomic::AtomicUsize>,
+    /// The other instances on the same database (see `leases`).
+    pub(super) instances: super::leases::Instances,
 }
 
 impl Shared {

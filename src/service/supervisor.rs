@@ -133,7 +133,13 @@ pub(crate) async fn run(
         targets: Arc::new(Mutex::new(Targets::default())),
         polls: Mutex::new(HashMap::new()),
         stall_limit: stall_limit(&config),
+        instances: super::leases::Instances::new(&config.instance_name),
     });
+    crate::metrics::global().set(
+        "modelmirror_instance",
+        &[("instance", &config.instance_name)],
+        1.0,
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let listeners = start_listeners(&shared, &config, &health, stop_rx).await?;
     let (found, mut found_rx) = mpsc::channel::<Found>(16);
@@ -152,6 +158,8 @@ pub(crate) async fn run(
         discovery: HashMap::new(),
         repos: HashMap::new(),
     };
+    // Known to the other instances on the database (and they to it) before the first polls.
+    let _ = super::leases::heartbeat(&sup.shared, &[]);
     sup.start_discovery(&config);
     sup.reconcile(&config);
     tracing::info!(
@@ -302,6 +310,23 @@ impl Supervisor {
     /// The supervisor's own tick: readiness, the watchdog (not while a poll is stuck), the status line.
     fn on_tick(&self) {
         self.health.tick();
+        // The heartbeat, and the polls of an instance that stopped beating taken over now.
+        let targets: Vec<(String, Arc<super::state::Nudge>)> = self
+            .shared
+            .targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .repos
+            .iter()
+            .map(|(id, (_, nudge))| (id.clone(), nudge.clone()))
+            .collect();
+        let ids: Vec<String> = targets.iter().map(|(id, _)| id.clone()).collect();
+        let taken_over = super::leases::heartbeat(&self.shared, &ids);
+        for (id, nudge) in &targets {
+            if taken_over.contains(id) {
+                nudge.nudge();
+            }
+        }
         // A stuck poll holds its repository (and a concurrency slot) for ever, and no thread can be stopped
         // from outside: let systemd restart the service instead of pretending all is well.
         let stuck = self.shared.stuck_polls();

@@ -31,6 +31,8 @@ pub(crate) struct RepoStatus {
     /// When the repository's provider is held back by rate limits, until when and why.
     pub(crate) held_until: Option<String>,
     pub(crate) held_reason: Option<String>,
+    /// The instance holding the repository's lease now (several instances on PostgreSQL).
+    pub(crate) instance: Option<String>,
     pub(crate) default_branch: Option<String>,
     pub(crate) commit: Option<String>,
     pub(crate) last_check_at: Option<String>,
@@ -146,9 +148,10 @@ impl Store {
                         (SELECT COUNT(*) FROM models m WHERE m.repo_id = r.id AND m.status = 'error'),
                         r.last_error, r.state, r.state_reason, r.provider_repo_id, r.web_url,
                         CASE WHEN p.held_until > ?1 THEN p.held_until END,
-                        CASE WHEN p.held_until > ?1 THEN p.held_reason END, r.last_success_at, r.origin
+                        CASE WHEN p.held_until > ?1 THEN p.held_reason END, r.last_success_at, r.origin,
+                        (SELECT l.lease_owner FROM leases l WHERE l.name = r.id AND l.lease_expires_at > ?2)
                  FROM repos r LEFT JOIN providers p ON p.name = r.provider ORDER BY r.id",
-            params![now_rfc3339()], |r| {
+            params![now_rfc3339(), super::now_rfc3339_millis()], |r| {
                 Ok(RepoStatus {
                     repo: r.get(0)?,
                     url: r.get(1)?,
@@ -159,6 +162,7 @@ impl Store {
                     web_url: r.get(12)?,
                     held_until: r.get(13)?,
                     held_reason: r.get(14)?,
+                    instance: r.get(17)?,
                     default_branch: r.get(2)?,
                     commit: r.get(3)?,
                     last_check_at: r.get(4)?,

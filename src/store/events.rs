@@ -12,6 +12,8 @@ use super::{Counts, Doing, Store, StoreError, now_rfc3339};
 /// A finished poll, for the `polls` table.
 pub(crate) struct PollRecord<'a> {
     pub(crate) repo_id: &'a str,
+    /// The instance that polled (`instance_name`).
+    pub(crate) instance: &'a str,
     pub(crate) trigger: &'a str,
     pub(crate) started_at: &'a str,
     pub(crate) duration: Duration,
@@ -96,8 +98,8 @@ impl Store {
         let id = conn
             .insert(
                 "INSERT INTO polls (repo_id, trigger, started_at, duration_ms, result, commits,
-                     models_added, models_modified, models_deleted, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                     models_added, models_modified, models_deleted, error, instance)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     p.repo_id,
                     p.trigger,
@@ -108,7 +110,8 @@ impl Store {
                     p.counts.added,
                     p.counts.modified,
                     p.counts.deleted,
-                    p.error
+                    p.error,
+                    p.instance
                 ],
             )
             .doing("recording the poll")?;

@@ -14,6 +14,7 @@
 mod catalog;
 mod db;
 mod events;
+mod leases;
 mod pg;
 mod repos;
 mod schema;
@@ -117,10 +118,6 @@ pub enum StoreError {
     #[error("database {db}: {problem}")]
     Url { db: String, problem: String },
     #[error(
-        "database {db}: another `modelmirror run` is using it. This version runs one service per PostgreSQL database (several instances sharing one, with leases, is not built yet): stop the other service, or give this one its own database"
-    )]
-    ServiceRunning { db: String },
-    #[error(
         "database {db}: PostgreSQL {found} is too old; modelmirror needs PostgreSQL 13 or newer (upgrade the server)"
     )]
     ServerTooOld { db: String, found: String },
@@ -178,11 +175,6 @@ pub struct Store {
     /// Opened to read only (`serve`, the web catalog's readers): a PostgreSQL connection made again after
     /// a server restart is read-only too.
     read_only: bool,
-}
-
-/// Held by a running service: the database's service lock (PostgreSQL), released when dropped.
-pub(crate) struct ServiceGuard {
-    _lock: pg::ServiceLock,
 }
 
 /// The writer connection's queue: tickets handed out, the one being served, and who waits (a poll
@@ -490,19 +482,6 @@ impl Store {
                 Ok(Conn::Sqlite(conn))
             }
             Database::Postgres(target) => pg::reconnect(target, true),
-        }
-    }
-
-    /// For the service: make sure it is the only one using the database, for as long as the returned guard
-    /// lives. PostgreSQL: a session advisory lock on a connection of its own (another host's service holds
-    /// it too). SQLite: nothing to hold (one host; its mirrors' locks keep two services from updating the
-    /// same mirror at once).
-    pub(crate) fn hold_service(&self) -> Result<Option<ServiceGuard>, StoreError> {
-        match &self.database {
-            Database::Sqlite(_) => Ok(None),
-            Database::Postgres(target) => Ok(Some(ServiceGuard {
-                _lock: pg::hold_service_lock(target)?,
-            })),
         }
     }
 

@@ -302,6 +302,22 @@ CREATE TRIGGER statuses_insert_generation AFTER INSERT ON statuses BEGIN UPDATE 
 CREATE TRIGGER statuses_update_generation AFTER UPDATE ON statuses BEGIN UPDATE catalog_generation SET n = n + 1; END;
 CREATE TRIGGER statuses_delete_generation AFTER DELETE ON statuses BEGIN UPDATE catalog_generation SET n = n + 1; END;
 "#,
+    r#"
+-- Several instances on one database (PostgreSQL): who holds each repository's (and each provider's
+-- discovery) lease, and each instance's heartbeat. A SQLite catalog has one instance and holds no lease;
+-- the tables are here so both engines have the same schema.
+CREATE TABLE leases (
+    name              TEXT PRIMARY KEY,        -- a repository id, or discovery/<provider>
+    lease_owner       TEXT NOT NULL,           -- instance_name
+    lease_expires_at  TEXT NOT NULL            -- RFC 3339, the database server's clock
+);
+CREATE TABLE instances (
+    name          TEXT PRIMARY KEY,
+    started_at    TEXT NOT NULL,
+    heartbeat_at  TEXT NOT NULL
+);
+ALTER TABLE polls ADD COLUMN instance TEXT;    -- which instance polled
+"#,
 ];
 
 /// The schema version this build writes.
@@ -351,7 +367,8 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
 /// is the SQLite schema as it stands at its migration 9: the same tables, columns (integers as `bigint`,
 /// timestamps as RFC 3339 text, as in SQLite) and views. Differences: the search table is a plain table with
 /// a generated `tsvector` column and a GIN index; the catalog's generation is bumped once per statement.
-const PG_MIGRATIONS: &[&str] = &[r#"
+const PG_MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE repos (
     id               TEXT PRIMARY KEY,
     provider         TEXT NOT NULL,
@@ -615,7 +632,25 @@ CREATE VIEW v_history AS
            c.committed_at AS time, c.message, v.blob, v.name AS model, v.entity_count AS entities,
            v.attribute_count AS attributes, v.error, v.id AS seq
     FROM model_versions v LEFT JOIN commits c ON c.repo_id = v.repo_id AND c.commit_id = v.commit_id;
-"#];
+"#,
+    r#"
+-- Several instances on one database: leases (a repository id, or discovery/<provider>), heartbeats, and
+-- which instance ran each poll. Times are RFC 3339 text of the server's clock (no two hosts' clocks mixed).
+CREATE FUNCTION modelmirror_time(t timestamptz) RETURNS TEXT LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$ SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') $$;
+CREATE TABLE leases (
+    name              TEXT PRIMARY KEY,
+    lease_owner       TEXT NOT NULL,
+    lease_expires_at  TEXT NOT NULL
+);
+CREATE TABLE instances (
+    name          TEXT PRIMARY KEY,
+    started_at    TEXT NOT NULL,
+    heartbeat_at  TEXT NOT NULL
+);
+ALTER TABLE polls ADD COLUMN instance TEXT;
+"#,
+];
 
 /// The PostgreSQL schema version this build writes.
 pub(crate) const PG_SCHEMA_VERSION: i64 = PG_MIGRATIONS.len() as i64;

@@ -62,14 +62,6 @@ impl PgDb {
         client(&self.url, &self.password)
     }
 
-    /// One number, or `None` while the query cannot run (no table yet, before the first migration).
-    pub fn try_count(&self, sql: &str) -> Option<i64> {
-        self.client()
-            .query_one(sql, &[])
-            .ok()
-            .map(|r| r.get::<_, i64>(0))
-    }
-
     /// One number.
     pub fn count(&self, sql: &str) -> i64 {
         self.client()

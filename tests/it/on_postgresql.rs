@@ -288,24 +288,6 @@ fn a_postgresql_restart_under_a_running_service() {
     restart(&dir);
     wait_for("the catalog after the restart", 60, || models() == 2);
     assert!(service.try_wait().unwrap().is_none(), "the service stopped");
-    // The one-service lock went with the old session; the service takes it again.
-    wait_for("the service lock taken again", 30, || {
-        let mut c = crate::pg::client(&url, &password);
-        c.query_one(
-            "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
-            &[],
-        )
-        .map(|r| r.get::<_, i64>(0) == 1)
-        .unwrap_or(false)
-    });
-    let second = env.run(&["run"]);
-    assert!(
-        second.code != 0
-            && second
-                .stderr
-                .contains("another `modelmirror run` is using it"),
-        "{second:?}"
-    );
 }
 
 /// Start the stopped server again with the options it was first started with (port, socket folder).
@@ -365,45 +347,145 @@ impl Drop for Stopper {
     }
 }
 
-/// One service per PostgreSQL database (leases between instances are not built yet): a second `run` on the
-/// same database stops at once and says why, and `sync` beside the service still works.
+/// Three instances on one database, sixty repositories over git smart HTTP: the work is shared, no
+/// repository is polled by two instances at once, no commit is recorded twice, every repository is current
+/// after a push; and with one instance killed (SIGKILL) after a push, the others bring its repositories
+/// current once its heartbeat is older than the lease period.
 #[test]
-fn a_second_service_on_the_same_postgresql_database_is_refused() {
+fn three_instances_share_sixty_repositories() {
     let env = Env::on(Engine::Postgres, Auth::None);
-    env.one_model_repo("t/r.git");
-    env.write_config(&format!(
-        "[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"t/r.git\"]\n",
-        env.server.url()
-    ));
-    let config = env.path().join("config.toml");
-    let _first = Running(
-        bin()
-            .args(["--config", &config.to_string_lossy(), "run"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("the first service's import", 30, || {
-        env.pg
-            .as_ref()
-            .unwrap()
-            .try_count("SELECT COUNT(*) FROM models")
-            == Some(1)
-    });
-    let mut second = bin()
-        .args(["--config", &config.to_string_lossy(), "run"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
+    let pg = env.pg.as_ref().unwrap();
+    let repos: Vec<String> = (0..60).map(|i| format!("t/r{i:02}.git")).collect();
+    let works: Vec<std::path::PathBuf> = repos.iter().map(|r| env.one_model_repo(r).1).collect();
+    let list = repos
+        .iter()
+        .map(|r| format!("{r:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let start = |name: &str| {
+        let config = env.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {:?}\ndatabase = {:?}\ndatabase_password_env = \"MODELMIRROR_TEST_PG_PASSWORD\"\n\
+                 instance_name = {name:?}\nlease_seconds = 10\nschedule = \"*/2 * * * * *\"\n\
+                 [providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [{list}]\n",
+                env.path().join(format!("state-{name}")),
+                pg.url,
+                env.server.url()
+            ),
+        )
         .unwrap();
-    let status = wait_with_deadline(&mut second, 30);
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success());
-    assert!(
-        stderr.contains("another `modelmirror run` is using it"),
-        "{stderr}"
+        Running(
+            bin()
+                .args(["--config", &config.to_string_lossy(), "run"])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(env.path().join(format!("{name}.log"))).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut instances: Vec<(String, Running)> = ["a", "b", "c"]
+        .iter()
+        .map(|n| (n.to_string(), start(n)))
+        .collect();
+    let current = |heads: &[String]| {
+        let mut c = pg.client();
+        let Ok(rows) = c.query("SELECT id, commit_id FROM repos", &[]) else {
+            return 0;
+        };
+        let at: std::collections::HashMap<String, Option<String>> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        repos
+            .iter()
+            .zip(heads)
+            .filter(|(r, h)| {
+                at.get(&format!("g/{}", r.trim_end_matches(".git")))
+                    .is_some_and(|c| c.as_deref() == Some(h.as_str()))
+            })
+            .count()
+    };
+    let heads = |works: &[std::path::PathBuf]| -> Vec<String> {
+        works
+            .iter()
+            .map(|w| git(w, &["rev-parse", "HEAD"]).trim().to_string())
+            .collect()
+    };
+    let first = heads(&works);
+    wait_for("every repository imported", 120, || current(&first) == 60);
+    // Once every instance has seen the others (a heartbeat each, then a supervisor tick), a push to every
+    // repository is shared out: each instance brings some current.
+    wait_for("three heartbeats", 30, || {
+        pg.count("SELECT COUNT(*) FROM instances") == 3
+    });
+    std::thread::sleep(std::time::Duration::from_secs(11));
+    let pushed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    for w in &works {
+        std::fs::write(w.join("m2.hck.json"), std::fs::read(small_model()).unwrap()).unwrap();
+        commit_all(w, "second model");
+    }
+    let second = heads(&works);
+    wait_for("every repository current after a push", 120, || {
+        current(&second) == 60
+    });
+    let by_instance: Vec<(String, i64)> = pg
+        .client()
+        .query(
+            "SELECT instance, COUNT(DISTINCT repo_id) FROM polls WHERE result = 'updated' AND started_at > $1
+             GROUP BY 1 ORDER BY 1",
+            &[&pushed_at],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(by_instance.len(), 3, "{by_instance:?}");
+    assert!(by_instance.iter().all(|(_, n)| *n >= 8), "{by_instance:?}");
+    // One instance killed, then a push: the other two take its repositories over.
+    let (_, mut b) = instances.remove(1);
+    signal(&b, 9);
+    let _ = b.wait();
+    for w in &works {
+        std::fs::remove_file(w.join("m2.hck.json")).unwrap();
+        commit_all(w, "one model again");
+    }
+    let third = heads(&works);
+    wait_for("every repository current without instance b", 120, || {
+        current(&third) == 60
+    });
+    // Never two instances on one repository at once; never a commit twice.
+    let polls: Vec<(String, String, String, i64)> = pg
+        .client()
+        .query(
+            "SELECT repo_id, instance, started_at, duration_ms FROM polls WHERE instance IS NOT NULL ORDER BY repo_id, started_at",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let ms = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .unwrap()
+            .timestamp_millis()
+    };
+    for pair in polls.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if a.0 == b.0 && a.1 != b.1 {
+            assert!(
+                ms(&a.2) + a.3 <= ms(&b.2),
+                "{} polled by {} and {} at once: {a:?} {b:?}",
+                a.0,
+                a.1,
+                b.1
+            );
+        }
+    }
+    let twice = pg.count(
+        "SELECT COUNT(*) FROM (SELECT repo_id, commit_id FROM sync_steps GROUP BY 1, 2 HAVING COUNT(*) > 1) t",
     );
-    env.run(&["sync"]).ok();
+    assert_eq!(twice, 0, "a commit was recorded twice");
+    let models = pg.count("SELECT COUNT(*) FROM models");
+    assert_eq!(models, 60);
+    drop(instances);
 }
