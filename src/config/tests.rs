@@ -444,13 +444,13 @@ fn instance_name_and_lease_seconds() {
     let c = load("").unwrap();
     assert!(!c.instance_name.is_empty() && !c.instance_name.contains(' '));
     assert_eq!(c.lease_seconds, 60);
-    let c = load("instance_name = \"mirror-2\"\nlease_seconds = 30\n").unwrap();
+    let c = load("instance_name = \"mirror-2\"\nlease_seconds = 45\n").unwrap();
     assert_eq!(
         (c.instance_name.as_str(), c.lease_seconds),
-        ("mirror-2", 30)
+        ("mirror-2", 45)
     );
     let err = load("instance_name = \"two words\"\n").unwrap_err();
     assert!(err.contains("without spaces"), "{err}");
-    let err = load("lease_seconds = 5\n").unwrap_err();
-    assert!(err.contains("lease_seconds must be 10 to 3600"), "{err}");
+    let err = load("lease_seconds = 20\n").unwrap_err();
+    assert!(err.contains("lease_seconds must be 30 to 3600"), "{err}");
 }

@@ -183,10 +183,10 @@ pub(super) fn validate(
         None => host_name(),
     };
     let lease_seconds = match m.lease_seconds.take() {
-        Some((n, f)) if !(10..=3600).contains(&n) => {
+        Some((n, f)) if !(30..=3600).contains(&n) => {
             return Err(invalid(
                 &f,
-                format!("lease_seconds must be 10 to 3600, not {n}"),
+                format!("lease_seconds must be 30 to 3600, not {n}"),
             ));
         }
         Some((n, _)) => n,
@@ -834,13 +834,10 @@ fn host_name() -> String {
         }
         _ => String::new(),
     };
-    match name.trim() {
-        n if !n.is_empty()
-            && n.len() <= 64
-            && !n.chars().any(|c| c.is_control() || c.is_whitespace()) =>
-        {
-            n.to_string()
-        }
+    // A longer name is cut to 64 characters (two hosts must not both fall back to one name).
+    let name: String = name.trim().chars().take(64).collect();
+    match name.as_str() {
+        n if !n.is_empty() && !n.chars().any(|c| c.is_control() || c.is_whitespace()) => name,
         _ => "modelmirror".to_string(),
     }
 }

@@ -208,13 +208,17 @@ pub(super) async fn discovery_loop(
         let limits = shared.budgets.get(provider);
         // One instance at a time discovers a provider (its leader lease); the others mirror what the
         // database lists, as the leader records it.
-        let lease = super::leases::take(&shared, &format!("discovery/{name}"), false).await;
+        let lease = super::leases::take(&shared, &format!("discovery:{name}"), false).await;
         let run = match lease {
             // Shutdown must not wait for a discovery (it may be waiting out a rate limit).
-            Some(_lease) => tokio::select! {
-                r = discover(&config, index, &shared.store, limits.clone()) => r,
-                _ = stop.changed() => return,
-            },
+            Some(lease) => {
+                let r = tokio::select! {
+                    r = discover(&config, index, &shared.store, limits.clone()) => r,
+                    _ = stop.changed() => return,
+                };
+                lease.release().await;
+                r
+            }
             None => Ok(Discovered {
                 repos: Vec::new(),
                 errors: Vec::new(),
@@ -227,13 +231,16 @@ pub(super) async fn discovery_loop(
                 }
                 // The database knows the full set (a partial run removed nothing): mirror what it lists.
                 let repos = match discovered_repos(&shared.reader, provider) {
-                    Ok(known) => known,
+                    Ok(known) => Some(known),
                     Err(e) => {
                         tracing::error!(provider = %name, "cannot read discovered repositories: {e}");
-                        d.repos
+                        // Another instance discovers (this one found nothing itself): keep what runs.
+                        (!d.repos.is_empty()).then_some(d.repos)
                     }
                 };
-                if found.send((name.clone(), repos)).await.is_err() {
+                if let Some(repos) = repos
+                    && found.send((name.clone(), repos)).await.is_err()
+                {
                     return;
                 }
             }

@@ -1,31 +1,35 @@
-//! Several instances on one PostgreSQL database. Each instance beats a heartbeat on the supervisor's tick
-//! and keeps the list of live ones. A repository is polled by the live instance it prefers (rendezvous
-//! hashing: the highest hash of repository and instance name), so each of N instances polls about 1/N of
-//! the repositories, the same ones from poll to poll (its mirrors stay warm), and when an instance dies only
-//! its repositories move, spread over the others. Before polling, an instance takes the repository's lease
-//! (a row with owner and expiry, see `store::leases`); it renews the lease while the poll runs and gives it
-//! back after. A webhook nudge is polled by the instance that received it, if no other instance holds the
-//! lease. With SQLite there is one instance: every lease is granted without a write.
+//! Several instances on one PostgreSQL database. Each instance beats a heartbeat every tick, on a task of
+//! its own, and keeps the list of live ones. A repository is polled by the live instance it prefers
+//! (rendezvous hashing: the highest hash of repository and instance name), so each of N instances polls
+//! about 1/N of the repositories, the same ones from poll to poll (its mirrors stay warm), and when an
+//! instance dies only its repositories move, spread over the others. Before polling, an instance takes the
+//! repository's lease (a row with owner, process token and expiry, see `store::leases`); it renews the lease
+//! while the poll runs and gives it back after. A webhook nudge is polled by the instance that received it,
+//! if no other instance holds the lease. With SQLite there is one instance: every lease is granted without
+//! a write.
 
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::state::Shared;
-use crate::store::Store;
+use super::state::{Nudge, Shared};
+use crate::store::{Holder, Store};
 
 /// This instance's view of the others.
 pub(crate) struct Instances {
     /// When this process started (its `instances` row).
     started_at: String,
+    /// This process, in its leases: two processes never share a token, even under one `instance_name`.
+    token: String,
     /// The live instances' names, sorted, as of the last heartbeat (this one alone before the first).
     live: Mutex<Vec<String>>,
 }
 
 impl Instances {
     pub(crate) fn new(me: &str) -> Instances {
+        let started_at = crate::store::now_rfc3339_millis();
         Instances {
-            started_at: crate::store::now_rfc3339_millis(),
+            token: format!("{}-{started_at}", std::process::id()),
+            started_at,
             live: Mutex::new(vec![me.to_string()]),
         }
     }
@@ -35,32 +39,46 @@ impl Instances {
     }
 }
 
+/// FNV-1a, 64 bits, then MurmurHash3's finaliser (FNV alone mixes the last bytes poorly): a hash every
+/// build agrees on (instances built apart must prefer alike).
+fn fnv(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
 /// The live instance that should poll `key`: the highest hash of (key, instance).
 pub(crate) fn preferred<'a>(key: &str, live: &'a [String]) -> Option<&'a str> {
     live.iter()
-        .max_by_key(|name| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (key, name.as_str()).hash(&mut h);
-            h.finish()
-        })
+        .max_by_key(|name| fnv(&[key, name]))
         .map(String::as_str)
 }
 
-/// Beat the heartbeat and refresh the live instances; the repositories (among `repos`) this instance now
-/// prefers and did not before, for an instance that stopped beating: their polls start now.
-pub(super) fn heartbeat(shared: &Shared, repos: &[String]) -> Vec<String> {
+/// Beat the heartbeat; refresh the live instances; return the repositories (among `repos`) this instance
+/// prefers now and did not before (an instance stopped beating: their polls start at once).
+pub(super) fn heartbeat(
+    shared: &Shared,
+    repos: &[String],
+) -> Result<Vec<String>, crate::store::StoreError> {
     let config = shared.config();
     let me = config.instance_name.as_str();
-    let now = match shared
-        .store
-        .heartbeat(me, &shared.instances.started_at, config.lease_seconds)
-    {
-        Ok(live) => live,
-        Err(e) => {
-            tracing::warn!("cannot record this instance's heartbeat: {e}");
-            return Vec::new();
-        }
+    let holder = Holder {
+        name: me,
+        token: &shared.instances.token,
     };
+    let now =
+        shared
+            .store
+            .heartbeat(&holder, &shared.instances.started_at, config.lease_seconds)?;
     let before = std::mem::replace(
         &mut *shared
             .instances
@@ -70,47 +88,145 @@ pub(super) fn heartbeat(shared: &Shared, repos: &[String]) -> Vec<String> {
         now.clone(),
     );
     if before == now {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     tracing::info!(instances = ?now, "the live instances changed");
-    repos
+    Ok(repos
         .iter()
         .filter(|r| preferred(r, &now) == Some(me) && preferred(r, &before) != Some(me))
         .cloned()
-        .collect()
+        .collect())
 }
 
-/// A lease held by this instance: renewed in the background, given back when dropped.
+/// Beat the heartbeat every `every` until shutdown, on blocking threads (a slow database never holds the
+/// supervisor up), and start the polls of repositories taken over from an instance that stopped beating.
+pub(super) async fn heartbeat_loop(shared: Arc<Shared>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if shared.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let targets: Vec<(String, Arc<Nudge>)> = shared
+            .targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .repos
+            .iter()
+            .map(|(id, (_, nudge))| (id.clone(), nudge.clone()))
+            .collect();
+        let ids: Vec<String> = targets.iter().map(|(id, _)| id.clone()).collect();
+        let beat = shared.clone();
+        let taken_over = match tokio::task::spawn_blocking(move || heartbeat(&beat, &ids)).await {
+            Ok(Ok(taken)) => taken,
+            Ok(Err(e)) => {
+                tracing::error!("cannot record this instance's heartbeat: {e}");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        for (id, nudge) in &targets {
+            if taken_over.contains(id) {
+                nudge.nudge();
+            }
+        }
+    }
+}
+
+/// A lease held by this process: renewed in the background; given back by [`Lease::release`] (awaited, so
+/// the next claim of the same name cannot be undone by it), or when dropped.
 pub(super) struct Lease {
     store: Arc<Store>,
     name: String,
     owner: String,
-    renewing: tokio::task::JoinHandle<()>,
+    token: String,
+    renewing: Option<tokio::task::JoinHandle<()>>,
+    released: bool,
+}
+
+impl Lease {
+    /// Stop renewing and give the lease back, before the caller goes on.
+    pub(super) async fn release(mut self) {
+        if let Some(r) = self.renewing.take() {
+            r.abort();
+        }
+        self.released = true;
+        let (store, name, owner, token) = self.parts();
+        let _ = tokio::task::spawn_blocking(move || give_back(&store, &name, &owner, &token)).await;
+    }
+
+    fn parts(&self) -> (Arc<Store>, String, String, String) {
+        (
+            self.store.clone(),
+            self.name.clone(),
+            self.owner.clone(),
+            self.token.clone(),
+        )
+    }
+}
+
+fn give_back(store: &Store, name: &str, owner: &str, token: &str) {
+    if let Err(e) = store.release(name, &Holder { name: owner, token }) {
+        tracing::warn!("cannot give the lease on {name} back (it expires by itself): {e}");
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.renewing.abort();
-        let (store, name, owner) = (self.store.clone(), self.name.clone(), self.owner.clone());
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.release(&name, &owner) {
-                tracing::warn!("cannot give the lease on {name} back (it expires by itself): {e}");
-            }
-        });
+        if let Some(r) = self.renewing.take() {
+            r.abort();
+        }
+        if self.released {
+            return;
+        }
+        // Dropped without `release` (a poll stopped by shutdown or a reload): given back in the background
+        // if a runtime is still there (only this process's own lease row can go: the token), else it
+        // expires by itself.
+        let (store, name, owner, token) = self.parts();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn_blocking(move || give_back(&store, &name, &owner, &token));
+        }
     }
 }
 
-/// Take the lease `name` for this instance: `None` when another instance should poll it (`any`: this one
+/// Take the lease `name` for this process: `None` when another instance should poll it (`any`: this one
 /// may, for a webhook it received) or holds it now.
 pub(super) async fn take(shared: &Arc<Shared>, name: &str, any: bool) -> Option<Lease> {
     let config = shared.config();
     let me = config.instance_name.clone();
+    let token = shared.instances.token.clone();
+    let lease = |renewing| Lease {
+        store: shared.store.clone(),
+        name: name.to_string(),
+        owner: me.clone(),
+        token: token.clone(),
+        renewing,
+        released: false,
+    };
+    // SQLite: one instance, nothing to take.
+    if shared.store.database().sqlite_path().is_some() {
+        return Some(lease(None));
+    }
     if !any && preferred(name, &shared.instances.live()) != Some(me.as_str()) {
         return None;
     }
     let secs = config.lease_seconds;
-    let (store, key, owner) = (shared.store.clone(), name.to_string(), me.clone());
-    let claimed = tokio::task::spawn_blocking(move || store.claim(&key, &owner, secs)).await;
+    let (store, key, owner, tok) = (
+        shared.store.clone(),
+        name.to_string(),
+        me.clone(),
+        token.clone(),
+    );
+    let claimed = tokio::task::spawn_blocking(move || {
+        store.claim(
+            &key,
+            &Holder {
+                name: &owner,
+                token: &tok,
+            },
+            secs,
+        )
+    })
+    .await;
     match claimed {
         Ok(Ok(true)) => {}
         Ok(Ok(false)) => return None,
@@ -120,30 +236,42 @@ pub(super) async fn take(shared: &Arc<Shared>, name: &str, any: bool) -> Option<
         }
         Err(_) => return None,
     }
-    let (store, key, owner) = (shared.store.clone(), name.to_string(), me.clone());
+    let (store, key, owner, tok) = (
+        shared.store.clone(),
+        name.to_string(),
+        me.clone(),
+        token.clone(),
+    );
     let renewing = tokio::spawn(async move {
         let every = Duration::from_secs(secs / 3).max(Duration::from_secs(1));
         loop {
             tokio::time::sleep(every).await;
-            let (s, k, o) = (store.clone(), key.clone(), owner.clone());
-            match tokio::task::spawn_blocking(move || s.claim(&k, &o, secs)).await {
+            let (s, k, o, t) = (store.clone(), key.clone(), owner.clone(), tok.clone());
+            let renewed = tokio::task::spawn_blocking(move || {
+                s.renew(
+                    &k,
+                    &Holder {
+                        name: &o,
+                        token: &t,
+                    },
+                    secs,
+                )
+            })
+            .await;
+            match renewed {
                 Ok(Ok(true)) => {}
                 Ok(Ok(false)) => {
                     tracing::error!(
-                        "the lease on {key} was lost to another instance while this one works on it"
+                        "the lease on {key} was lost while this instance works on it (held past lease_seconds without a renewal); another instance may take it over"
                     );
+                    return;
                 }
                 Ok(Err(e)) => tracing::warn!("cannot renew the lease on {key}: {e}"),
                 Err(_) => return,
             }
         }
     });
-    Some(Lease {
-        store: shared.store.clone(),
-        name: name.to_string(),
-        owner: me,
-        renewing,
-    })
+    Some(lease(Some(renewing)))
 }
 
 #[cfg(test)]
@@ -151,9 +279,11 @@ mod tests {
     use super::*;
 
     /// Each of three instances prefers about a third of 600 repositories; when one goes, only its
-    /// repositories move.
+    /// repositories move; the hash is the same in every build.
     #[test]
     fn preference_spreads_repositories_and_moves_only_a_lost_instances() {
+        assert_eq!(fnv(&[""]), 0xb9034ad37056f5fb);
+        assert_eq!(fnv(&["p/group/repo1", "a"]), 0x85c0115977d53901);
         let live: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
         let repos: Vec<String> = (0..600).map(|i| format!("p/group/repo{i}")).collect();
         let owner = |r: &str, live: &[String]| preferred(r, live).unwrap().to_string();

@@ -167,7 +167,7 @@ impl RepoLoop {
             _ = self.stop.changed() => return None,
         };
         // Another instance on the same database polls it (or is polling it now): nothing to do here.
-        let Some(_lease) =
+        let Some(lease) =
             super::leases::take(&self.shared, &self.repo.id, trigger == Trigger::Webhook).await
         else {
             return Some((0, None));
@@ -208,6 +208,7 @@ impl RepoLoop {
         })
         .await;
         shared.watch_poll(&self.repo.id, None);
+        lease.release().await;
         if watch.reported.load(Ordering::Relaxed) {
             tracing::warn!(repo = %self.repo.id, "the poll reported stuck has ended after all");
         }

@@ -158,8 +158,14 @@ pub(crate) async fn run(
         discovery: HashMap::new(),
         repos: HashMap::new(),
     };
-    // Known to the other instances on the database (and they to it) before the first polls.
-    let _ = super::leases::heartbeat(&sup.shared, &[]);
+    // Known to the other instances on the database (and they to it) before the first polls; refused when
+    // another live process already runs under this instance_name.
+    let first = sup.shared.clone();
+    tokio::task::spawn_blocking(move || super::leases::heartbeat(&first, &[]))
+        .await
+        .map_err(|e| ServiceError::Store(crate::store::StoreError::Query(e.to_string())))?
+        .map_err(ServiceError::Store)?;
+    tokio::spawn(super::leases::heartbeat_loop(sup.shared.clone(), TICK));
     sup.start_discovery(&config);
     sup.reconcile(&config);
     tracing::info!(
@@ -310,23 +316,6 @@ impl Supervisor {
     /// The supervisor's own tick: readiness, the watchdog (not while a poll is stuck), the status line.
     fn on_tick(&self) {
         self.health.tick();
-        // The heartbeat, and the polls of an instance that stopped beating taken over now.
-        let targets: Vec<(String, Arc<super::state::Nudge>)> = self
-            .shared
-            .targets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .repos
-            .iter()
-            .map(|(id, (_, nudge))| (id.clone(), nudge.clone()))
-            .collect();
-        let ids: Vec<String> = targets.iter().map(|(id, _)| id.clone()).collect();
-        let taken_over = super::leases::heartbeat(&self.shared, &ids);
-        for (id, nudge) in &targets {
-            if taken_over.contains(id) {
-                nudge.nudge();
-            }
-        }
         // A stuck poll holds its repository (and a concurrency slot) for ever, and no thread can be stopped
         // from outside: let systemd restart the service instead of pretending all is well.
         let stuck = self.shared.stuck_polls();

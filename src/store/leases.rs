@@ -1,13 +1,16 @@
 //! Several instances on one PostgreSQL database: heartbeats, and leases on repositories and on each
-//! provider's discovery. A lease is a row (`name`, `lease_owner`, `lease_expires_at`) taken with one
-//! conditional upsert: it is free, expired, or already this instance's. Times are the database server's, so
-//! hosts whose clocks differ agree. A SQLite catalog has one instance: every lease is granted at once and
-//! nothing is written.
+//! provider's discovery. A lease is a row (`name`, `lease_owner`, `lease_token`, `lease_expires_at`) taken
+//! with one conditional upsert: it is free, expired, or already this process's (its token: two processes
+//! never share one, even under one `instance_name`). Renewing and giving back touch only the row this
+//! process holds. Times are the database server's, so hosts whose clocks differ agree. These statements use
+//! a connection of their own, never waiting behind the writer's long commits (a heartbeat queued there
+//! would make a busy instance look dead). A SQLite catalog has one instance: every lease is granted at once
+//! and nothing is written or locked.
 
 use serde::Serialize;
 
-use super::db::{Engine, params};
-use super::{Doing, Store, StoreError};
+use super::db::params;
+use super::{Database, Doing, Store, StoreError, pg};
 
 /// An instance as `status` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -21,100 +24,152 @@ pub(crate) struct InstanceRow {
     pub(crate) leases: i64,
 }
 
+/// Who holds a lease: the instance's name and this process's token.
+pub(crate) struct Holder<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) token: &'a str,
+}
+
 impl Store {
-    /// Note this instance's heartbeat (`started_at` for its first), and return the live instances' names
-    /// (heartbeat within `lease_secs`), sorted. SQLite: this instance alone.
+    /// Run `f` on the leases' own connection (made again when lost). `None` for SQLite.
+    fn on_lease_conn<T>(
+        &self,
+        f: impl FnOnce(&mut super::Conn) -> Result<T, StoreError>,
+    ) -> Option<Result<T, StoreError>> {
+        let Database::Postgres(target) = &self.database else {
+            return None;
+        };
+        let mut slot = self.lease_conn.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_none_or(super::Conn::is_closed) {
+            match pg::reconnect(target, false) {
+                Ok(c) => *slot = Some(c),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        let conn = slot.as_mut()?;
+        Some(f(conn))
+    }
+
+    /// Note this process's heartbeat, and return the live instances' names (heartbeat within
+    /// `lease_secs`), sorted. Refused when another live process beats under the same name. SQLite: this
+    /// instance alone.
     pub(crate) fn heartbeat(
         &self,
-        name: &str,
+        me: &Holder<'_>,
         started_at: &str,
         lease_secs: u64,
     ) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.lock();
-        if conn.engine() == Engine::Sqlite {
-            return Ok(vec![name.to_string()]);
-        }
-        conn.execute(
-            "INSERT INTO instances (name, started_at, heartbeat_at) VALUES (?1, ?2, modelmirror_time(now()))
-             ON CONFLICT (name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
-                 started_at = excluded.started_at",
-            params![name, started_at],
-        )
-        .doing("recording the heartbeat")?;
-        conn.query(
-            "SELECT name FROM instances
-             WHERE heartbeat_at > modelmirror_time(now() - make_interval(secs => ?1)) ORDER BY name",
-            params![lease_secs],
-            |r| r.get(0),
-        )
-        .doing("reading the live instances")
+        let result = self.on_lease_conn(|conn| {
+            let taken = conn
+                .query_opt(
+                    "INSERT INTO instances (name, token, started_at, heartbeat_at)
+                     VALUES (?1, ?2, ?3, modelmirror_time(now()))
+                     ON CONFLICT (name) DO UPDATE SET token = excluded.token, started_at = excluded.started_at,
+                         heartbeat_at = excluded.heartbeat_at
+                     WHERE instances.token = excluded.token
+                        OR instances.heartbeat_at < modelmirror_time(now() - make_interval(secs => ?4))
+                     RETURNING name",
+                    params![me.name, me.token, started_at, lease_secs],
+                    |r| r.get::<String>(0),
+                )
+                .doing("recording the heartbeat")?;
+            if taken.is_none() {
+                return Err(StoreError::Query(format!(
+                    "another modelmirror process runs as instance_name {:?} on this database: give each instance its own instance_name",
+                    me.name
+                )));
+            }
+            conn.query(
+                "SELECT name FROM instances
+                 WHERE heartbeat_at > modelmirror_time(now() - make_interval(secs => ?1)) ORDER BY name",
+                params![lease_secs],
+                |r| r.get(0),
+            )
+            .doing("reading the live instances")
+        });
+        result.unwrap_or_else(|| Ok(vec![me.name.to_string()]))
     }
 
-    /// Take (or extend) the lease `name` for `owner` for `lease_secs`; false when another instance holds it.
-    /// SQLite: always granted.
+    /// Take the lease `name` for `lease_secs`; false when another process holds it. SQLite: granted.
     pub(crate) fn claim(
         &self,
         name: &str,
-        owner: &str,
+        me: &Holder<'_>,
         lease_secs: u64,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.lock();
-        if conn.engine() == Engine::Sqlite {
-            return Ok(true);
-        }
-        let got = conn
-            .query_opt(
-                "INSERT INTO leases (name, lease_owner, lease_expires_at)
-                 VALUES (?1, ?2, modelmirror_time(now() + make_interval(secs => ?3)))
+        let result = self.on_lease_conn(|conn| {
+            conn.query_opt(
+                "INSERT INTO leases (name, lease_owner, lease_token, lease_expires_at)
+                 VALUES (?1, ?2, ?3, modelmirror_time(now() + make_interval(secs => ?4)))
                  ON CONFLICT (name) DO UPDATE SET lease_owner = excluded.lease_owner,
-                     lease_expires_at = excluded.lease_expires_at
-                 WHERE leases.lease_owner = excluded.lease_owner
+                     lease_token = excluded.lease_token, lease_expires_at = excluded.lease_expires_at
+                 WHERE leases.lease_token = excluded.lease_token
                     OR leases.lease_expires_at < modelmirror_time(now())
                  RETURNING lease_owner",
-                params![name, owner, lease_secs],
+                params![name, me.name, me.token, lease_secs],
                 |r| r.get::<String>(0),
             )
-            .doing("taking a lease")?;
-        Ok(got.is_some())
+            .doing("taking a lease")
+            .map(|got| got.is_some())
+        });
+        result.unwrap_or(Ok(true))
     }
 
-    /// Give the lease `name` back, if `owner` holds it.
-    pub(crate) fn release(&self, name: &str, owner: &str) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        if conn.engine() == Engine::Sqlite {
-            return Ok(());
-        }
-        conn.execute(
-            "DELETE FROM leases WHERE name = ?1 AND lease_owner = ?2",
-            params![name, owner],
-        )
-        .doing("giving a lease back")?;
-        Ok(())
+    /// Extend the lease `name` this process holds; false when it no longer holds it (expired and taken, or
+    /// given back). SQLite: true.
+    pub(crate) fn renew(
+        &self,
+        name: &str,
+        me: &Holder<'_>,
+        lease_secs: u64,
+    ) -> Result<bool, StoreError> {
+        let result = self.on_lease_conn(|conn| {
+            conn.execute(
+                "UPDATE leases SET lease_expires_at = modelmirror_time(now() + make_interval(secs => ?3))
+                 WHERE name = ?1 AND lease_token = ?2",
+                params![name, me.token, lease_secs],
+            )
+            .doing("renewing a lease")
+            .map(|n| n == 1)
+        });
+        result.unwrap_or(Ok(true))
     }
 
-    /// Every instance that ever ran on this database, with its heartbeat and the leases it holds.
+    /// Give the lease `name` back, if this process holds it.
+    pub(crate) fn release(&self, name: &str, me: &Holder<'_>) -> Result<(), StoreError> {
+        let result = self.on_lease_conn(|conn| {
+            conn.execute(
+                "DELETE FROM leases WHERE name = ?1 AND lease_token = ?2",
+                params![name, me.token],
+            )
+            .doing("giving a lease back")
+            .map(drop)
+        });
+        result.unwrap_or(Ok(()))
+    }
+
+    /// Every instance that ran on this database, with its heartbeat and the repository leases it holds.
     pub(crate) fn instances(&self, lease_secs: u64) -> Result<Vec<InstanceRow>, StoreError> {
-        let mut conn = self.lock();
-        if conn.engine() == Engine::Sqlite {
-            return Ok(Vec::new());
-        }
-        conn.query(
-            "SELECT i.name, i.started_at, i.heartbeat_at,
-                    i.heartbeat_at > modelmirror_time(now() - make_interval(secs => ?1)),
-                    (SELECT COUNT(*) FROM leases l WHERE l.lease_owner = i.name
-                         AND l.lease_expires_at > modelmirror_time(now()) AND l.name NOT LIKE 'discovery/%')
-             FROM instances i ORDER BY i.name",
-            params![lease_secs],
-            |r| {
-                Ok(InstanceRow {
-                    name: r.get(0)?,
-                    started_at: r.get(1)?,
-                    heartbeat_at: r.get(2)?,
-                    live: r.get(3)?,
-                    leases: r.get(4)?,
-                })
-            },
-        )
-        .doing("reading the instances")
+        let result = self.on_lease_conn(|conn| {
+            conn.query(
+                "SELECT i.name, i.started_at, i.heartbeat_at,
+                        i.heartbeat_at > modelmirror_time(now() - make_interval(secs => ?1)),
+                        (SELECT COUNT(*) FROM leases l WHERE l.lease_token = i.token
+                             AND l.lease_expires_at > modelmirror_time(now()) AND l.name NOT LIKE 'discovery:%')
+                 FROM instances i ORDER BY i.name",
+                params![lease_secs],
+                |r| {
+                    Ok(InstanceRow {
+                        name: r.get(0)?,
+                        started_at: r.get(1)?,
+                        heartbeat_at: r.get(2)?,
+                        live: r.get(3)?,
+                        leases: r.get(4)?,
+                    })
+                },
+            )
+            .doing("reading the instances")
+        });
+        result.unwrap_or(Ok(Vec::new()))
     }
 }

@@ -31,6 +31,7 @@ pub use catalog::{SearchHit, VersionRow, fts_query};
 pub(crate) use db::Conn;
 pub use db::DbError;
 pub(crate) use events::{DeliveryRecord, EventRow, PollRecord, StatusRecord};
+pub(crate) use leases::Holder;
 pub use pg::PgTarget;
 pub(crate) use pg::is_url as is_database_url;
 pub(crate) use repos::{Discovery, FoundRepo, RepoKeyRow, RepoState};
@@ -175,6 +176,8 @@ pub struct Store {
     /// Opened to read only (`serve`, the web catalog's readers): a PostgreSQL connection made again after
     /// a server restart is read-only too.
     read_only: bool,
+    /// PostgreSQL: the connection heartbeats and leases use (see `leases`), made when first needed.
+    lease_conn: Mutex<Option<Conn>>,
 }
 
 /// The writer connection's queue: tickets handed out, the one being served, and who waits (a poll
@@ -351,6 +354,7 @@ impl Store {
             turn_ended: std::sync::Condvar::new(),
             retention_days: std::sync::atomic::AtomicU32::new(DEFAULT_RETENTION_DAYS),
             read_only,
+            lease_conn: Mutex::new(None),
         }
     }
 

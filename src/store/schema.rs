@@ -307,12 +307,14 @@ CREATE TRIGGER statuses_delete_generation AFTER DELETE ON statuses BEGIN UPDATE 
 -- discovery) lease, and each instance's heartbeat. A SQLite catalog has one instance and holds no lease;
 -- the tables are here so both engines have the same schema.
 CREATE TABLE leases (
-    name              TEXT PRIMARY KEY,        -- a repository id, or discovery/<provider>
+    name              TEXT PRIMARY KEY,        -- a repository id, or discovery:<provider>
     lease_owner       TEXT NOT NULL,           -- instance_name
+    lease_token       TEXT NOT NULL,           -- the owning process (two processes never share one)
     lease_expires_at  TEXT NOT NULL            -- RFC 3339, the database server's clock
 );
 CREATE TABLE instances (
     name          TEXT PRIMARY KEY,
+    token         TEXT NOT NULL,               -- the process that beats under this name
     started_at    TEXT NOT NULL,
     heartbeat_at  TEXT NOT NULL
 );
@@ -641,10 +643,12 @@ CREATE FUNCTION modelmirror_time(t timestamptz) RETURNS TEXT LANGUAGE sql IMMUTA
 CREATE TABLE leases (
     name              TEXT PRIMARY KEY,
     lease_owner       TEXT NOT NULL,
+    lease_token       TEXT NOT NULL,
     lease_expires_at  TEXT NOT NULL
 );
 CREATE TABLE instances (
     name          TEXT PRIMARY KEY,
+    token         TEXT NOT NULL,
     started_at    TEXT NOT NULL,
     heartbeat_at  TEXT NOT NULL
 );

@@ -368,7 +368,7 @@ fn three_instances_share_sixty_repositories() {
             &config,
             format!(
                 "state_dir = {:?}\ndatabase = {:?}\ndatabase_password_env = \"MODELMIRROR_TEST_PG_PASSWORD\"\n\
-                 instance_name = {name:?}\nlease_seconds = 10\nschedule = \"*/2 * * * * *\"\n\
+                 instance_name = {name:?}\nlease_seconds = 30\nschedule = \"*/2 * * * * *\"\n\
                  [providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [{list}]\n",
                 env.path().join(format!("state-{name}")),
                 pg.url,
