@@ -132,6 +132,52 @@ pub(super) async fn heartbeat_loop(shared: Arc<Shared>, every: Duration) {
     }
 }
 
+/// Pass a webhook's nudge for `repo_id` on to the live instance that prefers it, when that is another one;
+/// its name, once passed on (`None`: poll it here).
+pub(super) fn pass_on(shared: &Shared, repo_id: &str) -> Option<String> {
+    let config = shared.config();
+    let live = shared.instances.live();
+    let other = preferred(repo_id, &live).filter(|p| *p != config.instance_name)?;
+    match shared.store.notify_nudge(repo_id) {
+        Ok(true) => Some(other.to_string()),
+        Ok(false) => None,
+        Err(e) => {
+            tracing::warn!(
+                "cannot pass the nudge for {repo_id} on to instance {other} (polling it here): {e}"
+            );
+            None
+        }
+    }
+}
+
+/// Hear the nudges other instances pass on, and poll those this instance prefers, until shutdown: on a
+/// thread of its own (PostgreSQL `LISTEN`; nothing with SQLite).
+pub(super) fn start_listening(shared: &Arc<Shared>) {
+    if shared.store.database().sqlite_path().is_some() {
+        return;
+    }
+    let shared = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("nudges".into())
+        .spawn(move || {
+            let stop = shared.cancel.clone();
+            shared.store.listen_nudges(&stop, |repo_id| {
+                let me = shared.config().instance_name.clone();
+                if preferred(repo_id, &shared.instances.live()) != Some(me.as_str()) {
+                    return;
+                }
+                let targets = shared.targets.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((_, nudge)) = targets.repos.get(repo_id) {
+                    tracing::info!(repo = %repo_id, "a webhook received by another instance: polling");
+                    nudge.nudge();
+                }
+            });
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start listening for nudges from other instances: {e}");
+    }
+}
+
 /// A lease held by this process: renewed in the background; given back by [`Lease::release`] (awaited, so
 /// the next claim of the same name cannot be undone by it), or when dropped.
 pub(super) struct Lease {
@@ -188,9 +234,26 @@ impl Drop for Lease {
     }
 }
 
+/// Why a lease was not taken.
+pub(super) enum NotTaken {
+    /// Another live instance polls it.
+    NotMine,
+    /// Another instance holds it now (polling it, or dead and its lease not yet expired).
+    Held,
+}
+
 /// Take the lease `name` for this process: `None` when another instance should poll it (`any`: this one
 /// may, for a webhook it received) or holds it now.
 pub(super) async fn take(shared: &Arc<Shared>, name: &str, any: bool) -> Option<Lease> {
+    take_or_say(shared, name, any).await.ok()
+}
+
+/// [`take`], saying why not.
+pub(super) async fn take_or_say(
+    shared: &Arc<Shared>,
+    name: &str,
+    any: bool,
+) -> Result<Lease, NotTaken> {
     let config = shared.config();
     let me = config.instance_name.clone();
     let token = shared.instances.token.clone();
@@ -204,10 +267,10 @@ pub(super) async fn take(shared: &Arc<Shared>, name: &str, any: bool) -> Option<
     };
     // SQLite: one instance, nothing to take.
     if shared.store.database().sqlite_path().is_some() {
-        return Some(lease(None));
+        return Ok(lease(None));
     }
     if !any && preferred(name, &shared.instances.live()) != Some(me.as_str()) {
-        return None;
+        return Err(NotTaken::NotMine);
     }
     let secs = config.lease_seconds;
     let (store, key, owner, tok) = (
@@ -229,12 +292,12 @@ pub(super) async fn take(shared: &Arc<Shared>, name: &str, any: bool) -> Option<
     .await;
     match claimed {
         Ok(Ok(true)) => {}
-        Ok(Ok(false)) => return None,
+        Ok(Ok(false)) => return Err(NotTaken::Held),
         Ok(Err(e)) => {
             tracing::warn!("cannot take the lease on {name}: {e}");
-            return None;
+            return Err(NotTaken::Held);
         }
-        Err(_) => return None,
+        Err(_) => return Err(NotTaken::Held),
     }
     let (store, key, owner, tok) = (
         shared.store.clone(),
@@ -271,7 +334,7 @@ pub(super) async fn take(shared: &Arc<Shared>, name: &str, any: bool) -> Option<
             }
         }
     });
-    Some(lease(Some(renewing)))
+    Ok(lease(Some(renewing)))
 }
 
 #[cfg(test)]

@@ -166,11 +166,26 @@ impl RepoLoop {
             g = repo_lock.lock_owned() => g,
             _ = self.stop.changed() => return None,
         };
-        // Another instance on the same database polls it (or is polling it now): nothing to do here.
-        let Some(lease) =
-            super::leases::take(&self.shared, &self.repo.id, trigger == Trigger::Webhook).await
-        else {
-            return Some((0, None));
+        // Another instance on the same database polls it: nothing to do here. Held by another now (its poll
+        // runs, or it died and its lease has not expired yet): try again in a third of the lease period, so
+        // a repository taken over from a dead instance is not left until its next firing.
+        let lease = match super::leases::take_or_say(
+            &self.shared,
+            &self.repo.id,
+            trigger == Trigger::Webhook,
+        )
+        .await
+        {
+            Ok(lease) => lease,
+            Err(super::leases::NotTaken::NotMine) => return Some((0, None)),
+            Err(super::leases::NotTaken::Held) => {
+                let (nudge, secs) = (self.nudge.clone(), shared.config().lease_seconds);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(secs / 3)).await;
+                    nudge.nudge();
+                });
+                return Some((0, None));
+            }
         };
         let mut stop = self.stop.clone();
         let known = tokio::select! {

@@ -166,6 +166,7 @@ pub(crate) async fn run(
         .map_err(|e| ServiceError::Store(crate::store::StoreError::Query(e.to_string())))?
         .map_err(ServiceError::Store)?;
     tokio::spawn(super::leases::heartbeat_loop(sup.shared.clone(), TICK));
+    super::leases::start_listening(&sup.shared);
     sup.start_discovery(&config);
     sup.reconcile(&config);
     tracing::info!(
@@ -217,12 +218,16 @@ async fn start_listeners(
     };
     let mut listeners = JoinSet::new();
     if let Some(l) = hooks {
+        let passing = shared.clone();
+        let pass_on: webhook::PassOn =
+            Arc::new(move |repo_id: &str| super::leases::pass_on(&passing, repo_id));
         listeners.spawn(webhook::serve(
             l,
             shared.config.clone(),
             shared.store.clone(),
             shared.targets.clone(),
             shared.webhook_backlog.clone(),
+            pass_on,
             stop.clone(),
         ));
     }

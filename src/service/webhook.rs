@@ -174,12 +174,17 @@ impl Seen {
 
 /// Serve webhooks on `listener` and dispatch them, until `stop` turns true. On stop, deliveries already
 /// accepted are still recorded and acted on (for a few seconds at most).
+/// Passes a repository's nudge on to the instance that prefers it, when that is another one on the same
+/// database: its name (`None`: poll here).
+pub(super) type PassOn = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 pub(super) async fn serve(
     listener: TcpListener,
     config: ConfigHandle,
     store: Arc<Store>,
     targets: Arc<Mutex<Targets>>,
     backlog: Arc<AtomicUsize>,
+    pass_on: PassOn,
     stop: watch::Receiver<bool>,
 ) {
     let Some(settings) = current(&config).webhook.clone() else {
@@ -206,15 +211,16 @@ pub(super) async fn serve(
         backlog: backlog.clone(),
     });
     let spawn = |name: &str, rx: mpsc::Receiver<Item>| {
-        let (config, store, targets, backlog) = (
+        let (config, store, targets, backlog, pass_on) = (
             config.clone(),
             store.clone(),
             targets.clone(),
             backlog.clone(),
+            pass_on.clone(),
         );
         std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || dispatch_loop(rx, &config, &store, &targets, &backlog))
+            .spawn(move || dispatch_loop(rx, &config, &store, &targets, &backlog, &*pass_on))
     };
     let (Ok(dispatcher), Ok(recorder)) = (
         spawn("webhook-dispatch", rx),
@@ -737,6 +743,7 @@ fn dispatch_loop(
     store: &Store,
     targets: &Mutex<Targets>,
     backlog: &AtomicUsize,
+    pass_on: &(dyn Fn(&str) -> Option<String> + Send + Sync),
 ) {
     while let Some(item) = rx.blocking_recv() {
         let config = current(config);
@@ -766,7 +773,15 @@ fn dispatch_loop(
                 delivery,
             } => match config.providers.iter().position(|p| p.name == provider) {
                 Some(index) => {
-                    let r = dispatch(&config, store, targets, index, &received_at, &delivery);
+                    let r = dispatch(
+                        &config,
+                        store,
+                        targets,
+                        index,
+                        &received_at,
+                        &delivery,
+                        pass_on,
+                    );
                     if let Ok(outcome) = &r {
                         crate::metrics::global().inc(
                             "modelmirror_webhook_deliveries_total",
@@ -813,6 +828,7 @@ fn dispatch(
     index: usize,
     received_at: &str,
     delivery: &Delivery,
+    pass_on: &(dyn Fn(&str) -> Option<String> + Send + Sync),
 ) -> Result<(i64, &'static str), StoreError> {
     let provider = &config.providers[index];
     let mut rec = DeliveryRecord {
@@ -881,15 +897,31 @@ fn dispatch(
     let first_ref = updates.first().map(|u| u.ref_name.clone());
     match relevant {
         Some(u) => {
-            notify.nudge();
             rec.ref_name = Some(&u.ref_name);
+            // Several instances on one database: another may have received this very delivery (a
+            // redelivery, a load balancer retrying).
+            if let Some(id) = delivery.delivery_id.as_deref()
+                && store.database().sqlite_path().is_none()
+                && store.delivery_seen(&provider.name, id)?
+            {
+                rec.reason = Some("a replay of a delivery another instance received");
+                return store.record_delivery(&rec).map(|id| (id, "ignored"));
+            }
+            let passed = pass_on(&repo_id);
+            if passed.is_none() {
+                notify.nudge();
+            }
             rec.outcome = "polled";
-            let reason = if u.deleted {
+            let what = if u.deleted {
                 "the default branch was deleted; the poll reports it"
             } else {
                 "push to the default branch"
             };
-            rec.reason = Some(reason);
+            let reason = match &passed {
+                Some(other) => format!("{what}; passed on to instance {other}, which polls it"),
+                None => what.to_string(),
+            };
+            rec.reason = Some(&reason);
             let id = store.record_delivery(&rec)?;
             Ok((id, "polled"))
         }

@@ -197,6 +197,22 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a delivery with this id was already polled (by this instance or another on the database).
+    pub(crate) fn delivery_seen(
+        &self,
+        provider: &str,
+        delivery_id: &str,
+    ) -> Result<bool, StoreError> {
+        self.reader()?
+            .query_opt(
+                "SELECT 1 FROM deliveries WHERE provider = ?1 AND delivery_id = ?2 AND outcome = 'polled'",
+                params![provider, delivery_id],
+                |_| Ok(()),
+            )
+            .doing("looking for an earlier delivery")
+            .map(|r| r.is_some())
+    }
+
     /// Delivery ids seen within the retention period, newest first (to refuse replays after a restart).
     pub(crate) fn recent_delivery_ids(
         &self,

@@ -172,4 +172,32 @@ impl Store {
         });
         result.unwrap_or(Ok(Vec::new()))
     }
+
+    /// Ask the instance that prefers `repo_id` to poll it now (PostgreSQL `NOTIFY`; every instance hears it
+    /// and the one that prefers the repository acts). False with SQLite: there is no other instance.
+    pub(crate) fn notify_nudge(&self, repo_id: &str) -> Result<bool, StoreError> {
+        let result = self.on_lease_conn(|conn| {
+            conn.query_one(
+                "SELECT pg_notify('modelmirror_nudge', ?1)::text",
+                params![repo_id],
+                |r| r.get::<String>(0),
+            )
+            .doing("passing a webhook nudge on")
+            .map(|_| true)
+        });
+        result.unwrap_or(Ok(false))
+    }
+
+    /// Hear the nudges other instances pass on (`notify_nudge`), calling `heard` with each repository id,
+    /// until `stop` is set: blocking, on a connection of its own, made again when lost. Returns at once with
+    /// SQLite.
+    pub(crate) fn listen_nudges(
+        &self,
+        stop: &std::sync::atomic::AtomicBool,
+        heard: impl FnMut(&str),
+    ) {
+        if let Database::Postgres(target) = &self.database {
+            pg::listen(target, "modelmirror_nudge", stop, heard);
+        }
+    }
 }

@@ -317,6 +317,63 @@ pub(super) fn hint(e: &postgres::Error) -> &'static str {
     }
 }
 
+/// `LISTEN` on `channel` and call `heard` with each notification's payload until `stop` is set, on a
+/// connection of its own (made again, after a pause, when lost). Blocking: run it on a thread of its own.
+pub(super) fn listen(
+    target: &PgTarget,
+    channel: &str,
+    stop: &std::sync::atomic::AtomicBool,
+    mut heard: impl FnMut(&str),
+) {
+    use std::sync::atomic::Ordering;
+    let pause = |stop: &std::sync::atomic::AtomicBool| {
+        for _ in 0..50 {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let mut client = match target.connect() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("cannot listen for webhook nudges from other instances: {e}");
+                pause(stop);
+                continue;
+            }
+        };
+        if let Err(e) = client.batch_execute(&format!("LISTEN {channel}")) {
+            tracing::warn!(
+                "cannot listen for webhook nudges from other instances: {}",
+                super::db::pg_message(&e)
+            );
+            pause(stop);
+            continue;
+        }
+        while !stop.load(Ordering::Relaxed) {
+            use postgres::fallible_iterator::FallibleIterator;
+            let next = client
+                .notifications()
+                .timeout_iter(Duration::from_secs(1))
+                .next()
+                .map(|n| n.map(|n| n.payload().to_string()));
+            match next {
+                Ok(Some(payload)) => heard(&payload),
+                Err(e) => {
+                    tracing::warn!(
+                        "lost the connection webhook nudges arrive on (listening again): {}",
+                        super::db::pg_message(&e)
+                    );
+                    break;
+                }
+                Ok(None) if client.is_closed() => break,
+                Ok(None) => {}
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

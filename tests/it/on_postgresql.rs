@@ -150,14 +150,6 @@ fn check_says_what_is_wrong_with_a_postgresql_database() {
     assert!(down.stdout.contains("could not be reached"), "{down:?}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The password reaches no output, no file in the state folder and no row of the catalog.
 #[test]
 fn the_database_password_never_leaks() {

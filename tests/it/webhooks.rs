@@ -951,3 +951,154 @@ fn a_second_signature_header_is_refused_and_hex_case_does_not_matter() {
     assert_eq!(post(hub.port, "/hooks/gh", &headers, &body).0, 202);
     hub.stop();
 }
+
+/// The instance a repository is polled by among `live`: rendezvous hashing as the service does it (FNV-1a
+/// of repository and instance, each followed by a zero byte, then MurmurHash3's finaliser).
+fn prefers<'a>(repo: &str, live: &[&'a str]) -> &'a str {
+    let hash = |name: &str| {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in repo.bytes().chain([0]).chain(name.bytes()).chain([0]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    };
+    live.iter().copied().max_by_key(|n| hash(n)).unwrap()
+}
+
+/// Two instances on one PostgreSQL database, each with its own webhook listener: a push delivered to A for a
+/// repository B polls is passed on (`LISTEN/NOTIFY`) and polled by B; the same delivery sent to B as well is
+/// recorded as a replay, not polled again.
+#[test]
+fn a_webhook_to_one_instance_is_polled_by_the_instance_that_holds_the_repository() {
+    let env = Env::on(Engine::Postgres, Auth::None);
+    let pg = env.pg.as_ref().unwrap();
+    let works: Vec<PathBuf> = (0..6)
+        .map(|i| {
+            let (_, w) = env.new_repo(&format!("acme/r{i}.git"));
+            std::fs::copy(
+                fixtures().join("models/books/MongoDB__Figure 006 - Subtyping.hck.json"),
+                w.join("first.hck.json"),
+            )
+            .unwrap();
+            commit_all(&w, "first");
+            w
+        })
+        .collect();
+    std::fs::write(env.path().join("gh.secret"), "gh-secret").unwrap();
+    let ports = [free_port(), free_port()];
+    let repos = (0..6)
+        .map(|i| format!("\"acme/r{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut children = Vec::new();
+    for (name, port) in ["a", "b"].into_iter().zip(ports) {
+        let config = env.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {:?}\ndatabase = {:?}\ndatabase_password_env = \"MODELMIRROR_TEST_PG_PASSWORD\"\n\
+                 instance_name = {name:?}\nschedule = {YEARLY:?}\n[webhook]\nlisten = \"127.0.0.1:{port}\"\n\
+                 [providers.gh]\nkind = \"github\"\nurl = {:?}\nwebhook_secret_file = {:?}\nrepos = [{repos}]\n",
+                env.path().join(format!("state-{name}")),
+                pg.url,
+                env.server.url(),
+                env.path().join("gh.secret"),
+            ),
+        )
+        .unwrap();
+        children.push(Running(
+            bin()
+                .args(["--config", &config.to_string_lossy(), "run"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+    }
+    let count = |sql: &str| {
+        pg.client()
+            .query_one(sql, &[])
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(-1)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count("SELECT COUNT(*) FROM models") != 6 || count("SELECT COUNT(*) FROM instances") != 2
+    {
+        assert!(Instant::now() < deadline, "the two instances did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Each sees the other after its next heartbeat (every 10 s).
+    std::thread::sleep(Duration::from_secs(11));
+    let target = (0..6)
+        .find(|i| prefers(&format!("gh/acme/r{i}"), &["a", "b"]) == "b")
+        .expect("b prefers one of six repositories");
+    let repo = format!("gh/acme/r{target}");
+    std::fs::copy(
+        fixtures().join("models/books/MongoDB__Figure 005 - Single schema.hck.json"),
+        works[target].join("second.hck.json"),
+    )
+    .unwrap();
+    commit_all(&works[target], "another model");
+    let body = serde_json::to_vec(&github_push(
+        "refs/heads/main",
+        &format!("acme/r{target}"),
+        9000 + target as u64,
+    ))
+    .unwrap();
+    let headers = signed("gh", "gh-secret", &body, "cross-1");
+    let (status, answer) = post(ports[0], "/hooks/gh", &headers, &body);
+    assert_eq!(status, 202, "{answer}");
+    let models = format!("SELECT COUNT(*) FROM models WHERE repo_id = '{repo}'");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(&models) != 2 {
+        assert!(Instant::now() < deadline, "the pushed model did not arrive");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let last = pg
+        .client()
+        .query_one(
+            "SELECT instance, trigger FROM polls WHERE repo_id = $1 AND result = 'updated' ORDER BY id DESC LIMIT 1",
+            &[&repo],
+        )
+        .unwrap();
+    assert_eq!(
+        (last.get::<_, String>(0), last.get::<_, String>(1)),
+        ("b".to_string(), "webhook".to_string()),
+        "the delivery to a was polled by the instance holding {repo}"
+    );
+    // The same delivery to b: a replay another instance received.
+    let (status, answer) = post(ports[1], "/hooks/gh", &headers, &body);
+    assert_eq!(status, 202, "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count("SELECT COUNT(*) FROM deliveries WHERE delivery_id = 'cross-1'") != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the second delivery was not recorded"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let outcomes: Vec<(String, String)> = pg
+        .client()
+        .query(
+            "SELECT outcome, reason FROM deliveries WHERE delivery_id = 'cross-1' ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(outcomes[0].0, "polled", "{outcomes:?}");
+    assert!(
+        outcomes[0].1.contains("passed on to instance b"),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[1].0, "ignored", "{outcomes:?}");
+    assert!(outcomes[1].1.contains("another instance"), "{outcomes:?}");
+    assert_eq!(count(&models), 2);
+    drop(children);
+}
