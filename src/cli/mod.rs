@@ -105,6 +105,19 @@ pub(crate) enum Command {
     },
     /// Rebuild the catalog of every (or each named) repository from its local mirror, with no network.
     Rebuild { repos: Vec<String> },
+    /// Copy the SQLite catalog (`database`) into an empty PostgreSQL database: models, history, commits,
+    /// polls, deliveries and the search index, nothing rebuilt. Then set `database` to that URL.
+    Migrate {
+        /// The PostgreSQL database: postgresql://USER@HOST:PORT/DATABASE (no password in it).
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// A file holding the password alone.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<std::path::PathBuf>,
+        /// An environment variable holding the password.
+        #[arg(long, value_name = "VAR")]
+        password_env: Option<String>,
+    },
     /// Recent webhook deliveries, polls and commit statuses, newest first: what arrived, what it did, what the poll found, what the host was told.
     Events {
         /// Only this repository.
@@ -165,6 +178,9 @@ pub(crate) enum CliError {
     Service(#[from] service::ServiceError),
     #[error(transparent)]
     Query(#[from] crate::query::QueryError),
+    /// A command's arguments cannot work (the message says which and why).
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl Cli {
@@ -274,6 +290,16 @@ impl Cli {
                 json,
             } => catalog::show(&config, &repo, &path, commit.as_deref(), json),
             Command::Rebuild { repos } => rebuild::rebuild(config, &repos),
+            Command::Migrate {
+                to,
+                password_file,
+                password_env,
+            } => rebuild::migrate(
+                &config,
+                &to,
+                password_file.as_deref(),
+                password_env.as_deref(),
+            ),
             Command::Check { .. } | Command::Completions { .. } | Command::Man { .. } => {
                 Ok(ExitCode::SUCCESS)
             }

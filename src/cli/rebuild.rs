@@ -96,3 +96,57 @@ pub(super) fn rebuild(config: Config, ids: &[String]) -> Result<ExitCode, CliErr
         ExitCode::FAILURE
     })
 }
+
+/// `migrate --to URL`: the SQLite catalog copied into an empty PostgreSQL database.
+pub(super) fn migrate(
+    config: &Config,
+    to: &str,
+    password_file: Option<&std::path::Path>,
+    password_env: Option<&str>,
+) -> Result<ExitCode, CliError> {
+    let password = match (password_file, password_env) {
+        (Some(_), Some(_)) => {
+            return Err(CliError::Usage(
+                "give --password-file or --password-env, not both".into(),
+            ));
+        }
+        (Some(f), None) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", f.display())))?,
+        ),
+        (None, Some(v)) => Some(std::env::var(v).map_err(|_| {
+            CliError::Usage(format!(
+                "environment variable {v} (--password-env) is not set"
+            ))
+        })?),
+        (None, None) => None,
+    };
+    let password = password
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .map(crate::secret::Secret::new);
+    if config.database.sqlite_path().is_none() {
+        return Err(CliError::Usage(format!(
+            "`database` is already PostgreSQL ({}): migrate copies a SQLite catalog",
+            config.database
+        )));
+    }
+    let target = crate::store::Database::Postgres(Box::new(
+        crate::store::PgTarget::parse(to, password).map_err(CliError::Store)?,
+    ));
+    let source = Store::open_read_only(&config.database)?;
+    let into = Store::open(&target)?;
+    let counts = source.copy_into(&into)?;
+    let total: u64 = counts.iter().map(|(_, n)| n).sum();
+    for (table, n) in &counts {
+        println!("{table:<15} {n}");
+    }
+    println!(
+        "{}",
+        terminal(&format!(
+            "copied {total} rows from {} into {target}; now set `database = \"{target}\"` (and its password key) in the configuration and restart the service",
+            config.database
+        ))
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -192,6 +192,45 @@ impl FromCol for Option<String> {
     }
 }
 
+/// A column's value of any type, owned (for copying rows between engines).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Owned {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+impl Param for Owned {
+    fn value(&self) -> Value<'_> {
+        match self {
+            Owned::Null => Value::Null,
+            Owned::Int(i) => Value::Int(*i),
+            Owned::Text(s) => Value::Text(s),
+        }
+    }
+}
+
+impl FromCol for Owned {
+    fn sqlite(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Self> {
+        use rusqlite::types::ValueRef;
+        Ok(match row.get_ref(i)? {
+            ValueRef::Null => Owned::Null,
+            ValueRef::Integer(n) => Owned::Int(n),
+            ValueRef::Real(f) => Owned::Text(f.to_string()),
+            ValueRef::Text(t) | ValueRef::Blob(t) => {
+                Owned::Text(String::from_utf8_lossy(t).into_owned())
+            }
+        })
+    }
+    fn pg(row: &postgres::Row, i: usize) -> Result<Self, postgres::Error> {
+        if let Ok(v) = row.try_get::<_, Option<PgInt>>(i) {
+            return Ok(v.map_or(Owned::Null, |v| Owned::Int(v.0)));
+        }
+        row.try_get::<_, Option<String>>(i)
+            .map(|v| v.map_or(Owned::Null, Owned::Text))
+    }
+}
+
 /// One row of a result.
 pub(crate) enum Row<'r> {
     Sqlite(&'r rusqlite::Row<'r>),

@@ -12,6 +12,7 @@
 //! (reading the catalog). Each adds its methods to the one [`Store`].
 
 mod catalog;
+mod copy;
 mod db;
 mod events;
 mod leases;

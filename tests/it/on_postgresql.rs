@@ -481,3 +481,104 @@ fn three_instances_share_sixty_repositories() {
     assert_eq!(models, 60);
     drop(instances);
 }
+
+/// `migrate --to`: a SQLite catalog with its history copied into an empty PostgreSQL database answers the
+/// same there, continues from its recorded commits (nothing fetched again, new rows after the copied ids),
+/// and a database that already holds a catalog is refused.
+#[test]
+fn migrate_copies_a_sqlite_catalog_into_postgresql() {
+    let (env, id) = synced(Engine::Sqlite, "books");
+    let pg = PgDb::new();
+    let path = "MongoDB/Figures 060-106 - Schema Design Patterns section.hck.json";
+    let before: Vec<Value> = [
+        vec!["models", "--json"],
+        vec!["history", &id, path, "--json"],
+        vec!["search", "pet name", "--json", "--limit", "5000"],
+        vec!["status", "--json"],
+    ]
+    .iter()
+    .map(|a| env.run(a).ok().json())
+    .collect();
+    let out = env
+        .run(&[
+            "migrate",
+            "--to",
+            &pg.url,
+            "--password-env",
+            "MODELMIRROR_TEST_PG_PASSWORD",
+        ])
+        .ok()
+        .stdout;
+    assert!(
+        out.contains("copied") && out.contains("model_versions"),
+        "{out}"
+    );
+    assert!(!out.contains(&pg.password), "{out}");
+    // The same configuration, on PostgreSQL now.
+    let config = std::fs::read_to_string(env.path().join("config.toml")).unwrap();
+    std::fs::write(
+        env.path().join("config.toml"),
+        format!(
+            "database = {:?}\ndatabase_password_env = \"MODELMIRROR_TEST_PG_PASSWORD\"\n{config}",
+            pg.url
+        ),
+    )
+    .unwrap();
+    let after: Vec<Value> = [
+        vec!["models", "--json"],
+        vec!["history", &id, path, "--json"],
+        vec!["search", "pet name", "--json", "--limit", "5000"],
+        vec!["status", "--json"],
+    ]
+    .iter()
+    .map(|a| env.run(a).ok().json())
+    .collect();
+    assert_eq!(before[0], after[0], "models");
+    assert_eq!(before[1], after[1], "history");
+    let hits = |v: &Value| -> BTreeSet<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|h| format!("{} {} {}", h["path"], h["entity"], h["attribute"]))
+            .collect()
+    };
+    assert_eq!(hits(&before[2]), hits(&after[2]), "search");
+    assert_eq!(before[3], after[3], "status");
+    env.server.clear_log();
+    let again = env.run(&["sync"]).ok().stdout;
+    assert!(again.contains("unchanged"), "{again}");
+    // New rows continue after the copied ids.
+    let srv = env.srv("team/books.git");
+    let work = env.path().join("work-books");
+    git(
+        env.path(),
+        &[
+            "clone",
+            "-q",
+            &srv.to_string_lossy(),
+            &work.to_string_lossy(),
+        ],
+    );
+    std::fs::copy(small_model(), work.join("new.hck.json")).unwrap();
+    commit_all(&work, "one more model");
+    let synced_again = env.run(&["sync"]).ok().stdout;
+    assert!(synced_again.contains("updated"), "{synced_again}");
+    assert_eq!(
+        pg.count("SELECT COUNT(*) FROM models WHERE path = 'new.hck.json'"),
+        1
+    );
+    // Into a database that holds a catalog: refused.
+    std::fs::write(env.path().join("config.toml"), &config).unwrap();
+    let refused = env.run(&[
+        "migrate",
+        "--to",
+        &pg.url,
+        "--password-env",
+        "MODELMIRROR_TEST_PG_PASSWORD",
+    ]);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("already holds a catalog"),
+        "{refused:?}"
+    );
+}
