@@ -1,7 +1,7 @@
 //! Writing one processed commit: one transaction that records the commit, applies its model changes (with
 //! their history and search rows) and moves the repository's processed-commit pointer.
 
-use super::db::{Conn, Engine, params};
+use super::db::{Conn, Engine, Owned, Param, params};
 use super::{Doing, Store, StoreError, now_rfc3339};
 use crate::git::CommitInfo;
 use crate::model::{Attribute, Model};
@@ -89,6 +89,40 @@ impl Search {
             return Ok(());
         }
         self.rows.sort_unstable_by_key(|r| r.rowid);
+        if tx.engine() == Engine::Postgres {
+            let text = |s: &Option<String>| s.clone().map_or(Owned::Null, Owned::Text);
+            let rows = self
+                .rows
+                .drain(..)
+                .map(|r| {
+                    vec![
+                        Owned::Int(r.rowid),
+                        Owned::Text(r.name),
+                        text(&r.code),
+                        text(&r.path),
+                        text(&r.description),
+                        Owned::Text(r.kind.into()),
+                        Owned::Int(r.model_id),
+                    ]
+                })
+                .collect();
+            self.bytes = 0;
+            return bulk_insert(
+                tx,
+                "search",
+                &[
+                    "id",
+                    "name",
+                    "code",
+                    "path",
+                    "description",
+                    "kind",
+                    "model_id",
+                ],
+                rows,
+                "indexing",
+            );
+        }
         let sql = match tx.engine() {
             Engine::Sqlite => {
                 "INSERT INTO search (rowid, name, code, path, description, kind, model_id)
@@ -494,12 +528,229 @@ fn insert_model(
     Ok(())
 }
 
+/// Insert rows in few statements (PostgreSQL: each statement is a round trip to the server).
+fn bulk_insert(
+    tx: &mut Conn,
+    table: &str,
+    columns: &[&str],
+    rows: Vec<Vec<Owned>>,
+    doing: &str,
+) -> Result<(), StoreError> {
+    let width = columns.len().max(1);
+    // PostgreSQL takes at most 65,535 parameters a statement.
+    let per = (60_000 / width).min(1_000);
+    for chunk in rows.chunks(per) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|row| {
+                let marks: Vec<String> = (1..=width)
+                    .map(|c| format!("?{}", row * width + c))
+                    .collect();
+                format!("({})", marks.join(", "))
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO {table} ({}) VALUES {}",
+            columns.join(", "),
+            values.join(", ")
+        );
+        let params: Vec<&dyn Param> = chunk.iter().flatten().map(|v| v as &dyn Param).collect();
+        tx.execute(&sql, &params).doing(doing)?;
+    }
+    Ok(())
+}
+
+/// `n` new ids of `table` from its sequence, in one round trip (PostgreSQL).
+fn new_ids(tx: &mut Conn, table: &str, n: usize) -> Result<Vec<i64>, StoreError> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    tx.query(
+        &format!(
+            "SELECT nextval(pg_get_serial_sequence('{table}', 'id')) FROM generate_series(1, ?1)"
+        ),
+        params![n],
+        |r| r.get(0),
+    )
+    .doing("numbering rows")
+}
+
+/// A model's containers, entities, attributes and relationships for PostgreSQL: ids taken from the
+/// sequences first, then each table in a few multi-row statements (row by row, the round trips to the server
+/// were most of an import's time).
+fn insert_content_bulk(
+    tx: &mut Conn,
+    model_id: i64,
+    m: &Model,
+    search: &mut Search,
+) -> Result<(), StoreError> {
+    let text = |s: &Option<String>| s.clone().map_or(Owned::Null, Owned::Text);
+    let int = |n: usize| Owned::Int(i64::try_from(n).unwrap_or(i64::MAX));
+    let containers = m
+        .containers
+        .iter()
+        .map(|c| {
+            vec![
+                Owned::Int(model_id),
+                text(&c.guid),
+                Owned::Text(c.name.clone()),
+            ]
+        })
+        .collect();
+    bulk_insert(
+        tx,
+        "containers",
+        &["model_id", "guid", "name"],
+        containers,
+        "storing containers",
+    )?;
+    let entity_ids = new_ids(tx, "entities", m.entities.len())?;
+    let total: usize = m.entities.iter().map(|e| e.attributes.len()).sum();
+    let attribute_ids = new_ids(tx, "attributes", total)?;
+    let mut entities = Vec::with_capacity(m.entities.len());
+    let mut attributes = Vec::with_capacity(total);
+    let mut next_attribute = attribute_ids.iter();
+    for ((i, e), &entity_id) in m.entities.iter().enumerate().zip(&entity_ids) {
+        entities.push(vec![
+            Owned::Int(entity_id),
+            Owned::Int(model_id),
+            int(i),
+            text(&e.guid),
+            Owned::Text(e.name.clone()),
+            text(&e.code),
+            text(&e.container),
+            text(&e.description),
+            text(&e.derived_from),
+            int(e.attributes.len()),
+        ]);
+        search.push(
+            tx,
+            SearchRow {
+                rowid: entity_id * 4 + 1,
+                name: e.name.clone(),
+                code: e.code.clone(),
+                path: None,
+                description: e.description.clone(),
+                kind: "entity",
+                model_id,
+            },
+        )?;
+        for (j, a) in e.attributes.iter().enumerate() {
+            let Some(&attribute_id) = next_attribute.next() else {
+                break;
+            };
+            attributes.push(vec![
+                Owned::Int(attribute_id),
+                Owned::Int(entity_id),
+                Owned::Int(model_id),
+                int(j),
+                a.parent.map_or(Owned::Null, int),
+                Owned::Int(i64::from(a.depth)),
+                text(&a.guid),
+                Owned::Text(a.path.clone()),
+                Owned::Text(a.name.clone()),
+                text(&a.code),
+                text(&a.data_type),
+                text(&a.mode),
+                Owned::Int(i64::from(a.required)),
+                Owned::Int(i64::from(a.primary_key)),
+                text(&a.description),
+            ]);
+            search.push(
+                tx,
+                SearchRow {
+                    rowid: attribute_id * 4 + 2,
+                    name: a.name.clone(),
+                    code: a.code.clone(),
+                    path: Some(a.path.clone()),
+                    description: a.description.clone(),
+                    kind: "attribute",
+                    model_id,
+                },
+            )?;
+        }
+    }
+    bulk_insert(
+        tx,
+        "entities",
+        &[
+            "id",
+            "model_id",
+            "ordinal",
+            "guid",
+            "name",
+            "code",
+            "container",
+            "description",
+            "derived_from",
+            "attribute_count",
+        ],
+        entities,
+        "storing entities",
+    )?;
+    bulk_insert(
+        tx,
+        "attributes",
+        &[
+            "id",
+            "entity_id",
+            "model_id",
+            "ordinal",
+            "parent",
+            "depth",
+            "guid",
+            "path",
+            "name",
+            "code",
+            "type",
+            "mode",
+            "required",
+            "primary_key",
+            "description",
+        ],
+        attributes,
+        "storing attributes",
+    )?;
+    let relationships = m
+        .relationships
+        .iter()
+        .map(|r| {
+            vec![
+                Owned::Int(model_id),
+                text(&r.name),
+                text(&r.parent_entity),
+                text(&r.child_entity),
+                text(&r.parent_cardinality),
+                text(&r.child_cardinality),
+                text(&r.relationship_type),
+            ]
+        })
+        .collect();
+    bulk_insert(
+        tx,
+        "relationships",
+        &[
+            "model_id",
+            "name",
+            "parent_entity",
+            "child_entity",
+            "parent_cardinality",
+            "child_cardinality",
+            "relationship_type",
+        ],
+        relationships,
+        "storing relationships",
+    )
+}
+
 fn insert_content(
     tx: &mut Conn,
     model_id: i64,
     m: &Model,
     search: &mut Search,
 ) -> Result<(), StoreError> {
+    if tx.engine() == Engine::Postgres {
+        return insert_content_bulk(tx, model_id, m, search);
+    }
     for c in &m.containers {
         tx.execute(
             "INSERT INTO containers (model_id, guid, name) VALUES (?1, ?2, ?3)",
