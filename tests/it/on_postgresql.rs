@@ -582,3 +582,103 @@ fn migrate_copies_a_sqlite_catalog_into_postgresql() {
         "{refused:?}"
     );
 }
+
+/// Two instances, a 300-commit history: the instance importing it is killed with SIGKILL in the middle; the
+/// other takes the repository over once the lease has expired, finishes it, and no commit is recorded twice.
+#[test]
+fn an_instance_killed_mid_import_is_finished_by_the_other() {
+    let env = Env::on(Engine::Postgres, Auth::None);
+    let pg = env.pg.as_ref().unwrap();
+    let bare = env.srv("gen/history.git");
+    synthetic_history(&bare, 300, 24, 4);
+    let head = git(&bare, &["rev-parse", "main"]).trim().to_string();
+    let start = |name: &str| {
+        let config = env.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {:?}\ndatabase = {:?}\ndatabase_password_env = \"MODELMIRROR_TEST_PG_PASSWORD\"\n\
+                 instance_name = {name:?}\nlease_seconds = 30\nschedule = \"0 0 1 1 *\"\n\
+                 [providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"gen/history.git\"]\n",
+                env.path().join(format!("state-{name}")),
+                pg.url,
+                env.server.url()
+            ),
+        )
+        .unwrap();
+        Running(
+            bin()
+                .args(["--config", &config.to_string_lossy(), "run"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut instances = vec![("a", start("a")), ("b", start("b"))];
+    let steps = || {
+        pg.client()
+            .query_one("SELECT COUNT(*) FROM sync_steps", &[])
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0)
+    };
+    wait_for("the import under way", 60, || steps() >= 20);
+    let holder: String = pg
+        .client()
+        .query_one(
+            "SELECT lease_owner FROM leases WHERE name = 'g/gen/history'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let at = instances.iter().position(|(n, _)| *n == holder).unwrap();
+    let (_, mut killed) = instances.remove(at);
+    signal(&killed, 9);
+    let _ = killed.wait();
+    let killed_at = chrono::Utc::now();
+    let done_before = steps();
+    assert!(done_before < 300, "the import ended before the kill");
+    wait_for("the other instance finishing the import", 120, || {
+        pg.client()
+            .query_one(
+                "SELECT commit_id FROM repos WHERE id = 'g/gen/history'",
+                &[],
+            )
+            .map(|r| r.get::<_, Option<String>>(0).as_deref() == Some(head.as_str()))
+            .unwrap_or(false)
+    });
+    let (survivor, _) = &instances[0];
+    // The survivor's poll started within the lease period (plus a heartbeat and a retry: 10 s each).
+    let first: String = pg
+        .client()
+        .query_one(
+            "SELECT MIN(started_at) FROM polls WHERE instance = $1",
+            &[survivor],
+        )
+        .unwrap()
+        .get(0);
+    let after = chrono::DateTime::parse_from_rfc3339(&first)
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+        - killed_at;
+    assert!(
+        after <= chrono::Duration::seconds(30 + 20),
+        "{survivor} took the repository over {after} after the kill"
+    );
+    assert_eq!(
+        pg.count(
+            "SELECT COUNT(*) FROM (SELECT commit_id FROM sync_steps GROUP BY commit_id HAVING COUNT(*) > 1) t"
+        ),
+        0,
+        "a commit was recorded twice"
+    );
+    assert_eq!(
+        pg.count("SELECT COUNT(DISTINCT commit_id) FROM sync_steps"),
+        300
+    );
+    assert_eq!(pg.count("SELECT COUNT(*) FROM models"), 24);
+    assert_eq!(
+        pg.count("SELECT COUNT(*) FROM search s LEFT JOIN models m ON m.id = s.model_id WHERE m.id IS NULL"),
+        0
+    );
+}
