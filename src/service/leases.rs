@@ -4,8 +4,8 @@
 //! about 1/N of the repositories, the same ones from poll to poll (its mirrors stay warm), and when an
 //! instance dies only its repositories move, spread over the others. Before polling, an instance takes the
 //! repository's lease (a row with owner, process token and expiry, see `store::leases`); it renews the lease
-//! while the poll runs and gives it back after. A webhook nudge is polled by the instance that received it,
-//! if no other instance holds the lease. With SQLite there is one instance: every lease is granted without
+//! while the poll runs and gives it back after. A webhook nudge is passed on (`NOTIFY`) to the instance that
+//! prefers the repository. With SQLite there is one instance: every lease is granted without
 //! a write.
 
 use std::sync::{Arc, Mutex};

@@ -61,6 +61,7 @@ pub(super) async fn repo_loop(
         stop,
         offset,
         since_full: 0,
+        retry: None,
     };
     // The startup poll is spread too, but over a few seconds at most.
     let mut wait = offset.min(Duration::from_secs(5));
@@ -108,6 +109,8 @@ struct RepoLoop {
     offset: Duration,
     /// Scheduled polls since the last that listed refs over git (with `head_check = "graphql"`).
     since_full: u32,
+    /// The pending retry of a poll whose lease another instance held (see `poll`).
+    retry: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// How a wait ended.
@@ -179,11 +182,14 @@ impl RepoLoop {
             Ok(lease) => lease,
             Err(super::leases::NotTaken::NotMine) => return Some((0, None)),
             Err(super::leases::NotTaken::Held) => {
-                let (nudge, secs) = (self.nudge.clone(), shared.config().lease_seconds);
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(secs / 3)).await;
-                    nudge.nudge();
-                });
+                // One retry pending at a time, however many firings and nudges found it held.
+                if self.retry.as_ref().is_none_or(|r| r.is_finished()) {
+                    let (nudge, secs) = (self.nudge.clone(), shared.config().lease_seconds);
+                    self.retry = Some(tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(secs / 3)).await;
+                        nudge.nudge();
+                    }));
+                }
                 return Some((0, None));
             }
         };

@@ -172,12 +172,12 @@ impl Seen {
     }
 }
 
-/// Serve webhooks on `listener` and dispatch them, until `stop` turns true. On stop, deliveries already
-/// accepted are still recorded and acted on (for a few seconds at most).
 /// Passes a repository's nudge on to the instance that prefers it, when that is another one on the same
 /// database: its name (`None`: poll here).
 pub(super) type PassOn = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
+/// Serve webhooks on `listener` and dispatch them, until `stop` turns true. On stop, deliveries already
+/// accepted are still recorded and acted on (for a few seconds at most).
 pub(super) async fn serve(
     listener: TcpListener,
     config: ConfigHandle,
@@ -820,7 +820,8 @@ impl Drop for Dispatched<'_> {
 }
 
 /// Match a push to a repository, nudge the repository when its default branch changed, and record it. The
-/// nudge comes first: recording waits for the database, which an import may hold.
+/// nudge comes before the recording, which waits for the database (an import may hold it); with several
+/// instances a quick read for an earlier copy of the delivery comes first.
 fn dispatch(
     config: &Config,
     store: &Store,
@@ -900,9 +901,15 @@ fn dispatch(
             rec.ref_name = Some(&u.ref_name);
             // Several instances on one database: another may have received this very delivery (a
             // redelivery, a load balancer retrying).
+            // A check that fails counts as not seen: a second poll is cheap, a lost one is not.
             if let Some(id) = delivery.delivery_id.as_deref()
                 && store.database().sqlite_path().is_none()
-                && store.delivery_seen(&provider.name, id)?
+                && store.delivery_seen(&provider.name, id).unwrap_or_else(|e| {
+                    tracing::warn!(
+                        "cannot look for an earlier delivery {id} (polling anyway): {e}"
+                    );
+                    false
+                })
             {
                 rec.reason = Some("a replay of a delivery another instance received");
                 return store.record_delivery(&rec).map(|id| (id, "ignored"));

@@ -2,7 +2,7 @@
 //! transaction on each side (a consistent snapshot read, all or nothing written): models, history, commits,
 //! polls, deliveries, statuses, providers and the search index, with their ids, so nothing is rebuilt.
 
-use super::db::{Owned, Param, params};
+use super::db::{Owned, params};
 use super::{Database, Doing, Store, StoreError};
 
 /// The tables copied, parents first, and their columns (the same in both engines).
@@ -208,9 +208,6 @@ const TABLES: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// Rows written per `INSERT` (bounded by PostgreSQL's 65,535 parameters).
-const BATCH: usize = 200;
-
 impl Store {
     /// Copy this SQLite catalog into `target`, an empty PostgreSQL catalog; returns (table, rows) in order.
     pub(crate) fn copy_into(&self, target: &Store) -> Result<Vec<(&'static str, u64)>, StoreError> {
@@ -303,7 +300,6 @@ fn copy_table(
         "SELECT rowid, {} FROM {table} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
         columns.join(", ")
     );
-    let width = to_columns.len();
     let (mut after, mut copied) = (i64::MIN, 0u64);
     loop {
         let page: Vec<(i64, Vec<Owned>)> = from
@@ -319,27 +315,8 @@ fn copy_table(
             return Ok(copied);
         };
         after = *last;
-        for chunk in page.chunks(BATCH) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|row| {
-                    let marks: Vec<String> = (1..=width)
-                        .map(|c| format!("?{}", row * width + c))
-                        .collect();
-                    format!("({})", marks.join(", "))
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO {to_table} ({}) VALUES {}",
-                to_columns.join(", "),
-                values.join(", ")
-            );
-            let params: Vec<&dyn Param> = chunk
-                .iter()
-                .flat_map(|(_, row)| row.iter())
-                .map(|v| v as &dyn Param)
-                .collect();
-            into.execute(&sql, &params).doing(&doing)?;
-            copied += chunk.len() as u64;
-        }
+        copied += page.len() as u64;
+        let rows = page.into_iter().map(|(_, row)| row).collect();
+        super::step::bulk_insert(into, to_table, to_columns, rows, &doing)?;
     }
 }

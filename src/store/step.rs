@@ -529,7 +529,7 @@ fn insert_model(
 }
 
 /// Insert rows in few statements (PostgreSQL: each statement is a round trip to the server).
-fn bulk_insert(
+pub(super) fn bulk_insert(
     tx: &mut Conn,
     table: &str,
     columns: &[&str],
