@@ -229,6 +229,8 @@ pub(crate) enum Trigger {
     Manual,
     Startup,
     Webhook,
+    /// This instance took the repository over from another (see `service::leases`).
+    Takeover,
 }
 
 impl Trigger {
@@ -238,6 +240,7 @@ impl Trigger {
             Trigger::Manual => "manual",
             Trigger::Startup => "startup",
             Trigger::Webhook => "webhook",
+            Trigger::Takeover => "takeover",
         }
     }
 }

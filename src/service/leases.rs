@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::state::{Nudge, Shared};
-use crate::store::{Holder, Store};
+use crate::store::{Holder, Store, StoreError};
 
 /// This instance's view of the others.
 pub(crate) struct Instances {
@@ -98,11 +98,70 @@ pub(super) fn heartbeat(
         .collect())
 }
 
+/// The first heartbeat, at start (the instance known to the others, and they to it, before its first
+/// polls). When another process beat last under this instance_name within `lease_seconds`, wait: if it beats
+/// again within two heartbeats (`every`), it runs, and this start is refused; if not, it was stopped
+/// without retiring (killed, its host lost) and this process takes the name over.
+pub(super) async fn join(shared: &Arc<Shared>, every: Duration) -> Result<(), StoreError> {
+    let first = shared.clone();
+    let beat = tokio::task::spawn_blocking(move || heartbeat(&first, &[]))
+        .await
+        .map_err(|e| StoreError::Query(e.to_string()))?;
+    let (name, heartbeat_at) = match beat {
+        Err(StoreError::InstanceTaken { name, heartbeat_at }) => (name, heartbeat_at),
+        other => return other.map(drop),
+    };
+    let wait = every * 2 + Duration::from_secs(5);
+    tracing::warn!(
+        "another process beat as instance_name {name:?} at {heartbeat_at}: waiting {}s to see whether it still runs (one killed without stopping leaves its heartbeat behind)",
+        wait.as_secs()
+    );
+    tokio::time::sleep(wait).await;
+    let s = shared.clone();
+    let (started_at, seen) = (shared.instances.started_at.clone(), heartbeat_at.clone());
+    let took = tokio::task::spawn_blocking(move || {
+        let me = Holder {
+            name: &name,
+            token: &s.instances.token,
+        };
+        s.store.take_instance(&me, &started_at, &seen)?;
+        heartbeat(&s, &[]).map(drop)
+    })
+    .await
+    .map_err(|e| StoreError::Query(e.to_string()))?;
+    if took.is_ok() {
+        tracing::info!("took instance_name over from a process that stopped without retiring");
+    }
+    took
+}
+
+/// This process stops: its heartbeat row goes, so the others take its repositories over at once and a
+/// restart under the same name is not kept waiting.
+pub(super) async fn retire(shared: &Arc<Shared>) {
+    let s = shared.clone();
+    let retired = tokio::task::spawn_blocking(move || {
+        let config = s.config();
+        s.store.retire(&Holder {
+            name: &config.instance_name,
+            token: &s.instances.token,
+        })
+    })
+    .await;
+    if let Ok(Err(e)) = retired {
+        tracing::warn!(
+            "cannot retire this instance (the others take its repositories over once its heartbeat is older than lease_seconds): {e}"
+        );
+    }
+}
+
 /// Beat the heartbeat every `every` until shutdown, on blocking threads (a slow database never holds the
 /// supervisor up), and start the polls of repositories taken over from an instance that stopped beating.
 pub(super) async fn heartbeat_loop(shared: Arc<Shared>, every: Duration) {
+    // Instances started together each know only those that beat before them: two beats soon after the start
+    // make them agree before the startup polls (spread over the first 5 s) are shared out.
+    let mut soon = [1, 2].into_iter().map(Duration::from_secs);
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(soon.next().unwrap_or(every)).await;
         if shared.cancel.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
@@ -126,7 +185,7 @@ pub(super) async fn heartbeat_loop(shared: Arc<Shared>, every: Duration) {
         };
         for (id, nudge) in &targets {
             if taken_over.contains(id) {
-                nudge.nudge();
+                nudge.take_over();
             }
         }
     }
@@ -138,7 +197,7 @@ pub(super) fn pass_on(shared: &Shared, repo_id: &str) -> Option<String> {
     let config = shared.config();
     let live = shared.instances.live();
     let other = preferred(repo_id, &live).filter(|p| *p != config.instance_name)?;
-    match shared.store.notify_nudge(repo_id) {
+    match shared.store.notify_nudge(other, repo_id) {
         Ok(true) => Some(other.to_string()),
         Ok(false) => None,
         Err(e) => {
@@ -150,8 +209,9 @@ pub(super) fn pass_on(shared: &Shared, repo_id: &str) -> Option<String> {
     }
 }
 
-/// Hear the nudges other instances pass on, and poll those this instance prefers, until shutdown: on a
-/// thread of its own (PostgreSQL `LISTEN`; nothing with SQLite).
+/// Hear the nudges other instances pass on to this one, and poll those repositories, until shutdown: on a
+/// thread of its own (PostgreSQL `LISTEN`; nothing with SQLite). After the connection was lost and made
+/// again, every repository this instance prefers is polled (a nudge sent meanwhile was heard by nobody).
 pub(super) fn start_listening(shared: &Arc<Shared>) {
     if shared.store.database().sqlite_path().is_some() {
         return;
@@ -161,9 +221,25 @@ pub(super) fn start_listening(shared: &Arc<Shared>) {
         .name("nudges".into())
         .spawn(move || {
             let stop = shared.cancel.clone();
-            shared.store.listen_nudges(&stop, |repo_id| {
+            let again = || {
                 let me = shared.config().instance_name.clone();
-                if preferred(repo_id, &shared.instances.live()) != Some(me.as_str()) {
+                let live = shared.instances.live();
+                let targets = shared.targets.lock().unwrap_or_else(|p| p.into_inner());
+                let mine: Vec<_> = targets
+                    .repos
+                    .iter()
+                    .filter(|(id, _)| preferred(id, &live) == Some(me.as_str()))
+                    .collect();
+                tracing::info!(
+                    "listening for nudges again: polling this instance's {} repositories (a webhook passed on meanwhile was lost)",
+                    mine.len()
+                );
+                for (_, (_, nudge)) in mine {
+                    nudge.take_over();
+                }
+            };
+            let heard = |to: &str, repo_id: &str| {
+                if to != shared.config().instance_name {
                     return;
                 }
                 let targets = shared.targets.lock().unwrap_or_else(|p| p.into_inner());
@@ -171,7 +247,8 @@ pub(super) fn start_listening(shared: &Arc<Shared>) {
                     tracing::info!(repo = %repo_id, "a webhook received by another instance: polling");
                     nudge.nudge();
                 }
-            });
+            };
+            shared.store.listen_nudges(&stop, again, heard);
         });
     if let Err(e) = spawned {
         tracing::error!("cannot start listening for nudges from other instances: {e}");

@@ -72,7 +72,7 @@ pub(super) async fn repo_loop(
     loop {
         match r.wait(wait, probe.take()).await {
             Waited::Stop => return,
-            Waited::Nudged => trigger = Trigger::Webhook,
+            Waited::Nudged(why) => trigger = why,
             Waited::Due => {}
         }
         let Some((failures, unreachable)) = r.poll(trigger).await else {
@@ -80,12 +80,12 @@ pub(super) async fn repo_loop(
         };
         probe = unreachable;
         trigger = Trigger::Schedule;
-        if r.nudge.take() {
+        if let Some(why) = r.nudge.take() {
             // Nudged during the poll: one more, once the nudges pause.
-            if !r.settle_nudges().await {
+            let Some(why) = r.settle_nudges(why).await else {
                 return;
-            }
-            trigger = Trigger::Webhook;
+            };
+            trigger = why;
             wait = Duration::ZERO;
             continue;
         }
@@ -116,7 +116,7 @@ struct RepoLoop {
 /// How a wait ended.
 enum Waited {
     Due,
-    Nudged,
+    Nudged(Trigger),
     Stop,
 }
 
@@ -135,7 +135,7 @@ impl RepoLoop {
             };
             tokio::select! {
                 _ = tokio::time::sleep(step) => {}
-                _ = self.nudge.wait() => return Waited::Nudged,
+                why = self.nudge.wait() => return Waited::Nudged(why),
                 _ = self.stop.changed() => return Waited::Stop,
             }
             if tokio::time::Instant::now() >= until {
@@ -149,7 +149,7 @@ impl RepoLoop {
                 .map_or(Duration::from_secs(15), |p| p.connect_timeout);
             let back = tokio::select! {
                 back = self.shared.server_is_back(target, timeout) => back,
-                _ = self.nudge.wait() => return Waited::Nudged,
+                why = self.nudge.wait() => return Waited::Nudged(why),
                 _ = self.stop.changed() => return Waited::Stop,
             };
             if back {
@@ -187,7 +187,7 @@ impl RepoLoop {
                     let (nudge, secs) = (self.nudge.clone(), shared.config().lease_seconds);
                     self.retry = Some(tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_secs(secs / 3)).await;
-                        nudge.nudge();
+                        nudge.again(trigger);
                     }));
                 }
                 return Some((0, None));
@@ -301,12 +301,19 @@ impl RepoLoop {
             .await
     }
 
-    /// Let a burst of nudges pause (`NUDGE_QUIET`, at most `NUDGE_MAX_DELAY`), then clear them. False: stop.
-    async fn settle_nudges(&mut self) -> bool {
+    /// Let a burst of nudges (the first asked for a poll by `first`) pause (`NUDGE_QUIET`, at most
+    /// `NUDGE_MAX_DELAY`), then clear them: a webhook's trigger if any of them was one. `None`: stop.
+    async fn settle_nudges(&mut self, first: Trigger) -> Option<Trigger> {
         let deadline = tokio::time::Instant::now() + NUDGE_MAX_DELAY;
+        let mut heard = first;
+        let mut hear = |why: Trigger| {
+            if heard != Trigger::Webhook {
+                heard = why;
+            }
+        };
         loop {
             tokio::select! {
-                _ = self.nudge.wait() => {}
+                why = self.nudge.wait() => hear(why),
                 // Quiet, and no delivery left to dispatch (a busy database can pause the dispatcher while
                 // more of the burst waits in its queue).
                 _ = tokio::time::sleep(NUDGE_QUIET) => {
@@ -315,11 +322,13 @@ impl RepoLoop {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => break,
-                _ = self.stop.changed() => return false,
+                _ = self.stop.changed() => return None,
             }
         }
-        self.nudge.take();
-        true
+        if let Some(why) = self.nudge.take() {
+            hear(why);
+        }
+        Some(heard)
     }
 }
 

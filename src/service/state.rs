@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, DEFAULT_READ_TIMEOUT, RepoConfig};
-use crate::poll::Progress;
+use crate::poll::{Progress, Trigger};
 use crate::store::Store;
 
 /// What the daemon is told from outside.
@@ -35,31 +35,72 @@ pub(crate) struct Targets {
     pub(crate) repos: HashMap<String, (RepoConfig, Arc<Nudge>)>,
 }
 
-/// A request to poll a repository now. Any number of nudges before the poll loop looks merge into one.
+/// A request to poll a repository now. Any number of nudges before the poll loop looks merge into one; the
+/// poll they start is recorded as a webhook's when any of them was one, else as a takeover.
 #[derive(Default)]
 pub(crate) struct Nudge {
-    pending: std::sync::atomic::AtomicBool,
+    /// `WEBHOOK` | `TAKEOVER` bits of the nudges not yet taken.
+    pending: std::sync::atomic::AtomicU8,
     notify: tokio::sync::Notify,
 }
 
+const WEBHOOK: u8 = 1;
+const TAKEOVER: u8 = 2;
+
 impl Nudge {
+    /// A webhook delivery (here or passed on by another instance) asks for a poll.
     pub(crate) fn nudge(&self) {
+        self.raise(WEBHOOK);
+    }
+
+    /// This instance takes the repository over (another stopped beating, or held its lease): poll it now.
+    pub(crate) fn take_over(&self) {
+        self.raise(TAKEOVER);
+    }
+
+    /// Ask again for a poll started by `trigger` that could not run yet.
+    pub(crate) fn again(&self, trigger: Trigger) {
+        self.raise(if trigger == Trigger::Webhook {
+            WEBHOOK
+        } else {
+            TAKEOVER
+        });
+    }
+
+    fn raise(&self, bit: u8) {
         self.pending
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+            .fetch_or(bit, std::sync::atomic::Ordering::SeqCst);
         self.notify.notify_one();
     }
 
-    /// Wait for a nudge, and clear it.
-    pub(crate) async fn wait(&self) {
-        self.notify.notified().await;
-        self.pending
-            .store(false, std::sync::atomic::Ordering::SeqCst);
+    /// Wait for a nudge, and clear it: the trigger of the poll it asks for. (A wake-up left by nudges
+    /// already taken is no nudge.)
+    pub(crate) async fn wait(&self) -> Trigger {
+        loop {
+            self.notify.notified().await;
+            match self.pending.swap(0, std::sync::atomic::Ordering::SeqCst) {
+                0 => continue,
+                bits => return trigger_of(bits),
+            }
+        }
     }
 
-    /// Take a nudge that arrived meanwhile (e.g. during a poll), if any.
-    pub(crate) fn take(&self) -> bool {
-        self.pending
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
+    /// Take the nudges that arrived meanwhile (e.g. during a poll), if any: the trigger of the poll they ask
+    /// for.
+    pub(crate) fn take(&self) -> Option<Trigger> {
+        match self.pending.swap(0, std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            bits => Some(trigger_of(bits)),
+        }
+    }
+}
+
+/// A webhook's poll when any nudge was one (it may poll a repository another instance prefers).
+fn trigger_of(bits: u8) -> Trigger {
+    if bits & WEBHOOK != 0 {
+        Trigger::Webhook
+    } else {
+        Trigger::Takeover
     }
 }
 

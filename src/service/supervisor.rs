@@ -160,10 +160,8 @@ pub(crate) async fn run(
     };
     // Known to the other instances on the database (and they to it) before the first polls; refused when
     // another live process already runs under this instance_name.
-    let first = sup.shared.clone();
-    tokio::task::spawn_blocking(move || super::leases::heartbeat(&first, &[]))
+    super::leases::join(&sup.shared, TICK)
         .await
-        .map_err(|e| ServiceError::Store(crate::store::StoreError::Query(e.to_string())))?
         .map_err(ServiceError::Store)?;
     tokio::spawn(super::leases::heartbeat_loop(sup.shared.clone(), TICK));
     super::leases::start_listening(&sup.shared);
@@ -365,6 +363,7 @@ impl Supervisor {
             .is_err();
         // Commit statuses still waiting for their host give up, and say so in the events.
         self.shared.statuses.stop().await;
+        super::leases::retire(&self.shared).await;
         if timed_out {
             tracing::warn!(
                 "polls in progress did not finish within {}s; leaving now (the database keeps its last committed commit)",

@@ -219,23 +219,32 @@ impl Store {
         };
         let mut from = self.lock();
         let mut into = target.lock();
-        let filled = into
-            .query_one(
-                "SELECT (SELECT COUNT(*) FROM repos) + (SELECT COUNT(*) FROM polls) + (SELECT COUNT(*) FROM deliveries)",
-                params![],
-                |r| r.get::<i64>(0),
-            )
-            .doing("looking into the target database")?;
-        if filled > 0 {
-            return Err(StoreError::Query(format!(
-                "{} already holds a catalog: migrate copies into an empty database only (create a new one, or drop this one's tables)",
-                to.shown()
-            )));
-        }
         // One snapshot of the source (a service writing meanwhile changes nothing of what is copied).
         from.batch("BEGIN").doing("reading the catalog")?;
         let result = (|| {
             let mut tx = into.begin().doing("starting the copy")?;
+            // Every table the copy fills, empty, and kept so until it commits (nothing else writes there
+            // meanwhile: a service started on it early waits).
+            let tables: Vec<&str> = TABLES.iter().map(|(t, _)| *t).chain(["search"]).collect();
+            tx.batch(&format!(
+                "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+                tables.join(", ")
+            ))
+            .doing("locking the target database's tables")?;
+            let any = tables
+                .iter()
+                .map(|t| format!("EXISTS (SELECT 1 FROM {t})"))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            let filled = tx
+                .query_one(&format!("SELECT {any}"), params![], |r| r.get::<bool>(0))
+                .doing("looking into the target database")?;
+            if filled {
+                return Err(StoreError::Query(format!(
+                    "{} already holds a catalog: migrate copies into an empty database only (create a new one, or drop this one's tables)",
+                    to.shown()
+                )));
+            }
             let mut counts = Vec::new();
             for (table, columns) in TABLES {
                 let n = copy_table(&mut from, &mut tx, table, columns, table, columns)?;

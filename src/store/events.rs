@@ -203,14 +203,15 @@ impl Store {
         provider: &str,
         delivery_id: &str,
     ) -> Result<bool, StoreError> {
-        self.reader()?
-            .query_opt(
+        self.read_aside(|conn| {
+            conn.query_opt(
                 "SELECT 1 FROM deliveries WHERE provider = ?1 AND delivery_id = ?2 AND outcome = 'polled'",
                 params![provider, delivery_id],
                 |_| Ok(()),
             )
             .doing("looking for an earlier delivery")
             .map(|r| r.is_some())
+        })
     }
 
     /// Delivery ids seen within the retention period, newest first (to refuse replays after a restart).

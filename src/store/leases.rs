@@ -74,10 +74,18 @@ impl Store {
                 )
                 .doing("recording the heartbeat")?;
             if taken.is_none() {
-                return Err(StoreError::Query(format!(
-                    "another modelmirror process runs as instance_name {:?} on this database: give each instance its own instance_name",
-                    me.name
-                )));
+                let heartbeat_at = conn
+                    .query_opt(
+                        "SELECT heartbeat_at FROM instances WHERE name = ?1",
+                        params![me.name],
+                        |r| r.get::<String>(0),
+                    )
+                    .doing("reading the heartbeat under this instance_name")?
+                    .unwrap_or_default();
+                return Err(StoreError::InstanceTaken {
+                    name: me.name.to_string(),
+                    heartbeat_at,
+                });
             }
             conn.query(
                 "SELECT name FROM instances
@@ -88,6 +96,40 @@ impl Store {
             .doing("reading the live instances")
         });
         result.unwrap_or_else(|| Ok(vec![me.name.to_string()]))
+    }
+
+    /// Take `me`'s instance_name over from the process that beat under it last at `heartbeat_at` (and has not
+    /// since: it stopped without retiring, killed); false when that process beat again meanwhile.
+    pub(crate) fn take_instance(
+        &self,
+        me: &Holder<'_>,
+        started_at: &str,
+        heartbeat_at: &str,
+    ) -> Result<bool, StoreError> {
+        let result = self.on_lease_conn(|conn| {
+            conn.execute(
+                "UPDATE instances SET token = ?2, started_at = ?3, heartbeat_at = modelmirror_time(now())
+                 WHERE name = ?1 AND heartbeat_at = ?4",
+                params![me.name, me.token, started_at, heartbeat_at],
+            )
+            .doing("taking the instance_name over")
+            .map(|n| n == 1)
+        });
+        result.unwrap_or(Ok(true))
+    }
+
+    /// This process stops: its heartbeat goes (the others take its repositories over at their next
+    /// heartbeat, and a process started under its name is not refused).
+    pub(crate) fn retire(&self, me: &Holder<'_>) -> Result<(), StoreError> {
+        let result = self.on_lease_conn(|conn| {
+            conn.execute(
+                "DELETE FROM instances WHERE name = ?1 AND token = ?2",
+                params![me.name, me.token],
+            )
+            .doing("retiring this instance")
+            .map(drop)
+        });
+        result.unwrap_or(Ok(()))
     }
 
     /// Take the lease `name` for `lease_secs`; false when another process holds it. SQLite: granted.
@@ -173,13 +215,15 @@ impl Store {
         result.unwrap_or(Ok(Vec::new()))
     }
 
-    /// Ask the instance that prefers `repo_id` to poll it now (PostgreSQL `NOTIFY`; every instance hears it
-    /// and the one that prefers the repository acts). False with SQLite: there is no other instance.
-    pub(crate) fn notify_nudge(&self, repo_id: &str) -> Result<bool, StoreError> {
+    /// Ask the instance `to` to poll `repo_id` now (PostgreSQL `NOTIFY`: every instance hears it, `to`
+    /// acts). False with SQLite: there is no other instance.
+    pub(crate) fn notify_nudge(&self, to: &str, repo_id: &str) -> Result<bool, StoreError> {
+        // Instance names hold no spaces.
+        let payload = format!("{to} {repo_id}");
         let result = self.on_lease_conn(|conn| {
             conn.query_one(
                 "SELECT pg_notify('modelmirror_nudge', ?1)::text",
-                params![repo_id],
+                params![payload],
                 |r| r.get::<String>(0),
             )
             .doing("passing a webhook nudge on")
@@ -188,16 +232,22 @@ impl Store {
         result.unwrap_or(Ok(false))
     }
 
-    /// Hear the nudges other instances pass on (`notify_nudge`), calling `heard` with each repository id,
-    /// until `stop` is set: blocking, on a connection of its own, made again when lost. Returns at once with
+    /// Hear the nudges other instances pass on (`notify_nudge`), calling `heard` with the instance each is
+    /// for and the repository id, until `stop` is set: blocking, on a connection of its own, made again when
+    /// lost (then `again` is called: nudges sent meanwhile were heard by nobody). Returns at once with
     /// SQLite.
     pub(crate) fn listen_nudges(
         &self,
         stop: &std::sync::atomic::AtomicBool,
-        heard: impl FnMut(&str),
+        again: impl FnMut(),
+        mut heard: impl FnMut(&str, &str),
     ) {
         if let Database::Postgres(target) = &self.database {
-            pg::listen(target, "modelmirror_nudge", stop, heard);
+            pg::listen(target, "modelmirror_nudge", stop, again, |payload| {
+                if let Some((to, repo_id)) = payload.split_once(' ') {
+                    heard(to, repo_id);
+                }
+            });
         }
     }
 }

@@ -67,6 +67,10 @@ impl Database {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error(
+        "another modelmirror process runs as instance_name {name:?} on this database (its last heartbeat at {heartbeat_at}): give each instance its own instance_name"
+    )]
+    InstanceTaken { name: String, heartbeat_at: String },
     #[error("database {db}: {error}{}", hint(error))]
     Open { db: String, error: DbError },
     #[error(
@@ -179,6 +183,9 @@ pub struct Store {
     read_only: bool,
     /// PostgreSQL: the connection heartbeats and leases use (see `leases`), made when first needed.
     lease_conn: Mutex<Option<Conn>>,
+    /// PostgreSQL: the connection of the reads that must not wait for the writer (see `read_aside`), kept
+    /// (a connection per webhook delivery would cost a server process each), made when first needed.
+    aside_conn: Mutex<Option<Conn>>,
 }
 
 /// The writer connection's queue: tickets handed out, the one being served, and who waits (a poll
@@ -356,6 +363,7 @@ impl Store {
             retention_days: std::sync::atomic::AtomicU32::new(DEFAULT_RETENTION_DAYS),
             read_only,
             lease_conn: Mutex::new(None),
+            aside_conn: Mutex::new(None),
         }
     }
 
@@ -476,7 +484,12 @@ impl Store {
     }
 
     /// A connection of its own, for a read that must not wait behind the writer.
-    fn reader(&self) -> Result<Conn, StoreError> {
+    /// Run `read` on a connection beside the writer's (never behind an import's write transaction): a new
+    /// one with SQLite (cheap, and WAL readers never wait), a kept one with PostgreSQL.
+    fn read_aside<T>(
+        &self,
+        read: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         match &self.database {
             Database::Sqlite(path) => {
                 let conn = Connection::open(path).map_err(|error| StoreError::Open {
@@ -484,9 +497,16 @@ impl Store {
                     error: error.into(),
                 })?;
                 let _ = conn.busy_timeout(Duration::from_secs(5));
-                Ok(Conn::Sqlite(conn))
+                read(&mut Conn::Sqlite(conn))
             }
-            Database::Postgres(target) => pg::reconnect(target, true),
+            Database::Postgres(target) => {
+                let mut slot = self.aside_conn.lock().unwrap_or_else(|p| p.into_inner());
+                let conn = match slot.take() {
+                    Some(c) if !c.is_closed() => slot.insert(c),
+                    _ => slot.insert(pg::reconnect(target, true)?),
+                };
+                read(conn)
+            }
         }
     }
 

@@ -323,6 +323,7 @@ pub(super) fn listen(
     target: &PgTarget,
     channel: &str,
     stop: &std::sync::atomic::AtomicBool,
+    mut again: impl FnMut(),
     mut heard: impl FnMut(&str),
 ) {
     use std::sync::atomic::Ordering;
@@ -334,6 +335,7 @@ pub(super) fn listen(
             std::thread::sleep(Duration::from_millis(100));
         }
     };
+    let mut listened = false;
     while !stop.load(Ordering::Relaxed) {
         let mut client = match target.connect() {
             Ok(c) => c,
@@ -350,6 +352,10 @@ pub(super) fn listen(
             );
             pause(stop);
             continue;
+        }
+        if std::mem::replace(&mut listened, true) {
+            // Notifications sent while no connection listened are lost.
+            again();
         }
         while !stop.load(Ordering::Relaxed) {
             use postgres::fallible_iterator::FallibleIterator;

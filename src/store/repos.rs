@@ -372,8 +372,8 @@ impl Store {
         &self,
         provider: &str,
     ) -> Result<Vec<RepoKeyRow>, StoreError> {
-        self.reader()?
-            .query(
+        self.read_aside(|conn| {
+            conn.query(
                 "SELECT id, provider_repo_id, default_branch, state FROM repos WHERE provider = ?1",
                 params![provider],
                 |r| {
@@ -386,5 +386,6 @@ impl Store {
                 },
             )
             .doing("reading repositories")
+        })
     }
 }

@@ -537,9 +537,7 @@ pub(super) fn bulk_insert(
     doing: &str,
 ) -> Result<(), StoreError> {
     let width = columns.len().max(1);
-    // PostgreSQL takes at most 65,535 parameters a statement.
-    let per = (60_000 / width).min(1_000);
-    for chunk in rows.chunks(per) {
+    for chunk in rows.chunks(rows_per_statement(width)) {
         let values: Vec<String> = (0..chunk.len())
             .map(|row| {
                 let marks: Vec<String> = (1..=width)
@@ -557,6 +555,41 @@ pub(super) fn bulk_insert(
         tx.execute(&sql, &params).doing(doing)?;
     }
     Ok(())
+}
+
+/// Rows of `width` columns in one multi-row statement (PostgreSQL takes at most 65,535 parameters a
+/// statement).
+fn rows_per_statement(width: usize) -> usize {
+    (60_000 / width.max(1)).min(1_000)
+}
+
+/// Rows of one table waiting for their multi-row statement: written once a statement's worth is there, so
+/// a huge model is never held twice over.
+struct Pending {
+    table: &'static str,
+    columns: &'static [&'static str],
+    doing: &'static str,
+    rows: Vec<Vec<Owned>>,
+}
+
+impl Pending {
+    fn new(table: &'static str, columns: &'static [&'static str], doing: &'static str) -> Pending {
+        Pending {
+            table,
+            columns,
+            doing,
+            rows: Vec::new(),
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.rows.len() >= rows_per_statement(self.columns.len())
+    }
+
+    fn write(&mut self, tx: &mut Conn) -> Result<(), StoreError> {
+        let rows = std::mem::take(&mut self.rows);
+        bulk_insert(tx, self.table, self.columns, rows, self.doing)
+    }
 }
 
 /// `n` new ids of `table` from its sequence, in one round trip (PostgreSQL).
@@ -606,11 +639,49 @@ fn insert_content_bulk(
     let entity_ids = new_ids(tx, "entities", m.entities.len())?;
     let total: usize = m.entities.iter().map(|e| e.attributes.len()).sum();
     let attribute_ids = new_ids(tx, "attributes", total)?;
-    let mut entities = Vec::with_capacity(m.entities.len());
-    let mut attributes = Vec::with_capacity(total);
+    let mut entities = Pending::new(
+        "entities",
+        &[
+            "id",
+            "model_id",
+            "ordinal",
+            "guid",
+            "name",
+            "code",
+            "container",
+            "description",
+            "derived_from",
+            "attribute_count",
+        ],
+        "storing entities",
+    );
+    let mut attributes = Pending::new(
+        "attributes",
+        &[
+            "id",
+            "entity_id",
+            "model_id",
+            "ordinal",
+            "parent",
+            "depth",
+            "guid",
+            "path",
+            "name",
+            "code",
+            "type",
+            "mode",
+            "required",
+            "primary_key",
+            "description",
+        ],
+        "storing attributes",
+    );
     let mut next_attribute = attribute_ids.iter();
     for ((i, e), &entity_id) in m.entities.iter().enumerate().zip(&entity_ids) {
-        entities.push(vec![
+        if entities.is_full() {
+            entities.write(tx)?;
+        }
+        entities.rows.push(vec![
             Owned::Int(entity_id),
             Owned::Int(model_id),
             int(i),
@@ -638,7 +709,12 @@ fn insert_content_bulk(
             let Some(&attribute_id) = next_attribute.next() else {
                 break;
             };
-            attributes.push(vec![
+            if attributes.is_full() {
+                // Their entities first.
+                entities.write(tx)?;
+                attributes.write(tx)?;
+            }
+            attributes.rows.push(vec![
                 Owned::Int(attribute_id),
                 Owned::Int(entity_id),
                 Owned::Int(model_id),
@@ -669,47 +745,8 @@ fn insert_content_bulk(
             )?;
         }
     }
-    bulk_insert(
-        tx,
-        "entities",
-        &[
-            "id",
-            "model_id",
-            "ordinal",
-            "guid",
-            "name",
-            "code",
-            "container",
-            "description",
-            "derived_from",
-            "attribute_count",
-        ],
-        entities,
-        "storing entities",
-    )?;
-    bulk_insert(
-        tx,
-        "attributes",
-        &[
-            "id",
-            "entity_id",
-            "model_id",
-            "ordinal",
-            "parent",
-            "depth",
-            "guid",
-            "path",
-            "name",
-            "code",
-            "type",
-            "mode",
-            "required",
-            "primary_key",
-            "description",
-        ],
-        attributes,
-        "storing attributes",
-    )?;
+    entities.write(tx)?;
+    attributes.write(tx)?;
     let relationships = m
         .relationships
         .iter()
@@ -1044,6 +1081,14 @@ mod tests {
             .unwrap();
         let rows = store.count("SELECT COUNT(*) FROM search");
         assert_eq!(rows, 2 * 3002, "big.json and twice.json, once each");
+        // Every attribute stored (PostgreSQL writes them a statement's worth at a time), each once, in order.
+        assert_eq!(
+            store.count(
+                "SELECT COUNT(DISTINCT a.ordinal) FROM attributes a JOIN entities e ON e.id = a.entity_id
+                 JOIN models m ON m.id = e.model_id WHERE m.path = 'twice.json' AND a.name = 'field' || a.ordinal"
+            ),
+            3000
+        );
         let c3 = commit("c3");
         store
             .apply_step(&step(&c3, Some("c2")), |w: &mut StepWriter<'_, '_>| {

@@ -59,6 +59,9 @@ pub enum Auth {
     Basic { user: String, pass: String },
     /// `Authorization: Bearer <token>`.
     Bearer(String),
+    /// Basic with any user name and this password (tells clients apart in the log: see
+    /// [`LoggedRequest::user`]).
+    AnyUser { pass: String },
     /// Accepts either the Basic or the Bearer credential.
     BasicOrBearer {
         user: String,
@@ -99,6 +102,16 @@ impl Auth {
         match self {
             Auth::None => Ok(None),
             Auth::Basic { user, pass } if basic_ok(user, pass) => Ok(Some(user.clone())),
+            Auth::AnyUser { pass } => {
+                let decoded = (scheme == "basic")
+                    .then(|| base64_decode(value))
+                    .flatten()
+                    .and_then(|d| String::from_utf8(d).ok());
+                match decoded.as_deref().and_then(|d| d.split_once(':')) {
+                    Some((user, p)) if p == pass => Ok(Some(user.to_string())),
+                    _ => Err(()),
+                }
+            }
             Auth::Bearer(token) if bearer_ok(token) => Ok(Some("bearer".to_string())),
             Auth::BasicOrBearer { user, pass, .. } if basic_ok(user, pass) => {
                 Ok(Some(user.clone()))
@@ -145,6 +158,12 @@ pub struct LoggedRequest {
     pub api: bool,
     /// All request headers in arrival order, names lower-cased.
     pub headers: Vec<(String, String)>,
+    /// The user the request was accepted for (`None`: anonymous access or refused).
+    pub user: Option<String>,
+    /// When the request's head had arrived.
+    pub started: std::time::SystemTime,
+    /// When the response was ready (git's work done; it is written after).
+    pub finished: std::time::SystemTime,
 }
 
 impl LoggedRequest {
@@ -655,6 +674,9 @@ fn handle_connection(shared: &Shared, stream: TcpStream) {
             .iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
             .collect(),
+        user: None,
+        started: std::time::SystemTime::now(),
+        finished: std::time::SystemTime::now(),
     };
 
     let now = shared.open.fetch_add(1, Ordering::SeqCst) + 1;
@@ -666,6 +688,7 @@ fn handle_connection(shared: &Shared, stream: TcpStream) {
     };
     drop(busy);
     entry.status = response.status;
+    entry.finished = std::time::SystemTime::now();
     // Log before answering, so the entry is visible once the client has the response.
     lock(&shared.log).push(entry);
     let is_head = head.method.eq_ignore_ascii_case("HEAD");
@@ -785,6 +808,7 @@ fn process(
         return Ok(resp);
     };
 
+    entry.user = remote_user.clone();
     run_cgi(shared, head, body, remote_user, peer, entry)
 }
 

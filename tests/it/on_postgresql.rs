@@ -340,12 +340,18 @@ impl Drop for Stopper {
 }
 
 /// Three instances on one database, sixty repositories over git smart HTTP: the work is shared, no
-/// repository is polled by two instances at once, no commit is recorded twice, every repository is current
-/// after a push; and with one instance killed (SIGKILL) after a push, the others bring its repositories
-/// current once its heartbeat is older than the lease period.
+/// repository is polled by two instances at once (from the polls table and from the git server's request
+/// log, where each instance fetches as its own user), no commit is recorded twice, every repository is
+/// current after a push; and with one instance killed (SIGKILL) after a push, the others bring its
+/// repositories current once its heartbeat is older than the lease period.
 #[test]
 fn three_instances_share_sixty_repositories() {
-    let env = Env::on(Engine::Postgres, Auth::None);
+    let env = Env::on(
+        Engine::Postgres,
+        Auth::AnyUser {
+            pass: "git-pass".into(),
+        },
+    );
     let pg = env.pg.as_ref().unwrap();
     let repos: Vec<String> = (0..60).map(|i| format!("t/r{i:02}.git")).collect();
     let works: Vec<std::path::PathBuf> = repos.iter().map(|r| env.one_model_repo(r).1).collect();
@@ -361,7 +367,8 @@ fn three_instances_share_sixty_repositories() {
             format!(
                 "state_dir = {:?}\ndatabase = {:?}\ndatabase_password_env = \"MODELMIRROR_TEST_PG_PASSWORD\"\n\
                  instance_name = {name:?}\nlease_seconds = 30\nschedule = \"*/2 * * * * *\"\n\
-                 [providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [{list}]\n",
+                 [providers.g]\nkind = \"git\"\nurl = {:?}\nusername = {name:?}\ntoken_env = \"MM_TEST_GIT_PASS\"\n\
+                 repos = [{list}]\n",
                 env.path().join(format!("state-{name}")),
                 pg.url,
                 env.server.url()
@@ -371,6 +378,7 @@ fn three_instances_share_sixty_repositories() {
         Running(
             bin()
                 .args(["--config", &config.to_string_lossy(), "run"])
+                .env("MM_TEST_GIT_PASS", "git-pass")
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(env.path().join(format!("{name}.log"))).unwrap())
                 .spawn()
@@ -437,6 +445,7 @@ fn three_instances_share_sixty_repositories() {
     let (_, mut b) = instances.remove(1);
     signal(&b, 9);
     let _ = b.wait();
+    let killed_at = std::time::SystemTime::now();
     for w in &works {
         std::fs::remove_file(w.join("m2.hck.json")).unwrap();
         commit_all(w, "one model again");
@@ -445,6 +454,9 @@ fn three_instances_share_sixty_repositories() {
     wait_for("every repository current without instance b", 120, || {
         current(&third) == 60
     });
+    // The git server's log so far; the polls its requests belong to are all recorded a moment later.
+    let log = env.server.git_requests();
+    std::thread::sleep(std::time::Duration::from_secs(5));
     // Never two instances on one repository at once; never a commit twice.
     let polls: Vec<(String, String, String, i64)> = pg
         .client()
@@ -480,6 +492,91 @@ fn three_instances_share_sixty_repositories() {
     let models = pg.count("SELECT COUNT(*) FROM models");
     assert_eq!(models, 60);
     drop(instances);
+    no_repository_fetched_by_two_at_once(&log, &polls, killed_at);
+}
+
+/// From the git server's request log (each instance fetching as its own user): no two instances' requests
+/// for one repository were served at the same time, and each request of a surviving instance lies within
+/// one of its recorded polls of that repository (so, with the polls of different instances on a repository
+/// never overlapping, neither do their fetches). `b` was killed at `killed_at`: its last poll was never
+/// recorded, and it made no request after.
+fn no_repository_fetched_by_two_at_once(
+    log: &[crate::git_http::LoggedRequest],
+    polls: &[(String, String, String, i64)],
+    killed_at: std::time::SystemTime,
+) {
+    use std::collections::HashMap;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let mut by_repo: HashMap<String, Vec<&crate::git_http::LoggedRequest>> = HashMap::new();
+    for r in log.iter().filter(|r| r.user.is_some()) {
+        let repo = r
+            .path
+            .split(".git/")
+            .next()
+            .unwrap()
+            .trim_start_matches('/');
+        by_repo.entry(format!("g/{repo}")).or_default().push(r);
+    }
+    assert_eq!(
+        by_repo.len(),
+        60,
+        "{:?}",
+        by_repo.keys().collect::<Vec<_>>()
+    );
+    let users: BTreeSet<&str> = log.iter().filter_map(|r| r.user.as_deref()).collect();
+    assert_eq!(users, BTreeSet::from(["a", "b", "c"]));
+    let at = |t: &str| {
+        let ms = chrono::DateTime::parse_from_rfc3339(t)
+            .unwrap()
+            .timestamp_millis();
+        UNIX_EPOCH + Duration::from_millis(ms as u64)
+    };
+    let mut windows: HashMap<(&str, &str), Vec<(SystemTime, SystemTime)>> = HashMap::new();
+    for (repo, instance, started, ms) in polls {
+        // Times in the table are to the millisecond.
+        let from = at(started) - Duration::from_millis(2);
+        let to = from + Duration::from_millis(*ms as u64 + 4);
+        windows
+            .entry((repo, instance))
+            .or_default()
+            .push((from, to));
+    }
+    let mut checked = 0;
+    for (repo, mut requests) in by_repo {
+        requests.sort_by_key(|r| r.started);
+        for (i, r) in requests.iter().enumerate() {
+            let user = r.user.as_deref().unwrap();
+            for other in requests[i + 1..]
+                .iter()
+                .take_while(|o| o.started < r.finished)
+            {
+                assert_eq!(
+                    other.user.as_deref(),
+                    Some(user),
+                    "{repo} fetched by two instances at once: {} {} and {} {}",
+                    r.method,
+                    r.path,
+                    other.method,
+                    other.path
+                );
+            }
+            if user == "b" {
+                assert!(r.started < killed_at, "b made a request after its kill");
+                continue;
+            }
+            let within = windows.get(&(repo.as_str(), user)).is_some_and(|w| {
+                w.iter()
+                    .any(|(from, to)| *from <= r.started && r.finished <= *to)
+            });
+            assert!(
+                within,
+                "{user}'s {} {} on {repo} lies in none of its polls",
+                r.method, r.path
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 120, "only {checked} requests checked");
 }
 
 /// `migrate --to`: a SQLite catalog with its history copied into an empty PostgreSQL database answers the
@@ -581,6 +678,40 @@ fn migrate_copies_a_sqlite_catalog_into_postgresql() {
         refused.stderr.contains("already holds a catalog"),
         "{refused:?}"
     );
+    // Any table holding a row is enough (here only `service`, after a first copy emptied again).
+    let other = PgDb::new();
+    let migrate = |to: &PgDb| {
+        env.run(&[
+            "migrate",
+            "--to",
+            &to.url,
+            "--password-env",
+            "MODELMIRROR_TEST_PG_PASSWORD",
+        ])
+    };
+    assert_eq!(migrate(&other).code, 0);
+    let mut c = other.client();
+    let tables: Vec<String> = c
+        .query(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'
+             AND tablename NOT IN ('schema_version', 'catalog_generation')",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    c.batch_execute(&format!(
+        "TRUNCATE {} CASCADE; INSERT INTO service (key, value) VALUES ('left', 'over')",
+        tables.join(", ")
+    ))
+    .unwrap();
+    let refused = migrate(&other);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("already holds a catalog"),
+        "{refused:?}"
+    );
 }
 
 /// Two instances, a 300-commit history: the instance importing it is killed with SIGKILL in the middle; the
@@ -665,6 +796,20 @@ fn an_instance_killed_mid_import_is_finished_by_the_other() {
         after <= chrono::Duration::seconds(30 + 20),
         "{survivor} took the repository over {after} after the kill"
     );
+    // Recorded as a takeover (not as a webhook's poll: none was sent).
+    assert_eq!(
+        pg.count("SELECT COUNT(*) FROM polls WHERE trigger = 'webhook'"),
+        0
+    );
+    let trigger: String = pg
+        .client()
+        .query_one(
+            "SELECT trigger FROM polls WHERE instance = $1 ORDER BY started_at LIMIT 1",
+            &[survivor],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(trigger, "takeover");
     assert_eq!(
         pg.count(
             "SELECT COUNT(*) FROM (SELECT commit_id FROM sync_steps GROUP BY commit_id HAVING COUNT(*) > 1) t"
@@ -681,4 +826,96 @@ fn an_instance_killed_mid_import_is_finished_by_the_other() {
         pg.count("SELECT COUNT(*) FROM search s LEFT JOIN models m ON m.id = s.model_id WHERE m.id IS NULL"),
         0
     );
+}
+
+/// An instance stopped (SIGTERM) retires its heartbeat and starts again under its name at once; one killed
+/// (SIGKILL) leaves its heartbeat behind, and the process started in its place takes the name over once two
+/// heartbeats have passed without it; a second process under the name of one that runs is refused.
+#[test]
+fn an_instance_restarts_under_its_name_after_a_stop_or_a_kill() {
+    let env = Env::on(Engine::Postgres, Auth::None);
+    let pg = env.pg.as_ref().unwrap();
+    env.one_model_repo("t/one.git");
+    let config = env.path().join("a.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\ndatabase = {:?}\ndatabase_password_env = \"MODELMIRROR_TEST_PG_PASSWORD\"\n\
+             instance_name = \"a\"\nschedule = \"0 0 1 1 *\"\n\
+             [providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"t/one.git\"]\n",
+            env.path().join("state"),
+            pg.url,
+            env.server.url()
+        ),
+    )
+    .unwrap();
+    let log = |n: usize| env.path().join(format!("a{n}.log"));
+    let start = |n: usize| {
+        Running(
+            bin()
+                .args(["--config", &config.to_string_lossy(), "run"])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log(n)).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let token = || -> Option<String> {
+        pg.client()
+            .query_opt("SELECT token FROM instances WHERE name = 'a'", &[])
+            .ok()
+            .flatten()
+            .map(|r| r.get(0))
+    };
+    let mut first = start(1);
+    wait_for("the first start", 60, || {
+        token().is_some() && env.count("SELECT COUNT(*) FROM models") == 1
+    });
+    signal(&first, 15);
+    assert!(first.wait().unwrap().success());
+    assert_eq!(token(), None, "a stopped instance retires its heartbeat");
+    // Started again at once: not refused.
+    let mut second = start(2);
+    wait_for("the second start", 20, || token().is_some());
+    let second_token = token();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(second.try_wait().unwrap().is_none(), "{}", read(&log(2)));
+    // Killed: its heartbeat stays; the next process waits two heartbeats, then takes the name over.
+    signal(&second, 9);
+    let _ = second.wait();
+    let mut third = start(3);
+    wait_for("the name taken over", 60, || {
+        token().is_some_and(|t| Some(t) != second_token)
+    });
+    assert!(third.try_wait().unwrap().is_none(), "{}", read(&log(3)));
+    let said = read(&log(3));
+    assert!(
+        said.contains("waiting 25s to see whether it still runs")
+            && said.contains("took instance_name over"),
+        "{said}"
+    );
+    // A second process under the name of one that runs: refused.
+    let mut fourth = start(4);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = fourth.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "the duplicate runs");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(!status.success());
+    let said = read(&log(4));
+    assert!(
+        said.contains("another modelmirror process runs as instance_name \"a\""),
+        "{said}"
+    );
+    assert!(
+        third.try_wait().unwrap().is_none(),
+        "the running one stopped"
+    );
+}
+
+fn read(p: &std::path::Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
 }

@@ -1100,5 +1100,78 @@ fn a_webhook_to_one_instance_is_polled_by_the_instance_that_holds_the_repository
     assert_eq!(outcomes[1].0, "ignored", "{outcomes:?}");
     assert!(outcomes[1].1.contains("another instance"), "{outcomes:?}");
     assert_eq!(count(&models), 2);
+
+    // A nudge passed on while b's listener is away (its connection cut, no new connection allowed) is heard
+    // by nobody; once b listens again, it polls every repository it prefers, that one among them.
+    let mut inside = pg.client();
+    let db: String = inside
+        .query_one("SELECT current_database()", &[])
+        .unwrap()
+        .get(0);
+    let (server, password) = crate::pg::server();
+    let mut admin = crate::pg::client(&server, &password);
+    admin
+        .batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"))
+        .unwrap();
+    let cut = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = $1 AND query LIKE 'LISTEN%'",
+            &[&db],
+        )
+        .unwrap()
+        .len();
+    assert_eq!(cut, 2, "the two instances' listeners");
+    std::fs::copy(
+        fixtures().join("models/books/MongoDB__Figure 020 - Alternate key on Pet Name.hck.json"),
+        works[target].join("third.hck.json"),
+    )
+    .unwrap();
+    commit_all(&works[target], "a third model");
+    let headers = signed("gh", "gh-secret", &body, "cross-2");
+    let (status, answer) = post(ports[0], "/hooks/gh", &headers, &body);
+    assert_eq!(status, 202, "{answer}");
+    let mut one = |sql: &str| -> i64 { inside.query_one(sql, &[]).unwrap().get(0) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while one(
+        "SELECT COUNT(*) FROM deliveries WHERE delivery_id = 'cross-2' AND reason LIKE '%passed on to instance b%'",
+    ) != 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the third delivery was not passed on: {:?}",
+            inside
+                .query("SELECT delivery_id, outcome, reason FROM deliveries", &[])
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect::<Vec<(Option<String>, String, Option<String>)>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(one(&models), 2, "b heard a nudge while not listening");
+    admin
+        .batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&models) != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "b did not poll its repositories once it listened again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let last = pg
+        .client()
+        .query_one(
+            "SELECT instance, trigger FROM polls WHERE repo_id = $1 AND result = 'updated' ORDER BY id DESC LIMIT 1",
+            &[&repo],
+        )
+        .unwrap();
+    assert_eq!(
+        (last.get::<_, String>(0), last.get::<_, String>(1)),
+        ("b".to_string(), "takeover".to_string())
+    );
     drop(children);
 }
