@@ -156,7 +156,13 @@ pub(super) async fn retire(shared: &Arc<Shared>) {
 
 /// Beat the heartbeat every `every` until shutdown, on blocking threads (a slow database never holds the
 /// supervisor up), and start the polls of repositories taken over from an instance that stopped beating.
-pub(super) async fn heartbeat_loop(shared: Arc<Shared>, every: Duration) {
+/// Another process having taken this instance_name over (this one's heartbeats failed for longer than the
+/// newcomer waited) is sent on `displaced`: the service stops.
+pub(super) async fn heartbeat_loop(
+    shared: Arc<Shared>,
+    every: Duration,
+    displaced: tokio::sync::mpsc::Sender<StoreError>,
+) {
     // Instances started together each know only those that beat before them: two beats soon after the start
     // make them agree before the startup polls (spread over the first 5 s) are shared out.
     let mut soon = [1, 2].into_iter().map(Duration::from_secs);
@@ -177,6 +183,11 @@ pub(super) async fn heartbeat_loop(shared: Arc<Shared>, every: Duration) {
         let beat = shared.clone();
         let taken_over = match tokio::task::spawn_blocking(move || heartbeat(&beat, &ids)).await {
             Ok(Ok(taken)) => taken,
+            Ok(Err(e @ StoreError::InstanceTaken { .. })) => {
+                // Two processes under one name: this one gives way.
+                let _ = displaced.send(e).await;
+                return;
+            }
             Ok(Err(e)) => {
                 tracing::error!("cannot record this instance's heartbeat: {e}");
                 continue;
@@ -231,15 +242,24 @@ pub(super) fn start_listening(shared: &Arc<Shared>) {
                     .filter(|(id, _)| preferred(id, &live) == Some(me.as_str()))
                     .collect();
                 tracing::info!(
-                    "listening for nudges again: polling this instance's {} repositories (a webhook passed on meanwhile was lost)",
+                    "listening for nudges again: polling this instance's {} repositories (a webhook passed on meanwhile may have been lost)",
                     mine.len()
                 );
                 for (_, (_, nudge)) in mine {
                     nudge.take_over();
                 }
             };
-            let heard = |to: &str, repo_id: &str| {
-                if to != shared.config().instance_name {
+            let heard = |to: Option<&str>, repo_id: &str| {
+                // For this instance; or for one it does not count live (it went since the sender looked:
+                // then the instance that prefers the repository now acts), or unnamed (an older sender).
+                let me = shared.config().instance_name.clone();
+                let live = shared.instances.live();
+                let mine = match to {
+                    Some(to) if to == me => true,
+                    Some(to) if live.iter().any(|l| l == to) => false,
+                    _ => preferred(repo_id, &live) == Some(me.as_str()),
+                };
+                if !mine {
                     return;
                 }
                 let targets = shared.targets.lock().unwrap_or_else(|p| p.into_inner());

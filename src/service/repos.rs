@@ -62,6 +62,7 @@ pub(super) async fn repo_loop(
         offset,
         since_full: 0,
         retry: None,
+        retry_webhook: Arc::default(),
     };
     // The startup poll is spread too, but over a few seconds at most.
     let mut wait = offset.min(Duration::from_secs(5));
@@ -111,6 +112,8 @@ struct RepoLoop {
     since_full: u32,
     /// The pending retry of a poll whose lease another instance held (see `poll`).
     retry: Option<tokio::task::JoinHandle<()>>,
+    /// Whether a webhook's poll is among those the pending retry stands for.
+    retry_webhook: Arc<AtomicBool>,
 }
 
 /// How a wait ended.
@@ -179,15 +182,28 @@ impl RepoLoop {
         )
         .await
         {
-            Ok(lease) => lease,
+            // This poll stands for any webhook a pending retry was to poll for.
+            Ok(lease) => {
+                self.retry_webhook.store(false, Ordering::SeqCst);
+                lease
+            }
             Err(super::leases::NotTaken::NotMine) => return Some((0, None)),
             Err(super::leases::NotTaken::Held) => {
-                // One retry pending at a time, however many firings and nudges found it held.
+                // One retry pending at a time, however many firings and nudges found it held; a webhook's
+                // among them makes it a webhook's poll (which this instance may run without preferring it).
+                if trigger == Trigger::Webhook {
+                    self.retry_webhook.store(true, Ordering::SeqCst);
+                }
                 if self.retry.as_ref().is_none_or(|r| r.is_finished()) {
                     let (nudge, secs) = (self.nudge.clone(), shared.config().lease_seconds);
+                    let webhook = self.retry_webhook.clone();
                     self.retry = Some(tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_secs(secs / 3)).await;
-                        nudge.again(trigger);
+                        if webhook.swap(false, Ordering::SeqCst) {
+                            nudge.nudge();
+                        } else {
+                            nudge.take_over();
+                        }
                     }));
                 }
                 return Some((0, None));

@@ -58,15 +58,6 @@ impl Nudge {
         self.raise(TAKEOVER);
     }
 
-    /// Ask again for a poll started by `trigger` that could not run yet.
-    pub(crate) fn again(&self, trigger: Trigger) {
-        self.raise(if trigger == Trigger::Webhook {
-            WEBHOOK
-        } else {
-            TAKEOVER
-        });
-    }
-
     fn raise(&self, bit: u8) {
         self.pending
             .fetch_or(bit, std::sync::atomic::Ordering::SeqCst);

@@ -140,8 +140,20 @@ pub(crate) async fn run(
         &[("instance", &config.instance_name)],
         1.0,
     );
+    // Known to the other instances on the database (and they to it) before the first polls; refused when
+    // another live process already runs under this instance_name. Before the listeners: a delivery taken
+    // while this waits would find no repository mirrored yet.
+    super::leases::join(&shared, TICK)
+        .await
+        .map_err(ServiceError::Store)?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let listeners = start_listeners(&shared, &config, &health, stop_rx).await?;
+    let listeners = match start_listeners(&shared, &config, &health, stop_rx).await {
+        Ok(l) => l,
+        Err(e) => {
+            super::leases::retire(&shared).await;
+            return Err(e);
+        }
+    };
     let (found, mut found_rx) = mpsc::channel::<Found>(16);
     let mut sup = Supervisor {
         shared,
@@ -158,12 +170,13 @@ pub(crate) async fn run(
         discovery: HashMap::new(),
         repos: HashMap::new(),
     };
-    // Known to the other instances on the database (and they to it) before the first polls; refused when
-    // another live process already runs under this instance_name.
-    super::leases::join(&sup.shared, TICK)
-        .await
-        .map_err(ServiceError::Store)?;
-    tokio::spawn(super::leases::heartbeat_loop(sup.shared.clone(), TICK));
+    // Another process took this instance_name over (this one's heartbeats failed for a while): stop.
+    let (displaced, mut displaced_rx) = mpsc::channel::<crate::store::StoreError>(1);
+    tokio::spawn(super::leases::heartbeat_loop(
+        sup.shared.clone(),
+        TICK,
+        displaced,
+    ));
     super::leases::start_listening(&sup.shared);
     sup.start_discovery(&config);
     sup.reconcile(&config);
@@ -184,6 +197,11 @@ pub(crate) async fn run(
             },
             Some((provider, repos)) = found_rx.recv() => sup.on_found(provider, repos),
             _ = tick.tick() => sup.on_tick(),
+            Some(e) = displaced_rx.recv() => {
+                tracing::error!("stopping: {e}");
+                sup.shutdown(stop_tx, listeners).await;
+                return Err(ServiceError::Store(e));
+            }
         }
     }
     sup.shutdown(stop_tx, listeners).await;

@@ -847,8 +847,17 @@ fn dispatch(
         rec.reason = Some(&reason);
         return store.record_delivery(&rec).map(|id| (id, "ignored"));
     };
-    // Read through its own connection: never behind an import's write transaction.
-    let rows = store.repos_of_provider_reader(&provider.name)?;
+    // Read through its own connection: never behind an import's write transaction. Unreadable (the database
+    // away): matched against the repositories this instance mirrors, by path and clone URL.
+    let rows = store
+        .repos_of_provider_reader(&provider.name)
+        .unwrap_or_else(|e| {
+            tracing::warn!(
+                "cannot read the repositories of provider {} (matching the delivery by path and clone URL): {e}",
+                provider.name
+            );
+            Vec::new()
+        });
     let guard = targets.lock().unwrap_or_else(|p| p.into_inner());
     let matched = match_repo(&provider.name, repo, &rows, &guard);
     let Some(repo_id) = matched else {

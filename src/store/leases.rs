@@ -60,6 +60,11 @@ impl Store {
         lease_secs: u64,
     ) -> Result<Vec<String>, StoreError> {
         let result = self.on_lease_conn(|conn| {
+            // Retired (stopping): no heartbeat again. (Checked under the connection's lock, which `retire`
+            // holds while it deletes the row.)
+            if self.retired.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(vec![me.name.to_string()]);
+            }
             let taken = conn
                 .query_opt(
                     "INSERT INTO instances (name, token, started_at, heartbeat_at)
@@ -122,6 +127,8 @@ impl Store {
     /// heartbeat, and a process started under its name is not refused).
     pub(crate) fn retire(&self, me: &Holder<'_>) -> Result<(), StoreError> {
         let result = self.on_lease_conn(|conn| {
+            self.retired
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             conn.execute(
                 "DELETE FROM instances WHERE name = ?1 AND token = ?2",
                 params![me.name, me.token],
@@ -233,21 +240,26 @@ impl Store {
     }
 
     /// Hear the nudges other instances pass on (`notify_nudge`), calling `heard` with the instance each is
-    /// for and the repository id, until `stop` is set: blocking, on a connection of its own, made again when
-    /// lost (then `again` is called: nudges sent meanwhile were heard by nobody). Returns at once with
-    /// SQLite.
+    /// for (`None` from a modelmirror that did not name it) and the repository id, until `stop` is set:
+    /// blocking, on a connection of its own, made again when lost (then `again` is called: nudges sent
+    /// meanwhile were heard by nobody). Returns at once with SQLite.
     pub(crate) fn listen_nudges(
         &self,
         stop: &std::sync::atomic::AtomicBool,
         again: impl FnMut(),
-        mut heard: impl FnMut(&str, &str),
+        mut heard: impl FnMut(Option<&str>, &str),
     ) {
         if let Database::Postgres(target) = &self.database {
-            pg::listen(target, "modelmirror_nudge", stop, again, |payload| {
-                if let Some((to, repo_id)) = payload.split_once(' ') {
-                    heard(to, repo_id);
-                }
-            });
+            pg::listen(
+                target,
+                "modelmirror_nudge",
+                stop,
+                again,
+                |payload| match payload.split_once(' ') {
+                    Some((to, repo_id)) => heard(Some(to), repo_id),
+                    None => heard(None, payload),
+                },
+            );
         }
     }
 }

@@ -186,6 +186,9 @@ pub struct Store {
     /// PostgreSQL: the connection of the reads that must not wait for the writer (see `read_aside`), kept
     /// (a connection per webhook delivery would cost a server process each), made when first needed.
     aside_conn: Mutex<Option<Conn>>,
+    /// This process has retired its heartbeat (see `leases::retire`): a heartbeat still under way does not
+    /// bring it back.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 /// The writer connection's queue: tickets handed out, the one being served, and who waits (a poll
@@ -364,6 +367,7 @@ impl Store {
             read_only,
             lease_conn: Mutex::new(None),
             aside_conn: Mutex::new(None),
+            retired: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -485,10 +489,11 @@ impl Store {
 
     /// A connection of its own, for a read that must not wait behind the writer.
     /// Run `read` on a connection beside the writer's (never behind an import's write transaction): a new
-    /// one with SQLite (cheap, and WAL readers never wait), a kept one with PostgreSQL.
+    /// one with SQLite (cheap, and WAL readers never wait), a kept one with PostgreSQL (made again, and the
+    /// read run again once, when a read fails: after a server restart the first read does not fail).
     fn read_aside<T>(
         &self,
-        read: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
+        read: impl Fn(&mut Conn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         match &self.database {
             Database::Sqlite(path) => {
@@ -505,7 +510,12 @@ impl Store {
                     Some(c) if !c.is_closed() => slot.insert(c),
                     _ => slot.insert(pg::reconnect(target, true)?),
                 };
-                read(conn)
+                match read(conn) {
+                    // A cut connection may still answer its first use with the server's farewell (FATAL
+                    // 57P01) rather than as closed: any failure is tried once more on a new connection.
+                    Err(_) => read(slot.insert(pg::reconnect(target, true)?)),
+                    done => done,
+                }
             }
         }
     }
@@ -567,6 +577,32 @@ mod tests {
             }
             stop.store(true, Ordering::Relaxed);
         });
+    }
+
+    /// The kept side connection (PostgreSQL) cut by the server (a restart, an administrator): the next read
+    /// still answers, on a new connection.
+    #[test]
+    fn a_side_read_survives_its_connection_cut() {
+        let (db, _dropped) = test_db::postgres();
+        let store = Store::open(&db).unwrap();
+        store.ensure_repo("p/r", "p", "r", "file:///r").unwrap();
+        assert_eq!(store.repos_of_provider_reader("p").unwrap().len(), 1);
+        let mut admin = pg::reconnect(&test_db::pg_admin(), false).unwrap();
+        let Database::Postgres(target) = &db else {
+            unreachable!()
+        };
+        let name = url::Url::parse(&target.url).unwrap().path()[1..].to_string();
+        let cut = admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = ?1 AND pid <> pg_backend_pid()",
+                db::params![name],
+                |r| r.get::<bool>(0),
+            )
+            .unwrap();
+        assert!(!cut.is_empty());
+        assert_eq!(store.repos_of_provider_reader("p").unwrap().len(), 1);
+        assert!(store.delivery_seen("p", "d1").is_ok());
     }
 }
 

@@ -960,6 +960,48 @@ mod tests {
         store.count("SELECT COUNT(*) FROM search")
     }
 
+    /// A model of 2,500 entities of two attributes each: every row stored once, each attribute with its own
+    /// entity (PostgreSQL writes entities and attributes a statement's worth at a time, entities first).
+    #[test]
+    fn a_model_of_many_entities_is_stored_whole() {
+        for (store, _db) in crate::store::test_db::stores() {
+            store.ensure_repo("p/r", "p", "r", "file:///r").unwrap();
+            let mut m = model("Wide", "w", 0);
+            let one = m.entities.pop().unwrap();
+            m.entities = (0..2500)
+                .map(|i| crate::model::Entity {
+                    name: format!("e{i}"),
+                    attributes: model("x", "y", 2)
+                        .entities
+                        .remove(0)
+                        .attributes
+                        .into_iter()
+                        .map(|mut a| {
+                            a.name = format!("e{i}.{}", a.name);
+                            a
+                        })
+                        .collect(),
+                    ..one.clone()
+                })
+                .collect();
+            let c1 = commit("c1");
+            store
+                .apply_step(&step(&c1, None), |w: &mut StepWriter<'_, '_>| {
+                    w.put("wide.json", None, "b1", 10, &Content::Model(&m))
+                })
+                .unwrap();
+            assert_eq!(store.count("SELECT COUNT(*) FROM entities"), 2500);
+            assert_eq!(
+                store.count(
+                    "SELECT COUNT(*) FROM attributes a JOIN entities e ON e.id = a.entity_id
+                     WHERE a.name LIKE e.name || '.%'"
+                ),
+                5000
+            );
+            assert_eq!(store.count("SELECT COUNT(*) FROM search"), 7501);
+        }
+    }
+
     /// `unindex` takes exactly the search rows of the models a step replaces, before they are replaced.
     #[test]
     fn unindex_removes_the_rows_of_the_models_a_step_replaces_and_no_other() {

@@ -914,6 +914,31 @@ fn an_instance_restarts_under_its_name_after_a_stop_or_a_kill() {
         third.try_wait().unwrap().is_none(),
         "the running one stopped"
     );
+    // Its name taken over by another process meanwhile (as when its heartbeats failed for a while): it
+    // stops, saying why, rather than run beside the other under one name.
+    pg.client()
+        .execute(
+            "UPDATE instances SET token = 'another', heartbeat_at = '9999-12-31T00:00:00.000Z' WHERE name = 'a'",
+            &[],
+        )
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = third.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the displaced instance runs on"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(!status.success());
+    let said = read(&log(3));
+    assert!(
+        said.contains("stopping: another modelmirror process runs as instance_name \"a\""),
+        "{said}"
+    );
 }
 
 fn read(p: &std::path::Path) -> String {
