@@ -100,12 +100,12 @@ fn main() -> ExitCode {
     match cli.execute() {
         Ok(code) => code,
         Err(e) => {
-            let e = anyhow::Error::from(e);
+            let status = e.exit_status();
             eprintln!(
                 "error: {}",
-                modelmirror::cli::terminal_lines(&format!("{e:#}"))
+                modelmirror::cli::terminal_lines(&format!("{:#}", anyhow::Error::from(e)))
             );
-            ExitCode::from(2)
+            ExitCode::from(status)
         }
     }
 }

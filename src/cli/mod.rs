@@ -158,6 +158,19 @@ pub struct LogSettings {
 #[error(transparent)]
 pub struct Failure(CliError);
 
+impl Failure {
+    /// The exit status: 3 when another process runs under this `instance_name` (the systemd unit does not
+    /// restart on it: a restart would be refused again), else 2.
+    pub fn exit_status(&self) -> u8 {
+        match &self.0 {
+            CliError::Service(service::ServiceError::Store(StoreError::InstanceTaken {
+                ..
+            })) => 3,
+            _ => 2,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CliError {
     #[error(transparent)]

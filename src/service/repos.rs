@@ -42,6 +42,9 @@ pub(super) fn backoff(period: Duration, failures: u32) -> Duration {
 const NUDGE_QUIET: Duration = Duration::from_millis(400);
 /// The longest a continuous stream of nudges delays that poll.
 const NUDGE_MAX_DELAY: Duration = Duration::from_secs(2);
+/// The longest deliveries still queued for the dispatcher (received, not yet dispatched: a loaded
+/// database records them slower than they arrive) delay it: they are the same burst.
+const NUDGE_BACKLOG_MAX_DELAY: Duration = Duration::from_secs(8);
 
 /// One repository's polls: on its schedule, and at once when nudged by a webhook. Nudges that arrive while a
 /// poll runs merge into one more poll after it, taken once they pause (`NUDGE_QUIET`, at most
@@ -62,7 +65,7 @@ pub(super) async fn repo_loop(
         offset,
         since_full: 0,
         retry: None,
-        retry_webhook: Arc::default(),
+        retry_webhook: AtomicBool::new(false),
     };
     // The startup poll is spread too, but over a few seconds at most.
     let mut wait = offset.min(Duration::from_secs(5));
@@ -112,8 +115,8 @@ struct RepoLoop {
     since_full: u32,
     /// The pending retry of a poll whose lease another instance held (see `poll`).
     retry: Option<tokio::task::JoinHandle<()>>,
-    /// Whether a webhook's poll is among those the pending retry stands for.
-    retry_webhook: Arc<AtomicBool>,
+    /// A webhook's poll is owed: one found the lease held, and no poll has run since.
+    retry_webhook: AtomicBool,
 }
 
 /// How a wait ended.
@@ -175,6 +178,12 @@ impl RepoLoop {
         // Another instance on the same database polls it: nothing to do here. Held by another now (its poll
         // runs, or it died and its lease has not expired yet): try again in a third of the lease period, so
         // a repository taken over from a dead instance is not left until its next firing.
+        // A webhook's poll still owed (its lease was held; see below) makes this poll the webhook's.
+        let trigger = if self.retry_webhook.load(Ordering::SeqCst) {
+            Trigger::Webhook
+        } else {
+            trigger
+        };
         let lease = match super::leases::take_or_say(
             &self.shared,
             &self.repo.id,
@@ -185,25 +194,24 @@ impl RepoLoop {
             // This poll stands for any webhook a pending retry was to poll for.
             Ok(lease) => {
                 self.retry_webhook.store(false, Ordering::SeqCst);
+                if let Some(r) = self.retry.take() {
+                    r.abort();
+                }
                 lease
             }
             Err(super::leases::NotTaken::NotMine) => return Some((0, None)),
             Err(super::leases::NotTaken::Held) => {
                 // One retry pending at a time, however many firings and nudges found it held; a webhook's
-                // among them makes it a webhook's poll (which this instance may run without preferring it).
+                // among them is owed until a poll runs (which this instance may run without preferring
+                // the repository).
                 if trigger == Trigger::Webhook {
                     self.retry_webhook.store(true, Ordering::SeqCst);
                 }
                 if self.retry.as_ref().is_none_or(|r| r.is_finished()) {
                     let (nudge, secs) = (self.nudge.clone(), shared.config().lease_seconds);
-                    let webhook = self.retry_webhook.clone();
                     self.retry = Some(tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_secs(secs / 3)).await;
-                        if webhook.swap(false, Ordering::SeqCst) {
-                            nudge.nudge();
-                        } else {
-                            nudge.take_over();
-                        }
+                        nudge.take_over();
                     }));
                 }
                 return Some((0, None));
@@ -320,7 +328,8 @@ impl RepoLoop {
     /// Let a burst of nudges (the first asked for a poll by `first`) pause (`NUDGE_QUIET`, at most
     /// `NUDGE_MAX_DELAY`), then clear them: a webhook's trigger if any of them was one. `None`: stop.
     async fn settle_nudges(&mut self, first: Trigger) -> Option<Trigger> {
-        let deadline = tokio::time::Instant::now() + NUDGE_MAX_DELAY;
+        let started = tokio::time::Instant::now();
+        let mut deadline = started + NUDGE_MAX_DELAY;
         let mut heard = first;
         let mut hear = |why: Trigger| {
             if heard != Trigger::Webhook {
@@ -337,7 +346,14 @@ impl RepoLoop {
                         break;
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => break,
+                _ = tokio::time::sleep_until(deadline) => {
+                    if self.shared.webhook_backlog.load(Ordering::SeqCst) == 0
+                        || started.elapsed() >= NUDGE_BACKLOG_MAX_DELAY
+                    {
+                        break;
+                    }
+                    deadline = tokio::time::Instant::now() + Duration::from_millis(100);
+                }
                 _ = self.stop.changed() => return None,
             }
         }

@@ -108,9 +108,6 @@ pub(crate) async fn run(
             store.clone()
         }
     };
-    if let Err(e) = store.record_start() {
-        tracing::error!("cannot record the start: {e}");
-    }
     let budgets = Arc::new(super::Budgets::default());
     let shared = Arc::new(Shared {
         statuses: super::Statuses::new(
@@ -143,9 +140,31 @@ pub(crate) async fn run(
     // Known to the other instances on the database (and they to it) before the first polls; refused when
     // another live process already runs under this instance_name. Before the listeners: a delivery taken
     // while this waits would find no repository mirrored yet.
-    super::leases::join(&shared, TICK)
-        .await
-        .map_err(ServiceError::Store)?;
+    // A stop asked for meanwhile is heeded (the wait for a stale name is 25 s); a reload is applied once
+    // running.
+    let mut reload_asked = None;
+    {
+        let joining = super::leases::join(&shared, TICK);
+        tokio::pin!(joining);
+        loop {
+            tokio::select! {
+                joined = &mut joining => {
+                    joined.map_err(ServiceError::Store)?;
+                    break;
+                }
+                c = control.recv() => match c {
+                    None | Some(Control::Shutdown) => {
+                        super::leases::retire(&shared).await;
+                        return Ok(());
+                    }
+                    Some(Control::Reload(why)) => reload_asked = Some(why),
+                },
+            }
+        }
+    }
+    if let Err(e) = store.record_start() {
+        tracing::error!("cannot record the start: {e}");
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let listeners = match start_listeners(&shared, &config, &health, stop_rx).await {
         Ok(l) => l,
@@ -187,6 +206,9 @@ pub(crate) async fn run(
         "modelmirror running"
     );
     sup.notifier.ready(&sup.status_line());
+    if let Some(why) = reload_asked {
+        sup.on_reload(&why);
+    }
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

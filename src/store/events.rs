@@ -69,7 +69,7 @@ pub(crate) struct EventRow {
     pub(crate) reason: Option<String>,
     /// The poll a delivery caused.
     pub(crate) poll_id: Option<i64>,
-    /// schedule | webhook | manual | startup (polls)
+    /// schedule | webhook | manual | startup | takeover (polls)
     pub(crate) trigger: Option<String>,
     pub(crate) duration_ms: Option<i64>,
     /// unchanged | updated | empty | error (polls)

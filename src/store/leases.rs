@@ -126,9 +126,11 @@ impl Store {
     /// This process stops: its heartbeat goes (the others take its repositories over at their next
     /// heartbeat, and a process started under its name is not refused).
     pub(crate) fn retire(&self, me: &Holder<'_>) -> Result<(), StoreError> {
+        // Set first: a heartbeat under way checks it under the connection's lock, which the delete below
+        // waits for.
+        self.retired
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let result = self.on_lease_conn(|conn| {
-            self.retired
-                .store(true, std::sync::atomic::Ordering::SeqCst);
             conn.execute(
                 "DELETE FROM instances WHERE name = ?1 AND token = ?2",
                 params![me.name, me.token],

@@ -277,6 +277,23 @@ fn read_only(path: &Path, immutable: bool) -> rusqlite::Result<Connection> {
 /// What the write-ahead log (`<database>-wal`) is cut back to after a checkpoint.
 const WAL_KEPT_BYTES: i64 = 16 << 20;
 
+/// The PostgreSQL connection a statement ran on is gone (a server restart, an administrator, the network):
+/// closed, an I/O failure, or the server's own word for it (SQLSTATE class 08, or 57P01–57P03).
+fn connection_lost(e: &StoreError) -> bool {
+    let StoreError::Sql {
+        error: DbError::Pg(e),
+        ..
+    } = e
+    else {
+        return false;
+    };
+    db::pg_lost(e)
+        || e.code().is_some_and(|c| {
+            let c = c.code();
+            c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03")
+        })
+}
+
 impl Store {
     /// Open (creating when missing) and migrate the database.
     pub fn open(database: &Database) -> Result<Store, StoreError> {
@@ -511,9 +528,12 @@ impl Store {
                     _ => slot.insert(pg::reconnect(target, true)?),
                 };
                 match read(conn) {
-                    // A cut connection may still answer its first use with the server's farewell (FATAL
-                    // 57P01) rather than as closed: any failure is tried once more on a new connection.
-                    Err(_) => read(slot.insert(pg::reconnect(target, true)?)),
+                    // A cut connection may answer its first use with the server's farewell (FATAL 57P01)
+                    // rather than as closed.
+                    Err(e) if conn.is_closed() || connection_lost(&e) => {
+                        tracing::debug!("a side read failed, trying a new connection: {e}");
+                        read(slot.insert(pg::reconnect(target, true)?))
+                    }
                     done => done,
                 }
             }
@@ -594,13 +614,13 @@ mod tests {
         let name = url::Url::parse(&target.url).unwrap().path()[1..].to_string();
         let cut = admin
             .query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
                  WHERE datname = ?1 AND pid <> pg_backend_pid()",
                 db::params![name],
                 |r| r.get::<bool>(0),
             )
             .unwrap();
-        assert!(!cut.is_empty());
+        assert!(!cut.is_empty() && cut.iter().all(|c| *c), "{cut:?}");
         assert_eq!(store.repos_of_provider_reader("p").unwrap().len(), 1);
         assert!(store.delivery_seen("p", "d1").is_ok());
     }

@@ -904,7 +904,7 @@ fn an_instance_restarts_under_its_name_after_a_stop_or_a_kill() {
         assert!(std::time::Instant::now() < deadline, "the duplicate runs");
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
-    assert!(!status.success());
+    assert_eq!(status.code(), Some(3), "a duplicate exits with status 3");
     let said = read(&log(4));
     assert!(
         said.contains("another modelmirror process runs as instance_name \"a\""),
@@ -933,11 +933,20 @@ fn an_instance_restarts_under_its_name_after_a_stop_or_a_kill() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
-    assert!(!status.success());
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "exit status 3: the unit does not restart"
+    );
     let said = read(&log(3));
     assert!(
         said.contains("stopping: another modelmirror process runs as instance_name \"a\""),
         "{said}"
+    );
+    assert_eq!(
+        token().as_deref(),
+        Some("another"),
+        "the displaced process left the other's row alone"
     );
 }
 
