@@ -563,6 +563,37 @@ fn rows_per_statement(width: usize) -> usize {
     (60_000 / width.max(1)).min(1_000)
 }
 
+/// The columns of `entities` and `attributes` a model's rows fill (`migrate` copies the same).
+pub(super) const ENTITY_COLUMNS: &[&str] = &[
+    "id",
+    "model_id",
+    "ordinal",
+    "guid",
+    "name",
+    "code",
+    "container",
+    "description",
+    "derived_from",
+    "attribute_count",
+];
+pub(super) const ATTRIBUTE_COLUMNS: &[&str] = &[
+    "id",
+    "entity_id",
+    "model_id",
+    "ordinal",
+    "parent",
+    "depth",
+    "guid",
+    "path",
+    "name",
+    "code",
+    "type",
+    "mode",
+    "required",
+    "primary_key",
+    "description",
+];
+
 /// Rows of one table waiting for their multi-row statement: written once a statement's worth is there, so
 /// a huge model is never held twice over.
 struct Pending {
@@ -639,43 +670,8 @@ fn insert_content_bulk(
     let entity_ids = new_ids(tx, "entities", m.entities.len())?;
     let total: usize = m.entities.iter().map(|e| e.attributes.len()).sum();
     let attribute_ids = new_ids(tx, "attributes", total)?;
-    let mut entities = Pending::new(
-        "entities",
-        &[
-            "id",
-            "model_id",
-            "ordinal",
-            "guid",
-            "name",
-            "code",
-            "container",
-            "description",
-            "derived_from",
-            "attribute_count",
-        ],
-        "storing entities",
-    );
-    let mut attributes = Pending::new(
-        "attributes",
-        &[
-            "id",
-            "entity_id",
-            "model_id",
-            "ordinal",
-            "parent",
-            "depth",
-            "guid",
-            "path",
-            "name",
-            "code",
-            "type",
-            "mode",
-            "required",
-            "primary_key",
-            "description",
-        ],
-        "storing attributes",
-    );
+    let mut entities = Pending::new("entities", ENTITY_COLUMNS, "storing entities");
+    let mut attributes = Pending::new("attributes", ATTRIBUTE_COLUMNS, "storing attributes");
     let mut next_attribute = attribute_ids.iter();
     for ((i, e), &entity_id) in m.entities.iter().enumerate().zip(&entity_ids) {
         if entities.is_full() {

@@ -1059,15 +1059,19 @@ fn a_webhook_to_one_instance_is_polled_by_the_instance_that_holds_the_repository
         assert!(Instant::now() < deadline, "the pushed model did not arrive");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let last = pg
-        .client()
-        .query_one(
-            "SELECT instance, trigger FROM polls WHERE repo_id = $1 AND result = 'updated' ORDER BY id DESC LIMIT 1",
-            &[&repo],
-        )
-        .unwrap();
+    // Who ran the repository's last updating poll, and why.
+    let last_poll = || -> (String, String) {
+        let r = pg
+            .client()
+            .query_one(
+                "SELECT instance, trigger FROM polls WHERE repo_id = $1 AND result = 'updated' ORDER BY id DESC LIMIT 1",
+                &[&repo],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
     assert_eq!(
-        (last.get::<_, String>(0), last.get::<_, String>(1)),
+        last_poll(),
         ("b".to_string(), "webhook".to_string()),
         "the delivery to a was polled by the instance holding {repo}"
     );
@@ -1162,16 +1166,6 @@ fn a_webhook_to_one_instance_is_polled_by_the_instance_that_holds_the_repository
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let last = pg
-        .client()
-        .query_one(
-            "SELECT instance, trigger FROM polls WHERE repo_id = $1 AND result = 'updated' ORDER BY id DESC LIMIT 1",
-            &[&repo],
-        )
-        .unwrap();
-    assert_eq!(
-        (last.get::<_, String>(0), last.get::<_, String>(1)),
-        ("b".to_string(), "takeover".to_string())
-    );
+    assert_eq!(last_poll(), ("b".to_string(), "takeover".to_string()));
     drop(children);
 }
