@@ -112,6 +112,10 @@ impl Store {
         heartbeat_at: &str,
     ) -> Result<bool, StoreError> {
         let result = self.on_lease_conn(|conn| {
+            // Stopping already: take nothing (checked under the connection's lock, as `heartbeat` does).
+            if self.retired.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(false);
+            }
             conn.execute(
                 "UPDATE instances SET token = ?2, started_at = ?3, heartbeat_at = modelmirror_time(now())
                  WHERE name = ?1 AND heartbeat_at = ?4",

@@ -278,7 +278,8 @@ fn read_only(path: &Path, immutable: bool) -> rusqlite::Result<Connection> {
 const WAL_KEPT_BYTES: i64 = 16 << 20;
 
 /// The PostgreSQL connection a statement ran on is gone (a server restart, an administrator, the network):
-/// closed, an I/O failure, or the server's own word for it (SQLSTATE class 08, or 57P01–57P03).
+/// closed, an I/O failure, or the server's own word for it (SQLSTATE class 08, or any FATAL error: each ends
+/// the session — an administrator, a shutdown, `idle_session_timeout`).
 fn connection_lost(e: &StoreError) -> bool {
     let StoreError::Sql {
         error: DbError::Pg(e),
@@ -288,10 +289,9 @@ fn connection_lost(e: &StoreError) -> bool {
         return false;
     };
     db::pg_lost(e)
-        || e.code().is_some_and(|c| {
-            let c = c.code();
-            c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03")
-        })
+        || e.code().is_some_and(|c| c.code().starts_with("08"))
+        || e.as_db_error()
+            .is_some_and(|d| matches!(d.severity(), "FATAL" | "PANIC"))
 }
 
 impl Store {
@@ -507,7 +507,8 @@ impl Store {
     /// A connection of its own, for a read that must not wait behind the writer.
     /// Run `read` on a connection beside the writer's (never behind an import's write transaction): a new
     /// one with SQLite (cheap, and WAL readers never wait), a kept one with PostgreSQL (made again, and the
-    /// read run again once, when a read fails: after a server restart the first read does not fail).
+    /// read run again once, when the connection turns out lost: after a server restart the first read does not
+    /// fail).
     fn read_aside<T>(
         &self,
         read: impl Fn(&mut Conn) -> Result<T, StoreError>,
@@ -614,13 +615,27 @@ mod tests {
         let name = url::Url::parse(&target.url).unwrap().path()[1..].to_string();
         let cut = admin
             .query(
-                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
                  WHERE datname = ?1 AND pid <> pg_backend_pid()",
                 db::params![name],
                 |r| r.get::<bool>(0),
             )
             .unwrap();
         assert!(!cut.is_empty() && cut.iter().all(|c| *c), "{cut:?}");
+        // Gone (PostgreSQL 13 has no wait argument to pg_terminate_backend).
+        for _ in 0..100 {
+            let left = admin
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = ?1 AND pid <> pg_backend_pid()",
+                    db::params![name],
+                    |r| r.get::<i64>(0),
+                )
+                .unwrap();
+            if left == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert_eq!(store.repos_of_provider_reader("p").unwrap().len(), 1);
         assert!(store.delivery_seen("p", "d1").is_ok());
     }

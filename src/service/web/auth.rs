@@ -431,10 +431,14 @@ impl Auth {
         let client = p.client;
         let digest = p.digest;
         let users = p.users.clone();
-        drop(p);
         if !right {
-            return Err(self.wrong(client));
+            // Counted wrong before it stops counting as being checked: in between, another guess sent at
+            // the same moment would find a free place and pass the limit.
+            let denied = self.wrong(client);
+            drop(p);
+            return Err(denied);
         }
+        drop(p);
         let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
         if verified.len() >= MAX_VERIFIED {
             verified.clear();
