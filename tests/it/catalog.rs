@@ -10,23 +10,6 @@ use crate::support::*;
 
 const ID: &str = "g/team/books";
 
-/// A test run on both engines, as `name::sqlite` and `name::postgresql`: the catalog answers the same.
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use crate::support::Engine;
-            #[test]
-            fn sqlite() {
-                super::$name(Engine::Sqlite)
-            }
-            #[test]
-            fn postgresql() {
-                super::$name(Engine::Postgres)
-            }
-        }
-    )*};
-}
-
 on_both_engines!(
     search_finds_entities_and_attributes_as_people_type_them,
     the_search_index_is_kept_in_step_with_the_catalog,
@@ -34,11 +17,12 @@ on_both_engines!(
     changes_between_two_real_versions_match_an_independent_comparison,
     show_prints_one_model_in_full_at_any_version,
     json_schema_and_avro_models,
+    rebuild_restores_the_same_catalog,
+    hubignore_added_changed_and_removed_mid_history,
+    views_for_users_own_sql,
+    catalog_edge_cases,
+    properties_changed_agree_with_a_plain_json_diff_on_real_histories,
 );
-
-fn books() -> (Env, std::path::PathBuf) {
-    books_on(Engine::Sqlite)
-}
 
 pub(crate) fn books_on(engine: Engine) -> (Env, std::path::PathBuf) {
     let env = Env::on(engine, Auth::None);
@@ -387,11 +371,9 @@ fn show_prints_one_model_in_full_at_any_version(engine: Engine) {
 }
 
 /// The database is a derived replica: deleted, it is rebuilt from the mirrors with no network, identical.
-#[test]
-fn rebuild_restores_the_same_catalog() {
-    let (env, _) = books();
+fn rebuild_restores_the_same_catalog(engine: Engine) {
+    let (env, _) = books_on(engine);
     let dump = || {
-        let db = env.db();
         let mut out = Vec::new();
         for sql in [
             "SELECT repo_id, path, blob, commit_id, status, name, guid, db_vendor, entity_count, attribute_count, relationship_count FROM models ORDER BY path",
@@ -402,26 +384,13 @@ fn rebuild_restores_the_same_catalog() {
             "SELECT repo_id, commit_id, author_name, message FROM commits ORDER BY 1, 2",
             "SELECT COUNT(*) FROM search",
         ] {
-            let mut stmt = db.prepare(sql).unwrap();
-            let n = stmt.column_count();
-            let rows: Vec<String> = stmt
-                .query_map([], |r| {
-                    Ok((0..n)
-                        .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
-                        .collect::<Vec<_>>()
-                        .join("|"))
-                })
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            out.push(rows);
+            out.push(env.rows(sql));
         }
         out
     };
     let before = dump();
-    for f in ["modelmirror.db", "modelmirror.db-wal", "modelmirror.db-shm"] {
-        let _ = std::fs::remove_file(env.path().join("state").join(f));
-    }
+    assert!(before.iter().all(|rows| !rows.is_empty()), "{before:?}");
+    env.wipe_catalog();
     env.server.clear_log();
     let run = env.run(&["rebuild"]).ok();
     assert!(
@@ -449,9 +418,8 @@ fn paths(env: &Env, repo: &str) -> Vec<String> {
 }
 
 /// `.hubignore` added, changed and removed mid-history: each processed commit applies the rules at its root.
-#[test]
-fn hubignore_added_changed_and_removed_mid_history() {
-    let env = Env::new(Auth::None);
+fn hubignore_added_changed_and_removed_mid_history(engine: Engine) {
+    let env = Env::on(engine, Auth::None);
     let (_, work) = env.new_repo("t/h.git");
     env.write_config(&format!(
         "[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"t/h.git\"]\n",
@@ -490,15 +458,9 @@ fn hubignore_added_changed_and_removed_mid_history() {
         .ok()
         .json();
     assert_eq!(h[0]["change"], "deleted", "{h}");
-    let note: String = env
-        .db()
-        .query_row(
-            "SELECT note FROM sync_steps WHERE note IS NOT NULL ORDER BY id DESC LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(note, "hubignore-changed");
+    let note =
+        env.rows("SELECT note FROM sync_steps WHERE note IS NOT NULL ORDER BY id DESC LIMIT 1");
+    assert_eq!(note, ["hubignore-changed"]);
 
     // Changed rules: a negation brings one back, a new rule sends another away.
     std::fs::write(
@@ -529,6 +491,7 @@ fn hubignore_added_changed_and_removed_mid_history() {
     );
     // A fresh import of the same history (backfill) ends the same way.
     let _ = std::fs::remove_dir_all(env.path().join("state"));
+    env.wipe_catalog();
     env.run(&["sync"]).ok();
     assert_eq!(paths(&env, "g/t/h").len(), 5);
 }
@@ -667,22 +630,23 @@ fn json_schema_and_avro_models(engine: Engine) {
 }
 
 /// The read-only views are a documented interface: their columns and the example queries of docs/schema.md work.
-#[test]
-fn views_for_users_own_sql() {
-    let (env, _) = books();
-    let db = env.db();
-    // The schema version the document gives is the database's.
-    let version: i64 = db
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
+fn views_for_users_own_sql(engine: Engine) {
+    let (env, _) = books_on(engine);
+    if engine == Engine::Sqlite {
+        // The schema version the document gives is the database's.
+        let version: i64 = env
+            .db()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schema.md"),
+        )
         .unwrap();
-    let doc = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schema.md"),
-    )
-    .unwrap();
-    assert!(
-        doc.contains(&format!("`PRAGMA user_version` (now {version})")),
-        "docs/schema.md gives another schema version than {version}"
-    );
+        assert!(
+            doc.contains(&format!("`PRAGMA user_version` (now {version})")),
+            "docs/schema.md gives another schema version than {version}"
+        );
+    }
     for (view, columns) in [
         (
             "v_models",
@@ -705,38 +669,21 @@ fn views_for_users_own_sql() {
             "repo, path, change, old_path, \"commit\", author, time, message, blob, model",
         ),
     ] {
-        let n: i64 = db
-            .query_row(
-                &format!("SELECT COUNT(*) FROM (SELECT {columns} FROM {view})"),
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let n = env.count(&format!(
+            "SELECT COUNT(*) FROM (SELECT {columns} FROM {view}) AS v"
+        ));
         assert!(n > 0, "{view} is empty");
     }
-    let attrs: i64 = db
-        .query_row(
-            "SELECT COUNT(*) FROM v_attributes WHERE repo = ?1",
-            [ID],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let total: i64 = db
-        .query_row(
-            "SELECT SUM(attributes) FROM v_models WHERE repo = ?1",
-            [ID],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let attrs = env.count(&format!(
+        "SELECT COUNT(*) FROM v_attributes WHERE repo = '{ID}'"
+    ));
+    let total = env.count(&format!(
+        "SELECT CAST(SUM(attributes) AS BIGINT) FROM v_models WHERE repo = '{ID}'"
+    ));
     assert_eq!(attrs, total);
     // docs/schema.md's example: where is a field called "Pet Name", and how is it typed?
-    let n: i64 = db
-        .query_row(
-            "SELECT COUNT(*) FROM v_attributes WHERE name = 'Pet Name' AND entity = 'Pet'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let n =
+        env.count("SELECT COUNT(*) FROM v_attributes WHERE name = 'Pet Name' AND entity = 'Pet'");
     assert!(n > 0);
 }
 
@@ -744,9 +691,8 @@ fn views_for_users_own_sql() {
 /// plain words with colons and operators are text; rebuild refuses an empty mirror; `changes --to` a commit
 /// between versions compares with the version before; a rename in the commit that changes `.hubignore` stays
 /// a rename.
-#[test]
-fn catalog_edge_cases() {
-    let env = Env::new(Auth::None);
+fn catalog_edge_cases(engine: Engine) {
+    let env = Env::on(engine, Auth::None);
     let (_, work) = env.new_repo("t/e.git");
     env.write_config(&format!(
         "[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"t/e.git\"]\n",
@@ -850,14 +796,9 @@ fn catalog_edge_cases() {
     assert_eq!(h[0]["change"], "renamed to m/b.json", "{h}");
 
     // Pruning leaves nothing in the index; the next stored model is indexed fine.
-    let db = env.db();
-    db.execute("DELETE FROM repos WHERE id = 'g/t/e'", [])
-        .unwrap();
-    let left: i64 = db
-        .query_row("SELECT COUNT(*) FROM search", [], |r| r.get(0))
-        .unwrap();
+    env.execute("DELETE FROM repos WHERE id = 'g/t/e'");
+    let left = env.count("SELECT COUNT(*) FROM search");
     assert_eq!(left, 0, "the triggers unindexed everything");
-    drop(db);
     env.run(&["sync"]).ok();
     assert_eq!(
         env.run(&["models", "--json"])
@@ -1385,9 +1326,8 @@ fn reported(d: &Value) -> Vec<Row> {
 
 /// Every pair of consecutive versions of every model of the real histories (books, playground-models): the
 /// property changes `changes` reports are exactly those of an independent plain JSON diff.
-#[test]
-fn properties_changed_agree_with_a_plain_json_diff_on_real_histories() {
-    let env = Env::new(Auth::None);
+fn properties_changed_agree_with_a_plain_json_diff_on_real_histories(engine: Engine) {
+    let env = Env::on(engine, Auth::None);
     let mut repos = Vec::new();
     for (rel, bundle) in [
         ("team/books.git", "books"),

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, types::ValueRef};
 use tempfile::TempDir;
 
 use crate::counting;
@@ -102,6 +102,24 @@ pub struct Env {
     pub pg: Option<PgDb>,
 }
 
+/// A test run on both engines, as `name::sqlite` and `name::postgresql`: the catalog answers the same.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use crate::support::Engine;
+            #[test]
+            fn sqlite() {
+                super::$name(Engine::Sqlite)
+            }
+            #[test]
+            fn postgresql() {
+                super::$name(Engine::Postgres)
+            }
+        }
+    )*};
+}
+pub(crate) use on_both_engines;
+
 /// Which engine holds an environment's catalog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
@@ -131,6 +149,72 @@ impl Env {
                 .db()
                 .query_row(sql, [], |r| r.get(0))
                 .unwrap_or_else(|e| panic!("{sql}: {e}")),
+        }
+    }
+
+    /// Every row `sql` returns, each as its columns' text (`NULL` for none) joined by `|`, whichever engine
+    /// holds the catalog. Values may be written differently by the two engines: compare rows of one.
+    pub fn rows(&self, sql: &str) -> Vec<String> {
+        match &self.pg {
+            Some(pg) => pg
+                .client()
+                .simple_query(sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .into_iter()
+                .filter_map(|m| match m {
+                    postgres::SimpleQueryMessage::Row(r) => Some(
+                        (0..r.len())
+                            .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                            .collect::<Vec<_>>()
+                            .join("|"),
+                    ),
+                    _ => None,
+                })
+                .collect(),
+            None => {
+                let db = self.db();
+                let mut stmt = db.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+                let n = stmt.column_count();
+                stmt.query_map([], |r| {
+                    Ok((0..n)
+                        .map(|i| match r.get_ref(i).unwrap() {
+                            ValueRef::Null => "NULL".to_string(),
+                            ValueRef::Integer(n) => n.to_string(),
+                            ValueRef::Real(x) => x.to_string(),
+                            ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                            ValueRef::Blob(b) => format!("{b:02x?}"),
+                        })
+                        .collect::<Vec<_>>()
+                        .join("|"))
+                })
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .map(Result::unwrap)
+                .collect()
+            }
+        }
+    }
+
+    /// Runs `sql` (statements separated by `;`) on the catalog, whichever engine holds it.
+    pub fn execute(&self, sql: &str) {
+        let done = match &self.pg {
+            Some(pg) => pg.client().batch_execute(sql).map_err(|e| e.to_string()),
+            None => self.db().execute_batch(sql).map_err(|e| e.to_string()),
+        };
+        if let Err(e) = done {
+            panic!("{sql}: {e}")
+        }
+    }
+
+    /// The catalog gone, as if its database were deleted: SQLite's files removed, PostgreSQL's schema dropped
+    /// and made again empty. The mirrors stay.
+    pub fn wipe_catalog(&self) {
+        match &self.pg {
+            Some(_) => self.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public"),
+            None => {
+                for f in ["modelmirror.db", "modelmirror.db-wal", "modelmirror.db-shm"] {
+                    let _ = std::fs::remove_file(self.path().join("state").join(f));
+                }
+            }
         }
     }
 
