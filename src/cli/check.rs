@@ -127,7 +127,17 @@ fn check_local(config: &Config, results: &mut Results) {
     }
     let database = config.database.to_string();
     match Store::open(&config.database) {
-        Ok(_) => results.add("database", &database, "ok", "opens and is migrated".into()),
+        Ok(store) => {
+            results.add("database", &database, "ok", "opens and is migrated".into());
+            match store.database_warnings() {
+                Ok(warnings) => {
+                    for w in warnings {
+                        results.add("database", &database, "warning", w);
+                    }
+                }
+                Err(e) => results.add("database", &database, "warning", e.to_string()),
+            }
+        }
         Err(e) => results.add("database", &database, "error", e.to_string()),
     }
     let secrets = config.check_secrets();

@@ -123,8 +123,16 @@ pub(super) fn migrate(
     };
     let password = password
         .map(|p| p.trim().to_string())
-        .filter(|p| !p.is_empty())
-        .map(crate::secret::Secret::new);
+        .filter(|p| !p.is_empty());
+    if password
+        .as_deref()
+        .is_some_and(|p| p.chars().any(char::is_control))
+    {
+        return Err(CliError::Usage(
+            "the password holds a line break or other control character; the file or variable must hold the password alone".into(),
+        ));
+    }
+    let password = password.map(crate::secret::Secret::new);
     if config.database.sqlite_path().is_none() {
         return Err(CliError::Usage(format!(
             "`database` is already PostgreSQL ({}): migrate copies a SQLite catalog",

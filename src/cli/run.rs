@@ -59,6 +59,9 @@ pub(super) fn run(config: Config) -> Result<ExitCode, CliError> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    for w in store.database_warnings().unwrap_or_default() {
+        tracing::warn!("{w}");
+    }
     store.set_retention_days(config.events_retention_days);
     store.set_max_bytes(config.database_max_bytes)?;
     let rt = runtime()?;
@@ -90,7 +93,16 @@ pub(super) fn sync(config: Config, ids: &[String]) -> Result<ExitCode, CliError>
             continue;
         }
         let limits = budgets.get(provider);
-        match rt.block_on(service::discover(&config, index, &store, limits)) {
+        match rt.block_on(service::discover_unless_running(
+            &config, index, &store, limits,
+        )) {
+            Ok(None) => println!(
+                "{}",
+                terminal(&format!(
+                    "{} discovery: a running instance discovers it now; the repositories it recorded are polled",
+                    provider.name
+                ))
+            ),
             Err(e) => {
                 discovery_ok = false;
                 println!(
@@ -98,7 +110,7 @@ pub(super) fn sync(config: Config, ids: &[String]) -> Result<ExitCode, CliError>
                     terminal(&format!("{} discovery error: {e}", provider.name))
                 );
             }
-            Ok(d) => {
+            Ok(Some(d)) => {
                 for e in &d.errors {
                     discovery_ok = false;
                     println!(

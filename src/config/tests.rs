@@ -426,6 +426,14 @@ fn a_postgresql_database_and_its_password() {
             "this one is a SQLite file",
         ),
         ("database_password_file = \"pw\"\n", "none is set"),
+        (
+            "database = \"jdbc:postgresql://db/catalog?password=hunter2\"\n",
+            "not a database modelmirror can use",
+        ),
+        (
+            "database = \"postgresql+psycopg://mm:hunter2@db/catalog\"\n",
+            "not a database modelmirror can use",
+        ),
     ] {
         let err = load(text).unwrap_err();
         assert!(err.contains(expect), "{text}: {err}");

@@ -168,7 +168,7 @@ pub(super) fn validate(
     let instance_name = match m.instance_name.take() {
         Some((n, f)) => {
             if n.is_empty()
-                || n.len() > 64
+                || n.chars().count() > 64
                 || n.chars().any(|c| c.is_control() || c.is_whitespace())
             {
                 return Err(invalid(
@@ -851,6 +851,15 @@ pub(super) fn database(
     file: &Path,
 ) -> Result<Database, ConfigError> {
     if !crate::store::is_database_url(raw) {
+        // Another kind of URL (a JDBC or SQLAlchemy one, a typo in the scheme): not a file's path. Not
+        // shown: it may hold a password.
+        let lower = raw.trim().to_ascii_lowercase();
+        if lower.contains("://") || lower.starts_with("jdbc:") {
+            return Err(invalid(
+                file,
+                "database is a URL but not a database modelmirror can use (not shown: it may hold a password): give postgresql://USER@HOST:PORT/DB, with the password in database_password_file or database_password_env, or a SQLite file's path".into(),
+            ));
+        }
         if let (Some((_, f)), _) | (None, Some((_, f))) = password {
             return Err(invalid(
                 &f,

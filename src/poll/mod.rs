@@ -93,6 +93,23 @@ impl PollError {
         }
     }
 
+    /// Not a failure of the repository (no error recorded, no back-off): shutdown, a concurrent writer, a
+    /// lease lost (another instance polls it now).
+    pub(crate) fn is_benign(&self) -> bool {
+        matches!(
+            self,
+            PollError::Cancelled { .. }
+                | PollError::Store {
+                    error: StoreError::Conflict { .. } | StoreError::LeaseLost { .. },
+                    ..
+                }
+                | PollError::Git {
+                    error: GitError::MirrorBusy { .. } | GitError::Cancelled { .. },
+                    ..
+                }
+        )
+    }
+
     /// No connection to the git server could be made at all (it is down or cut off), as opposed to a
     /// server that answered with an error.
     pub(crate) fn is_unreachable(&self) -> bool {
@@ -286,19 +303,7 @@ pub(crate) fn run_poll(
         Err(e) => ("error", 0, Counts::default(), Some(e.to_string())),
     };
     let mut failures = 0;
-    // Shutdown and a concurrent writer are not failures of the repository: no error, no back-off.
-    let benign = matches!(
-        &result,
-        Err(PollError::Cancelled { .. })
-            | Err(PollError::Store {
-                error: StoreError::Conflict { .. },
-                ..
-            })
-            | Err(PollError::Git {
-                error: GitError::MirrorBusy { .. } | GitError::Cancelled { .. },
-                ..
-            })
-    );
+    let benign = result.as_ref().err().is_some_and(PollError::is_benign);
     if let Some(message) = error.as_ref().filter(|_| !benign) {
         tracing::warn!(repo = %repo.id, "poll failed: {message}");
         match store.record_error(&repo.id, message, &now_rfc3339()) {

@@ -191,6 +191,36 @@ async fn discover_inner(
     Ok(Discovered { repos, errors })
 }
 
+/// For a one-shot `sync`: [`discover`], unless a running instance discovers the provider now (it holds the
+/// provider's discovery lease, PostgreSQL): `None` then, and the catalog lists what that one finds.
+pub(crate) async fn discover_unless_running(
+    config: &Config,
+    index: usize,
+    store: &Arc<Store>,
+    limits: Arc<Limits>,
+) -> Result<Option<Discovered>, DiscoveryError> {
+    let provider = &config.providers[index];
+    let token = store.steps_under_lease(&super::leases::new_token());
+    let lease = super::leases::try_hold(
+        store,
+        &format!("discovery:{}", provider.name),
+        &config.instance_name,
+        &token,
+        config.lease_seconds,
+    )
+    .await
+    .map_err(|error| DiscoveryError::Store {
+        provider: provider.name.clone(),
+        error,
+    })?;
+    let Some(lease) = lease else {
+        return Ok(None);
+    };
+    let found = discover(config, index, store, limits).await;
+    lease.release().await;
+    found.map(Some)
+}
+
 /// Discover a provider's repositories now and then on its `discover_schedule`; after a rate-limit hold, not
 /// before it ends. Stops when the provider goes away in a reload.
 pub(super) async fn discovery_loop(
@@ -209,6 +239,8 @@ pub(super) async fn discovery_loop(
         // One instance at a time discovers a provider (its leader lease); the others mirror what the
         // database lists, as the leader records it.
         let lease = super::leases::take(&shared, &format!("discovery:{name}"), false).await;
+        let follower = lease.is_none();
+        let mut sent: Option<Vec<String>> = None;
         let run = match lease {
             // Shutdown must not wait for a discovery (it may be waiting out a rate limit).
             Some(lease) => {
@@ -238,10 +270,11 @@ pub(super) async fn discovery_loop(
                         (!d.repos.is_empty()).then_some(d.repos)
                     }
                 };
-                if let Some(repos) = repos
-                    && found.send((name.clone(), repos)).await.is_err()
-                {
-                    return;
+                if let Some(repos) = repos {
+                    sent = Some(repos.iter().map(|r| r.id.clone()).collect());
+                    if found.send((name.clone(), repos)).await.is_err() {
+                        return;
+                    }
                 }
             }
             Err(e) => {
@@ -256,9 +289,39 @@ pub(super) async fn discovery_loop(
         if let Some(hold) = limits.hold() {
             wait = wait.max((hold.until - now).to_std().unwrap_or(Duration::ZERO));
         }
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => return,
+        // Another instance discovers: it records what it finds a moment after this read (or a long run
+        // later). Until the next firing, read the catalog's list every half lease period and mirror it
+        // when it changed, so a repository found there is polled by the instance that prefers it.
+        let follow = Duration::from_secs(config.lease_seconds / 2).max(Duration::from_secs(1));
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let step = if follower { left.min(follow) } else { left };
+            tokio::select! {
+                _ = tokio::time::sleep(step) => {}
+                _ = stop.changed() => return,
+            }
+            if !follower || tokio::time::Instant::now() >= deadline {
+                continue;
+            }
+            match discovered_repos(&shared.reader, provider) {
+                Ok(known) => {
+                    let ids: Vec<String> = known.iter().map(|r| r.id.clone()).collect();
+                    if sent.as_ref() != Some(&ids) {
+                        tracing::info!(provider = %name, repos = ids.len(), "repositories discovered by another instance");
+                        sent = Some(ids);
+                        if found.send((name.clone(), known)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(provider = %name, "cannot read discovered repositories: {e}")
+                }
+            }
         }
     }
 }

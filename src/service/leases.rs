@@ -19,17 +19,16 @@ pub(crate) struct Instances {
     /// When this process started (its `instances` row).
     started_at: String,
     /// This process, in its leases: two processes never share a token, even under one `instance_name`.
-    token: String,
+    pub(super) token: String,
     /// The live instances' names, sorted, as of the last heartbeat (this one alone before the first).
     live: Mutex<Vec<String>>,
 }
 
 impl Instances {
     pub(crate) fn new(me: &str) -> Instances {
-        let started_at = crate::store::now_rfc3339_millis();
         Instances {
-            token: format!("{}-{started_at}", std::process::id()),
-            started_at,
+            token: new_token(),
+            started_at: crate::store::now_rfc3339_millis(),
             live: Mutex::new(vec![me.to_string()]),
         }
     }
@@ -37,6 +36,25 @@ impl Instances {
     fn live(&self) -> Vec<String> {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+}
+
+/// A token no other process has: the process id and start time (for whoever reads the table) and 16 random
+/// bytes (containers started together share both).
+pub(crate) fn new_token() -> String {
+    let mut random = [0u8; 16];
+    if openssl::rand::rand_bytes(&mut random).is_err() {
+        // No randomness to be had (never seen): the clock's nanoseconds stand in.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        random.copy_from_slice(&nanos.to_le_bytes());
+    }
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{hex}",
+        std::process::id(),
+        crate::store::now_rfc3339_millis()
+    )
 }
 
 /// FNV-1a, 64 bits, then MurmurHash3's finaliser (FNV alone mixes the last bytes poorly): a hash every
@@ -65,9 +83,13 @@ pub(crate) fn preferred<'a>(key: &str, live: &'a [String]) -> Option<&'a str> {
 
 /// Beat the heartbeat; refresh the live instances; return the repositories (among `repos`) this instance
 /// prefers now and did not before (an instance stopped beating: their polls start at once).
+/// `settling`: the first beat after beats failed (the database was out of reach). The others may not
+/// have beaten again yet, so the list is not taken up (this instance would take nearly everything over);
+/// the next beat compares with the list from before.
 pub(super) fn heartbeat(
     shared: &Shared,
     repos: &[String],
+    settling: bool,
 ) -> Result<Vec<String>, crate::store::StoreError> {
     let config = shared.config();
     let me = config.instance_name.as_str();
@@ -79,6 +101,9 @@ pub(super) fn heartbeat(
         shared
             .store
             .heartbeat(&holder, &shared.instances.started_at, config.lease_seconds)?;
+    if settling {
+        return Ok(Vec::new());
+    }
     let before = std::mem::replace(
         &mut *shared
             .instances
@@ -104,7 +129,7 @@ pub(super) fn heartbeat(
 /// without retiring (killed, its host lost) and this process takes the name over.
 pub(super) async fn join(shared: &Arc<Shared>, every: Duration) -> Result<(), StoreError> {
     let first = shared.clone();
-    let beat = tokio::task::spawn_blocking(move || heartbeat(&first, &[]))
+    let beat = tokio::task::spawn_blocking(move || heartbeat(&first, &[], false))
         .await
         .map_err(|e| StoreError::Query(e.to_string()))?;
     let (name, heartbeat_at) = match beat {
@@ -125,7 +150,7 @@ pub(super) async fn join(shared: &Arc<Shared>, every: Duration) -> Result<(), St
             token: &s.instances.token,
         };
         s.store.take_instance(&me, &started_at, &seen)?;
-        heartbeat(&s, &[]).map(drop)
+        heartbeat(&s, &[], false).map(drop)
     })
     .await
     .map_err(|e| StoreError::Query(e.to_string()))?;
@@ -166,6 +191,7 @@ pub(super) async fn heartbeat_loop(
     // Instances started together each know only those that beat before them: two beats soon after the start
     // make them agree before the startup polls (spread over the first 5 s) are shared out.
     let mut soon = [1, 2].into_iter().map(Duration::from_secs);
+    let mut failed = false;
     loop {
         tokio::time::sleep(soon.next().unwrap_or(every)).await;
         if shared.cancel.load(std::sync::atomic::Ordering::Relaxed) {
@@ -181,25 +207,42 @@ pub(super) async fn heartbeat_loop(
             .collect();
         let ids: Vec<String> = targets.iter().map(|(id, _)| id.clone()).collect();
         let beat = shared.clone();
-        let taken_over = match tokio::task::spawn_blocking(move || heartbeat(&beat, &ids)).await {
-            Ok(Ok(taken)) => taken,
-            Ok(Err(e @ StoreError::InstanceTaken { .. })) => {
-                // Two processes under one name: this one gives way.
-                let _ = displaced.send(e).await;
-                return;
-            }
-            Ok(Err(e)) => {
-                tracing::error!("cannot record this instance's heartbeat: {e}");
-                continue;
-            }
-            Err(_) => continue,
-        };
+        let settling = std::mem::replace(&mut failed, true);
+        let taken_over =
+            match tokio::task::spawn_blocking(move || heartbeat(&beat, &ids, settling)).await {
+                Ok(Ok(taken)) => {
+                    failed = false;
+                    taken
+                }
+                Ok(Err(e @ StoreError::InstanceTaken { .. })) => {
+                    // Two processes under one name: this one gives way.
+                    let _ = displaced.send(e).await;
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!("cannot record this instance's heartbeat: {e}");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "the heartbeat task failed (a bug in modelmirror, please report it): {e}"
+                    );
+                    continue;
+                }
+            };
         for (id, nudge) in &targets {
             if taken_over.contains(id) {
                 nudge.take_over();
             }
         }
     }
+}
+
+/// Whether this instance still prefers `name` (a poll queued for a slot meanwhile: the live instances may
+/// have changed). Always with SQLite.
+pub(super) fn still_preferred(shared: &Shared, name: &str) -> bool {
+    shared.store.database().sqlite_path().is_some()
+        || preferred(name, &shared.instances.live()) == Some(shared.config().instance_name.as_str())
 }
 
 /// Pass a webhook's nudge for `repo_id` on to the live instance that prefers it, when that is another one;
@@ -263,9 +306,15 @@ pub(super) fn start_listening(shared: &Arc<Shared>) {
                     return;
                 }
                 let targets = shared.targets.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some((_, nudge)) = targets.repos.get(repo_id) {
-                    tracing::info!(repo = %repo_id, "a webhook received by another instance: polling");
-                    nudge.nudge();
+                match targets.repos.get(repo_id) {
+                    Some((_, nudge)) => {
+                        tracing::info!(repo = %repo_id, "a webhook received by another instance: polling");
+                        nudge.nudge();
+                    }
+                    None => tracing::info!(
+                        repo = %repo_id,
+                        "a webhook received by another instance, for a repository this one does not mirror yet: it is polled once this instance reads it from the catalog (discovered by another instance)"
+                    ),
                 }
             };
             shared.store.listen_nudges(&stop, again, heard);
@@ -281,20 +330,30 @@ pub(super) struct Lease {
     store: Arc<Store>,
     name: String,
     owner: String,
-    token: String,
+    pub(super) token: String,
     renewing: Option<tokio::task::JoinHandle<()>>,
     released: bool,
+    /// The repository's lock in this process (see `Shared::repo_lock`), kept until the lease is given back:
+    /// a reload's new loop for the repository cannot claim it before a background give-back deletes it.
+    running: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Lease {
-    /// Stop renewing and give the lease back, before the caller goes on.
-    pub(super) async fn release(mut self) {
+    /// Keep the repository's lock until the lease is given back.
+    pub(super) fn keep(&mut self, running: tokio::sync::OwnedMutexGuard<()>) {
+        self.running = Some(running);
+    }
+
+    /// Stop renewing and give the lease back, before the caller goes on; the repository's lock kept with
+    /// it (if any) is handed back to the caller.
+    pub(super) async fn release(mut self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
         if let Some(r) = self.renewing.take() {
             r.abort();
         }
         self.released = true;
         let (store, name, owner, token) = self.parts();
         let _ = tokio::task::spawn_blocking(move || give_back(&store, &name, &owner, &token)).await;
+        self.running.take()
     }
 
     fn parts(&self) -> (Arc<Store>, String, String, String) {
@@ -325,8 +384,12 @@ impl Drop for Lease {
         // if a runtime is still there (only this process's own lease row can go: the token), else it
         // expires by itself.
         let (store, name, owner, token) = self.parts();
+        let running = self.running.take();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn_blocking(move || give_back(&store, &name, &owner, &token));
+            rt.spawn_blocking(move || {
+                give_back(&store, &name, &owner, &token);
+                drop(running);
+            });
         }
     }
 }
@@ -361,6 +424,7 @@ pub(super) async fn take_or_say(
         token: token.clone(),
         renewing,
         released: false,
+        running: None,
     };
     // SQLite: one instance, nothing to take.
     if shared.store.database().sqlite_path().is_some() {
@@ -369,14 +433,38 @@ pub(super) async fn take_or_say(
     if !any && preferred(name, &shared.instances.live()) != Some(me.as_str()) {
         return Err(NotTaken::NotMine);
     }
-    let secs = config.lease_seconds;
+    match claim(&shared.store, name, &me, &token, config.lease_seconds).await {
+        Ok(true) => {}
+        Ok(false) => return Err(NotTaken::Held),
+        Err(e) => {
+            tracing::warn!("cannot take the lease on {name}: {e}");
+            return Err(NotTaken::Held);
+        }
+    }
+    Ok(lease(Some(renew_while_held(
+        &shared.store,
+        name,
+        &me,
+        &token,
+        config.lease_seconds,
+    ))))
+}
+
+/// Claim the lease `name` for `owner`'s process `token`, on a blocking thread: false when held by another.
+async fn claim(
+    store: &Arc<Store>,
+    name: &str,
+    owner: &str,
+    token: &str,
+    secs: u64,
+) -> Result<bool, StoreError> {
     let (store, key, owner, tok) = (
-        shared.store.clone(),
+        store.clone(),
         name.to_string(),
-        me.clone(),
-        token.clone(),
+        owner.to_string(),
+        token.to_string(),
     );
-    let claimed = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         store.claim(
             &key,
             &Holder {
@@ -386,23 +474,26 @@ pub(super) async fn take_or_say(
             secs,
         )
     })
-    .await;
-    match claimed {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => return Err(NotTaken::Held),
-        Ok(Err(e)) => {
-            tracing::warn!("cannot take the lease on {name}: {e}");
-            return Err(NotTaken::Held);
-        }
-        Err(_) => return Err(NotTaken::Held),
-    }
+    .await
+    .map_err(|e| StoreError::Query(format!("taking the lease on {name}: {e}")))?
+}
+
+/// Renew a lease just claimed every third of `secs`, until the task is aborted (the lease given back) or
+/// the lease is found taken over.
+fn renew_while_held(
+    store: &Arc<Store>,
+    name: &str,
+    owner: &str,
+    token: &str,
+    secs: u64,
+) -> tokio::task::JoinHandle<()> {
     let (store, key, owner, tok) = (
-        shared.store.clone(),
+        store.clone(),
         name.to_string(),
-        me.clone(),
-        token.clone(),
+        owner.to_string(),
+        token.to_string(),
     );
-    let renewing = tokio::spawn(async move {
+    tokio::spawn(async move {
         let every = Duration::from_secs(secs / 3).max(Duration::from_secs(1));
         loop {
             tokio::time::sleep(every).await;
@@ -422,7 +513,7 @@ pub(super) async fn take_or_say(
                 Ok(Ok(true)) => {}
                 Ok(Ok(false)) => {
                     tracing::error!(
-                        "the lease on {key} was lost while this instance works on it (held past lease_seconds without a renewal); another instance may take it over"
+                        "the lease on {key} was lost while this instance works on it (held past lease_seconds without a renewal); another instance may take it over, and this one writes nothing more of it"
                     );
                     return;
                 }
@@ -430,8 +521,64 @@ pub(super) async fn take_or_say(
                 Err(_) => return,
             }
         }
-    });
-    Ok(lease(Some(renewing)))
+    })
+}
+
+/// For a one-shot `sync` beside running instances (PostgreSQL): the lease `name` for this process, waited
+/// for while another holds it (its poll ends, or its lease expires within `lease_seconds`), checking
+/// `cancel` every second. `None` with SQLite (nothing to take) and when cancelled; an error when the
+/// database cannot be asked.
+pub(super) async fn wait_for(
+    store: &Arc<Store>,
+    name: &str,
+    owner: &str,
+    token: &str,
+    secs: u64,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<Option<Lease>, StoreError> {
+    if store.database().sqlite_path().is_some() {
+        return Ok(None);
+    }
+    let mut said = false;
+    loop {
+        if let Some(lease) = try_hold(store, name, owner, token, secs).await? {
+            return Ok(Some(lease));
+        }
+        if !said {
+            tracing::info!(
+                "{name} is being polled by a running instance (or one that stopped, until its lease expires): waiting for its lease"
+            );
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(None);
+        }
+    }
+}
+
+/// The lease `name` for this process now, renewed until given back; `None` while another holds it. With
+/// SQLite, a lease that takes nothing.
+pub(super) async fn try_hold(
+    store: &Arc<Store>,
+    name: &str,
+    owner: &str,
+    token: &str,
+    secs: u64,
+) -> Result<Option<Lease>, StoreError> {
+    let pg = store.database().sqlite_path().is_none();
+    if pg && !claim(store, name, owner, token, secs).await? {
+        return Ok(None);
+    }
+    Ok(Some(Lease {
+        store: store.clone(),
+        name: name.to_string(),
+        owner: owner.to_string(),
+        token: token.to_string(),
+        renewing: pg.then(|| renew_while_held(store, name, owner, token, secs)),
+        released: !pg,
+        running: None,
+    }))
 }
 
 #[cfg(test)]

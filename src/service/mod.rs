@@ -29,7 +29,7 @@ mod systemd;
 mod web;
 mod webhook;
 
-pub(crate) use discovery::discover;
+pub(crate) use discovery::discover_unless_running;
 pub(crate) use repos::sync_once;
 pub(crate) use signals::{shutdown_signal, signals, watch_config};
 pub(crate) use status::{Budgets, Statuses};

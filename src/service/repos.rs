@@ -171,7 +171,7 @@ impl RepoLoop {
     async fn poll(&mut self, trigger: Trigger) -> Option<(u32, Option<(String, u16)>)> {
         let shared = &self.shared;
         let repo_lock = shared.repo_lock(&self.repo.id);
-        let _running = tokio::select! {
+        let running = tokio::select! {
             g = repo_lock.lock_owned() => g,
             _ = self.stop.changed() => return None,
         };
@@ -192,7 +192,8 @@ impl RepoLoop {
         .await
         {
             // This poll stands for any webhook a pending retry was to poll for.
-            Ok(lease) => {
+            Ok(mut lease) => {
+                lease.keep(running);
                 self.retry_webhook.store(false, Ordering::SeqCst);
                 if let Some(r) = self.retry.take() {
                     r.abort();
@@ -230,6 +231,12 @@ impl RepoLoop {
         if *self.stop.borrow() {
             return None;
         }
+        // Queued for a slot meanwhile: another instance may prefer it now (one came back). A webhook's
+        // poll runs here anyway.
+        if trigger != Trigger::Webhook && !super::leases::still_preferred(shared, &self.repo.id) {
+            lease.release().await;
+            return Some((0, None));
+        }
         let watch = Arc::new(PollWatch {
             progress: Progress::default(),
             limit: shared.stall_limit,
@@ -253,7 +260,8 @@ impl RepoLoop {
         })
         .await;
         shared.watch_poll(&self.repo.id, None);
-        lease.release().await;
+        // The repository's lock is kept to the end of this poll (its statuses posted).
+        let _running = lease.release().await;
         if watch.reported.load(Ordering::Relaxed) {
             tracing::warn!(repo = %self.repo.id, "the poll reported stuck has ended after all");
         }
@@ -278,6 +286,10 @@ impl RepoLoop {
                 0
             }
             Ok((Err(PollError::Cancelled { .. }), _)) => return None,
+            Ok((Err(e), _)) if e.is_benign() => {
+                tracing::info!(repo = %self.repo.id, "{}", e.reason());
+                0
+            }
             Ok((Err(_), failures)) => failures.max(1),
             Err(e) => {
                 tracing::error!(repo = %self.repo.id, "poll task failed: {e}");
@@ -386,15 +398,44 @@ pub(crate) async fn sync_once(
 ) -> bool {
     let permits = Arc::new(Semaphore::new(config.concurrency));
     let mut set = JoinSet::new();
+    // Beside running instances (PostgreSQL), each repository is polled under its lease, as they poll it.
+    let token = store.steps_under_lease(&super::leases::new_token());
     for repo in repos {
-        let (config, store, permits, cancel) = (
+        let (config, store, permits, cancel, token) = (
             config.clone(),
             store.clone(),
             permits.clone(),
             cancel.clone(),
+            token.clone(),
         );
         set.spawn(async move {
             let permit = permits.acquire_owned().await;
+            let lease = super::leases::wait_for(
+                &store,
+                &repo.id,
+                &config.instance_name,
+                &token,
+                config.lease_seconds,
+                &cancel,
+            )
+            .await;
+            let lease = match lease {
+                Ok(lease) => lease,
+                Err(error) => {
+                    let repo_id = repo.id.clone();
+                    return (
+                        repo,
+                        Err(PollError::Store {
+                            repo: repo_id,
+                            error,
+                        }),
+                    );
+                }
+            };
+            if cancel.load(Ordering::Relaxed) {
+                let repo_id = repo.id.clone();
+                return (repo, Err(PollError::Cancelled { repo: repo_id }));
+            }
             let r = repo.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
@@ -416,6 +457,9 @@ pub(crate) async fn sync_once(
                     message: format!("poll task failed: {e}"),
                 })
             });
+            if let Some(lease) = lease {
+                lease.release().await;
+            }
             (repo, result)
         });
     }

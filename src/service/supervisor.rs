@@ -132,6 +132,8 @@ pub(crate) async fn run(
         stall_limit: stall_limit(&config),
         instances: super::leases::Instances::new(&config.instance_name),
     });
+    // Each step of a poll is written only while this process holds the repository's lease (PostgreSQL).
+    let _ = store.steps_under_lease(&shared.instances.token);
     crate::metrics::global().set(
         "modelmirror_instance",
         &[("instance", &config.instance_name)],
@@ -555,7 +557,7 @@ fn record_reload(store: &Arc<Store>, outcome: Result<Option<u64>, &str>) {
 
 /// Load and validate the configuration again; on success make it the one in force.
 fn reload(path: &Path, shared: &Arc<Shared>) -> Result<Arc<Config>, ReloadError> {
-    let new = Config::load(path)?;
+    let mut new = Config::load(path)?;
     let secrets = new.check_secrets();
     for w in &secrets.warnings {
         tracing::warn!("{w}");
@@ -575,6 +577,22 @@ fn reload(path: &Path, shared: &Arc<Shared>) -> Result<Arc<Config>, ReloadError>
         tracing::warn!(
             "ca_file, connect_timeout or read_timeout changed: git transfers use them after a restart (REST calls at once)"
         );
+    }
+    // The store's connections were made with the database settings at start, and the other instances know
+    // this one by its name (heartbeats, leases, nudges): both stay until a restart.
+    if new.database != old.database {
+        tracing::warn!(
+            "database (or its password) changed: restart the service to apply it; the running service keeps its connection settings until then"
+        );
+        new.database = old.database.clone();
+    }
+    if new.instance_name != old.instance_name {
+        tracing::warn!(
+            "instance_name changed to {:?}: restart the service to apply it; this instance stays {:?} until then",
+            new.instance_name,
+            old.instance_name
+        );
+        new.instance_name = old.instance_name.clone();
     }
     shared.store.set_retention_days(new.events_retention_days);
     // Resize the poll slots.

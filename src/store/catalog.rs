@@ -105,6 +105,17 @@ pub struct VersionRow {
     pub(crate) message: Option<String>,
 }
 
+/// What `status` reads of each repository (`?2`: now, to compare lease expiries with).
+const STATUS_SQL: &str =
+    "SELECT r.id, r.url, r.default_branch, r.commit_id, r.last_check_at, r.last_change_at,
+        (SELECT COUNT(*) FROM models m WHERE m.repo_id = r.id AND m.status = 'ok'),
+        (SELECT COUNT(*) FROM models m WHERE m.repo_id = r.id AND m.status = 'error'),
+        r.last_error, r.state, r.state_reason, r.provider_repo_id, r.web_url,
+        CASE WHEN p.held_until > ?1 THEN p.held_until END,
+        CASE WHEN p.held_until > ?1 THEN p.held_reason END, r.last_success_at, r.origin,
+        (SELECT l.lease_owner FROM leases l WHERE l.name = r.id AND l.lease_expires_at > ?2)
+    FROM repos r LEFT JOIN providers p ON p.name = r.provider ORDER BY r.id";
+
 impl Store {
     /// A token that changes whenever what the catalog answers may change: every write to the tables behind
     /// the answers bumps a counter (triggers, so no write path can forget it), and a provider's hold that
@@ -142,38 +153,42 @@ impl Store {
 
     pub(crate) fn status(&self) -> Result<Vec<RepoStatus>, StoreError> {
         let mut conn = self.lock();
-        conn.query(
-                "SELECT r.id, r.url, r.default_branch, r.commit_id, r.last_check_at, r.last_change_at,
-                        (SELECT COUNT(*) FROM models m WHERE m.repo_id = r.id AND m.status = 'ok'),
-                        (SELECT COUNT(*) FROM models m WHERE m.repo_id = r.id AND m.status = 'error'),
-                        r.last_error, r.state, r.state_reason, r.provider_repo_id, r.web_url,
-                        CASE WHEN p.held_until > ?1 THEN p.held_until END,
-                        CASE WHEN p.held_until > ?1 THEN p.held_reason END, r.last_success_at, r.origin,
-                        (SELECT l.lease_owner FROM leases l WHERE l.name = r.id AND l.lease_expires_at > ?2)
-                 FROM repos r LEFT JOIN providers p ON p.name = r.provider ORDER BY r.id",
-            params![now_rfc3339(), super::now_rfc3339_millis()], |r| {
-                Ok(RepoStatus {
-                    repo: r.get(0)?,
-                    url: r.get(1)?,
-                    state: r.get(9)?,
-                    origin: r.get(16)?,
-                    state_reason: r.get(10)?,
-                    provider_id: r.get(11)?,
-                    web_url: r.get(12)?,
-                    held_until: r.get(13)?,
-                    held_reason: r.get(14)?,
-                    instance: r.get(17)?,
-                    default_branch: r.get(2)?,
-                    commit: r.get(3)?,
-                    last_check_at: r.get(4)?,
-                    last_success_at: r.get(15)?,
-                    last_change_at: r.get(5)?,
-                    models: r.get(6)?,
-                    errors: r.get(7)?,
-                    last_error: r.get(8)?,
-                })
+        // Leases expire by the database server's clock (PostgreSQL; SQLite has none).
+        let sql = STATUS_SQL.replace(
+            "?2",
+            match conn.engine() {
+                super::db::Engine::Sqlite => "?2",
+                super::db::Engine::Postgres => "modelmirror_time(now())",
+            },
+        );
+        let millis = super::now_rfc3339_millis();
+        let params = match conn.engine() {
+            super::db::Engine::Sqlite => params![now_rfc3339(), millis],
+            super::db::Engine::Postgres => params![now_rfc3339()],
+        };
+        conn.query(&sql, params, |r| {
+            Ok(RepoStatus {
+                repo: r.get(0)?,
+                url: r.get(1)?,
+                state: r.get(9)?,
+                origin: r.get(16)?,
+                state_reason: r.get(10)?,
+                provider_id: r.get(11)?,
+                web_url: r.get(12)?,
+                held_until: r.get(13)?,
+                held_reason: r.get(14)?,
+                instance: r.get(17)?,
+                default_branch: r.get(2)?,
+                commit: r.get(3)?,
+                last_check_at: r.get(4)?,
+                last_success_at: r.get(15)?,
+                last_change_at: r.get(5)?,
+                models: r.get(6)?,
+                errors: r.get(7)?,
+                last_error: r.get(8)?,
             })
-            .doing("reading the status")
+        })
+        .doing("reading the status")
     }
 
     /// What `status` shows about providers: (name, last discovery, its error, repositories found).

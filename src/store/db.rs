@@ -102,6 +102,11 @@ impl ToSql for Value<'_> {
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         let int = match *self {
             Value::Null => return Ok(IsNull::Yes),
+            // PostgreSQL text cannot hold U+0000 (a model's string may: JSON allows `\u0000`), and SQLite's can:
+            // it is stored as U+FFFD rather than failing the commit on every poll.
+            Value::Text(s) if s.contains('\0') => {
+                return s.replace('\0', "\u{FFFD}").as_str().to_sql(ty, out);
+            }
             Value::Text(s) => return s.to_sql(ty, out),
             Value::Int(i) => i,
             Value::Bool(b) if *ty == Type::BOOL => return b.to_sql(ty, out),
@@ -334,6 +339,11 @@ impl Pg {
         }
         let translated = placeholders(sql);
         let stmt = outside_runtime(|| self.client().prepare(&translated))?;
+        // A multi-row insert's text grows with its rows, and a prepared statement holds server memory in
+        // proportion: long ones are prepared each time (closed once used), not kept.
+        if sql.len() > MAX_KEPT_STATEMENT {
+            return Ok(stmt);
+        }
         // Bounded: the store's statements are fixed texts, but a few carry a number (a limit) in them.
         if self.statements.len() > 512 {
             self.statements.clear();
@@ -346,6 +356,9 @@ impl Pg {
         self.client.as_ref().is_none_or(postgres::Client::is_closed)
     }
 }
+
+/// The longest statement text kept prepared on a connection (about 50 rows of a multi-row insert).
+const MAX_KEPT_STATEMENT: usize = 4096;
 
 impl Drop for Pg {
     fn drop(&mut self) {

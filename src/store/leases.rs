@@ -30,7 +30,23 @@ pub(crate) struct Holder<'a> {
     pub(crate) token: &'a str,
 }
 
+/// The advisory lock class of repository leases (two-key form, apart from the migrations' one-key lock): a
+/// step holds its repository's key shared for its transaction, and a claim takes it for a moment, so no
+/// lease changes hands while a step of its holder commits.
+pub(super) const LEASE_LOCK_CLASS: i32 = 0x6d6d_6c65;
+
 impl Store {
+    /// From now on (PostgreSQL), each step is written only while this process holds its repository's lease
+    /// under `token` (see [`Store::lease_token`]). Set once: the token in force is returned.
+    pub(crate) fn steps_under_lease(&self, token: &str) -> String {
+        self.lease_token.get_or_init(|| token.to_string()).clone()
+    }
+
+    /// The token steps are written under, if any.
+    pub(super) fn lease_token(&self) -> Option<&str> {
+        self.lease_token.get().map(String::as_str)
+    }
+
     /// Run `f` on the leases' own connection (made again when lost). `None` for SQLite.
     fn on_lease_conn<T>(
         &self,
@@ -145,7 +161,8 @@ impl Store {
         result.unwrap_or(Ok(()))
     }
 
-    /// Take the lease `name` for `lease_secs`; false when another process holds it. SQLite: granted.
+    /// Take the lease `name` for `lease_secs`; false when another process holds it, or when its expired
+    /// holder is still committing a step under it (taken at a later try). SQLite: granted.
     pub(crate) fn claim(
         &self,
         name: &str,
@@ -158,10 +175,11 @@ impl Store {
                  VALUES (?1, ?2, ?3, modelmirror_time(now() + make_interval(secs => ?4)))
                  ON CONFLICT (name) DO UPDATE SET lease_owner = excluded.lease_owner,
                      lease_token = excluded.lease_token, lease_expires_at = excluded.lease_expires_at
-                 WHERE leases.lease_token = excluded.lease_token
-                    OR leases.lease_expires_at < modelmirror_time(now())
+                 WHERE (leases.lease_token = excluded.lease_token
+                        OR leases.lease_expires_at < modelmirror_time(now()))
+                   AND pg_try_advisory_xact_lock(CAST(?5 AS BIGINT)::integer, hashtext(?1))
                  RETURNING lease_owner",
-                params![name, me.name, me.token, lease_secs],
+                params![name, me.name, me.token, lease_secs, LEASE_LOCK_CLASS],
                 |r| r.get::<String>(0),
             )
             .doing("taking a lease")

@@ -117,6 +117,10 @@ pub enum StoreError {
         expected: String,
         found: String,
     },
+    #[error(
+        "repository {repo}: this process no longer holds its lease (renewals failed for longer than lease_seconds, or it was given back), so another instance may poll it now; this poll stopped without writing, and the next poll continues"
+    )]
+    LeaseLost { repo: String },
     #[error("{0}")]
     Query(String),
     #[error("database error while {doing}: {error}{}", hint(error))]
@@ -189,6 +193,10 @@ pub struct Store {
     /// This process has retired its heartbeat (see `leases::retire`): a heartbeat still under way does not
     /// bring it back.
     retired: std::sync::atomic::AtomicBool,
+    /// PostgreSQL: this process polls under leases (the service, `sync`), by this token. Each step checks in
+    /// its transaction that the lease on its repository is still this process's, so an instance whose lease
+    /// expired (a long outage, a stalled host) writes nothing once another may have taken it over.
+    lease_token: std::sync::OnceLock<String>,
 }
 
 /// The writer connection's queue: tickets handed out, the one being served, and who waits (a poll
@@ -385,12 +393,42 @@ impl Store {
             lease_conn: Mutex::new(None),
             aside_conn: Mutex::new(None),
             retired: std::sync::atomic::AtomicBool::new(false),
+            lease_token: std::sync::OnceLock::new(),
         }
     }
 
     /// Where the catalog is.
     pub(crate) fn database(&self) -> &Database {
         &self.database
+    }
+
+    /// What about the database works, but not as a user would expect (PostgreSQL: its locale). Read by
+    /// `check` and at the service's start.
+    pub(crate) fn database_warnings(&self) -> Result<Vec<String>, StoreError> {
+        if self.database.sqlite_path().is_some() {
+            return Ok(Vec::new());
+        }
+        let (collate, ctype) = self
+            .lock()
+            .query_one(
+                "SELECT datcollate::text, datctype::text FROM pg_database WHERE datname = current_database()",
+                db::params![],
+                |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
+            )
+            .doing("reading the database's locale")?;
+        let mut warnings = Vec::new();
+        if matches!(ctype.as_str(), "C" | "POSIX") {
+            warnings.push(format!(
+                "the database's LC_CTYPE is {ctype}: search splits words at letters outside ASCII (ü, é, ß, 東…), so words holding them are found only in pieces; create the database with a UTF-8 locale (CREATE DATABASE … LC_CTYPE 'C.UTF-8' LC_COLLATE 'C.UTF-8' TEMPLATE template0) and `modelmirror migrate` or `rebuild` into it"
+            ));
+        }
+        let by_code_point = ["C", "POSIX", "C.UTF-8", "C.utf8", "ucs_basic"];
+        if !by_code_point.contains(&collate.as_str()) {
+            warnings.push(format!(
+                "the database's LC_COLLATE is {collate}: lists are sorted in that language's order, not by code point as with SQLite (`models`, the web catalog); for the same order create the database with LC_COLLATE 'C.UTF-8'"
+            ));
+        }
+        Ok(warnings)
     }
 
     /// Whether the database accepts writes (for `/readyz`). SQLite: a separate connection takes and drops
@@ -598,6 +636,105 @@ mod tests {
             }
             stop.store(true, Ordering::Relaxed);
         });
+    }
+
+    /// A repository's row written alone (a check, an error) while another instance's catalog transaction
+    /// holds the generation row and then writes the same row: no deadlock, both go through.
+    #[test]
+    fn a_row_written_alone_waits_its_turn_without_deadlock() {
+        let (db, _dropped) = test_db::postgres();
+        let Database::Postgres(target) = &db else {
+            unreachable!()
+        };
+        let store = Store::open(&db).unwrap();
+        store.ensure_repo("p/r", "p", "r", "file:///r").unwrap();
+        // The other instance: a discovery's transaction, generation row first.
+        let mut other = pg::reconnect(target, false).unwrap();
+        let mut tx = other.begin_catalog().unwrap();
+        std::thread::scope(|s| {
+            let check = s.spawn(|| store.record_check("p/r", Some("main"), "2026-01-01T00:00:00Z"));
+            std::thread::sleep(Duration::from_millis(500));
+            tx.execute(
+                "UPDATE repos SET url = 'file:///moved' WHERE id = 'p/r'",
+                db::params![],
+            )
+            .expect("the other transaction's write");
+            tx.commit().unwrap();
+            check.join().unwrap().expect("the check");
+        });
+        assert_eq!(
+            store.texts("SELECT url || ' ' || default_branch FROM repos"),
+            ["file:///moved main"]
+        );
+    }
+
+    /// A PostgreSQL database whose locale search or ordering would differ from SQLite's is warned about;
+    /// one in C.UTF-8 (the tests' server) is not.
+    #[test]
+    fn a_database_locale_that_changes_answers_is_warned_about() {
+        let (db, _dropped) = test_db::postgres();
+        assert_eq!(
+            Store::open(&db).unwrap().database_warnings().unwrap(),
+            Vec::<String>::new()
+        );
+        let Database::Postgres(target) = &db else {
+            unreachable!()
+        };
+        let mut admin = pg::reconnect(&test_db::pg_admin(), false).unwrap();
+        let name = format!("mm_unit_c_{}", std::process::id());
+        admin
+            .batch(&format!("DROP DATABASE IF EXISTS {name}"))
+            .unwrap();
+        admin
+            .batch(&format!(
+                "CREATE DATABASE {name} LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+            ))
+            .unwrap();
+        let mut url = url::Url::parse(&target.url).unwrap();
+        url.set_path(&format!("/{name}"));
+        let c = PgTarget::parse(url.as_str(), target.password.clone()).unwrap();
+        let warnings =
+            Store::open(&Database::Postgres(Box::new(c))).and_then(|s| s.database_warnings());
+        admin
+            .batch(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .unwrap();
+        let warnings = warnings.unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("LC_CTYPE is C"), "{warnings:?}");
+    }
+
+    /// A server that ends idle sessions (`idle_session_timeout`) does not end the store's kept connections.
+    #[test]
+    fn kept_connections_outlive_the_servers_idle_session_timeout() {
+        let (db, _dropped) = test_db::postgres();
+        let Database::Postgres(target) = &db else {
+            unreachable!()
+        };
+        let name = url::Url::parse(&target.url).unwrap().path()[1..].to_string();
+        let mut admin = pg::reconnect(&test_db::pg_admin(), false).unwrap();
+        let version: i64 = admin
+            .query_one(
+                "SELECT current_setting('server_version_num')::bigint",
+                db::params![],
+                |r| r.get(0),
+            )
+            .unwrap();
+        // PostgreSQL 13 has no such timeout: there the connections open with the setting left alone.
+        if version >= 140_000 {
+            admin
+                .batch(&format!(
+                    "ALTER DATABASE {name} SET idle_session_timeout = '1s'"
+                ))
+                .unwrap();
+        }
+        let store = Store::open(&db).unwrap();
+        let pid = store.count("SELECT pg_backend_pid()");
+        std::thread::sleep(Duration::from_millis(1800));
+        assert_eq!(
+            store.count("SELECT pg_backend_pid()"),
+            pid,
+            "the connection was ended while idle"
+        );
     }
 
     /// The kept side connection (PostgreSQL) cut by the server (a restart, an administrator): the next read

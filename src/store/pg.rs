@@ -209,15 +209,20 @@ fn shown_url(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut u) => {
             let _ = u.set_password(None);
-            let kept: Vec<(String, String)> = u
-                .query_pairs()
-                .filter(|(k, _)| k != "password")
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            // Kept as written (re-encoding would turn `%20` into `+`, which the client does not decode).
+            let kept: Vec<String> = u
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .filter(|pair| {
+                    !pair.is_empty()
+                        && url::form_urlencoded::parse(pair.as_bytes())
+                            .next()
+                            .is_none_or(|(k, _)| k != "password")
+                })
+                .map(str::to_string)
                 .collect();
-            u.set_query(None);
-            if !kept.is_empty() {
-                u.query_pairs_mut().extend_pairs(kept);
-            }
+            u.set_query((!kept.is_empty()).then(|| kept.join("&")).as_deref());
             u.to_string()
         }
         Err(_) => "(the database URL)".to_string(),
@@ -264,13 +269,18 @@ pub(super) fn reconnect(target: &PgTarget, read_only: bool) -> Result<Conn, Stor
     };
     let mut conn = Conn::Pg(Box::new(Pg::new(target.connect().map_err(open_err)?)));
     // Statements that wait on a lock for ever would stall the service: a minute is plenty for any of ours.
-    let mut setup = String::from("SET lock_timeout = '60s'; SET TIME ZONE 'UTC';");
+    let mut setup = format!("SET lock_timeout = '60s'; SET TIME ZONE 'UTC'; {KEEP_WHEN_IDLE}");
     if read_only {
         setup.push_str(" SET default_transaction_read_only = on;");
     }
     conn.batch(&setup).map_err(open_err)?;
     Ok(conn)
 }
+
+/// The store keeps its connections, idle between polls and heartbeats: a server's `idle_session_timeout`
+/// (PostgreSQL 14 and newer) must not end them (each reconnect would look like an outage).
+const KEEP_WHEN_IDLE: &str = "SELECT set_config('idle_session_timeout', '0', false)
+     WHERE current_setting('server_version_num')::int >= 140000;";
 
 /// Whether the server accepts writes now (reachable, not a standby, not read-only).
 pub(super) fn writable(target: &PgTarget) -> bool {
@@ -345,7 +355,11 @@ pub(super) fn listen(
                 continue;
             }
         };
-        if let Err(e) = client.batch_execute(&format!("LISTEN {channel}")) {
+        // Apart, so the connection shows `LISTEN …` as its query (pg_stat_activity).
+        let listening = client
+            .batch_execute(KEEP_WHEN_IDLE)
+            .and_then(|()| client.batch_execute(&format!("LISTEN {channel}")));
+        if let Err(e) = listening {
             tracing::warn!(
                 "cannot listen for webhook nudges from other instances: {}",
                 super::db::pg_message(&e)
@@ -400,6 +414,21 @@ mod tests {
         let config: postgres::Config = t.url.parse().unwrap();
         assert_eq!(config.get_application_name(), Some("a b"));
         assert_eq!(config.get_options(), Some("-c x=y"));
+        // Shown as written too (a URL copied from a message must work), without a password parameter.
+        let t = PgTarget::parse(
+            "postgresql://u@h/db?options=-c%20statement_timeout%3D0&password=x&sslmode=require",
+            None,
+        );
+        let shown = match t {
+            Ok(t) => t.shown,
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            shown
+                .contains("postgresql://u@h/db?options=-c%20statement_timeout%3D0&sslmode=require"),
+            "{shown}"
+        );
+        assert!(!shown.contains("password=x"), "{shown}");
         let t = PgTarget::parse("postgres://u@h/db?sslmode=disable", None).unwrap();
         assert_eq!((t.url.as_str(), t.tls), ("postgres://u@h/db", Tls::Disable));
     }

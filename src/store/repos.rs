@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::db::params;
+use super::db::{Param, params};
 use super::{Doing, Store, StoreError, now_rfc3339};
 
 /// What the catalog holds for a repository, as the next poll needs it.
@@ -59,6 +59,18 @@ pub(crate) struct FoundRepo {
 }
 
 impl Store {
+    /// One write of a repository's or a provider's row, in a transaction that takes the catalog's
+    /// generation row first (PostgreSQL): the order every catalog transaction locks in. Alone, the statement
+    /// would lock the row and then (its trigger) the generation row, and deadlock with a discovery or a
+    /// step of another instance holding the generation row and waiting for this row.
+    fn write_row(&self, sql: &str, params: &[&dyn Param], doing: &str) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let mut tx = conn.begin_catalog().doing("starting a transaction")?;
+        tx.execute(sql, params).doing(doing)?;
+        tx.commit().doing(doing)?;
+        Ok(())
+    }
+
     /// Make sure the repository has a row, and keep its URL current.
     pub fn ensure_repo(
         &self,
@@ -67,14 +79,12 @@ impl Store {
         path: &str,
         url: &str,
     ) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
-                "INSERT INTO repos (id, provider, path, url) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(id) DO UPDATE SET provider = excluded.provider, path = excluded.path, url = excluded.url",
-                params![id, provider, path, url],
-            )
-            .doing("registering the repository")?;
-        Ok(())
+        self.write_row(
+            "INSERT INTO repos (id, provider, path, url) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(id) DO UPDATE SET provider = excluded.provider, path = excluded.path, url = excluded.url",
+            params![id, provider, path, url],
+            "registering the repository",
+        )
     }
 
     /// Whether the catalog has a repository of this id (polled or discovered, configured or not).
@@ -123,18 +133,16 @@ impl Store {
         branch: Option<&str>,
         at: &str,
     ) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
-                "UPDATE repos SET last_check_at = ?2, last_success_at = ?2, default_branch = COALESCE(?3, default_branch),
-                     last_error = NULL, last_error_at = NULL, failures = 0,
-                     state = CASE WHEN CAST(?3 AS TEXT) IS NULL THEN 'empty' WHEN state = 'empty' THEN 'active' ELSE state END,
-                     state_reason = CASE WHEN CAST(?3 AS TEXT) IS NULL THEN 'empty repository: polled until the first push'
-                                         WHEN state = 'empty' THEN NULL ELSE state_reason END
-                 WHERE id = ?1",
-                params![repo_id, at, branch],
-            )
-            .doing("recording the check")?;
-        Ok(())
+        self.write_row(
+            "UPDATE repos SET last_check_at = ?2, last_success_at = ?2, default_branch = COALESCE(?3, default_branch),
+                 last_error = NULL, last_error_at = NULL, failures = 0,
+                 state = CASE WHEN CAST(?3 AS TEXT) IS NULL THEN 'empty' WHEN state = 'empty' THEN 'active' ELSE state END,
+                 state_reason = CASE WHEN CAST(?3 AS TEXT) IS NULL THEN 'empty repository: polled until the first push'
+                                     WHEN state = 'empty' THEN NULL ELSE state_reason END
+             WHERE id = ?1",
+            params![repo_id, at, branch],
+            "recording the check",
+        )
     }
 
     /// A failed poll: keep all data, note the error, count the failure. Returns the consecutive failures.
@@ -145,20 +153,17 @@ impl Store {
         at: &str,
     ) -> Result<u32, StoreError> {
         let mut conn = self.lock();
-        conn.execute(
-            "UPDATE repos SET last_error = ?2, last_error_at = ?3, last_check_at = ?3, failures = failures + 1
-             WHERE id = ?1",
-            params![repo_id, error, at],
-        )
-        .doing("recording the error")?;
-        let n: i64 = conn
+        let mut tx = conn.begin_catalog().doing("starting a transaction")?;
+        let n: i64 = tx
             .query_opt(
-                "SELECT failures FROM repos WHERE id = ?1",
-                params![repo_id],
+                "UPDATE repos SET last_error = ?2, last_error_at = ?3, last_check_at = ?3, failures = failures + 1
+                 WHERE id = ?1 RETURNING failures",
+                params![repo_id, error, at],
                 |r| r.get(0),
             )
             .doing("recording the error")?
             .unwrap_or(1);
+        tx.commit().doing("recording the error")?;
         Ok(n.max(0) as u32)
     }
 
@@ -323,15 +328,13 @@ impl Store {
         kind: &str,
         error: &str,
     ) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
-                "INSERT INTO providers (name, kind, last_discovery_at, last_discovery_error) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(name) DO UPDATE SET last_discovery_at = excluded.last_discovery_at,
-                     last_discovery_error = excluded.last_discovery_error",
-                params![provider, kind, now_rfc3339(), error],
-            )
-            .doing("recording the discovery error")?;
-        Ok(())
+        self.write_row(
+            "INSERT INTO providers (name, kind, last_discovery_at, last_discovery_error) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(name) DO UPDATE SET last_discovery_at = excluded.last_discovery_at,
+                 last_discovery_error = excluded.last_discovery_error",
+            params![provider, kind, now_rfc3339(), error],
+            "recording the discovery error",
+        )
     }
 
     /// Note (or clear, with `None`) that a provider is held back by rate limits.
@@ -341,14 +344,12 @@ impl Store {
         kind: &str,
         hold: Option<(&str, &str)>,
     ) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
-                "INSERT INTO providers (name, kind, held_until, held_reason) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(name) DO UPDATE SET held_until = excluded.held_until, held_reason = excluded.held_reason",
-                params![provider, kind, hold.map(|h| h.0), hold.map(|h| h.1)],
-            )
-            .doing("recording the rate-limit hold")?;
-        Ok(())
+        self.write_row(
+            "INSERT INTO providers (name, kind, held_until, held_reason) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(name) DO UPDATE SET held_until = excluded.held_until, held_reason = excluded.held_reason",
+            params![provider, kind, hold.map(|h| h.0), hold.map(|h| h.1)],
+            "recording the rate-limit hold",
+        )
     }
 
     /// The discovered repositories of a provider that are mirrored (not archived or removed): (path, url).

@@ -682,6 +682,12 @@ pub(super) fn pg_version(conn: &mut Conn) -> Result<i64, DbError> {
 /// Apply the PostgreSQL migrations not yet applied, in one transaction under an advisory lock (an instance
 /// starting while another migrates waits, then finds the work done).
 pub(super) fn migrate_pg(conn: &mut Conn, db: &str) -> Result<(), StoreError> {
+    // Current already (every start but the first): nothing to lock or create, so a role that may read and
+    // write but not create tables (no CREATE on the schema) runs.
+    let current = pg_version(conn).doing("reading the schema version")?;
+    if current == PG_SCHEMA_VERSION {
+        return Ok(());
+    }
     let mut tx = conn.begin().doing("migrating the schema")?;
     tx.query_one(
         "SELECT pg_advisory_xact_lock(?1)::text",
@@ -770,5 +776,39 @@ mod tests {
         assert!(err.contains("upgrade modelmirror"), "{err}");
         let err = Store::open_read_only(&db).err().unwrap().to_string();
         assert!(err.contains("upgrade modelmirror"), "{err}");
+    }
+
+    /// PostgreSQL: once the schema is current, a role that may read and write its tables but not create any
+    /// (no CREATE on the schema) opens the catalog and writes to it.
+    #[test]
+    fn a_role_without_create_runs_on_a_current_schema() {
+        let (db, _dropped) = crate::store::test_db::postgres();
+        drop(Store::open(&db).unwrap());
+        let crate::store::Database::Postgres(target) = &db else {
+            unreachable!()
+        };
+        let role = format!("mm_rw_{}", std::process::id());
+        let mut admin = crate::store::pg::reconnect(target, false).unwrap();
+        admin
+            .batch(&format!(
+                "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'rw-pass';
+                 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+                 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};
+                 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};"
+            ))
+            .unwrap();
+        let mut url = url::Url::parse(&target.url).unwrap();
+        url.set_username(&role).unwrap();
+        let rw = crate::store::PgTarget::parse(
+            url.as_str(),
+            Some(crate::secret::Secret::new("rw-pass".into())),
+        )
+        .unwrap();
+        let opened = Store::open(&crate::store::Database::Postgres(Box::new(rw)))
+            .and_then(|s| s.ensure_repo("p/r", "p", "r", "file:///r"));
+        admin
+            .batch(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+            .unwrap();
+        opened.unwrap();
     }
 }

@@ -283,7 +283,7 @@ impl Store {
         // repository's row, so the pointer read below cannot be overtaken by another process.
         let mut tx = conn.begin_catalog().doing("starting a transaction")?;
         let counts = {
-            check_pointer(&mut tx, meta)?;
+            check_pointer(&mut tx, meta, self.lease_token())?;
             record_commit(&mut tx, meta)?;
             let mut writer = StepWriter {
                 tx: &mut tx,
@@ -302,7 +302,34 @@ impl Store {
     }
 }
 
-fn check_pointer(tx: &mut Conn, meta: &StepMeta<'_>) -> Result<(), StoreError> {
+fn check_pointer(
+    tx: &mut Conn,
+    meta: &StepMeta<'_>,
+    lease_token: Option<&str>,
+) -> Result<(), StoreError> {
+    // Under a lease (PostgreSQL, several instances): still this process's. The shared lock, taken first,
+    // keeps a claim from taking it over until this transaction ends (renewals do not wait for it); the
+    // check after it sees any claim made before.
+    if let (Engine::Postgres, Some(token)) = (tx.engine(), lease_token) {
+        tx.execute(
+            "SELECT pg_advisory_xact_lock_shared(CAST(?2 AS BIGINT)::integer, hashtext(?1))::text",
+            params![meta.repo_id, super::leases::LEASE_LOCK_CLASS],
+        )
+        .doing("locking the repository's lease")?;
+        let held = tx
+            .query_opt(
+                "SELECT lease_owner FROM leases WHERE name = ?1 AND lease_token = ?2
+                     AND lease_expires_at > modelmirror_time(clock_timestamp())",
+                params![meta.repo_id, token],
+                |r| r.get::<String>(0),
+            )
+            .doing("checking the repository's lease")?;
+        if held.is_none() {
+            return Err(StoreError::LeaseLost {
+                repo: meta.repo_id.to_string(),
+            });
+        }
+    }
     let sql = match tx.engine() {
         Engine::Sqlite => "SELECT commit_id FROM repos WHERE id = ?1",
         Engine::Postgres => "SELECT commit_id FROM repos WHERE id = ?1 FOR UPDATE",
@@ -954,6 +981,79 @@ mod tests {
 
     fn search_rows(store: &Store) -> i64 {
         store.count("SELECT COUNT(*) FROM search")
+    }
+
+    /// PostgreSQL, under leases: a step is written only while this process holds the repository's lease;
+    /// while a step commits, its lease cannot be claimed by another process, even once expired.
+    #[test]
+    fn a_step_is_written_only_under_its_lease() {
+        use crate::store::Holder;
+        let (db, _dropped) = crate::store::test_db::postgres();
+        let (a, b) = (Store::open(&db).unwrap(), Store::open(&db).unwrap());
+        a.steps_under_lease("token-a");
+        a.ensure_repo("p/r", "p", "r", "file:///r").unwrap();
+        let (me, other) = (
+            Holder {
+                name: "a",
+                token: "token-a",
+            },
+            Holder {
+                name: "b",
+                token: "token-b",
+            },
+        );
+        let m = model("M", "m", 3);
+        let put = |w: &mut StepWriter<'_, '_>| w.put("m.json", None, "b1", 10, &Content::Model(&m));
+        // Not taken: refused.
+        let c1 = commit("c1");
+        let err = a.apply_step(&step(&c1, None), put).unwrap_err();
+        assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
+        assert!(err.to_string().contains("p/r"), "{err}");
+        assert_eq!(a.count("SELECT COUNT(*) FROM commits"), 0);
+        // Taken (for a second): written. The lease expires while the next step commits, yet no one can
+        // claim it until that step ends.
+        assert!(a.claim("p/r", &me, 1).unwrap());
+        a.apply_step(&step(&c1, None), put).unwrap();
+        let c2 = commit("c2");
+        a.apply_step(&step(&c2, Some("c1")), |w: &mut StepWriter<'_, '_>| {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            assert!(!b.claim("p/r", &other, 60).unwrap(), "claimed mid-step");
+            put(w)
+        })
+        .unwrap();
+        // Expired now: the next step is refused and the other process takes the lease.
+        let c3 = commit("c3");
+        let err = a.apply_step(&step(&c3, Some("c2")), put).unwrap_err();
+        assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
+        assert_eq!(a.count("SELECT COUNT(*) FROM commits"), 2);
+        assert!(b.claim("p/r", &other, 60).unwrap());
+        assert!(
+            !a.renew("p/r", &me, 60).unwrap(),
+            "renewed a lease taken over"
+        );
+    }
+
+    /// A model whose strings hold U+0000 (JSON allows `\u0000`) is stored on both engines (PostgreSQL's text
+    /// cannot hold it: U+FFFD there).
+    #[test]
+    fn a_nul_in_a_model_is_stored() {
+        for (store, _db) in crate::store::test_db::stores() {
+            store.ensure_repo("p/r", "p", "r", "file:///r").unwrap();
+            let mut m = model("Nul\0Model", "n", 2);
+            m.entities[0].description = Some("before\0after".into());
+            let c1 = commit("c1");
+            store
+                .apply_step(&step(&c1, None), |w: &mut StepWriter<'_, '_>| {
+                    w.put("n.json", None, "b1", 10, &Content::Model(&m))
+                })
+                .unwrap();
+            let names = store.texts("SELECT name FROM models");
+            assert!(
+                names == ["Nul\0Model"] || names == ["Nul\u{FFFD}Model"],
+                "{names:?}"
+            );
+            assert_eq!(store.count("SELECT COUNT(*) FROM entities"), 1);
+        }
     }
 
     /// A model of 2,500 entities of two attributes each: every row stored once, each attribute with its own
