@@ -837,18 +837,15 @@ fn an_instance_restarts_under_its_name_after_a_stop_or_a_kill() {
     let pg = env.pg.as_ref().unwrap();
     env.one_model_repo("t/one.git");
     let config = env.path().join("a.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = {:?}\ndatabase = {:?}\ndatabase_password_env = \"MODELMIRROR_TEST_PG_PASSWORD\"\n\
-             instance_name = \"a\"\nschedule = \"0 0 1 1 *\"\n\
-             [providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"t/one.git\"]\n",
-            env.path().join("state"),
-            pg.url,
-            env.server.url()
-        ),
-    )
-    .unwrap();
+    let text = format!(
+        "state_dir = {:?}\ndatabase = {:?}\ndatabase_password_env = \"MODELMIRROR_TEST_PG_PASSWORD\"\n\
+         instance_name = \"a\"\nschedule = \"0 0 1 1 *\"\n\
+         [providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"t/one.git\"]\n",
+        env.path().join("state"),
+        pg.url,
+        env.server.url()
+    );
+    std::fs::write(&config, &text).unwrap();
     let log = |n: usize| env.path().join(format!("a{n}.log"));
     let start = |n: usize| {
         Running(
@@ -880,6 +877,31 @@ fn an_instance_restarts_under_its_name_after_a_stop_or_a_kill() {
     let second_token = token();
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert!(second.try_wait().unwrap().is_none(), "{}", read(&log(2)));
+    // A reload that renames the instance keeps the running name (the others know it by it) and says so.
+    let beat = || -> String {
+        pg.client()
+            .query_one("SELECT heartbeat_at FROM instances WHERE name = 'a'", &[])
+            .map(|r| r.get(0))
+            .unwrap_or_default()
+    };
+    let before = beat();
+    std::fs::write(
+        &config,
+        text.replace("instance_name = \"a\"", "instance_name = \"b\""),
+    )
+    .unwrap();
+    signal(&second, 1);
+    wait_for("the reload's warning", 20, || {
+        read(&log(2)).contains("instance_name changed to \"b\": restart the service to apply it")
+    });
+    wait_for("a heartbeat after the reload", 20, || beat() != before);
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM instances WHERE name <> 'a'"),
+        0,
+        "a heartbeat under the new name"
+    );
+    assert_eq!(token(), second_token);
+    std::fs::write(&config, &text).unwrap();
     // Killed: its heartbeat stays; the next process waits two heartbeats, then takes the name over.
     signal(&second, 9);
     let _ = second.wait();
@@ -952,4 +974,47 @@ fn an_instance_restarts_under_its_name_after_a_stop_or_a_kill() {
 
 fn read(p: &std::path::Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
+}
+
+/// `sync` beside running instances polls a repository under its lease: while another process holds it,
+/// `sync` waits (here until the lease expires), then polls, writes, and gives its own lease back.
+#[test]
+fn sync_waits_for_a_lease_another_process_holds() {
+    let env = Env::on(Engine::Postgres, Auth::None);
+    let (_, work) = env.one_model_repo("t/one.git");
+    env.write_config(&format!(
+        "[providers.g]\nkind = \"git\"\nurl = {:?}\nrepos = [\"t/one.git\"]\n",
+        env.server.url()
+    ));
+    env.run(&["sync"]).ok();
+    std::fs::copy(small_model(), work.join("second.hck.json")).unwrap();
+    let pushed = commit_all(&work, "a second model");
+    let pg = env.pg.as_ref().unwrap();
+    let expires: String = pg
+        .client()
+        .query_one(
+            "INSERT INTO leases (name, lease_owner, lease_token, lease_expires_at)
+             VALUES ('g/t/one', 'elsewhere', 'another-process', modelmirror_time(now() + interval '4 seconds'))
+             RETURNING lease_expires_at",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let run = env.run(&["sync"]).ok();
+    assert!(run.stdout.contains("updated"), "{}", run.stdout);
+    assert_eq!(
+        env.rows("SELECT commit_id FROM repos WHERE id = 'g/t/one'"),
+        [pushed]
+    );
+    let started = env.rows("SELECT started_at FROM polls ORDER BY id DESC LIMIT 1");
+    assert!(
+        started[0] >= expires,
+        "polled at {} while another process held the lease until {expires}",
+        started[0]
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM leases"),
+        0,
+        "its lease given back"
+    );
 }

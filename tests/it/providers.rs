@@ -43,7 +43,12 @@ struct Site {
 
 impl Site {
     fn new(kind: Kind, git_auth: Auth, repos: Vec<FakeRepo>) -> Site {
-        let env = Env::new(Auth::None);
+        Site::new_on(Engine::Sqlite, kind, git_auth, repos)
+    }
+
+    /// [`Site::new`] with the catalog in `engine`.
+    fn new_on(engine: Engine, kind: Kind, git_auth: Auth, repos: Vec<FakeRepo>) -> Site {
+        let env = Env::on(engine, Auth::None);
         let root = env.path().join("forge");
         std::fs::create_dir_all(&root).unwrap();
         let (template, work) = env.new_repo("template.git");
@@ -593,6 +598,69 @@ fn token_rotation_needs_no_restart() {
         )
         .unwrap();
     assert!(ok_after >= 1);
+}
+
+/// Two instances on PostgreSQL and one discovered provider: the instance that does not discover mirrors what
+/// the other records, even when it read the list before that (here the discovery first waits out a rate
+/// limit, and the next firing is a year away), and each polls its share.
+#[test]
+fn two_instances_share_what_one_of_them_discovers() {
+    let repos: Vec<FakeRepo> = (1..=8)
+        .map(|i| FakeRepo::new(&format!("data/r{i}"), i))
+        .collect();
+    let site = Site::new_on(
+        Engine::Postgres,
+        Kind::Gitlab,
+        Auth::basic("oauth2", TOKEN),
+        repos,
+    );
+    site.config(
+        "gitlab",
+        "groups = [\"data\"]\nschedule = \"0 0 1 1 *\"\ndiscover_schedule = \"0 0 1 1 *\"",
+    );
+    let text = std::fs::read_to_string(site.env.path().join("config.toml")).unwrap();
+    let (first, rest) = text.split_once('\n').unwrap();
+    assert!(first.starts_with("state_dir"), "{first}");
+    site.forge.rate_limit_next(1, 429, Some(4));
+    let daemons: Vec<Running> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let config = site.env.path().join(format!("{name}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "state_dir = {:?}\ninstance_name = {name:?}\nlease_seconds = 30\n{rest}",
+                    site.env.path().join(format!("state-{name}"))
+                ),
+            )
+            .unwrap();
+            Running(
+                bin()
+                    .args(["--config", &config.to_string_lossy(), "run"])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(
+                        std::fs::File::create(site.env.path().join(format!("{name}.log"))).unwrap(),
+                    )
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    wait_for("every discovered repository imported", 60, || {
+        site.env
+            .count("SELECT COUNT(*) FROM pg_tables WHERE tablename = 'schema_version'")
+            == 1
+            && site.env.count("SELECT COUNT(*) FROM models") == 8
+    });
+    let polled_by = site
+        .env
+        .rows("SELECT DISTINCT instance FROM polls WHERE result = 'updated' ORDER BY instance");
+    assert_eq!(polled_by, ["a", "b"], "each instance polls its share");
+    let discovered_by = site
+        .env
+        .count("SELECT COUNT(*) FROM leases WHERE name LIKE 'discovery:%'");
+    assert_eq!(discovered_by, 0, "the discovery lease given back");
+    drop(daemons);
 }
 
 /// New repositories start mirroring without a restart; removed ones stop.
