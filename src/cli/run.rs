@@ -99,7 +99,7 @@ pub(super) fn sync(config: Config, ids: &[String]) -> Result<ExitCode, CliError>
             Ok(None) => println!(
                 "{}",
                 terminal(&format!(
-                    "{} discovery: a running instance discovers it now; the repositories it recorded are polled",
+                    "{} discovery: another process holds its discovery lease (a running instance discovers it now, or one stopped and the lease expires within lease_seconds); the repositories the catalog lists are polled",
                     provider.name
                 ))
             ),

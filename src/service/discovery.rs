@@ -271,7 +271,12 @@ pub(super) async fn discovery_loop(
                     }
                 };
                 if let Some(repos) = repos {
-                    sent = Some(repos.iter().map(|r| r.id.clone()).collect());
+                    sent = Some(
+                        repos
+                            .iter()
+                            .map(|r| format!("{} {}", r.id, r.url))
+                            .collect(),
+                    );
                     if found.send((name.clone(), repos)).await.is_err() {
                         return;
                     }
@@ -309,7 +314,10 @@ pub(super) async fn discovery_loop(
             }
             match discovered_repos(&shared.reader, provider) {
                 Ok(known) => {
-                    let ids: Vec<String> = known.iter().map(|r| r.id.clone()).collect();
+                    let ids: Vec<String> = known
+                        .iter()
+                        .map(|r| format!("{} {}", r.id, r.url))
+                        .collect();
                     if sent.as_ref() != Some(&ids) {
                         tracing::info!(provider = %name, repos = ids.len(), "repositories discovered by another instance");
                         sent = Some(ids);

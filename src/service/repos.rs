@@ -208,13 +208,7 @@ impl RepoLoop {
                 if trigger == Trigger::Webhook {
                     self.retry_webhook.store(true, Ordering::SeqCst);
                 }
-                if self.retry.as_ref().is_none_or(|r| r.is_finished()) {
-                    let (nudge, secs) = (self.nudge.clone(), shared.config().lease_seconds);
-                    self.retry = Some(tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_secs(secs / 3)).await;
-                        nudge.take_over();
-                    }));
-                }
+                self.retry_later();
                 return Some((0, None));
             }
         };
@@ -288,6 +282,17 @@ impl RepoLoop {
             Ok((Err(PollError::Cancelled { .. }), _)) => return None,
             Ok((Err(e), _)) if e.is_benign() => {
                 tracing::info!(repo = %self.repo.id, "{}", e.reason());
+                // Its lease lapsed mid-poll (the leases' connection was down): whoever holds it now polls;
+                // if no one does, this instance tries again, rather than at the next firing.
+                if matches!(
+                    e,
+                    PollError::Store {
+                        error: crate::store::StoreError::LeaseLost { .. },
+                        ..
+                    }
+                ) {
+                    self.retry_later();
+                }
                 0
             }
             Ok((Err(_), failures)) => failures.max(1),
@@ -297,6 +302,17 @@ impl RepoLoop {
             }
         };
         Some((failures, probe))
+    }
+
+    /// Try again a third of `lease_seconds` from now (a takeover nudge), unless a retry is pending already.
+    fn retry_later(&mut self) {
+        if self.retry.as_ref().is_none_or(|r| r.is_finished()) {
+            let (nudge, secs) = (self.nudge.clone(), self.shared.config().lease_seconds);
+            self.retry = Some(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(secs / 3)).await;
+                nudge.take_over();
+            }));
+        }
     }
 
     /// With `head_check = "graphql"`, for a scheduled poll that need not list refs over git this time: the
@@ -433,6 +449,9 @@ pub(crate) async fn sync_once(
                 }
             };
             if cancel.load(Ordering::Relaxed) {
+                if let Some(lease) = lease {
+                    lease.release().await;
+                }
                 let repo_id = repo.id.clone();
                 return (repo, Err(PollError::Cancelled { repo: repo_id }));
             }

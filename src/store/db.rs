@@ -542,7 +542,12 @@ impl Conn {
     pub(crate) fn begin(&mut self) -> Result<Tx<'_>, DbError> {
         match self {
             Conn::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE")?,
-            Conn::Pg(pg) => outside_runtime(|| pg.client().batch_execute("BEGIN"))?,
+            // Read committed whatever the server's default: each statement sees what committed before it (the
+            // lease check after its lock, the pointer after the generation row's lock).
+            Conn::Pg(pg) => outside_runtime(|| {
+                pg.client()
+                    .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+            })?,
         }
         Ok(Tx {
             conn: self,

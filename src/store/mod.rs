@@ -419,7 +419,7 @@ impl Store {
         let mut warnings = Vec::new();
         if matches!(ctype.as_str(), "C" | "POSIX") {
             warnings.push(format!(
-                "the database's LC_CTYPE is {ctype}: search splits words at letters outside ASCII (ü, é, ß, 東…), so words holding them are found only in pieces; create the database with a UTF-8 locale (CREATE DATABASE … LC_CTYPE 'C.UTF-8' LC_COLLATE 'C.UTF-8' TEMPLATE template0) and `modelmirror migrate` or `rebuild` into it"
+                "the database's LC_CTYPE is {ctype}: search splits words at letters outside ASCII (ü, é, ß, 東…), so words holding them are found only in pieces; create the database with a UTF-8 locale (CREATE DATABASE … LC_CTYPE 'C.UTF-8' LC_COLLATE 'C.UTF-8' TEMPLATE template0) and `modelmirror rebuild` into it (or `migrate` a SQLite catalog there)"
             ));
         }
         let by_code_point = ["C", "POSIX", "C.UTF-8", "C.utf8", "ucs_basic"];

@@ -1010,13 +1010,13 @@ mod tests {
         assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
         assert!(err.to_string().contains("p/r"), "{err}");
         assert_eq!(a.count("SELECT COUNT(*) FROM commits"), 0);
-        // Taken (for a second): written. The lease expires while the next step commits, yet no one can
+        // Taken (for three seconds): written. The lease expires while the next step commits, yet no one can
         // claim it until that step ends.
-        assert!(a.claim("p/r", &me, 1).unwrap());
+        assert!(a.claim("p/r", &me, 3).unwrap());
         a.apply_step(&step(&c1, None), put).unwrap();
         let c2 = commit("c2");
         a.apply_step(&step(&c2, Some("c1")), |w: &mut StepWriter<'_, '_>| {
-            std::thread::sleep(std::time::Duration::from_millis(1500));
+            std::thread::sleep(std::time::Duration::from_millis(3500));
             assert!(!b.claim("p/r", &other, 60).unwrap(), "claimed mid-step");
             put(w)
         })

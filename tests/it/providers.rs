@@ -602,7 +602,8 @@ fn token_rotation_needs_no_restart() {
 
 /// Two instances on PostgreSQL and one discovered provider: the instance that does not discover mirrors what
 /// the other records, even when it read the list before that (here the discovery first waits out a rate
-/// limit, and the next firing is a year away), and each polls its share.
+/// limit, and the next firing is a year away), and each polls its share (the discovery waits until both
+/// instances beat, so the discovering one does not take every repository).
 #[test]
 fn two_instances_share_what_one_of_them_discovers() {
     let repos: Vec<FakeRepo> = (1..=8)
@@ -621,7 +622,7 @@ fn two_instances_share_what_one_of_them_discovers() {
     let text = std::fs::read_to_string(site.env.path().join("config.toml")).unwrap();
     let (first, rest) = text.split_once('\n').unwrap();
     assert!(first.starts_with("state_dir"), "{first}");
-    site.forge.rate_limit_next(1, 429, Some(4));
+    site.forge.rate_limit_next(1, 429, Some(15));
     let daemons: Vec<Running> = ["a", "b"]
         .iter()
         .map(|name| {
