@@ -191,6 +191,14 @@ async fn discover_inner(
     Ok(Discovered { repos, errors })
 }
 
+/// What a mirrored list is compared by: each repository's id and URL.
+fn list_key(repos: &[RepoConfig]) -> Vec<String> {
+    repos
+        .iter()
+        .map(|r| format!("{} {}", r.id, r.url))
+        .collect()
+}
+
 /// For a one-shot `sync`: [`discover`], unless a running instance discovers the provider now (it holds the
 /// provider's discovery lease, PostgreSQL): `None` then, and the catalog lists what that one finds.
 pub(crate) async fn discover_unless_running(
@@ -271,12 +279,7 @@ pub(super) async fn discovery_loop(
                     }
                 };
                 if let Some(repos) = repos {
-                    sent = Some(
-                        repos
-                            .iter()
-                            .map(|r| format!("{} {}", r.id, r.url))
-                            .collect(),
-                    );
+                    sent = Some(list_key(&repos));
                     if found.send((name.clone(), repos)).await.is_err() {
                         return;
                     }
@@ -314,10 +317,7 @@ pub(super) async fn discovery_loop(
             }
             match discovered_repos(&shared.reader, provider) {
                 Ok(known) => {
-                    let ids: Vec<String> = known
-                        .iter()
-                        .map(|r| format!("{} {}", r.id, r.url))
-                        .collect();
+                    let ids = list_key(&known);
                     if sent.as_ref() != Some(&ids) {
                         tracing::info!(provider = %name, repos = ids.len(), "repositories discovered by another instance");
                         sent = Some(ids);

@@ -40,7 +40,7 @@ impl Instances {
 
 /// A token no other process has: the process id and start time (for whoever reads the table) and 16 random
 /// bytes (containers started together share both).
-pub(crate) fn new_token() -> String {
+pub(super) fn new_token() -> String {
     let mut random = [0u8; 16];
     if openssl::rand::rand_bytes(&mut random).is_err() {
         // No randomness to be had (never seen): the clock's nanoseconds stand in.
@@ -415,39 +415,21 @@ pub(super) async fn take_or_say(
     any: bool,
 ) -> Result<Lease, NotTaken> {
     let config = shared.config();
-    let me = config.instance_name.clone();
-    let token = shared.instances.token.clone();
-    let lease = |renewing| Lease {
-        store: shared.store.clone(),
-        name: name.to_string(),
-        owner: me.clone(),
-        token: token.clone(),
-        renewing,
-        released: false,
-        running: None,
-    };
-    // SQLite: one instance, nothing to take.
-    if shared.store.database().sqlite_path().is_some() {
-        return Ok(lease(None));
-    }
-    if !any && preferred(name, &shared.instances.live()) != Some(me.as_str()) {
+    let me = config.instance_name.as_str();
+    // SQLite: one instance, nothing to take (`try_hold` grants it).
+    let sqlite = shared.store.database().sqlite_path().is_some();
+    if !sqlite && !any && preferred(name, &shared.instances.live()) != Some(me) {
         return Err(NotTaken::NotMine);
     }
-    match claim(&shared.store, name, &me, &token, config.lease_seconds).await {
-        Ok(true) => {}
-        Ok(false) => return Err(NotTaken::Held),
+    let token = &shared.instances.token;
+    match try_hold(&shared.store, name, me, token, config.lease_seconds).await {
+        Ok(Some(lease)) => Ok(lease),
+        Ok(None) => Err(NotTaken::Held),
         Err(e) => {
             tracing::warn!("cannot take the lease on {name}: {e}");
-            return Err(NotTaken::Held);
+            Err(NotTaken::Held)
         }
     }
-    Ok(lease(Some(renew_while_held(
-        &shared.store,
-        name,
-        &me,
-        &token,
-        config.lease_seconds,
-    ))))
 }
 
 /// Claim the lease `name` for `owner`'s process `token`, on a blocking thread: false when held by another.

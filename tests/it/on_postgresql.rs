@@ -712,6 +712,22 @@ fn migrate_copies_a_sqlite_catalog_into_postgresql() {
         refused.stderr.contains("already holds a catalog"),
         "{refused:?}"
     );
+    // A password file holding more than the password: refused, and not shown.
+    let file = env.path().join("two-lines");
+    std::fs::write(&file, "first-line\nsecond-line\n").unwrap();
+    let refused = env.run(&[
+        "migrate",
+        "--to",
+        &other.url,
+        "--password-file",
+        &file.to_string_lossy(),
+    ]);
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(
+        refused.stderr.contains("must hold the password alone")
+            && !refused.stderr.contains("first-line"),
+        "{refused:?}"
+    );
 }
 
 /// Two instances, a 300-commit history: the instance importing it is killed with SIGKILL in the middle; the
